@@ -1,0 +1,1 @@
+"""The bridge package (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""The broker package (see DESIGN.md)."""

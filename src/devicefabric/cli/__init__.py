@@ -1,0 +1,65 @@
+"""The `devicefabric` console script: one argparse tree, each program registering its commands.
+
+Each package's `cli` module exposes `register(subparsers)` and imports its heavy dependencies
+(amqtt, kubernetes) only inside the command function, so `devicefabric agent run` works on a
+bare install. Exit codes: 0 clean, 2 usage or configuration error (one-line reason), 1 runtime
+failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from devicefabric import __version__
+from devicefabric.config.errors import ConfigError, DeviceFabricError
+from devicefabric.config.logs import setup_logging
+from devicefabric.config.settings import add_flag
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from devicefabric.agent import cli as agent_cli  # noqa: PLC0415 - keep `--help` cheap
+    from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
+    from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
+    from devicefabric.cli import creds, up  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog="devicefabric",
+        description="Kubernetes-driven process management for fleets of edge devices over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"devicefabric {__version__}")
+    add_flag(
+        parser,
+        "--log-format",
+        choices=("text", "json"),
+        help="log line format (text on a terminal, json otherwise)",
+    )
+    add_flag(parser, "--log-level", default="INFO", help="log level (DEBUG, INFO, WARNING...)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    up.register(sub)
+    broker_cli.register(sub)
+    bridge_cli.register(sub)
+    agent_cli.register(sub)
+    creds.register(sub)
+    bridge_cli.register_local_verbs(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        code = args.func(args)
+    except ConfigError as exc:
+        print(f"devicefabric: error: {exc}", file=sys.stderr)
+        return 2
+    except DeviceFabricError as exc:
+        print(f"devicefabric: {exc}", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

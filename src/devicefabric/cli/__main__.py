@@ -1,0 +1,5 @@
+import sys
+
+from devicefabric.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The one access-rule table of DESIGN.md, from which every broker's ACLs are generated.
+
+| user       | client id                 | publish                          | receive / subscribe |
+| device `d` | must be `d`               | d/status, d/heartbeat, d/report  | d/desired, d/status, bridge/status |
+|            | (will only on d/status)   |                                  |                     |
+| `bridge`   | any id not a device name  | +/desired, bridge/status         | +/status, +/heartbeat, +/report, +/desired |
+| `observer` | any id not a device name  | nothing                          | {root}/#            |
+
+`rules_for` returns the filters for one user; `AccessRules` answers publish / will / subscribe /
+receive questions with MQTT filter semantics. The embedded broker calls it on every check and the
+mosquitto generator turns the same filters into dynamic-security roles.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER, is_device_name
+from devicefabric.config.topics import DeviceTopic, Topics, covers, is_valid_filter, matches
+
+
+class Role(enum.StrEnum):
+    DEVICE = "device"
+    BRIDGE = "bridge"
+    OBSERVER = "observer"
+
+
+def role_of(username: str) -> Role | None:
+    """The role of a username, or None when it is neither a role user nor a valid device name."""
+    if username == BRIDGE_USER:
+        return Role.BRIDGE
+    if username == OBSERVER_USER:
+        return Role.OBSERVER
+    if is_device_name(username):
+        return Role.DEVICE
+    return None
+
+
+def client_id_allowed(username: str, client_id: str) -> bool:
+    """A device must use its own name as client id; a role user must not use a device name."""
+    role = role_of(username)
+    if role is Role.DEVICE:
+        return client_id == username
+    if role in (Role.BRIDGE, Role.OBSERVER):
+        return bool(client_id) and not is_device_name(client_id)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRules:
+    """Topic filters one user may publish to, set a will on, and subscribe to / receive from."""
+
+    publish: tuple[str, ...]
+    will: tuple[str, ...]
+    receive: tuple[str, ...]
+
+    def may_publish(self, topic: str) -> bool:
+        return any(matches(f, topic) for f in self.publish)
+
+    def may_will(self, topic: str) -> bool:
+        return any(matches(f, topic) for f in self.will)
+
+    def may_receive(self, topic: str) -> bool:
+        return any(matches(f, topic) for f in self.receive)
+
+    def may_subscribe(self, topic_filter: str) -> bool:
+        return is_valid_filter(topic_filter) and any(covers(f, topic_filter) for f in self.receive)
+
+
+NO_ACCESS = AccessRules(publish=(), will=(), receive=())
+
+
+def rules_for(username: str, topics: Topics) -> AccessRules:
+    """The rules of `username` (a device name or a role); no access for anything else."""
+    role = role_of(username)
+    if role is Role.DEVICE:
+        own = (topics.status(username), topics.heartbeat(username), topics.report(username))
+        return AccessRules(
+            publish=own,
+            will=(topics.status(username),),
+            receive=(
+                topics.desired(username),
+                topics.status(username),
+                topics.bridge_status(),
+            ),
+        )
+    if role is Role.BRIDGE:
+        return AccessRules(
+            publish=(topics.all_devices(DeviceTopic.DESIRED), topics.bridge_status()),
+            will=(topics.bridge_status(),),
+            receive=(
+                topics.all_devices(DeviceTopic.STATUS),
+                topics.all_devices(DeviceTopic.HEARTBEAT),
+                topics.all_devices(DeviceTopic.REPORT),
+                topics.all_devices(DeviceTopic.DESIRED),
+            ),
+        )
+    if role is Role.OBSERVER:
+        return AccessRules(publish=(), will=(), receive=(topics.everything(),))
+    return NO_ACCESS

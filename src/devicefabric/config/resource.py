@@ -1,0 +1,177 @@
+"""The DeviceProcess resource (`devicefabric.io/v1alpha1`): spec and status models, conditions.
+
+The spec model is the same one the CRD schema describes and the agent receives inside `desired`;
+defaults are filled in here so the bridge publishes the spec "as stored, with defaults". Condition
+messages are fixed strings per reason (never a clock or an age), and `set_condition` keeps
+`lastTransitionTime` unless the condition's `status` changes: a status written twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from devicefabric.config.names import DEVICE_NAME_PATTERN
+
+GROUP: Final = "devicefabric.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "DeviceProcess"
+PLURAL: Final = "deviceprocesses"
+SHORT_NAME: Final = "dproc"
+
+MAX_COMMAND_ITEMS: Final = 256
+MAX_ARG_LENGTH: Final = 4096
+MAX_ENV_ITEMS: Final = 256
+MAX_MESSAGE: Final = 1024
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    UNKNOWN = "Unknown"
+
+
+class RestartPolicy(enum.StrEnum):
+    ALWAYS = "Always"
+    ON_FAILURE = "OnFailure"
+    NEVER = "Never"
+
+
+class _CamelModel(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")]
+Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_LENGTH, pattern=r"^[^\x00]*$")]
+
+
+class EnvVar(_CamelModel):
+    name: EnvName
+    value: Arg = ""
+
+
+class DeviceProcessSpec(_CamelModel):
+    """`spec` of a DeviceProcess, with the defaults of DESIGN.md."""
+
+    device_name: Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN, max_length=63)]
+    command: Annotated[list[Arg], Field(min_length=1, max_length=MAX_COMMAND_ITEMS)]
+    env: Annotated[list[EnvVar], Field(max_length=MAX_ENV_ITEMS)] = []
+    working_dir: Arg | None = None
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    suspend: bool = False
+    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+
+    def to_wire(self) -> dict[str, object]:
+        """The spec as published in `desired`: camelCase, defaults filled in, no nulls."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# -- conditions --------------------------------------------------------------------------------
+AGENT_CONNECTED: Final = "AgentConnected"
+SYNCED: Final = "Synced"
+
+
+class Reason(enum.StrEnum):
+    CONNECTED = "Connected"
+    CONNECTION_LOST = "ConnectionLost"
+    SHUTDOWN = "Shutdown"
+    HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
+    APPLIED = "Applied"
+    PENDING = "Pending"
+    INVALID_SPEC = "InvalidSpec"
+
+
+MESSAGES: Final[dict[Reason, str]] = {
+    Reason.CONNECTED: "The device agent is connected.",
+    Reason.CONNECTION_LOST: "The device agent's connection was lost (the broker fired its will).",
+    Reason.SHUTDOWN: "The device agent shut down cleanly.",
+    Reason.HEARTBEAT_TIMEOUT: "No heartbeat from the device agent within the stale window.",
+    Reason.APPLIED: "The device runs the current generation of this resource.",
+    Reason.PENDING: "The device has not reported the current generation of this resource yet.",
+    Reason.INVALID_SPEC: "The spec is invalid; it is not sent to the device.",
+}
+
+CONDITION_STATUS: Final[dict[Reason, Literal["True", "False"]]] = {
+    Reason.CONNECTED: "True",
+    Reason.CONNECTION_LOST: "False",
+    Reason.SHUTDOWN: "False",
+    Reason.HEARTBEAT_TIMEOUT: "False",
+    Reason.APPLIED: "True",
+    Reason.PENDING: "False",
+    Reason.INVALID_SPEC: "False",
+}
+
+
+class Condition(_CamelModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    last_transition_time: str
+
+
+class DeviceProcessStatus(_CamelModel):
+    """`status` of a DeviceProcess; every field optional, as the API server stores it."""
+
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    pid: int | None = None
+    restarts: int | None = None
+    exit_code: int | None = None
+    started_at: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = []
+
+    def to_wire(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def make_condition(ctype: str, reason: Reason, now: str, detail: str | None = None) -> Condition:
+    """A condition with the fixed status and message of `reason` (detail appended if given)."""
+    message = MESSAGES[reason] if detail is None else f"{MESSAGES[reason]} {detail}"
+    return Condition(
+        type=ctype,
+        status=CONDITION_STATUS[reason],
+        reason=reason.value,
+        message=message[:MAX_MESSAGE],
+        last_transition_time=now,
+    )
+
+
+def set_condition(conditions: list[Condition], new: Condition) -> list[Condition]:
+    """Replace the condition of `new.type`, keeping its `lastTransitionTime` if status is equal.
+
+    Returns a new list in a stable order (existing order, new types appended).
+    """
+    out: list[Condition] = []
+    replaced = False
+    for cond in conditions:
+        if cond.type != new.type:
+            out.append(cond)
+            continue
+        replaced = True
+        if cond.status == new.status:
+            out.append(new.model_copy(update={"last_transition_time": cond.last_transition_time}))
+        else:
+            out.append(new)
+    if not replaced:
+        out.append(new)
+    return out
+
+
+def find_condition(conditions: list[Condition], ctype: str) -> Condition | None:
+    return next((c for c in conditions if c.type == ctype), None)

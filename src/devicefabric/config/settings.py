@@ -1,0 +1,95 @@
+"""Shared settings: defaults, address and broker-URL parsing, and env-backed CLI flags.
+
+Every flag of every program also reads `DEVICEFABRIC_<FLAG>` (e.g. `--broker` reads
+`DEVICEFABRIC_BROKER`); `add_flag` wires both so a flag, its variable and its help cannot drift.
+Parsing errors are `ConfigError` with the flag's name, which the CLI turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from devicefabric.config.errors import ConfigError
+
+ENV_PREFIX: Final = "DEVICEFABRIC_"
+DEFAULT_MQTT: Final = "127.0.0.1:1883"
+DEFAULT_HTTP: Final = "127.0.0.1:8080"
+DEFAULT_STATE_DIR: Final = Path(".devicefabric")
+DEFAULT_HEARTBEAT_S: Final = 15
+DEFAULT_STALE_MULTIPLIER: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_hostport(value: str, flag: str = "--mqtt") -> HostPort:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`); port 0 means "any free port"."""
+    host, sep, port_s = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_s.isdigit() or int(port_s) > 65535:
+        raise ConfigError(f"{flag}: expected HOST:PORT, got {value!r}")
+    return HostPort(host, int(port_s))
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{HostPort(self.host, self.port)}"
+
+
+def parse_broker_url(value: str, flag: str = "--broker") -> BrokerURL:
+    """`mqtt://host:port` or `mqtts://host:port` (defaults 1883 / 8883)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: invalid broker URL {value!r}: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"{flag}: expected mqtt://HOST:PORT or mqtts://HOST:PORT, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ConfigError(f"{flag}: broker URL takes only scheme, host and port: {value!r}")
+    tls = parts.scheme == "mqtts"
+    return BrokerURL(parts.hostname, port if port is not None else (8883 if tls else 1883), tls)
+
+
+def env_name(flag: str) -> str:
+    """`--write-qps` -> `DEVICEFABRIC_WRITE_QPS`."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    *,
+    help: str,  # noqa: A002 - mirrors argparse's own keyword
+    default: Any = None,
+    **kwargs: Any,
+) -> None:
+    """Add `flag` whose default comes from `DEVICEFABRIC_<FLAG>` when set, else `default`."""
+    env = env_name(flag)
+    raw = os.environ.get(env)
+    action = kwargs.get("action")
+    if raw is not None:
+        if action == "store_true":
+            default = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif action == "append":
+            default = [item for item in raw.split(",") if item]
+        else:
+            default = raw
+    shown = f"{help} [env {env}" + (f"; default {default}]" if default not in (None, []) else "]")
+    parser.add_argument(flag, default=default, help=shown, **kwargs)

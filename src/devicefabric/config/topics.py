@@ -1,0 +1,173 @@
+"""Topic builders, parsers and filter matching: the ONLY place a topic string is spelled.
+
+Layout under a configurable root (default `fabric/v1`):
+
+    {root}/devices/{device}/status|heartbeat|report|desired
+    {root}/bridge/status
+
+`Topics(root)` builds concrete topics and the wildcard filters the bridge and observer use;
+`Topics.parse` is the inverse and raises `TopicError` for anything else. `matches` and `covers`
+implement MQTT filter semantics for the access rules (`config.access`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from devicefabric.config.errors import TopicError
+from devicefabric.config.names import is_device_name
+
+DEFAULT_ROOT: Final = "fabric/v1"
+
+_DEVICES: Final = "devices"
+_BRIDGE: Final = "bridge"
+_STATUS: Final = "status"
+
+
+class DeviceTopic(enum.StrEnum):
+    """The kinds of per-device topic; the value is the last topic level."""
+
+    STATUS = "status"
+    HEARTBEAT = "heartbeat"
+    REPORT = "report"
+    DESIRED = "desired"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    """A parsed fabric topic: a device topic (`device` set) or the bridge status (`device` None)."""
+
+    kind: DeviceTopic | None
+    device: str | None
+
+    @property
+    def is_bridge_status(self) -> bool:
+        return self.kind is None
+
+
+def validate_root(root: str) -> str:
+    """A root is one or more non-empty levels without wildcards, `$`, or a trailing slash."""
+    levels = root.split("/")
+    if not root or any(not level for level in levels):
+        raise TopicError(root, "topic root must be non-empty levels separated by '/'")
+    if any(ch in root for ch in "+#\x00") or root.startswith("$"):
+        raise TopicError(root, "topic root must not contain '+', '#', NUL or start with '$'")
+    return root
+
+
+class Topics:
+    """Builds and parses the fabric's topics under one root."""
+
+    __slots__ = ("_device_prefix", "_nroot", "root")
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = validate_root(root)
+        self._device_prefix = f"{root}/{_DEVICES}/"
+        self._nroot = root.count("/") + 1
+
+    # -- builders ------------------------------------------------------------------------------
+    def device(self, device: str, kind: DeviceTopic) -> str:
+        return f"{self._device_prefix}{device}/{kind.value}"
+
+    def status(self, device: str) -> str:
+        return self.device(device, DeviceTopic.STATUS)
+
+    def heartbeat(self, device: str) -> str:
+        return self.device(device, DeviceTopic.HEARTBEAT)
+
+    def report(self, device: str) -> str:
+        return self.device(device, DeviceTopic.REPORT)
+
+    def desired(self, device: str) -> str:
+        return self.device(device, DeviceTopic.DESIRED)
+
+    def bridge_status(self) -> str:
+        return f"{self.root}/{_BRIDGE}/{_STATUS}"
+
+    def all_devices(self, kind: DeviceTopic) -> str:
+        """The filter matching `kind` for every device: `{root}/devices/+/{kind}`."""
+        return f"{self._device_prefix}+/{kind.value}"
+
+    def everything(self) -> str:
+        """The filter matching every fabric topic: `{root}/#`."""
+        return f"{self.root}/#"
+
+    # -- parser --------------------------------------------------------------------------------
+    def parse(self, topic: str) -> ParsedTopic:
+        """Parse a concrete topic; raise `TopicError` unless it is a fabric topic."""
+        if topic == self.bridge_status():
+            return ParsedTopic(kind=None, device=None)
+        if not topic.startswith(self._device_prefix):
+            raise TopicError(topic, f"not under {self._device_prefix!r}")
+        rest = topic[len(self._device_prefix) :]
+        device, sep, last = rest.partition("/")
+        if not sep:
+            raise TopicError(topic, "missing topic kind after the device name")
+        try:
+            kind = DeviceTopic(last)
+        except ValueError:
+            raise TopicError(topic, f"unknown topic kind {last!r}") from None
+        if not is_device_name(device):
+            raise TopicError(topic, f"{device!r} is not a valid device name")
+        return ParsedTopic(kind=kind, device=device)
+
+
+def validate_publish_topic(topic: str) -> str:
+    """A topic one may publish to: non-empty, no wildcards, no NUL, not a `$` system topic."""
+    if not topic:
+        raise TopicError(topic, "empty topic")
+    if any(ch in topic for ch in "+#\x00"):
+        raise TopicError(topic, "wildcards and NUL are not allowed in a published topic")
+    if topic.startswith("$"):
+        raise TopicError(topic, "'$' topics are reserved for the broker")
+    return topic
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching of a concrete `topic` (wildcards never match a leading `$`)."""
+    if topic.startswith("$") and not topic_filter.startswith("$"):
+        return False
+    flevels = topic_filter.split("/")
+    tlevels = topic.split("/")
+    for i, flevel in enumerate(flevels):
+        if flevel == "#":
+            return True
+        if i >= len(tlevels):
+            return False
+        if flevel not in ("+", tlevels[i]):
+            return False
+    return len(flevels) == len(tlevels)
+
+
+def covers(allowed: str, requested: str) -> bool:
+    """True when every topic that `requested` (a filter) can match is matched by `allowed`."""
+    alevels = allowed.split("/")
+    rlevels = requested.split("/")
+    for i, alevel in enumerate(alevels):
+        if alevel == "#":
+            return True
+        if i >= len(rlevels):
+            return False
+        rlevel = rlevels[i]
+        if rlevel == "#":
+            return False
+        if alevel == "+":
+            continue
+        if alevel != rlevel:
+            return False
+    return len(alevels) == len(rlevels)
+
+
+def is_valid_filter(topic_filter: str) -> bool:
+    """MQTT rules for a subscription filter: `#` only last and alone, `+` alone in its level."""
+    if not topic_filter or "\x00" in topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True

@@ -1,0 +1,196 @@
+"""Pydantic wire models for every fabric payload, and strict decoding with precise errors.
+
+All models are frozen, `extra="forbid"` and strict (no type coercion): unknown fields, wrong types
+and oversized payloads are refused with a `PayloadError` that names the reason and the field.
+`decode_*` never raise anything else, so an ingest loop can drop and count with one `except`.
+Encoding is canonical (sorted keys, compact) so that equal documents are equal bytes and the
+desired `revision` is a stable digest of the process list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic.alias_generators import to_camel
+
+from devicefabric.config.errors import PayloadError
+from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN
+from devicefabric.config.resource import MAX_MESSAGE, DeviceProcessSpec, Phase
+
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+MAX_PROCESSES: Final = 256
+
+Session = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+Revision = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:]+$")
+]
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+Namespace = Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN, max_length=63)]
+ObjectName = Annotated[str, StringConstraints(pattern=OBJECT_NAME_PATTERN, max_length=253)]
+ObjectKey = Annotated[
+    str,
+    StringConstraints(
+        max_length=317,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+    ),
+]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _CamelWire(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+# -- status ------------------------------------------------------------------------------------
+class StatusOnline(_Wire):
+    state: Literal["online"]
+    session: Session
+    heartbeat_s: Annotated[int, Field(ge=1, le=86400)]
+    agent: Annotated[str, StringConstraints(max_length=64)]
+
+
+class StatusOffline(_Wire):
+    state: Literal["offline"]
+    session: Session
+    reason: Literal["lost", "shutdown"]
+
+
+class _StatusDoc(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    doc: Annotated[StatusOnline | StatusOffline, Field(discriminator="state")]
+
+
+DeviceStatus = StatusOnline | StatusOffline
+
+
+class Heartbeat(_Wire):
+    session: Session
+    seq: Seq
+
+
+# -- report ------------------------------------------------------------------------------------
+class ProcessReport(_CamelWire):
+    generation: Annotated[int, Field(ge=0)]
+    phase: Phase
+    pid: Annotated[int, Field(ge=1)] | None = None
+    restarts: Annotated[int, Field(ge=0)] = 0
+    exit_code: int | None = None
+    started_at: Annotated[str, StringConstraints(max_length=64)] | None = None
+    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE)] | None = None
+
+
+class Report(_Wire):
+    session: Session
+    seq: Seq
+    revision: Revision
+    processes: Annotated[dict[ObjectKey, ProcessReport], Field(max_length=MAX_PROCESSES)]
+
+
+# -- desired -----------------------------------------------------------------------------------
+class DesiredProcess(_Wire):
+    namespace: Namespace
+    name: ObjectName
+    uid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    generation: Annotated[int, Field(ge=0)]
+    spec: DeviceProcessSpec
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Desired(_Wire):
+    revision: Revision
+    processes: Annotated[list[DesiredProcess], Field(max_length=MAX_PROCESSES)]
+
+
+class BridgeStatus(_Wire):
+    state: Literal["online", "offline"]
+    session: Session
+
+
+# -- encoding ----------------------------------------------------------------------------------
+def canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(model: BaseModel) -> bytes:
+    """Canonical JSON bytes of a wire model (aliases, no nulls)."""
+    return canonical_json(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def revision_of(processes: list[DesiredProcess]) -> str:
+    """Digest of the canonical desired process list (order-independent: sorted by key)."""
+    items = sorted(
+        (p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in processes),
+        key=lambda d: (str(d["namespace"]), str(d["name"])),
+    )
+    return hashlib.sha256(canonical_json(items)).hexdigest()[:16]
+
+
+def make_desired(processes: list[DesiredProcess]) -> Desired:
+    ordered = sorted(processes, key=lambda p: (p.namespace, p.name))
+    return Desired(revision=revision_of(ordered), processes=ordered)
+
+
+# -- decoding ----------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load(kind: str, payload: bytes, limit: int) -> object:
+    if len(payload) > limit:
+        raise PayloadError(kind, "oversized", f"{len(payload)} bytes > limit {limit}")
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(kind, "invalid_json", str(exc)[:200]) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in first["loc"] if p != "doc") or "<root>"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def _validate(kind: str, model: type[M], data: object) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(kind, "schema", _describe(exc)) from None
+
+
+def decode(kind: str, model: type[M], payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> M:
+    """Decode `payload` as `model`; raise `PayloadError` (and nothing else) when it is not one."""
+    return _validate(kind, model, _load(kind, payload, limit))
+
+
+def decode_status(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> DeviceStatus:
+    data = _load("status", payload, limit)
+    return _validate("status", _StatusDoc, {"doc": data}).doc
+
+
+def decode_heartbeat(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Heartbeat:
+    return decode("heartbeat", Heartbeat, payload, limit)
+
+
+def decode_report(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Report:
+    return decode("report", Report, payload, limit)
+
+
+def decode_desired(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Desired:
+    return decode("desired", Desired, payload, limit)
+
+
+def decode_bridge_status(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> BridgeStatus:
+    return decode("bridge_status", BridgeStatus, payload, limit)
