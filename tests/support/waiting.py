@@ -43,7 +43,7 @@ async def async_wait_for(
         if isinstance(value, Awaitable):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() > deadline:
             raise ConditionTimeoutError(
                 f"timed out after {timeout}s waiting for {what or predicate}"
