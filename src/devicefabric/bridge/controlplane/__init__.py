@@ -1,0 +1,1 @@
+"""Control-plane backends: where DeviceProcess resources live (Kubernetes, or a local directory)."""

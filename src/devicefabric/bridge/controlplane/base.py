@@ -1,0 +1,74 @@
+"""The control-plane interface the bridge core is written against; both backends implement it.
+
+A backend is an informer: `run(on_change)` lists every DeviceProcess, marks itself synced, then
+watches, and calls `on_change(key)` for each added, modified or deleted resource (level-based:
+the callback carries only the key; the core reads the current object with `get`). Writes are
+`patch_status` (a JSON merge-patch of `status`, applied to the status subresource) and `emit_event`.
+Errors are the bridge's `ConflictError`, `NotFoundError` and `TransientError(retry_after)`.
+
+Keys are `"<namespace>/<name>"`. `Resource.spec` and `Resource.status` are the raw stored
+mappings (the core validates the spec with `config.resource.DeviceProcessSpec`, so an invalid spec
+is reported on the resource's own status instead of being dropped silently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One DeviceProcess as the control plane stores it (read-only snapshot)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: Mapping[str, object]
+    status: Mapping[str, object] = field(default_factory=dict)
+    creation_timestamp: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def device(self) -> str | None:
+        """`spec.deviceName` when it is a string (validity is checked by the core)."""
+        value = self.spec.get("deviceName")
+        return value if isinstance(value, str) else None
+
+
+class ControlPlane(Protocol):
+    """What the bridge core needs from a control plane."""
+
+    @property
+    def synced(self) -> asyncio.Event:
+        """Set once the initial list is in the cache (drives `/readyz`)."""
+        ...
+
+    async def run(self, on_change: Callable[[str], None]) -> None:
+        """List, then watch until cancelled; call `on_change(key)` for every change."""
+        ...
+
+    def get(self, key: str) -> Resource | None:
+        """The cached resource, or None once deleted."""
+        ...
+
+    def resources(self) -> Iterable[Resource]:
+        """Every cached resource."""
+        ...
+
+    async def patch_status(self, key: str, patch: Mapping[str, object]) -> None:
+        """Merge-patch `status` of `key` with `patch` (a dict of status fields, None deletes)."""
+        ...
+
+    async def emit_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
+        """Record an Event about `key` (reporting controller: the bridge)."""
+        ...
