@@ -4,7 +4,7 @@ A backend is an informer: `run(on_change)` lists every DeviceProcess, marks itse
 watches, and calls `on_change(key)` for each added, modified or deleted resource (level-based:
 the callback carries only the key; the core reads the current object with `get`). Writes are
 `patch_status` (a JSON merge-patch of `status`, applied to the status subresource) and `emit_event`.
-Errors are the bridge's `ConflictError`, `NotFoundError` and `TransientError(retry_after)`.
+Only the leader writes (`leading`). Errors are the bridge's `ConflictError`, `NotFoundError` and `TransientError(retry_after)`.
 
 Keys are `"<namespace>/<name>"`. `Resource.spec` and `Resource.status` are the raw stored
 mappings (the core validates the spec with `config.resource.DeviceProcessSpec`, so an invalid spec
@@ -51,6 +51,15 @@ class ControlPlane(Protocol):
     @property
     def synced(self) -> asyncio.Event:
         """Set once the initial list is in the cache (drives `/readyz`)."""
+        ...
+
+    @property
+    def leading(self) -> asyncio.Event:
+        """Set while this replica may write status, Events and `desired` (local: always set).
+
+        Non-leaders keep their caches and device trackers warm, so a takeover writes nothing
+        that did not change.
+        """
         ...
 
     async def run(self, on_change: Callable[[str], None]) -> None:
