@@ -45,6 +45,14 @@ class RestartPolicy(enum.StrEnum):
     NEVER = "Never"
 
 
+# Literal twins of the enums for model fields: strict validation accepts the JSON strings (and the
+# StrEnum members, which are equal strings), where an enum field would demand enum instances.
+PhaseName = Literal[
+    "Pending", "Running", "Succeeded", "Failed", "Stopped", "CrashLoopBackOff", "Unknown"
+]
+RestartPolicyName = Literal["Always", "OnFailure", "Never"]
+
+
 class _CamelModel(BaseModel):
     model_config = ConfigDict(
         frozen=True,
@@ -71,7 +79,7 @@ class DeviceProcessSpec(_CamelModel):
     command: Annotated[list[Arg], Field(min_length=1, max_length=MAX_COMMAND_ITEMS)]
     env: Annotated[list[EnvVar], Field(max_length=MAX_ENV_ITEMS)] = []
     working_dir: Arg | None = None
-    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    restart_policy: RestartPolicyName = "Always"
     suspend: bool = False
     termination_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
 
@@ -128,7 +136,7 @@ class DeviceProcessStatus(_CamelModel):
     """`status` of a DeviceProcess; every field optional, as the API server stores it."""
 
     observed_generation: int | None = None
-    phase: Phase | None = None
+    phase: PhaseName | None = None
     pid: int | None = None
     restarts: int | None = None
     exit_code: int | None = None

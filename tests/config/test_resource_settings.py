@@ -1,0 +1,106 @@
+"""Tier 1: conditions keep lastTransitionTime; settings parse addresses and env-backed flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from devicefabric.config.errors import ConfigError
+from devicefabric.config.resource import (
+    AGENT_CONNECTED,
+    MESSAGES,
+    SYNCED,
+    Reason,
+    find_condition,
+    make_condition,
+    set_condition,
+)
+from devicefabric.config.settings import (
+    HostPort,
+    add_flag,
+    env_name,
+    parse_broker_url,
+    parse_hostport,
+)
+
+
+def test_transition_time_changes_only_with_status() -> None:
+    conds = set_condition([], make_condition(AGENT_CONNECTED, Reason.CONNECTED, "t1"))
+    conds = set_condition(conds, make_condition(SYNCED, Reason.PENDING, "t1"))
+    same = set_condition(conds, make_condition(AGENT_CONNECTED, Reason.CONNECTED, "t2"))
+    assert same == conds
+    # Same status, other reason: reason changes, time does not.
+    lost = set_condition(conds, make_condition(AGENT_CONNECTED, Reason.CONNECTION_LOST, "t3"))
+    timeout = set_condition(lost, make_condition(AGENT_CONNECTED, Reason.HEARTBEAT_TIMEOUT, "t4"))
+    cond = find_condition(timeout, AGENT_CONNECTED)
+    assert cond is not None
+    assert (cond.status, cond.reason, cond.last_transition_time) == (
+        "False",
+        "HeartbeatTimeout",
+        "t3",
+    )
+    assert [c.type for c in timeout] == [AGENT_CONNECTED, SYNCED]
+
+
+def test_messages_are_fixed_per_reason() -> None:
+    for reason in Reason:
+        a = make_condition(AGENT_CONNECTED, reason, "2026-01-01T00:00:00Z")
+        b = make_condition(AGENT_CONNECTED, reason, "2027-01-01T00:00:00Z")
+        assert a.message == b.message == MESSAGES[reason]
+        assert not any(ch.isdigit() for ch in a.message)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:1883", HostPort("127.0.0.1", 1883)),
+        ("0.0.0.0:0", HostPort("0.0.0.0", 0)),
+        ("[::1]:8080", HostPort("::1", 8080)),
+        ("localhost:65535", HostPort("localhost", 65535)),
+    ],
+)
+def test_hostport(value: str, expected: HostPort) -> None:
+    assert parse_hostport(value) == expected
+
+
+@pytest.mark.parametrize("value", ["1883", ":1883", "host:", "host:x", "host:65536", ""])
+def test_bad_hostport_names_the_flag(value: str) -> None:
+    with pytest.raises(ConfigError, match="--http"):
+        parse_hostport(value, "--http")
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "tls"),
+    [
+        ("mqtt://127.0.0.1:1883", "127.0.0.1", 1883, False),
+        ("mqtts://broker.example:8884", "broker.example", 8884, True),
+        ("mqtt://b", "b", 1883, False),
+        ("mqtts://b", "b", 8883, True),
+    ],
+)
+def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
+    parsed = parse_broker_url(url)
+    assert (parsed.host, parsed.port, parsed.tls) == (host, port, tls)
+
+
+@pytest.mark.parametrize(
+    "url", ["tcp://b:1883", "mqtt://", "b:1883", "mqtt://b:99999", "mqtt://u:p@b:1", "mqtt://b/x"]
+)
+def test_bad_broker_urls(url: str) -> None:
+    with pytest.raises(ConfigError, match="--broker"):
+        parse_broker_url(url)
+
+
+def test_flags_read_their_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env_name("--write-qps") == "DEVICEFABRIC_WRITE_QPS"
+    monkeypatch.setenv("DEVICEFABRIC_BROKER", "mqtt://from-env:1")
+    monkeypatch.setenv("DEVICEFABRIC_DEMO", "true")
+    parser = argparse.ArgumentParser()
+    add_flag(parser, "--broker", default="mqtt://default:1", help="broker")
+    add_flag(parser, "--mqtt", default="127.0.0.1:1883", help="listener")
+    add_flag(parser, "--demo", action="store_true", help="demo")
+    args = parser.parse_args([])
+    assert (args.broker, args.mqtt, args.demo) == ("mqtt://from-env:1", "127.0.0.1:1883", True)
+    assert parser.parse_args(["--broker", "mqtt://flag:2"]).broker == "mqtt://flag:2"
+    assert "DEVICEFABRIC_BROKER" in parser.format_help()

@@ -1,0 +1,172 @@
+"""Tier 1: wire models are strict, errors are precise, encoding is canonical."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from devicefabric.config.errors import PayloadError
+from devicefabric.config.resource import DeviceProcessSpec, Phase
+from devicefabric.config.wire import (
+    DesiredProcess,
+    Heartbeat,
+    StatusOffline,
+    StatusOnline,
+    decode_bridge_status,
+    decode_desired,
+    decode_heartbeat,
+    decode_report,
+    decode_status,
+    encode,
+    make_desired,
+    revision_of,
+)
+
+
+def j(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_status_variants() -> None:
+    online = decode_status(
+        j({"state": "online", "session": "b00t-1", "heartbeat_s": 15, "agent": "0.1.0"})
+    )
+    assert isinstance(online, StatusOnline)
+    assert online.heartbeat_s == 15
+    lost = decode_status(j({"state": "offline", "session": "b00t-1", "reason": "lost"}))
+    assert isinstance(lost, StatusOffline)
+    assert lost.reason == "lost"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "where"),
+    [
+        (b"{", "invalid_json", ""),
+        (b"\xff\xfe", "invalid_json", ""),
+        (j({"state": "gone", "session": "s"}), "schema", ""),
+        (
+            j({"state": "online", "session": "s", "heartbeat_s": "15", "agent": "x"}),
+            "schema",
+            "heartbeat_s",
+        ),
+        (
+            j({"state": "online", "session": "s", "heartbeat_s": 15, "agent": "x", "extra": 1}),
+            "schema",
+            "extra",
+        ),
+        (j({"state": "offline", "session": "s", "reason": "bored"}), "schema", "reason"),
+        (j({"state": "offline", "session": "has space", "reason": "lost"}), "schema", "session"),
+        (j([1, 2]), "schema", ""),
+        (b"0" * (64 * 1024 + 1), "oversized", ""),
+    ],
+)
+def test_status_rejections_are_precise(payload: bytes, reason: str, where: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        decode_status(payload)
+    assert info.value.reason == reason
+    assert info.value.kind == "status"
+    assert where in info.value.detail
+
+
+def test_heartbeat_is_strict() -> None:
+    assert decode_heartbeat(j({"session": "s-1", "seq": 3})) == Heartbeat(session="s-1", seq=3)
+    for bad in ({"session": "s", "seq": -1}, {"session": "s", "seq": 1.5}, {"session": "s"}):
+        with pytest.raises(PayloadError, match="schema"):
+            decode_heartbeat(j(bad))
+
+
+def _report(processes: object) -> bytes:
+    return j({"session": "s", "seq": 1, "revision": "abc", "processes": processes})
+
+
+def test_report_keys_and_entries() -> None:
+    report = decode_report(
+        _report({"default/web": {"generation": 2, "phase": "Running", "pid": 42, "restarts": 0}})
+    )
+    entry = report.processes["default/web"]
+    assert entry.phase == Phase.RUNNING.value
+    assert entry.pid == 42
+    with pytest.raises(PayloadError, match="processes"):
+        decode_report(_report({"no-slash": {"generation": 1, "phase": "Running"}}))
+    with pytest.raises(PayloadError, match="phase"):
+        decode_report(_report({"default/web": {"generation": 1, "phase": "Dancing"}}))
+    huge = {f"default/p{i}": {"generation": 1, "phase": "Running"} for i in range(300)}
+    with pytest.raises(PayloadError, match="processes"):
+        decode_report(_report(huge))
+    with pytest.raises(PayloadError, match="oversized"):
+        decode_report(
+            _report({"default/web": {"generation": 1, "phase": "Failed", "message": "x" * 70000}})
+        )
+
+
+def _proc(name: str, generation: int = 1, **spec: object) -> DesiredProcess:
+    return DesiredProcess(
+        namespace="default",
+        name=name,
+        uid=f"uid-{name}",
+        generation=generation,
+        spec=DeviceProcessSpec.model_validate({"deviceName": "d1", "command": ["true"], **spec}),
+    )
+
+
+def test_spec_defaults_are_filled_in() -> None:
+    wire = _proc("a").spec.to_wire()
+    assert wire == {
+        "deviceName": "d1",
+        "command": ["true"],
+        "env": [],
+        "restartPolicy": "Always",
+        "suspend": False,
+        "terminationGracePeriodSeconds": 10,
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"deviceName": "D1", "command": ["x"]}, "deviceName"),
+        ({"deviceName": "d1", "command": []}, "command"),
+        ({"deviceName": "d1"}, "command"),
+        ({"deviceName": "d1", "command": ["x"], "restartPolicy": "Sometimes"}, "restartPolicy"),
+        ({"deviceName": "d1", "command": ["x"], "suspend": "yes"}, "suspend"),
+        ({"deviceName": "d1", "command": ["x"], "env": [{"name": "A=B", "value": ""}]}, "env"),
+        ({"deviceName": "d1", "command": ["x"], "bogus": 1}, "bogus"),
+        (
+            {"deviceName": "d1", "command": ["x"], "terminationGracePeriodSeconds": -1},
+            "terminationGracePeriodSeconds",
+        ),
+    ],
+)
+def test_invalid_specs_in_desired_name_the_field(spec: dict[str, object], field: str) -> None:
+    doc = {
+        "revision": "r",
+        "processes": [
+            {"namespace": "default", "name": "a", "uid": "u", "generation": 1, "spec": spec}
+        ],
+    }
+    with pytest.raises(PayloadError) as info:
+        decode_desired(j(doc))
+    assert field in info.value.detail
+
+
+def test_revision_is_order_independent_and_change_sensitive() -> None:
+    a, b = _proc("a"), _proc("b")
+    assert revision_of([a, b]) == revision_of([b, a])
+    assert revision_of([a, b]) != revision_of([a, _proc("b", generation=2)])
+    assert revision_of([a]) != revision_of([a, b])
+    assert revision_of([]) == make_desired([]).revision
+    desired = make_desired([b, a])
+    assert [p.name for p in desired.processes] == ["a", "b"]
+    assert decode_desired(encode(desired)) == desired
+
+
+def test_encoding_is_canonical() -> None:
+    payload = encode(StatusOffline(state="offline", session="s-1", reason="shutdown"))
+    assert payload == b'{"reason":"shutdown","session":"s-1","state":"offline"}'
+
+
+def test_bridge_status() -> None:
+    assert decode_bridge_status(j({"state": "online", "session": "x"})).state == "online"
+    with pytest.raises(PayloadError):
+        decode_bridge_status(j({"state": "online"}))

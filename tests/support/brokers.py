@@ -1,0 +1,330 @@
+"""Real brokers on free loopback ports for tier-2 tests: embedded amqtt and mosquitto.
+
+Both are separate processes started from what a user would run, so a test exercises the shipped
+entry points:
+
+- `mosquitto_broker(...)`: our generator (`broker.mosquitto.generate`) writes `mosquitto.conf` and
+  the dynamic-security JSON, then `/usr/sbin/mosquitto -c mosquitto.conf` runs them. mosquitto
+  knows only the devices it was generated for, so a test names its devices up front.
+- `embedded_broker(...)`: `python -m devicefabric broker run --mqtt 127.0.0.1:PORT --secret-file F
+  [--revoked-file F]`. It accepts any valid device name.
+
+Each context manager yields a `BrokerProcess` (`host`, `port`, `url`, `secret`, `kind`,
+`password(user)`, `stop()`, `start()`, `restart()`, `kill()`), and always stops the process on exit.
+A restart keeps the port, so clients under test can reconnect to the same address. A broker that
+exits or never opens its port raises `BrokerStartError` with the tail of its log.
+
+mosquitto missing: `require_mosquitto()` skips, except under `CI=true`, where it fails loudly: CI
+must not go green by skipping the production broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Final, Literal
+
+import pytest
+
+from devicefabric.broker.mosquitto import generate
+from devicefabric.config.credentials import password_for
+from devicefabric.config.settings import HostPort
+from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from tests.support.ports import free_port, port_open
+
+BrokerKind = Literal["embedded", "mosquitto"]
+KINDS: Final[tuple[BrokerKind, ...]] = ("mosquitto", "embedded")
+
+MOSQUITTO: Final = Path(os.environ.get("DEVICEFABRIC_TEST_MOSQUITTO", "/usr/sbin/mosquitto"))
+HOST: Final = "127.0.0.1"
+START_TIMEOUT: Final = {"mosquitto": 5.0, "embedded": 20.0}
+STOP_TIMEOUT: Final = 5.0
+
+
+class BrokerStartError(RuntimeError):
+    """The broker process exited or did not open its port in time."""
+
+
+def mosquitto_available() -> bool:
+    return MOSQUITTO.is_file() and os.access(MOSQUITTO, os.X_OK)
+
+
+def require_mosquitto() -> None:
+    """Skip when mosquitto is missing, but fail under CI=true (CI must run the real broker)."""
+    if mosquitto_available():
+        return
+    message = (
+        f"mosquitto not found at {MOSQUITTO}: install `mosquitto mosquitto-clients` "
+        "(or set DEVICEFABRIC_TEST_MOSQUITTO)"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+class BrokerProcess:
+    """One broker process on a fixed loopback port; stop/start/restart keep the port."""
+
+    def __init__(
+        self,
+        kind: BrokerKind,
+        argv: list[str],
+        port: int,
+        secret: bytes,
+        workdir: Path,
+        *,
+        root: str = DEFAULT_ROOT,
+        devices: tuple[str, ...] = (),
+        revoked: tuple[str, ...] = (),
+    ) -> None:
+        self.kind: BrokerKind = kind
+        self.argv = argv
+        self.host = HOST
+        self.port = port
+        self.secret = secret
+        self.workdir = workdir
+        self.root = root
+        self.topics = Topics(root)
+        self.devices = devices  # mosquitto: the only devices it knows; embedded: informational
+        self.revoked = revoked
+        self.log_path = workdir / f"{kind}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} broker {self.host}:{self.port}>"
+
+    # -- what tests use ----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """`mqtt://127.0.0.1:PORT`, the `--broker` value of agents and bridges."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def hostport(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def password(self, user: str) -> str:
+        """The derived password of a device, `bridge` or `observer`."""
+        return password_for(self.secret, user)
+
+    def password_file(self, user: str) -> Path:
+        """A 0600 file holding `user`'s password (for `--password-file`)."""
+        path = self.workdir / f"{user}.password"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.password(user) + "\n")
+        return path
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the process and wait until its port accepts connections."""
+        if self.running:
+            return
+        self._log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICEFABRIC_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+        )
+        deadline = time.monotonic() + START_TIMEOUT[self.kind]
+        while not port_open(self.port, self.host, timeout=0.2):
+            if self._proc.poll() is not None:
+                self._close_log()
+                raise BrokerStartError(self._failure("exited with code " + str(self._proc.returncode)))
+            if time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise BrokerStartError(self._failure("did not open its port in time"))
+            time.sleep(0.02)
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL with `kill`) and wait; escalate to SIGKILL after a bound."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT)
+        self._close_log()
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no clean shutdown."""
+        self.stop(kill=True)
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop and start again on the same port."""
+        self.stop(kill=kill)
+        self.start()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _failure(self, what: str) -> str:
+        tail = "\n".join(self.log_text().splitlines()[-30:])
+        return f"{self.kind} broker on port {self.port} {what}: {' '.join(self.argv)}\n{tail}"
+
+
+def _current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _secret_file(workdir: Path, secret: bytes) -> Path:
+    path = workdir / "secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret + b"\n")
+    return path
+
+
+def _workdir(base: Path, kind: BrokerKind, port: int) -> Path:
+    path = base / f"{kind}-{port}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_mosquitto(
+    base: Path,
+    secret: bytes,
+    devices: Iterable[str],
+    *,
+    revoked: Iterable[str] = (),
+    root: str = DEFAULT_ROOT,
+    port: int | None = None,
+) -> BrokerProcess:
+    """Generate the production config for `devices` on a free port; the process is not started."""
+    require_mosquitto()
+    port = port if port is not None else free_port()
+    workdir = _workdir(base, "mosquitto", port)
+    devices, revoked = tuple(devices), tuple(revoked)
+    # mosquitto started as root drops to `user` before reading the plugin's JSON: stay ourselves.
+    written = generate(
+        workdir / "config",
+        devices,
+        secret,
+        HostPort(HOST, port),
+        root=root,
+        revoked=revoked,
+        user=_current_user(),
+    )
+    argv = [str(MOSQUITTO), "-c", str(written.conf)]
+    return BrokerProcess(
+        "mosquitto", argv, port, secret, workdir, root=root, devices=devices, revoked=revoked
+    )
+
+
+def prepare_embedded(
+    base: Path,
+    secret: bytes,
+    *,
+    revoked: Iterable[str] = (),
+    port: int | None = None,
+    extra_args: Iterable[str] = (),
+) -> BrokerProcess:
+    """The `devicefabric broker run` command line on a free port; the process is not started."""
+    port = port if port is not None else free_port()
+    workdir = _workdir(base, "embedded", port)
+    revoked = tuple(revoked)
+    argv = [sys.executable, "-m", "devicefabric", "broker", "run", "--mqtt", f"{HOST}:{port}"]
+    argv += ["--secret-file", str(_secret_file(workdir, secret))]
+    if revoked:
+        revoked_file = workdir / "revoked"
+        revoked_file.write_text("".join(f"{name}\n" for name in revoked), encoding="utf-8")
+        argv += ["--revoked-file", str(revoked_file)]
+    argv += list(extra_args)
+    return BrokerProcess("embedded", argv, port, secret, workdir, revoked=revoked)
+
+
+@contextlib.contextmanager
+def running(broker: BrokerProcess) -> Iterator[BrokerProcess]:
+    """Start `broker`, yield it, always stop it."""
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@contextlib.contextmanager
+def mosquitto_broker(
+    tmp_path: Path,
+    secret: bytes,
+    devices: Iterable[str],
+    *,
+    revoked: Iterable[str] = (),
+    root: str = DEFAULT_ROOT,
+    port: int | None = None,
+) -> Iterator[BrokerProcess]:
+    """A real mosquitto running our generated config for `devices`."""
+    broker = prepare_mosquitto(tmp_path, secret, devices, revoked=revoked, root=root, port=port)
+    with running(broker):
+        yield broker
+
+
+@contextlib.contextmanager
+def embedded_broker(
+    tmp_path: Path,
+    secret: bytes,
+    *,
+    revoked: Iterable[str] = (),
+    port: int | None = None,
+    extra_args: Iterable[str] = (),
+) -> Iterator[BrokerProcess]:
+    """`devicefabric broker run` as a subprocess."""
+    broker = prepare_embedded(tmp_path, secret, revoked=revoked, port=port, extra_args=extra_args)
+    with running(broker):
+        yield broker
+
+
+@contextlib.contextmanager
+def any_broker(
+    kind: BrokerKind,
+    tmp_path: Path,
+    secret: bytes,
+    devices: Iterable[str],
+    *,
+    revoked: Iterable[str] = (),
+    port: int | None = None,
+) -> Iterator[BrokerProcess]:
+    """Either broker by name; `devices` matter only to mosquitto."""
+    if kind == "mosquitto":
+        with mosquitto_broker(tmp_path, secret, devices, revoked=revoked, port=port) as broker:
+            yield broker
+    else:
+        with embedded_broker(tmp_path, secret, revoked=revoked, port=port) as broker:
+            yield broker
+
+
+def which_mosquitto_clients() -> tuple[str | None, str | None]:
+    """Paths of `mosquitto_sub` and `mosquitto_pub`, for tests that act as a user would."""
+    return shutil.which("mosquitto_sub"), shutil.which("mosquitto_pub")
