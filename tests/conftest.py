@@ -10,3 +10,7 @@ TEST_SECRET = b"test-secret-0123456789abcdef"
 @pytest.fixture
 def secret() -> bytes:
     return TEST_SECRET
+
+
+# Broker fixtures (`any_broker`, `mosquitto`, `embedded`, `broker_factory`): tests/support/fixtures.py
+pytest_plugins = ["tests.support.fixtures"]

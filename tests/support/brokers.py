@@ -42,11 +42,17 @@ from tests.support.ports import free_port, port_open
 
 BrokerKind = Literal["embedded", "mosquitto"]
 KINDS: Final[tuple[BrokerKind, ...]] = ("mosquitto", "embedded")
+# For `params=`: the mosquitto case carries the `mosquitto` marker (needs the binary).
+KIND_PARAMS: Final = (
+    pytest.param("mosquitto", marks=pytest.mark.mosquitto, id="mosquitto"),
+    pytest.param("embedded", id="embedded"),
+)
 
 MOSQUITTO: Final = Path(os.environ.get("DEVICEFABRIC_TEST_MOSQUITTO", "/usr/sbin/mosquitto"))
 HOST: Final = "127.0.0.1"
 START_TIMEOUT: Final = {"mosquitto": 5.0, "embedded": 20.0}
 STOP_TIMEOUT: Final = 5.0
+EMBEDDED_READY: Final = b"broker listening on"
 
 
 class BrokerStartError(RuntimeError):
@@ -84,6 +90,7 @@ class BrokerProcess:
         root: str = DEFAULT_ROOT,
         devices: tuple[str, ...] = (),
         revoked: tuple[str, ...] = (),
+        tls_ca: Path | None = None,
     ) -> None:
         self.kind: BrokerKind = kind
         self.argv = argv
@@ -95,9 +102,11 @@ class BrokerProcess:
         self.topics = Topics(root)
         self.devices = devices  # mosquitto: the only devices it knows; embedded: informational
         self.revoked = revoked
+        self.tls_ca = tls_ca  # set when the listener speaks TLS: the CA clients must trust
         self.log_path = workdir / f"{kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_offset = 0
 
     def __repr__(self) -> str:
         return f"<{self.kind} broker {self.host}:{self.port}>"
@@ -105,8 +114,8 @@ class BrokerProcess:
     # -- what tests use ----------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """`mqtt://127.0.0.1:PORT`, the `--broker` value of agents and bridges."""
-        return f"mqtt://{self.host}:{self.port}"
+        """`mqtt://127.0.0.1:PORT` (`mqtts://` with TLS): the `--broker` of agents and bridges."""
+        return f"{'mqtts' if self.tls_ca else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def hostport(self) -> str:
@@ -143,7 +152,10 @@ class BrokerProcess:
         """Start the process and wait until its port accepts connections."""
         if self.running:
             return
+        if port_open(self.port, self.host):
+            raise BrokerStartError(self._failure("cannot start: the port is already in use"))
         self._log = self.log_path.open("ab")
+        self._log_offset = self._log.tell()  # a restart appends: look for readiness after this
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICEFABRIC_")}
         env["PYTHONUNBUFFERED"] = "1"
         self._proc = subprocess.Popen(
@@ -155,14 +167,26 @@ class BrokerProcess:
             env=env,
         )
         deadline = time.monotonic() + START_TIMEOUT[self.kind]
-        while not port_open(self.port, self.host, timeout=0.2):
+        while not self._ready():
             if self._proc.poll() is not None:
                 self._close_log()
-                raise BrokerStartError(self._failure("exited with code " + str(self._proc.returncode)))
+                raise BrokerStartError(
+                    self._failure("exited with code " + str(self._proc.returncode))
+                )
             if time.monotonic() > deadline:
                 self.stop(kill=True)
                 raise BrokerStartError(self._failure("did not open its port in time"))
             time.sleep(0.02)
+
+    def _ready(self) -> bool:
+        # `broker run` prints a ready line once it accepts connections; probing its port instead
+        # would log a refused (empty) connection on every start. mosquitto is probed.
+        if self.kind == "embedded":
+            try:
+                return EMBEDDED_READY in self.log_path.read_bytes()[self._log_offset :]
+            except OSError:
+                return False
+        return port_open(self.port, self.host, timeout=0.2)
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (or SIGKILL with `kill`) and wait; escalate to SIGKILL after a bound."""
@@ -221,8 +245,12 @@ def prepare_mosquitto(
     revoked: Iterable[str] = (),
     root: str = DEFAULT_ROOT,
     port: int | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> BrokerProcess:
-    """Generate the production config for `devices` on a free port; the process is not started."""
+    """Generate the production config for `devices` on a free port; the process is not started.
+
+    `tls` is (CA certificate, server certificate, server key): the listener then speaks TLS only.
+    """
     require_mosquitto()
     port = port if port is not None else free_port()
     workdir = _workdir(base, "mosquitto", port)
@@ -236,10 +264,20 @@ def prepare_mosquitto(
         root=root,
         revoked=revoked,
         user=_current_user(),
+        tls_cert=tls[1] if tls else None,
+        tls_key=tls[2] if tls else None,
     )
     argv = [str(MOSQUITTO), "-c", str(written.conf)]
     return BrokerProcess(
-        "mosquitto", argv, port, secret, workdir, root=root, devices=devices, revoked=revoked
+        "mosquitto",
+        argv,
+        port,
+        secret,
+        workdir,
+        root=root,
+        devices=devices,
+        revoked=revoked,
+        tls_ca=tls[0] if tls else None,
     )
 
 
@@ -250,8 +288,12 @@ def prepare_embedded(
     revoked: Iterable[str] = (),
     port: int | None = None,
     extra_args: Iterable[str] = (),
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> BrokerProcess:
-    """The `devicefabric broker run` command line on a free port; the process is not started."""
+    """The `devicefabric broker run` command line on a free port; the process is not started.
+
+    `tls` is (CA certificate, server certificate, server key), passed as `--tls-cert/--tls-key`.
+    """
     port = port if port is not None else free_port()
     workdir = _workdir(base, "embedded", port)
     revoked = tuple(revoked)
@@ -261,8 +303,12 @@ def prepare_embedded(
         revoked_file = workdir / "revoked"
         revoked_file.write_text("".join(f"{name}\n" for name in revoked), encoding="utf-8")
         argv += ["--revoked-file", str(revoked_file)]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
     argv += list(extra_args)
-    return BrokerProcess("embedded", argv, port, secret, workdir, revoked=revoked)
+    return BrokerProcess(
+        "embedded", argv, port, secret, workdir, revoked=revoked, tls_ca=tls[0] if tls else None
+    )
 
 
 @contextlib.contextmanager

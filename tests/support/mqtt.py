@@ -169,37 +169,37 @@ class Client:
     # -- paho callbacks (loop thread) --------------------------------------------------------------
     def _on_connect(
         self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: paho.ConnectFlags,
         reason_code: ReasonCode,
-        properties: Properties | None,
+        _properties: Properties | None,
     ) -> None:
         self.connack_code = reason_code
         self.connack.set()
 
     def _on_disconnect(
         self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: paho.DisconnectFlags,
         reason_code: ReasonCode,
-        properties: Properties | None,
+        _properties: Properties | None,
     ) -> None:
         self.disconnect_code = reason_code
         self.disconnected.set()
         self.connack.set()  # wake a connect() waiting for a CONNACK that will never come
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         self.inbox.add(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
 
     def _on_subscribe(
         self,
-        client: paho.Client,
-        userdata: Any,
+        _client: paho.Client,
+        _userdata: Any,
         mid: int,
         reason_codes: list[ReasonCode],
-        properties: Properties | None,
+        _properties: Properties | None,
     ) -> None:
         with self._suback_cond:
             self._subacks[mid] = list(reason_codes)
@@ -336,6 +336,8 @@ def connect(
         except Exception:  # an invalid name has no derived password: send a plausible one
             pw = "x" * 43
     client.username_pw_set(user, pw)
+    if broker.tls_ca is not None:
+        client.tls_set(ca_certs=str(broker.tls_ca))
     if will is not None:
         client.will_set(will.topic, _payload(will.payload), qos=will.qos, retain=will.retain)
     wrapper = Client(client, user, cid)
@@ -363,10 +365,11 @@ def connack(broker: BrokerProcess, user: str, **kwargs: Any) -> ReasonCode | Non
     return code
 
 
-def barrier(publisher: Client, topic: str, watchers: Sequence[Client]) -> None:
-    """Publish a unique marker on `topic` and wait until every watcher received it."""
+def barrier(publisher: Client, topic: str, watchers: Sequence[Client]) -> bytes:
+    """Publish a unique marker on `topic`, wait until every watcher received it; return it."""
     token = f"marker-{uuid.uuid4().hex}".encode()
     if not publisher.publish(topic, token, qos=1):
         raise AssertionError(f"{publisher} lost its connection publishing the marker")
     for watcher in watchers:
         watcher.inbox.wait_for(topic, lambda m: m.payload == token)
+    return token

@@ -1,13 +1,146 @@
-"""`devicefabric bridge run`, `apply`, `delete`, `get`, `manifests` (stubs until the bridge lands)."""
+"""`devicefabric bridge run`, and the hook for the local control plane's verbs.
+
+`bridge run` builds `BridgeSettings` from flags (each also read from `DEVICEFABRIC_<FLAG>`),
+constructs the control-plane backend named by `--control-plane` (imported lazily: the Kubernetes
+client is only loaded for `kube`), and runs the `Bridge` until SIGTERM/SIGINT. Configuration
+errors (bad URL, unreadable password file, port in use) are one line and exit 2; a broker that
+refuses the bridge's login exits 1.
+
+`register_local_verbs` delegates to `devicefabric.bridge.verbs.register` (apply/delete/get) when
+that module exists.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from devicefabric.bridge.controlplane.base import ControlPlane
+from devicefabric.config.credentials import read_password_file
+from devicefabric.config.errors import ConfigError
+from devicefabric.config.lifecycle import run_program
+from devicefabric.config.names import is_device_name
+from devicefabric.config.settings import (
+    DEFAULT_STALE_MULTIPLIER,
+    DEFAULT_STATE_DIR,
+    add_flag,
+    parse_broker_url,
+    parse_hostport,
+)
+
+if TYPE_CHECKING:  # the service (paho, prometheus) loads only when `bridge run` runs
+    from devicefabric.bridge.service import BridgeSettings
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("bridge", help="the bridge service")
+    bridge = sub.add_parser("bridge", help="the bridge service")
+    verbs = bridge.add_subparsers(dest="bridge_command", metavar="COMMAND", required=True)
+    run = verbs.add_parser(
+        "run",
+        help="run the bridge (MQTT <-> control plane)",
+        description="Mirror DeviceProcess resources to devices over MQTT and write their status "
+        "back on transitions only.",
+    )
+    add_flag(run, "--broker", default=DEFAULT_BROKER, help="broker URL (mqtt:// or mqtts://)")
+    add_flag(run, "--password-file", type=Path, help="file holding the `bridge` user's password")
+    add_flag(run, "--tls-ca", type=Path, help="CA bundle to verify an mqtts:// broker")
+    add_flag(
+        run,
+        "--client-id",
+        help="MQTT client id (default bridge_<POD_NAME> or bridge_<hostname>-<pid>)",
+    )
+    add_flag(
+        run,
+        "--control-plane",
+        default="kube",
+        choices=("kube", "local"),
+        help="where DeviceProcess resources live",
+    )
+    add_flag(
+        run,
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="local control plane: the state directory",
+    )
+    add_flag(run, "--namespace", help="kube control plane: watch one namespace (default all)")
+    add_flag(run, "--http", default="127.0.0.1:8080", help="HOST:PORT of /healthz /readyz /metrics")
+    add_flag(run, "--write-qps", type=float, default=20.0, help="control-plane writes per second")
+    add_flag(run, "--write-burst", type=int, default=30, help="control-plane writes at once")
+    add_flag(
+        run,
+        "--stale-multiplier",
+        type=float,
+        default=float(DEFAULT_STALE_MULTIPLIER),
+        help="HeartbeatTimeout after this many heartbeat periods of silence",
+    )
+    run.set_defaults(func=_run)
 
 
 def register_local_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    del sub
+    """`apply`/`delete`/`get` of the local control plane, when `bridge.verbs` is installed."""
+    if importlib.util.find_spec("devicefabric.bridge.verbs") is None:
+        return
+    verbs = importlib.import_module("devicefabric.bridge.verbs")
+    verbs.register(sub)
+
+
+def make_control_plane(kind: str, state_dir: Path, namespace: str | None) -> ControlPlane:
+    """The backend named by `--control-plane` (imported lazily)."""
+    if kind == "local":
+        from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
+
+        return LocalControlPlane(state_dir)
+    if kind == "kube":
+        try:
+            kube = importlib.import_module("devicefabric.bridge.controlplane.kube")
+        except ImportError as exc:
+            raise ConfigError(
+                f"--control-plane kube: the Kubernetes backend is not available ({exc}); "
+                "install devicefabric[bridge]"
+            ) from None
+        plane: ControlPlane = kube.KubeControlPlane(namespace=namespace)
+        return plane
+    raise ConfigError(f"--control-plane: expected kube or local, got {kind!r}")
+
+
+def settings_from_args(args: argparse.Namespace) -> BridgeSettings:
+    from devicefabric.bridge.service import BridgeSettings, default_client_id  # noqa: PLC0415
+
+    if args.password_file is None:
+        raise ConfigError("--password-file is required (the `bridge` user's password)")
+    client_id = args.client_id or default_client_id()
+    if is_device_name(client_id):
+        raise ConfigError(f"--client-id: {client_id!r} is a device name; a bridge may not use one")
+    if args.write_qps <= 0 or args.write_burst < 1:
+        raise ConfigError("--write-qps must be > 0 and --write-burst >= 1")
+    if args.stale_multiplier <= 1:
+        raise ConfigError("--stale-multiplier must be > 1")
+    return BridgeSettings(
+        broker=parse_broker_url(args.broker),
+        password=read_password_file(args.password_file),
+        client_id=client_id,
+        http=parse_hostport(args.http, "--http") if args.http else None,
+        tls_ca=args.tls_ca,
+        write_qps=args.write_qps,
+        write_burst=args.write_burst,
+        stale_multiplier=args.stale_multiplier,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from devicefabric.bridge.service import Bridge  # noqa: PLC0415
+
+    settings = settings_from_args(args)
+    control_plane = make_control_plane(args.control_plane, args.state_dir, args.namespace)
+
+    async def main() -> int:
+        await Bridge(settings, control_plane).run()
+        return 0
+
+    return run_program(main)

@@ -27,3 +27,7 @@ class TransientError(ControlPlaneError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MqttError(BridgeError):
+    """The broker refused the bridge (login or subscriptions): fix the configuration, exit 1."""

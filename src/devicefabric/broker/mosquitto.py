@@ -19,16 +19,19 @@ document, so the embedded broker and mosquitto enforce the same rules:
 - passwords are the derived fabric passwords (`config.credentials.password_for`), stored as
   mosquitto stores them: base64 PBKDF2-HMAC-SHA512 (64 bytes) with a random 12-byte salt (base64)
   and 101 iterations;
-- a revoked device keeps its client entry with `"disabled": true` (mosquitto refuses its CONNECT;
-  `mosquitto_ctrl dynsec enableClient` undoes it at run time).
+- a revoked device keeps its client entry with `"disabled": true` (mosquitto refuses its
+  CONNECT; regenerating without it restores it);
+- `max_packet_size` carries DESIGN.md's payload limit (64 KiB by default): mosquitto disconnects
+  a client sending a larger packet, as the embedded broker does.
 
 What mosquitto cannot express (written down in docs/mosquitto.md): a role user may use any client
 id, including a device's name; a device's will may name any topic it may publish to (the table
 allows the will only on its status topic).
 
-Everything here is pure except `write_config`, which writes the two files (the JSON mode 0600:
-it holds password hashes) and, when run as root with a `user` set, hands them to that user,
-because mosquitto drops to that user before it loads the plugin and rewrites the JSON in place.
+Everything here is pure except `write_config` (and `generate`, which composes and calls it). It
+writes the two files (the JSON mode 0600: it holds password hashes) and, when run as root with a
+`user` set, hands the JSON and its directory to that user, because mosquitto drops to that user
+before it loads the plugin, and rewrites the JSON in place when changed at run time.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ DEFAULT_PLUGIN: Final = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_securi
 CONF_NAME: Final = "mosquitto.conf"
 DYNSEC_NAME: Final = "dynamic-security.json"
 
+DEFAULT_MAX_PAYLOAD: Final = 64 * 1024  # DESIGN.md's payload limit, as the embedded broker's
+# mosquitto limits whole packets: room for the fixed header, the topic and the packet id.
+PACKET_OVERHEAD: Final = 1024
+
 PBKDF2_ITERATIONS: Final = 101
 SALT_BYTES: Final = 12
 HASH_BYTES: Final = 64
@@ -72,6 +79,9 @@ class MosquittoSettings:
     relative path against its own working directory). `persistence_dir` None means persistence
     off (the default: retained state is rebuilt by the bridge and the agents on reconnect).
     `user` is mosquitto's `user` option (the account it drops to when started as root).
+    `tls_cert`/`tls_key` (both or neither) make the listener TLS-only (`mqtts://`).
+    `max_payload` becomes `max_packet_size` (plus `PACKET_OVERHEAD`): mosquitto disconnects a
+    client sending a larger packet, as the embedded broker does for a larger payload.
     """
 
     listener: HostPort
@@ -79,6 +89,9 @@ class MosquittoSettings:
     plugin: Path = DEFAULT_PLUGIN
     persistence_dir: Path | None = None
     user: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +256,8 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
     listener = settings.listener
     if listener.port == 0:
         raise ConfigError("--mqtt: mosquitto needs a fixed port, not 0")
+    if settings.max_payload < 1:
+        raise ConfigError(f"--max-payload must be positive, got {settings.max_payload}")
     if not settings.dynsec_file.is_absolute():
         raise ConfigError(f"dynamic-security file {settings.dynsec_file} must be an absolute path")
     lines = [
@@ -250,6 +265,7 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
         "# Regenerate instead of editing; see docs/mosquitto.md.",
         "per_listener_settings false",
         "allow_anonymous false",
+        f"max_packet_size {settings.max_payload + PACKET_OVERHEAD}",
     ]
     if settings.persistence_dir is None:
         lines.append("persistence false")
@@ -258,8 +274,15 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
         lines += ["persistence true", f"persistence_location {location.rstrip('/')}/"]
     if settings.user is not None:
         lines.append(f"user {_conf_value(settings.user, 'user')}")
+    lines.append(f"listener {listener.port} {_conf_value(listener.host, 'listener host')}")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        lines += [
+            f"certfile {_conf_value(str(settings.tls_cert), 'TLS certificate path')}",
+            f"keyfile {_conf_value(str(settings.tls_key), 'TLS key path')}",
+        ]
     lines += [
-        f"listener {listener.port} {_conf_value(listener.host, 'listener host')}",
         f"plugin {_conf_value(str(settings.plugin), 'plugin path')}",
         f"plugin_opt_config_file {_conf_value(str(settings.dynsec_file), 'dynamic-security file')}",
     ]
@@ -327,6 +350,9 @@ def generate(
     dynsec_file: Path | None = None,
     persistence_dir: Path | None = None,
     user: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> WrittenConfig:
     """Generate and write both files; the JSON path in the conf defaults to the written file."""
     out = out_dir.absolute()
@@ -336,6 +362,9 @@ def generate(
         plugin=plugin,
         persistence_dir=persistence_dir,
         user=user,
+        tls_cert=tls_cert.absolute() if tls_cert is not None else None,
+        tls_key=tls_key.absolute() if tls_key is not None else None,
+        max_payload=max_payload,
     )
     conf_text = mosquitto_conf(settings)
     doc = dynsec_config(devices, secret, Topics(root), revoked=revoked)

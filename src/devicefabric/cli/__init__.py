@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from devicefabric.agent import cli as agent_cli  # noqa: PLC0415 - keep `--help` cheap
     from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
     from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
-    from devicefabric.cli import creds, up  # noqa: PLC0415
+    from devicefabric.cli import creds, manifests, up  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="devicefabric",
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.register(sub)
     creds.register(sub)
     bridge_cli.register_local_verbs(sub)
+    manifests.register(sub)
     return parser
 
 

@@ -26,9 +26,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     which = parser.add_subparsers(dest="role", metavar="USER", required=True)
     dev = which.add_parser("device", help="a device's password")
     dev.add_argument("name", help="device name (DNS-1123 label)")
-    dev.set_defaults(func=_run)
-    which.add_parser("bridge", help="the bridge user's password").set_defaults(func=_run)
-    which.add_parser("observer", help="the read-only observer's password").set_defaults(func=_run)
+    bridge = which.add_parser("bridge", help="the bridge user's password")
+    observer = which.add_parser("observer", help="the read-only observer's password")
+    for user in (dev, bridge, observer):
+        _secret_flags_after(user)
+        user.set_defaults(func=_run)
+
+
+def _secret_flags_after(parser: argparse.ArgumentParser) -> None:
+    """Also accept the secret flags after USER (`creds device NAME --state-dir DIR`).
+
+    SUPPRESS keeps the value given before USER (or its env default) when they are not repeated.
+    """
+    parser.add_argument(
+        "--secret-file", type=Path, default=argparse.SUPPRESS, help="as before USER"
+    )
+    parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="as before USER")
 
 
 def _run(args: argparse.Namespace) -> int:

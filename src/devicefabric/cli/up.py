@@ -1,9 +1,270 @@
-"""`devicefabric up`: the embedded default (stub until the bridge lands)."""
+"""`devicefabric up`: the embedded default, one process holding the whole fabric of one machine.
+
+    devicefabric up [--state-dir DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--demo] ...
+
+Creates the state directory and its fabric secret (mode 0600) on first run, then runs in one
+event loop, under one TaskGroup with named tasks:
+
+- `broker`: the embedded broker (`broker.embedded.EmbeddedBroker`) on `--mqtt`;
+- `bridge`: the bridge service (`bridge.service.Bridge`) on the local control plane
+  (`bridge.controlplane.local`: DeviceProcess files under the state directory), logging in as the
+  `bridge` user with the password derived from the secret, serving `--http`;
+- `frontend`: waits until the bridge is ready, prints how to connect an agent and how to watch
+  with `mosquitto_sub`; with `--demo`, applies the samples of `cli.demo`, starts their three agents
+  and draws the live table.
+
+Invariants: an address in use is a one-line `ConfigError` naming `--mqtt` or `--http` (exit 2),
+raised before anything is printed; the first SIGINT/SIGTERM cancels the TaskGroup, so the demo
+agents are SIGTERMed and awaited, the bridge says offline, the broker drains, and the program
+exits 0; the first error of any task ends the program with that error (not an exception group).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from devicefabric.config.credentials import load_secret, role_password
+from devicefabric.config.errors import DeviceFabricError
+from devicefabric.config.lifecycle import run_program
+from devicefabric.config.logs import JsonFormatter, TextFormatter
+from devicefabric.config.names import BRIDGE_USER
+from devicefabric.config.resource import AGENT_CONNECTED
+from devicefabric.config.settings import (
+    DEFAULT_HTTP,
+    DEFAULT_MQTT,
+    DEFAULT_STATE_DIR,
+    HostPort,
+    add_flag,
+    parse_broker_url,
+    parse_hostport,
+)
+from devicefabric.config.topics import DEFAULT_ROOT
+
+if TYPE_CHECKING:  # imported lazily at run time: yaml and amqtt are extras
+    from devicefabric.bridge.controlplane.local import LocalControlPlane
+
+log = logging.getLogger("devicefabric.up")
+
+READY_TIMEOUT: Final = 30.0
+SETTLE_TIMEOUT: Final = 3.0
+BRIDGE_CLIENT_ID: Final = "bridge_up"
+EXAMPLE_DEVICE: Final = "edge-1"
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    state_dir: Path
+    secret_file: Path | None
+    secret: bytes
+    mqtt: HostPort
+    http: HostPort
+    demo: bool
+    write_qps: float
+    write_burst: int
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("up", help="embedded broker + bridge on the local control plane")
+    parser = sub.add_parser(
+        "up",
+        help="embedded broker + bridge on the local control plane",
+        description="Run the embedded broker and the bridge on this machine, with DeviceProcess "
+        "files under --state-dir as the control plane (see `devicefabric apply/get/delete`).",
+    )
+    add_flag(
+        parser,
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="resources, status, events and the fabric secret (created on first run)",
+    )
+    add_flag(parser, "--mqtt", default=DEFAULT_MQTT, help="MQTT listen address HOST:PORT")
+    add_flag(parser, "--http", default=DEFAULT_HTTP, help="bridge HTTP address HOST:PORT")
+    add_flag(
+        parser,
+        "--secret-file",
+        type=Path,
+        help="fabric secret file (default: $DEVICEFABRIC_SECRET, else STATE_DIR/secret)",
+    )
+    add_flag(
+        parser,
+        "--demo",
+        action="store_true",
+        help="also run three local agents with sample processes and show a live table",
+    )
+    add_flag(parser, "--write-qps", type=float, default=20.0, help="status writes per second")
+    add_flag(parser, "--write-burst", type=int, default=30, help="status writes allowed at once")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = UpOptions(
+        state_dir=args.state_dir,
+        secret_file=args.secret_file,
+        secret=load_secret(args.secret_file, args.state_dir, create=True),
+        mqtt=parse_hostport(args.mqtt, "--mqtt"),
+        http=parse_hostport(args.http, "--http"),
+        demo=args.demo,
+        write_qps=float(args.write_qps),
+        write_burst=int(args.write_burst),
+    )
+    if options.demo and sys.stdout.isatty():
+        _log_to_file(options.state_dir / "up.log")
+    return run_program(lambda: serve(options))
+
+
+async def serve(options: UpOptions) -> None:
+    """Broker, bridge and front end until cancelled (see the module docstring)."""
+    from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
+    from devicefabric.bridge.service import Bridge, BridgeSettings  # noqa: PLC0415
+    from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker  # noqa: PLC0415
+
+    plane = LocalControlPlane(options.state_dir)
+    async with EmbeddedBroker(BrokerSettings(secret=options.secret, mqtt=options.mqtt)) as broker:
+        address = _reachable(broker.address)
+        settings = BridgeSettings(
+            broker=parse_broker_url(f"mqtt://{address}"),
+            password=role_password(options.secret, BRIDGE_USER),
+            client_id=BRIDGE_CLIENT_ID,
+            http=options.http,
+            write_qps=options.write_qps,
+            write_burst=options.write_burst,
+        )
+        bridge = Bridge(settings, plane)
+        try:
+            # The front end runs in this task, inside the group: on Ctrl-C it unwinds first (the
+            # demo agents stop and their offline is written) while the bridge task still runs;
+            # the group cancels the bridge after. A failing bridge cancels the front end.
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(broker.serve_forever(), name="broker")
+                tg.create_task(bridge.run(), name="bridge")
+                await _frontend(options, bridge.ready, address, plane)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+
+async def _frontend(
+    options: UpOptions, ready: asyncio.Event, broker: HostPort, plane: LocalControlPlane
+) -> None:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await ready.wait()
+    except TimeoutError:
+        raise DeviceFabricError(
+            f"the bridge did not become ready within {READY_TIMEOUT:.0f} s"
+        ) from None
+    text = instructions(options, broker)
+    if options.demo:
+        await _demo(options, text, broker, plane)
+    else:
+        print(text, flush=True)
+        await asyncio.Event().wait()  # until Ctrl-C
+
+
+async def _demo(options: UpOptions, text: str, broker: HostPort, plane: LocalControlPlane) -> None:
+    from devicefabric.bridge.verbs import render_table  # noqa: PLC0415
+    from devicefabric.cli import demo  # noqa: PLC0415
+
+    applied = await asyncio.to_thread(plane.store.apply, demo.sample_manifests())
+    log.info("demo resources: %s", ", ".join(f"{a.key} {a.outcome}" for a in applied))
+    tty = sys.stdout.isatty()
+    if not tty:
+        print(text, flush=True)
+    header = text + f"\n\nlogs: {options.state_dir / 'up.log'}   (Ctrl-C stops everything)\n"
+    agents = demo.DemoAgents(options.state_dir, f"mqtt://{broker}", options.secret)
+    try:
+        async with agents, asyncio.TaskGroup() as tg:
+            tg.create_task(agents.watch(), name="demo-agents")
+            tg.create_task(demo.live_table(plane, header if tty else ""), name="live-table")
+    finally:
+        if tty:
+            print("\nstopping: agents, bridge, broker...", flush=True)
+        await _settle(plane, agents.devices)
+        if tty:
+            print(render_table(plane.resources()), flush=True)
+
+
+async def _settle(plane: LocalControlPlane, devices: tuple[str, ...]) -> None:
+    """Give the bridge a moment to record the stopped agents' clean offline (bounded)."""
+    from devicefabric.bridge.verbs import condition_status  # noqa: PLC0415
+
+    deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
+    while asyncio.get_running_loop().time() < deadline:
+        if not any(
+            condition_status(r, AGENT_CONNECTED) == "True"
+            for r in plane.resources()
+            if r.device in devices
+        ):
+            return
+        await asyncio.sleep(0.05)
+
+
+def instructions(options: UpOptions, broker: HostPort) -> str:
+    """What to run next: an agent for a device, a resource for it, and a fabric-wide watch."""
+    state = shlex.quote(str(options.state_dir))
+    secret = (
+        f"--secret-file {shlex.quote(str(options.secret_file))}"
+        if options.secret_file is not None
+        else f"--state-dir {state}"
+    )
+    device = EXAMPLE_DEVICE
+    password_file = shlex.quote(f"{device}.password")
+    agent_state = shlex.quote(f"{device}-state")
+    url = f"mqtt://{broker}"
+    observer_password = f'"$(devicefabric creds observer {secret})"'
+    topics = shlex.quote(DEFAULT_ROOT + "/#")
+    agent = (
+        f"  devicefabric agent run --device {device} --broker {url} "
+        f"--password-file {password_file} --state-dir {agent_state}"
+    )
+    watch = (
+        f"  mosquitto_sub -h {shlex.quote(broker.host)} -p {broker.port} -u observer "
+        f"-P {observer_password} -t {topics} -v"
+    )
+    lines = [
+        f"devicefabric is up: broker {url}, bridge http://{options.http}, state {state}",
+        "",
+        f"Connect an agent (here for device {device}):",
+        f"  devicefabric creds device {device} {secret} > {password_file}",
+        agent,
+        "Run a process on it, and see it:",
+        f"  devicefabric apply -f process.yaml --state-dir {state}",
+        f"  devicefabric get --state-dir {state}",
+        "Watch the whole fabric:",
+        watch,
+    ]
+    return "\n".join(lines)
+
+
+def _reachable(address: HostPort) -> HostPort:
+    """The address a local client dials: a wildcard bind is reached over loopback."""
+    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return HostPort("127.0.0.1", address.port)
+    if address.host == "::":
+        return HostPort("::1", address.port)
+    return address
+
+
+def _log_to_file(path: Path) -> None:
+    """Send the log to `path` (the terminal shows the live table); same format as configured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    old = root.handlers[0].formatter if root.handlers else None
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(old if isinstance(old, JsonFormatter | TextFormatter) else TextFormatter())
+    root.handlers[:] = [handler]
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group

@@ -1,0 +1,58 @@
+"""When to publish a report, and what it says (pure).
+
+A report is the level-based picture of every applied entry: `{session, seq, revision,
+processes}`. The agent calls `ReportBook.next()` whenever something may have changed (a process
+changed state, a document was applied, a connection came up); it returns a report only when the
+picture differs from the last one published in this session, so a report is published at once
+on every change, never on a timer and never twice for the same picture.
+
+Invariants: `seq` counts the reports of one session from 1; a new session (a new connection)
+always gets a first report, so the retained report carries the live session; keys are the
+applied document's `<namespace>/<name>`; `revision` is the applied document's revision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from devicefabric.agent.process import ProcessState
+from devicefabric.config.wire import ProcessReport, Report
+
+
+def process_report(state: ProcessState) -> ProcessReport:
+    return ProcessReport(
+        generation=state.generation,
+        phase=state.phase,
+        pid=state.pid,
+        restarts=state.restarts,
+        exit_code=state.exit_code,
+        started_at=state.started_at,
+        message=state.message,
+    )
+
+
+class ReportBook:
+    """Remembers the last report of the current session; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._session: str | None = None
+        self._seq = 0
+        self._last: tuple[str, dict[str, ProcessState]] | None = None
+
+    def next(
+        self, session: str, revision: str, states: Mapping[str, ProcessState]
+    ) -> Report | None:
+        """The report to publish now, or None when this session already has this picture."""
+        if session != self._session:
+            self._session, self._seq, self._last = session, 0, None
+        picture = (revision, dict(states))
+        if picture == self._last:
+            return None
+        self._last = picture
+        self._seq += 1
+        return Report(
+            session=session,
+            seq=self._seq,
+            revision=revision,
+            processes={key: process_report(states[key]) for key in sorted(states)},
+        )

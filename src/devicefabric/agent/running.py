@@ -1,0 +1,234 @@
+"""The agent: settings, and `Agent.run()` composing session, supervisor, reports and persistence.
+
+    Agent.run()
+      outer TaskGroup
+        "mqtt session"      Session.run: connect, birth, heartbeats, reconnect; pushes `desired`
+        body:  inner TaskGroup
+                 "supervisor"  one runner task per process
+                 "reporter"    publishes a report whenever the picture changed
+                 "persister"   writes the applied document atomically, off the loop
+               finally: Session.close()  (retained offline `shutdown`, disconnect)
+
+Shutdown order is the nesting order: cancelling `run()` first unwinds the inner group, so every
+child is stopped (SIGTERM, grace, SIGKILL) while the connection is still up; only then is the
+clean `offline` published and the connection closed. A refused login ends the session task with
+`LoginRefusedError`, which stops the children the same way and is re-raised from `run()`.
+
+A desired document is applied synchronously in the MQTT message callback (within milliseconds of
+arriving): decode (size, JSON, schema), check every entry names this device, reconcile, act. A
+document that fails any check is logged once (per distinct payload) and ignored; what runs stays
+as it is. The same document arriving again (a retained replay after a reconnect) changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from devicefabric import __version__
+from devicefabric.agent.allowlist import CommandPolicy
+from devicefabric.agent.errors import LoginRefusedError
+from devicefabric.agent.persisting import StateStore
+from devicefabric.agent.process import RestartTiming
+from devicefabric.agent.reconciling import RejectedDesiredError, Want, wants_of
+from devicefabric.agent.reporting import ReportBook
+from devicefabric.agent.session import Session, SessionSettings
+from devicefabric.agent.supervising import Supervisor
+from devicefabric.config.errors import PayloadError
+from devicefabric.config.names import validate_device
+from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, BrokerURL
+from devicefabric.config.topics import DEFAULT_ROOT, Topics, validate_root
+from devicefabric.config.wire import Desired, decode_desired, encode
+
+log = logging.getLogger("devicefabric.agent")
+
+
+class AgentSettings(BaseModel):
+    """Everything the agent needs; the CLI builds it from flags (each flag's help is here)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    device: Annotated[
+        str,
+        Field(description="this device's name: its MQTT user name, client id and topic level"),
+    ]
+    broker: Annotated[
+        BrokerURL, Field(description="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
+    ]
+    password: Annotated[SecretStr, Field(description="this device's MQTT password")]
+    state_dir: Annotated[
+        Path,
+        Field(description="directory for the persisted desired document (created, mode 0700)"),
+    ]
+    heartbeat_s: Annotated[
+        int,
+        Field(ge=1, le=86400, description="seconds between heartbeats"),
+    ] = DEFAULT_HEARTBEAT_S
+    tls_ca: Annotated[
+        Path | None,
+        Field(description="CA bundle to verify an mqtts:// broker (default: the system's)"),
+    ] = None
+    allow_command: Annotated[
+        tuple[str, ...],
+        Field(
+            description="only run commands starting with this prefix (repeatable; a word ending "
+            "in / allows any program under that directory; none given: allow all)"
+        ),
+    ] = ()
+    max_backoff_s: Annotated[
+        float,
+        Field(gt=0, le=3600, description="cap in seconds of the crash-restart back-off"),
+    ] = 10.0
+    max_reconnect_backoff_s: Annotated[
+        float,
+        Field(gt=0, le=3600, description="cap in seconds of the reconnect back-off"),
+    ] = 30.0
+    root: Annotated[str, Field(description="topic root of the fabric")] = DEFAULT_ROOT
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return validate_device(value)
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        return validate_root(value)
+
+
+class Agent:
+    """The device agent; `run()` blocks until cancelled (clean shutdown) or a login is refused."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self._changed = asyncio.Event()
+        self._save_wanted = asyncio.Event()
+        self._to_save: Desired | None = None
+        self._applied: Desired | None = None
+        self._last_rejected: bytes | None = None
+        self._book = ReportBook()
+        self._store = StateStore(settings.state_dir, settings.device)
+        self._supervisor = Supervisor(
+            policy=CommandPolicy.parse(settings.allow_command),
+            restart=RestartTiming(cap=settings.max_backoff_s),
+            on_change=self._changed.set,
+        )
+        self._session = Session(
+            SessionSettings(
+                device=settings.device,
+                broker=settings.broker,
+                password=settings.password.get_secret_value(),
+                heartbeat_s=settings.heartbeat_s,
+                topics=Topics(settings.root),
+                agent_version=__version__,
+                max_reconnect_backoff=settings.max_reconnect_backoff_s,
+                tls_ca=settings.tls_ca,
+            ),
+            on_desired=self.on_desired,
+            on_up=self._changed.set,
+        )
+        self._extra = {"device": settings.device}
+
+    async def run(self) -> None:
+        self._store.prepare()
+        persisted = self._store.load()
+        if persisted is not None:
+            log.info(
+                "running the persisted desired revision %s (%d processes)",
+                persisted.revision,
+                len(persisted.processes),
+                extra=self._extra,
+            )
+            self._apply(persisted, wants_of(persisted, self.settings.device))
+        log.info(
+            "agent %s started; broker %s", __version__, self.settings.broker, extra=self._extra
+        )
+        try:
+            async with asyncio.TaskGroup() as outer:
+                outer.create_task(self._session.run(), name="mqtt session")
+                try:
+                    async with asyncio.TaskGroup() as inner:
+                        inner.create_task(self._supervisor.run(), name="supervisor")
+                        inner.create_task(self._report_loop(), name="reporter")
+                        inner.create_task(self._persist_loop(), name="persister")
+                finally:
+                    await self._session.close()
+        except* LoginRefusedError as group:
+            raise group.exceptions[0] from None
+
+    # -- desired -------------------------------------------------------------------------------
+    def on_desired(self, payload: bytes) -> None:
+        """Apply a `desired` payload from the broker, or log once why it is ignored."""
+        try:
+            doc = decode_desired(payload)
+            wants = wants_of(doc, self.settings.device)
+        except (PayloadError, RejectedDesiredError) as exc:
+            digest = hashlib.sha256(payload).digest()
+            if digest != self._last_rejected:
+                self._last_rejected = digest
+                log.warning(
+                    "ignoring desired document: %s",
+                    exc,
+                    extra={**self._extra, "reason": f"desired_{exc.reason}"},
+                )
+            return
+        if doc == self._applied:
+            log.debug("desired revision %s already applied", doc.revision, extra=self._extra)
+            return
+        self._apply(doc, wants)
+        self._to_save = doc
+        self._save_wanted.set()
+
+    def _apply(self, doc: Desired, wants: dict[str, Want]) -> None:
+        self._supervisor.apply(wants)
+        self._applied = doc
+        self._changed.set()
+        log.info(
+            "applied desired revision %s (%d processes)",
+            doc.revision,
+            len(wants),
+            extra=self._extra,
+        )
+
+    # -- reports -------------------------------------------------------------------------------
+    async def _report_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            self._report()
+
+    def _report(self) -> None:
+        session = self._session.live
+        if session is None or self._applied is None:
+            return
+        report = self._book.next(session, self._applied.revision, self._supervisor.snapshot())
+        if report is not None and not self._session.publish_report(encode(report)):
+            log.debug("report %d not sent: connection down", report.seq, extra=self._extra)
+
+    # -- persistence ---------------------------------------------------------------------------
+    async def _persist_loop(self) -> None:
+        try:
+            while True:
+                await self._save_wanted.wait()
+                self._save_wanted.clear()
+                if self._to_save is not None:
+                    await asyncio.to_thread(self._save, self._to_save)
+        finally:
+            if self._save_wanted.is_set() and self._to_save is not None:
+                self._save(self._to_save)  # a document applied just before shutdown
+
+    def _save(self, doc: Desired) -> None:
+        try:
+            self._store.save(doc)
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - an IO error, the traceback adds nothing
+                "cannot persist desired revision %s: %s",
+                doc.revision,
+                exc,
+                extra={**self._extra, "reason": "persist_failed"},
+            )

@@ -1,0 +1,393 @@
+"""The local control plane's storage: DeviceProcess YAML files and their status under a directory.
+
+Layout of the state directory (shared by `devicefabric apply/delete/get`, `up` and the bridge):
+
+    lock                        flock()ed by every writer: one writer at a time across processes
+    revision                    the store's last revision (a global counter, like etcd's)
+    changes.log                 journal: one "<revision> <namespace>/<name>" line per write
+    resources/<ns>/<name>.yaml  apiVersion, kind, metadata (uid, generation, resourceVersion,
+                                creationTimestamp, labels, annotations) and the spec with defaults
+    status/<ns>/<name>.json     {"resourceVersion": "<rev>", "status": {...}}
+    events.jsonl (+ .1)         Events, one JSON object per line, rotated at EVENTS_MAX_BYTES
+
+Semantics follow the API server: `apply` creates (new uid, generation 1) or updates; generation
+bumps only when the spec changes; every real change takes the next store revision as its
+resourceVersion; a no-op apply or a status patch that changes nothing writes nothing at all. A
+status merge-patch (RFC 7386: None deletes, lists such as `conditions` are replaced) never touches
+the resource file, so it never bumps generation. A resource's resourceVersion is the newer of its
+resource file's and its status file's.
+
+Invariants: every file is replaced atomically (temp file, fsync, rename, fsync of the directory),
+so a reader never sees half a file and needs no lock; every write holds `lock` and appends its keys
+to `changes.log` after the files are in place, so a watcher that tails the journal (see
+`JournalCursor`) learns which keys changed without rescanning the directory. The journal is
+rotated by replacing it (a new inode); a tailing reader notices and relists once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import yaml
+
+from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.controlplane.manifests import Manifest
+from devicefabric.bridge.errors import NotFoundError
+from devicefabric.config.resource import API_VERSION, KIND
+
+log = logging.getLogger("devicefabric.bridge.localstore")
+
+JOURNAL_MAX_BYTES: Final = 256 * 1024
+EVENTS_MAX_BYTES: Final = 1024 * 1024
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+Outcome = Literal["created", "configured", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    key: str
+    outcome: Outcome
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> dict[str, object]:
+    """RFC 7386 JSON merge-patch of mappings: None deletes, nested mappings merge, lists replace."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping):
+            old = out.get(key)
+            out[key] = merge_patch(old if isinstance(old, Mapping) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append(path: Path, data: bytes) -> int:
+    """Append `data` in one write (under the store lock); return the file's new size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """DeviceProcess resources, status and Events as files under `root` (see module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.resources_dir = root / "resources"
+        self.status_dir = root / "status"
+        self.journal_path = root / "changes.log"
+        self.events_path = root / "events.jsonl"
+        self._lock_path = root / "lock"
+        self._revision_path = root / "revision"
+
+    # -- writes (each under the lock) ----------------------------------------------------------
+    def apply(self, manifests: Sequence[Manifest]) -> list[Applied]:
+        """Create or update every manifest; unchanged ones are not written."""
+        with self._locked():
+            rev = self.revision()
+            writes: list[tuple[str, dict[str, object]]] = []
+            results: list[Applied] = []
+            for manifest in manifests:
+                old = self._read_yaml(self._resource_path(manifest.key))
+                doc, outcome = _next_document(old, manifest)
+                results.append(Applied(manifest.key, outcome))
+                if outcome != "unchanged":
+                    rev += 1
+                    metadata = doc["metadata"]
+                    assert isinstance(metadata, dict)  # noqa: S101 - built by _next_document
+                    metadata["resourceVersion"] = str(rev)
+                    writes.append((manifest.key, doc))
+            if writes:
+                self._set_revision(rev)
+                for key, doc in writes:
+                    data = yaml.dump(doc, Dumper=_SafeDumper, sort_keys=False)
+                    atomic_write(self._resource_path(key), data.encode())
+                self._journal([key for key, _ in writes], rev - len(writes) + 1)
+            return results
+
+    def delete(self, key: str) -> bool:
+        """Remove the resource and its status; False when it did not exist."""
+        with self._locked():
+            path = self._resource_path(key)
+            if not path.exists():
+                return False
+            rev = self.revision() + 1
+            self._set_revision(rev)
+            self._status_path(key).unlink(missing_ok=True)
+            path.unlink()
+            _fsync_dir(path.parent)
+            self._journal([key], rev)
+            return True
+
+    def patch_status(self, key: str, patch: Mapping[str, object]) -> Resource | None:
+        """Merge `patch` into the status of `key`; the new resource, or None if nothing changed.
+
+        Raises `NotFoundError` when the resource does not exist.
+        """
+        with self._locked():
+            current = self.load(key)
+            if current is None:
+                raise NotFoundError(f"deviceprocess {key} not found")
+            merged = merge_patch(current.status, patch)
+            if merged == current.status:
+                return None
+            rev = self.revision() + 1
+            self._set_revision(rev)
+            doc = {"resourceVersion": str(rev), "status": merged}
+            atomic_write(self._status_path(key), _json_bytes(doc, indent=2))
+            self._journal([key], rev)
+            return Resource(
+                namespace=current.namespace,
+                name=current.name,
+                uid=current.uid,
+                generation=current.generation,
+                resource_version=str(rev),
+                spec=current.spec,
+                status=merged,
+                creation_timestamp=current.creation_timestamp,
+            )
+
+    def append_event(self, event: Mapping[str, object]) -> None:
+        """Append one Event line; the file is rotated to `events.jsonl.1` past EVENTS_MAX_BYTES."""
+        with self._locked():
+            size = _append(self.events_path, _json_bytes(event) + b"\n")
+            if size > EVENTS_MAX_BYTES:
+                self.events_path.replace(self.events_path.with_name(self.events_path.name + ".1"))
+
+    # -- reads (lock-free: files are replaced atomically) ---------------------------------------
+    def revision(self) -> int:
+        try:
+            return int(self._revision_path.read_text(encoding="ascii").strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def list_keys(self) -> list[str]:
+        """Keys of every stored resource, sorted."""
+        if not self.resources_dir.is_dir():
+            return []
+        found: list[str] = []
+        for ns_dir in self.resources_dir.iterdir():
+            if ns_dir.is_dir() and not ns_dir.name.startswith("."):
+                found.extend(
+                    f"{ns_dir.name}/{path.name.removesuffix('.yaml')}"
+                    for path in ns_dir.glob("*.yaml")
+                    if not path.name.startswith(".")
+                )
+        return sorted(found)
+
+    def load(self, key: str) -> Resource | None:
+        """The stored resource with its status, or None (missing or unreadable)."""
+        doc = self._read_yaml(self._resource_path(key))
+        if doc is None:
+            return None
+        meta = doc.get("metadata")
+        spec = doc.get("spec")
+        namespace, _, name = key.partition("/")
+        if not isinstance(meta, dict) or not isinstance(spec, dict):
+            log.warning("skipping %s: no metadata or spec", key, extra={"resource": key})
+            return None
+        status_doc = self._read_json(self._status_path(key))
+        status = status_doc.get("status", {}) if status_doc else {}
+        versions = [_int(meta.get("resourceVersion"))]
+        if status_doc:
+            versions.append(_int(status_doc.get("resourceVersion")))
+        return Resource(
+            namespace=namespace,
+            name=name,
+            uid=str(meta.get("uid", "")),
+            generation=_int(meta.get("generation")) or 1,
+            resource_version=str(max(versions)),
+            spec=spec,
+            status=status if isinstance(status, dict) else {},
+            creation_timestamp=str(meta.get("creationTimestamp", "")),
+        )
+
+    def load_all(self) -> dict[str, Resource]:
+        return {key: res for key in self.list_keys() if (res := self.load(key)) is not None}
+
+    def document(self, key: str) -> dict[str, object] | None:
+        """The full object as `get -o yaml` shows it: the resource file plus `status`."""
+        doc = self._read_yaml(self._resource_path(key))
+        resource = self.load(key)
+        if doc is None or resource is None:
+            return None
+        meta = doc.get("metadata")
+        if isinstance(meta, dict):
+            meta["resourceVersion"] = resource.resource_version
+        doc["status"] = dict(resource.status)
+        return doc
+
+    def events(self) -> list[dict[str, object]]:
+        """Every retained Event, oldest first (the rotated file, then the current one)."""
+        out: list[dict[str, object]] = []
+        for path in (self.events_path.with_name(self.events_path.name + ".1"), self.events_path):
+            with contextlib.suppress(FileNotFoundError):
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            out.append(event)
+        return out
+
+    def recent_events(self, limit: int, tail_bytes: int = 16 * 1024) -> list[dict[str, object]]:
+        """The last `limit` Events of the current file, reading only its tail (for live views)."""
+        try:
+            with self.events_path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - tail_bytes))
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return []
+        out: list[dict[str, object]] = []
+        for line in lines[-limit:]:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    out.append(event)
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _set_revision(self, rev: int) -> None:
+        atomic_write(self._revision_path, f"{rev}\n".encode())
+
+    def _journal(self, keys: Sequence[str], first_rev: int) -> None:
+        lines = "".join(f"{first_rev + i} {key}\n" for i, key in enumerate(keys))
+        if _append(self.journal_path, lines.encode()) > JOURNAL_MAX_BYTES:
+            atomic_write(self.journal_path, b"")  # a new inode: tailing readers relist once
+
+    def _resource_path(self, key: str) -> Path:
+        namespace, _, name = key.partition("/")
+        return self.resources_dir / namespace / f"{name}.yaml"
+
+    def _status_path(self, key: str) -> Path:
+        namespace, _, name = key.partition("/")
+        return self.status_dir / namespace / f"{name}.json"
+
+    def _read_yaml(self, path: Path) -> dict[str, object] | None:
+        try:
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            log.warning("skipping unreadable resource file %s: %s", path, exc)
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _read_json(self, path: Path) -> dict[str, object] | None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable status file %s: %s", path, exc)
+            return None
+        return doc if isinstance(doc, dict) else None
+
+
+def _next_document(
+    old: dict[str, object] | None, manifest: Manifest
+) -> tuple[dict[str, object], Outcome]:
+    """The resource file after applying `manifest` over `old`, and what happened."""
+    old_meta = old.get("metadata") if old else None
+    if old is None or not isinstance(old_meta, dict):
+        meta: dict[str, object] = {
+            "name": manifest.name,
+            "namespace": manifest.namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "creationTimestamp": now_rfc3339(),
+        }
+        outcome: Outcome = "created"
+    else:
+        meta = dict(old_meta)
+        spec_changed = old.get("spec") != manifest.spec
+        if spec_changed:
+            meta["generation"] = (_int(meta.get("generation")) or 1) + 1
+        unchanged = (
+            not spec_changed
+            and meta.get("labels", {}) == manifest.labels
+            and meta.get("annotations", {}) == manifest.annotations
+        )
+        outcome = "unchanged" if unchanged else "configured"
+    for field_name, value in (("labels", manifest.labels), ("annotations", manifest.annotations)):
+        if value:
+            meta[field_name] = dict(value)
+        else:
+            meta.pop(field_name, None)
+    doc: dict[str, object] = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": meta,
+        "spec": manifest.spec,
+    }
+    return doc, outcome
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def _json_bytes(doc: Mapping[str, object], indent: int | None = None) -> bytes:
+    separators = (",", ": ") if indent else (",", ":")
+    return json.dumps(doc, indent=indent, separators=separators, sort_keys=True).encode()

@@ -1,0 +1,143 @@
+"""A tiny HTTP/1.1 server for `/healthz`, `/readyz`, `/metrics` and `/devices`.
+
+`asyncio.start_server` with a minimal handler: one request per connection (`Connection: close`),
+`GET` and `HEAD` only, the request line and headers read under a timeout and a size limit. Routes
+are plain callables returning a `Response`, so the service decides what is served and this module
+knows nothing about the bridge.
+
+`HttpServer.start()` binds before anything else starts: a port in use is a `ConfigError` that names
+`--http` (the CLI prints it on one line and exits 2). Port 0 picks a free port (`port` tells which).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from devicefabric.config.errors import ConfigError
+from devicefabric.config.settings import HostPort
+
+log = logging.getLogger("devicefabric.bridge.http")
+
+READ_TIMEOUT: Final = 5.0
+MAX_HEADER_BYTES: Final = 16 * 1024
+REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Unavailable"}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+Route = Callable[[], Response]
+
+
+class HttpServer:
+    """Serves `routes` (path -> handler) on `address`; see the module doc."""
+
+    def __init__(
+        self, address: HostPort, routes: Mapping[str, Route], flag: str = "--http"
+    ) -> None:
+        self.address = address
+        self.routes = dict(routes)
+        self.flag = flag
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None or not self._server.sockets:
+            return self.address.port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, self.address.host, self.address.port, limit=MAX_HEADER_BYTES
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{self.flag}: {self.address} is already in use; choose another with {self.flag}"
+                ) from None
+            raise ConfigError(
+                f"{self.flag}: cannot listen on {self.address}: {exc.strerror}"
+            ) from None
+        log.info(
+            "serving /healthz /readyz /metrics /devices on http://%s:%d",
+            self.address.host,
+            self.port,
+        )
+
+    async def serve(self) -> None:
+        """Serve until cancelled (after `start`), then close the listener."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None  # noqa: S101 - set by start()
+        try:
+            await self._server.serve_forever()
+        finally:
+            self._server.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, path = _request_line(head)
+            response = self._respond(method, path)
+            writer.write(_encode(response, include_body=method != "HEAD"))
+            async with asyncio.timeout(READ_TIMEOUT):
+                await writer.drain()
+        except (
+            TimeoutError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            pass
+        except ValueError:
+            writer.write(_encode(Response(400, b"bad request\n", "text/plain")))
+        finally:
+            writer.close()
+
+    def _respond(self, method: str, path: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"only GET and HEAD\n", "text/plain")
+        route = self.routes.get(path.split("?", 1)[0])
+        if route is None:
+            return Response(404, b"not found\n", "text/plain")
+        try:
+            return route()
+        except Exception:
+            log.exception("HTTP handler for %s failed", path)
+            return Response(500, b"internal error\n", "text/plain")
+
+
+def _request_line(head: bytes) -> tuple[str, str]:
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise ValueError(f"bad request line {line[:100]!r}")
+    return parts[0], parts[1]
+
+
+def _encode(response: Response, include_body: bool = True) -> bytes:
+    reason = REASONS.get(response.status, "Error")
+    head = (
+        f"HTTP/1.1 {response.status} {reason}\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1")
+    return head + response.body if include_body else head

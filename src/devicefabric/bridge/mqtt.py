@@ -1,0 +1,386 @@
+"""The bridge's MQTT link: a thin paho-mqtt 2.x shell driven by the asyncio loop.
+
+One paho client (user `bridge`, a client id that is no device name, clean session), run without
+paho's thread: the socket is registered with the event loop (`add_reader`/`add_writer` calling
+`loop_read`/`loop_write`) and a keep-alive task calls `loop_misc` every second, so every paho
+callback runs on the loop thread and messages reach the handler with no hand-off. Only the
+blocking TCP/TLS connect (paho's `reconnect`) runs in a worker thread, before any socket callback
+is installed, so nothing touches the client concurrently.
+
+Per connection (each with a new `session`: a random boot id plus a counter):
+1. CONNECT with a retained will `bridge/status {"state":"offline","session":S}`; on CONNACK a
+   retained birth `{"state":"online","session":S}`. A refused login is fatal (`MqttError`, the
+   CLI exits 1 naming `--password-file`); an unreachable broker is retried with exponential
+   back-off and jitter.
+2. Subscribe to `devices/+/{status,heartbeat,report,desired}`; a refused subscription is fatal
+   (the broker's ACL does not know the bridge role).
+3. Prime: publish an empty non-retained message on this connection's sync marker topic; the
+   brokers deliver one connection's messages in order, so when it comes back the retained
+   replay is complete. As a fallback (a broker that drops the marker), and against brokers that
+   replay retained messages concurrently, priming also waits until no retained message arrived
+   for `quiet` seconds. Then `handler.on_primed()`.
+4. On loss: `handler.on_lost()`, reconnect, and start over (the handler reconciles from the
+   replay: retained messages carry `retained=True`).
+
+Reads are batched: one readable event drains up to `READ_BATCH` messages, so a burst of heartbeats
+costs one selector wake-up per batch rather than per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+from devicefabric.bridge.errors import MqttError
+from devicefabric.config.names import BRIDGE_USER
+from devicefabric.config.settings import BrokerURL
+from devicefabric.config.topics import DeviceTopic, Topics
+from devicefabric.config.wire import BridgeStatus, encode
+
+log = logging.getLogger("devicefabric.bridge.mqtt")
+
+READ_BATCH: Final = 256
+_REFUSED_LOGIN: Final = frozenset({4, 5, 0x86, 0x87})
+
+
+class LinkHandler(Protocol):
+    """What the link tells the service (all called on the event loop thread)."""
+
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
+
+    def on_connected(self) -> None: ...
+
+    def on_primed(self) -> None: ...
+
+    def on_lost(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    broker: BrokerURL
+    password: str
+    client_id: str
+    topics: Topics
+    tls_ca: Path | None = None
+    keepalive: int = 30  # seconds; the broker fires our will after 1.5x this without traffic
+    connect_timeout: float = 10.0  # seconds for TCP + TLS + CONNACK
+    reconnect_min: float = 0.5  # first reconnect delay (s), doubled per failure...
+    reconnect_max: float = 30.0  # ...up to this
+    marker_timeout: float = 3.0  # s to wait for the sync marker before relying on quiet alone
+    quiet: float = 0.1  # s without a retained message that ends the replay
+    prime_max: float = 15.0  # s: priming never waits longer than this
+
+
+class MqttLink:
+    """See the module doc. `run()` blocks until cancelled, then says offline and disconnects."""
+
+    def __init__(self, settings: LinkSettings, handler: LinkHandler) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.connected = False
+        self.primed = False
+        self.session = ""
+        self._boot = secrets.token_hex(4)
+        self._counter = 0
+        self._received = 0
+        self._last_retained = 0.0
+        self._marker_topic = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connack: asyncio.Future[int] | None = None
+        self._suback: asyncio.Future[list[int]] | None = None
+        self._marker = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._fd: int | None = None
+        self._fatal: MqttError | None = None
+        self._acked = asyncio.Event()  # the offline status was acknowledged (or we lost the link)
+        self._offline_mid = -1
+        self._client = self._make_client()
+
+    # -- public ----------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, *, retain: bool, qos: int = 1) -> bool:
+        """Hand a message to paho; False when not connected (the caller re-plans on reconnect)."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        delay = self.settings.reconnect_min
+        try:
+            while True:
+                try:
+                    await self._connect()
+                except (OSError, TimeoutError) as exc:
+                    wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+                    log.warning(
+                        "cannot reach the broker at %s (%s); retrying in %.1fs",
+                        self.settings.broker,
+                        exc or type(exc).__name__,
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                    delay = min(delay * 2, self.settings.reconnect_max)
+                    continue
+                delay = self.settings.reconnect_min
+                await self._serve()  # returns when the connection is lost
+                self.connected = self.primed = False
+                self._detach()
+                self.handler.on_lost()
+                log.warning(
+                    "lost the broker connection; reconnecting", extra={"session": self.session}
+                )
+        finally:
+            await self._close()
+
+    # -- connection ------------------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.settings.client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            clean_session=True,
+        )
+        client.username_pw_set(BRIDGE_USER, self.settings.password)
+        if self.settings.broker.tls:
+            ca = str(self.settings.tls_ca) if self.settings.tls_ca is not None else None
+            client.tls_set(ca_certs=ca)
+        client.connect_timeout = self.settings.connect_timeout
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.connect_async(
+            self.settings.broker.host, self.settings.broker.port, self.settings.keepalive
+        )
+        return client
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._counter += 1
+        self.session = f"{self._boot}.{self._counter}"
+        self._marker_topic = self.settings.topics.sync_marker(self.session)
+        self._marker.clear()
+        self._lost.clear()
+        will = encode(BridgeStatus(state="offline", session=self.session))
+        self._client.will_set(self.settings.topics.bridge_status(), will, qos=1, retain=True)
+        self._connack = loop.create_future()
+        # Blocking TCP/TLS connect and CONNECT write (bounded by paho's connect_timeout), with no
+        # socket callback installed yet, so the worker thread is the only one touching paho.
+        await asyncio.to_thread(self._client.reconnect)
+        try:
+            self._attach()
+            async with asyncio.timeout(self.settings.connect_timeout):
+                code = await self._connack
+        except BaseException:
+            self._drop()
+            raise
+        if code in _REFUSED_LOGIN:
+            raise MqttError(
+                f"the broker at {self.settings.broker} refused the bridge's login "
+                f"(CONNACK {code}): check --password-file"
+            )
+        if code != 0:
+            self._drop()
+            raise OSError(f"CONNACK refused with code {code}")
+        self.connected = True
+        log.info(
+            "connected to the broker at %s as %s",
+            self.settings.broker,
+            self.settings.client_id,
+            extra={"session": self.session},
+        )
+        birth = encode(BridgeStatus(state="online", session=self.session))
+        self.publish(self.settings.topics.bridge_status(), birth, retain=True)
+        self.handler.on_connected()
+
+    async def _serve(self) -> None:
+        self._fatal = None
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keepalive(), name="mqtt-keepalive")
+            tg.create_task(self._prime(), name="mqtt-prime")
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _keepalive(self) -> None:
+        while not self._lost.is_set():
+            self._client.loop_misc()
+            await self._wait(self._lost, 1.0)
+
+    async def _prime(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._suback = loop.create_future()
+        topics = self.settings.topics
+        filters = [
+            (topics.all_devices(DeviceTopic.STATUS), 1),
+            (topics.all_devices(DeviceTopic.REPORT), 1),
+            (topics.all_devices(DeviceTopic.DESIRED), 1),
+            (topics.all_devices(DeviceTopic.HEARTBEAT), 0),
+        ]
+        self._client.subscribe(filters)
+        try:
+            codes = await self._suback
+        except OSError:
+            return  # lost before the SUBACK
+        if any(code >= 0x80 for code in codes):
+            self._fatal = MqttError(
+                f"the broker at {self.settings.broker} refused the bridge's subscriptions "
+                f"{[f for f, _ in filters]}: its ACL lacks the `bridge` role"
+            )
+            self._client.disconnect()
+            return
+        self._last_retained = time.monotonic()
+        self.publish(self._marker_topic, b"", retain=False)
+        if not await self._wait(self._marker, self.settings.marker_timeout):
+            if self._lost.is_set():
+                return
+            log.warning("the sync marker did not come back; relying on a quiet period")
+        deadline = time.monotonic() + self.settings.prime_max
+        while (idle := time.monotonic() - self._last_retained) < self.settings.quiet:
+            if time.monotonic() > deadline or await self._wait(
+                self._lost, self.settings.quiet - idle
+            ):
+                break
+        if self._lost.is_set():
+            return
+        self.primed = True
+        log.info("subscribed and retained state read back", extra={"session": self.session})
+        self.handler.on_primed()
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _close(self) -> None:
+        """Say offline and disconnect (bounded); always release the socket."""
+        if self.connected:
+            try:
+                async with asyncio.timeout(2.0):
+                    offline = encode(BridgeStatus(state="offline", session=self.session))
+                    self._acked.clear()
+                    info = self._client.publish(
+                        self.settings.topics.bridge_status(), offline, qos=1, retain=True
+                    )
+                    self._offline_mid = info.mid
+                    await self._acked.wait()
+                    self._client.disconnect()
+                    await self._lost.wait()
+            except TimeoutError:
+                log.warning("the broker did not acknowledge the bridge's offline status in time")
+        self._drop()
+
+    def _drop(self) -> None:
+        """Forget the connection: no callbacks, no reader, the socket closed."""
+        self.connected = self.primed = False
+        self._detach()
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            sock.close()
+
+    # -- socket plumbing (loop thread) -----------------------------------------------------------
+    def _attach(self) -> None:
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket) or self._loop is None:
+            raise OSError("paho has no socket after connecting")
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._readable)
+        self._client.on_socket_close = self._socket_close
+        self._client.on_socket_register_write = self._register_write
+        self._client.on_socket_unregister_write = self._unregister_write
+        if self._client.want_write():
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _detach(self) -> None:
+        self._client.on_socket_close = None
+        self._client.on_socket_register_write = None
+        self._client.on_socket_unregister_write = None
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = None
+
+    def _readable(self) -> None:
+        for _ in range(READ_BATCH):
+            before = self._received
+            if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if self._received == before:
+                return
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    def _socket_close(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        self._detach()
+
+    def _register_write(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _unregister_write(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+
+    # -- paho callbacks (loop thread) ------------------------------------------------------------
+    def _on_connect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, code: Any, _props: Any
+    ) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(int(getattr(code, "value", code)))
+
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, _code: Any, _props: Any
+    ) -> None:
+        self.connected = False
+        self._lost.set()
+        self._acked.set()
+        for waiter in (self._connack, self._suback):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(OSError("connection closed"))
+
+    def _on_subscribe(
+        self, _client: paho.Client, _userdata: Any, _mid: int, codes: list[Any], _props: Any
+    ) -> None:
+        if self._suback is not None and not self._suback.done():
+            self._suback.set_result([int(getattr(c, "value", c)) for c in codes])
+
+    def _on_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, _code: Any, _props: Any
+    ) -> None:
+        if mid == self._offline_mid:
+            self._acked.set()
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._received += 1
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            return
+        if msg.retain:
+            self._last_retained = time.monotonic()
+        if topic == self._marker_topic:
+            self._marker.set()
+            return
+        payload = msg.payload
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)
+        try:
+            self.handler.on_message(topic, payload, msg.retain)
+        except Exception:  # the handler never raises by contract; paho must not see it anyway
+            log.exception("message handler failed", extra={"topic": topic})

@@ -1,0 +1,461 @@
+"""The bridge service: composes ingest, tracking, mirroring, the write queue, MQTT and HTTP.
+
+How to construct and run it (the API `devicefabric up` and `bridge run` use)::
+
+    from devicefabric.bridge.service import Bridge, BridgeSettings
+    from devicefabric.config.settings import HostPort, parse_broker_url
+
+    settings = BridgeSettings(
+        broker=parse_broker_url("mqtt://127.0.0.1:1883"),
+        password=bridge_password,                 # the `bridge` user's derived password
+        client_id=default_client_id(),            # bridge_<host>-<pid>, never a device name
+        http=HostPort("127.0.0.1", 8080),         # None: no HTTP server
+    )
+    bridge = Bridge(settings, control_plane)      # any `controlplane.base.ControlPlane`
+
+    await bridge.run()                            # blocks until cancelled; or:
+    async with bridge:                            # binds HTTP at once (ConfigError naming --http
+        await bridge.wait_ready()                 # if the port is taken), runs in a task,
+        ...                                       # cancels and says offline on exit
+
+`run()` raises the first real error of its tasks unwrapped (`ConfigError`, `MqttError`, ...).
+
+Data flow (everything on one event loop; the control plane's `on_change` and the MQTT handler are
+plain synchronous callbacks):
+- Informer change of a resource -> update the device index; re-mirror the devices it affects
+  (spec, generation or device changed); enqueue its key.
+- Device transition (tracker, from a message or the stale sweep) -> enqueue every resource of
+  that device. A report -> enqueue only the keys whose reported entry changed. A heartbeat ->
+  nothing (the tracker's fast path returns no change).
+- A worker pops a key, computes the status from the current state (`statuses.plan_status`), and
+  writes only a difference: one status patch and, on an `AgentConnected` reason change, one Event,
+  each taking a token of the global write budget. A write starts the key's minimum interval.
+
+Invariants:
+- Nothing is written (status, Event or `desired`) until the control plane is synced and the MQTT
+  retained state was read back (`ready`), nor while `control_plane.leading` is clear. Each time
+  leadership is (re)gained every key is reconciled and every device re-mirrored: writes happen
+  only where the stored state differs, so a restart with everything healthy writes nothing.
+- Our own writes are overlaid on the informer's cached status until the cache moves past the
+  resource version we wrote against, so a key processed again before the echo arrives does not
+  write the same patch twice.
+- The stale sweep runs only while the MQTT link is primed (the bridge does not blame devices for
+  its own outage) and `resume` restarts every deadline after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from devicefabric.bridge.controlplane.base import ControlPlane, Resource
+from devicefabric.bridge.http import HttpServer, Response
+from devicefabric.bridge.ingest import Ingest
+from devicefabric.bridge.metrics import BridgeMetrics, StateSource
+from devicefabric.bridge.mirroring import Mirror, ResourceIndex, device_of
+from devicefabric.bridge.mqtt import LinkSettings, MqttLink
+from devicefabric.bridge.queueing import (
+    DEFAULT_MIN_INTERVAL,
+    KeyedQueue,
+    Outcome,
+    TokenBucket,
+    WorkQueue,
+)
+from devicefabric.bridge.statuses import StatusPlan, apply_patch, plan_status, rfc3339
+from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
+from devicefabric.config.errors import DeviceFabricError
+from devicefabric.config.settings import DEFAULT_STALE_MULTIPLIER, BrokerURL, HostPort
+from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from devicefabric.config.wire import encode
+
+log = logging.getLogger("devicefabric.bridge")
+
+SWEEP_MIN: Final = 0.05  # s: the sweep never wakes more often than this...
+SWEEP_MAX: Final = 0.5  # ...nor sleeps longer (a new short-heartbeat device is found in time)
+LEADERSHIP_POLL: Final = 0.5
+
+
+def default_client_id() -> str:
+    """`bridge_<POD_NAME>` in Kubernetes, else `bridge_<hostname>-<pid>` (never a device name)."""
+    pod = os.environ.get("POD_NAME")
+    return f"bridge_{pod}" if pod else f"bridge_{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    """Everything the bridge needs besides its control plane."""
+
+    broker: BrokerURL  # mqtt://host:port or mqtts://host:port (--broker)
+    password: str  # the `bridge` user's password (--password-file)
+    client_id: str  # MQTT client id; distinct per replica, never a device name (--client-id)
+    http: HostPort | None = None  # /healthz /readyz /metrics /devices (--http); None: off
+    root: str = DEFAULT_ROOT  # topic root
+    tls_ca: Path | None = None  # CA bundle for mqtts:// (--tls-ca); None: system CAs
+    write_qps: float = 20.0  # sustained control-plane writes per second (--write-qps)
+    write_burst: int = 30  # writes allowed at once before the rate applies (--write-burst)
+    stale_multiplier: float = DEFAULT_STALE_MULTIPLIER  # HeartbeatTimeout after this x heartbeat_s
+    min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between two writes of one resource
+    workers: int = 4  # concurrent writers (each write still takes a token)
+    keepalive: int = 30  # MQTT keepalive (s)
+    call_timeout: float = 10.0  # s: bound of one control-plane call
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group
+
+
+class Bridge:
+    """The bridge service; see the module doc for how to run it."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        control_plane: ControlPlane,
+        *,
+        metrics: BridgeMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.control_plane = control_plane
+        self.topics = Topics(settings.root)
+        self.tracker = DeviceTracker(settings.stale_multiplier)
+        self.mirror = Mirror()
+        self.index = ResourceIndex()
+        self.ingest = Ingest(self.topics, self.tracker, self.mirror)
+        self.metrics = metrics if metrics is not None else BridgeMetrics()
+        self.queue = WorkQueue(
+            KeyedQueue(min_interval=settings.min_write_interval),
+            TokenBucket(settings.write_qps, settings.write_burst, time.monotonic()),
+        )
+        self.link = MqttLink(
+            LinkSettings(
+                broker=settings.broker,
+                password=settings.password,
+                client_id=settings.client_id,
+                topics=self.topics,
+                tls_ca=settings.tls_ca,
+                keepalive=settings.keepalive,
+            ),
+            self,
+        )
+        self.http = (
+            HttpServer(
+                settings.http,
+                {
+                    "/healthz": self._healthz,
+                    "/readyz": self._readyz,
+                    "/metrics": self._metrics,
+                    "/devices": self._devices,
+                },
+            )
+            if settings.http is not None
+            else None
+        )
+        self.ready = asyncio.Event()  # latched: synced and primed once
+        self._primed = asyncio.Event()
+        self._pending: dict[str, tuple[str, dict[str, object]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.metrics.bind(
+            StateSource(
+                messages=lambda: self.ingest.stats.messages,
+                invalid=lambda: self.ingest.stats.invalid,
+                devices=self.tracker.counts,
+                queue_depth=lambda: len(self.queue),
+                mqtt_connected=lambda: self.link.connected,
+                leading=self.control_plane.leading.is_set,
+                ready=self.is_ready,
+            )
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
+    def is_ready(self) -> bool:
+        return self.control_plane.synced.is_set() and self.link.primed
+
+    async def run(self) -> None:
+        """Run until cancelled (binds HTTP first: a taken port raises `ConfigError` at once)."""
+        if self.http is not None:
+            await self.http.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.control_plane.run(self._on_resource), name="controlplane")
+                tg.create_task(self.link.run(), name="mqtt")
+                tg.create_task(self._startup(), name="startup")
+                tg.create_task(self._sweeper(), name="sweep")
+                tg.create_task(self._leadership(), name="leadership")
+                for i in range(self.settings.workers):
+                    tg.create_task(self.queue.serve(self._reconcile), name=f"writer-{i}")
+                if self.http is not None:
+                    tg.create_task(self.http.serve(), name="http")
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def __aenter__(self) -> Self:
+        if self.http is not None:
+            await self.http.start()
+        self._task = asyncio.create_task(self.run(), name="bridge")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def wait_ready(self) -> None:
+        """Wait until ready; raise the bridge's error if it stopped first (with `async with`)."""
+        if self._task is None:
+            await self.ready.wait()
+            return
+        waiter = asyncio.ensure_future(self.ready.wait())
+        try:
+            await asyncio.wait([waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not self.ready.is_set():
+            self._task.result()  # raises the bridge's error
+            raise DeviceFabricError("the bridge stopped before it was ready")
+
+    async def _startup(self) -> None:
+        await self.control_plane.synced.wait()
+        await self._primed.wait()
+        log.info(
+            "ready: %d resources, %d devices known", sum(1 for _ in self.control_plane.resources()),
+            len(self.tracker),
+        )  # fmt: skip
+        self.ready.set()
+
+    async def _leadership(self) -> None:
+        await self.ready.wait()
+        leading = self.control_plane.leading
+        while True:
+            await leading.wait()
+            log.info("leading: reconciling every resource and device")
+            self._resync()
+            # The interface signals gaining leadership only; losing it is polled (cheap, rare).
+            while leading.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(LEADERSHIP_POLL)
+            log.info("no longer leading: writes stop")
+
+    async def _sweeper(self) -> None:
+        while True:
+            deadline = self.tracker.next_deadline()
+            now = time.monotonic()
+            delay = SWEEP_MAX if deadline is None else max(SWEEP_MIN, deadline - now)
+            await asyncio.sleep(min(SWEEP_MAX, delay))
+            if self.link.primed:
+                self._apply(self.tracker.sweep(time.monotonic()))
+
+    def _resync(self) -> None:
+        for device in set(self.index.devices()) | self.mirror.devices():
+            self._mirror_device(device)
+        for resource in self.control_plane.resources():
+            self.queue.add(resource.key)
+
+    # -- control plane ---------------------------------------------------------------------------
+    def _on_resource(self, key: str) -> None:
+        resource = self.control_plane.get(key)
+        devices = self.index.update(key, resource)
+        if resource is None:
+            self._pending.pop(key, None)
+            self.queue.forget(key)
+        if not self.ready.is_set():
+            return
+        for device in devices:
+            self._mirror_device(device)
+        if resource is not None:
+            self.queue.add(key)
+
+    def _mirror_device(self, device: str) -> None:
+        if not (self.ready.is_set() and self.link.primed and self.control_plane.leading.is_set()):
+            return
+        resources = [
+            r
+            for key in self.index.keys_of(device)
+            if (r := self.control_plane.get(key)) is not None
+        ]
+        doc = self.mirror.plan(device, resources)
+        if doc is None:
+            return
+        if self.link.publish(self.topics.desired(device), encode(doc), retain=True):
+            self.mirror.published(device, doc.revision)
+            self.metrics.desired_published.inc()
+            log.info(
+                "published desired revision %s (%d processes)", doc.revision, len(doc.processes),
+                extra={"device": device},
+            )  # fmt: skip
+
+    # -- MQTT (LinkHandler) ----------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        changes = self.ingest.feed(topic, payload, time.monotonic(), retained=retained)
+        if changes:
+            self._apply(changes)
+
+    def on_connected(self) -> None:
+        self.mirror.reset_sent()
+
+    def on_primed(self) -> None:
+        self.tracker.resume(time.monotonic())
+        self._primed.set()
+        if self.ready.is_set():
+            for device in set(self.index.devices()) | self.mirror.devices():
+                self._mirror_device(device)
+
+    def on_lost(self) -> None:
+        """Nothing to undo: the sweep pauses (not primed) and the replay reconciles."""
+
+    def _apply(self, changes: tuple[Change, ...] | list[Transition]) -> None:
+        ready = self.ready.is_set()
+        for change in changes:
+            keys = self.index.keys_of(change.device)
+            if isinstance(change, Transition):
+                if change.previous is not None:
+                    self.metrics.transitions.labels(change.reason.value).inc()
+                    log.info(
+                        "device %s: %s", change.device, change.reason.value,
+                        extra={"device": change.device, "session": change.session,
+                               "reason": change.reason.value},
+                    )  # fmt: skip
+            elif change.keys is not None:
+                keys = keys & change.keys
+            if ready:
+                for key in keys:
+                    self.queue.add(key)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _plan(self, key: str) -> tuple[Resource | None, dict[str, object], StatusPlan | None]:
+        resource = self.control_plane.get(key)
+        if resource is None:
+            return None, {}, None
+        stored: dict[str, object] = dict(resource.status)
+        pending = self._pending.get(key)
+        if pending is not None:
+            if pending[0] == resource.resource_version:
+                stored = pending[1]
+            else:
+                del self._pending[key]
+        device_name = device_of(resource)
+        device = self.tracker.get(device_name) if device_name is not None else None
+        return resource, stored, plan_status(resource, device, rfc3339(), stored)
+
+    async def _reconcile(self, key: str) -> Outcome:
+        leading = self.control_plane.leading
+        if not leading.is_set():
+            return Outcome.DONE  # reconciled again when leadership comes back
+        resource, _, plan = self._plan(key)
+        if resource is None:
+            self._pending.pop(key, None)
+            return Outcome.DROP
+        if plan is None:
+            return Outcome.DONE
+        await self.queue.acquire()
+        resource, stored, plan = self._plan(key)  # the state may have moved while we waited
+        if resource is None or plan is None or not leading.is_set():
+            return Outcome.DONE
+        await self._call("status", self.control_plane.patch_status(key, plan.patch))
+        self._pending[key] = (resource.resource_version, apply_patch(stored, plan.patch))
+        log.info(
+            "status written (%s)", ", ".join(sorted(plan.patch)),
+            extra={"resource": key, "device": device_of(resource), "reason": plan.reason},
+        )  # fmt: skip
+        if plan.event is not None:
+            await self.queue.acquire()
+            event = plan.event
+            try:
+                await self._call(
+                    "event",
+                    self.control_plane.emit_event(key, event.type, event.reason, event.message),
+                )
+            except (DeviceFabricError, TimeoutError) as exc:
+                log.warning("event not recorded: %s", exc, extra={"resource": key})
+        return Outcome.WROTE
+
+    async def _call(self, kind: str, call: Awaitable[None]) -> None:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.call_timeout):
+                await call
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.metrics.write_errors.labels(kind, type(exc).__name__).inc()
+            raise
+        self.metrics.writes.labels(kind).inc()
+        self.metrics.write_seconds.labels(kind).observe(time.monotonic() - started)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _healthz(self) -> Response:
+        return Response(200, b'{"status":"ok"}\n')
+
+    def _readyz(self) -> Response:
+        link = self.link
+        doc = {
+            "ready": self.is_ready(),
+            "mqtt": "primed" if link.primed else "connected" if link.connected else "disconnected",
+            "session": link.session,
+            "controlPlaneSynced": self.control_plane.synced.is_set(),
+            "role": "leader" if self.control_plane.leading.is_set() else "standby",
+            "queueDepth": len(self.queue),
+        }
+        return Response(200 if doc["ready"] else 503, _json(doc))
+
+    def _metrics(self) -> Response:
+        return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+
+    def _devices(self) -> Response:
+        now = time.monotonic()
+        out = []
+        for device in sorted(self.tracker, key=lambda d: d.name):
+            report = device.report
+            out.append(
+                {
+                    "device": device.name,
+                    "state": device.state,
+                    "reason": device.reason.value if device.reason is not None else None,
+                    "session": device.session,
+                    "lastSeenAgeSeconds": (
+                        round(now - device.last_seen, 3) if device.last_seen is not None else None
+                    ),
+                    "heartbeatSeconds": device.heartbeat_s,
+                    "agent": device.agent,
+                    "resources": sorted(self.index.keys_of(device.name)),
+                    "processes": (
+                        {
+                            key: entry.model_dump(mode="json", by_alias=True, exclude_none=True)
+                            for key, entry in sorted(report.processes.items())
+                        }
+                        if report is not None
+                        else {}
+                    ),
+                }
+            )
+        return Response(200, _json(out))
+
+
+def _json(doc: object) -> bytes:
+    return json.dumps(doc, indent=1).encode() + b"\n"

@@ -1,0 +1,180 @@
+"""Status computation: (resource, what the bridge knows of its device) -> the minimal merge patch.
+
+Pure and level-based: `plan_status` derives the status a resource should have *now* from
+- its spec and generation (`InvalidSpec` when the spec does not validate),
+- the device's connection reason (`AgentConnected`),
+- the device's last report entry for this resource (`phase`, `pid`, `restarts`, `exitCode`,
+  `startedAt`, `message`, `observedGeneration`; `Synced` is `Applied` when the reported generation
+  is the resource's generation, `Pending` otherwise),
+then diffs it against the stored status and returns a `StatusPlan` (merge patch + Event) or None.
+
+What the bridge does not know, it does not touch: with no report ever received from the device the
+process fields are left as stored (and `Synced` follows the stored `observedGeneration`); with no
+confirmed connection state (a device never heard of, or known only from a retained replay) the
+`AgentConnected` condition is left as stored. That is what makes a bridge restart write nothing.
+
+Conditions keep their `lastTransitionTime` unless their `status` changes (`set_condition`) and
+carry the fixed message of their reason, so recomputing an unchanged state yields an identical
+status and no write. An Event is planned when the stored `AgentConnected` reason changes: one per
+resource per device transition, `Normal` when connecting, `Warning` when disconnecting. (A resource
+that gets the condition for the first time gets no Event: nothing transitioned.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from pydantic import ValidationError
+
+from devicefabric.bridge.controlplane.base import EventType, Resource
+from devicefabric.bridge.mirroring import check_spec
+from devicefabric.bridge.tracking import Device
+from devicefabric.config.resource import (
+    AGENT_CONNECTED,
+    MESSAGES,
+    SYNCED,
+    Condition,
+    Reason,
+    find_condition,
+    make_condition,
+    set_condition,
+)
+from devicefabric.config.wire import ProcessReport
+
+# The status fields taken from the report; `conditions` is handled on its own.
+PROCESS_FIELDS: Final = (
+    "observedGeneration",
+    "phase",
+    "pid",
+    "restarts",
+    "exitCode",
+    "startedAt",
+    "message",
+)
+PENDING_PHASE: Final = "Pending"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPlan:
+    """A merge patch of `status` (None values delete) and the Event to record with it."""
+
+    patch: dict[str, object]
+    event: PlannedEvent | None
+    reason: str | None  # the AgentConnected reason after the patch (for logs)
+
+
+def rfc3339(when: datetime | None = None) -> str:
+    """`2024-01-02T03:04:05Z` (what Kubernetes stores in `lastTransitionTime`)."""
+    return (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_conditions(raw: object) -> list[Condition]:
+    """Stored conditions; entries that are not conditions are dropped (they will be rewritten)."""
+    if not isinstance(raw, list):
+        return []
+    out: list[Condition] = []
+    for item in raw:
+        try:
+            out.append(Condition.model_validate(item))
+        except ValidationError:
+            continue
+    return out
+
+
+def _process_fields(entry: ProcessReport | None) -> dict[str, object | None]:
+    if entry is None:
+        fields: dict[str, object | None] = dict.fromkeys(PROCESS_FIELDS)
+        fields["phase"] = PENDING_PHASE
+        return fields
+    return {
+        "observedGeneration": entry.generation,
+        "phase": str(entry.phase),
+        "pid": entry.pid,
+        "restarts": entry.restarts,
+        "exitCode": entry.exit_code,
+        "startedAt": entry.started_at,
+        "message": entry.message,
+    }
+
+
+def desired_fields(
+    resource: Resource, stored: Mapping[str, object], device: Device | None
+) -> dict[str, object | None]:
+    """The process fields the status should carry (stored ones when no report is known)."""
+    if device is None or device.report is None:
+        return {name: stored.get(name) for name in PROCESS_FIELDS}
+    return _process_fields(device.report.processes.get(resource.key))
+
+
+def desired_conditions(
+    resource: Resource,
+    stored_conditions: list[Condition],
+    observed_generation: object,
+    device: Device | None,
+    now: str,
+) -> list[Condition]:
+    spec = check_spec(resource.spec)
+    if isinstance(spec, str):
+        synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=spec)
+    elif observed_generation == resource.generation:
+        synced = make_condition(SYNCED, Reason.APPLIED, now)
+    else:
+        synced = make_condition(SYNCED, Reason.PENDING, now)
+    conditions = stored_conditions
+    if device is not None and device.reason is not None:
+        conditions = set_condition(conditions, make_condition(AGENT_CONNECTED, device.reason, now))
+    return set_condition(conditions, synced)
+
+
+def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | None:
+    if before is None or after is None or before.reason == after.reason:
+        return None
+    kind: EventType = "Normal" if after.status == "True" else "Warning"
+    return PlannedEvent(kind, after.reason, MESSAGES[Reason(after.reason)])
+
+
+def plan_status(
+    resource: Resource,
+    device: Device | None,
+    now: str,
+    stored: Mapping[str, object] | None = None,
+) -> StatusPlan | None:
+    """The patch taking `stored` (default: `resource.status`) to the status it should have."""
+    stored = resource.status if stored is None else stored
+    fields = desired_fields(resource, stored, device)
+    stored_conditions = parse_conditions(stored.get("conditions"))
+    conditions = desired_conditions(
+        resource, stored_conditions, fields["observedGeneration"], device, now
+    )
+    patch: dict[str, object] = {
+        name: value for name, value in fields.items() if stored.get(name) != value
+    }
+    wire = [c.model_dump(mode="json", by_alias=True) for c in conditions]
+    if stored.get("conditions") != wire:
+        patch["conditions"] = wire
+    if not patch:
+        return None
+    after = find_condition(conditions, AGENT_CONNECTED)
+    event = _event(find_condition(stored_conditions, AGENT_CONNECTED), after)
+    return StatusPlan(patch, event, after.reason if after is not None else None)
+
+
+def apply_patch(status: Mapping[str, object], patch: Mapping[str, object]) -> dict[str, object]:
+    """`status` after a merge patch of its top-level fields (None deletes)."""
+    merged = dict(status)
+    for name, value in patch.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged

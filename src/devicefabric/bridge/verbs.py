@@ -1,0 +1,300 @@
+"""`devicefabric apply`, `delete` and `get`: kubectl-like verbs of the local control plane.
+
+They read and write the state directory through `LocalStore` (the same files `devicefabric up` and
+`bridge run --control-plane local` watch), so a running bridge sees an `apply` within one poll.
+
+    devicefabric apply -f FILE [-f FILE...]    `-f -` reads stdin; a directory applies its
+                                               *.yaml/*.yml/*.json files; prints
+                                               `deviceprocess/<name> created|configured|unchanged`
+    devicefabric delete NAME... | -f FILE      prints `deviceprocess/<name> deleted`
+    devicefabric get [NAME...] [-o wide|yaml|json] [-n NS | -A]
+
+Exit codes: 0 done; 2 invalid input, with the file, document and field in one line, and nothing
+written (every file is validated before the first write); 1 a named resource does not exist.
+`register` adds the parsers only: yaml and the store are imported when a verb runs, so
+`devicefabric agent run` still starts on a bare install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.errors import NotFoundError
+from devicefabric.config.errors import ConfigError
+from devicefabric.config.resource import AGENT_CONNECTED, SYNCED
+from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
+
+if TYPE_CHECKING:
+    from devicefabric.bridge.controlplane.localstore import LocalStore
+    from devicefabric.bridge.controlplane.manifests import Manifest
+
+COLUMNS: Final = ("NAME", "DEVICE", "PHASE", "CONNECTED", "RESTARTS", "AGE")
+WIDE_COLUMNS: Final = ("SYNCED", "PID", "EXIT", "GENERATION", "OBSERVED", "MESSAGE")
+MANIFEST_SUFFIXES: Final = (".yaml", ".yml", ".json")
+MISSING: Final = "-"
+_MESSAGE_WIDTH: Final = 60
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    apply = sub.add_parser("apply", help="create or update DeviceProcesses from YAML files")
+    apply.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a YAML file, a directory of them, or - for stdin (repeatable)",
+    )
+    _common(apply)
+    apply.set_defaults(func=run_apply)
+
+    delete = sub.add_parser("delete", help="delete DeviceProcesses (the device stops them)")
+    delete.add_argument("names", nargs="*", metavar="NAME", help="DeviceProcess names")
+    delete.add_argument(
+        "-f", "--filename", action="append", metavar="FILE", help="delete what FILE defines"
+    )
+    delete.add_argument(
+        "--ignore-not-found", action="store_true", help="exit 0 when a NAME does not exist"
+    )
+    _common(delete)
+    delete.set_defaults(func=run_delete)
+
+    get = sub.add_parser("get", help="show DeviceProcesses: Device, Phase, Connected, ...")
+    get.add_argument("names", nargs="*", metavar="NAME", help="only these DeviceProcesses")
+    get.add_argument(
+        "-o", "--output", choices=("wide", "yaml", "json"), help="output format (default: table)"
+    )
+    get.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace")
+    _common(get)
+    get.set_defaults(func=run_get)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_flag(
+        parser,
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="the local control plane's state directory",
+    )
+    parser.add_argument(
+        "-n", "--namespace", help="namespace (default: the manifest's, else 'default')"
+    )
+
+
+def _store(args: argparse.Namespace) -> LocalStore:
+    from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+
+    return LocalStore(args.state_dir)
+
+
+def _read_manifests(paths: Sequence[str], namespace: str | None) -> list[Manifest]:
+    """Every manifest of every file, validated; ConfigError before anything is written."""
+    from devicefabric.bridge.controlplane.manifests import parse_manifests  # noqa: PLC0415
+
+    manifests: list[Manifest] = []
+    for raw in paths:
+        for source, text in _read_sources(raw):
+            manifests.extend(parse_manifests(text, source, namespace))
+    seen: set[str] = set()
+    for manifest in manifests:
+        if manifest.key in seen:
+            raise ConfigError(f"deviceprocess {manifest.key} is defined more than once")
+        seen.add(manifest.key)
+    return manifests
+
+
+def _read_sources(raw: str) -> list[tuple[str, str]]:
+    if raw == "-":
+        return [("<stdin>", sys.stdin.read())]
+    path = Path(raw)
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES)
+            if not files:
+                raise ConfigError(f"{raw}: no {'/'.join(MANIFEST_SUFFIXES)} files in directory")
+            return [(str(p), p.read_text(encoding="utf-8")) for p in files]
+        return [(raw, path.read_text(encoding="utf-8"))]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"-f {raw}: cannot read: {reason}") from None
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    from devicefabric.bridge.controlplane.manifests import (  # noqa: PLC0415
+        DEFAULT_NAMESPACE,
+        validate_namespace,
+    )
+
+    if args.namespace is None:
+        return DEFAULT_NAMESPACE
+    return validate_namespace(args.namespace)
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    namespace = _namespace(args) if args.namespace is not None else None
+    manifests = _read_manifests(args.filename, namespace)
+    for result in _store(args).apply(manifests):
+        print(f"deviceprocess/{result.key.partition('/')[2]} {result.outcome}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
+
+    if bool(args.names) == bool(args.filename):
+        raise ConfigError("delete: give either NAME... or -f FILE")
+    if args.filename:
+        ns = _namespace(args) if args.namespace is not None else None
+        keys = [m.key for m in _read_manifests(args.filename, ns)]
+    else:
+        namespace = _namespace(args)
+        keys = [f"{namespace}/{validate_name(name, 'NAME')}" for name in args.names]
+    store = _store(args)
+    missing = []
+    for key in keys:
+        if store.delete(key):
+            print(f"deviceprocess/{key.partition('/')[2]} deleted")
+        else:
+            missing.append(key)
+    if missing and not args.ignore_not_found:
+        namespace, _, name = missing[0].partition("/")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise NotFoundError(f'deviceprocess "{name}" not found in namespace "{namespace}"{more}')
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
+
+    store = _store(args)
+    if args.all_namespaces and args.names:
+        raise ConfigError("get: NAME cannot be combined with --all-namespaces")
+    namespace: str | None
+    if args.names:
+        namespace = _namespace(args)
+        keys = [f"{namespace}/{validate_name(name, 'NAME')}" for name in args.names]
+        absent = [key for key in keys if store.load(key) is None]
+        if absent:
+            namespace, _, name = absent[0].partition("/")
+            raise NotFoundError(f'deviceprocess "{name}" not found in namespace "{namespace}"')
+    else:
+        namespace = None if args.all_namespaces else _namespace(args)
+        keys = [
+            key for key in store.list_keys() if namespace is None or key.startswith(namespace + "/")
+        ]
+    if args.output in ("yaml", "json"):
+        docs = [doc for key in keys if (doc := store.document(key)) is not None]
+        _print_documents(docs, args.output, single=len(args.names) == 1)
+        return 0
+    resources = [res for key in keys if (res := store.load(key)) is not None]
+    if not resources:
+        where = "any namespace" if namespace is None else f"{namespace} namespace"
+        print(f"No resources found in {where}.", file=sys.stderr)
+        return 0
+    print(
+        render_table(
+            resources,
+            wide=args.output == "wide",
+            with_namespace=args.all_namespaces,
+        )
+    )
+    return 0
+
+
+def _print_documents(docs: list[dict[str, object]], fmt: str, *, single: bool) -> None:
+    body: object = (
+        docs[0] if single and docs else {"apiVersion": "v1", "kind": "List", "items": docs}
+    )
+    if fmt == "json":
+        print(json.dumps(body, indent=2))
+    else:
+        import yaml  # noqa: PLC0415 - the bridge extra
+
+        print(yaml.safe_dump(body, sort_keys=False), end="")
+
+
+# -- the table (also drawn live by `devicefabric up --demo`) -----------------------------------
+def render_table(
+    resources: Iterable[Resource],
+    *,
+    wide: bool = False,
+    with_namespace: bool = False,
+    now: datetime | None = None,
+) -> str:
+    """kubectl-style aligned columns NAME, DEVICE, PHASE, CONNECTED, RESTARTS, AGE."""
+    moment = now or datetime.now(UTC)
+    header = (("NAMESPACE",) if with_namespace else ()) + COLUMNS + (WIDE_COLUMNS if wide else ())
+    rows = [list(header)]
+    for res in sorted(resources, key=lambda r: (r.namespace, r.name)):
+        row = [res.namespace] if with_namespace else []
+        row += table_row(res, moment)
+        if wide:
+            row += _wide_cells(res)
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def table_row(res: Resource, now: datetime) -> list[str]:
+    status = res.status
+    return [
+        res.name,
+        res.device or MISSING,
+        _text(status.get("phase")),
+        condition_status(res, AGENT_CONNECTED),
+        _text(status.get("restarts")),
+        age(res.creation_timestamp, now),
+    ]
+
+
+def _wide_cells(res: Resource) -> list[str]:
+    status = res.status
+    message = _text(status.get("message")).replace("\n", " ")
+    if len(message) > _MESSAGE_WIDTH:
+        message = message[: _MESSAGE_WIDTH - 3] + "..."
+    return [
+        condition_status(res, SYNCED),
+        _text(status.get("pid")),
+        _text(status.get("exitCode")),
+        str(res.generation),
+        _text(status.get("observedGeneration")),
+        message,
+    ]
+
+
+def condition_status(res: Resource, ctype: str) -> str:
+    """`status` of the condition `ctype` ("True"/"False"/"Unknown"), or "-" when absent."""
+    conditions = res.status.get("conditions")
+    if isinstance(conditions, list):
+        for cond in conditions:
+            if isinstance(cond, dict) and cond.get("type") == ctype:
+                return _text(cond.get("status"))
+    return MISSING
+
+
+def age(timestamp: str, now: datetime) -> str:
+    """kubectl's short age: 45s, 12m, 3h, 5d (a missing or bad timestamp shows "-")."""
+    try:
+        created = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return MISSING
+    seconds = max(0, int((now - created).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _text(value: object) -> str:
+    return MISSING if value is None or value == "" else str(value)

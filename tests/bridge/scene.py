@@ -1,0 +1,62 @@
+"""Arranging a bridge under test: settings for a test broker, a running bridge, settle waits."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.service import Bridge, BridgeSettings
+from devicefabric.bridge.statuses import apply_patch, plan_status
+from devicefabric.bridge.tracking import Device
+from devicefabric.config.resource import Reason
+from devicefabric.config.settings import parse_broker_url
+from tests.bridge.memory_cp import MemoryControlPlane
+from tests.support.brokers import BrokerProcess
+from tests.support.waiting import async_wait_for
+
+
+def settings(broker: BrokerProcess, **overrides: Any) -> BridgeSettings:
+    """Fast, unthrottled defaults; tests override what they measure."""
+    base: dict[str, Any] = {
+        "broker": parse_broker_url(broker.url),
+        "password": broker.password("bridge"),
+        "client_id": f"bridge_test-{uuid.uuid4().hex[:8]}",
+        "write_qps": 1000.0,
+        "write_burst": 1000,
+        "keepalive": 10,
+    }
+    return BridgeSettings(**{**base, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def running(
+    broker: BrokerProcess, control_plane: Any, **overrides: Any
+) -> AsyncIterator[Bridge]:
+    """A started bridge, ready (subscribed, retained state read, control plane synced)."""
+    async with Bridge(settings(broker, **overrides), control_plane) as bridge:
+        await async_wait_for(bridge.ready.is_set, timeout=15, what="bridge ready")
+        yield bridge
+
+
+def idle(bridge: Bridge, cp: MemoryControlPlane) -> bool:
+    """Nothing queued or in flight, and no write echo on its way back."""
+    return len(bridge.queue) == 0 and cp.quiet()
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    await async_wait_for(predicate, timeout=timeout, interval=0.005, what=what)
+
+
+async def settle(bridge: Bridge, cp: MemoryControlPlane, timeout: float = 10.0) -> None:
+    """Wait until idle twice in a row (an echo may enqueue a key right after a write)."""
+    for _ in range(2):
+        await until(lambda: idle(bridge, cp), timeout, "bridge idle")
+
+
+def settled_status(resource: Resource, reason: Reason) -> dict[str, object]:
+    """The status the bridge would have written for a device in `reason` with no report."""
+    plan = plan_status(resource, Device("x", session="s", reason=reason), "2024-01-01T00:00:00Z")
+    return {} if plan is None else apply_patch({}, plan.patch)

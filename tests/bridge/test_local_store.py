@@ -1,0 +1,168 @@
+"""The local store behaves like the API server: what changes, what bumps, what is never written.
+
+Each story applies manifests to a fresh state directory and asserts on what a user or the bridge
+would see: outcomes, uid/generation/resourceVersion, the files, the store revision (which counts
+every write), and that a no-op writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from devicefabric.bridge.controlplane.localstore import LocalStore, atomic_write
+from devicefabric.bridge.controlplane.manifests import Manifest, parse_manifests
+from devicefabric.bridge.errors import NotFoundError
+
+
+def manifest(name: str = "web", device: str = "tor9-99", **spec: object) -> Manifest:
+    body = {"deviceName": device, "command": ["sleep", "100"], **spec}
+    text = json.dumps(
+        {
+            "apiVersion": "devicefabric.io/v1alpha1",
+            "kind": "DeviceProcess",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+    )
+    (parsed,) = parse_manifests(text, "test")
+    return parsed
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "state")
+
+
+def test_create_update_noop_like_the_api_server(store: LocalStore) -> None:
+    assert [a.outcome for a in store.apply([manifest()])] == ["created"]
+    created = store.load("default/web")
+    assert created is not None
+    assert (created.generation, created.resource_version) == (1, "1")
+    assert created.spec["restartPolicy"] == "Always"  # stored with defaults
+    assert created.creation_timestamp.endswith("Z")
+
+    assert [a.outcome for a in store.apply([manifest(restartPolicy="Always")])] == ["unchanged"]
+    assert store.revision() == 1  # spelling out a default is not a change
+
+    assert [a.outcome for a in store.apply([manifest(suspend=True)])] == ["configured"]
+    updated = store.load("default/web")
+    assert updated is not None
+    assert (updated.uid, updated.creation_timestamp) == (created.uid, created.creation_timestamp)
+    assert (updated.generation, updated.resource_version) == (2, "2")
+
+    labelled = Manifest("default", "web", dict(updated.spec), labels={"team": "edge"})
+    assert [a.outcome for a in store.apply([labelled])] == ["configured"]
+    relabelled = store.load("default/web")
+    assert relabelled is not None
+    assert (relabelled.generation, relabelled.resource_version) == (2, "3")  # metadata only
+
+
+def test_status_patch_merges_never_bumps_generation_and_noop_writes_nothing(
+    store: LocalStore,
+) -> None:
+    store.apply([manifest()])
+    cond = {"type": "AgentConnected", "status": "True", "reason": "Connected"}
+    first = store.patch_status("default/web", {"phase": "Running", "pid": 7, "conditions": [cond]})
+    assert first is not None
+    assert (first.generation, first.resource_version) == (1, "2")
+    status_file = store.root / "status" / "default" / "web.json"
+    before = status_file.stat()
+
+    assert store.patch_status("default/web", {"phase": "Running", "conditions": [cond]}) is None
+    assert store.revision() == 2
+    assert status_file.stat().st_ino == before.st_ino  # not even rewritten
+
+    lost = {"type": "AgentConnected", "status": "False", "reason": "ConnectionLost"}
+    second = store.patch_status("default/web", {"pid": None, "conditions": [lost]})
+    assert second is not None
+    assert dict(second.status) == {"phase": "Running", "conditions": [lost]}  # list replaced
+    reloaded = store.load("default/web")
+    assert reloaded == second
+    assert reloaded.generation == 1
+
+    # A later apply of the same spec keeps the status and its resourceVersion.
+    assert [a.outcome for a in store.apply([manifest()])] == ["unchanged"]
+    assert store.load("default/web") == second
+
+
+def test_patch_of_a_missing_resource_is_not_found(store: LocalStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.patch_status("default/ghost", {"phase": "Running"})
+    assert store.revision() == 0
+
+
+def test_delete_removes_resource_and_status_and_recreate_is_new(store: LocalStore) -> None:
+    store.apply([manifest()])
+    old = store.patch_status("default/web", {"phase": "Running"})
+    assert old is not None
+    assert store.delete("default/web") is True
+    assert store.load("default/web") is None
+    assert not (store.root / "status" / "default" / "web.json").exists()
+    assert store.delete("default/web") is False
+    store.apply([manifest()])
+    new = store.load("default/web")
+    assert new is not None
+    assert new.uid != old.uid
+    assert (new.generation, dict(new.status)) == (1, {})
+    journal = store.journal_path.read_text().splitlines()
+    assert journal == ["1 default/web", "2 default/web", "3 default/web", "4 default/web"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "file.yaml"
+    atomic_write(target, b"old")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.yaml"]
+
+
+def test_events_are_appended_and_rotated(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("devicefabric.bridge.controlplane.localstore.EVENTS_MAX_BYTES", 200)
+    for i in range(30):
+        store.append_event({"reason": "Connected", "n": i})
+    events = store.events()
+    assert [e["n"] for e in events] == list(range(30 - len(events), 30))  # newest kept, in order
+    assert len(events) < 20  # bounded: the oldest rotated away
+    assert store.events_path.with_name("events.jsonl.1").exists()
+
+
+def _writer(root: str, worker: int, count: int) -> None:
+    store = LocalStore(Path(root))
+    for i in range(count):
+        store.apply([manifest(f"w{worker}-{i}")])
+        store.patch_status("default/shared", {f"w{worker}": i})
+
+
+def test_concurrent_writers_lose_nothing(store: LocalStore) -> None:
+    store.apply([manifest("shared")])
+    workers, count = 3, 15
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(store.root), w, count)) for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    writes = 1 + 2 * workers * count
+    assert store.revision() == writes
+    revs = [int(line.split()[0]) for line in store.journal_path.read_text().splitlines()]
+    assert revs == list(range(1, writes + 1))  # every write journaled once, in order
+    assert len(store.list_keys()) == 1 + workers * count
+    shared = store.load("default/shared")
+    assert shared is not None
+    assert dict(shared.status) == {f"w{w}": count - 1 for w in range(workers)}

@@ -1,0 +1,140 @@
+"""`devicefabric apply/delete/get` through the real CLI: output, exit codes, nothing half-done.
+
+Every test runs `python -m devicefabric ...` as a user would and asserts on the exit code
+(0 done, 1 not found, 2 invalid input) and on the lines printed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devicefabric.bridge.controlplane.localstore import LocalStore
+from tests.support.cli import manifest_text, run_cli, write_manifest
+
+WEB = manifest_text("web", "tor9-99", ["sleep", "100"])
+JOB = manifest_text("job", "tor9-98", ["true"], extra="  restartPolicy: Never\n")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def test_apply_prints_created_configured_unchanged(tmp_path: Path, state: Path) -> None:
+    path = write_manifest(tmp_path / "app.yaml", WEB, JOB)
+    first = run_cli("apply", "-f", str(path), "--state-dir", str(state))
+    assert (first.code, first.out) == (0, "deviceprocess/web created\ndeviceprocess/job created\n")
+    again = run_cli("apply", "-f", "-", "--state-dir", str(state), stdin=path.read_text())
+    assert again.out == "deviceprocess/web unchanged\ndeviceprocess/job unchanged\n"
+    write_manifest(path, WEB.replace('"100"', '"200"'), JOB)
+    changed = run_cli("apply", "-f", str(path), "--state-dir", str(state))
+    assert changed.out == "deviceprocess/web configured\ndeviceprocess/job unchanged\n"
+    web = LocalStore(state).load("default/web")
+    assert web is not None
+    assert web.generation == 2
+
+
+@pytest.mark.parametrize(
+    ("docs", "expected"),
+    [
+        ((WEB, "kind: [\n"), "bad.yaml: invalid YAML: line"),
+        (
+            (WEB, JOB.replace("tor9-98", "Tor_98")),
+            "document 2 (deviceprocess/job): spec.deviceName",
+        ),
+        ((WEB, JOB.replace('["true"]', "[]")), "document 2 (deviceprocess/job): spec.command"),
+        ((WEB, JOB.replace("name: job", "nam: job")), "document 2: metadata.name: required"),
+        ((WEB.replace("DeviceProcess", "Deployment"),), "document 1: kind: expected"),
+    ],
+)
+def test_invalid_file_exits_2_naming_the_field_and_writes_nothing(
+    tmp_path: Path, state: Path, docs: tuple[str, ...], expected: str
+) -> None:
+    path = write_manifest(tmp_path / "bad.yaml", *docs)
+    result = run_cli("apply", "-f", str(path), "--state-dir", str(state))
+    assert result.code == 2
+    assert result.out == ""
+    assert expected in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert LocalStore(state).list_keys() == []  # the valid first document was not applied either
+
+
+def test_apply_of_a_missing_file_exits_2(tmp_path: Path, state: Path) -> None:
+    result = run_cli("apply", "-f", str(tmp_path / "nope.yaml"), "--state-dir", str(state))
+    assert result.code == 2
+    assert "nope.yaml: cannot read: No such file or directory" in result.err
+
+
+def test_delete_prints_deleted_and_unknown_exits_1(tmp_path: Path, state: Path) -> None:
+    path = write_manifest(tmp_path / "app.yaml", WEB, JOB)
+    assert run_cli("apply", "-f", str(path), "--state-dir", str(state)).code == 0
+    deleted = run_cli("delete", "web", "--state-dir", str(state))
+    assert (deleted.code, deleted.out) == (0, "deviceprocess/web deleted\n")
+    missing = run_cli("delete", "web", "--state-dir", str(state))
+    assert missing.code == 1
+    assert (
+        missing.err.strip() == 'devicefabric: deviceprocess "web" not found in namespace "default"'
+    )
+    ignored = run_cli("delete", "web", "--ignore-not-found", "--state-dir", str(state))
+    assert ignored.code == 0
+    bad = run_cli("delete", "Bad_Name", "--state-dir", str(state))
+    assert bad.code == 2
+    by_file = run_cli("delete", "-f", str(path), "--ignore-not-found", "--state-dir", str(state))
+    assert (by_file.code, by_file.out) == (0, "deviceprocess/job deleted\n")
+    assert LocalStore(state).list_keys() == []
+
+
+def test_get_table_shows_device_phase_connected_restarts_age(tmp_path: Path, state: Path) -> None:
+    empty = run_cli("get", "--state-dir", str(state))
+    assert (empty.code, empty.out) == (0, "")
+    assert "No resources found in default namespace." in empty.err
+
+    path = write_manifest(tmp_path / "app.yaml", WEB, JOB)
+    assert run_cli("apply", "-f", str(path), "--state-dir", str(state)).code == 0
+    connected = {"type": "AgentConnected", "status": "True", "reason": "Connected"}
+    synced = {"type": "Synced", "status": "True", "reason": "Applied"}
+    LocalStore(state).patch_status(
+        "default/web",
+        {"phase": "Running", "restarts": 2, "pid": 42, "conditions": [connected, synced]},
+    )
+    table = run_cli("get", "--state-dir", str(state))
+    rows = [line.split() for line in table.out.splitlines()]
+    assert rows[0] == ["NAME", "DEVICE", "PHASE", "CONNECTED", "RESTARTS", "AGE"]
+    assert rows[1][:5] == ["job", "tor9-98", "-", "-", "-"]
+    assert rows[2][:5] == ["web", "tor9-99", "Running", "True", "2"]
+    assert rows[2][5].endswith("s")
+
+    wide = run_cli("get", "web", "-o", "wide", "--state-dir", str(state))
+    header, row = (line.split() for line in wide.out.splitlines())
+    assert dict(zip(header, row, strict=False))["SYNCED"] == "True"
+    assert dict(zip(header, row, strict=False))["PID"] == "42"
+
+
+def test_get_yaml_and_json_round_trip(tmp_path: Path, state: Path) -> None:
+    path = write_manifest(tmp_path / "app.yaml", WEB)
+    assert run_cli("apply", "-f", str(path), "--state-dir", str(state)).code == 0
+    as_yaml = run_cli("get", "web", "-o", "yaml", "--state-dir", str(state))
+    doc = yaml.safe_load(as_yaml.out)
+    assert doc["metadata"]["generation"] == 1
+    assert doc["spec"]["restartPolicy"] == "Always"
+    # What `get -o yaml` prints applies back unchanged (server fields and status are ignored).
+    reapplied = run_cli("apply", "-f", "-", "--state-dir", str(state), stdin=as_yaml.out)
+    assert reapplied.out == "deviceprocess/web unchanged\n"
+    listing = json.loads(run_cli("get", "-o", "json", "--state-dir", str(state)).out)
+    assert [item["metadata"]["name"] for item in listing["items"]] == ["web"]
+    unknown = run_cli("get", "nope", "--state-dir", str(state))
+    assert unknown.code == 1
+
+
+def test_namespaces_are_separate(tmp_path: Path, state: Path) -> None:
+    path = write_manifest(tmp_path / "app.yaml", WEB)
+    assert run_cli("apply", "-f", str(path), "-n", "lab", "--state-dir", str(state)).code == 0
+    assert run_cli("get", "--state-dir", str(state)).out == ""
+    everywhere = run_cli("get", "-A", "--state-dir", str(state)).out.splitlines()
+    assert everywhere[1].split()[:2] == ["lab", "web"]
+    assert run_cli("delete", "web", "--state-dir", str(state)).code == 1
+    assert run_cli("delete", "web", "-n", "lab", "--state-dir", str(state)).code == 0

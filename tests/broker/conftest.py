@@ -1,0 +1,72 @@
+"""Fixtures of the embedded broker's own tests: an in-process broker and clients that always stop.
+
+`broker` is a fresh `EmbeddedBroker` per test on a free port (short timeouts so keepalive and
+CONNECT-timeout tests stay fast); `make_broker(...)` builds one with other settings. `peer(...)`
+and `raw()` make clients that are closed at teardown, in reverse order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from devicefabric.broker.auth import Gatekeeper
+from devicefabric.broker.embedded import BrokerSettings
+from devicefabric.config.settings import HostPort
+from tests.broker.harness import BrokerThread, Peer, RawPeer
+
+MakeBroker = Callable[..., BrokerThread]
+MakePeer = Callable[..., Peer]
+MakeRaw = Callable[[], RawPeer]
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def make_broker(secret: bytes, stack: ExitStack) -> MakeBroker:
+    def make(gatekeeper: Gatekeeper | None = None, **overrides: Any) -> BrokerThread:
+        options: dict[str, Any] = {
+            "secret": secret,
+            "mqtt": HostPort("127.0.0.1", 0),
+            "connect_timeout": 1.0,
+            "revocation_poll": 0.05,
+        }
+        options.update(overrides)
+        return stack.enter_context(BrokerThread(BrokerSettings(**options), gatekeeper))
+
+    return make
+
+
+@pytest.fixture
+def broker(make_broker: MakeBroker) -> BrokerThread:
+    return make_broker()
+
+
+@pytest.fixture
+def peer(broker: BrokerThread, stack: ExitStack) -> MakePeer:
+    """`peer(user, connect=True, **kwargs)`: a `Peer`, connected and accepted unless told not."""
+
+    def make(user: str, *, connect: bool = True, on: BrokerThread | None = None, **kw: Any) -> Peer:
+        client = Peer(on or broker, user, **kw)
+        stack.callback(client.close)
+        if connect:
+            reason = client.connect()
+            assert client.accepted, f"{user} refused: {reason}"
+        return client
+
+    return make
+
+
+@pytest.fixture
+def raw(broker: BrokerThread, stack: ExitStack) -> MakeRaw:
+    def make() -> RawPeer:
+        return stack.enter_context(RawPeer(broker))
+
+    return make

@@ -1,0 +1,376 @@
+"""Test harness for the embedded broker: the broker in a thread, paho clients, raw MQTT sockets.
+
+- `BrokerThread` runs an `EmbeddedBroker` on its own event loop in a background thread, bound to
+  port 0 (the OS picks a free port, so there is no race with other tests), and always stops it.
+- `Peer` is a paho-mqtt 2.x client (`CallbackAPIVersion.VERSION2`) that records what it receives
+  in an `Inbox` with deadline-based waits; it never reconnects on its own.
+- `RawPeer` speaks MQTT with bytes built by the `*_packet` helpers, for what paho refuses to do:
+  go silent mid-keepalive, stall mid-packet, send malformed packets.
+
+To show that something was *not* delivered without sleeping, tests publish a marker after the
+forbidden act and wait for it (`Inbox.wait_for`): the broker delivers one connection's messages
+in order, so anything routed before the marker would have arrived first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from devicefabric.broker.auth import Gatekeeper
+from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker
+from devicefabric.config.credentials import password_for
+from devicefabric.config.topics import matches
+
+T = TypeVar("T")
+TIMEOUT: Final = 5.0
+HOST: Final = "127.0.0.1"
+
+
+class BrokerThread:
+    """An `EmbeddedBroker` on its own loop in a daemon thread; a context manager."""
+
+    def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
+        self.settings = settings
+        self.secret = settings.secret
+        self._gatekeeper = gatekeeper
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="embedded-broker", daemon=True)
+        self.broker: EmbeddedBroker | None = None
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._ready.wait(TIMEOUT * 2):
+            raise AssertionError("embedded broker did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(TIMEOUT * 2)
+        if self._thread.is_alive():
+            raise AssertionError("embedded broker did not stop")
+
+    def _main(self) -> None:
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with EmbeddedBroker(self.settings, self._gatekeeper) as broker:
+                self.broker = broker
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:  # reported by __enter__
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    @property
+    def port(self) -> int:
+        assert self.broker is not None
+        return self.broker.port
+
+    def password(self, user: str) -> str:
+        return password_for(self.secret, user)
+
+    def call(self, fn: Callable[[EmbeddedBroker], T]) -> T:
+        """Run `fn(broker)` on the broker's loop and return its result."""
+        assert self._loop is not None
+        assert self.broker is not None
+        broker = self.broker
+        result: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn(broker))
+            except Exception as exc:
+                result.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return result.result(TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Inbox:
+    """Thread-safe list of received messages with deadline-based waits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._messages: list[Message] = []
+
+    def add(self, message: Message) -> None:
+        with self._cond:
+            self._messages.append(message)
+            self._cond.notify_all()
+
+    def messages(self, topic_filter: str = "#") -> list[Message]:
+        with self._cond:
+            return [m for m in self._messages if matches(topic_filter, m.topic)]
+
+    def wait_for(self, topic: str, payload: bytes | None = None, timeout: float = TIMEOUT) -> None:
+        def found() -> bool:
+            return any(
+                matches(topic, m.topic) and (payload is None or m.payload == payload)
+                for m in self._messages
+            )
+
+        with self._cond:
+            if not self._cond.wait_for(found, timeout):
+                seen = [(m.topic, m.payload[:40]) for m in self._messages[-10:]]
+                raise AssertionError(f"no {topic!r} {payload!r} within {timeout}s; last: {seen}")
+
+    def wait_count(self, count: int, topic_filter: str = "#", timeout: float = TIMEOUT) -> None:
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: sum(matches(topic_filter, m.topic) for m in self._messages) >= count,
+                timeout,
+            ):
+                got = sum(matches(topic_filter, m.topic) for m in self._messages)
+                raise AssertionError(f"{got} of {count} messages on {topic_filter!r}")
+
+
+class Peer:
+    """A paho client for one fabric user; `connect()` returns the CONNACK reason code."""
+
+    def __init__(
+        self,
+        broker: BrokerThread,
+        user: str,
+        *,
+        client_id: str | None = None,
+        password: str | None = None,
+        clean: bool = True,
+        keepalive: int = 60,
+        tls_ca: str | None = None,
+    ) -> None:
+        self.user = user
+        self.client_id = client_id if client_id is not None else _default_id(user)
+        self.inbox = Inbox()
+        self.connack = threading.Event()
+        self.reason: ReasonCode | None = None
+        self.session_present: bool | None = None
+        self.disconnected = threading.Event()
+        self._keepalive = keepalive
+        self._broker = broker
+        self._subacks: dict[int, list[ReasonCode]] = {}
+        self._cond = threading.Condition()
+        self.paho = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=clean,
+            reconnect_on_failure=False,
+        )
+        self.paho.username_pw_set(
+            user, password if password is not None else _password(broker, user)
+        )
+        if tls_ca is not None:
+            self.paho.tls_set(ca_certs=tls_ca)
+        self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = self._on_disconnect
+        self.paho.on_message = self._on_message
+        self.paho.on_subscribe = self._on_subscribe
+
+    def _on_connect(
+        self, _c: Any, _u: Any, flags: Any, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        self.reason = reason
+        self.session_present = bool(flags.session_present)
+        self.connack.set()
+
+    def _on_disconnect(
+        self, _c: Any, _u: Any, _f: Any, _reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        self.disconnected.set()
+        self.connack.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        self.inbox.add(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+
+    def _on_subscribe(
+        self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        with self._cond:
+            self._subacks[mid] = codes
+            self._cond.notify_all()
+
+    def will(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Self:
+        self.paho.will_set(topic, payload, qos=qos, retain=retain)
+        return self
+
+    def connect(self, host: str = HOST) -> ReasonCode | None:
+        """Connect and wait for the CONNACK; None when the broker closed without one."""
+        self.paho.connect(host, self._broker.port, keepalive=self._keepalive)
+        self.paho.loop_start()
+        if not self.connack.wait(TIMEOUT):
+            raise AssertionError(f"{self.user}: no CONNACK within {TIMEOUT}s")
+        return self.reason
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is not None and not self.reason.is_failure
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """Subscribe; the granted QoS, or 0x80 when refused."""
+        _, mid = self.paho.subscribe(topic_filter, qos=qos)
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._subacks, TIMEOUT):
+                raise AssertionError(f"{self.user}: no SUBACK for {topic_filter!r}")
+            return int(self._subacks.pop(mid)[0].value)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        info = self.paho.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(TIMEOUT)
+        if not info.is_published():
+            raise AssertionError(f"{self.user}: publish to {topic!r} not completed")
+
+    def close(self) -> None:
+        if self.paho.is_connected():
+            self.paho.disconnect()
+        self.paho.loop_stop()
+        sock = self.paho.socket()
+        if isinstance(sock, socket.socket):
+            sock.close()
+
+
+def _default_id(user: str) -> str:
+    """A device uses its name; a role user an id that can never be a device name."""
+    return f"{user}_test" if user in ("bridge", "observer") else user
+
+
+def _password(broker: BrokerThread, user: str) -> str:
+    try:
+        return broker.password(user)
+    except Exception:  # no derivable password for a malformed name: send a plausible one
+        return "x" * 43
+
+
+# -- raw MQTT ----------------------------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(value: str | bytes) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    return struct.pack("!H", len(raw)) + raw
+
+
+def packet(first_byte: int, body: bytes) -> bytes:
+    return bytes([first_byte]) + _varint(len(body)) + body
+
+
+def connect_packet(
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    keepalive: int = 60,
+    will: tuple[str, bytes] | None = None,
+    clean: bool = True,
+) -> bytes:
+    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
+    flags |= 0x40 if password is not None else 0
+    payload = _string(client_id)
+    if will is not None:
+        flags |= 0x04 | (1 << 3)  # will flag, will QoS 1
+        payload += _string(will[0]) + _string(will[1])
+    if username is not None:
+        payload += _string(username)
+    if password is not None:
+        payload += _string(password)
+    return packet(
+        0x10, _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
+    )
+
+
+def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1) -> bytes:
+    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
+    return packet(0x30 | (qos << 1), body)
+
+
+def subscribe_packet(topic_filter: str, qos: int = 0, packet_id: int = 1, flags: int = 2) -> bytes:
+    return packet(0x80 | flags, struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos]))
+
+
+class RawPeer:
+    """A TCP socket speaking hand-built MQTT."""
+
+    def __init__(self, broker: BrokerThread) -> None:
+        self.sock = socket.create_connection((HOST, broker.port), timeout=TIMEOUT)
+        self.broker = broker
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def connect(self, user: str, client_id: str | None = None, **kwargs: Any) -> int:
+        """Send a CONNECT as `user` (derived password) and return the CONNACK return code."""
+        cid = client_id if client_id is not None else _default_id(user)
+        self.send(connect_packet(cid, user, _password(self.broker, user), **kwargs))
+        connack = self.recv_exactly(4)
+        assert connack[0] == 0x20, connack
+        return connack[3]
+
+    def recv_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise AssertionError(f"connection closed after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+
+    def closed_within(self, timeout: float) -> float | None:
+        """Seconds until the broker closed the connection (EOF or reset), None if it did not."""
+        start = time.monotonic()
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                if time.monotonic() - start > timeout:
+                    return None
+        except TimeoutError:
+            return None
+        except OSError:
+            pass
+        return time.monotonic() - start

@@ -1,0 +1,30 @@
+"""Fixtures of the Kubernetes tier: a started fake API server and clients pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube.fakeapi import ADMIN_USER, FakeApiServer
+from tests.kube.fakeapi.client import Http
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer(bookmark_interval=0.1) as server:
+        yield server
+    assert server.errors == [], "the fake API server failed while serving:\n" + "\n".join(
+        server.errors
+    )
+
+
+@pytest.fixture
+def http(api: FakeApiServer) -> Http:
+    return Http(api.url, ADMIN_USER)
+
+
+@pytest.fixture
+def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
+    return api.write_kubeconfig(tmp_path / "kubeconfig")

@@ -1,0 +1,26 @@
+"""A Kubernetes API server fake for the tests: real HTTP, our own CRD, faults on demand.
+
+    with FakeApiServer() as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        ...  # point the real client, kubectl or the bridge at it
+        api.log.count(Match(verb="patch", subresource="status"))
+
+Modules: `server` (HTTP, routing, watch streaming), `store` (revisions, history, write rules),
+`schema` (structural schema: prune, default, validate), `patching` (merge and JSON patch), `kinds`
+(served resource types), `faults` (request log, fault injection), `selectors`, `tables`,
+`discovery`, `kubeconfig`, and `rbac` (checks the log against our shipped Roles).
+"""
+
+from tests.kube.fakeapi.faults import Match, RequestLog, RequestRecord
+from tests.kube.fakeapi.kubeconfig import ADMIN_USER, BRIDGE_USER, write_kubeconfig
+from tests.kube.fakeapi.server import FakeApiServer
+
+__all__ = [
+    "ADMIN_USER",
+    "BRIDGE_USER",
+    "FakeApiServer",
+    "Match",
+    "RequestLog",
+    "RequestRecord",
+    "write_kubeconfig",
+]
