@@ -44,7 +44,7 @@ def test_1_retained_messages_are_not_replayed_past_the_acl(peer: MakePeer) -> No
     assert [m.topic for m in beta.inbox.messages()] == [T.status("beta")]
 
 
-def test_1_retained_replay_on_subscribe_is_limited_to_what_the_user_may_receive(
+def test_retained_replay_on_subscribe_is_limited_to_what_the_user_may_receive(
     peer: MakePeer,
 ) -> None:
     bridge = peer("bridge")
@@ -134,7 +134,7 @@ def test_3_a_connection_that_never_sends_connect_is_closed(raw: MakeRaw) -> None
     assert closed_after < 2.0
 
 
-def test_3_keepalive_zero_is_never_timed_out(peer: MakePeer, raw: MakeRaw) -> None:
+def test_keepalive_zero_is_never_timed_out(peer: MakePeer, raw: MakeRaw) -> None:
     observer = peer("observer")
     observer.subscribe(T.status("alpha"))
     idle = raw()
