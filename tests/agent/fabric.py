@@ -190,9 +190,16 @@ class Fabric:
         doc: Doc = json.loads(message.payload)
         return doc
 
-    def wait_online(self, device: str = DEVICE, timeout: float = START_TIMEOUT) -> str:
-        """Wait for a birth and return its session."""
-        birth = self.wait("status", lambda d: d["state"] == "online", device, timeout)
+    def wait_online(
+        self, device: str = DEVICE, timeout: float = START_TIMEOUT, *, not_session: str = ""
+    ) -> str:
+        """Wait for a birth (of a session other than `not_session`) and return its session."""
+        birth = self.wait(
+            "status",
+            lambda d: d["state"] == "online" and d["session"] != not_session,
+            device,
+            timeout,
+        )
         return str(birth["session"])
 
     def wait_report(

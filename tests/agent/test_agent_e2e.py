@@ -15,7 +15,7 @@ import pytest
 from devicefabric.config.wire import decode_report
 from tests.agent.fabric import Doc, Fabric, fabric, running_pids, wait_gone
 from tests.agent.helpers import DEVICE, alive, desired_process, document, key
-from tests.support.brokers import BrokerProcess
+from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
 from tests.support.waiting import wait_for
 
 SLEEP = ["/bin/sleep", "60"]
@@ -138,6 +138,10 @@ def test_sigterm_stops_children_publishes_shutdown_and_exits_0(fab: Fabric, tmp_
     offline = fab.wait("status", lambda s: s["state"] == "offline")
     assert offline == {"state": "offline", "session": session, "reason": "shutdown"}
     assert took < 1 + 3.0  # the longest grace period plus a small bound
+    fab.reconnect_clients()  # the retained status a late subscriber sees stays the clean offline
+    retained = fab.observer.inbox.wait_for(fab.topics.status(DEVICE))
+    assert retained.retain
+    assert retained.json() == offline
     assert "Traceback" not in agent.log_text()
 
 
@@ -180,7 +184,7 @@ def test_broker_restart_reconnects_with_a_new_session_and_never_stops_processes(
 
     any_fab.broker.restart()
     any_fab.reconnect_clients()
-    new_session = any_fab.wait_online()
+    new_session = any_fab.wait_online(not_session=first_session)
     assert new_session != first_session
     assert new_session.split("-")[0] == first_session.split("-")[0]  # same boot, next counter
     report = any_fab.wait_report(lambda r: r["session"] == new_session)
@@ -277,3 +281,44 @@ def test_a_refused_login_exits_2_with_a_one_line_reason(
         assert len(err) == 1
         assert "refused the login" in err[0]
         assert agent.device in err[0]
+
+
+@pytest.mark.mosquitto
+def test_over_tls_with_a_private_ca(tmp_path: Path, secret: bytes) -> None:
+    from tests.broker.test_mosquitto_tls import make_ca_and_server  # noqa: PLC0415
+
+    tls = make_ca_and_server(tmp_path)
+    broker = prepare_mosquitto(tmp_path, secret, [DEVICE], tls=tls)
+    with running(broker), fabric(broker, tmp_path) as fab:
+        assert broker.url.startswith("mqtts://")
+        agent = fab.agent(extra=("--tls-ca", str(tls[0])))
+        agent.start()
+        session = fab.wait_online()
+        fab.publish_desired(document(desired_process("a", SLEEP)))
+        report = fab.wait_report(lambda r: len(running_pids(r)) == 1)
+        agent.pids += running_pids(report).values()
+        assert report["session"] == session
+        assert agent.terminate() == 0
+        assert fab.wait("status", lambda s: s["state"] == "offline")["reason"] == "shutdown"
+
+
+def test_after_a_crash_the_next_run_stops_the_orphans_before_running_again(
+    fab: Fabric, tmp_path: Path
+) -> None:
+    agent = fab.agent()
+    agent.start()
+    first = fab.wait_online()
+    fab.publish_desired(document(desired_process("a", SLEEP)))
+    orphan = running_pids(fab.wait_report(lambda r: len(running_pids(r)) == 1))[key("a")]
+    agent.pids.append(orphan)
+    agent.kill()
+    assert alive(orphan)  # children lead their own groups: a kill -9 leaves them running
+
+    agent.start()
+    session = fab.wait_online(not_session=first)
+    report = fab.wait_report(lambda r: r["session"] == session and len(running_pids(r)) == 1)
+    fresh = running_pids(report)[key("a")]
+    agent.pids.append(fresh)
+    assert fresh != orphan
+    wait_gone([orphan])  # exactly one copy runs
+    assert any("left running by a previous agent run" in line["msg"] for line in agent.log_lines())

@@ -35,7 +35,7 @@ class SimDevice:
     """One device connection; see the module doc."""
 
     def __init__(
-        self, name: str, host: str, port: int, secret: bytes, topics: Topics, heartbeat_s: int
+        self, name: str, *, host: str, port: int, secret: bytes, topics: Topics, heartbeat_s: int
     ) -> None:
         self.name = name
         self.topics = topics
@@ -180,7 +180,14 @@ class Fleet:
         if self._misc is None:
             self._misc = asyncio.create_task(self._keepalive(), name="fleet-keepalive")
         new = [
-            SimDevice(n, self.host, self.port, self.secret, self.topics, self.heartbeat_s)
+            SimDevice(
+                n,
+                host=self.host,
+                port=self.port,
+                secret=self.secret,
+                topics=self.topics,
+                heartbeat_s=self.heartbeat_s,
+            )
             for n in names
         ]
         for device in new:

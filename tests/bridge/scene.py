@@ -38,6 +38,7 @@ async def running(
     """A started bridge, ready (subscribed, retained state read, control plane synced)."""
     async with Bridge(settings(broker, **overrides), control_plane) as bridge:
         await async_wait_for(bridge.ready.is_set, timeout=15, what="bridge ready")
+        await async_wait_for(lambda: bridge.resyncs > 0, what="the first full reconcile")
         yield bridge
 
 

@@ -11,6 +11,8 @@ another resource arrived), then counts.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -18,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from devicefabric.bridge.service import Bridge
 from devicefabric.config.resource import Reason
+from devicefabric.config.settings import HostPort
 from tests.bridge.fleet import Fleet
 from tests.bridge.memory_cp import MemoryControlPlane, resource
 from tests.bridge.scene import running, settle, settled_status, until
@@ -29,6 +33,11 @@ TWENTY = tuple(f"dev-{i:02d}" for i in range(20))
 
 def play(story: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(story())
+
+
+def sample(bridge: Bridge, name: str, **labels: str) -> float:
+    value = bridge.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 def connected(cp: MemoryControlPlane, keys: list[str], reason: str = "Connected") -> bool:
@@ -181,5 +190,219 @@ def test_mass_disconnect_is_rate_limited(mosquitto: BrokerProcess, secret: bytes
         for t in calls:  # any 1 s window holds at most qps (+ the burst)
             in_window = sum(1 for u in calls if t <= u < t + 1.0)
             assert in_window <= qps + burst + 1
+
+    play(story)
+
+
+def desired_publishes(device: Any) -> list[tuple[str, bytes, bool]]:
+    """What a device received on its desired topic (retained replays included)."""
+    return [m for m in device.messages if m[0].endswith("/desired")]
+
+
+FIVE = ("dev-a", "dev-b", "dev-c", "dev-d", "tor9-99")
+
+
+@pytest.mark.fabric_devices(*FIVE)
+def test_restart_with_everything_healthy_writes_and_publishes_nothing(
+    mosquitto: BrokerProcess, secret: bytes
+) -> None:
+    """A second bridge over the same state writes 0 statuses, 0 Events, 0 desired documents."""
+    broker = mosquitto
+    cp = MemoryControlPlane()
+    keys = []
+    for name in FIVE:
+        for i in range(2):
+            res = resource(f"{name}-{i}", name)
+            cp.apply(res)
+            keys.append(res.key)
+
+    async def story() -> None:
+        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
+        await fleet.connect(FIVE)
+        for device in fleet.devices.values():
+            await device.subscribe_desired()
+            running_ = {"generation": 1, "phase": "Running", "pid": 7, "restarts": 0}
+            await device.report({f"default/{device.name}-{i}": running_ for i in range(2)})
+        try:
+            async with fleet.beating():
+                async with running(broker, cp) as first:
+                    await until(lambda: all(cp.reason(k, "Synced") == "Applied" for k in keys))
+                    await until(lambda: len(first.mirror.observed) == len(FIVE))
+                    await settle(first, cp)
+                    assert sample(first, "devicefabric_desired_published_total") == len(FIVE)
+                cp.clear_counts()
+                received = {d.name: len(desired_publishes(d)) for d in fleet.devices.values()}
+
+                async with running(broker, cp) as second:
+                    await until(lambda: second.tracker.counts()["connected"] == len(FIVE))
+                    await settle(second, cp)
+                    assert (cp.writes, cp.events) == ([], [])
+                    assert sample(second, "devicefabric_desired_published_total") == 0
+
+                    # positive marker: a real change is published and written at once
+                    changed = replace(
+                        cp.stored("default/dev-a-0"),
+                        generation=2,
+                        spec={"deviceName": "dev-a", "command": ["sleep", "9"]},
+                    )
+                    cp.apply(changed)
+                    await until(lambda: len(desired_publishes(fleet["dev-a"])) > received["dev-a"])
+                    await until(lambda: cp.reason("default/dev-a-0", "Synced") == "Pending")
+                    await settle(second, cp)
+                    assert sample(second, "devicefabric_desired_published_total") == 1
+                    assert [w.key for w in cp.writes] == ["default/dev-a-0"]
+                    for device in fleet.devices.values():
+                        extra = 1 if device.name == "dev-a" else 0
+                        assert len(desired_publishes(device)) == received[device.name] + extra
+        finally:
+            await fleet.close()
+
+    play(story)
+
+
+@pytest.mark.fabric_devices("tor9-99")
+def test_desired_follows_resources_and_invalid_specs_stay_home(
+    mosquitto: BrokerProcess, secret: bytes
+) -> None:
+    broker = mosquitto
+    cp = MemoryControlPlane()
+    web = resource("web", "tor9-99", command=["sleep", "100"])
+    cp.apply(web)
+
+    def docs(device: Any) -> list[Any]:
+        return [json.loads(p) for _, p, _ in desired_publishes(device) if p]
+
+    async def story() -> None:
+        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
+        await fleet.connect(["tor9-99"])
+        device = fleet["tor9-99"]
+        await device.subscribe_desired()
+        try:
+            async with fleet.beating(), running(broker, cp) as bridge:
+                await until(lambda: len(docs(device)) == 1)
+                (doc,) = docs(device)
+                assert [p["name"] for p in doc["processes"]] == ["web"]
+                assert doc["processes"][0]["spec"]["restartPolicy"] == "Always"
+
+                bad = resource("bad", "tor9-99", spec={"deviceName": "tor9-99", "command": []})
+                cp.apply(bad)
+                await until(lambda: cp.reason(bad.key, "Synced") == "InvalidSpec")
+                await settle(bridge, cp)
+                assert len(docs(device)) == 1  # the invalid one is not sent; nothing changed
+
+                cp.delete(web.key)
+                await until(lambda: len(docs(device)) == 2)
+                assert docs(device)[-1]["processes"] == []  # stop everything
+        finally:
+            await fleet.close()
+
+    play(story)
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    async with asyncio.timeout(5):
+        raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+@pytest.mark.fabric_devices("dev-a")
+def test_invalid_messages_are_dropped_counted_and_served(
+    mosquitto: BrokerProcess, secret: bytes
+) -> None:
+    """Garbage from a device is dropped and counted; /healthz /readyz /metrics /devices serve.
+    (Oversized payloads are refused by mosquitto itself; ingest's own limit is a tier-1 test.)"""
+    broker = mosquitto
+    cp = MemoryControlPlane()
+    cp.apply(resource("web", "dev-a"))
+
+    async def story() -> None:
+        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
+        await fleet.connect(["dev-a"])
+        device = fleet["dev-a"]
+        try:
+            async with running(broker, cp, http=HostPort("127.0.0.1", 0)) as bridge:
+                port = bridge.http_port
+                assert port is not None
+                topics = fleet.topics
+                await device.publish(topics.heartbeat("dev-a"), b"{not json")
+                await device.publish(topics.report("dev-a"), b'{"session": 1}')
+                invalid = "devicefabric_invalid_messages_total"
+                await until(lambda: sample(bridge, invalid, reason="invalid_json") == 1)
+                await until(lambda: sample(bridge, invalid, reason="schema") == 1)
+                device.heartbeat()
+                await until(lambda: cp.reason("default/web") == "Connected")
+
+                assert await http_get(port, "/healthz") == (200, b'{"status":"ok"}\n')
+                code, body = await http_get(port, "/readyz")
+                ready = json.loads(body)
+                assert (code, ready["ready"], ready["role"], ready["mqtt"]) == (
+                    200,
+                    True,
+                    "leader",
+                    "primed",
+                )
+                code, body = await http_get(port, "/metrics")
+                text = body.decode()
+                assert code == 200
+                assert 'devicefabric_invalid_messages_total{reason="invalid_json"} 1.0' in text
+                assert 'devicefabric_devices{state="connected"} 1.0' in text
+                assert 'devicefabric_controlplane_writes_total{kind="status"}' in text
+                assert "devicefabric_queue_depth" in text
+                code, body = await http_get(port, "/devices")
+                (entry,) = json.loads(body)
+                assert (entry["device"], entry["state"], entry["session"]) == (
+                    "dev-a",
+                    "connected",
+                    device.session,
+                )
+                assert entry["resources"] == ["default/web"]
+                assert 0 <= entry["lastSeenAgeSeconds"] < 5
+                assert (await http_get(port, "/nope"))[0] == 404
+        finally:
+            await fleet.close()
+
+    play(story)
+
+
+@pytest.mark.fabric_devices("dev-a", "dev-b")
+def test_bridge_reconnect_writes_only_what_happened(
+    mosquitto: BrokerProcess, secret: bytes
+) -> None:
+    """The bridge loses its broker connection; meanwhile dev-b dies. After the reconnect and the
+    retained replay: dev-b's ConnectionLost is written, dev-a (healthy) gets nothing."""
+    broker = mosquitto
+    cp = MemoryControlPlane()
+    cp.apply(resource("a", "dev-a"))
+    cp.apply(resource("b", "dev-b"))
+
+    async def story() -> None:
+        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
+        await fleet.connect(["dev-a", "dev-b"])
+        try:
+            async with fleet.beating(), running(broker, cp) as bridge:
+                await until(lambda: connected(cp, ["default/a", "default/b"]))
+                await settle(bridge, cp)
+                cp.clear_counts()
+                first_session = bridge.link.session
+                sock = bridge.link._client.socket()
+                assert isinstance(sock, socket.socket)
+                sock.shutdown(socket.SHUT_RDWR)  # the network drops the bridge
+                await until(lambda: not bridge.link.connected)
+                fleet["dev-b"].drop()  # dies while the bridge is away
+                await until(
+                    lambda: bridge.link.primed and bridge.link.session != first_session,
+                    timeout=10,
+                )
+                await until(lambda: cp.reason("default/b") == "ConnectionLost")
+                await settle(bridge, cp)
+                assert [w.key for w in cp.writes] == ["default/b"]
+                assert cp.reason("default/a") == "Connected"
+        finally:
+            await fleet.close()
 
     play(story)

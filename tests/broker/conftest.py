@@ -1,8 +1,10 @@
 """Fixtures of the embedded broker's own tests: an in-process broker and clients that always stop.
 
-`broker` is a fresh `EmbeddedBroker` per test on a free port (short timeouts so keepalive and
-CONNECT-timeout tests stay fast); `make_broker(...)` builds one with other settings. `peer(...)`
-and `raw()` make clients that are closed at teardown, in reverse order.
+`inproc_broker` is a fresh `EmbeddedBroker` per test, in a thread, on a free port (short timeouts
+so keepalive and CONNECT-timeout tests stay fast); `make_inproc_broker(...)` builds one with other
+settings or an injected `Gatekeeper`. `peer(...)` and `raw()` make clients of `inproc_broker`;
+everything is closed at teardown, in reverse order. (The conformance suite's subprocess brokers
+are `tests/support/fixtures.py`; the names here do not overlap them.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 @pytest.fixture
-def make_broker(secret: bytes, stack: ExitStack) -> MakeBroker:
+def make_inproc_broker(secret: bytes, stack: ExitStack) -> MakeBroker:
     def make(gatekeeper: Gatekeeper | None = None, **overrides: Any) -> BrokerThread:
         options: dict[str, Any] = {
             "secret": secret,
@@ -45,16 +47,16 @@ def make_broker(secret: bytes, stack: ExitStack) -> MakeBroker:
 
 
 @pytest.fixture
-def broker(make_broker: MakeBroker) -> BrokerThread:
-    return make_broker()
+def inproc_broker(make_inproc_broker: MakeBroker) -> BrokerThread:
+    return make_inproc_broker()
 
 
 @pytest.fixture
-def peer(broker: BrokerThread, stack: ExitStack) -> MakePeer:
+def peer(inproc_broker: BrokerThread, stack: ExitStack) -> MakePeer:
     """`peer(user, connect=True, **kwargs)`: a `Peer`, connected and accepted unless told not."""
 
-    def make(user: str, *, connect: bool = True, on: BrokerThread | None = None, **kw: Any) -> Peer:
-        client = Peer(on or broker, user, **kw)
+    def make(user: str, *, connect: bool = True, **kwargs: Any) -> Peer:
+        client = Peer(inproc_broker, user, **kwargs)
         stack.callback(client.close)
         if connect:
             reason = client.connect()
@@ -65,8 +67,8 @@ def peer(broker: BrokerThread, stack: ExitStack) -> MakePeer:
 
 
 @pytest.fixture
-def raw(broker: BrokerThread, stack: ExitStack) -> MakeRaw:
+def raw(inproc_broker: BrokerThread, stack: ExitStack) -> MakeRaw:
     def make() -> RawPeer:
-        return stack.enter_context(RawPeer(broker))
+        return stack.enter_context(RawPeer(inproc_broker))
 
     return make

@@ -244,6 +244,7 @@ class Peer:
     def subscribe(self, topic_filter: str, qos: int = 1) -> int:
         """Subscribe; the granted QoS, or 0x80 when refused."""
         _, mid = self.paho.subscribe(topic_filter, qos=qos)
+        assert mid is not None
         with self._cond:
             if not self._cond.wait_for(lambda: mid in self._subacks, TIMEOUT):
                 raise AssertionError(f"{self.user}: no SUBACK for {topic_filter!r}")
@@ -254,6 +255,12 @@ class Peer:
         info.wait_for_publish(TIMEOUT)
         if not info.is_published():
             raise AssertionError(f"{self.user}: publish to {topic!r} not completed")
+
+    def drop(self) -> None:
+        """Close the socket under paho, without a DISCONNECT: the broker must publish the will."""
+        sock = self.paho.socket()
+        assert isinstance(sock, socket.socket)
+        sock.close()
 
     def close(self) -> None:
         if self.paho.is_connected():

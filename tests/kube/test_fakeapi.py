@@ -184,7 +184,9 @@ def test_status_writes_are_validated(http: Http) -> None:
     assert when.status == 422
 
 
-def test_noop_write_keeps_resource_version_and_emits_no_event(http: Http) -> None:
+def test_noop_write_keeps_resource_version_and_emits_no_event(
+    http: Http, api: FakeApiServer
+) -> None:
     first = created(http)
     status = {"status": {"phase": "Running"}}
     written = http.merge(dp_path(name="p1", subresource="status"), status).body
@@ -196,6 +198,8 @@ def test_noop_write_keeps_resource_version_and_emits_no_event(http: Http) -> Non
     events = http.watch(dp_path(), resourceVersion=str(rv(first)))
     seen = [(e["type"], e["object"]["status"]["phase"]) for e in _take(events, 2)]
     assert seen == [("MODIFIED", "Running"), ("MODIFIED", "Failed")]
+    assert api.log.count(Match(verb="patch"), noop=True) == 2  # the log tells no-ops apart
+    assert api.log.count(Match(verb="patch"), noop=False) == 2
 
 
 def test_stale_resource_version_precondition_is_409(http: Http) -> None:

@@ -1,18 +1,27 @@
 """Running the real `devicefabric` CLI as a subprocess (`python -m devicefabric ...`).
 
 `run_cli` runs a short command to completion (with a deadline) and returns what a user sees:
-exit code, stdout, stderr. `sample_manifest` writes a DeviceProcess YAML for a test to apply.
+exit code, stdout, stderr. `Background` runs a long-lived one (`up`, `agent run`) with its output
+in files, and stops it with a signal and a bound. `manifest_text`/`write_manifest` write
+DeviceProcess YAML for a test to apply.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
+
 CLI_TIMEOUT: Final = 20.0
+SHUTDOWN_BOUND: Final = 10.0  # s: SIGINT to exit of `up` (agents stopped, offline recorded)
+UP_START_TIMEOUT: Final = 20.0
 
 
 @dataclass(frozen=True)
@@ -59,3 +68,88 @@ def manifest_text(
 def write_manifest(path: Path, *docs: str) -> Path:
     path.write_text("---\n".join(docs), encoding="utf-8")
     return path
+
+
+class Background:
+    """A long-running CLI subprocess (`up`, `agent run`) with its output in files.
+
+    `stop()` sends SIGINT (or the given signal), waits up to `timeout` and returns the exit code;
+    a process that does not stop is killed (and the test fails on the returned code). Always call
+    `stop()` in teardown (the fixtures below do).
+    """
+
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.out_path = workdir / f"{name}.out"
+        self.err_path = workdir / f"{name}.err"
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            # Its own process group, like a job a shell starts: `ctrl_c()` signals the group.
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=workdir, process_group=0)
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text(encoding="utf-8", errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ctrl_c(self, timeout: float = 15.0) -> int | None:
+        """What a terminal's Ctrl-C does: SIGINT to the whole process group; then wait."""
+        return self.stop(signal.SIGINT, timeout, group=True)
+
+    def stop(
+        self, sig: signal.Signals = signal.SIGINT, timeout: float = 15.0, *, group: bool = False
+    ) -> int | None:
+        """Signal (the process, or its group) and wait; None when it had to be killed."""
+        if self.proc.poll() is None:
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def start_up(tmp_path: Path, procs: list[Background], *extra: str) -> tuple[Background, Path]:
+    """`devicefabric up` on free loopback ports, once it printed its instructions."""
+    state = tmp_path / "state"
+    argv = [
+        "--log-format",
+        "json",
+        "up",
+        "--state-dir",
+        str(state),
+        "--mqtt",
+        f"127.0.0.1:{free_port()}",
+        "--http",
+        f"127.0.0.1:{free_port()}",
+        *extra,
+    ]
+    up = Background("up", cli_argv(*argv), tmp_path)
+    procs.append(up)
+    wait_for(
+        lambda: "mosquitto_sub" in up.out or not up.alive(),
+        timeout=UP_START_TIMEOUT,
+        what="`up` to print its instructions",
+    )
+    assert up.alive(), up.err
+    return up, state

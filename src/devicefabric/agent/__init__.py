@@ -1,1 +1,23 @@
-"""The agent package (see DESIGN.md)."""
+"""The device agent: one MQTT session, a process supervisor, persisted desired state.
+
+    cli          `devicefabric agent run` flags -> AgentSettings -> Agent.run under signals
+    running      Agent: composes everything below; shutdown order; applies `desired`
+    session      birth / will / heartbeat / status watch / reconnect back-off
+    connection   one paho client driven by the asyncio loop (the only paho code)
+    supervising  one runner task per entry, applied from reconcile plans
+    process      one child: spawn, watch, restart policy, crash back-off, graceful stop
+    reconciling  pure: desired + running -> start / restart / stop
+    reporting    pure: when to publish a report and what it says
+    backoff      pure: exponential back-off with jitter
+    allowlist    pure: `--allow-command` prefixes
+    persisting   the last applied document, written atomically
+    leftovers    children of a crashed run, stopped by the next one
+
+A bare install (paho-mqtt + pydantic) is enough: import-linter keeps broker, bridge and
+Kubernetes libraries out of this package.
+"""
+
+from devicefabric.agent.errors import AgentError, LoginRefusedError, StateDirError
+from devicefabric.agent.running import Agent, AgentSettings
+
+__all__ = ["Agent", "AgentError", "AgentSettings", "LoginRefusedError", "StateDirError"]

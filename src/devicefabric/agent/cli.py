@@ -97,7 +97,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         first = exc.errors(include_url=False)[0]
         field = str(first["loc"][0]) if first["loc"] else ""
         flag = FLAGS.get(field, field)
-        raise ConfigError(f"{flag}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{flag}: {message}") from None
 
 
 def _run(args: argparse.Namespace) -> int:

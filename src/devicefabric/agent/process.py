@@ -22,6 +22,7 @@ Invariants:
   abandon the child: the stop keeps its bound (grace, then SIGKILL), and no longer.
 - `message` holds at most `MAX_MESSAGE` characters: the exit description and the tail of stderr
   (the last 1 KiB). stderr is captured for that tail (and logged at DEBUG); stdout is inherited.
+- Every running child is in the `ChildLedger`, so a successor of a crashed agent stops it.
 - Crash restarts use equal-jitter back-off capped at `RestartTiming.cap` (floor = half the ceiling), so
   a crash loop produces at most two state changes per back-off period. A run that lasted
   `max(10 s, 2 x cap)` resets the back-off; `restarts` only grows.
@@ -43,6 +44,7 @@ from typing import Any, Final
 
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.backoff import Backoff
+from devicefabric.agent.leftovers import ChildLedger
 from devicefabric.agent.reconciling import Want
 from devicefabric.config.resource import MAX_MESSAGE, PhaseName, RestartPolicyName
 
@@ -144,6 +146,7 @@ class ProcessRunner:
         policy: CommandPolicy,
         restart: RestartTiming,
         on_change: Callable[[], None],
+        ledger: ChildLedger,
         after: Sequence[ProcessRunner] = (),
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -154,6 +157,7 @@ class ProcessRunner:
         self._backoff = restart.backoff(rand)
         self._stable_run_s = restart.stable_run_s
         self._on_change = on_change
+        self._ledger = ledger
         self._after = tuple(after)
         self._log_extra: dict[str, Any] = {"resource": want.key}
 
@@ -191,6 +195,7 @@ class ProcessRunner:
                 self._set(phase="Failed", pid=None, message=message)
                 return
             started = loop.time()
+            self._ledger.started(child.pid)
             self._set(
                 phase="Running",
                 pid=child.pid,
@@ -254,6 +259,8 @@ class ProcessRunner:
                 reader.cancel()
         finally:
             child.transport.close()
+            if child.exited.done():
+                self._ledger.ended(child.pid)
         returncode = child.transport.get_returncode()
         return (returncode if returncode is not None else -signal.SIGKILL), bytes(tail)
 

@@ -33,13 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from devicefabric import __version__
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.errors import LoginRefusedError
+from devicefabric.agent.leftovers import CHILDREN_FILE, ChildLedger
 from devicefabric.agent.persisting import StateStore
 from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.reconciling import RejectedDesiredError, Want, wants_of
 from devicefabric.agent.reporting import ReportBook
 from devicefabric.agent.session import Session, SessionSettings
 from devicefabric.agent.supervising import Supervisor
-from devicefabric.config.errors import PayloadError
+from devicefabric.config.errors import ConfigError, PayloadError
 from devicefabric.config.names import validate_device
 from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, BrokerURL
 from devicefabric.config.topics import DEFAULT_ROOT, Topics, validate_root
@@ -93,12 +94,18 @@ class AgentSettings(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        return validate_device(value)
+        try:
+            return validate_device(value)
+        except ConfigError as exc:  # a ValueError lets pydantic name the field
+            raise ValueError(str(exc)) from None
 
     @field_validator("root")
     @classmethod
     def _root(cls, value: str) -> str:
-        return validate_root(value)
+        try:
+            return validate_root(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class Agent:
@@ -113,10 +120,12 @@ class Agent:
         self._last_rejected: bytes | None = None
         self._book = ReportBook()
         self._store = StateStore(settings.state_dir, settings.device)
+        self._ledger = ChildLedger(settings.state_dir / CHILDREN_FILE)
         self._supervisor = Supervisor(
             policy=CommandPolicy.parse(settings.allow_command),
             restart=RestartTiming(cap=settings.max_backoff_s),
             on_change=self._changed.set,
+            ledger=self._ledger,
         )
         self._session = Session(
             SessionSettings(
@@ -136,6 +145,7 @@ class Agent:
 
     async def run(self) -> None:
         self._store.prepare()
+        await self._ledger.stop_leftovers()
         persisted = self._store.load()
         if persisted is not None:
             log.info(

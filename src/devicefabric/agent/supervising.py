@@ -26,6 +26,7 @@ import random
 from collections.abc import Callable, Mapping
 
 from devicefabric.agent.allowlist import CommandPolicy
+from devicefabric.agent.leftovers import ChildLedger
 from devicefabric.agent.process import ProcessRunner, ProcessState, RestartTiming
 from devicefabric.agent.reconciling import ActionKind, Plan, Want, reconcile
 
@@ -41,8 +42,10 @@ class Supervisor:
         policy: CommandPolicy,
         restart: RestartTiming,
         on_change: Callable[[], None],
+        ledger: ChildLedger | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        self._ledger = ledger if ledger is not None else ChildLedger(None)
         self._policy = policy
         self._restart = restart
         self._on_change = on_change
@@ -102,6 +105,7 @@ class Supervisor:
             policy=self._policy,
             restart=self._restart,
             on_change=self._on_change,
+            ledger=self._ledger,
             after=earlier,
             rand=self._rand,
         )

@@ -57,6 +57,9 @@ class HttpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        """Bind the listener (idempotent)."""
+        if self._server is not None:
+            return
         try:
             self._server = await asyncio.start_server(
                 self._handle, self.address.host, self.address.port, limit=MAX_HEADER_BYTES
@@ -84,6 +87,7 @@ class HttpServer:
             await self._server.serve_forever()
         finally:
             self._server.close()
+            self._server = None
 
     async def close(self) -> None:
         if self._server is not None:

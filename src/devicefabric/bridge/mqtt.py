@@ -137,9 +137,13 @@ class MqttLink:
                 self.connected = self.primed = False
                 self._detach()
                 self.handler.on_lost()
+                wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
                 log.warning(
-                    "lost the broker connection; reconnecting", extra={"session": self.session}
+                    "lost the broker connection; reconnecting in %.1fs",
+                    wait,
+                    extra={"session": self.session},
                 )
+                await asyncio.sleep(wait)
         finally:
             await self._close()
 

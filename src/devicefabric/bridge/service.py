@@ -171,6 +171,7 @@ class Bridge:
         self._primed = asyncio.Event()
         self._pending: dict[str, tuple[str, dict[str, object]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
         self.metrics.bind(
             StateSource(
                 messages=lambda: self.ingest.stats.messages,
@@ -273,6 +274,7 @@ class Bridge:
                 self._apply(self.tracker.sweep(time.monotonic()))
 
     def _resync(self) -> None:
+        self.resyncs += 1
         for device in set(self.index.devices()) | self.mirror.devices():
             self._mirror_device(device)
         for resource in self.control_plane.resources():

@@ -116,7 +116,7 @@ class ProtocolViolationError(Exception):
     """The client broke MQTT 3.1.1 framing or packet rules; the connection must close."""
 
 
-class _ConnectionEndedError(Exception):
+class ConnectionEndedError(Exception):
     """The client closed the stream (EOF, reset) between or inside packets."""
 
 
@@ -145,9 +145,9 @@ async def _read_exactly(reader: Any, n: int) -> bytes:
     try:
         data: bytes = await reader.read(n)
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        raise _ConnectionEndedError from exc
+        raise ConnectionEndedError from exc
     if len(data) < n:
-        raise _ConnectionEndedError
+        raise ConnectionEndedError
     return data
 
 
@@ -245,6 +245,10 @@ class FabricProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amq
         self.limits = Limits()
         self.finished = asyncio.Event()
         """Set by the broker when this connection's session handling has ended (will included)."""
+        self.ended: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """How the connection ended: the DISCONNECT packet, or None when it was lost. Unlike
+        amqtt's `_disconnect_waiter` it is never reset, so a loop that starts waiting late still
+        sees a clean DISCONNECT as clean (amqtt would then report None and publish the will)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     def abort(self) -> None:
@@ -254,7 +258,17 @@ class FabricProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amq
     @override
     async def stop(self) -> None:
         self.abort()
+        self._end(None)
         await super().stop()
+
+    @override
+    async def handle_disconnect(self, disconnect: Any) -> None:
+        self._end(disconnect)
+        await super().handle_disconnect(disconnect)
+
+    def _end(self, how: Any) -> None:
+        if not self.ended.done():
+            self.ended.set_result(how)
 
     async def acknowledge(self, message: IncomingApplicationMessage) -> None:
         """Complete an incoming QoS 1 (PUBACK) or QoS 2 (PUBCOMP) flow once it was routed."""
@@ -312,7 +326,7 @@ class FabricProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amq
                 exc,
                 extra={"client_id": client_id, "reason": "protocol_violation"},
             )
-        except _ConnectionEndedError:
+        except ConnectionEndedError:
             pass
         except asyncio.CancelledError:
             pass  # stop() cancels the reader and then waits for `_reader_stopped`

@@ -1,9 +1,10 @@
 """amqtt 0.12.1's `Broker`, hardened: each override closes one known defect (AMQTT-FACTS.md).
 
 `HardenedBroker` keeps amqtt's routing, subscriptions and plugin system and replaces only the
-methods below (line numbers of the released `amqtt/broker.py`); the per-connection half lives in
-`broker.connection.FabricProtocolHandler`. Nothing is monkeypatched: both are subclasses, and
-amqtt is pinned to the exact version these overrides were written against.
+methods below (line numbers of the released `amqtt/broker.py`): connection admission and
+takeover here, message routing in its base class `broker.routing.RoutingBroker`, and the
+per-connection protocol in `broker.connection.FabricProtocolHandler`. Nothing is monkeypatched:
+all three are subclasses, and amqtt is pinned to the exact version they were written against.
 
 | defect (AMQTT-FACTS) | amqtt behaviour replaced | override |
 |---|---|---|
@@ -16,7 +17,12 @@ amqtt is pinned to the exact version these overrides were written against.
 | 7 exception in authentication | an exception in a plugin escapes `_authenticate` (~818) and the client never gets a CONNACK | `_authenticate` turns any exception into a refusal; `stream_connected` catches anything left so a connection always ends closed |
 | 8 malformed packet leaves the connection open | `_reader_loop` logs "Message discarded" and carries on (~532); an invalid PUBLISH topic breaks `_client_message_loop` (~644) with the client still connected | framing and validation in `FabricProtocolHandler`; an invalid PUBLISH topic aborts the connection and the loop ends through the normal disconnect path (will included) |
 
-Also replaced: `_topic_filtering` (~893) calls the topic plugins in sequence instead of one task
+`FabricProtocolHandler.ended` records how a connection ended once and for all: amqtt resets its
+`_disconnect_waiter` to None after a DISCONNECT, so a message loop that started waiting late saw
+"lost" and published the will of a client that had disconnected cleanly.
+
+Also replaced: `_client_connected` (~446) so that a connection that ends before a usable CONNECT
+(a port probe, a timeout) is logged once by us and not again by amqtt; `_topic_filtering` (~893) calls the topic plugins in sequence instead of one task
 per plugin per check (measurably faster) and treats an exception as a denial;
 `_session_monitor` (~356) removes a disconnected clean session only if it is still the registered
 one (amqtt's awaits between listing and removing could drop a session that had just reconnected);
@@ -40,20 +46,17 @@ from functools import partial
 from typing import Any, Final
 
 from amqtt.adapters import StreamReaderAdapter
-from amqtt.broker import Broker
-from amqtt.contexts import Action
-from amqtt.errors import AMQTTError, MQTTError
+from amqtt.errors import MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
-from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.packet import CONNECT
-from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 from typing_extensions import override
 
 from devicefabric.broker.connection import (
     AbortableWriter,
+    ConnectionEndedError,
     FabricProtocolHandler,
     Limits,
     PacketBuffer,
@@ -61,6 +64,7 @@ from devicefabric.broker.connection import (
     frame_bytes,
     read_frame,
 )
+from devicefabric.broker.routing import RoutingBroker
 from devicefabric.config.errors import TopicError
 from devicefabric.config.topics import validate_publish_topic
 
@@ -72,6 +76,10 @@ REFUSAL_ATTRIBUTE: Final = "devicefabric.refusal"
 ListenSocket = tuple[socket.socket, ssl.SSLContext | None]
 
 
+class _NoSessionError(Exception):
+    """The connection ended before a CONNECT could be accepted (already logged and closed)."""
+
+
 class _RefusedError(Exception):
     def __init__(self, reason: str, code: int = NOT_AUTHORIZED) -> None:
         super().__init__(reason)
@@ -79,7 +87,7 @@ class _RefusedError(Exception):
         self.code = code
 
 
-class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
+class HardenedBroker(RoutingBroker):
     """amqtt's MQTT 3.1.1 broker with the overrides listed in the module docstring."""
 
     def __init__(
@@ -92,19 +100,10 @@ class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         super().__init__(config)
         self.limits = limits or Limits()
         self._sockets = dict(sockets or {})
-        self._topic_checkers = [
-            p for p in self.plugins_manager.plugins if isinstance(p, BaseTopicPlugin)
-        ]
         self._client_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self.connection_tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
-
-    @override
-    async def shutdown(self) -> None:
-        self._closing = True  # connections dropped by the shutdown publish no will
-        await super().shutdown()
 
     # -- listeners -----------------------------------------------------------------------------
     @override
@@ -135,12 +134,29 @@ class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             self.connection_tasks.add(task)
         try:
             await self._client_connected(listener_name, StreamReaderAdapter(reader), adapter)
+        except _NoSessionError:
+            pass  # logged where it was decided
         except Exception:
             log.exception("connection handling failed; closing it")
         finally:
             adapter.abort()
             if task is not None:
                 self.connection_tasks.discard(task)
+
+    @override
+    async def _client_connected(
+        self, listener_name: str, reader: Any, writer: AbortableWriter
+    ) -> None:
+        server = self._servers[listener_name]
+        await server.acquire_connection()
+        try:
+            peer = writer.get_peer_info() or ("?", 0)
+            handler, session = await self._initialize_client_session(reader, writer, *peer)
+            await self._handle_client_session(
+                reader, writer, session, handler, server, listener_name
+            )
+        finally:
+            server.release_connection()
 
     # -- connect: read, authenticate, then take over (defects 3, 5, 6, 7) ------------------------
     @override
@@ -150,18 +166,21 @@ class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         peer = f"{remote_address}:{remote_port}"
         try:
             handler, session = await self._read_connect(reader, writer)
+        except ConnectionEndedError as exc:  # e.g. a port probe
+            log.debug("%s closed before sending a CONNECT", peer)
+            raise _NoSessionError from exc
         except MQTTError as exc:  # amqtt refused it (protocol level, credentials flags...)
             log.warning("CONNECT from %s refused: %s", peer, exc, extra={"reason": "bad_connect"})
             await writer.close()
-            raise AMQTTError(str(exc)) from exc
+            raise _NoSessionError from exc
         except TimeoutError as exc:
             log.warning("no CONNECT from %s in time", peer, extra={"reason": "connect_timeout"})
             writer.abort()
-            raise AMQTTError("connect timeout") from exc
+            raise _NoSessionError from exc
         except Exception as exc:
             log.warning("bad CONNECT from %s: %s", peer, exc, extra={"reason": "bad_connect"})
             writer.abort()
-            raise AMQTTError(str(exc)) from exc
+            raise _NoSessionError from exc
         handler.limits = self.limits
         if not session.client_id:
             session.client_id = gen_client_id()
@@ -309,163 +328,6 @@ class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         log.warning("disconnecting client", extra={"client_id": client_id, "reason": reason})
         entry[1].abort()
         return True
-
-    # -- topic checks (defects 1, 2) -----------------------------------------------------------
-    @override
-    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
-        try:
-            for plugin in self._topic_checkers:
-                if not await plugin.topic_filtering(session=session, topic=topic, action=action):
-                    return False
-        except Exception:
-            log.exception("topic check raised; denying", extra={"client_id": session.client_id})
-            return False
-        return True
-
-    async def _will_permitted(self, session: Session) -> bool:
-        topic = session.will_topic or ""
-        try:
-            validate_publish_topic(topic)
-            for plugin in self._topic_checkers:
-                check = getattr(plugin, "will_filtering", None)
-                if check is not None:
-                    allowed = await check(session=session, topic=topic)
-                else:
-                    allowed = await plugin.topic_filtering(
-                        session=session, topic=topic, action=Action.PUBLISH
-                    )
-                if not allowed:
-                    return False
-        except Exception:
-            return False
-        return True
-
-    @override
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
-    ) -> None:
-        topic_filter, qos = subscription
-        handler = self._get_handler(session)
-        if handler is None:
-            return
-        sends = []
-        for topic, retained in list(self._retained_messages.items()):
-            if not self._matches(topic, topic_filter):
-                continue
-            if not await self._topic_filtering(session, topic, Action.RECEIVE):
-                continue
-            rqos = min(qos, retained.qos if retained.qos is not None else qos)
-            sends.append(handler.mqtt_publish(topic, retained.data, rqos, retain=True))
-        await asyncio.gather(*sends, return_exceptions=True)
-
-    @override
-    async def _publish_session_retained_messages(self, session: Session) -> None:
-        handler = self._get_handler(session)
-        sends = []
-        while handler is not None and not session.retained_messages.empty():
-            queued = session.retained_messages.get_nowait()
-            if await self._topic_filtering(session, queued.topic, Action.RECEIVE):
-                sends.append(
-                    handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=True)
-                )
-        await asyncio.gather(*sends, return_exceptions=True)
-
-    # -- the session's message loop: route, then acknowledge (defects 4, 8, 2) --------------------
-    @override
-    async def _client_message_loop(self, session: Session, handler: FabricProtocolHandler) -> None:
-        disconnect = asyncio.ensure_future(handler.wait_disconnect())
-        subscribe = asyncio.ensure_future(handler.get_next_pending_subscription())
-        unsubscribe = asyncio.ensure_future(handler.get_next_pending_unsubscription())
-        deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    [disconnect, subscribe, unsubscribe, deliver],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if deliver in done:  # before a disconnect seen in the same round: keep order
-                    await self._route(session, handler, deliver.result(), acknowledge=True)
-                    deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
-                if subscribe in done:
-                    await self._handle_subscription(session, handler, subscribe)
-                    subscribe = asyncio.ensure_future(handler.get_next_pending_subscription())
-                if unsubscribe in done:
-                    await self._handle_unsubscription(session, handler, unsubscribe)
-                    unsubscribe = asyncio.ensure_future(handler.get_next_pending_unsubscription())
-                if disconnect in done:
-                    await self._handle_disconnect(session, handler, disconnect)
-                    return
-        finally:
-            waiters = (disconnect, subscribe, unsubscribe, deliver)
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-
-    async def _route(
-        self, session: Session, handler: FabricProtocolHandler, message: Any, *, acknowledge: bool
-    ) -> None:
-        """Route one incoming message (ACL-checked), then complete its QoS flow."""
-        if message is None:
-            return
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
-        )
-        try:
-            validate_publish_topic(message.topic)
-        except TopicError as exc:
-            log.warning(
-                "protocol violation: %s; closing the connection",
-                exc,
-                extra={"client_id": session.client_id, "reason": "invalid_topic"},
-            )
-            handler.abort()
-            return
-        if await self._topic_filtering(session, message.topic, Action.PUBLISH):
-            await self.plugins_manager.fire_event(
-                BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
-            )
-            await self._broadcast_message(session, message.topic, message.data)
-            if message.retain:
-                await self.retain_message(session, message.topic, message.data, message.qos)
-        else:
-            log.info(
-                "publish denied; dropped",
-                extra={"client_id": session.client_id, "topic": message.topic, "reason": "acl"},
-            )
-        if acknowledge:
-            await handler.acknowledge(message)
-
-    @override
-    async def _handle_disconnect(
-        self, client_session: Session, handler: FabricProtocolHandler, disconnect_waiter: Any
-    ) -> None:
-        queue = client_session.delivered_message_queue
-        while not queue.empty():  # what the client sent before it went away, in order
-            await self._route(client_session, handler, queue.get_nowait(), acknowledge=False)
-        abnormal = not isinstance(disconnect_waiter.result(), DisconnectPacket)
-        if abnormal and client_session.will_flag:
-            await self._publish_will(client_session)
-        await self._stop_handler(handler)
-        client_session.transitions.disconnect()
-        await self.plugins_manager.fire_event(
-            BrokerEvents.CLIENT_DISCONNECTED,
-            client_id=client_session.client_id,
-            client_session=client_session,
-        )
-
-    async def _publish_will(self, session: Session) -> None:
-        topic, message = session.will_topic, session.will_message or b""
-        if self._closing:
-            return
-        if not await self._will_permitted(session):
-            log.warning(
-                "will denied; dropped",
-                extra={"client_id": session.client_id, "topic": topic, "reason": "acl"},
-            )
-            return
-        await self._broadcast_message(session, topic, message, session.will_qos)
-        if session.will_retain:
-            await self.retain_message(session, topic, message, session.will_qos)
 
     # -- housekeeping --------------------------------------------------------------------------
     @override

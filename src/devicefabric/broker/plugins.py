@@ -32,8 +32,8 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from devicefabric.broker.auth import Gatekeeper
+from devicefabric.broker.hardening import REFUSAL_ATTRIBUTE
 
-REFUSAL_ATTRIBUTE: Final = "devicefabric.refusal"
 AUTH_PLUGIN: Final = "devicefabric.broker.plugins.FabricAuthPlugin"
 TOPIC_PLUGIN: Final = "devicefabric.broker.plugins.FabricTopicPlugin"
 

@@ -8,7 +8,9 @@ Each runs on its own demo device, served by a real agent started as a subprocess
 `<state-dir>/demo/`, and whose log is `<state-dir>/demo/<device>.log`.
 
 Invariants: every agent started is stopped when the demo task ends, however it ends (SIGTERM,
-then SIGKILL after `AGENT_STOP_TIMEOUT`), and awaited, so Ctrl-C leaves no process behind. The
+then SIGKILL after `AGENT_STOP_TIMEOUT`), and awaited, so Ctrl-C leaves no process behind. Agents
+run in their own session, so the terminal's Ctrl-C (SIGINT to the whole foreground group) does
+not reach them directly: they get exactly one SIGTERM, from `up`, and shut down cleanly. The
 live table redraws in place on a terminal (plain ANSI, no curses) and, when stdout is not a
 terminal, prints a new table only when a row other than its age changed.
 """
@@ -148,8 +150,14 @@ class DemoAgents:
             f"{shlex.quote(sys.executable)} -c",
         ]
         with (self._dir / f"{device}.log").open("ab") as logfile:
+            # Own session: a Ctrl-C on the terminal reaches `up` only, which then stops each
+            # agent once, in order (a second signal would make an agent force-exit).
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                start_new_session=True,
             )
         log.info("demo agent started (pid %d)", proc.pid, extra={"device": device})
         return proc

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import shlex
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from devicefabric.config.credentials import load_secret, role_password
-from devicefabric.config.errors import DeviceFabricError
+from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import run_program
 from devicefabric.config.logs import JsonFormatter, TextFormatter
 from devicefabric.config.names import BRIDGE_USER
@@ -104,10 +106,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        secret = load_secret(args.secret_file, args.state_dir, create=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-dir: cannot use {args.state_dir}: {exc.strerror}") from None
     options = UpOptions(
         state_dir=args.state_dir,
         secret_file=args.secret_file,
-        secret=load_secret(args.secret_file, args.state_dir, create=True),
+        secret=secret,
         mqtt=parse_hostport(args.mqtt, "--mqtt"),
         http=parse_hostport(args.http, "--http"),
         demo=args.demo,
@@ -125,6 +132,7 @@ async def serve(options: UpOptions) -> None:
     from devicefabric.bridge.service import Bridge, BridgeSettings  # noqa: PLC0415
     from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker  # noqa: PLC0415
 
+    _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
     plane = LocalControlPlane(options.state_dir)
     async with EmbeddedBroker(BrokerSettings(secret=options.secret, mqtt=options.mqtt)) as broker:
         address = _reachable(broker.address)
@@ -240,6 +248,21 @@ def instructions(options: UpOptions, broker: HostPort) -> str:
         watch,
     ]
     return "\n".join(lines)
+
+
+def _check_free(address: HostPort, flag: str) -> None:
+    """A `ConfigError` naming `flag` when `address` cannot be listened on (the bind decides)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers do
+        try:
+            probe.bind((address.host, address.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{flag}: {address} is already in use; choose another with {flag}"
+                ) from None
+            raise ConfigError(f"{flag}: cannot listen on {address}: {exc.strerror}") from None
 
 
 def _reachable(address: HostPort) -> HostPort:

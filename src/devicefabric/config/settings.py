@@ -37,9 +37,19 @@ def parse_hostport(value: str, flag: str = "--mqtt") -> HostPort:
     """`HOST:PORT` (IPv6 as `[::1]:PORT`); port 0 means "any free port"."""
     host, sep, port_s = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_s.isdigit() or int(port_s) > 65535:
+    if not sep or not _usable_host(host) or not _is_port(port_s):
         raise ConfigError(f"{flag}: expected HOST:PORT, got {value!r}")
     return HostPort(host, int(port_s))
+
+
+def _is_port(text: str) -> bool:
+    """ASCII digits only (superscripts and other scripts' digits pass `str.isdigit`), <= 65535."""
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit() and int(text) <= 65535
+
+
+def _usable_host(host: str) -> bool:
+    """Non-empty, no whitespace or control characters (a NUL would fail later as a ValueError)."""
+    return bool(host) and all(ch.isprintable() and not ch.isspace() for ch in host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,7 @@ def parse_broker_url(value: str, flag: str = "--broker") -> BrokerURL:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{flag}: invalid broker URL {value!r}: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+    if parts.scheme not in ("mqtt", "mqtts") or not _usable_host(parts.hostname or ""):
         raise ConfigError(f"{flag}: expected mqtt://HOST:PORT or mqtts://HOST:PORT, got {value!r}")
     if parts.path not in ("", "/") or parts.query or parts.username:
         raise ConfigError(f"{flag}: broker URL takes only scheme, host and port: {value!r}")

@@ -161,6 +161,8 @@ def matches(topic_filter: str, topic: str) -> bool:
 
 def covers(allowed: str, requested: str) -> bool:
     """True when every topic that `requested` (a filter) can match is matched by `allowed`."""
+    if requested.startswith("$") and not allowed.startswith("$"):
+        return False  # as in `matches`: a wildcard never grants a leading `$` level
     alevels = allowed.split("/")
     rlevels = requested.split("/")
     for i, alevel in enumerate(alevels):

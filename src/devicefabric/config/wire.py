@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from datetime import datetime
 from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.alias_generators import to_camel
 
 from devicefabric.config.errors import PayloadError
@@ -30,6 +40,25 @@ Revision = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:]+$")
 ]
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
+# Integers the bridge copies into a resource's status: Kubernetes stores int64, so a larger value
+# (from a hostile or broken agent) would make every status write for the resource fail.
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+# `startedAt` is `format: date-time` in the CRD: RFC 3339 with a zone, e.g. 2024-05-01T12:00:00Z.
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _date_time(value: str) -> str:
+    if not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
+    datetime.fromisoformat(value)  # a ValueError for a day or hour out of range
+    return value
+
+
+DateTime = Annotated[str, StringConstraints(max_length=64), AfterValidator(_date_time)]
 Namespace = Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN, max_length=63)]
 ObjectName = Annotated[str, StringConstraints(pattern=OBJECT_NAME_PATTERN, max_length=253)]
 ObjectKey = Annotated[
@@ -75,12 +104,12 @@ class Heartbeat(_Wire):
 
 # -- report ------------------------------------------------------------------------------------
 class ProcessReport(_CamelWire):
-    generation: Annotated[int, Field(ge=0)]
+    generation: Count
     phase: PhaseName
-    pid: Annotated[int, Field(ge=1)] | None = None
-    restarts: Annotated[int, Field(ge=0)] = 0
-    exit_code: int | None = None
-    started_at: Annotated[str, StringConstraints(max_length=64)] | None = None
+    pid: Annotated[int, Field(ge=1, lt=2**63)] | None = None
+    restarts: Count = 0
+    exit_code: Int64 | None = None
+    started_at: DateTime | None = None
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE)] | None = None
 
 
@@ -96,7 +125,7 @@ class DesiredProcess(_Wire):
     namespace: Namespace
     name: ObjectName
     uid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    generation: Annotated[int, Field(ge=0)]
+    generation: Count
     spec: DeviceProcessSpec
 
     @property
@@ -125,16 +154,17 @@ def encode(model: BaseModel) -> bytes:
 
 
 def revision_of(processes: list[DesiredProcess]) -> str:
-    """Digest of the canonical desired process list (order-independent: sorted by key)."""
+    """Digest of the canonical desired process list (order-independent: sorted by key, then by
+    content, so that even a list naming one key twice has one digest)."""
     items = sorted(
         (p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in processes),
-        key=lambda d: (str(d["namespace"]), str(d["name"])),
+        key=lambda d: (str(d["namespace"]), str(d["name"]), canonical_json(d)),
     )
     return hashlib.sha256(canonical_json(items)).hexdigest()[:16]
 
 
 def make_desired(processes: list[DesiredProcess]) -> Desired:
-    ordered = sorted(processes, key=lambda p: (p.namespace, p.name))
+    ordered = sorted(processes, key=lambda p: (p.namespace, p.name, encode(p)))
     return Desired(revision=revision_of(ordered), processes=ordered)
 
 

@@ -105,6 +105,7 @@ class RequestRecord:
     monotonic: float  # time.monotonic(), for rates
     content_type: str = ""
     injected: bool = False
+    noop: bool = False  # a patch or update that changed nothing (same resourceVersion)
 
     def __str__(self) -> str:
         return f"{self.info.method} {self.info.path} -> {self.status}"
@@ -163,8 +164,14 @@ class RequestLog:
             snapshot = list(self._records)
         return [r for r in snapshot if match is None or match(r.info, r.user)]
 
-    def count(self, match: Match | None = None, *, injected: bool | None = None) -> int:
-        return sum(1 for r in self.records(match) if injected is None or r.injected == injected)
+    def count(
+        self, match: Match | None = None, *, injected: bool | None = None, noop: bool | None = None
+    ) -> int:
+        return sum(
+            1
+            for r in self.records(match)
+            if (injected is None or r.injected == injected) and (noop is None or r.noop == noop)
+        )
 
     def clear(self) -> None:
         with self._lock:

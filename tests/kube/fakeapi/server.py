@@ -137,8 +137,9 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "")
         wall, mono = stamp()
 
-        def log(code: int, injected: bool = False) -> None:
-            fake.log.record(RequestRecord(info, user, code, wall, mono, content_type, injected))
+        def log(code: int, injected: bool = False, noop: bool = False) -> None:
+            record = RequestRecord(info, user, code, wall, mono, content_type, injected, noop)
+            fake.log.record(record)
 
         fault = fake.log.take_fault(info, user)
         if fault is not None:
@@ -161,6 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
             if info.verb == "watch":
                 self._watch(rtype, info, log)
                 return
+            before = self._current_rv(rtype, info)
             code, result = self._serve(rtype, info, body, content_type)
         except ApiError as exc:
             details = exc.details | (
@@ -176,8 +178,19 @@ class _Handler(BaseHTTPRequestHandler):
             log(exc.code)
             self._send_json(exc.code, status_body(exc.code, exc.reason, exc.message, **details))
             return
-        log(code)
+        noop = before is not None and result.get("metadata", {}).get("resourceVersion") == before
+        log(code, noop=noop)
         self._send_json(code, result)
+
+    def _current_rv(self, rtype: ResourceType, info: RequestInfo) -> str | None:
+        """The stored resourceVersion before a patch or update (to log no-op writes)."""
+        if info.verb not in ("patch", "update") or not info.name:
+            return None
+        try:
+            obj = self.server.fake.store.get(rtype, info.namespace or "", info.name)
+        except ApiError:
+            return None
+        return str(obj["metadata"]["resourceVersion"])
 
     # -- verbs -------------------------------------------------------------------------------
     def _serve(

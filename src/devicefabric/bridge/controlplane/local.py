@@ -60,9 +60,8 @@ class JournalCursor:
             stat = self._path.stat()
         except FileNotFoundError:
             return [] if self._inode is None else None
-        if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self._offset):
-            return None  # rotated or replaced: positions in the old file mean nothing
-        self._inode = stat.st_ino
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            return None  # appeared, rotated or replaced: positions in it mean nothing to us
         if stat.st_size == self._offset:
             return []
         with self._path.open("rb") as fh:

@@ -44,6 +44,7 @@ import yaml
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.controlplane.manifests import Manifest
 from devicefabric.bridge.errors import NotFoundError
+from devicefabric.config.names import is_object_key
 from devicefabric.config.resource import API_VERSION, KIND
 
 log = logging.getLogger("devicefabric.bridge.localstore")
@@ -214,12 +215,14 @@ class LocalStore:
             return []
         found: list[str] = []
         for ns_dir in self.resources_dir.iterdir():
-            if ns_dir.is_dir() and not ns_dir.name.startswith("."):
-                found.extend(
-                    f"{ns_dir.name}/{path.name.removesuffix('.yaml')}"
-                    for path in ns_dir.glob("*.yaml")
-                    if not path.name.startswith(".")
-                )
+            if not ns_dir.is_dir() or ns_dir.name.startswith("."):
+                continue
+            for path in ns_dir.glob("*.yaml"):
+                key = f"{ns_dir.name}/{path.name.removesuffix('.yaml')}"
+                if is_object_key(key):
+                    found.append(key)
+                elif not path.name.startswith("."):  # temp files of atomic writes start with "."
+                    log.warning("ignoring %s: not <namespace>/<object name>.yaml", path)
         return sorted(found)
 
     def load(self, key: str) -> Resource | None:

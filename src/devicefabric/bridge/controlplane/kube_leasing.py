@@ -1,0 +1,201 @@
+"""Leader election with a `coordination.k8s.io/v1` Lease, the way client-go's leaderelection does.
+
+One Lease (`--lease-name` in `--lease-namespace`) names the replica that may write. Every
+`retry_period` a replica tries to acquire or renew it:
+
+- no Lease: create it holding it (a 409 means another replica won the race);
+- held by another replica whose record changed less than its `leaseDurationSeconds` ago *by our
+  own monotonic clock* (we never compare the holder's timestamps with our clock, so clock skew
+  between machines cannot shorten a lease): wait;
+- otherwise (ours, expired, or released with an empty holder): update it with our identity and a
+  new `renewTime`, using the Lease's `resourceVersion` as a precondition, so of two standbys racing
+  for an expired Lease exactly one wins (the other gets 409).
+
+The leader renews every `retry_period` with the Lease it last wrote (one PUT, no GET, while that
+succeeds). It sets `leading` when it acquires and clears it when it could not renew for
+`renew_deadline`, which is shorter than the `lease_duration` a standby waits: the old leader has
+stopped writing before anyone else may start. On shutdown (cancellation) a leader clears
+`leading` first and then releases the Lease (empty holder), so a standby takes over at its next
+attempt instead of waiting out the duration. A killed leader is replaced within `lease_duration`
+plus two `retry_period`s of its last renewal: the standby's observation lags by at most one
+period and its attempts are one period apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
+
+log = logging.getLogger("devicefabric.bridge.leader")
+
+LEASES: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+JITTER: Final = 0.2  # standbys spread their attempts by up to 20% of the retry period
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """The fields of a Lease's spec that decide who leads."""
+
+    holder: str
+    duration: float
+    renew_time: str | None
+    transitions: int
+
+    @classmethod
+    def of(cls, lease: dict[str, Any]) -> LeaseRecord:
+        spec = lease.get("spec") or {}
+        return cls(
+            holder=str(spec.get("holderIdentity") or ""),
+            duration=float(spec.get("leaseDurationSeconds") or 0),
+            renew_time=spec.get("renewTime"),
+            transitions=int(spec.get("leaseTransitions") or 0),
+        )
+
+
+class LeaderElector:
+    """Runs the election loop; `leading` is set exactly while this replica may write."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        settings: KubeSettings,
+        leading: asyncio.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._leading = leading
+        self._clock = clock
+        self._path = LEASES.format(namespace=settings.lease_namespace) + f"/{settings.lease_name}"
+        self._lease: dict[str, Any] | None = None  # the Lease as we last saw it
+        self._observed_at = 0.0  # our monotonic time when its record last changed
+
+    @property
+    def identity(self) -> str:
+        return self._settings.identity
+
+    # -- one attempt ---------------------------------------------------------------------------
+    def _observe(self, lease: dict[str, Any]) -> None:
+        previous = LeaseRecord.of(self._lease) if self._lease is not None else None
+        if LeaseRecord.of(lease) != previous:
+            self._observed_at = self._clock()
+        self._lease = lease
+
+    def _held_by_other(self) -> bool:
+        if self._lease is None:
+            return False
+        record = LeaseRecord.of(self._lease)
+        valid = self._observed_at + record.duration > self._clock()
+        return bool(record.holder) and record.holder != self.identity and valid
+
+    def _claim(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """`lease` rewritten to say we hold it as of now."""
+        now = micro_time()
+        claimed = copy.deepcopy(lease)
+        spec = claimed.setdefault("spec", {})
+        record = LeaseRecord.of(lease)
+        if record.holder != self.identity:
+            spec["acquireTime"] = now
+            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
+            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
+        spec["holderIdentity"] = self.identity
+        spec["leaseDurationSeconds"] = round(self._settings.lease_duration)
+        spec["renewTime"] = now
+        return claimed
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt; True when we hold the Lease afterwards. API errors propagate."""
+        if self._leading.is_set() and self._lease is not None:
+            with contextlib.suppress(ConflictError, NotFoundError):
+                lease = await self._client.call("PUT", self._path, body=self._claim(self._lease))
+                self._observe(lease)
+                return True
+        try:
+            self._observe(await self._client.call("GET", self._path))
+        except NotFoundError:
+            new = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self._settings.lease_name},
+                "spec": {},
+            }
+            try:
+                created = await self._client.call(
+                    "POST", self._path.rsplit("/", 1)[0], body=self._claim(new)
+                )
+            except ConflictError:
+                return False  # another replica created it first
+            self._observe(created)
+            return True
+        current = self._lease
+        if current is None or self._held_by_other():
+            return False
+        try:
+            self._observe(await self._client.call("PUT", self._path, body=self._claim(current)))
+        except ConflictError:
+            return False  # someone wrote it since our read: they won this round
+        return True
+
+    async def _attempt(self, bound: float) -> bool:
+        try:
+            async with asyncio.timeout(bound):
+                return await self.try_acquire_or_renew()
+        except (ControlPlaneError, TimeoutError) as exc:
+            log.warning("lease %s: attempt failed: %s", self._path, exc or type(exc).__name__)
+            return False
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Elect until cancelled; a leader releases the Lease on the way out."""
+        settings = self._settings
+        try:
+            while True:
+                while not await self._attempt(settings.request_timeout):
+                    spread = 1 + random.uniform(0, JITTER)  # noqa: S311 - jitter, not crypto
+                    await asyncio.sleep(settings.retry_period * spread)
+                self._leading.set()
+                log.info("leading: holding lease %s as %s", self._path, self.identity)
+                await self._hold()
+                self._leading.clear()
+                log.warning("stopped leading: no renewal within %ss", settings.renew_deadline)
+        finally:
+            if self._leading.is_set():
+                self._leading.clear()
+                await self._release()
+
+    async def _hold(self) -> None:
+        """Renew every retry period; return once renewing failed for `renew_deadline`."""
+        settings = self._settings
+        renewed = self._clock()
+        while True:
+            await asyncio.sleep(settings.retry_period)
+            left = settings.renew_deadline - (self._clock() - renewed)
+            if await self._attempt(max(0.001, min(left, settings.request_timeout))):
+                renewed = self._clock()
+            elif self._clock() - renewed >= settings.renew_deadline:
+                return
+
+    async def _release(self) -> None:
+        if self._lease is None:
+            return
+        released = copy.deepcopy(self._lease)
+        spec = released.setdefault("spec", {})
+        spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=micro_time())
+        try:
+            async with asyncio.timeout(self._settings.request_timeout):
+                await self._client.call("PUT", self._path, body=released)
+        except (ControlPlaneError, TimeoutError) as exc:
+            log.warning("lease %s: not released (standbys wait it out): %s", self._path, exc)
+        else:
+            log.info("released lease %s", self._path)

@@ -1,0 +1,82 @@
+"""`devicefabric agent run` flags: every configuration error is exit 2 with a one-line reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devicefabric.cli import main
+from tests.agent.helpers import DEVICE
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "password"
+    path.write_text("secret-password\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"--device": None}, "--device is required"),
+        ({"--device": "Not_A_Name"}, "invalid device name"),
+        ({"--device": "bridge"}, "reserved"),
+        ({"--password-file": None}, "--password-file is required"),
+        ({"--password-file": "/nonexistent/password"}, "cannot read password file"),
+        ({"--broker": "http://x:1"}, "--broker"),
+        ({"--heartbeat": "0"}, "--heartbeat"),
+        ({"--max-backoff": "-1"}, "--max-backoff"),
+        ({"--tls-ca": "/etc/ssl/ca.pem"}, "--tls-ca is only used with an mqtts://"),
+        ({"--allow-command": "'unbalanced"}, "--allow-command"),
+        ({"--root": "bad/+/root"}, "--root"),
+        ({"--state-dir": "/proc/version/state"}, "state directory"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(
+    *,
+    tmp_path: Path,
+    password_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, str | None],
+    expected: str,
+) -> None:
+    for name in ("DEVICEFABRIC_DEVICE", "DEVICEFABRIC_PASSWORD_FILE", "DEVICEFABRIC_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    flags: dict[str, str | None] = {
+        "--device": DEVICE,
+        "--broker": "mqtt://127.0.0.1:1",
+        "--password-file": str(password_file),
+        "--state-dir": str(tmp_path / "state"),
+        **change,
+    }
+    argv = ["agent", "run"]
+    for flag, value in flags.items():
+        if value is not None:
+            argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("devicefabric: error:")
+    assert expected in err[0]
+
+
+def test_flags_read_their_environment_variables(
+    tmp_path: Path, password_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devicefabric.agent.cli import settings_from_args  # noqa: PLC0415
+    from devicefabric.cli import build_parser  # noqa: PLC0415
+
+    monkeypatch.setenv("DEVICEFABRIC_DEVICE", DEVICE)
+    monkeypatch.setenv("DEVICEFABRIC_PASSWORD_FILE", str(password_file))
+    monkeypatch.setenv("DEVICEFABRIC_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("DEVICEFABRIC_HEARTBEAT", "7")
+    monkeypatch.setenv("DEVICEFABRIC_ALLOW_COMMAND", "/opt/a/,/usr/bin/env")
+    settings = settings_from_args(build_parser().parse_args(["agent", "run"]))
+    assert settings.device == DEVICE
+    assert settings.heartbeat_s == 7
+    assert settings.allow_command == ("/opt/a/", "/usr/bin/env")
+    assert settings.password.get_secret_value() == "secret-password"
+    assert "secret-password" not in repr(settings)

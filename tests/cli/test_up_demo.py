@@ -1,0 +1,75 @@
+"""`devicefabric up --demo`: three agents, three sample lives, a live table, a clean Ctrl-C.
+
+`up --demo` runs with stdout not a terminal, so the live table prints a new table whenever a row
+changes; the story waits until the table shows the healthy process Running, the crashing one in
+CrashLoopBackOff and the one-shot Succeeded, then sends SIGINT and checks that `up` exits 0 in
+time, that no agent or sample process is left behind, and that the agents' clean shutdown was
+recorded (Connected False).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from tests.support.cli import SHUTDOWN_BOUND, Background, pid_alive, run_cli, start_up
+from tests.support.waiting import wait_for
+
+
+def last_table(out: str) -> dict[str, list[str]]:
+    """NAME -> row of the last table `up --demo` printed."""
+    tables = [block for block in out.split("\n\n") if block.startswith("NAME ")]
+    if not tables:
+        return {}
+    return {row.split()[0]: row.split() for row in tables[-1].splitlines()[1:]}
+
+
+def demo_agent_pids(err: str) -> list[int]:
+    pids = []
+    for line in err.splitlines():
+        if line.startswith("{") and (m := re.search(r"demo agent started \(pid (\d+)\)", line)):
+            pids.append(int(m.group(1)))
+            assert json.loads(line)["device"].startswith("demo-")
+    return pids
+
+
+def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
+    tmp_path: Path, procs: list[Background]
+) -> None:
+    up, state = start_up(tmp_path, procs, "--demo")
+
+    def lives() -> bool:
+        table = last_table(up.out)
+        phases = {name: row[2] for name, row in table.items()}
+        connected = {row[3] for row in table.values()}
+        return phases == {
+            "ticker": "Running",
+            "crasher": "CrashLoopBackOff",
+            "one-shot": "Succeeded",
+        } and connected == {"True"}
+
+    wait_for(lives, timeout=25, what="the demo table to show Running, CrashLoopBackOff, Succeeded")
+    agents = demo_agent_pids(up.err)
+    assert len(agents) == 3
+    ticker = json.loads(run_cli("get", "ticker", "-o", "json", "--state-dir", str(state)).out)
+    sample_pid = ticker["status"]["pid"]
+    assert pid_alive(sample_pid)
+
+    started = time.monotonic()
+    assert up.ctrl_c(timeout=SHUTDOWN_BOUND) == 0  # SIGINT to the group, as a terminal does
+    assert time.monotonic() - started < SHUTDOWN_BOUND
+    assert [pid for pid in [*agents, sample_pid] if pid_alive(pid)] == []
+
+    # Each agent got one SIGTERM from `up` and said a clean offline, which the bridge recorded.
+    listing = json.loads(run_cli("get", "-o", "json", "--state-dir", str(state)).out)
+    reasons = {
+        item["metadata"]["name"]: [
+            (c["status"], c["reason"])
+            for c in item["status"]["conditions"]
+            if c["type"] == "AgentConnected"
+        ]
+        for item in listing["items"]
+    }
+    assert reasons == {name: [("False", "Shutdown")] for name in ("ticker", "crasher", "one-shot")}
