@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from devicefabric.agent.leftovers import CHILDREN_FILE, start_time
 from devicefabric.config.topics import DeviceTopic
 from devicefabric.config.wire import Desired, encode
 from tests.agent.helpers import DEVICE, alive, kill_all
@@ -123,10 +124,20 @@ class AgentProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def close(self) -> None:
+        """Teardown: a clean stop if possible (the agent stops its children), then SIGKILL, then
+        every child pid the test saw or the agent's ledger still records."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        kill_all(self.pids)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        recorded: list[int] = []
+        with contextlib.suppress(OSError, ValueError):
+            ledger = json.loads((self.state_dir / CHILDREN_FILE).read_text())
+            recorded = [int(p) for p, t in ledger.items() if start_time(int(p)) == int(t)]
+        kill_all([*self.pids, *recorded])
 
 
 class Fabric:

@@ -146,3 +146,16 @@ def test_rotated_journal_relists_and_loses_nothing(
             assert seen.keys.count("default/web") == 6  # list, 4 writes, delete: nothing twice
 
     run(story)
+
+
+def test_a_state_dir_created_after_start_is_watched(tmp_path: Path) -> None:
+    state = tmp_path / "later"
+    web = write_manifest(tmp_path / "a.yaml", manifest_text("web", "tor9-99", ["sleep", "9"]))
+
+    async def story() -> None:
+        async with running(state) as (plane, seen):
+            assert (seen.keys, list(plane.resources())) == ([], [])
+            assert await cli("apply", "-f", str(web), "--state-dir", str(state)) == 0
+            await async_wait_for(lambda: seen.keys == ["default/web"], what="web added")
+
+    run(story)

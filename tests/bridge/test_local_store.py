@@ -166,3 +166,21 @@ def test_concurrent_writers_lose_nothing(store: LocalStore) -> None:
     shared = store.load("default/shared")
     assert shared is not None
     assert dict(shared.status) == {f"w{w}": count - 1 for w in range(workers)}
+
+
+def test_hand_written_files_load_raw_and_bad_names_are_ignored(store: LocalStore) -> None:
+    store.apply([manifest()])
+    (store.resources_dir / "default" / "Bad_Name.yaml").write_text("spec: {}\n")
+    edited = store.resources_dir / "default" / "edited.yaml"
+    edited.write_text(
+        "apiVersion: devicefabric.io/v1alpha1\nkind: DeviceProcess\n"
+        "metadata: {name: edited, uid: u1, generation: 3}\nspec: {deviceName: X, command: []}\n"
+    )
+    assert store.list_keys() == ["default/edited", "default/web"]
+    raw = store.load("default/edited")
+    assert raw is not None  # an invalid spec is the bridge's to report (InvalidSpec), not hidden
+    assert (raw.uid, raw.generation, dict(raw.spec)) == (
+        "u1",
+        3,
+        {"deviceName": "X", "command": []},
+    )

@@ -117,3 +117,12 @@ def test_a_port_in_use_is_one_line_naming_the_flag(tmp_path: Path, flag: str) ->
     (line,) = result.err.splitlines()
     assert line.startswith(f"devicefabric: error: {flag}: {busy} is already in use")
     assert line.endswith(flag)  # says what to change
+
+
+def test_an_unusable_state_dir_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli("up", "--state-dir", str(blocker / "state"))
+    assert result.code == 2
+    (line,) = result.err.splitlines()
+    assert line.startswith("devicefabric: error: --state-dir: cannot use ")

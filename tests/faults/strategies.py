@@ -28,7 +28,7 @@ T: Final = Topics()
 
 # Characters that break names and topics: MQTT wildcards and separators, '$', NUL and other
 # controls, whitespace, characters legal in Kubernetes names but not in a label, uppercase,
-# and Unicode lookalikes (Cyrillic 'а', fullwidth 'ａ', a zero-width space, a BOM).
+# and Unicode lookalikes (a Cyrillic and a fullwidth 'a', a zero-width space, a BOM).
 HOSTILE_CHARS: Final = "+#/$\x00\t\n\r _.:@*?\\[]AZ\u00e9\u0430\uff41\u200b\ufeff\U0001f600"
 HUGE_INTS: Final = (
     -1,
@@ -41,7 +41,21 @@ HUGE_INTS: Final = (
     10**100,
     10**4000,
 )
-WRONG_TYPES: Final = (None, True, False, 0, -1, 1.5, 1e308, "", "x", [], {}, [None], {"": None})
+WRONG_TYPES: Final[tuple[Any, ...]] = (
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    1e308,
+    "",
+    "x",
+    [],
+    {},
+    [None],
+    {"": None},
+)
 _ALNUM: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
 _DEEP: Final = "\u2063deep\u2063"  # placeholder swapped for a nested literal after json.dumps
 
@@ -233,32 +247,29 @@ def json_bytes(value: Any) -> bytes:
 
 
 # -- near misses -------------------------------------------------------------------------------------
+_CHARS: Final = st.sampled_from(HOSTILE_CHARS) | st.characters()
+_NEAR_MISS_EDITS: Final = st.sampled_from(
+    ["insert", "replace", "delete", "upper", "lead-dash", "trail-dash", "newline", "long"]
+)
+
+
 @st.composite
 def near_miss(draw: st.DrawFn, valid: st.SearchStrategy[str]) -> str:
     """A `valid` value with one hostile edit."""
     text = draw(valid)
     pos = draw(st.integers(0, len(text)))
-    char = draw(st.sampled_from(HOSTILE_CHARS) | st.characters())
-    edit = draw(
-        st.sampled_from(
-            ["insert", "replace", "delete", "upper", "lead-dash", "trail-dash", "newline", "long"]
-        )
-    )
-    if edit == "insert":
-        return text[:pos] + char + text[pos:]
-    if edit == "replace":
-        return text[:pos] + char + text[pos + 1 :]
-    if edit == "delete":
-        return text[:pos] + text[pos + 1 :]
-    if edit == "upper":
-        return text[:pos] + text[pos:].upper()
-    if edit == "lead-dash":
-        return "-" + text
-    if edit == "trail-dash":
-        return text + "-"
-    if edit == "newline":
-        return text + "\n"
-    return (text + "a" * 64)[: draw(st.integers(64, 320))]
+    char = draw(_CHARS)
+    edits = {
+        "insert": lambda: text[:pos] + char + text[pos:],
+        "replace": lambda: text[:pos] + char + text[pos + 1 :],
+        "delete": lambda: text[:pos] + text[pos + 1 :],
+        "upper": lambda: text[:pos] + text[pos:].upper(),
+        "lead-dash": lambda: "-" + text,
+        "trail-dash": lambda: text + "-",
+        "newline": lambda: text + "\n",
+        "long": lambda: (text + "a" * 320)[: 64 + pos],
+    }
+    return edits[draw(_NEAR_MISS_EDITS)]()
 
 
 def hostile_names() -> st.SearchStrategy[str]:

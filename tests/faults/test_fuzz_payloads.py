@@ -19,8 +19,8 @@ error with a message), and the desired `revision` is a digest of the process *se
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final
 
 import pytest
@@ -56,6 +56,7 @@ from devicefabric.config.wire import (
     revision_of,
 )
 from tests.faults.budget import FUZZ
+from tests.faults.outcomes import outcome
 from tests.faults.strategies import (
     bridge_status_docs,
     desired_docs,
@@ -100,15 +101,14 @@ def check_decode(
     kind: str, decoder: Decoder, payload: bytes, limit: int = MAX_PAYLOAD_BYTES
 ) -> str:
     """Decode `payload`; assert the invariants either way; return the outcome (reason or "ok")."""
-    try:
-        model = decoder(payload, limit)
-    except PayloadError as exc:
-        assert exc.kind == kind
-        assert exc.reason in REASONS, exc.reason
-        assert exc.detail.strip(), "a rejection without a detail"
-        assert (exc.reason == "oversized") == (len(payload) > limit), (exc.reason, len(payload))
-        assert str(exc), "a rejection without a message"
-        return exc.reason
+    model = outcome(lambda: decoder(payload, limit), PayloadError)
+    if isinstance(model, PayloadError):
+        assert model.kind == kind
+        assert model.reason in REASONS, model.reason
+        assert model.detail.strip(), "a rejection without a detail"
+        assert (model.reason == "oversized") == (len(payload) > limit), (model.reason, len(payload))
+        assert str(model), "a rejection without a message"
+        return model.reason
     assert len(payload) <= limit
     again = decoder(encode(model))
     assert again == model, "an accepted document does not survive encode -> decode"
@@ -154,10 +154,9 @@ MODELS: Final = (
 
 def check_model(model: type[BaseModel], data: Any) -> BaseModel | None:
     """`model_validate` raises only `ValidationError`, with messages; accepted ones round-trip."""
-    try:
-        parsed = model.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+    parsed = outcome(lambda: model.model_validate(data), ValidationError)
+    if isinstance(parsed, ValidationError):
+        errors = parsed.errors(include_url=False)
         assert errors
         assert all(error["msg"] for error in errors)
         return None
@@ -220,10 +219,9 @@ def test_device_process_spec_accepts_the_contract_and_only_valid_device_names(
 @given(spec=spec_docs(), mutated=st.data())
 def test_device_process_spec_on_mutated_specs(spec: dict[str, Any], mutated: st.DataObject) -> None:
     raw = mutated.draw(mutated_payloads(st.just(spec)))
-    try:
-        parsed = DeviceProcessSpec.model_validate_json(raw)
-    except ValidationError as exc:
-        assert all(error["msg"] for error in exc.errors(include_url=False))
+    parsed = outcome(lambda: DeviceProcessSpec.model_validate_json(raw), ValidationError)
+    if isinstance(parsed, ValidationError):
+        assert all(error["msg"] for error in parsed.errors(include_url=False))
         return
     assert parsed.device_name == spec["deviceName"] or is_device_name(parsed.device_name)
     assert parsed.command, "a spec without a command was accepted"

@@ -41,6 +41,7 @@ from devicefabric.config.topics import (
     validate_root,
 )
 from tests.faults.budget import FUZZ
+from tests.faults.outcomes import outcome
 from tests.faults.strategies import (
     device_names,
     hostile_names,
@@ -73,13 +74,12 @@ def _topics() -> st.SearchStrategy[str]:
 @example(name="a" * 300)
 @example(name="dev-a\n")
 def test_validate_device_refuses_with_a_reason_and_agrees_with_is_device_name(name: str) -> None:
-    try:
-        accepted = validate_device(name)
-    except InvalidDeviceNameError as exc:
-        assert exc.why.strip()
-        assert exc.name == name
-        assert "\n" not in str(exc), "a multi-line error"
-        assert len(str(exc)) < 600, "the error echoes an unbounded name"
+    accepted = outcome(lambda: validate_device(name), InvalidDeviceNameError)
+    if isinstance(accepted, InvalidDeviceNameError):
+        assert accepted.why.strip()
+        assert accepted.name == name
+        assert "\n" not in str(accepted), "a multi-line error"
+        assert len(str(accepted)) < 600, "the error echoes an unbounded name"
         assert not is_device_name(name)
         return
     assert accepted == name
@@ -96,11 +96,10 @@ def test_validate_device_refuses_with_a_reason_and_agrees_with_is_device_name(na
 # -- topic parsing ---------------------------------------------------------------------------------
 def check_parse(topic: str) -> bool:
     """Parse `topic`; a rejection has a reason, an acceptance rebuilds to the same string."""
-    try:
-        parsed = T.parse(topic)
-    except TopicError as exc:
-        assert exc.why.strip()
-        assert exc.topic == topic
+    parsed = outcome(lambda: T.parse(topic), TopicError)
+    if isinstance(parsed, TopicError):
+        assert parsed.why.strip()
+        assert parsed.topic == topic
         return False
     if parsed.is_bridge_status:
         assert topic == T.bridge_status()
@@ -129,10 +128,9 @@ def test_parse_on_near_miss_topics(topic: str) -> None:
 @FUZZ
 @given(root=st.text(max_size=20) | near_miss(st.just("fabric/v1")), name=device_names())
 def test_any_accepted_root_builds_topics_that_parse_back(root: str, name: str) -> None:
-    try:
-        validate_root(root)
-    except TopicError as exc:
-        assert exc.why.strip()
+    checked = outcome(lambda: validate_root(root), TopicError)
+    if isinstance(checked, TopicError):
+        assert checked.why.strip()
         return
     topics = Topics(root)
     for kind in DeviceTopic:
@@ -147,10 +145,9 @@ def test_any_accepted_root_builds_topics_that_parse_back(root: str, name: str) -
 @FUZZ
 @given(topic=st.text(max_size=40) | near_miss_topics())
 def test_validate_publish_topic(topic: str) -> None:
-    try:
-        validate_publish_topic(topic)
-    except TopicError as exc:
-        assert exc.why.strip()
+    checked = outcome(lambda: validate_publish_topic(topic), TopicError)
+    if isinstance(checked, TopicError):
+        assert checked.why.strip()
         return
     assert topic
     assert not any(ch in topic for ch in "+#\x00")

@@ -37,6 +37,7 @@ import pytest
 from devicefabric.config.access import rules_for
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
 from devicefabric.config.topics import DeviceTopic, Topics
+from tests.faults.outcomes import outcome
 from tests.support.brokers import (
     KIND_PARAMS,
     BrokerKind,
@@ -160,16 +161,15 @@ def watchers(broker: BrokerProcess) -> Iterator[Watchers]:
 
 def attempt(broker: BrokerProcess, impostor: Impostor, password: str, forged: bytes) -> Outcome:
     """Connect as the impostor; if let in, try every hostile act, then vanish (firing the will)."""
-    try:
-        client = connect(
-            broker,
-            impostor.user,
-            client_id=impostor.client_id,
-            password=password,
-            will=Will(impostor.will_topic, forged, retain=True),
-        )
-    except ConnectRefusedError as exc:
-        assert exc.reason_code is not None, "refused by closing the socket, without a CONNACK"
+    will = Will(impostor.will_topic, forged, retain=True)
+    client = outcome(
+        lambda: connect(
+            broker, impostor.user, client_id=impostor.client_id, password=password, will=will
+        ),
+        ConnectRefusedError,
+    )
+    if isinstance(client, ConnectRefusedError):
+        assert client.reason_code is not None, "refused by closing the socket, without a CONNACK"
         return "refused"
     try:
         rules = rules_for(impostor.user, T)

@@ -23,9 +23,9 @@ Invariants:
 - `message` holds at most `MAX_MESSAGE` characters: the exit description and the tail of stderr
   (the last 1 KiB). stderr is captured for that tail (and logged at DEBUG); stdout is inherited.
 - Every running child is in the `ChildLedger`, so a successor of a crashed agent stops it.
-- Crash restarts use equal-jitter back-off capped at `RestartTiming.cap` (floor = half the ceiling), so
-  a crash loop produces at most two state changes per back-off period. A run that lasted
-  `max(10 s, 2 x cap)` resets the back-off; `restarts` only grows.
+- Crash restarts use equal-jitter back-off capped at `RestartTiming.cap` (floor: half the
+  ceiling), so a crash loop produces at most two state changes per back-off period. A run that
+  lasted `max(10 s, 2 x cap)` resets the back-off; `restarts` only grows.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@
                  "persister"   writes the applied document atomically, off the loop
                finally: Session.close()  (retained offline `shutdown`, disconnect)
 
+Before anything starts, children a crashed previous run left behind are stopped (`leftovers`),
+then the persisted document is applied, so a device runs what it was told even with no broker.
+
 Shutdown order is the nesting order: cancelling `run()` first unwinds the inner group, so every
 child is stopped (SIGTERM, grace, SIGKILL) while the connection is still up; only then is the
 clean `offline` published and the connection closed. A refused login ends the session task with

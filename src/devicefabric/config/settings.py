@@ -69,12 +69,13 @@ def parse_broker_url(value: str, flag: str = "--broker") -> BrokerURL:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{flag}: invalid broker URL {value!r}: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not _usable_host(parts.hostname or ""):
+    host = parts.hostname or ""
+    if parts.scheme not in ("mqtt", "mqtts") or not _usable_host(host):
         raise ConfigError(f"{flag}: expected mqtt://HOST:PORT or mqtts://HOST:PORT, got {value!r}")
     if parts.path not in ("", "/") or parts.query or parts.username:
         raise ConfigError(f"{flag}: broker URL takes only scheme, host and port: {value!r}")
     tls = parts.scheme == "mqtts"
-    return BrokerURL(parts.hostname, port if port is not None else (8883 if tls else 1883), tls)
+    return BrokerURL(host, port if port is not None else (8883 if tls else 1883), tls)
 
 
 def env_name(flag: str) -> str:
