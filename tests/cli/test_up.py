@@ -31,7 +31,6 @@ from tests.support.cli import (
     write_manifest,
 )
 from tests.support.ports import free_port
-from tests.support.waiting import wait_for
 
 
 def printed(up: Background, prefix: str) -> list[str]:
@@ -78,7 +77,7 @@ def test_apply_runs_on_the_agent_get_shows_it_delete_stops_it(
         pid = res.status.get("pid")
         return pid if isinstance(pid, int) else None
 
-    pid = wait_for(running_pid, timeout=20, what="sleeper Running, Connected, Synced")
+    pid = up.wait_for(running_pid, timeout=20, what="sleeper Running, Connected, Synced")
     assert pid is not None
     assert "time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_text()
 
@@ -90,7 +89,7 @@ def test_apply_runs_on_the_agent_get_shows_it_delete_stops_it(
 
     deleted = run_cli("delete", "sleeper", "--state-dir", str(state))
     assert deleted.out == "deviceprocess/sleeper deleted\n"
-    wait_for(lambda: not pid_alive(pid), timeout=10, what="the process to stop after delete")
+    up.wait_for(lambda: not pid_alive(pid), timeout=10, what="the process to stop after delete")
 
     started = time.monotonic()
     assert up.stop(signal.SIGINT, timeout=SHUTDOWN_BOUND) == 0

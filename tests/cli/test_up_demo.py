@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from tests.support.cli import SHUTDOWN_BOUND, Background, pid_alive, run_cli, start_up
-from tests.support.waiting import wait_for
 
 
 def last_table(out: str) -> dict[str, list[str]]:
@@ -50,7 +49,7 @@ def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
             "one-shot": "Succeeded",
         } and connected == {"True"}
 
-    wait_for(lives, timeout=25, what="the demo table to show Running, CrashLoopBackOff, Succeeded")
+    up.wait_for(lives, timeout=25, what="the table to show Running, CrashLoopBackOff, Succeeded")
     agents = demo_agent_pids(up.err)
     assert len(agents) == 3
     ticker = json.loads(run_cli("get", "ticker", "-o", "json", "--state-dir", str(state)).out)

@@ -9,6 +9,9 @@ shared, and a slow example is not a bug) and the health checks about slow or lar
 switched off for the same reason; the failures they exist to catch are not ours to catch here. A
 failing example is printed with its reproduction blob and stored in hypothesis' example database
 (`.hypothesis/`, git-ignored), so the next run replays it first.
+
+`MARKS` goes into every fuzz module's `pytestmark`: the `faults` marker, and in the long mode a
+per-test timeout that fits 10,000 examples (the project-wide 120 s would cut a long run short).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 LONG: Final = os.environ.get("FAULTS_LONG", "").strip().lower() in ("1", "true", "yes", "on")
@@ -34,4 +38,9 @@ FUZZ: Final = settings(
         HealthCheck.large_base_example,
     ),
     print_blob=True,
+)
+
+MARKS: Final = (
+    pytest.mark.faults,
+    *((pytest.mark.timeout(3600),) if EXAMPLES > SHORT_EXAMPLES else ()),
 )

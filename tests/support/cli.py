@@ -12,12 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from tests.support.waiting import ConditionTimeoutError, wait_for
+
+T = TypeVar("T")
 
 CLI_TIMEOUT: Final = 20.0
 SHUTDOWN_BOUND: Final = 10.0  # s: SIGINT to exit of `up` (agents stopped, offline recorded)
@@ -98,6 +101,16 @@ class Background:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        """`waiting.wait_for`, failing with the tail of this process's output and log."""
+        try:
+            return wait_for(predicate, timeout=timeout, what=what)
+        except ConditionTimeoutError as exc:
+            raise ConditionTimeoutError(
+                f"{exc}\n--- {self.name} stdout (tail) ---\n{self.out[-2000:]}"
+                f"\n--- {self.name} stderr (tail) ---\n{self.err[-4000:]}"
+            ) from None
+
     def ctrl_c(self, timeout: float = 15.0) -> int | None:
         """What a terminal's Ctrl-C does: SIGINT to the whole process group; then wait."""
         return self.stop(signal.SIGINT, timeout, group=True)
@@ -146,7 +159,7 @@ def start_up(tmp_path: Path, procs: list[Background], *extra: str) -> tuple[Back
     ]
     up = Background("up", cli_argv(*argv), tmp_path)
     procs.append(up)
-    wait_for(
+    up.wait_for(
         lambda: "mosquitto_sub" in up.out or not up.alive(),
         timeout=UP_START_TIMEOUT,
         what="`up` to print its instructions",

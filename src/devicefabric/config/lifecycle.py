@@ -1,6 +1,6 @@
 """Running an asyncio program under signals: first SIGTERM/SIGINT graceful, second forceful.
 
-`run_program(main)` runs `main()` in a fresh event loop. The first signal cancels the main task, so
+`run_program(main)` runs `main()` in a fresh event loop. The first signal (SIGINT, SIGTERM, SIGHUP) cancels the main task, so
 every `async with` and TaskGroup unwinds (children stopped, offline published, sockets closed);
 a second signal exits at once with code 130 (SIGINT) or 143 (SIGTERM).
 """
@@ -16,6 +16,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("devicefabric.lifecycle")
+# SIGHUP too: closing the terminal must stop children cleanly, not orphan them.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_program(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
@@ -38,7 +40,7 @@ def run_program(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
                 log.warning("second signal %s: forcing exit", signum)
                 os._exit(128 + signum)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             result = await main()
@@ -47,7 +49,7 @@ def run_program(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
                 raise
             return 0
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in _SIGNALS:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
         return 0 if result is None else result

@@ -126,6 +126,11 @@ class KubeControlPlane:
     def leading(self) -> asyncio.Event:
         return self._leading
 
+    @property
+    def resource_version(self) -> str | None:
+        """The informer's position: the last list, event or bookmark it applied."""
+        return self._rv
+
     def get(self, key: str) -> Resource | None:
         return self._cache.get(key)
 

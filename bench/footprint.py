@@ -1,0 +1,193 @@
+"""Benchmark 5, agent footprint: RSS and idle CPU vs a bare paho process; bytes per message.
+
+Setup: mosquitto from our generated config; `devicefabric agent run --heartbeat 15` as device
+`bench-dev`, running one `sleep` process it was told to run (a retained `desired` published as
+the `bridge` user: no bridge needed); and the floor, a bare `python -c` that imports paho-mqtt and
+holds one connection as device `bench-floor` with the agent's keepalive (2 x heartbeat), started
+at the same time.
+
+1. Idle window (`--idle` s, default 60; quick 30): both processes' RSS (VmRSS, max of samples),
+   CPU (utime+stime from /proc over the window) and the TCP payload bytes each sent (kernel
+   counters from `ss -tinp`), in the same window (the sampler of `bench/agent_latency.py`,
+   reused, one thread per process).
+2. Bytes on the wire: a heartbeat is the MQTT PUBLISH built from the real topic and payload
+   (fixed header + topic + payload, QoS 0); a report is the agent's real report as an observer
+   received it (+ packet id, QoS 1; the broker's PUBACK is 4 more bytes the other way); and
+   measured: the agent's TCP bytes sent over `--changes` desired changes divided by the reports
+   it published (each change restarts the process: a report per phase change).
+
+Usage: `python -m bench.footprint [--quick] [--idle S] [--changes N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any, Final
+
+from bench import agent_latency
+from bench.fabric import TOPICS, Fabric, Message, publish_size, tcp_counters, wait_until, watching
+from bench.harness import Result, count, ratio
+from devicefabric.config.resource import DeviceProcessSpec
+from devicefabric.config.wire import DesiredProcess, Heartbeat, encode, make_desired
+
+DEVICE: Final = "bench-dev"
+FLOOR: Final = "bench-floor"
+HEARTBEAT_S: Final = 15
+RSS_GOAL_MIB: Final = 30.0
+CPU_GOAL_PCT: Final = 0.5
+
+FLOOR_SCRIPT: Final = """
+import sys
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=sys.argv[1])
+client.username_pw_set(sys.argv[1], sys.argv[2])
+client.connect("127.0.0.1", int(sys.argv[3]), keepalive=int(sys.argv[4]))
+client.loop_forever()
+"""
+
+
+def desired(generation: int) -> bytes:
+    spec = DeviceProcessSpec(
+        device_name=DEVICE,
+        command=["/bin/sleep", str(100_000 + generation)],
+        termination_grace_period_seconds=1,
+    )
+    proc = DesiredProcess(
+        namespace="bench", name="worker", uid="uid-worker", generation=generation, spec=spec
+    )
+    return encode(make_desired([proc]))
+
+
+def running(generation: int) -> Any:
+    def check(message: Message) -> bool:
+        doc = message.json() or {}
+        entry = doc.get("processes", {}).get("bench/worker", {})
+        return bool(entry.get("generation") == generation and entry.get("phase") == "Running")
+
+    return check
+
+
+def _sample_both(pids: dict[str, int], port: int, seconds: float) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+
+    def one(name: str, pid: int) -> None:
+        found[name] = agent_latency._idle(pid, port, seconds)
+
+    threads = [threading.Thread(target=one, args=item) for item in pids.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found
+
+
+def run(args: argparse.Namespace) -> Result:
+    result = Result("footprint", vars(args).copy())
+    with Fabric("bench-footprint-") as fab:
+        broker = fab.mosquitto([DEVICE, FLOOR])
+        keepalive = max(5, 2 * HEARTBEAT_S)
+        with watching(broker, fab.secret, [TOPICS.everything()]) as obs:
+            with watching(broker, fab.secret, [TOPICS.bridge_status()], user="bridge") as pub:
+                pub.client.publish(TOPICS.desired(DEVICE), desired(1), qos=1, retain=True)
+                agent = fab.agent(broker, DEVICE, heartbeat=HEARTBEAT_S, log_level="WARNING")
+                floor = fab.python(
+                    "floor", FLOOR_SCRIPT, FLOOR, fab.password(FLOOR), str(broker.port),
+                    str(keepalive),
+                )  # fmt: skip
+                obs.wait(TOPICS.report(DEVICE), running(1), timeout=30)
+                wait_until(lambda: tcp_counters(floor.pid, broker.port), 10, "the floor's socket")
+                time.sleep(2.0)  # both past start-up
+                print(f"  idle window {args.idle:.0f} s: agent and floor sampled together")
+                idle = _sample_both({"agent": agent.pid, "floor": floor.pid}, broker.port, args.idle)
+                agent.check()
+                floor.check()
+                # bytes per report: desired changes, the agent's TCP bytes sent / reports seen
+                before = tcp_counters(agent.pid, broker.port)
+                t0 = time.monotonic()
+                for generation in range(2, 2 + args.changes):
+                    pub.client.publish(
+                        TOPICS.desired(DEVICE), desired(generation), qos=1, retain=True
+                    )
+                    obs.wait(TOPICS.report(DEVICE), running(generation), since=t0, timeout=15)
+                time.sleep(0.3)
+                after = tcp_counters(agent.pid, broker.port)
+                reports = obs.messages(TOPICS.report(DEVICE), since=t0)
+                beats = obs.messages(TOPICS.heartbeat(DEVICE), since=t0)
+    a, f = idle["agent"], idle["floor"]
+    result.metrics["idle"] = idle
+    result.series("agent_rss_kib", [a["rss_kib_max"]])
+    result.series("floor_rss_kib", [f["rss_kib_max"]])
+    report_sizes = [publish_size(m.topic, m.payload, qos=1) for m in reports]
+    result.series("report_publish_bytes", report_sizes)
+    beat = encode(Heartbeat(session="0123abcd-1", seq=12))
+    beat_bytes = publish_size(TOPICS.heartbeat(DEVICE), beat)
+    sent = after.get("bytes_sent", 0) - before.get("bytes_sent", 0)
+    sent_heartbeats = sum(publish_size(m.topic, m.payload) for m in beats)
+    per_report = (sent - sent_heartbeats) / len(reports) if reports else float("nan")
+    result.metrics |= {
+        "heartbeat_publish_bytes": beat_bytes,
+        "heartbeat_payload": beat.decode(),
+        "reports_during_changes": len(reports),
+        "agent_tcp_bytes_sent_during_changes": sent,
+        "measured_tcp_bytes_per_report": per_report,
+        "report_example": reports[-1].payload.decode() if reports else "",
+    }
+    rss_mib, floor_mib = a["rss_kib_max"] / 1024, f["rss_kib_max"] / 1024
+    result.row(
+        "agent RSS (max over idle window)",
+        f"{rss_mib:.1f} MiB",
+        floor=f"{floor_mib:.1f} MiB",
+        ratio=ratio(rss_mib, floor_mib),
+        goal=f"< {RSS_GOAL_MIB:.0f} MiB",
+        met=rss_mib < RSS_GOAL_MIB,
+        note="floor: bare python + paho holding one connection",
+    )
+    result.row(
+        f"agent idle CPU ({a['seconds']:.0f} s, heartbeat {HEARTBEAT_S} s)",
+        f"{a['cpu_percent']:.3f} %",
+        floor=f"{f['cpu_percent']:.3f} %",
+        ratio=ratio(a["cpu_percent"], f["cpu_percent"]),
+        goal=f"< {CPU_GOAL_PCT} %",
+        met=a["cpu_percent"] < CPU_GOAL_PCT,
+        note=f"CPU time {a['cpu_seconds']} s vs {f['cpu_seconds']} s (10 ms clock ticks)",
+    )
+    per_interval = a["tcp_payload_bytes_per_heartbeat_interval"]
+    result.row(
+        "bytes per heartbeat (MQTT PUBLISH, QoS 0)",
+        f"{beat_bytes} B",
+        note=f"measured TCP payload per 15 s idle: {count(per_interval or float('nan'))} B "
+        f"(floor process: {count(f['tcp_payload_bytes_per_heartbeat_interval'] or 0)} B, pings)",
+    )
+    median_report = sorted(report_sizes)[len(report_sizes) // 2] if report_sizes else 0
+    result.row(
+        "bytes per report, one process (MQTT PUBLISH, QoS 1)",
+        f"{median_report} B",
+        note=f"measured TCP bytes sent per report: {count(per_report)} B; PUBACK +4 B back",
+    )
+    return result.finish()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.footprint", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    p.add_argument("--quick", action="store_true", help="a 30 s idle window")
+    p.add_argument("--idle", type=float, help="idle window in seconds (default 60; quick 30)")
+    p.add_argument("--changes", type=int, default=10, help="desired changes for bytes per report")
+    return p
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    args.idle = args.idle or (30.0 if args.quick else 60.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> Result:
+    return run(configure(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
