@@ -256,6 +256,23 @@ def _add_privileged(dynsec: Path, secret: bytes, topics: Topics) -> None:
     dynsec.write_text(json.dumps(doc, indent=1))
 
 
+# Experiments only: runs the shipped `devicefabric` CLI with `BridgeSettings` fields replaced
+# (JSON in BENCH_BRIDGE_OVERRIDES) and the local control plane's poll interval changed
+# (BENCH_LOCAL_POLL), to measure what a proposed setting would buy without editing the bridge.
+BRIDGE_VARIANT: Final = """
+import dataclasses, json, os, sys
+from devicefabric.bridge import cli
+from devicefabric.bridge.controlplane.local import LocalControlPlane
+overrides = json.loads(os.environ.get("BENCH_BRIDGE_OVERRIDES") or "{}")
+shipped = cli.settings_from_args
+cli.settings_from_args = lambda args: dataclasses.replace(shipped(args), **overrides)
+if os.environ.get("BENCH_LOCAL_POLL"):
+    LocalControlPlane.__init__.__kwdefaults__["poll_interval"] = float(os.environ["BENCH_LOCAL_POLL"])
+from devicefabric.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 class Fabric(contextlib.ExitStack):
     """A work directory, a secret, and every process started in it (stopped on exit)."""
 
@@ -331,13 +348,22 @@ class Fabric(contextlib.ExitStack):
         kubeconfig: Path | None = None,
         args: Iterable[str] = (),
         log_level: str = "INFO",
+        overrides: dict[str, Any] | None = None,
+        local_poll: float | None = None,
     ) -> BridgeProc:
+        """The shipped bridge; `overrides`/`local_poll` run an experiment (see BRIDGE_VARIANT)."""
         http_port = free_port()
-        argv = [sys.executable, "-m", "devicefabric", "--log-level", log_level, "bridge", "run"]
+        env: dict[str, str] = {"POD_NAME": f"bench-{http_port}"}
+        if overrides or local_poll:
+            argv = [sys.executable, "-c", BRIDGE_VARIANT]
+            env["BENCH_BRIDGE_OVERRIDES"] = json.dumps(overrides or {})
+            env["BENCH_LOCAL_POLL"] = str(local_poll or "")
+        else:
+            argv = [sys.executable, "-m", "devicefabric"]
+        argv += ["--log-level", log_level, "bridge", "run"]
         argv += ["--broker", broker.url, "--password-file", str(self.password_file("bridge"))]
         argv += ["--control-plane", control_plane, "--http", f"{HOST}:{http_port}"]
         argv += ["--client-id", f"bridge_bench-{http_port}"]
-        env: dict[str, str] = {"POD_NAME": f"bench-{http_port}"}
         if control_plane == "local":
             argv += ["--state-dir", str(state_dir or self.workdir / "state")]
         if kubeconfig is not None:

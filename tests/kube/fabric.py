@@ -128,6 +128,7 @@ class KubeFabric:
         self.broker.start()
         self.bridges: dict[str, BridgeProc] = {}
         self.agents: dict[str, Proc] = {}
+        self._orphans: set[int] = set()  # pids of processes whose agent was killed
 
     # -- processes ---------------------------------------------------------------------------
     def start_bridge(self, pod: str, **env: str) -> BridgeProc:
@@ -186,6 +187,15 @@ class KubeFabric:
         self.agents[device] = agent
         return agent
 
+    def kill_agent(self, device: str) -> None:
+        """kill -9 the agent of `device`; its children live on (reaped by `close()`)."""
+        self._orphans.update(self._pids())
+        self.agents[device].kill()
+
+    def _pids(self) -> set[int]:
+        objs = self.api.store.list_objects(self.api.custom, None)[0]
+        return {p for o in objs if isinstance(p := (o.get("status") or {}).get("pid"), int)}
+
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig)}
         return subprocess.run(
@@ -235,11 +245,7 @@ class KubeFabric:
 
     # -- teardown ----------------------------------------------------------------------------
     def close(self) -> None:
-        pids = [
-            pid
-            for obj in self.api.store.list_objects(self.api.custom, None)[0]
-            if isinstance(pid := (obj.get("status") or {}).get("pid"), int)
-        ]
+        pids = self._pids() | self._orphans
         for proc in [*self.agents.values(), *self.bridges.values()]:
             proc.stop()
         for pid in pids:  # children of killed agents: each leads its own process group
@@ -255,9 +261,9 @@ def bridge_user(pod: str) -> str:
 
 
 def _is_our_child(pid: int) -> bool:
-    """A process our agents started: a `sleep` (the only command these tests run)."""
+    """A process our agents started: `sleep ...` or the sample's shell loop (all we run)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return cmdline.split(b"\0", 1)[0].endswith(b"sleep")
+    return argv[0].endswith(b"sleep") or (argv[0] == b"/bin/sh" and b"sleep 30" in argv[-2])

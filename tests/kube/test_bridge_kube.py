@@ -128,7 +128,7 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric) -> No
 
     # kill -9 one agent: exactly one status PATCH and one Event per resource of that device.
     killed_at, killed_rv = time.monotonic(), fabric.api.store.resource_version
-    fabric.agents["tor9-99"].kill()
+    fabric.kill_agent("tor9-99")
     lost = ("tor9-99-clock", "tor9-99-second")
     wait_for(
         lambda: all(
@@ -226,7 +226,7 @@ def test_faults_during_a_mass_disconnect_respect_the_write_rate(fabric: KubeFabr
     fabric.api.log.inject(429, 25, status_writes, retry_after=1)
     killed_at = time.monotonic()
     for device in devices:
-        fabric.agents[device].kill()
+        fabric.kill_agent(device)
     wait_for(
         lambda: all(
             condition(fabric.get(n), "AgentConnected").get("reason") == "ConnectionLost"

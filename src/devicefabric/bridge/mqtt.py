@@ -19,8 +19,9 @@ Per connection (each with a new `session`: a random boot id plus a counter):
    replay is complete. As a fallback (a broker that drops the marker), and against brokers that
    replay retained messages concurrently, priming also waits until no retained message arrived
    for `quiet` seconds. Then `handler.on_primed()`.
-4. On loss: `handler.on_lost()`, reconnect, and start over (the handler reconciles from the
-   replay: retained messages carry `retained=True`).
+4. On loss: `handler.on_lost()`, wait `reconnect_min` (with jitter: replicas and restarts do not
+   reconnect in lockstep), reconnect, and start over (the handler reconciles from the replay:
+   retained messages carry `retained=True`).
 
 Reads are batched: one readable event drains up to `READ_BATCH` messages, so a burst of heartbeats
 costs one selector wake-up per batch rather than per message.
@@ -114,6 +115,11 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def publish_birth(self) -> bool:
+        """The retained `bridge/status` online document of this connection's session."""
+        birth = encode(BridgeStatus(state="online", session=self.session))
+        return self.publish(self.settings.topics.bridge_status(), birth, retain=True)
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         delay = self.settings.reconnect_min
@@ -205,8 +211,7 @@ class MqttLink:
             self.settings.client_id,
             extra={"session": self.session},
         )
-        birth = encode(BridgeStatus(state="online", session=self.session))
-        self.publish(self.settings.topics.bridge_status(), birth, retain=True)
+        self.publish_birth()
         self.handler.on_connected()
 
     async def _serve(self) -> None:

@@ -27,9 +27,10 @@ plain synchronous callbacks):
 - Device transition (tracker, from a message or the stale sweep) -> enqueue every resource of
   that device. A report -> enqueue only the keys whose reported entry changed. A heartbeat ->
   nothing (the tracker's fast path returns no change).
-- A worker pops a key, computes the status from the current state (`statuses.plan_status`), and
-  writes only a difference: one status patch and, on an `AgentConnected` reason change, one Event,
-  each taking a token of the global write budget. A write starts the key's minimum interval.
+- A worker pops a key and runs `writing.StatusWriter.reconcile`: the status from the current
+  state (`statuses.plan_status`), written only where it differs: one status patch and, on an
+  `AgentConnected` reason change, one Event, each taking a token of the global write budget. A
+  write starts the key's minimum interval.
 
 Invariants:
 - Nothing is written (status, Event or `desired`) until the control plane is synced and the MQTT
@@ -37,8 +38,9 @@ Invariants:
   leadership is (re)gained every key is reconciled and every device re-mirrored: writes happen
   only where the stored state differs, so a restart with everything healthy writes nothing.
 - Our own writes are overlaid on the informer's cached status until the cache moves past the
-  resource version we wrote against, so a key processed again before the echo arrives does not
-  write the same patch twice.
+  resource version we wrote against (`writing`), so no patch is written twice.
+- Every replica publishes its retained birth on connecting; the leader publishes it again when it
+  gains leadership, so the retained `bridge/status` names the writing replica's session.
 - The stale sweep runs only while the MQTT link is primed (the bridge does not blame devices for
   its own outage) and `resume` restarts every deadline after a reconnect.
 """
@@ -52,7 +54,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -60,21 +61,20 @@ from typing import Final, Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from devicefabric.bridge.controlplane.base import ControlPlane, Resource
+from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.bridge.http import HttpServer, Response
 from devicefabric.bridge.ingest import Ingest
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
-from devicefabric.bridge.mirroring import Mirror, ResourceIndex, device_of
+from devicefabric.bridge.mirroring import Mirror, ResourceIndex
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.queueing import (
     DEFAULT_MIN_INTERVAL,
     KeyedQueue,
-    Outcome,
     TokenBucket,
     WorkQueue,
 )
-from devicefabric.bridge.statuses import StatusPlan, apply_patch, plan_status, rfc3339
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
+from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
 from devicefabric.config.settings import DEFAULT_STALE_MULTIPLIER, BrokerURL, HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
@@ -169,7 +169,9 @@ class Bridge:
         )
         self.ready = asyncio.Event()  # latched: synced and primed once
         self._primed = asyncio.Event()
-        self._pending: dict[str, tuple[str, dict[str, object]]] = {}
+        self.writer = StatusWriter(
+            control_plane, self.tracker, self.queue.acquire, self.metrics, settings.call_timeout
+        )
         self._task: asyncio.Task[None] | None = None
         self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
         self.metrics.bind(
@@ -204,7 +206,7 @@ class Bridge:
                 tg.create_task(self._sweeper(), name="sweep")
                 tg.create_task(self._leadership(), name="leadership")
                 for i in range(self.settings.workers):
-                    tg.create_task(self.queue.serve(self._reconcile), name=f"writer-{i}")
+                    tg.create_task(self.queue.serve(self.writer.reconcile), name=f"writer-{i}")
                 if self.http is not None:
                     tg.create_task(self.http.serve(), name="http")
         except BaseExceptionGroup as group:
@@ -258,6 +260,7 @@ class Bridge:
         while True:
             await leading.wait()
             log.info("leading: reconciling every resource and device")
+            self.link.publish_birth()
             self._resync()
             # The interface signals gaining leadership only; losing it is polled (cheap, rare).
             while leading.is_set():  # noqa: ASYNC110
@@ -285,7 +288,7 @@ class Bridge:
         resource = self.control_plane.get(key)
         devices = self.index.update(key, resource)
         if resource is None:
-            self._pending.pop(key, None)
+            self.writer.forget(key)
             self.queue.forget(key)
         if not self.ready.is_set():
             return
@@ -337,78 +340,21 @@ class Bridge:
         for change in changes:
             keys = self.index.keys_of(change.device)
             if isinstance(change, Transition):
-                if change.previous is not None:
+                # A first sighting (previous None, e.g. the retained replay) is no transition.
+                first = change.previous is None
+                if not first:
                     self.metrics.transitions.labels(change.reason.value).inc()
-                    log.info(
-                        "device %s: %s", change.device, change.reason.value,
-                        extra={"device": change.device, "session": change.session,
-                               "reason": change.reason.value},
-                    )  # fmt: skip
+                log.log(
+                    logging.DEBUG if first else logging.INFO,
+                    "device %s: %s", change.device, change.reason.value,
+                    extra={"device": change.device, "session": change.session,
+                           "reason": change.reason.value},
+                )  # fmt: skip
             elif change.keys is not None:
                 keys = keys & change.keys
             if ready:
                 for key in keys:
                     self.queue.add(key)
-
-    # -- writes ----------------------------------------------------------------------------------
-    def _plan(self, key: str) -> tuple[Resource | None, dict[str, object], StatusPlan | None]:
-        resource = self.control_plane.get(key)
-        if resource is None:
-            return None, {}, None
-        stored: dict[str, object] = dict(resource.status)
-        pending = self._pending.get(key)
-        if pending is not None:
-            if pending[0] == resource.resource_version:
-                stored = pending[1]
-            else:
-                del self._pending[key]
-        device_name = device_of(resource)
-        device = self.tracker.get(device_name) if device_name is not None else None
-        return resource, stored, plan_status(resource, device, rfc3339(), stored)
-
-    async def _reconcile(self, key: str) -> Outcome:
-        leading = self.control_plane.leading
-        if not leading.is_set():
-            return Outcome.DONE  # reconciled again when leadership comes back
-        resource, _, plan = self._plan(key)
-        if resource is None:
-            self._pending.pop(key, None)
-            return Outcome.DROP
-        if plan is None:
-            return Outcome.DONE
-        await self.queue.acquire()
-        resource, stored, plan = self._plan(key)  # the state may have moved while we waited
-        if resource is None or plan is None or not leading.is_set():
-            return Outcome.DONE
-        await self._call("status", self.control_plane.patch_status(key, plan.patch))
-        self._pending[key] = (resource.resource_version, apply_patch(stored, plan.patch))
-        log.info(
-            "status written (%s)", ", ".join(sorted(plan.patch)),
-            extra={"resource": key, "device": device_of(resource), "reason": plan.reason},
-        )  # fmt: skip
-        if plan.event is not None:
-            await self.queue.acquire()
-            event = plan.event
-            try:
-                await self._call(
-                    "event",
-                    self.control_plane.emit_event(key, event.type, event.reason, event.message),
-                )
-            except (DeviceFabricError, TimeoutError) as exc:
-                log.warning("event not recorded: %s", exc, extra={"resource": key})
-        return Outcome.WROTE
-
-    async def _call(self, kind: str, call: Awaitable[None]) -> None:
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.settings.call_timeout):
-                await call
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                self.metrics.write_errors.labels(kind, type(exc).__name__).inc()
-            raise
-        self.metrics.writes.labels(kind).inc()
-        self.metrics.write_seconds.labels(kind).observe(time.monotonic() - started)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _healthz(self) -> Response:

@@ -125,3 +125,43 @@ class Http:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     yield json.loads(line)
+
+
+def created(http: Http, name: str = "p1", **spec: Any) -> dict[str, Any]:
+    resp = http.create(device_process(name, **spec))
+    assert resp.status == 201, resp.body
+    body: dict[str, Any] = resp.body
+    return body
+
+
+def rv(obj: dict[str, Any]) -> int:
+    return int(obj["metadata"]["resourceVersion"])
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/devicefabric-system/leases"
+
+
+def lease(holder: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "devicefabric-bridge"},
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": 15,
+            "renewTime": "2025-01-01T00:00:00.000000Z",
+        },
+    }
+
+
+def take(
+    events: Iterator[dict[str, Any]], n: int, skip_bookmarks: bool = True
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for event in events:
+        if skip_bookmarks and event["type"] == "BOOKMARK":
+            continue
+        out.append(event)
+        if len(out) == n:
+            break
+    return out

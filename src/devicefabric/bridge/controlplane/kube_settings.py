@@ -79,11 +79,13 @@ class KubeSettings:
 
     def __post_init__(self) -> None:
         if not self.retry_period > 0:
-            raise ConfigError("--retry-period must be > 0")
+            raise ConfigError(f"{env_name('--retry-period')} must be > 0")
         if not self.lease_duration > self.renew_deadline > self.retry_period:
             raise ConfigError(
-                "leader election needs --lease-duration > --renew-deadline > --retry-period "
-                f"(got {self.lease_duration}, {self.renew_deadline}, {self.retry_period})"
+                "leader election needs lease duration > renew deadline > retry period, got "
+                f"{env_name('--lease-duration')}={self.lease_duration:g}, "
+                f"{env_name('--renew-deadline')}={self.renew_deadline:g}, "
+                f"{env_name('--retry-period')}={self.retry_period:g}"
             )
         if self.request_timeout <= 0 or self.watch_timeout < 1 or self.page_size < 1:
             raise ConfigError("request timeout, watch timeout and page size must be positive")

@@ -1,0 +1,280 @@
+"""The two control planes a benchmark drives: the local state directory and the Kubernetes fake.
+
+Both offer the same small surface, as an operator (or `kubectl`) would use them:
+
+- `apply(name, device, command)` creates or updates one DeviceProcess and returns its generation;
+- `delete(name)`;
+- `wait_status(name, predicate, since=t)` returns the `time.monotonic()` at which a stored status
+  passing `predicate` was first seen at or after `t`;
+- `writes()` counts the control-plane writes the bridge made so far: status patches and Events,
+  counted at the control plane itself (never from the bridge's own metrics).
+
+`LocalPlane` writes through `LocalStore` (what `devicefabric apply` calls, minus starting a
+process) and sees the bridge's status writes by tailing the store's journal every millisecond.
+Its write count is the journal lines of status writes plus the lines of `events.jsonl`.
+
+`KubePlane` serves the fake API server from `tests/kube/fakeapi` in this process (real HTTP; run
+`python -m bench` from the repository root so `tests` imports), writes as `admin`, and watches
+DeviceProcesses in a thread, timestamping each event on arrival. Its write count is the fake's
+request log: `patch .../status` and `create events`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from bench.fabric import wait_until
+
+NAMESPACE: Final = "bench"
+Status = dict[str, Any]
+
+
+class Plane(Protocol):
+    kind: str
+
+    def bridge_args(self) -> dict[str, Any]: ...
+
+    def apply(self, name: str, device: str, command: list[str]) -> int: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def status(self, name: str) -> Status: ...
+
+    def wait_status(
+        self, name: str, predicate: Callable[[Status, int], bool], *, since: float, timeout: float
+    ) -> float: ...
+
+    def writes(self) -> tuple[int, int]: ...
+
+    def close(self) -> None: ...
+
+
+def condition(status: Status, ctype: str) -> dict[str, Any]:
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return {}
+
+
+def running_at(generation: int) -> Callable[[Status, int], bool]:
+    """Status predicate: phase Running, observedGeneration = `generation`."""
+
+    def check(status: Status, _generation: int) -> bool:
+        return status.get("phase") == "Running" and status.get("observedGeneration") == generation
+
+    return check
+
+
+def connected(value: str, reason: str | None = None) -> Callable[[Status, int], bool]:
+    """Status predicate: AgentConnected has `value` (and `reason`)."""
+
+    def check(status: Status, _generation: int) -> bool:
+        cond = condition(status, "AgentConnected")
+        return cond.get("status") == value and (reason is None or cond.get("reason") == reason)
+
+    return check
+
+
+def _spec(device: str, command: list[str]) -> dict[str, Any]:
+    return {"deviceName": device, "command": command, "terminationGracePeriodSeconds": 1}
+
+
+class LocalPlane:
+    kind = "local"
+
+    def __init__(self, workdir: Path) -> None:
+        from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+
+        self.state_dir = workdir / "state"
+        self.store = LocalStore(self.state_dir)
+        self._own_writes = 0  # journal lines of our applies and deletes
+
+    def bridge_args(self) -> dict[str, Any]:
+        return {"control_plane": "local", "state_dir": self.state_dir}
+
+    def apply(self, name: str, device: str, command: list[str]) -> int:
+        from devicefabric.bridge.controlplane.manifests import Manifest  # noqa: PLC0415
+
+        applied = self.store.apply([Manifest(NAMESPACE, name, _spec(device, command))])
+        if applied[0].outcome != "unchanged":
+            self._own_writes += 1
+        resource = self.store.load(f"{NAMESPACE}/{name}")
+        assert resource is not None
+        return resource.generation
+
+    def apply_many(self, items: list[tuple[str, str, list[str]]]) -> None:
+        from devicefabric.bridge.controlplane.manifests import Manifest  # noqa: PLC0415
+
+        applied = self.store.apply([Manifest(NAMESPACE, n, _spec(d, c)) for n, d, c in items])
+        self._own_writes += sum(1 for a in applied if a.outcome != "unchanged")
+
+    def delete(self, name: str) -> None:
+        if self.store.delete(f"{NAMESPACE}/{name}"):
+            self._own_writes += 1
+
+    def status(self, name: str) -> Status:
+        resource = self.store.load(f"{NAMESPACE}/{name}")
+        return dict(resource.status) if resource is not None else {}
+
+    def wait_status(
+        self, name: str, predicate: Callable[[Status, int], bool], *, since: float, timeout: float
+    ) -> float:
+        journal = self.store.journal_path
+        key = f"{NAMESPACE}/{name}"
+        deadline = time.monotonic() + timeout
+        size = -1
+        while time.monotonic() < deadline:
+            try:
+                now_size = journal.stat().st_size
+            except FileNotFoundError:
+                now_size = 0
+            if now_size != size:
+                at = time.monotonic()
+                size = now_size
+                resource = self.store.load(key)
+                if resource is not None and predicate(dict(resource.status), resource.generation):
+                    return max(at, since)
+            time.sleep(0.001)
+        raise TimeoutError(f"status of {key} did not match within {timeout} s")
+
+    def writes(self) -> tuple[int, int]:
+        try:
+            lines = self.store.journal_path.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            lines = 0
+        return lines - self._own_writes, len(self.store.events())
+
+    def close(self) -> None:
+        pass
+
+
+class KubePlane:
+    kind = "kube"
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
+        from tests.kube.fakeapi.client import Http  # noqa: PLC0415
+
+        self.api = FakeApiServer(bookmark_interval=1.0).start()
+        self.http = Http(self.api.url)
+        self.kubeconfig = self.api.write_kubeconfig(
+            workdir / "kubeconfig-bridge", user=f"{BRIDGE_USER}#bench"
+        )
+        self._cond = threading.Condition()
+        self._events: list[tuple[float, str, Status, int]] = []
+        self._watch_error = ""
+        self._watcher = threading.Thread(target=self._watch, name="kube-watch", daemon=True)
+        self._watcher.start()
+        wait_until(lambda: self.api.active_watches("deviceprocesses") >= 1, 10, "the bench watch")
+
+    def bridge_args(self) -> dict[str, Any]:
+        return {"control_plane": "kube", "kubeconfig": self.kubeconfig}
+
+    def _path(self, name: str = "") -> str:
+        from tests.kube.fakeapi.client import dp_path  # noqa: PLC0415
+
+        return dp_path(NAMESPACE, name)
+
+    def _watch(self) -> None:
+        from tests.kube.fakeapi.client import WatchEnded  # noqa: PLC0415
+
+        ended = WatchEnded()
+        try:
+            for event in self.http.watch(self._path(), ended, timeout=3600, timeoutSeconds="3600"):
+                at = time.monotonic()
+                obj = event.get("object") or {}
+                meta = obj.get("metadata") or {}
+                with self._cond:
+                    self._events.append(
+                        (at, meta.get("name", ""), obj.get("status") or {}, meta.get("generation"))
+                    )
+                    self._cond.notify_all()
+        except OSError as exc:
+            self._watch_error = str(exc)
+
+    def apply(self, name: str, device: str, command: list[str]) -> int:
+        spec = _spec(device, command)
+        resp = self.http.merge(self._path(name), {"spec": spec})
+        if resp.status == 404:
+            body = {
+                "apiVersion": "devicefabric.io/v1alpha1",
+                "kind": "DeviceProcess",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": spec,
+            }
+            resp = self.http.create(body, NAMESPACE)
+        if resp.status not in (200, 201):
+            raise RuntimeError(f"apply {name}: {resp.status} {resp.body}")
+        return int(resp.body["metadata"]["generation"])
+
+    def delete(self, name: str) -> None:
+        self.http.request("DELETE", self._path(name))
+
+    def status(self, name: str) -> Status:
+        resp = self.http.get(self._path(name))
+        return dict(resp.body.get("status") or {}) if resp.status == 200 else {}
+
+    def wait_status(
+        self, name: str, predicate: Callable[[Status, int], bool], *, since: float, timeout: float
+    ) -> float:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for at, obj_name, status, generation in self._events[seen:]:
+                    if at >= since and obj_name == name and predicate(status, generation):
+                        return at
+                seen = len(self._events)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"status of {name} did not match within {timeout} s {self._watch_error}"
+                    )
+                self._cond.wait(left)
+
+    def writes(self) -> tuple[int, int]:
+        from tests.kube.fakeapi import Match  # noqa: PLC0415
+
+        log = self.api.log
+        patches = log.count(Match(verb="patch", resource="deviceprocesses", subresource="status"))
+        events = log.count(Match(verb="create", resource="events"))
+        return patches, events
+
+    def request_counts(self, since: float = 0.0) -> dict[str, int]:
+        """Requests per `verb resource[/subresource]` recorded at or after `since` (monotonic)."""
+        counts: dict[str, int] = {}
+        for record in self.api.log.records():
+            if record.monotonic < since:
+                continue
+            info = record.info
+            what = f"{info.verb} {info.resource}" + (
+                f"/{info.subresource}" if info.subresource else ""
+            )
+            counts[what] = counts.get(what, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.api.stop()
+        self._watcher.join(timeout=5)
+
+
+def make_plane(kind: str, workdir: Path) -> Plane:
+    if kind == "local":
+        return LocalPlane(workdir)
+    if kind == "kube":
+        return KubePlane(workdir)
+    raise ValueError(f"unknown control plane {kind!r}")
+
+
+def kube_available() -> bool:
+    try:
+        import tests.kube.fakeapi  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
