@@ -167,6 +167,7 @@ def test_conf_is_one_listener_with_dynamic_security_only() -> None:
     assert _directives(mosquitto_conf(_settings())) == [
         "per_listener_settings false",
         "allow_anonymous false",
+        "set_tcp_nodelay true",
         f"max_packet_size {64 * 1024 + PACKET_OVERHEAD}",
         "persistence false",
         "listener 8883 0.0.0.0",

@@ -21,8 +21,6 @@ from tests.kube.fakeapi.client import (
     take,
 )
 
-MERGE = "application/merge-patch+json"
-
 
 # -- discovery -------------------------------------------------------------------------------
 def test_discovery_serves_our_crd_and_the_built_in_kinds(http: Http) -> None:

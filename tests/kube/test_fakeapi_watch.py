@@ -25,8 +25,6 @@ from tests.kube.fakeapi.client import (
 )
 from tests.support.waiting import wait_for
 
-MERGE = "application/merge-patch+json"
-
 
 # -- list and watch ----------------------------------------------------------------------------
 def test_list_then_watch_from_its_revision_sees_each_change_once_in_order(http: Http) -> None:

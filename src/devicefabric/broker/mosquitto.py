@@ -265,6 +265,8 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
         "# Regenerate instead of editing; see docs/mosquitto.md.",
         "per_listener_settings false",
         "allow_anonymous false",
+        # Small retained documents must not wait for Nagle + delayed ACK (~40 ms per hop).
+        "set_tcp_nodelay true",
         f"max_packet_size {settings.max_payload + PACKET_OVERHEAD}",
     ]
     if settings.persistence_dir is None:
