@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> Result:
             runs = data[f"qos{qos}"]
             samples = [r["msgs_per_s"] for r in runs]
             result.series(f"{kind}_qos{qos}_msgs_per_s", samples)
-            result.series(f"{kind}_qos{qos}_cpu_us_per_msg", [r["broker_cpu_us_per_msg"] for r in runs])
+            result.series(
+                f"{kind}_qos{qos}_cpu_us_per_msg", [r["broker_cpu_us_per_msg"] for r in runs]
+            )
             rates[kind, qos] = statistics.median(samples) if all(r["complete"] for r in runs) else 0
     emb, mos = found.get("embedded"), found.get("mosquitto")
     for qos in (0, 1):

@@ -191,7 +191,7 @@ class BridgeProc(Proc):
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         url = f"http://{HOST}:{self.http_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return int(resp.status), bytes(resp.read())
         except urllib.error.HTTPError as exc:
             return int(exc.code), bytes(exc.read())

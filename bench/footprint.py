@@ -22,6 +22,9 @@ Usage: `python -m bench.footprint [--quick] [--idle S] [--changes N]`.
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Final
@@ -70,6 +73,35 @@ def running(generation: int) -> Any:
     return check
 
 
+# What the agent's RSS is made of: each step imports more, in a fresh interpreter.
+LADDER: Final = (
+    ("python, nothing imported", "pass"),
+    ("+ paho-mqtt", "import paho.mqtt.client"),
+    ("+ pydantic", "import paho.mqtt.client, pydantic"),
+    ("+ devicefabric.config (wire models)", "import paho.mqtt.client, devicefabric.config.wire"),
+    ("+ devicefabric.agent (all of it)", "import devicefabric.agent.running"),
+    ("+ the CLI tree (`devicefabric agent run`)", "import devicefabric.cli as c; c.build_parser()"),
+)
+RSS_PROBE: Final = (
+    "\nimport re; print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+)
+
+
+def rss_ladder() -> list[tuple[str, int]]:
+    """(step, RSS KiB) of a fresh interpreter after each step's imports."""
+    out = []
+    for label, code in LADDER:
+        done = subprocess.run(
+            [sys.executable, "-c", code + RSS_PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        out.append((label, int(done.stdout.split()[-1])))
+    return out
+
+
 def _sample_both(pids: dict[str, int], port: int, seconds: float) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
 
@@ -89,35 +121,39 @@ def run(args: argparse.Namespace) -> Result:
     with Fabric("bench-footprint-") as fab:
         broker = fab.mosquitto([DEVICE, FLOOR])
         keepalive = max(5, 2 * HEARTBEAT_S)
-        with watching(broker, fab.secret, [TOPICS.everything()]) as obs:
-            with watching(broker, fab.secret, [TOPICS.bridge_status()], user="bridge") as pub:
-                pub.client.publish(TOPICS.desired(DEVICE), desired(1), qos=1, retain=True)
-                agent = fab.agent(broker, DEVICE, heartbeat=HEARTBEAT_S, log_level="WARNING")
-                floor = fab.python(
-                    "floor", FLOOR_SCRIPT, FLOOR, fab.password(FLOOR), str(broker.port),
-                    str(keepalive),
-                )  # fmt: skip
-                obs.wait(TOPICS.report(DEVICE), running(1), timeout=30)
-                wait_until(lambda: tcp_counters(floor.pid, broker.port), 10, "the floor's socket")
-                time.sleep(2.0)  # both past start-up
-                print(f"  idle window {args.idle:.0f} s: agent and floor sampled together")
-                idle = _sample_both({"agent": agent.pid, "floor": floor.pid}, broker.port, args.idle)
-                agent.check()
-                floor.check()
-                # bytes per report: desired changes, the agent's TCP bytes sent / reports seen
-                before = tcp_counters(agent.pid, broker.port)
-                t0 = time.monotonic()
-                for generation in range(2, 2 + args.changes):
-                    pub.client.publish(
-                        TOPICS.desired(DEVICE), desired(generation), qos=1, retain=True
-                    )
-                    obs.wait(TOPICS.report(DEVICE), running(generation), since=t0, timeout=15)
-                time.sleep(0.3)
-                after = tcp_counters(agent.pid, broker.port)
-                reports = obs.messages(TOPICS.report(DEVICE), since=t0)
-                beats = obs.messages(TOPICS.heartbeat(DEVICE), since=t0)
+        obs = fab.enter_context(watching(broker, fab.secret, [TOPICS.everything()]))
+        pub = fab.enter_context(
+            watching(broker, fab.secret, [TOPICS.bridge_status()], user="bridge")
+        )
+        pub.client.publish(TOPICS.desired(DEVICE), desired(1), qos=1, retain=True)
+        agent = fab.agent(broker, DEVICE, heartbeat=HEARTBEAT_S, log_level="WARNING")
+        floor = fab.python(
+            "floor", FLOOR_SCRIPT, FLOOR, fab.password(FLOOR), str(broker.port),
+            str(keepalive),
+        )  # fmt: skip
+        obs.wait(TOPICS.report(DEVICE), running(1), timeout=30)
+        wait_until(lambda: tcp_counters(floor.pid, broker.port), 10, "the floor's socket")
+        time.sleep(2.0)  # both past start-up
+        print(f"  idle window {args.idle:.0f} s: agent and floor sampled together")
+        idle = _sample_both({"agent": agent.pid, "floor": floor.pid}, broker.port, args.idle)
+        agent.check()
+        floor.check()
+        # bytes per report: desired changes, the agent's TCP bytes sent / reports seen
+        before = tcp_counters(agent.pid, broker.port)
+        t0 = time.monotonic()
+        for generation in range(2, 2 + args.changes):
+            pub.client.publish(TOPICS.desired(DEVICE), desired(generation), qos=1, retain=True)
+            obs.wait(TOPICS.report(DEVICE), running(generation), since=t0, timeout=15)
+        time.sleep(0.3)
+        after = tcp_counters(agent.pid, broker.port)
+        reports = obs.messages(TOPICS.report(DEVICE), since=t0)
+        beats = obs.messages(TOPICS.heartbeat(DEVICE), since=t0)
     a, f = idle["agent"], idle["floor"]
     result.metrics["idle"] = idle
+    ladder = rss_ladder()
+    result.metrics["rss_ladder_kib"] = dict(ladder)
+    steps = ", ".join(f"{label} {kib / 1024:.1f}" for label, kib in ladder)
+    result.note(f"RSS (MiB) of a fresh interpreter after: {steps}")
     result.series("agent_rss_kib", [a["rss_kib_max"]])
     result.series("floor_rss_kib", [f["rss_kib_max"]])
     report_sizes = [publish_size(m.topic, m.payload, qos=1) for m in reports]
@@ -161,10 +197,10 @@ def run(args: argparse.Namespace) -> Result:
         note=f"measured TCP payload per 15 s idle: {count(per_interval or float('nan'))} B "
         f"(floor process: {count(f['tcp_payload_bytes_per_heartbeat_interval'] or 0)} B, pings)",
     )
-    median_report = sorted(report_sizes)[len(report_sizes) // 2] if report_sizes else 0
+    median_report = statistics.median(report_sizes) if report_sizes else 0
     result.row(
         "bytes per report, one process (MQTT PUBLISH, QoS 1)",
-        f"{median_report} B",
+        f"{median_report:.0f} B",
         note=f"measured TCP bytes sent per report: {count(per_report)} B; PUBACK +4 B back",
     )
     return result.finish()

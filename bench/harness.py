@@ -214,7 +214,9 @@ def ms(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "n/a"
     value = seconds * 1000
-    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+    return (
+        f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+    )
 
 
 def ratio(value: float, floor: float) -> str:

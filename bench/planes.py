@@ -51,6 +51,8 @@ class Plane(Protocol):
 
     def writes(self) -> tuple[int, int]: ...
 
+    def last_write_age(self) -> float: ...
+
     def close(self) -> None: ...
 
 
@@ -149,6 +151,13 @@ class LocalPlane:
             lines = 0
         return lines - self._own_writes, len(self.store.events())
 
+    def last_write_age(self) -> float:
+        """Seconds since the store last changed (any write: ours or the bridge's)."""
+        try:
+            return time.time() - self.store.journal_path.stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")
+
     def close(self) -> None:
         pass
 
@@ -245,11 +254,24 @@ class KubePlane:
         events = log.count(Match(verb="create", resource="events"))
         return patches, events
 
-    def request_counts(self, since: float = 0.0) -> dict[str, int]:
-        """Requests per `verb resource[/subresource]` recorded at or after `since` (monotonic)."""
+    def last_write_age(self) -> float:
+        """Seconds since the last status patch or Event the fake served."""
+        from tests.kube.fakeapi import Match  # noqa: PLC0415
+
+        writes = [
+            r.monotonic
+            for m in (Match(verb="patch", subresource="status"), Match(verb="create"))
+            for r in self.api.log.records(m)
+        ]
+        return time.monotonic() - max(writes) if writes else float("inf")
+
+    def request_counts(self, since: float = 0.0, until: float = float("inf")) -> dict[str, int]:
+        """The bridge's requests per `verb resource[/subresource]` between `since` and `until`."""
+        from tests.kube.fakeapi import BRIDGE_USER  # noqa: PLC0415
+
         counts: dict[str, int] = {}
         for record in self.api.log.records():
-            if record.monotonic < since:
+            if not (since <= record.monotonic < until and record.user.startswith(BRIDGE_USER)):
                 continue
             info = record.info
             what = f"{info.verb} {info.resource}" + (

@@ -30,6 +30,7 @@ Usage: `python -m bench.propagation [--quick] [--changes N] [--planes local,kube
 from __future__ import annotations
 
 import argparse
+import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -131,22 +132,36 @@ class Variant:
     plane: str
     overrides: dict[str, Any] | None = None
     local_poll: float | None = None
+    broker_conf: tuple[str, ...] = ()
 
     @property
     def experiment(self) -> bool:
-        return bool(self.overrides or self.local_poll)
+        return bool(self.overrides or self.local_poll or self.broker_conf)
+
+
+NO_INTERVAL: Final = {"min_write_interval": 0.0}
+NODELAY: Final = ("set_tcp_nodelay true",)
 
 
 def variants(planes: list[str], experiments: bool) -> list[Variant]:
+    """The shipped set-up per plane, then experiments that remove one delay at a time."""
     found = [Variant(plane, plane) for plane in planes]
-    if experiments:
-        no_interval = {"min_write_interval": 0.0}
-        for plane in planes:
-            found.append(Variant(f"{plane}, min write interval 0 (exp.)", plane, no_interval))
-        if "local" in planes:
-            found.append(
-                Variant("local, interval 0 + 5 ms poll (exp.)", "local", no_interval, 0.005)
+    if not experiments:
+        return found
+    for plane in planes:
+        found.append(Variant(f"{plane} exp. A: min write interval 0", plane, NO_INTERVAL))
+        found.append(
+            Variant(
+                f"{plane} exp. B: A + mosquitto set_tcp_nodelay",
+                plane,
+                NO_INTERVAL,
+                broker_conf=NODELAY,
             )
+        )
+    if "local" in planes:
+        found.append(
+            Variant("local exp. C: B + 5 ms journal poll", "local", NO_INTERVAL, 0.005, NODELAY)
+        )
     return found
 
 
@@ -155,7 +170,7 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     stages: dict[str, list[float]] = {"desired": [], "running": [], "status": []}
     pid_ok = 0
     with Fabric(f"bench-propagation-{kind}-") as fab:
-        broker = fab.mosquitto([DEVICE, FLOOR_DEVICE])
+        broker = fab.mosquitto([DEVICE, FLOOR_DEVICE], extra_conf=variant.broker_conf)
         plane: Plane = make_plane(kind, fab.workdir)
         fab.callback(plane.close)
         obs = fab.enter_context(watching(broker, fab.secret, [TOPICS.everything()]))
@@ -183,7 +198,7 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
             stages["running"].append(report.at - t0)
             stages["status"].append(written - t0)
             floor.sample()
-            time.sleep(args.pause)
+            time.sleep(random.uniform(0.5, 1.5) * args.pause)  # no phase lock with a poll
         bridge.check()
         writes = plane.writes()
     return {
@@ -274,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="15 changes per control plane")
     p.add_argument("--changes", type=int, help="changes per control plane (default 30)")
     p.add_argument("--planes", default="local,kube", help="control planes (local,kube)")
-    p.add_argument("--pause", type=float, default=0.05, help="seconds between samples")
+    p.add_argument("--pause", type=float, default=0.1, help="mean seconds between samples")
     p.add_argument(
         "--no-experiments",
         dest="experiments",

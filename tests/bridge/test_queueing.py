@@ -42,7 +42,7 @@ def test_adds_while_in_flight_run_once_more() -> None:
 
 
 def test_a_write_spaces_the_next_run_of_that_key_only() -> None:
-    queue = KeyedQueue(min_interval=1.0)
+    queue = KeyedQueue(min_interval=1.0, key_burst=1)
     queue.add("a", 0.0)
     queue.pop(0.0)
     queue.done("a", 0.0, Outcome.WROTE)
@@ -51,6 +51,36 @@ def test_a_write_spaces_the_next_run_of_that_key_only() -> None:
     assert drain(queue, 0.5) == ["b"]
     assert queue.next_due() == pytest.approx(1.0)
     assert drain(queue, 1.0) == ["a"]
+
+
+def test_a_flapping_key_writes_a_burst_then_once_per_interval() -> None:
+    """A device flapping every 10 ms for 10 s: 3 writes at once, then one per second."""
+    queue = KeyedQueue(min_interval=1.0, key_burst=3)
+    writes = []
+    for tick in range(1000):
+        now = tick * 0.01
+        queue.add("a", now)
+        if queue.pop(now) == "a":
+            writes.append(round(now, 2))
+            queue.done("a", now, Outcome.WROTE)
+    assert writes == [0.0, 0.01, 0.02, 1.01, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+
+
+def test_credits_come_back_after_a_quiet_period() -> None:
+    queue = KeyedQueue(min_interval=1.0, key_burst=2)
+    for t in (0.0, 0.0):
+        queue.add("a", t)
+        assert queue.pop(t) == "a"
+        queue.done("a", t, Outcome.WROTE)
+    queue.add("a", 0.1)
+    assert queue.pop(0.1) is None  # out of credits until 1.0
+    assert queue.pop(1.0) == "a"
+    queue.done("a", 1.0, Outcome.WROTE)
+    queue.add("a", 10.0)  # long quiet: a full burst again
+    assert queue.pop(10.0) == "a"
+    queue.done("a", 10.0, Outcome.WROTE)
+    queue.add("a", 10.0)
+    assert queue.pop(10.0) == "a"
 
 
 def test_nothing_written_means_no_interval() -> None:

@@ -203,4 +203,13 @@ def test_foreign_conditions_are_kept() -> None:
     plan = plan_status(resource("web", "tor9-99", status={"conditions": [foreign]}), None, T0)
     assert plan is not None
     conditions: Any = plan.patch["conditions"]
-    assert conditions[0] == foreign
+    assert conditions[-1] == foreign
+
+
+def test_condition_order_is_stable_whatever_came_first() -> None:
+    status = settle({}, None)  # device unknown: only Synced
+    res = resource("web", "tor9-99", status=status)
+    plan = plan_status(res, device(Reason.CONNECTED), T1)
+    assert plan is not None
+    conditions: Any = plan.patch["conditions"]
+    assert [c["type"] for c in conditions] == ["AgentConnected", "Synced"]

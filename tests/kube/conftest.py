@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,3 +30,15 @@ def http(api: FakeApiServer) -> Http:
 @pytest.fixture
 def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
     return api.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def kubectl() -> str:
+    """The kubectl binary; skipped when missing, but failing under CI=true (as mosquitto does)."""
+    found = shutil.which("kubectl")
+    if found is None:
+        message = "kubectl not found on PATH: install it to run the kubectl tests"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return found

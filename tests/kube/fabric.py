@@ -196,10 +196,12 @@ class KubeFabric:
         objs = self.api.store.list_objects(self.api.custom, None)[0]
         return {p for o in objs if isinstance(p := (o.get("status") or {}).get("pid"), int)}
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, binary: str, *args: str, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig)}
         return subprocess.run(
-            ["kubectl", *args],
+            [binary, *args],
             input=stdin,
             env=env,
             capture_output=True,

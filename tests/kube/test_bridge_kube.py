@@ -84,7 +84,7 @@ BRIDGE_A = "system:serviceaccount:devicefabric-system:devicefabric-bridge#bridge
 BRIDGE_B = "system:serviceaccount:devicefabric-system:devicefabric-bridge#bridge-b"
 
 
-def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric) -> None:
+def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubectl: str) -> None:
     """apply -> Running; heartbeats write nothing; kill -9 an agent; watch cut and compacted;
     the leader killed -> the standby leads within the lease, with no redundant write."""
     started = time.monotonic()
@@ -95,7 +95,7 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric) -> No
     wait_for(lambda: fabric.leader() == "bridge-a", 10, 0.02, what="bridge-a leading")
     standby = fabric.start_bridge("bridge-b", **LEASE_ENV)
     sample = next(d for d in manifests.samples().split("---\n") if "name: tor9-99-clock" in d)
-    applied = fabric.kubectl("apply", "--validate=false", "-f", "-", stdin=sample)
+    applied = fabric.kubectl(kubectl, "apply", "--validate=false", "-f", "-", stdin=sample)
     assert applied.returncode == 0, applied.stderr
     fabric.create("tor9-99-second", "tor9-99")
     for device in agents[1:]:

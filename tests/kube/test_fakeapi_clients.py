@@ -186,11 +186,11 @@ def test_official_client_merge_patches_status_and_watch_raises_410_after_one_ret
 
 
 def _kubectl(
-    kubeconfig: Path, *args: str, stdin: str | None = None
+    kubectl: str, kubeconfig: Path, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     return subprocess.run(
-        ["kubectl", *args],
+        [kubectl, *args],
         env=env,
         input=stdin,
         capture_output=True,
@@ -201,10 +201,10 @@ def _kubectl(
 
 
 def test_kubectl_applies_samples_and_prints_our_printer_columns(
-    http: Http, api: FakeApiServer, kubeconfig: Path
+    http: Http, api: FakeApiServer, kubeconfig: Path, kubectl: str
 ) -> None:
     applied = _kubectl(
-        kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
+        kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
     )
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.count("created") == 3
@@ -226,16 +226,18 @@ def test_kubectl_applies_samples_and_prints_our_printer_columns(
             }
         },
     )
-    table = _kubectl(kubeconfig, "get", "dproc")
+    table = _kubectl(kubectl, kubeconfig, "get", "dproc")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split() == ["NAME", "DEVICE", "PHASE", "CONNECTED", "RESTARTS", "AGE"]
     clock = next(r.split() for r in rows if r.startswith("tor9-99-clock"))
     assert clock[1:5] == ["tor9-99", "Running", "True", "2"]
-    again = _kubectl(kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples())
+    again = _kubectl(
+        kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
+    )
     assert again.stdout.count("unchanged") == 3
     changed = manifests.samples().replace("restartPolicy: Never", "restartPolicy: OnFailure")
-    patched = _kubectl(kubeconfig, "apply", "--validate=false", "-f", "-", stdin=changed)
+    patched = _kubectl(kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=changed)
     assert patched.stdout.count("configured") == 1, patched.stderr
     assert api.log.records(Match(verb="patch", user="admin"))[-1].content_type == MERGE
     backup = http.get(dp_path(name="gw-eu-1-backup")).body

@@ -320,3 +320,18 @@ def test_bookmarks_move_the_resume_point_past_other_kinds(
             )
 
     run(scenario)
+
+
+def test_the_list_is_paged(api: FakeApiServer, http: Http, tmp_path: Path) -> None:
+    for index in range(5):
+        http.create(device_process(f"p{index}"))
+    plane = make_plane(api, tmp_path, page_size=2)
+
+    async def scenario() -> None:
+        async with running(plane, api) as changes:
+            assert sorted(changes.keys) == [f"default/p{i}" for i in range(5)]
+
+    run(scenario)
+    pages = api.log.records(Match(verb="list", user=BRIDGE))
+    assert [p.info.param("limit") for p in pages] == ["2", "2", "2"]
+    assert [bool(p.info.param("continue")) for p in pages] == [False, True, True]

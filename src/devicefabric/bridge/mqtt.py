@@ -30,6 +30,7 @@ costs one selector wake-up per batch rather than per message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -105,6 +106,7 @@ class MqttLink:
         self._fatal: MqttError | None = None
         self._acked = asyncio.Event()  # the offline status was acknowledged (or we lost the link)
         self._offline_mid = -1
+        self._connecting: asyncio.Future[Any] | None = None
         self._client = self._make_client()
 
     # -- public ----------------------------------------------------------------------------------
@@ -188,7 +190,9 @@ class MqttLink:
         self._connack = loop.create_future()
         # Blocking TCP/TLS connect and CONNECT write (bounded by paho's connect_timeout), with no
         # socket callback installed yet, so the worker thread is the only one touching paho.
-        await asyncio.to_thread(self._client.reconnect)
+        # Shielded: if we are cancelled meanwhile, `_close` waits for the thread, then closes.
+        self._connecting = loop.run_in_executor(None, self._client.reconnect)
+        await asyncio.shield(self._connecting)
         try:
             self._attach()
             async with asyncio.timeout(self.settings.connect_timeout):
@@ -278,6 +282,11 @@ class MqttLink:
 
     async def _close(self) -> None:
         """Say offline and disconnect (bounded); always release the socket."""
+        connecting = self._connecting
+        if connecting is not None and not connecting.done():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    await connecting
         if self.connected:
             try:
                 async with asyncio.timeout(2.0):

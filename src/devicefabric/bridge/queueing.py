@@ -9,9 +9,10 @@ still ends at the right value.
   Adding a queued key keeps one entry (the earlier due time wins); adding an in-flight key marks
   it dirty, and `done` queues it once more. So a key is processed at most once more however often
   it is added while busy, and never by two workers at once.
-- `done(key, outcome)`: `WROTE` starts the key's minimum write interval (`min_interval`): no later
-  run starts before it ends, which bounds a flapping device to one write per resource per
-  interval. `RETRY` backs off exponentially per key (`base_backoff x 2^failures`, capped), or
+- `done(key, outcome)`: `WROTE` spends one of the key's write credits: a key may write `key_burst`
+  times in quick succession (a new resource goes Pending -> Running at once), then at most once
+  per `min_interval` (a per-key token bucket), which bounds a flapping device to one write per
+  resource per interval; a run is not started before the key has a credit. `RETRY` backs off exponentially per key (`base_backoff x 2^failures`, capped), or
   `retry_after` when the control plane said so; `DROP` forgets the key (it is gone).
 - Stale heap entries (a key re-added earlier) are skipped lazily by comparing due times.
 
@@ -43,6 +44,7 @@ Clock = Callable[[], float]
 DEFAULT_BASE_BACKOFF: Final = 0.1
 DEFAULT_MAX_BACKOFF: Final = 60.0
 DEFAULT_MIN_INTERVAL: Final = 1.0
+DEFAULT_KEY_BURST: Final = 3
 
 
 class Outcome(enum.Enum):
@@ -61,10 +63,15 @@ class KeyedQueue:
         base_backoff: float = DEFAULT_BASE_BACKOFF,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
         min_interval: float = DEFAULT_MIN_INTERVAL,
+        key_burst: int = DEFAULT_KEY_BURST,
     ) -> None:
+        if key_burst < 1:
+            raise ValueError("key_burst must be >= 1")
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
         self.min_interval = min_interval
+        self.key_burst = key_burst
+        self._credits: dict[str, tuple[float, float]] = {}  # key -> (credits, as of)
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}  # queued keys -> due time
         self._inflight: set[str] = set()
@@ -119,6 +126,7 @@ class KeyedQueue:
         dirty = key in self._dirty
         self._dirty.discard(key)
         if outcome is Outcome.DROP:
+            self._credits.pop(key, None)
             self._not_before.pop(key, None)
             self._failures.pop(key, None)
             return
@@ -133,14 +141,24 @@ class KeyedQueue:
             return
         self._failures.pop(key, None)
         if outcome is Outcome.WROTE:
-            self._not_before[key] = now + self.min_interval
+            self._spend(key, now)
         elif self._not_before.get(key, 0.0) <= now:
             self._not_before.pop(key, None)
         if dirty:
             self.add(key, now)
 
+    def _spend(self, key: str, now: float) -> None:
+        if self.min_interval <= 0:
+            return
+        left, since = self._credits.get(key, (float(self.key_burst), now))
+        left = min(float(self.key_burst), left + (now - since) / self.min_interval) - 1.0
+        self._credits[key] = (left, now)
+        if left < 1.0:
+            self._not_before[key] = now + (1.0 - left) * self.min_interval
+
     def forget(self, key: str) -> None:
         """Drop a queued key (a deleted resource); an in-flight run finishes normally."""
+        self._credits.pop(key, None)
         self._due.pop(key, None)
         self._dirty.discard(key)
         self._not_before.pop(key, None)

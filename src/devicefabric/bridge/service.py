@@ -30,7 +30,7 @@ plain synchronous callbacks):
 - A worker pops a key and runs `writing.StatusWriter.reconcile`: the status from the current
   state (`statuses.plan_status`), written only where it differs: one status patch and, on an
   `AgentConnected` reason change, one Event, each taking a token of the global write budget. A
-  write starts the key's minimum interval.
+  write spends one of the key's credits (a few at once, then one per `min_write_interval`).
 
 Invariants:
 - Nothing is written (status, Event or `desired`) until the control plane is synced and the MQTT
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -59,8 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from devicefabric.bridge import api
 from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.bridge.http import HttpServer, Response
 from devicefabric.bridge.ingest import Ingest
@@ -68,6 +66,7 @@ from devicefabric.bridge.metrics import BridgeMetrics, StateSource
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.queueing import (
+    DEFAULT_KEY_BURST,
     DEFAULT_MIN_INTERVAL,
     KeyedQueue,
     TokenBucket,
@@ -106,7 +105,8 @@ class BridgeSettings:
     write_qps: float = 20.0  # sustained control-plane writes per second (--write-qps)
     write_burst: int = 30  # writes allowed at once before the rate applies (--write-burst)
     stale_multiplier: float = DEFAULT_STALE_MULTIPLIER  # HeartbeatTimeout after this x heartbeat_s
-    min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between two writes of one resource
+    min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
+    key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
     workers: int = 4  # concurrent writers (each write still takes a token)
     keepalive: int = 30  # MQTT keepalive (s)
     call_timeout: float = 10.0  # s: bound of one control-plane call
@@ -140,7 +140,9 @@ class Bridge:
         self.ingest = Ingest(self.topics, self.tracker, self.mirror)
         self.metrics = metrics if metrics is not None else BridgeMetrics()
         self.queue = WorkQueue(
-            KeyedQueue(min_interval=settings.min_write_interval),
+            KeyedQueue(
+                min_interval=settings.min_write_interval, key_burst=settings.key_write_burst
+            ),
             TokenBucket(settings.write_qps, settings.write_burst, time.monotonic()),
         )
         self.link = MqttLink(
@@ -158,10 +160,10 @@ class Bridge:
             HttpServer(
                 settings.http,
                 {
-                    "/healthz": self._healthz,
+                    "/healthz": api.healthz,
                     "/readyz": self._readyz,
-                    "/metrics": self._metrics,
-                    "/devices": self._devices,
+                    "/metrics": lambda: api.metrics(self.metrics.registry),
+                    "/devices": lambda: api.devices(self.tracker, self.index, time.monotonic()),
                 },
             )
             if settings.http is not None
@@ -357,53 +359,14 @@ class Bridge:
                     self.queue.add(key)
 
     # -- HTTP ------------------------------------------------------------------------------------
-    def _healthz(self) -> Response:
-        return Response(200, b'{"status":"ok"}\n')
-
     def _readyz(self) -> Response:
-        link = self.link
-        doc = {
-            "ready": self.is_ready(),
-            "mqtt": "primed" if link.primed else "connected" if link.connected else "disconnected",
-            "session": link.session,
-            "controlPlaneSynced": self.control_plane.synced.is_set(),
-            "role": "leader" if self.control_plane.leading.is_set() else "standby",
-            "queueDepth": len(self.queue),
-        }
-        return Response(200 if doc["ready"] else 503, _json(doc))
-
-    def _metrics(self) -> Response:
-        return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
-
-    def _devices(self) -> Response:
-        now = time.monotonic()
-        out = []
-        for device in sorted(self.tracker, key=lambda d: d.name):
-            report = device.report
-            out.append(
-                {
-                    "device": device.name,
-                    "state": device.state,
-                    "reason": device.reason.value if device.reason is not None else None,
-                    "session": device.session,
-                    "lastSeenAgeSeconds": (
-                        round(now - device.last_seen, 3) if device.last_seen is not None else None
-                    ),
-                    "heartbeatSeconds": device.heartbeat_s,
-                    "agent": device.agent,
-                    "resources": sorted(self.index.keys_of(device.name)),
-                    "processes": (
-                        {
-                            key: entry.model_dump(mode="json", by_alias=True, exclude_none=True)
-                            for key, entry in sorted(report.processes.items())
-                        }
-                        if report is not None
-                        else {}
-                    ),
-                }
+        return api.readyz(
+            api.Readiness(
+                mqtt_connected=self.link.connected,
+                mqtt_primed=self.link.primed,
+                session=self.link.session,
+                synced=self.control_plane.synced.is_set(),
+                leading=self.control_plane.leading.is_set(),
+                queue_depth=len(self.queue),
             )
-        return Response(200, _json(out))
-
-
-def _json(doc: object) -> bytes:
-    return json.dumps(doc, indent=1).encode() + b"\n"
+        )

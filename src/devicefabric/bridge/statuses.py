@@ -55,6 +55,7 @@ PROCESS_FIELDS: Final = (
     "message",
 )
 PENDING_PHASE: Final = "Pending"
+OWN_ORDER: Final = {AGENT_CONNECTED: 0, SYNCED: 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,9 @@ def desired_conditions(
     conditions = stored_conditions
     if device is not None and device.reason is not None:
         conditions = set_condition(conditions, make_condition(AGENT_CONNECTED, device.reason, now))
-    return set_condition(conditions, synced)
+    conditions = set_condition(conditions, synced)
+    # A stable order whatever came first: ours (AgentConnected, Synced), then any foreign ones.
+    return sorted(conditions, key=lambda c: OWN_ORDER.get(c.type, len(OWN_ORDER)))
 
 
 def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | None:

@@ -102,6 +102,10 @@ class StatusWriter:
                 )
             except (DeviceFabricError, TimeoutError) as exc:
                 log.warning("event not recorded: %s", exc, extra={"resource": key})
+            else:
+                log.info(
+                    "%s event recorded", event.type, extra={"resource": key, "reason": event.reason}
+                )
         return Outcome.WROTE
 
     async def _call(self, kind: str, call: Awaitable[None]) -> None:

@@ -5,11 +5,11 @@
         ...  # point the real client, kubectl or the bridge at it
         api.log.count(Match(verb="patch", subresource="status"))
 
-Modules: `server` (lifecycle, test controls), `handler` (HTTP, routing, watch streams), `store` (revisions, history, write rules),
-`schema` (structural schema: prune, default, validate), `patching` (merge and JSON patch), `kinds`
-(served resource types), `faults` (request log, fault injection), `selectors`, `tables`,
-`discovery`, `kubeconfig`, `client` (a plain-HTTP client for tests), and `rbac` (checks the
-log against our shipped Roles).
+Modules: `server` (lifecycle, test controls), `handler` (HTTP, routing, watch streams), `store`
+(revisions, history, write rules), `schema` (structural schema: prune, default, validate),
+`patching` (merge and JSON patch), `kinds` (served resource types), `faults` (request log, fault
+injection), `selectors`, `tables`, `discovery`, `kubeconfig`, `client` (a plain-HTTP client for
+tests), and `rbac` (checks the log against our shipped Roles).
 """
 
 from tests.kube.fakeapi.faults import Match, RequestLog, RequestRecord

@@ -171,9 +171,11 @@ class KubeControlPlane:
                     self._synced.set()
                 events = await self._watch(self._rv, on_change)
             except ExpiredError as exc:
-                log.info("watch expired (%s): listing again", exc)
-                self._rv = None
-                continue
+                if self._rv is not None:  # the watch's history is gone: list again at once
+                    log.info("watch expired (%s): listing again", exc)
+                    self._rv = None
+                    continue
+                log.warning("informer: the list expired (%s)", exc)  # a paged list: back off
             except ControlPlaneError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 log.warning("informer: %s (resuming from resourceVersion %s)", exc, self._rv)

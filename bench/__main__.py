@@ -1,0 +1,139 @@
+"""`python -m bench`: run the six benchmarks and print one summary table.
+
+    python -m bench                      # all six with their defaults (~10 min on 2 cores)
+    python -m bench --quick              # all six, smaller (a few minutes)
+    python -m bench --only writes,ingest # some of them
+    python -m bench --readme README.md   # also replace the README's `## Benchmarks` section
+
+Each benchmark also runs alone (`python -m bench.propagation --help`) and writes
+`bench/results/<name>.json`; this writes `bench/results/summary.json` and `summary.md`. A benchmark
+that fails is reported in the table and the others still run; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from bench.harness import RESULTS, Result, Row, machine, machine_line, summary_table, versions
+
+# In the order of DESIGN.md's "Benchmarks the project keeps".
+BENCHMARKS: Final = ("propagation", "detection", "writes", "ingest", "footprint", "brokers")
+HEADING: Final = "## Benchmarks"
+
+
+def _run_one(name: str, quick: bool) -> tuple[list[Row], str | None]:
+    module = importlib.import_module(f"bench.{name}")
+    print(f"\n=== {name} {'(quick)' if quick else ''}", flush=True)
+    started = time.monotonic()
+    try:
+        result: Result = module.main(["--quick"] if quick else [])
+    except Exception as exc:
+        traceback.print_exc()
+        return [Row(name, "FAILED", f"{type(exc).__name__}: {exc}"[:120], met=False)], str(exc)
+    print(f"=== {name}: {time.monotonic() - started:.0f} s", flush=True)
+    return result.rows, None
+
+
+def markdown(rows: list[Row], started: datetime, quick: bool) -> str:
+    info = machine()
+    pinned = versions()
+    mode = " --quick" if quick else ""
+    lines = [
+        HEADING,
+        "",
+        (
+            f"Measured {started:%Y-%m-%d} with `make bench` (`python -m bench{mode}`) on "
+            f"{machine_line(info)}; mosquitto {pinned['mosquitto']}, paho-mqtt "
+            f"{pinned['paho-mqtt']}, pydantic {pinned['pydantic']}, amqtt {pinned['amqtt']}. Every "
+            "floor was measured in the same run as the figure next to it (or is analytical, when "
+            "the row says so): the ratio is what to compare across machines, not the milliseconds."
+        ),
+        "",
+        summary_table(rows),
+        "",
+        (
+            "How to rerun: `make bench` (about 10 minutes on 2 cores), or "
+            "`.venv/bin/python -m bench --quick` (a few minutes); one benchmark alone: "
+            "`.venv/bin/python -m bench.propagation --help` (also `detection`, `writes`, `ingest`, "
+            "`footprint`, `brokers`). Each writes `bench/results/<name>.json` with the machine, "
+            "versions, parameters, raw samples, median and p99; the method of each is the module "
+            "docstring in `bench/`. Needs mosquitto (`/usr/sbin/mosquitto`); run from the "
+            "repository root (the Kubernetes benchmarks use the API server fake in `tests/kube`)."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Replace `## Benchmarks` up to the next `## ` heading (or the end), else append it."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(rf"^{re.escape(HEADING)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        new = pattern.sub(lambda _m: section.rstrip("\n") + "\n\n", text, count=1)
+        new = new.rstrip("\n") + "\n"
+    else:
+        new = text.rstrip("\n") + "\n\n" + section
+    path.write_text(new, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every benchmark in quick mode")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--readme", type=Path, help="replace this file's `## Benchmarks` section")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    started = datetime.now(UTC)
+    print(f"devicefabric benchmarks, {started:%Y-%m-%d %H:%M} UTC, on {machine_line()}")
+    rows: list[Row] = []
+    failed: list[str] = []
+    for name in names:
+        found, error = _run_one(name, args.quick)
+        rows += found
+        if error is not None:
+            failed.append(name)
+    section = markdown(rows, started, args.quick)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.md").write_text(section, encoding="utf-8")
+    (RESULTS / "summary.json").write_text(
+        json.dumps(
+            {
+                "date": started.isoformat(timespec="seconds"),
+                "quick": args.quick,
+                "machine": machine(),
+                "versions": versions(),
+                "rows": [asdict(r) for r in rows],
+                "failed": failed,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"\n{'=' * 30} summary {'=' * 30}")
+    print(f"{started:%Y-%m-%d}, {machine_line()}")
+    print(summary_table(rows))
+    if args.readme is not None:
+        replace_section(args.readme, section)
+        print(f"updated the `{HEADING}` section of {args.readme}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Benchmark 4, bridge ingest: the highest heartbeat rate the bridge sustains vs a bare subscriber.
+
+Setup: mosquitto from our generated config plus the bench-only `loadgen` user (one raw MQTT
+connection that may publish any device's heartbeat), `--devices` simulated devices (born first,
+so the bridge knows them), and one consumer at a time subscribed to `devices/+/heartbeat`:
+`devicefabric bridge run --control-plane local` (no resources: heartbeats never write anything
+anyway, see `bench.writes`), or the floor, a bare paho subscriber that only counts
+(`bench/bridge_ingest.py`'s, reused).
+
+The load generator offers a rate in small paced chunks (`--chunk` messages per write, so bursts
+never exceed mosquitto's default 1,000-message queue per subscriber) for `--step` s, stepping
+the rate up by `--factor` from `--start` until the consumer fails. A step passes when, 1 s after
+it ends, the consumer counted at least 99.9% of what was sent (no loss, no backlog left) and, for
+the bridge, every device's `lastSeenAgeSeconds` on `/devices` is within one round of the fleet
+plus 0.25 s of the time its last heartbeat was sent (lastSeen correct, and no backlog that was
+still being worked off when the step ended). The sustained rate is
+the highest passing step; the ratio is bridge / floor. The bridge's CPU per heartbeat at that step
+gives the fleet one bridge serves at a 15 s heartbeat with half a core:
+0.5 / (CPU s per heartbeat) x 15, an extrapolation (said so in the table), not a measurement.
+
+The load generator runs in this process and shares the machine's cores with mosquitto and the
+consumer, so both consumers are measured under the same contention.
+
+Usage: `python -m bench.ingest [--quick] [--devices N] [--start R] [--factor F] [--step S]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from bench.bridge_ingest import FLOOR, _floor_count
+from bench.fabric import (
+    TOPICS,
+    BridgeProc,
+    Broker,
+    Fabric,
+    Proc,
+    RawPublisher,
+    metric,
+    publish_packet,
+    wait_until,
+)
+from bench.harness import Result, count, ratio
+from devicefabric.config.topics import DeviceTopic
+
+HEARTBEAT_S: Final = 15
+HALF_CORE: Final = 0.5
+DEVICES_GOAL: Final = 100_000
+DELIVERED: Final = 0.999
+LAST_SEEN_SLACK: Final = 0.25  # s: more means the bridge was still working off a backlog
+
+
+class Load:
+    """Heartbeats of `devices` simulated devices, offered at a rate in paced chunks."""
+
+    def __init__(self, publisher: RawPublisher, devices: int, chunk: int) -> None:
+        self.publisher = publisher
+        self.names = [f"in-{i:05d}" for i in range(devices)]
+        self.chunk = chunk
+        self.seq = 0
+        self.sent = 0
+        self.last_round_at = 0.0  # monotonic time the last full round of the fleet went out
+
+    def births(self) -> None:
+        packets = []
+        for n in self.names:
+            birth = {"state": "online", "session": f"{n}.1", "heartbeat_s": HEARTBEAT_S}
+            payload = json.dumps({**birth, "agent": "bench"}).encode()
+            packets.append(publish_packet(TOPICS.status(n), payload, retain=True))
+        self.publisher.send(b"".join(packets))
+
+    def _round(self) -> list[bytes]:
+        self.seq += 1
+        packets = [
+            publish_packet(TOPICS.heartbeat(n), f'{{"seq":{self.seq},"session":"{n}.1"}}'.encode())
+            for n in self.names
+        ]
+        return [b"".join(packets[i : i + self.chunk]) for i in range(0, len(packets), self.chunk)]
+
+    def offer(self, rate: float, seconds: float) -> tuple[int, float]:
+        """Send at `rate` messages/s for `seconds` (whole rounds); (sent, achieved rate)."""
+        start = time.monotonic()
+        sent = 0
+        rounds = max(1, round(rate * seconds / len(self.names)))
+        for _ in range(rounds):
+            for data in self._round():
+                due = start + sent / rate
+                while (now := time.monotonic()) < due:
+                    time.sleep(min(due - now, 0.002))
+                self.publisher.send(data)
+                sent += min(self.chunk, len(self.names))
+            self.last_round_at = time.monotonic()
+        self.sent += sent
+        return sent, sent / (time.monotonic() - start)
+
+
+def _bridge_counter(bridge: BridgeProc) -> Callable[[], int]:
+    def read() -> int:
+        return int(metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat"))
+
+    return read
+
+
+def _floor_counter(floor: Proc) -> Callable[[], int]:
+    def read() -> int:
+        time.sleep(0.15)  # it prints its count every 0.1 s
+        return _floor_count(floor)[0]
+
+    return read
+
+
+def _last_seen_error(bridge: BridgeProc, load: Load) -> float:
+    """Worst |lastSeen age - (now - last round sent)| over the fleet, in seconds."""
+    asked = time.monotonic()
+    devices = [d for d in bridge.devices() if d["device"] in set(load.names)]
+    if len(devices) < len(load.names):
+        return math.inf
+    expected = asked - load.last_round_at
+    ages = [d.get("lastSeenAgeSeconds") for d in devices]
+    if any(a is None for a in ages):
+        return math.inf
+    return max(abs(float(a) - expected) for a in ages)
+
+
+def _ramp(
+    name: str,
+    load: Load,
+    counter: Callable[[], int],
+    consumer: Proc,
+    args: argparse.Namespace,
+    *,
+    bridge: BridgeProc | None,
+) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    rate = args.start
+    while rate <= args.max_rate:
+        n0 = counter()
+        cpu0 = consumer.cpu_seconds()
+        sent, achieved = load.offer(rate, args.step)
+        cpu1 = consumer.cpu_seconds()
+        time.sleep(1.0)
+        n1 = counter()
+        received = n1 - n0
+        round_s = len(load.names) / achieved
+        step: dict[str, Any] = {
+            "offered_per_s": round(achieved),
+            "sent": sent,
+            "received": received,
+            "delivered": received / sent if sent else 0.0,
+            "cpu_s": cpu1 - cpu0,
+            "cpu_us_per_msg": 1e6 * (cpu1 - cpu0) / max(1, received),
+            "cpu_percent": 100 * (cpu1 - cpu0) / (sent / achieved),
+        }
+        ok = step["delivered"] >= DELIVERED
+        if bridge is not None:
+            error = _last_seen_error(bridge, load)
+            step["last_seen_error_s"] = error
+            ok = ok and error <= round_s + LAST_SEEN_SLACK
+        step["ok"] = ok
+        steps.append(step)
+        print(
+            f"    {name}: {step['offered_per_s']:>7,}/s offered, {step['delivered']:.1%} counted, "
+            f"CPU {step['cpu_percent']:.0f}% ({step['cpu_us_per_msg']:.1f} us/msg)"
+            + (f", lastSeen error {step.get('last_seen_error_s', 0):.2f} s" if bridge else "")
+            + ("" if ok else "  <- fails"),
+            flush=True,
+        )
+        if not ok:
+            break
+        rate *= args.factor
+        time.sleep(0.5)
+    passed = [s for s in steps if s["ok"]]
+    best = max(passed, key=lambda s: s["offered_per_s"]) if passed else None
+    return {"steps": steps, "best": best}
+
+
+def _bridge_run(
+    fab: Fabric, broker: Broker, load: Load, args: argparse.Namespace
+) -> dict[str, Any]:
+    bridge = fab.bridge(broker, state_dir=fab.workdir / "state-ingest", log_level="WARNING")
+    bridge.wait_ready()
+    load.births()
+    wait_until(
+        lambda: (
+            metric(bridge.metrics(), "devicefabric_devices", state="connected") >= len(load.names)
+        ),
+        60,
+        "the bridge to know every device",
+        0.2,
+    )
+    out = _ramp("bridge", load, _bridge_counter(bridge), bridge, args, bridge=bridge)
+    out["rss_kib"] = bridge.rss_kib()
+    bridge.check()
+    bridge.stop()
+    return out
+
+
+def _floor_run(fab: Fabric, broker: Broker, load: Load, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [str(broker.port), fab.password("observer"), TOPICS.all_devices(DeviceTopic.HEARTBEAT)]
+    floor = fab.python("floor", FLOOR, *argv)
+    wait_until(lambda: floor.check() or b"subscribed" in floor.log_path.read_bytes(), 10, "floor")
+    out = _ramp("floor", load, _floor_counter(floor), floor, args, bridge=None)
+    out["rss_kib"] = floor.rss_kib()
+    floor.stop()
+    return out
+
+
+def run(args: argparse.Namespace) -> Result:
+    result = Result("ingest", vars(args).copy())
+    with Fabric("bench-ingest-") as fab:
+        broker = fab.mosquitto([], privileged=True)
+        publisher = RawPublisher(broker, fab.secret)
+        fab.callback(publisher.close)
+        load = Load(publisher, args.devices, args.chunk)
+        print(f"  {args.devices:,} devices; steps x{args.factor} from {args.start:,}/s, "
+              f"{args.step:.0f} s each", flush=True)  # fmt: skip
+        runs = {"floor": _floor_run(fab, broker, load, args)}
+        runs["bridge"] = _bridge_run(fab, broker, load, args)
+    result.metrics["runs"] = runs
+    for who, data in runs.items():
+        result.series(f"{who}_offered_per_s", [s["offered_per_s"] for s in data["steps"]])
+        result.series(f"{who}_cpu_us_per_msg", [s["cpu_us_per_msg"] for s in data["steps"]])
+    b, f = runs["bridge"]["best"], runs["floor"]["best"]
+    b_rate = float(b["offered_per_s"]) if b else math.nan
+    f_rate = float(f["offered_per_s"]) if f else math.nan
+    capped = f is not None and f is runs["floor"]["steps"][-1]
+    result.row(
+        "heartbeats/s sustained (bridge vs bare paho)",
+        f"{count(b_rate)}/s",
+        floor=f"{count(f_rate)}/s" + (" (not saturated)" if capped else ""),
+        ratio=ratio(b_rate, f_rate),
+        goal=">= 0.5x floor",
+        met=b_rate >= 0.5 * f_rate if b and f else False,
+        note=f"no loss, no backlog, lastSeen within a round; the next step (x{args.factor}) "
+        f"failed; the load generator shares the {len(os.sched_getaffinity(0))} cores",
+    )
+    if b:
+        cpu = b["cpu_us_per_msg"] / 1e6
+        fleet = HALF_CORE / cpu * HEARTBEAT_S
+        f_cpu = f["cpu_us_per_msg"] if f else math.nan
+        result.row(
+            "CPU per heartbeat (bridge vs bare paho)",
+            f"{b['cpu_us_per_msg']:.1f} us",
+            floor=f"{f_cpu:.1f} us",
+            ratio=ratio(b["cpu_us_per_msg"], f_cpu),
+            note=f"at the highest passing step; bridge RSS {runs['bridge']['rss_kib'] / 1024:.0f} MiB",
+        )
+        result.row(
+            f"devices one bridge serves at {HEARTBEAT_S} s with half a core",
+            f"{count(fleet)}",
+            goal=f">= {DEVICES_GOAL:,}",
+            met=fleet >= DEVICES_GOAL,
+            note="extrapolated from CPU per heartbeat (0.5 core / CPU per msg x 15 s), not run",
+        )
+    return result.finish()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    p.add_argument("--quick", action="store_true", help="2 s steps, x2 per step")
+    p.add_argument("--devices", type=int, default=2000, help="simulated devices (default 2000)")
+    p.add_argument("--start", type=float, default=10_000.0, help="first offered rate (msg/s)")
+    p.add_argument("--factor", type=float, help="rate factor per step (default 1.4; quick 2)")
+    p.add_argument("--step", type=float, help="seconds per step (default 2.5; quick 2)")
+    p.add_argument("--max-rate", type=float, default=200_000.0, help="stop stepping here")
+    p.add_argument("--chunk", type=int, default=50, help="messages per socket write")
+    return p
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    args.factor = args.factor or (2.0 if args.quick else 1.4)
+    args.step = args.step or (2.0 if args.quick else 2.5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> Result:
+    return run(configure(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
