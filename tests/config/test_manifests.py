@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs; installed with kubernetes-validate
-import kubernetes_validate  # type: ignore[import-untyped]  # no stubs or py.typed marker
+import jsonschema  # no stubs; installed with kubernetes-validate
+import kubernetes_validate  # no stubs or py.typed marker
 import pytest
 import yaml
 

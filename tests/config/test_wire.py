@@ -126,6 +126,8 @@ def test_spec_defaults_are_filled_in() -> None:
     ("spec", "field"),
     [
         ({"deviceName": "D1", "command": ["x"]}, "deviceName"),
+        ({"deviceName": "bridge", "command": ["x"]}, "deviceName"),
+        ({"deviceName": "observer", "command": ["x"]}, "deviceName"),
         ({"deviceName": "d1", "command": []}, "command"),
         ({"deviceName": "d1"}, "command"),
         ({"deviceName": "d1", "command": ["x"], "restartPolicy": "Sometimes"}, "restartPolicy"),

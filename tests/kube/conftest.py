@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +33,12 @@ def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kubectl() -> str:
-    """The kubectl binary; skipped when missing, but failing under CI=true (as mosquitto does)."""
+    """The kubectl binary; skipped when missing.
+
+    Unlike mosquitto, kubectl is not installable from Debian's archive in CI, so its absence skips
+    (the same flows run through the official Python client in the other tests).
+    """
     found = shutil.which("kubectl")
     if found is None:
-        message = "kubectl not found on PATH: install it to run the kubectl tests"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        pytest.skip("kubectl not found on PATH: install it to run the kubectl tests")
     return found

@@ -11,10 +11,10 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
-from devicefabric.config.names import DEVICE_NAME_PATTERN
+from devicefabric.config.names import DEVICE_NAME_PATTERN, RESERVED_NAMES
 
 GROUP: Final = "devicefabric.io"
 VERSION: Final = "v1alpha1"
@@ -82,6 +82,13 @@ class DeviceProcessSpec(_CamelModel):
     restart_policy: RestartPolicyName = "Always"
     suspend: bool = False
     termination_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+
+    @field_validator("device_name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(f"{value!r} is reserved for the fabric's own role users")
+        return value
 
     def to_wire(self) -> dict[str, object]:
         """The spec as published in `desired`: camelCase, defaults filled in, no nulls."""
