@@ -9,9 +9,10 @@ anyway, see `bench.writes`), or the floor, a bare paho subscriber that only coun
 
 The load generator offers a rate in small paced chunks (`--chunk` messages per write, so bursts
 never exceed mosquitto's default 1,000-message queue per subscriber) for `--step` s, stepping
-the rate up by `--factor` from `--start` until the consumer fails. A step passes when, 1 s after
-it ends, the consumer counted at least 99.9% of what was sent (no loss, no backlog left) and, for
-the bridge, every device's `lastSeenAgeSeconds` on `/devices` is within one round of the fleet
+the rate up by `--factor` from `--start` until the consumer fails. A step passes when the
+consumer counted at least 99.9% of what was sent (no loss) and had counted all of it within 0.3 s
+of the last send (no backlog: the bridge's /metrics counter polled every 10 ms; the floor's
+count, which it prints with its clock every 0.1 s) and, for the bridge, every device's `lastSeenAgeSeconds` on `/devices` is within one round of the fleet
 plus 0.25 s of the time its last heartbeat was sent (lastSeen correct, and no backlog that was
 still being worked off when the step ended). The sustained rate is
 the highest passing step; the ratio is bridge / floor. The bridge's CPU per heartbeat at that step
@@ -31,10 +32,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from bench.bridge_ingest import FLOOR, _floor_count
+from bench.bridge_ingest import _COUNT, FLOOR
 from bench.fabric import (
     TOPICS,
     BridgeProc,
@@ -54,6 +54,7 @@ HALF_CORE: Final = 0.5
 DEVICES_GOAL: Final = 100_000
 DELIVERED: Final = 0.999
 LAST_SEEN_SLACK: Final = 0.25  # s: more means the bridge was still working off a backlog
+DRAIN_SLACK: Final = 0.3  # s from the last message sent until all were counted (0.1 s resolution)
 
 
 class Load:
@@ -100,19 +101,55 @@ class Load:
         return sent, sent / (time.monotonic() - start)
 
 
-def _bridge_counter(bridge: BridgeProc) -> Callable[[], int]:
-    def read() -> int:
-        return int(metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat"))
+class Counter(Protocol):
+    def read(self) -> int:
+        """Messages the consumer has counted so far."""
+        ...
 
-    return read
+    def reached(self, target: int, deadline: float) -> float | None:
+        """When the count first reached `target` (monotonic), or None by `deadline`."""
+        ...
 
 
-def _floor_counter(floor: Proc) -> Callable[[], int]:
-    def read() -> int:
-        time.sleep(0.15)  # it prints its count every 0.1 s
-        return _floor_count(floor)[0]
+class BridgeCounter:
+    """`devicefabric_messages_total{kind="heartbeat"}` from the bridge's /metrics."""
 
-    return read
+    def __init__(self, bridge: BridgeProc) -> None:
+        self.bridge = bridge
+
+    def read(self) -> int:
+        return int(metric(self.bridge.metrics(), "devicefabric_messages_total", kind="heartbeat"))
+
+    def reached(self, target: int, deadline: float) -> float | None:
+        while time.monotonic() < deadline:
+            if self.read() >= target:
+                return time.monotonic()
+            time.sleep(0.01)
+        return None
+
+
+class FloorCounter:
+    """The count the floor prints with its monotonic clock every 0.1 s."""
+
+    def __init__(self, floor: Proc) -> None:
+        self.floor = floor
+
+    def _lines(self) -> list[tuple[int, float]]:
+        return [(int(n), float(t)) for n, t in _COUNT.findall(self.floor.log_path.read_bytes())]
+
+    def read(self) -> int:
+        time.sleep(0.15)
+        lines = self._lines()
+        return lines[-1][0] if lines else 0
+
+    def reached(self, target: int, deadline: float) -> float | None:
+        while True:
+            for n, at in self._lines():
+                if n >= target:
+                    return at
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
 
 
 def _last_seen_error(bridge: BridgeProc, load: Load) -> float:
@@ -131,7 +168,7 @@ def _last_seen_error(bridge: BridgeProc, load: Load) -> float:
 def _ramp(
     name: str,
     load: Load,
-    counter: Callable[[], int],
+    counter: Counter,
     consumer: Proc,
     args: argparse.Namespace,
     *,
@@ -140,24 +177,26 @@ def _ramp(
     steps: list[dict[str, Any]] = []
     rate = args.start
     while rate <= args.max_rate:
-        n0 = counter()
+        n0 = counter.read()
         cpu0 = consumer.cpu_seconds()
         sent, achieved = load.offer(rate, args.step)
         cpu1 = consumer.cpu_seconds()
-        time.sleep(1.0)
-        n1 = counter()
-        received = n1 - n0
+        done = counter.reached(n0 + sent, load.last_round_at + 1.0)
+        time.sleep(max(0.0, load.last_round_at + 1.0 - time.monotonic()))
+        received = counter.read() - n0
         round_s = len(load.names) / achieved
+        lag = done - load.last_round_at if done is not None else math.inf
         step: dict[str, Any] = {
             "offered_per_s": round(achieved),
             "sent": sent,
             "received": received,
             "delivered": received / sent if sent else 0.0,
+            "drain_lag_s": lag,
             "cpu_s": cpu1 - cpu0,
             "cpu_us_per_msg": 1e6 * (cpu1 - cpu0) / max(1, received),
             "cpu_percent": 100 * (cpu1 - cpu0) / (sent / achieved),
         }
-        ok = step["delivered"] >= DELIVERED
+        ok = step["delivered"] >= DELIVERED and lag <= DRAIN_SLACK
         if bridge is not None:
             error = _last_seen_error(bridge, load)
             step["last_seen_error_s"] = error
@@ -166,7 +205,7 @@ def _ramp(
         steps.append(step)
         print(
             f"    {name}: {step['offered_per_s']:>7,}/s offered, {step['delivered']:.1%} counted, "
-            f"CPU {step['cpu_percent']:.0f}% ({step['cpu_us_per_msg']:.1f} us/msg)"
+            f"all in {lag:.2f} s after the last, CPU {step['cpu_percent']:.0f}% ({step['cpu_us_per_msg']:.1f} us/msg)"
             + (f", lastSeen error {step.get('last_seen_error_s', 0):.2f} s" if bridge else "")
             + ("" if ok else "  <- fails"),
             flush=True,
@@ -194,7 +233,7 @@ def _bridge_run(
         "the bridge to know every device",
         0.2,
     )
-    out = _ramp("bridge", load, _bridge_counter(bridge), bridge, args, bridge=bridge)
+    out = _ramp("bridge", load, BridgeCounter(bridge), bridge, args, bridge=bridge)
     out["rss_kib"] = bridge.rss_kib()
     bridge.check()
     bridge.stop()
@@ -205,7 +244,7 @@ def _floor_run(fab: Fabric, broker: Broker, load: Load, args: argparse.Namespace
     argv = [str(broker.port), fab.password("observer"), TOPICS.all_devices(DeviceTopic.HEARTBEAT)]
     floor = fab.python("floor", FLOOR, *argv)
     wait_until(lambda: floor.check() or b"subscribed" in floor.log_path.read_bytes(), 10, "floor")
-    out = _ramp("floor", load, _floor_counter(floor), floor, args, bridge=None)
+    out = _ramp("floor", load, FloorCounter(floor), floor, args, bridge=None)
     out["rss_kib"] = floor.rss_kib()
     floor.stop()
     return out

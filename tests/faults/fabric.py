@@ -362,11 +362,11 @@ class BridgeProcess:
 
 
 class Agent(AgentProcess):
-    """An agent started through `launch.py`: optionally a skewed clock, a file-size limit.
+    """An agent started through `launch.py`: optionally a skewed clock, or its log in a pipe.
 
-    With `fsize` (bytes) the agent runs under RLIMIT_FSIZE, so any file it writes past that size
-    fails with EFBIG, as on a full disk (which needs no privilege to simulate); its log then goes
-    through a pipe (pipes have no size limit) to the log file the tests read.
+    `clock_offset` (s) sets the agent's wall clock that far off (see `launch.py`). `pipe_log`
+    sends its log through a pipe to the log file the tests read, so the log survives a file-size
+    limit imposed on the agent (`limit_file_size`): pipes have none.
     """
 
     def __init__(
@@ -375,12 +375,12 @@ class Agent(AgentProcess):
         workdir: Path,
         *,
         clock_offset: float = 0.0,
-        fsize: int | None = None,
+        pipe_log: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(broker, workdir, **kwargs)
         self.clock_offset = clock_offset
-        self.fsize = fsize
+        self.pipe_log = pipe_log
         self._pump: threading.Thread | None = None
 
     def start(self) -> None:
@@ -389,17 +389,17 @@ class Agent(AgentProcess):
         if self.clock_offset:
             env["FAULTS_CLOCK_OFFSET"] = str(self.clock_offset)
         argv = [sys.executable, str(LAUNCHER), *self.argv[3:]]  # argv[:3]: python -m devicefabric
-        if self.fsize is None:
+        if not self.pipe_log:
             with self.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=self.workdir
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    cwd=self.workdir,
                 )
             return
-        limit = self.fsize
-
-        def limit_files() -> None:  # runs in the child between fork and exec
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -407,13 +407,17 @@ class Agent(AgentProcess):
             stderr=subprocess.STDOUT,
             env=env,
             cwd=self.workdir,
-            preexec_fn=limit_files,  # noqa: PLW1509 - setrlimit only, no locks taken
         )
         assert self.proc.stdout is not None
         self._pump = threading.Thread(
             target=_pump, args=(self.proc.stdout, self.log_path), name="agent-log", daemon=True
         )
         self._pump.start()
+
+    def limit_file_size(self, limit: int) -> None:
+        """RLIMIT_FSIZE of the running agent: any write past `limit` bytes of a file fails with
+        EFBIG (Python ignores SIGXFSZ), as on a full disk, which needs no privilege to simulate."""
+        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (limit, limit))
 
     def close(self) -> None:
         super().close()
@@ -450,6 +454,18 @@ def logged(agent: AgentProcess, *, msg: str = "", reason: str = "") -> list[Doc]
         for line in agent_log(agent)
         if msg in str(line.get("msg", "")) and (not reason or line.get("reason") == reason)
     ]
+
+
+def release(client: Client) -> None:
+    """Close a `tests.support.mqtt` client *and* paho's wake-up socket pair.
+
+    paho creates that pair on the first `loop()` call and closes it only in `Client.__del__`;
+    the test client and paho's callbacks form a reference cycle, so the pair waits for the cyclic
+    GC, whose finalizer order may let the sockets warn first (`ResourceWarning`, an error under
+    the project's warning filter). Tests that make many connections release them explicitly.
+    """
+    client.close()
+    client.paho._reset_sockets()
 
 
 # -- the positive marker --------------------------------------------------------------------------
@@ -496,7 +512,7 @@ class Marker:
     def close(self) -> None:
         client, self.client = self.client, None
         if client is not None:
-            client.close()
+            release(client)
 
 
 # -- the fabric -----------------------------------------------------------------------------------

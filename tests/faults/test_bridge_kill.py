@@ -97,8 +97,9 @@ def test_bridge_kill_9_and_restart_writes_exactly_what_changed_meanwhile(
             os.kill(crash_pid, signal.SIGKILL)
             observer.inbox.wait_for(
                 topics.report("crash"),
-                lambda m: json.loads(m.payload)["processes"][key(name_of("crash"))]["phase"]
-                == "Failed",
+                lambda m: (
+                    json.loads(m.payload)["processes"][key(name_of("crash"))]["phase"] == "Failed"
+                ),
             )
             agents["fresh"].start()
             report = observer.inbox.wait_for(

@@ -75,9 +75,7 @@ def test_broker_restart_reconnects_everyone_and_writes_only_real_transitions(
         marker = fab.marker(MARKER)
         bridge = fab.start_bridge(stale_multiplier=STALE)
         agents = {
-            d: fab.start_agent(
-                d, heartbeat=HEARTBEAT, extra=("--max-reconnect-backoff", str(CAP))
-            )
+            d: fab.start_agent(d, heartbeat=HEARTBEAT, extra=("--max-reconnect-backoff", str(CAP)))
             for d in devices
         }
         fab.wait_settled(*names.values(), timeout=120 if LONG else 30)

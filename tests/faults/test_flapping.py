@@ -24,7 +24,7 @@ import pytest
 
 from devicefabric.bridge.queueing import DEFAULT_KEY_BURST, DEFAULT_MIN_INTERVAL
 from tests.faults.budget import LONG
-from tests.faults.fabric import Doc, LocalFabric, key, manifest, reason
+from tests.faults.fabric import Doc, LocalFabric, key, manifest, reason, release
 from tests.support.brokers import BrokerProcess
 from tests.support.mqtt import Client, Will, connect
 
@@ -57,18 +57,19 @@ class Flapper:
         client = connect(self.broker, self.device, will=Will(self.topic, will))
         if previous is not None:  # the broker closed it when `client` connected
             self.takeovers += 1
-            previous.close()
+            release(previous)
         birth: Doc = {"state": "online", "session": session, "heartbeat_s": 3600, "agent": "t"}
         assert client.publish(self.topic, birth, retain=True)
         if stay or (not last and self.flaps % TAKEOVER_EVERY == 0):
             self.current = client
         else:
             client.drop()
+            release(client)
             self.current = None
 
     def close(self) -> None:
         if self.current is not None:
-            self.current.close()
+            release(self.current)
 
 
 @pytest.mark.timeout(180 if LONG else 90)
@@ -103,8 +104,12 @@ def test_a_flapping_device_is_written_at_the_per_key_rate_not_the_flap_rate(
             flapped_for = time.monotonic() - started
 
             fab.wait(
-                lambda: all(reason(fab.status(n)) == "Connected" for n in RESOURCES["flap-up"])
-                and all(reason(fab.status(n)) == "ConnectionLost" for n in RESOURCES["flap-down"]),
+                lambda: (
+                    all(reason(fab.status(n)) == "Connected" for n in RESOURCES["flap-up"])
+                    and all(
+                        reason(fab.status(n)) == "ConnectionLost" for n in RESOURCES["flap-down"]
+                    )
+                ),
                 15,
                 "the final state",
             )

@@ -1,0 +1,341 @@
+"""Scenario 7 of issue 7: faults on the device itself; the agent copes, the bridge's view holds.
+
+One real mosquitto and one `devicefabric bridge run` (local control plane) serve the whole
+module; each test starts its own `devicefabric agent run` for its own device and resources, and
+stops it at the end. The faults are real, and each is made so that it also bites a root user
+(these tests run as root, where permission bits alone block nothing):
+
+- disk full: RLIMIT_FSIZE on the running agent (`prlimit`), so writing the persisted document
+  fails with EFBIG; state directory read-only: the immutable attribute (`chattr +i`, which stops
+  root too; skipped where the file system or the container does not support it);
+- a corrupt persisted document (torn JSON, or another device's document) before the agent starts;
+- a child that ignores SIGTERM: killed after its grace period;
+- a fork bomb in the child's process group (100 grandchildren; 1,000 with `FAULTS_LONG=1`):
+  every member killed when it is stopped, and stragglers killed when its leader exits;
+- the device clock five hours off (through `launch.py`, the one mock the tests allow: a clock):
+  the agent's own timestamps are off, the bridge's conditions and `lastSeen` are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from devicefabric.agent.persisting import CORRUPT_SUFFIX, DESIRED_FILE
+from devicefabric.config.wire import decode_desired
+from tests.agent.helpers import alive
+from tests.conftest import TEST_SECRET
+from tests.faults.budget import LONG
+from tests.faults.fabric import (
+    Agent,
+    BridgeProcess,
+    LocalFabric,
+    Marker,
+    group_members,
+    key,
+    logged,
+    manifest,
+    reason,
+)
+from tests.support.mqtt import connect
+
+pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
+
+DEVICES: Final = (
+    "full",
+    "readonly",
+    "torn",
+    "foreign",
+    "stubborn",
+    "forker",
+    "leaver",
+    "skewed",
+    "marker",
+)
+HEARTBEAT: Final = 1
+GRANDCHILDREN: Final = 1000 if LONG else 100
+SKEW: Final = 5 * 3600.0  # s: the device's clock is five hours ahead
+SIGTERM_IGNORED: Final = 1 << 14  # bit of SIGTERM (15) in /proc/<pid>/status SigIgn
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFabric, BridgeProcess]]:
+    with LocalFabric(tmp_path_factory.mktemp("device-faults"), TEST_SECRET, DEVICES) as fab:
+        fab.marker()
+        yield fab, fab.start_bridge()
+
+
+@pytest.fixture
+def fab(site: tuple[LocalFabric, BridgeProcess]) -> Iterator[LocalFabric]:
+    """The module's fabric; the agents a test starts are stopped when it ends."""
+    fabric, _ = site
+    started = len(fabric.agents)
+    yield fabric
+    for agent in fabric.agents[started:]:
+        agent.close()
+
+
+@pytest.fixture
+def bridge(site: tuple[LocalFabric, BridgeProcess]) -> BridgeProcess:
+    return site[1]
+
+
+def marker_of(fab: LocalFabric) -> Marker:
+    return fab.markers[0]
+
+
+def settle_and_mark(fab: LocalFabric, bridge: BridgeProcess, *names: str) -> None:
+    fab.wait_settled(*names)
+    bridge.wait_idle()
+
+
+def immutable_supported(probe: Path) -> bool:
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        return False
+    probe.mkdir()
+    try:
+        done = subprocess.run([chattr, "+i", str(probe)], capture_output=True, check=False)
+        if done.returncode != 0:
+            return False
+        subprocess.run([chattr, "-i", str(probe)], check=True)
+        return True
+    finally:
+        probe.rmdir()
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """`chattr +i path` for the block: no file in it may be created, replaced or removed."""
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+# -- the state directory ----------------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["full", "readonly"])
+def test_an_unwritable_state_directory_is_reported_and_everything_keeps_running(
+    fab: LocalFabric, bridge: BridgeProcess, fault: str, tmp_path: Path
+) -> None:
+    if fault == "readonly" and not immutable_supported(tmp_path / "probe"):
+        pytest.skip("chattr +i is not supported here (file system or capabilities)")
+    name = f"{fault}-proc"
+    fab.apply(manifest(name, fault, ["sleep", "600"]))
+    agent = fab.start_agent(fault, heartbeat=HEARTBEAT, pipe_log=True)
+    settle_and_mark(fab, bridge, name)
+    persisted = agent.state_dir / DESIRED_FILE
+    first = decode_desired(persisted.read_bytes())
+
+    # The next document is larger than the file-size limit, and cannot replace the old one.
+    padding = [{"name": "PADDING", "value": "x" * 8192}]
+    with contextlib.ExitStack() as fault_on:
+        if fault == "full":
+            agent.limit_file_size(4096)
+        else:
+            fault_on.enter_context(immutable(agent.state_dir))
+        fab.apply(manifest(name, fault, ["sleep", "601"], env=padding))
+        fab.wait_settled(name)
+        fab.wait(
+            lambda: logged(agent, msg="cannot persist", reason="persist_failed"),
+            10,
+            "the agent to report the failed write",
+        )
+        assert agent.proc is not None
+        assert agent.proc.poll() is None
+        status = fab.status(name)
+        assert alive(status["pid"])
+        assert status["observedGeneration"] == 2
+        # What is on disk is still the whole previous document, never a torn one.
+        assert decode_desired(persisted.read_bytes()) == first
+        assert sorted(p.name for p in agent.state_dir.iterdir() if p.name.startswith(".")) == []
+    view = bridge.devices()[fault]
+    assert view["state"] == "connected"
+    assert view["lastSeenAgeSeconds"] < 3 * HEARTBEAT
+    line = logged(agent, msg="cannot persist")[0]
+    print(f"\n[scenario 7, {fault}] the agent said: {line['msg']}")
+
+
+@pytest.mark.parametrize("corruption", ["torn", "foreign"])
+def test_a_corrupt_persisted_document_is_set_aside_and_the_broker_s_one_runs(
+    fab: LocalFabric, bridge: BridgeProcess, corruption: str
+) -> None:
+    device = corruption
+    name = f"{device}-proc"
+    fab.apply(manifest(name, device, ["sleep", "600"]))
+    agent = fab.agent(device, heartbeat=HEARTBEAT)
+    agent.state_dir.mkdir(mode=0o700)
+    if corruption == "torn":
+        bad = b'{"revision":"abc","processes":[{"namespace":"default","na'
+    else:  # a whole, valid document, but for another device: never run what is not ours
+        other = manifest("other", "skewed", ["sleep", "1"]).spec
+        bad = (
+            b'{"revision":"abc","processes":[{"namespace":"default","name":"other",'
+            b'"uid":"u","generation":1,"spec":' + _json(other) + b"}]}"
+        )
+    (agent.state_dir / DESIRED_FILE).write_bytes(bad)
+    agent.start()
+    settle_and_mark(fab, bridge, name)
+    assert logged(agent, msg="persisted desired state unusable", reason="corrupt_state")
+    assert (agent.state_dir / (DESIRED_FILE + CORRUPT_SUFFIX)).read_bytes() == bad
+    persisted = decode_desired((agent.state_dir / DESIRED_FILE).read_bytes())
+    assert [p.key for p in persisted.processes] == [key(name)]
+    assert agent.proc is not None
+    assert agent.proc.poll() is None
+
+
+# -- children -------------------------------------------------------------------------------------
+def sigterm_ignored(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & SIGTERM_IGNORED)
+    return False
+
+
+def test_a_child_ignoring_sigterm_is_killed_after_its_grace_period(
+    fab: LocalFabric, bridge: BridgeProcess
+) -> None:
+    name = "stubborn-proc"
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+    ]
+    fab.apply(manifest(name, "stubborn", stubborn, terminationGracePeriodSeconds=1))
+    agent = fab.start_agent("stubborn", heartbeat=HEARTBEAT)
+    settle_and_mark(fab, bridge, name)
+    pid = fab.status(name)["pid"]
+    fab.wait(lambda: sigterm_ignored(pid), 10, "the child to ignore SIGTERM")
+
+    asked = time.monotonic()
+    fab.apply(manifest(name, "stubborn", stubborn, terminationGracePeriodSeconds=1, suspend=True))
+    fab.wait(lambda: not alive(pid), 10, "the stubborn child gone")
+    took = time.monotonic() - asked
+    fab.wait_settled(name, phase="Stopped")
+    print(f"\n[scenario 7, stubborn] SIGTERM ignored; gone {took:.2f}s after the suspend")
+    assert took >= 1.0  # the grace period was honoured...
+    assert logged(agent, reason="grace_expired")  # ...then SIGKILL, and the agent says so
+    assert agent.proc is not None
+    assert agent.proc.poll() is None
+
+
+def sleepers(pgid: int) -> set[int]:
+    """Members of `pgid` that are the bomb's `sleep 600` processes."""
+    found = set()
+    for pid in group_members(pgid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"600"]:
+                found.add(pid)
+    return found
+
+
+def test_a_fork_bomb_in_the_process_group_is_killed_whole(
+    fab: LocalFabric, bridge: BridgeProcess
+) -> None:
+    name = "forker-proc"
+    bomb = ["sh", "-c", f"for i in $(seq {GRANDCHILDREN}); do sleep 600 & done; exec sleep 600"]
+    fab.apply(manifest(name, "forker", bomb, terminationGracePeriodSeconds=2))
+    fab.start_agent("forker", heartbeat=HEARTBEAT)
+    settle_and_mark(fab, bridge, name)
+    leader = fab.status(name)["pid"]
+    members = fab.wait(
+        lambda: (found := sleepers(leader)) if len(found) == GRANDCHILDREN + 1 else None,
+        30,
+        "every grandchild forked",
+    )
+    fab.apply(manifest(name, "forker", bomb, terminationGracePeriodSeconds=2, suspend=True))
+    fab.wait(lambda: not group_members(leader), 15, "the whole group gone")
+    fab.wait_settled(name, phase="Stopped")
+    assert not any(alive(p) for p in members)
+    print(f"\n[scenario 7, fork bomb] {len(members)} processes in the group, all killed")
+
+
+def test_grandchildren_left_behind_by_an_exiting_leader_are_killed(
+    fab: LocalFabric, bridge: BridgeProcess, tmp_path: Path
+) -> None:
+    name = "leaver-proc"
+    trigger = tmp_path / "exit-now"
+    leaver = [
+        "sh",
+        "-c",
+        f"for i in $(seq {GRANDCHILDREN}); do sleep 600 & done; "
+        f"while [ ! -e {trigger} ]; do sleep 0.05; done; exit 0",
+    ]
+    fab.apply(manifest(name, "leaver", leaver, restartPolicy="Never"))
+    fab.start_agent("leaver", heartbeat=HEARTBEAT)
+    settle_and_mark(fab, bridge, name)
+    leader = fab.status(name)["pid"]
+    members = fab.wait(
+        lambda: (found := sleepers(leader)) if len(found) == GRANDCHILDREN else None,
+        30,
+        "every grandchild forked",
+    )
+    trigger.touch()
+    fab.wait_settled(name, phase="Succeeded")
+    fab.wait(lambda: not any(alive(p) for p in members), 10, "the stragglers killed")
+    assert fab.status(name)["exitCode"] == 0
+
+
+# -- the clock ------------------------------------------------------------------------------------
+def test_a_device_clock_hours_off_changes_nothing_the_bridge_decides(
+    fab: LocalFabric, bridge: BridgeProcess
+) -> None:
+    name = "skewed-proc"
+    fab.apply(manifest(name, "skewed", ["sleep", "600"]))
+    agent = fab.agent("skewed", heartbeat=HEARTBEAT, clock_offset=SKEW)
+    real_start = datetime.now(UTC)
+    agent.start()
+    settle_and_mark(fab, bridge, name)
+    mark = fab.ledger.mark()
+    status = fab.status(name)
+
+    # The agent's own timestamps carry its clock (the skew is real)...
+    started_at = datetime.fromisoformat(status["startedAt"])
+    assert abs((started_at - real_start).total_seconds() - SKEW) < 120
+    # ...the bridge's do not: the condition changed when the bridge saw it, by the bridge's clock.
+    connected = datetime.fromisoformat(
+        next(c for c in status["conditions"] if c["type"] == "AgentConnected")[
+            "lastTransitionTime"
+        ]
+    )
+    assert abs((connected - real_start).total_seconds()) < 120
+
+    # Several stale windows of heartbeats later, still connected and nothing written.
+    with connect(fab.broker, "observer") as observer:
+        observer.subscribe(fab.broker.topics.heartbeat("skewed"))
+        observer.inbox.wait_count(5, timeout=15)
+    marker_of(fab).flip(bridge)
+    view = bridge.devices()["skewed"]
+    assert view["state"] == "connected"
+    assert view["lastSeenAgeSeconds"] < 3 * HEARTBEAT
+    assert reason(fab.status(name)) == "Connected"
+    assert fab.ledger.writes(mark) == {key(marker_of(fab).name): 1}
+    assert "HeartbeatTimeout" not in {line.get("reason") for line in bridge.log_lines()}
+    print(
+        f"\n[scenario 7, clock] device startedAt {status['startedAt']} (real start "
+        f"{real_start:%H:%M:%SZ}); bridge lastTransitionTime {connected:%H:%M:%SZ}, "
+        f"lastSeen {view['lastSeenAgeSeconds']}s ago"
+    )
+    assert agent.proc is not None
+    assert agent.proc.poll() is None
+
+
+def _json(doc: object) -> bytes:
+    import json  # noqa: PLC0415
+
+    return json.dumps(doc).encode()
+
+
+def _unused() -> None:
+    _ = os
