@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Final
 
 from bench import agent_latency
@@ -76,12 +77,12 @@ def running(generation: int) -> Any:
 # What the agent's RSS is made of: each step imports more, in a fresh interpreter.
 LADDER: Final = (
     ("python, nothing imported", "pass"),
-    ("+ paho-mqtt", "import paho.mqtt.client"),
-    ("+ pydantic", "import paho.mqtt.client, pydantic"),
-    ("+ devicefabric.config (wire models)", "import paho.mqtt.client, devicefabric.config.wire"),
+    ("+ paho-mqtt (the floor)", "import paho.mqtt.client"),
+    ("+ asyncio + pydantic (the agent's dependencies)", "import paho.mqtt.client, asyncio, pydantic.main"),
+    ("+ devicefabric.config (wire models)", "import paho.mqtt.client, asyncio, devicefabric.config.wire"),
     ("+ devicefabric.agent (all of it)", "import devicefabric.agent.running"),
     ("+ the CLI tree (`devicefabric agent run`)", "import devicefabric.cli as c; c.build_parser()"),
-)
+)  # fmt: skip
 RSS_PROBE: Final = (
     "\nimport re; print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1])"
 )
@@ -99,6 +100,16 @@ def rss_ladder() -> list[tuple[str, int]]:
             timeout=60,
         )
         out.append((label, int(done.stdout.split()[-1])))
+    return out
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """RssAnon (private to the process) and RssFile (mapped files, shareable) of `pid`."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
     return out
 
 
@@ -136,6 +147,7 @@ def run(args: argparse.Namespace) -> Result:
         time.sleep(2.0)  # both past start-up
         print(f"  idle window {args.idle:.0f} s: agent and floor sampled together")
         idle = _sample_both({"agent": agent.pid, "floor": floor.pid}, broker.port, args.idle)
+        memory = {"agent": memory_kib(agent.pid), "floor": memory_kib(floor.pid)}
         agent.check()
         floor.check()
         # bytes per report: desired changes, the agent's TCP bytes sent / reports seen
@@ -150,6 +162,7 @@ def run(args: argparse.Namespace) -> Result:
         beats = obs.messages(TOPICS.heartbeat(DEVICE), since=t0)
     a, f = idle["agent"], idle["floor"]
     result.metrics["idle"] = idle
+    result.metrics["memory_kib"] = memory
     ladder = rss_ladder()
     result.metrics["rss_ladder_kib"] = dict(ladder)
     steps = ", ".join(f"{label} {kib / 1024:.1f}" for label, kib in ladder)
@@ -179,7 +192,18 @@ def run(args: argparse.Namespace) -> Result:
         ratio=ratio(rss_mib, floor_mib),
         goal=f"< {RSS_GOAL_MIB:.0f} MiB",
         met=rss_mib < RSS_GOAL_MIB,
-        note="floor: bare python + paho holding one connection",
+        note=f"floor: bare python + paho holding one connection; private (RssAnon) "
+        f"{memory['agent']['RssAnon'] / 1024:.1f} vs {memory['floor']['RssAnon'] / 1024:.1f} MiB, "
+        f"mapped files {memory['agent']['RssFile'] / 1024:.1f} vs "
+        f"{memory['floor']['RssFile'] / 1024:.1f} MiB",
+    )
+    deps = ladder[2][1] / 1024
+    result.row(
+        "RSS of the agent's dependencies alone (asyncio, paho, pydantic imported)",
+        f"{deps:.1f} MiB",
+        floor=f"{floor_mib:.1f} MiB",
+        ratio=ratio(deps, floor_mib),
+        note="a fresh interpreter, none of our code: what any agent on these dependencies costs",
     )
     result.row(
         f"agent idle CPU ({a['seconds']:.0f} s, heartbeat {HEARTBEAT_S} s)",

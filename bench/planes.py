@@ -14,7 +14,8 @@ process) and sees the bridge's status writes by tailing the store's journal ever
 Its write count is the journal lines of status writes plus the lines of `events.jsonl`.
 
 `KubePlane` serves the fake API server from `tests/kube/fakeapi` in this process (real HTTP; run
-`python -m bench` from the repository root so `tests` imports), writes as `admin`, and watches
+`python -m bench` from the repository root so `tests` imports), with TCP_NODELAY on its sockets
+as a real (Go) API server has, writes as `admin`, and watches
 DeviceProcesses in a thread, timestamping each event on arrival. Its write count is the fake's
 request log: `patch .../status` and `create events`.
 """
@@ -169,7 +170,15 @@ class KubePlane:
         from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
         from tests.kube.fakeapi.client import Http  # noqa: PLC0415
 
-        self.api = FakeApiServer(bookmark_interval=1.0).start()
+        self.api = FakeApiServer(bookmark_interval=1.0)
+        # Like a real API server (Go sets TCP_NODELAY on every connection): without it the fake
+        # answers a kept-alive request in two segments, and Nagle holds the second back until
+        # the client's delayed ACK, adding ~40 ms to some status writes that a cluster would not.
+        server = self.api._http
+        server.RequestHandlerClass = type(
+            "NoDelayHandler", (server.RequestHandlerClass,), {"disable_nagle_algorithm": True}
+        )
+        self.api.start()
         self.http = Http(self.api.url)
         self.kubeconfig = self.api.write_kubeconfig(
             workdir / "kubeconfig-bridge", user=f"{BRIDGE_USER}#bench"

@@ -167,7 +167,7 @@ def variants(planes: list[str], experiments: bool) -> list[Variant]:
 
 def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     kind = variant.plane
-    stages: dict[str, list[float]] = {"desired": [], "running": [], "status": []}
+    stages: dict[str, list[float]] = {"applied": [], "desired": [], "running": [], "status": []}
     pid_ok = 0
     with Fabric(f"bench-propagation-{kind}-") as fab:
         broker = fab.mosquitto([DEVICE, FLOOR_DEVICE], extra_conf=variant.broker_conf)
@@ -190,10 +190,12 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
             argv = command(i)
             t0 = time.monotonic()
             generation = plane.apply(NAME, DEVICE, argv)
+            applied = time.monotonic()
             desired = obs.wait(TOPICS.desired(DEVICE), _desired_at(generation), since=t0)
             report = obs.wait(TOPICS.report(DEVICE), _report_running(generation), since=t0)
             pid_ok += _pid_runs(report.json(), argv)
             written = plane.wait_status(NAME, running_at(generation), since=t0, timeout=10)
+            stages["applied"].append(applied - t0)
             stages["desired"].append(desired.at - t0)
             stages["running"].append(report.at - t0)
             stages["status"].append(written - t0)
@@ -233,7 +235,8 @@ def run(args: argparse.Namespace) -> Result:
         desired = data["stages"]["desired"]
         p50, p99 = percentile(status, 50), percentile(status, 99)
         stage_note = (
-            f"p50 change->desired {ms(percentile(desired, 50))}, ->running "
+            f"p50 change stored {ms(percentile(data['stages']['applied'], 50))}, "
+            f"->desired {ms(percentile(desired, 50))}, ->running "
             f"{ms(percentile(running, 50))}, ->status {ms(p50)}; pid checked "
             f"{data['pid_ok']}/{args.changes}"
         )

@@ -138,6 +138,11 @@ def test_sigterm_stops_children_publishes_shutdown_and_exits_0(fab: Fabric, tmp_
     offline = fab.wait("status", lambda s: s["state"] == "offline")
     assert offline == {"state": "offline", "session": session, "reason": "shutdown"}
     assert took < 1 + 3.0  # the longest grace period plus a small bound
+    last = fab.docs("report")[-1]
+    assert {k: v["phase"] for k, v in last["processes"].items()} == {
+        "default/a": "Stopped",
+        "default/b": "Stopped",
+    }
     fab.reconnect_clients()  # the retained status a late subscriber sees stays the clean offline
     retained = fab.observer.inbox.wait_for(fab.topics.status(DEVICE))
     assert retained.retain

@@ -67,7 +67,7 @@ def test_local_control_plane_and_embedded_broker(
                     await until(lambda: reason(plane, key) == "ConnectionLost", timeout=3)
                     await idle(bridge)
                     events = [(e["type"], e["reason"]) for e in plane.store.events()]
-                    assert events == [("Warning", "ConnectionLost")]
+                    assert events == [("Normal", "Connected"), ("Warning", "ConnectionLost")]
                 revision = plane.store.revision()
 
                 second = LocalControlPlane(state, poll_interval=0.02)
@@ -75,7 +75,7 @@ def test_local_control_plane_and_embedded_broker(
                     await until(lambda: bridge.tracker.get("tor9-99") is not None)
                     await idle(bridge)
                     assert second.store.revision() == revision  # nothing written
-                    assert len(second.store.events()) == 1
+                    assert len(second.store.events()) == 2  # Connected, ConnectionLost: a restart adds none
         finally:
             await fleet.close()
 

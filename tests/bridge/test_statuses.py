@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devicefabric.bridge.statuses import apply_patch, plan_status
+from devicefabric.bridge.statuses import PlannedEvent, apply_patch, plan_status
 from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
 from devicefabric.config.wire import ProcessReport, Report
@@ -68,7 +68,8 @@ def test_first_status_of_a_running_resource() -> None:
             },
         ],
     }
-    assert plan.event is None  # nothing transitioned: the condition is new
+    # The device's first connection is a connect transition for the resource.
+    assert plan.event == PlannedEvent("Normal", "Connected", "The device agent is connected.")
 
 
 def test_recomputing_an_unchanged_state_writes_nothing_even_later() -> None:

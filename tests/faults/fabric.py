@@ -423,6 +423,9 @@ class Agent(AgentProcess):
         super().close()
         if self._pump is not None:
             self._pump.join(timeout=5)
+            self._pump = None
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _pump(source: IO[bytes], path: Path) -> None:
@@ -440,6 +443,11 @@ def _json_lines(path: Path) -> list[Doc]:
             if isinstance(doc, dict):
                 lines.append(doc)
     return lines
+
+
+def running(agent: AgentProcess) -> bool:
+    """The agent process runs (never exited since it was started)."""
+    return agent.proc is not None and agent.proc.poll() is None
 
 
 def agent_log(agent: AgentProcess, run: int | None = None) -> list[Doc]:

@@ -48,7 +48,7 @@ def name_of(device: str) -> str:
 
 def status_is(reason_: str, message: Message) -> bool:
     doc = json.loads(message.payload)
-    return doc.get("state") == "offline" and doc.get("reason") == reason_
+    return bool(doc.get("state") == "offline" and doc.get("reason") == reason_)
 
 
 @pytest.mark.timeout(300 if LONG else 120)

@@ -23,7 +23,15 @@ import pytest
 
 from tests.agent.helpers import alive
 from tests.faults.budget import LONG
-from tests.faults.fabric import BridgeProcess, LocalFabric, key, logged, manifest, reason
+from tests.faults.fabric import (
+    BridgeProcess,
+    LocalFabric,
+    key,
+    logged,
+    manifest,
+    reason,
+    running,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -158,8 +166,7 @@ def test_broker_restart_reconnects_everyone_and_writes_only_real_transitions(
         for d in live:
             assert fab.settled(names[d]), fab.status(names[d])
             agent_pid, child_pid = before[d]
-            assert agents[d].proc is not None
-            assert agents[d].proc.poll() is None
+            assert running(agents[d])
             assert agents[d].pid == agent_pid
             status = fab.status(names[d])
             assert (status["pid"], status["restarts"]) == (child_pid, 0)

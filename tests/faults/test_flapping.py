@@ -15,6 +15,7 @@ an Event is only ever written with a status change, so there is no Event storm e
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ class Flapper:
         session = f"{self.device}-{self.flaps}"
         will: Doc = {"state": "offline", "session": session, "reason": "lost"}
         previous = self.current
-        client = connect(self.broker, self.device, will=Will(self.topic, will))
+        client = connect(self.broker, self.device, will=Will(self.topic, json.dumps(will)))
         if previous is not None:  # the broker closed it when `client` connected
             self.takeovers += 1
             release(previous)

@@ -61,7 +61,9 @@ class Evil:
         self.device = device
         self.session = f"{device}-1"
         will = {"state": "offline", "session": self.session, "reason": "lost"}
-        self.client = connect(fab.broker, device, will=Will(self.topics.status(device), will))
+        self.client = connect(
+            fab.broker, device, will=Will(self.topics.status(device), json.dumps(will))
+        )
         self.own = {key(f"{device}-proc"): entry()}
         birth = {"state": "online", "session": self.session, "heartbeat_s": 3600, "agent": "t"}
         assert self.client.publish(self.topics.status(device), birth, retain=True)
@@ -133,12 +135,8 @@ def test_hostile_devices_are_dropped_and_counted_and_write_nothing_false(
         bridge = fab.start_bridge()
         fab.start_agent("victim")
         evil = Evil(fab)
-        good = connect(
-            fab.broker,
-            "good",
-            will=Will(fab.broker.topics.status("good"), {"state": "offline", "session": "g-1",
-                                                         "reason": "lost"}),
-        )  # fmt: skip
+        good_will = json.dumps({"state": "offline", "session": "g-1", "reason": "lost"})
+        good = connect(fab.broker, "good", will=Will(fab.broker.topics.status("good"), good_will))
         good_birth = {"state": "online", "session": "g-1", "heartbeat_s": 3600, "agent": "t"}
         assert good.publish(fab.broker.topics.status("good"), good_birth, retain=True)
         fab.wait_settled("victim-proc", "evil-proc")

@@ -13,8 +13,8 @@ Before anything starts, children a crashed previous run left behind are stopped 
 then the persisted document is applied, so a device runs what it was told even with no broker.
 
 Shutdown order is the nesting order: cancelling `run()` first unwinds the inner group, so every
-child is stopped (SIGTERM, grace, SIGKILL) while the connection is still up; only then is the
-clean `offline` published and the connection closed. A refused login ends the session task with
+child is stopped (SIGTERM, grace, SIGKILL) while the connection is still up; a last report with
+the stopped processes follows, and only then is the clean `offline` published and the connection closed. A refused login ends the session task with
 `LoginRefusedError`, which stops the children the same way and is re-raised from `run()`.
 
 A desired document is applied synchronously in the MQTT message callback (within milliseconds of
@@ -170,6 +170,9 @@ class Agent:
                         inner.create_task(self._report_loop(), name="reporter")
                         inner.create_task(self._persist_loop(), name="persister")
                 finally:
+                    # Children are stopped now: say so (retained) before the clean offline, so
+                    # the resources read `Stopped` rather than the last running pid.
+                    self._report()
                     await self._session.close()
         except* LoginRefusedError as group:
             raise group.exceptions[0] from None

@@ -316,6 +316,9 @@ class MqttLink:
         sock = self._client.socket()
         if not isinstance(sock, socket.socket) or self._loop is None:
             raise OSError("paho has no socket after connecting")
+        # Desired documents are small and latency-bound: no Nagle wait for a delayed ACK (~40 ms).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._fd = sock.fileno()
         self._loop.add_reader(self._fd, self._readable)
         self._client.on_socket_close = self._socket_close

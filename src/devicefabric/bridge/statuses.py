@@ -16,8 +16,9 @@ confirmed connection state (a device never heard of, or known only from a retain
 Conditions keep their `lastTransitionTime` unless their `status` changes (`set_condition`) and
 carry the fixed message of their reason, so recomputing an unchanged state yields an identical
 status and no write. An Event is planned when the stored `AgentConnected` reason changes: one per
-resource per device transition, `Normal` when connecting, `Warning` when disconnecting. (A resource
-that gets the condition for the first time gets no Event: nothing transitioned.)
+resource per device transition, `Normal` when connecting, `Warning` when disconnecting. A resource
+that gets the condition for the first time gets the `Normal` Event when its device connects, and
+none when its device is already known to be away (nothing transitioned).
 """
 
 from __future__ import annotations
@@ -140,8 +141,10 @@ def desired_conditions(
 
 
 def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | None:
-    if before is None or after is None or before.reason == after.reason:
+    if after is None or (before is not None and before.reason == after.reason):
         return None
+    if before is None and after.status != "True":
+        return None  # a new resource of a device already known to be away: nothing transitioned
     kind: EventType = "Normal" if after.status == "True" else "Warning"
     return PlannedEvent(kind, after.reason, MESSAGES[Reason(after.reason)])
 

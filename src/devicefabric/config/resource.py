@@ -13,6 +13,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from devicefabric.config.names import DEVICE_NAME_PATTERN, RESERVED_NAMES
 
@@ -87,7 +88,11 @@ class DeviceProcessSpec(_CamelModel):
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         if value in RESERVED_NAMES:
-            raise ValueError(f"{value!r} is reserved for the fabric's own role users")
+            raise PydanticCustomError(
+                "reserved_name",
+                "'{name}' is reserved for the fabric's own role users",
+                {"name": value},
+            )
         return value
 
     def to_wire(self) -> dict[str, object]:
