@@ -75,7 +75,9 @@ def test_local_control_plane_and_embedded_broker(
                     await until(lambda: bridge.tracker.get("tor9-99") is not None)
                     await idle(bridge)
                     assert second.store.revision() == revision  # nothing written
-                    assert len(second.store.events()) == 2  # Connected, ConnectionLost: a restart adds none
+                    assert (
+                        len(second.store.events()) == 2
+                    )  # Connected, ConnectionLost: a restart adds none
         finally:
             await fleet.close()
 
