@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
-from devicefabric.bridge.errors import NotFoundError
+from devicefabric.bridge.errors import NotFoundError, TransientError
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,7 @@ class MemoryControlPlane:
     """The test double; see the module doc."""
 
     echo_delay: float = 0.01
+    event_failures: int = 0  # the next N emit_event calls fail with TransientError (an API 5xx)
     writes: list[Write] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     _store: dict[str, Resource] = field(default_factory=dict)
@@ -121,6 +122,9 @@ class MemoryControlPlane:
         self._echo(key)
 
     async def emit_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
+        if self.event_failures > 0:
+            self.event_failures -= 1
+            raise TransientError("injected: 500 Internal Server Error", retry_after=0.05)
         self.events.append(Event(time.monotonic(), key, type_, reason, message))
 
     # -- arranging -------------------------------------------------------------------------------

@@ -158,6 +158,39 @@ def test_will_sweep_reconnect_and_late_will(mosquitto: BrokerProcess, secret: by
 MANY = tuple(f"m-{i:03d}" for i in range(200))
 
 
+@pytest.mark.fabric_devices("dev-a")
+def test_a_failed_event_is_retried_until_recorded_once(
+    mosquitto: BrokerProcess, secret: bytes
+) -> None:
+    """An Event POST failing with a 5xx is retried through the queue: recorded exactly once, and
+    the status (already written) is not written again."""
+    cp = MemoryControlPlane()
+    cp.apply(resource("w0", "dev-a"))
+    key = "default/w0"
+
+    async def story() -> None:
+        fleet = Fleet(mosquitto.host, mosquitto.port, secret, heartbeat_s=1)
+        await fleet.connect(["dev-a"])
+        try:
+            async with fleet.beating(), running(mosquitto, cp) as bridge:
+                await until(lambda: connected(cp, [key]))
+                await settle(bridge, cp)
+                cp.clear_counts()
+                cp.event_failures = 2
+                fleet["dev-a"].drop()
+                await until(lambda: len(cp.events) == 1, timeout=5)
+                await settle(bridge, cp)
+                assert cp.event_failures == 0  # both injected failures were hit
+                assert [(e.key, e.type, e.reason) for e in cp.events] == [
+                    (key, "Warning", "ConnectionLost")
+                ]
+                assert [w.key for w in cp.writes] == [key]
+        finally:
+            await fleet.close()
+
+    play(story)
+
+
 @pytest.mark.fabric_devices(*MANY)
 def test_mass_disconnect_is_rate_limited(mosquitto: BrokerProcess, secret: bytes) -> None:
     """200 devices lost at once, write QPS 100 burst 10: 400 writes (200 patches + 200 Events)
