@@ -104,3 +104,13 @@ def test_flags_read_their_environment_variable(monkeypatch: pytest.MonkeyPatch) 
     assert (args.broker, args.mqtt, args.demo) == ("mqtt://from-env:1", "127.0.0.1:1883", True)
     assert parser.parse_args(["--broker", "mqtt://flag:2"]).broker == "mqtt://flag:2"
     assert "DEVICEFABRIC_BROKER" in parser.format_help()
+
+
+def test_a_flag_variable_that_does_not_parse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "fast")
+    with pytest.raises(ConfigError, match=r"DEVICEFABRIC_WRITE_QPS='fast' .* --write-qps"):
+        add_flag(argparse.ArgumentParser(), "--write-qps", type=float, default=20.0, help="qps")
+    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "7.5")
+    parser = argparse.ArgumentParser()
+    add_flag(parser, "--write-qps", type=float, default=20.0, help="qps")
+    assert parser.parse_args([]).write_qps == 7.5

@@ -16,8 +16,9 @@ import argparse
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from devicefabric.bridge.controlplane import kube_settings
 from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="local control plane: the state directory",
     )
     add_flag(run, "--namespace", help="kube control plane: watch one namespace (default all)")
+    kube_settings.add_flags(run.add_argument_group("kube control plane: leader election"))
     add_flag(run, "--http", default="127.0.0.1:8080", help="HOST:PORT of /healthz /readyz /metrics")
     add_flag(run, "--write-qps", type=float, default=20.0, help="control-plane writes per second")
     add_flag(run, "--write-burst", type=int, default=30, help="control-plane writes at once")
@@ -90,7 +92,9 @@ def register_local_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser
     verbs.register(sub)
 
 
-def make_control_plane(kind: str, state_dir: Path, namespace: str | None) -> ControlPlane:
+def make_control_plane(
+    kind: str, state_dir: Path, namespace: str | None, kube_flags: dict[str, Any] | None = None
+) -> ControlPlane:
     """The backend named by `--control-plane` (imported lazily)."""
     if kind == "local":
         from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
@@ -104,7 +108,8 @@ def make_control_plane(kind: str, state_dir: Path, namespace: str | None) -> Con
                 f"--control-plane kube: the Kubernetes backend is not available ({exc}); "
                 "install devicefabric[bridge]"
             ) from None
-        plane: ControlPlane = kube.KubeControlPlane(namespace=namespace)
+        settings = kube_settings.KubeSettings.from_env(namespace, **(kube_flags or {}))
+        plane: ControlPlane = kube.KubeControlPlane(namespace=namespace, settings=settings)
         return plane
     raise ConfigError(f"--control-plane: expected kube or local, got {kind!r}")
 
@@ -137,7 +142,9 @@ def _run(args: argparse.Namespace) -> int:
     from devicefabric.bridge.service import Bridge  # noqa: PLC0415
 
     settings = settings_from_args(args)
-    control_plane = make_control_plane(args.control_plane, args.state_dir, args.namespace)
+    control_plane = make_control_plane(
+        args.control_plane, args.state_dir, args.namespace, kube_settings.flag_values(args)
+    )
 
     async def main() -> int:
         await Bridge(settings, control_plane).run()

@@ -11,11 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.logs import setup_logging
 from devicefabric.config.settings import add_flag
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other configuration error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
     from devicefabric.cli import creds, manifests, up  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="devicefabric",
         description="Kubernetes-driven process management for fleets of edge devices over MQTT.",
     )
@@ -48,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ConfigError as exc:  # e.g. a DEVICEFABRIC_<FLAG> variable that does not parse
+        print(f"devicefabric: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:

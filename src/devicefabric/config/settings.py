@@ -100,6 +100,11 @@ def add_flag(
             default = raw.strip().lower() in ("1", "true", "yes", "on")
         elif action == "append":
             default = [item for item in raw.split(",") if item]
+        elif "type" in kwargs:
+            try:
+                default = kwargs["type"](raw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{env}={raw!r} is not a valid value for {flag}") from None
         else:
             default = raw
     shown = f"{help} [env {env}" + (f"; default {default}]" if default not in (None, []) else "]")
