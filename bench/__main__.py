@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import sys
 import time
@@ -44,7 +45,9 @@ def _run_one(name: str, quick: bool) -> tuple[list[Row], str | None]:
     return result.rows, None
 
 
-def markdown(rows: list[Row], started: datetime, quick: bool) -> str:
+def markdown(
+    rows: list[Row], started: datetime, quick: bool, load: tuple[float, float] = (0.0, 0.0)
+) -> str:
     info = machine()
     pinned = versions()
     mode = " --quick" if quick else ""
@@ -54,7 +57,8 @@ def markdown(rows: list[Row], started: datetime, quick: bool) -> str:
         (
             f"Measured {started:%Y-%m-%d} with `make bench` (`python -m bench{mode}`) on "
             f"{machine_line(info)}; mosquitto {pinned['mosquitto']}, paho-mqtt "
-            f"{pinned['paho-mqtt']}, pydantic {pinned['pydantic']}, amqtt {pinned['amqtt']}. Every "
+            f"{pinned['paho-mqtt']}, pydantic {pinned['pydantic']}, amqtt {pinned['amqtt']} "
+            f"(1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end). Every "
             "floor was measured in the same run as the figure next to it (or is analytical, when "
             "the row says so): the ratio is what to compare across machines, not the milliseconds."
         ),
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     started = datetime.now(UTC)
+    load0 = os.getloadavg()[0]
     print(f"devicefabric benchmarks, {started:%Y-%m-%d %H:%M} UTC, on {machine_line()}")
     rows: list[Row] = []
     failed: list[str] = []
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += found
         if error is not None:
             failed.append(name)
-    section = markdown(rows, started, args.quick)
+    load = (load0, os.getloadavg()[0])
+    section = markdown(rows, started, args.quick, load)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.md").write_text(section, encoding="utf-8")
     (RESULTS / "summary.json").write_text(

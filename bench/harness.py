@@ -153,6 +153,7 @@ class Result:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    load_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
     def series(self, name: str, samples: Iterable[float]) -> dict[str, float | int]:
         """Record a raw series and return (and record) its summary."""
@@ -176,6 +177,7 @@ class Result:
             "seconds": round(time.time() - self.started, 1),
             "machine": machine(),
             "versions": versions(),
+            "loadavg": {"start": self.load_at_start, "end": os.getloadavg()},
             "parameters": self.parameters,
             "metrics": _finite(self.metrics),
             "summary": [asdict(r) for r in self.rows],

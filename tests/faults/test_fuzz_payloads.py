@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from devicefabric.config.errors import PayloadError
-from devicefabric.config.names import RESERVED_NAMES, is_device_name
+from devicefabric.config.names import is_device_name
 from devicefabric.config.resource import (
     Condition,
     DeviceProcessSpec,
@@ -215,7 +215,7 @@ def test_device_process_spec_accepts_the_contract_and_only_valid_device_names(
         hostile_names() | st.text(max_size=70).filter(lambda n: not is_device_name(n))
     )
     hostile = check_model(DeviceProcessSpec, {**spec, "deviceName": bad})
-    assert hostile is None or bad in RESERVED_NAMES, bad
+    assert hostile is None, bad
 
 
 @FUZZ
@@ -226,7 +226,7 @@ def test_device_process_spec_on_mutated_specs(spec: dict[str, Any], mutated: st.
     if isinstance(parsed, ValidationError):
         assert all(error["msg"] for error in parsed.errors(include_url=False))
         return
-    assert is_device_name(parsed.device_name) or parsed.device_name in RESERVED_NAMES
+    assert is_device_name(parsed.device_name), parsed.device_name
     assert parsed.command, "a spec without a command was accepted"
     assert DeviceProcessSpec.model_validate(parsed.to_wire()) == parsed
 

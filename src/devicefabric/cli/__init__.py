@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="log line format (text on a terminal, json otherwise)",
     )
     add_flag(parser, "--log-level", default="INFO", help="log level (DEBUG, INFO, WARNING...)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Subparsers are `_Parser`s too (one-line errors); the registrars only need ArgumentParser.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
+    )
     up.register(sub)
     broker_cli.register(sub)
     bridge_cli.register(sub)
