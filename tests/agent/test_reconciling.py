@@ -14,7 +14,7 @@ from devicefabric.agent.reconciling import (
     wants_of,
 )
 from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import DesiredProcess, make_desired
+from devicefabric.config.wire import Desired, DesiredProcess, make_desired
 
 DEVICE = "tor9-99"
 
@@ -162,7 +162,8 @@ def test_a_document_naming_another_device_is_rejected_whole() -> None:
 
 
 def test_a_document_with_a_key_twice_is_rejected() -> None:
-    doc = make_desired([_proc("a"), _proc("a")])
+    # The wire model refuses this already; the agent's own check is defence in depth.
+    doc = Desired.model_construct(revision="r", processes=[_proc("a"), _proc("a")])
     with pytest.raises(RejectedDesiredError) as info:
         wants_of(doc, DEVICE)
     assert info.value.reason == "duplicate_key"

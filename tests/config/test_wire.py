@@ -172,3 +172,18 @@ def test_bridge_status() -> None:
     assert decode_bridge_status(j({"state": "online", "session": "x"})).state == "online"
     with pytest.raises(PayloadError):
         decode_bridge_status(j({"state": "online"}))
+
+
+def test_report_keys_follow_the_one_object_key_rule() -> None:
+    ok = {"generation": 1, "phase": "Running"}
+    for bad in ("ns/a..b", "ns/" + "a" * 254, "NS/a", "ns/-a"):
+        with pytest.raises(PayloadError, match="processes"):
+            decode_report(_report({bad: ok}))
+
+
+def test_desired_refuses_duplicate_keys() -> None:
+    entry = {"namespace": "default", "name": "a", "uid": "u", "generation": 1}
+    spec = {"deviceName": "d1", "command": ["true"]}
+    doc = {"revision": "r", "processes": [{**entry, "spec": spec}, {**entry, "spec": spec}]}
+    with pytest.raises(PayloadError, match="default/a appears more than once"):
+        decode_desired(j(doc))

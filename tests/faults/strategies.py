@@ -193,9 +193,10 @@ def desired_docs() -> st.SearchStrategy[dict[str, Any]]:
             "spec": spec_docs(),
         }
     )
-    return st.fixed_dictionaries(
-        {"revision": revisions(), "processes": st.lists(process, max_size=3)}
+    unique = st.lists(
+        process, max_size=3, unique_by=lambda p: (str(p["namespace"]), str(p["name"]))
     )
+    return st.fixed_dictionaries({"revision": revisions(), "processes": unique})
 
 
 # -- arbitrary JSON ----------------------------------------------------------------------------------

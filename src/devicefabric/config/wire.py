@@ -23,11 +23,12 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from devicefabric.config.errors import PayloadError
-from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN
+from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN, is_object_key
 from devicefabric.config.resource import MAX_MESSAGE, DeviceProcessSpec, PhaseName
 
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
@@ -61,13 +62,16 @@ def _date_time(value: str) -> str:
 DateTime = Annotated[str, StringConstraints(max_length=64), AfterValidator(_date_time)]
 Namespace = Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN, max_length=63)]
 ObjectName = Annotated[str, StringConstraints(pattern=OBJECT_NAME_PATTERN, max_length=253)]
-ObjectKey = Annotated[
-    str,
-    StringConstraints(
-        max_length=317,
-        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
-    ),
-]
+
+
+def _object_key(value: str) -> str:
+    if not is_object_key(value):
+        raise ValueError("must be <namespace>/<name> of a Kubernetes object")
+    return value
+
+
+# One definition of a `<namespace>/<name>` key: `names.is_object_key` (length-capped first).
+ObjectKey = Annotated[str, StringConstraints(max_length=317), AfterValidator(_object_key)]
 
 
 class _Wire(BaseModel):
@@ -136,6 +140,14 @@ class DesiredProcess(_Wire):
 class Desired(_Wire):
     revision: Revision
     processes: Annotated[list[DesiredProcess], Field(max_length=MAX_PROCESSES)]
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> Desired:
+        keys = [p.key for p in self.processes]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"processes: {dup} appears more than once")
+        return self
 
 
 class BridgeStatus(_Wire):
