@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUN_MQTT ?= 127.0.0.1:11883
 RUN_HTTP ?= 127.0.0.1:18080
 
-.PHONY: run test lint typecheck imports pytest bench clean
+.PHONY: run test lint typecheck imports pytest bench faults-long clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ pytest: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
+
+# The long fault run: 10,000 fuzz examples per parser and the 10-minute soak (not part of `test`).
+faults-long: $(VENV)/.dev-installed
+	FAULTS_LONG=1 $(BIN)/pytest -q -m faults -o timeout=3600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
