@@ -1,6 +1,6 @@
 """`python -m bench`: run the six benchmarks and print one summary table.
 
-    python -m bench                      # all six with their defaults (~10 min on 2 cores)
+    python -m bench                      # all six with their defaults (~7 min on 2 cores)
     python -m bench --quick              # all six, smaller (a few minutes)
     python -m bench --only writes,ingest # some of them
     python -m bench --readme README.md   # also replace the README's `## Benchmarks` section
@@ -66,7 +66,16 @@ def markdown(
         summary_table(rows),
         "",
         (
-            "How to rerun: `make bench` (about 10 minutes on 2 cores), or "
+            "Reading it: `exp.` rows are experiments, not the shipped settings: the same "
+            "measurement with one bridge or broker setting changed, to show where the time goes "
+            "(the bench starts the shipped CLI with that setting replaced). `analytical` rows "
+            "count the replaced HTTP-polling design for the same scenario instead of running it; "
+            "`extrapolated` rows scale a measured cost. A `**no**` is a goal of the project not "
+            "met in this run; the benchmark's JSON and module docstring say how it was measured."
+        ),
+        "",
+        (
+            "How to rerun: `make bench` (about 7 minutes on 2 cores), or "
             "`.venv/bin/python -m bench --quick` (a few minutes); one benchmark alone: "
             "`.venv/bin/python -m bench.propagation --help` (also `detection`, `writes`, `ingest`, "
             "`footprint`, `brokers`). Each writes `bench/results/<name>.json` with the machine, "

@@ -24,7 +24,7 @@ import argparse
 import asyncio
 import math
 import statistics
-from typing import Any
+from typing import Any, cast
 
 from bench import broker_embedded, broker_mosquitto
 from bench.fabric import Broker, Fabric
@@ -68,9 +68,8 @@ def _one_broker(fab: Fabric, kind: str, args: argparse.Namespace) -> dict[str, A
         out[f"qos{qos}"] = runs
     broker.proc.stop()
     broker = _start(fab, kind, names)  # fresh: RSS per connection without the heap of (1)
-    conns = asyncio.run(
-        broker_embedded._connections(_Measured(broker, fab.secret), args.connections, args.parallel)
-    )
+    measured = cast("broker_embedded.Broker", _Measured(broker, fab.secret))
+    conns = asyncio.run(broker_embedded._connections(measured, args.connections, args.parallel))
     conns["held"] = args.connections if broker.proc.alive() else 0
     out["connections"] = conns
     broker.proc.stop()

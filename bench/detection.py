@@ -105,7 +105,7 @@ def _halfopen_trials(
         agent.popen.send_signal(signal.SIGSTOP)
         at = plane.wait_status(HALFOPEN_NAME, connected("False"), since=t0, timeout=60)
         reason = plane.status(HALFOPEN_NAME)
-        cond = next(
+        cond: dict[str, Any] = next(
             (c for c in reason.get("conditions", []) if c.get("type") == "AgentConnected"), {}
         )
         try:

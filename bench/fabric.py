@@ -319,7 +319,12 @@ class Fabric(contextlib.ExitStack):
             with written.conf.open("a", encoding="utf-8") as conf:
                 conf.write("".join(f"{line}\n" for line in extra))
         proc = self.start(Proc(f"mosquitto-{port}", [str(MOSQUITTO), "-c", str(written.conf)], out))
-        wait_until(lambda: proc.check() or port_open(port), 10, "mosquitto to listen", 0.02)
+
+        def listening() -> bool:
+            proc.check()
+            return port_open(port)
+
+        wait_until(listening, 10, "mosquitto to listen", 0.02)
         return Broker("mosquitto", proc, port)
 
     def embedded(self) -> Broker:
@@ -430,8 +435,8 @@ class Watcher:
         client.username_pw_set(user, password_for(secret, user))
         client.on_message = self._on_message
         client.on_subscribe = lambda *_a: self._subscribed.set()
-        client.on_connect = lambda c, *_a: c.subscribe([(f, qos) for f in self.filters])
         self.filters = list(filters)
+        client.on_connect = lambda c, *_a: c.subscribe([(f, qos) for f in self.filters])
         client.connect(HOST, broker.port, keepalive=60)
         sock = client.socket()
         if isinstance(sock, socket.socket):

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from bench.fabric import wait_until
 
@@ -175,8 +175,9 @@ class KubePlane:
         # answers a kept-alive request in two segments, and Nagle holds the second back until
         # the client's delayed ACK, adding ~40 ms to some status writes that a cluster would not.
         server = self.api._http
+        handler = cast("type", server.RequestHandlerClass)
         server.RequestHandlerClass = type(
-            "NoDelayHandler", (server.RequestHandlerClass,), {"disable_nagle_algorithm": True}
+            "NoDelayHandler", (handler,), {"disable_nagle_algorithm": True}
         )
         self.api.start()
         self.http = Http(self.api.url)
@@ -185,6 +186,7 @@ class KubePlane:
         )
         self._cond = threading.Condition()
         self._events: list[tuple[float, str, Status, int]] = []
+        self._latest: dict[str, Status] = {}  # name -> status, as the watch last showed it
         self._watch_error = ""
         self._watcher = threading.Thread(target=self._watch, name="kube-watch", daemon=True)
         self._watcher.start()
@@ -207,10 +209,14 @@ class KubePlane:
                 at = time.monotonic()
                 obj = event.get("object") or {}
                 meta = obj.get("metadata") or {}
+                name: str = meta.get("name", "")
+                status: Status = obj.get("status") or {}
                 with self._cond:
-                    self._events.append(
-                        (at, meta.get("name", ""), obj.get("status") or {}, meta.get("generation"))
-                    )
+                    self._events.append((at, name, status, int(meta.get("generation") or 0)))
+                    if event.get("type") == "DELETED":
+                        self._latest.pop(name, None)
+                    elif event.get("type") in ("ADDED", "MODIFIED"):
+                        self._latest[name] = status
                     self._cond.notify_all()
         except OSError as exc:
             self._watch_error = str(exc)
@@ -234,8 +240,9 @@ class KubePlane:
         self.http.request("DELETE", self._path(name))
 
     def status(self, name: str) -> Status:
-        resp = self.http.get(self._path(name))
-        return dict(resp.body.get("status") or {}) if resp.status == 200 else {}
+        """The status as the watch last delivered it (no request per call)."""
+        with self._cond:
+            return dict(self._latest.get(name) or {})
 
     def wait_status(
         self, name: str, predicate: Callable[[Status, int], bool], *, since: float, timeout: float

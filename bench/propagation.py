@@ -9,6 +9,7 @@ stops the old `sleep` and starts the new one) and records, from the moment the c
 written to the control plane (`LocalStore.apply`, what `devicefabric apply` does; or a merge
 patch of the spec to the API server):
 
+- stored: the write to the control plane returned (local: files fsynced; kube: the PATCH answer);
 - desired: the new `desired` document reaches the observer;
 - running: the agent's report shows the new generation `Running`, and its pid exists and runs
   the new command (checked in /proc on arrival);
@@ -21,6 +22,11 @@ fork/exec of the same command (`subprocess.Popen`, which returns once the exec s
 The path under test has at least two broker hops (desired, report), a stop, a fork/exec and a
 control-plane write, so "within 3x of the floor" leaves room for one extra hop and the writes.
 
+Experiments (skipped with `--no-experiments`) repeat the measurement with one delay removed at a
+time, to show where the time goes: A sets the bridge's per-key minimum write interval (1 s) to 0;
+B is A plus `set_tcp_nodelay true` in mosquitto.conf; C (local) is B plus a 5 ms journal poll
+instead of 100 ms. They run the shipped CLI with that setting replaced (`fabric.BRIDGE_VARIANT`).
+
 The design this replaces polled every 15 s: a change waited for the next poll, uniformly 0-15 s,
 i.e. 7.5 s on average and 14.85 s at p99 (analytical, stated as such).
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -94,10 +101,8 @@ class Floor:
         client.username_pw_set(FLOOR_DEVICE, fab.password(FLOOR_DEVICE))
         client.connect(HOST, broker.port)
         sock = client.socket()
-        if hasattr(sock, "setsockopt"):
-            import socket  # noqa: PLC0415
-
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the agent's
         client.loop_start()
         self.client = client
         self.topic = TOPICS.report(FLOOR_DEVICE)
