@@ -285,3 +285,14 @@ def test_counts_and_states() -> None:
     tracker.status("b", lost("s"), 0.0, retained=True)
     tracker.status("c", online("s"), 0.0, retained=True)
     assert tracker.counts() == {"connected": 1, "disconnected": 1, "unknown": 1}
+
+
+def test_a_rebirth_with_a_shorter_heartbeat_times_out_on_the_new_window() -> None:
+    tracker = DeviceTracker(stale_multiplier=3)
+    assert feed(tracker, Step(0, online("s1", heartbeat_s=15))) == ["Connected"]
+    assert feed(tracker, Step(1, lost("s1"))) == ["ConnectionLost"]
+    assert feed(tracker, Step(2, online("s2", heartbeat_s=2))) == ["Connected"]
+    assert feed(tracker, Step(7.9, None)) == []
+    # The new window is 3 x 2 s from the birth at t=2, not the old 45 s one.
+    assert feed(tracker, Step(8.1, None)) == ["HeartbeatTimeout"]
+    assert feed(tracker, Step(46, None)) == []  # the stale 45 s entry decides nothing twice

@@ -253,7 +253,9 @@ class ProcessRunner:
                     await asyncio.wait({child.exited})
                 except asyncio.CancelledError:
                     await self._terminate(child)
-                    self._set(phase="Stopped", pid=None, exit_code=child.transport.get_returncode())
+                    code = child.transport.get_returncode()
+                    stopped = None if code is None else exit_code_of(code)
+                    self._set(phase="Stopped", pid=None, exit_code=stopped)
                     raise
                 signal_group(child.pid, signal.SIGKILL)  # stragglers the leader left behind
                 await asyncio.wait({reader}, timeout=EOF_GRACE_S)

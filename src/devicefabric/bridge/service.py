@@ -108,6 +108,10 @@ class BridgeSettings:
     min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
     key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
     workers: int = 4  # concurrent writers (each write still takes a token)
+    # s a resource or report change waits before its write, so the quick succession of a spec
+    # change (Synced=Pending, phase Pending, Running within ~10 ms) lands as one write; device
+    # transitions (connect, will, timeout) are written at once.
+    settle: float = 0.05
     keepalive: int = 30  # MQTT keepalive (s)
     call_timeout: float = 10.0  # s: bound of one control-plane call
 
@@ -297,7 +301,7 @@ class Bridge:
         for device in devices:
             self._mirror_device(device)
         if resource is not None:
-            self.queue.add(key)
+            self.queue.add(key, delay=self.settings.settle)
 
     def _mirror_device(self, device: str) -> None:
         if not (self.ready.is_set() and self.link.primed and self.control_plane.leading.is_set()):
@@ -355,8 +359,9 @@ class Bridge:
             elif change.keys is not None:
                 keys = keys & change.keys
             if ready:
+                delay = 0.0 if isinstance(change, Transition) else self.settings.settle
                 for key in keys:
-                    self.queue.add(key)
+                    self.queue.add(key, delay=delay)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _readyz(self) -> Response:

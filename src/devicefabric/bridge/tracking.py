@@ -59,7 +59,8 @@ class Device:
     agent: str = ""
     last_seen: float | None = None  # bridge monotonic time of the last live message
     deadline: float | None = None  # goes stale at this time; None when not expected to beat
-    queued: bool = False  # an entry for this device is in the deadline heap
+    queued: bool = False  # an entry for this device is in the deadline heap...
+    queued_at: float | None = None  # ...with this deadline (other entries are stale)
     report: Report | None = None
     dead: list[str] = field(default_factory=list)  # recently ended sessions, newest last
 
@@ -198,15 +199,17 @@ class DeviceTracker:
         out: list[Transition] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, name = heapq.heappop(heap)
+            entry, name = heapq.heappop(heap)
             device = self._devices[name]
+            if entry != device.queued_at:
+                continue  # superseded by an earlier deadline pushed later
+            device.queued, device.queued_at = False, None
             deadline = device.deadline
             if deadline is None:
-                device.queued = False
-            elif deadline > now:
-                heapq.heappush(heap, (deadline, name))
+                continue
+            if deadline > now:
+                self._push(device)
             else:
-                device.queued = False
                 device.deadline = None
                 previous, device.reason = device.reason, Reason.HEARTBEAT_TIMEOUT
                 if device.session is not None:
@@ -234,11 +237,14 @@ class DeviceTracker:
     def _push(self, device: Device) -> None:
         assert device.deadline is not None  # noqa: S101 - internal invariant
         heapq.heappush(self._heap, (device.deadline, device.name))
-        device.queued = True
+        device.queued, device.queued_at = True, device.deadline
 
     def _expect(self, device: Device, now: float) -> None:
         device.deadline = now + self._window(device)
-        if not device.queued:
+        # A shorter window (a new birth with a smaller heartbeat_s) must not wait for the old entry.
+        if not device.queued or (
+            device.queued_at is not None and device.deadline < device.queued_at
+        ):
             self._push(device)
 
     def _retire(self, device: Device, session: str) -> None:

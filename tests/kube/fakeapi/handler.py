@@ -66,6 +66,8 @@ class ApiHTTPServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Like a real (Go) API server: no Nagle wait for a delayed ACK on small responses (~40 ms).
+    disable_nagle_algorithm = True
     server: ApiHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature

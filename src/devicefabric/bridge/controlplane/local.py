@@ -2,7 +2,7 @@
 
 `LocalControlPlane(state_dir)` implements `ControlPlane` for `devicefabric up` and
 `bridge run --control-plane local`. `run(on_change)` lists the directory once, calls `on_change`
-for every resource found, sets `synced`, then watches: every `poll_interval` (default 0.1 s) it
+for every resource found, sets `synced`, then watches: every `poll_interval` (default 0.02 s: one `stat` per tick) it
 `stat`s the journal `changes.log` (one syscall per tick whatever the number of resources) and,
 when it grew, reads the new lines and reloads only the keys they name. Other processes
 (`devicefabric apply`/`delete`) are seen within one tick; a rotated journal (new inode) triggers
@@ -34,7 +34,7 @@ from devicefabric.bridge.errors import TransientError
 
 log = logging.getLogger("devicefabric.bridge.local")
 
-DEFAULT_POLL_INTERVAL: Final = 0.1
+DEFAULT_POLL_INTERVAL: Final = 0.02
 REPORTING_CONTROLLER: Final = "devicefabric-bridge"
 
 
