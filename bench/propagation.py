@@ -63,28 +63,28 @@ def command(i: int) -> list[str]:
     return ["/bin/sleep", str(100_000 + i)]
 
 
-def _report_running(generation: int) -> Any:
+def _report_running(generation: int, name: str = NAME) -> Any:
     def check(message: Message) -> bool:
         doc = message.json() or {}
-        entry = doc.get("processes", {}).get(f"bench/{NAME}", {})
+        entry = doc.get("processes", {}).get(f"bench/{name}", {})
         return bool(entry.get("generation") == generation and entry.get("phase") == "Running")
 
     return check
 
 
-def _desired_at(generation: int) -> Any:
+def _desired_at(generation: int, name: str = NAME) -> Any:
     def check(message: Message) -> bool:
         doc = message.json() or {}
         return any(
-            p.get("name") == NAME and p.get("generation") == generation
+            p.get("name") == name and p.get("generation") == generation
             for p in doc.get("processes", [])
         )
 
     return check
 
 
-def _pid_runs(doc: dict[str, Any], argv: list[str]) -> bool:
-    pid = doc.get("processes", {}).get(f"bench/{NAME}", {}).get("pid")
+def _pid_runs(doc: dict[str, Any], argv: list[str], name: str = NAME) -> bool:
+    pid = doc.get("processes", {}).get(f"bench/{name}", {}).get("pid")
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, TypeError):
@@ -189,17 +189,23 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
         fab.agent(broker, DEVICE, heartbeat=15)
         floor = Floor(broker, fab, obs)
         fab.callback(floor.close)
-        generation = plane.apply(NAME, DEVICE, command(0))
-        plane.wait_status(NAME, running_at(generation), since=0, timeout=60)
+        # Changes rotate over `--resources` DeviceProcesses of the device, as operators' edits do;
+        # one resource edited many times a second is the flapping case the bridge's per-key
+        # minimum write interval bounds on purpose (`--resources 1` measures that bound).
+        names = [NAME] + [f"{NAME}-{j}" for j in range(1, args.resources)]
+        for name in names:
+            generation = plane.apply(name, DEVICE, command(0))
+            plane.wait_status(name, running_at(generation), since=0, timeout=60)
         for i in range(1, args.changes + 1):
+            name = names[i % len(names)]
             argv = command(i)
             t0 = time.monotonic()
-            generation = plane.apply(NAME, DEVICE, argv)
+            generation = plane.apply(name, DEVICE, argv)
             applied = time.monotonic()
-            desired = obs.wait(TOPICS.desired(DEVICE), _desired_at(generation), since=t0)
-            report = obs.wait(TOPICS.report(DEVICE), _report_running(generation), since=t0)
-            pid_ok += _pid_runs(report.json(), argv)
-            written = plane.wait_status(NAME, running_at(generation), since=t0, timeout=10)
+            desired = obs.wait(TOPICS.desired(DEVICE), _desired_at(generation, name), since=t0)
+            report = obs.wait(TOPICS.report(DEVICE), _report_running(generation, name), since=t0)
+            pid_ok += _pid_runs(report.json(), argv, name)
+            written = plane.wait_status(name, running_at(generation), since=t0, timeout=10)
             stages["applied"].append(applied - t0)
             stages["desired"].append(desired.at - t0)
             stages["running"].append(report.at - t0)
@@ -298,6 +304,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--changes", type=int, help="changes per control plane (default 30)")
     p.add_argument("--planes", default="local,kube", help="control planes (local,kube)")
     p.add_argument("--pause", type=float, default=0.1, help="mean seconds between samples")
+    p.add_argument(
+        "--resources",
+        type=int,
+        default=8,
+        help="DeviceProcesses the changes rotate over (1: one resource edited ~10 times a second)",
+    )
     p.add_argument(
         "--no-experiments",
         dest="experiments",
