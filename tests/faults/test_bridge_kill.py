@@ -8,11 +8,12 @@ retained truth about each) and the rest stay as they were:
 |----------|-------------------------------------------|-------------------------------------------|
 | steady-* | nothing                                   | none                                      |
 | lost     | agent killed -9 (the broker fires its will) | 1 patch + Warning ConnectionLost        |
-| quit     | agent stopped cleanly (SIGTERM)           | 1 patch + Warning Shutdown                |
+| quit     | agent stopped cleanly (SIGTERM): its last | 1 patch (phase Stopped) + Warning         |
+|          | report says Stopped                       | Shutdown                                  |
 | crash    | its process killed (restartPolicy Never)  | 1 patch (phase Failed, exitCode 137)      |
 | fresh    | its agent connects for the first time     | the process fields and Synced, then       |
-|          |                                           | AgentConnected: at most 2 patches, no     |
-|          |                                           | Event (nothing transitioned: it was new)  |
+|          |                                           | AgentConnected: at most 2 patches, and    |
+|          |                                           | one Normal Connected Event                |
 
 `fresh` is the one device whose count is a range: the restarted bridge learns its report from the
 retained replay (written at once: phase, pid, Synced) and its connection only from its first live
@@ -110,12 +111,12 @@ def test_bridge_kill_9_and_restart_writes_exactly_what_changed_meanwhile(
         bridge.start()
         fab.wait_settled(*(name_of(d) for d in (*STEADY, "fresh")), timeout=30)
         fab.wait_settled(name_of("lost"), connected="ConnectionLost")
-        fab.wait_settled(name_of("quit"), connected="Shutdown")
+        fab.wait_settled(name_of("quit"), phase="Stopped", connected="Shutdown")
         fab.wait_settled(name_of("crash"), phase="Failed")
         marker.flip(bridge)  # written after everything the restart could write: counts are final
 
         writes = fab.ledger.writes(mark)
-        events = fab.ledger.event_reasons(mark)
+        events = fab.ledger.event_reasons(mark, exclude=[marker.name])
         print(f"\n[scenario 2] writes after the restart: {dict(writes)}; events: {dict(events)}")
         fresh_writes = writes.pop(key(name_of("fresh")), 0)
         assert 1 <= fresh_writes <= 2
@@ -128,9 +129,12 @@ def test_bridge_kill_9_and_restart_writes_exactly_what_changed_meanwhile(
         assert events == {
             (name_of("lost"), "Warning", "ConnectionLost"): 1,
             (name_of("quit"), "Warning", "Shutdown"): 1,
+            (name_of("fresh"), "Normal", "Connected"): 1,
         }
         for d in STEADY:  # not even a lastTransitionTime moved
             assert fab.status(name_of(d)) == steady_before[d]
+        quit_ = fab.status(name_of("quit"))
+        assert quit_["exitCode"] == 143  # SIGTERM, as a shell shows it (128 + 15)
         crashed = fab.status(name_of("crash"))
         assert (crashed["exitCode"], crashed.get("pid")) == (137, None)
         assert "SIGKILL" in crashed["message"]

@@ -1,0 +1,193 @@
+"""Scenario 9 of issue 7 (`FAULTS_LONG=1` only): a long quiet day with a thousand devices.
+
+1,000 simulated devices (`tests.bridge.fleet`: real MQTT connections with the agent's will, one
+asyncio loop in a thread of the test process) against a real mosquitto and `devicefabric bridge
+run` on the local control plane, one DeviceProcess each. After everything is written once, the
+fleet only heartbeats (every 2 s: 500 messages/s) for 10 minutes, and the bridge is sampled every
+10 s: RSS, open file descriptors, threads, asyncio tasks (through `launch.py`), heartbeats received.
+
+What must hold: zero control-plane writes in the steady state (shown with the positive marker),
+RSS flat (its least-squares slope after a warm-up is printed and bounded), and the same number of
+descriptors and tasks after as before. `FAULTS_SOAK_DEVICES` and `FAULTS_SOAK_SECONDS` shrink the
+soak for a quick look; the issue's figures come from the defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import pytest
+
+from tests.bridge.fleet import Fleet
+from tests.faults.budget import LONG
+from tests.faults.fabric import (
+    BridgeProcess,
+    LocalFabric,
+    manifest,
+    open_fds,
+    reason,
+    rss_kib,
+    threads,
+)
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.mosquitto,
+    pytest.mark.skipif(not LONG, reason="the soak runs with FAULTS_LONG=1"),
+    pytest.mark.timeout(3600),
+]
+
+DEVICES: Final = int(os.environ.get("FAULTS_SOAK_DEVICES") or 1000)
+SECONDS: Final = float(os.environ.get("FAULTS_SOAK_SECONDS") or 600)
+HEARTBEAT: Final = 2
+SAMPLE_EVERY: Final = 10.0
+WARM_UP: Final = 0.2  # the first fifth of the samples is left out of the slope
+SLOPE_BOUND_KIB_PER_MIN: Final = 100.0
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop in a thread of its own, so the fleet keeps beating while the test waits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fleet", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def fleet_running(fab: LocalFabric, names: list[str]) -> Iterator[tuple[LoopThread, Fleet]]:
+    runner = LoopThread()
+    beats: list[asyncio.Task[None]] = []
+
+    async def start() -> Fleet:
+        fleet = Fleet(fab.broker.host, fab.broker.port, fab.broker.secret, heartbeat_s=HEARTBEAT)
+        for first in range(0, len(names), 100):  # connect in batches: no thundering herd
+            await fleet.connect(names[first : first + 100])
+
+        async def beat() -> None:
+            while True:
+                fleet.beat()
+                await asyncio.sleep(HEARTBEAT)
+
+        beats.append(asyncio.get_running_loop().create_task(beat(), name="heartbeats"))
+        return fleet
+
+    async def stop(fleet: Fleet) -> None:
+        for task in beats:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await fleet.close()
+
+    fleet = runner.run(start())
+    try:
+        yield runner, fleet
+    finally:
+        runner.run(stop(fleet))
+        runner.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float  # s since the steady state began
+    rss_kib: int
+    fds: int
+    threads: int
+    tasks: int
+    heartbeats: float
+
+
+def sample(bridge: BridgeProcess, since: float) -> Sample:
+    heartbeats = bridge.metrics().value("devicefabric_messages_total", kind="heartbeat")
+    return Sample(
+        at=time.monotonic() - since,
+        rss_kib=rss_kib(bridge.pid),
+        fds=open_fds(bridge.pid),
+        threads=threads(bridge.pid),
+        tasks=bridge.tasks(),
+        heartbeats=heartbeats,
+    )
+
+
+def slope_kib_per_min(samples: list[Sample]) -> float:
+    """Least-squares slope of RSS over time."""
+    xs = [s.at / 60 for s in samples]
+    ys = [float(s.rss_kib) for s in samples]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def test_a_thousand_quiet_devices_for_ten_minutes_write_nothing_and_leak_nothing(
+    tmp_path: Path, secret: bytes
+) -> None:
+    names = [f"soak-{i:04d}" for i in range(DEVICES)]
+    with LocalFabric(tmp_path, secret, [*names, "marker"]) as fab:
+        fab.apply(*(manifest(f"{n}-job", n, ["sleep", "600"]) for n in names))
+        marker = fab.marker()
+        bridge = fab.start_bridge(write_qps=200.0, write_burst=200, count_tasks=True)
+        with fleet_running(fab, names):
+            fab.wait(
+                lambda: (
+                    bridge.metrics().value("devicefabric_devices", state="connected") == DEVICES
+                ),
+                120,
+                "every device connected",
+            )
+            fab.wait(
+                lambda: all(reason(fab.status(f"{n}-job")) == "Connected" for n in names),
+                300,
+                "every resource written once",
+            )
+            bridge.wait_idle(60)
+            mark = fab.ledger.mark()
+            started = time.monotonic()
+            samples = [sample(bridge, started)]
+            while samples[-1].at < SECONDS:
+                time.sleep(SAMPLE_EVERY)  # the sampling period of the soak, not a wait on state
+                samples.append(sample(bridge, started))
+                assert bridge.alive
+            marker.flip(bridge, timeout=60)  # after the steady state: the counts are final
+            writes = fab.ledger.writes(mark)
+            events = fab.ledger.event_reasons(mark, exclude=[marker.name])
+
+        first, last = samples[0], samples[-1]
+        # An HTTP request of ours may be in flight in the bridge when it counts its descriptors or
+        # tasks: compare the quietest of the first three samples with the quietest of the last.
+        before = {f: min(getattr(s, f) for s in samples[:3]) for f in ("fds", "threads", "tasks")}
+        after = {f: min(getattr(s, f) for s in samples[-3:]) for f in ("fds", "threads", "tasks")}
+        steady = samples[int(len(samples) * WARM_UP) :]
+        slope = slope_kib_per_min(steady)
+        expected_beats = DEVICES * (last.at - first.at) / HEARTBEAT
+        received = last.heartbeats - first.heartbeats
+        print(
+            f"\n[scenario 9] {DEVICES} devices, {last.at / 60:.1f} min, "
+            f"{received:.0f} heartbeats ({received / (last.at - first.at):.0f}/s): "
+            f"RSS {first.rss_kib / 1024:.1f} -> {last.rss_kib / 1024:.1f} MiB "
+            f"(max {max(s.rss_kib for s in samples) / 1024:.1f}), slope {slope:.1f} KiB/min "
+            f"after warm-up; before -> after: {before} -> {after}; writes {dict(writes)}"
+        )
+        assert writes == {f"default/{marker.name}": 1}
+        assert events == {}
+        assert received >= 0.9 * expected_beats
+        assert abs(slope) < SLOPE_BOUND_KIB_PER_MIN
+        assert after == before
