@@ -7,7 +7,8 @@ a collector at scrape time, and a healthy heartbeat returns the tracker's shared
 
 Invariants:
 - `feed` never raises. A message with an unknown topic, an oversized payload, invalid JSON or the
-  wrong schema is dropped and counted by reason (`devicefabric_invalid_messages_total`) and
+  wrong schema, or a live report whose `seq` does not advance within its session (a replay), is
+  dropped and counted by reason (`devicefabric_invalid_messages_total`) and
   logged at WARNING (at most `LOG_BURST` lines per `LOG_WINDOW`, then a count of the rest).
 - The topic names the device; a payload is only ever data about that topic's device (the brokers'
   ACLs make the topic trustworthy; nothing in a payload can name another device).
@@ -28,6 +29,7 @@ from devicefabric.config.errors import PayloadError, TopicError
 from devicefabric.config.topics import DeviceTopic, ParsedTopic, Topics
 from devicefabric.config.wire import (
     MAX_PAYLOAD_BYTES,
+    Report,
     decode_desired,
     decode_heartbeat,
     decode_report,
@@ -40,7 +42,7 @@ LOG_WINDOW: Final = 10.0
 LOG_BURST: Final = 20
 MAX_CACHED_TOPICS: Final = 200_000
 KINDS: Final = tuple(kind.value for kind in DeviceTopic)
-INVALID_REASONS: Final = ("topic", "oversized", "invalid_json", "schema")
+INVALID_REASONS: Final = ("topic", "oversized", "invalid_json", "schema", "sequence")
 
 
 @dataclass(slots=True)
@@ -72,7 +74,7 @@ class Ingest:
         self._logged = 0
         self._suppressed = 0
 
-    def feed(  # noqa: PLR0911 - one return per topic kind reads best on the hot path
+    def feed(  # noqa: C901, PLR0911 - one branch per topic kind reads best on the hot path
         self, topic: str, payload: bytes, now: float, *, retained: bool = False
     ) -> tuple[Change, ...]:
         """Handle one message received at `now` (bridge monotonic clock)."""
@@ -98,11 +100,21 @@ class Ingest:
                 return self.tracker.status(device, doc, now, retained=retained)
             if kind is DeviceTopic.REPORT:
                 report = decode_report(payload, self._limit)
+                if not retained:
+                    self._check_sequence(device, report)
                 return self.tracker.report(device, report, now, retained=retained)
             self.mirror.observe(device, decode_desired(payload, self._limit).revision)
         except PayloadError as exc:
             self._invalid(exc.reason, now, f"{exc}", device=device, topic=topic)
         return NOTHING
+
+    def _check_sequence(self, device: str, report: Report) -> None:
+        """A live report must advance its session's `seq`: anything else is a replay."""
+        last = self.tracker.last_report(device)
+        if last is not None and last.session == report.session and report.seq <= last.seq:
+            raise PayloadError(
+                "report", "sequence", f"seq {report.seq} <= {last.seq} of this session"
+            )
 
     def _parse(self, topic: str, now: float) -> ParsedTopic | None:
         try:

@@ -175,6 +175,11 @@ class DeviceTracker:
             return NOTHING
         return self._alive(device, doc.session, now, birth=False)
 
+    def last_report(self, name: str) -> Report | None:
+        """The device's last accepted report (None when none was seen)."""
+        device = self._devices.get(name)
+        return None if device is None else device.report
+
     def report(
         self, name: str, doc: Report, now: float, *, retained: bool = False
     ) -> tuple[Change, ...]:

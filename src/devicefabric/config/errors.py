@@ -40,7 +40,7 @@ class PayloadError(ConfigError):
 
     def __init__(self, kind: str, reason: str, detail: str) -> None:
         self.kind = kind
-        self.reason = reason  # one of: "oversized", "invalid_json", "schema"
+        self.reason = reason  # "oversized", "invalid_json", "schema" (bridge: also "sequence")
         self.detail = detail
         super().__init__(f"{kind} payload rejected ({reason}): {detail}")
 
