@@ -302,6 +302,9 @@ class Client:
         sock = self.paho.socket()
         if isinstance(sock, socket.socket):
             sock.close()
+        # paho's wake-up socket pair is otherwise closed only by `Client.__del__`, which the cyclic
+        # GC may run late enough for a ResourceWarning (an error under our warning filter).
+        self.paho._reset_sockets()
 
 
 def default_client_id(user: str) -> str:
