@@ -29,8 +29,7 @@ from tests.support.brokers import (
     KIND_PARAMS,
     BrokerKind,
     BrokerProcess,
-    prepare_embedded,
-    prepare_mosquitto,
+    any_broker,
 )
 from tests.support.mqtt import Client, ConnectRefusedError, Will, barrier, connack, connect
 
@@ -68,15 +67,8 @@ def broker(
 ) -> Iterator[BrokerProcess]:
     kind: BrokerKind = request.param
     base = tmp_path_factory.mktemp(f"conformance-{kind}")
-    if kind == "mosquitto":
-        process = prepare_mosquitto(base, SECRET, DEVICES, revoked=[REVOKED])
-    else:
-        process = prepare_embedded(base, SECRET, revoked=[REVOKED])
-    process.start()
-    try:
+    with any_broker(kind, base, SECRET, DEVICES, revoked=[REVOKED]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
