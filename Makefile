@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 RUN_MQTT ?= 127.0.0.1:11883
 RUN_HTTP ?= 127.0.0.1:18080
 
+# The packages of the distribution, at the repository's top level (mapped to devicefabric.<pkg>).
+PACKAGES := agent bridge broker cli config
+
 .PHONY: run test lint typecheck imports pytest bench faults-long clean
 
 $(BIN)/python:
@@ -26,10 +29,14 @@ run: $(VENV)/.run-installed
 test: $(VENV)/.dev-installed lint typecheck imports pytest
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
+# mypy reads the package through a link tree named `devicefabric` (it cannot follow the editable
+# install's import hook, and the checkout's folder has another name).
 typecheck: $(VENV)/.dev-installed
+	rm -rf build/typecheck && mkdir -p build/typecheck/devicefabric
+	for f in __init__.py __main__.py py.typed $(PACKAGES); do ln -s ../../../$$f build/typecheck/devicefabric/$$f; done
 	$(BIN)/mypy
 
 imports: $(VENV)/.dev-installed
@@ -46,4 +53,4 @@ faults-long: $(VENV)/.dev-installed
 	FAULTS_LONG=1 $(BIN)/pytest -q -m faults -o timeout=3600
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -8,6 +8,10 @@
 Each benchmark also runs alone (`python -m bench.propagation --help`) and writes
 `bench/results/<name>.json`; this writes `bench/results/summary.json` and `summary.md`. A benchmark
 that fails is reported in the table and the others still run; the exit code is then 1.
+
+Every figure is a ratio against its floor, measured in the same run. `bench/` and `tests/` are
+namespace packages (no `__init__.py`): the repository root is the `devicefabric` package, and they
+must not be walked as part of it. Never part of `make test`.
 """
 
 from __future__ import annotations

@@ -327,7 +327,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
             idle = args.idle if i == len(VARIANTS) - 1 else 0.0
             runs.append(run_variant(variant, args.changes, idle, Path(tmp)))
-    result = {
+    result: dict[str, Any] = {
         "runs": runs,
         "heartbeat": heartbeat_size(),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},

@@ -131,9 +131,12 @@ def saturated(fab: Fabric, broker: Broker, args: argparse.Namespace, who: str) -
             TOPICS.all_devices(DeviceTopic.HEARTBEAT),
         ]
         consumer = fab.python("floor", FLOOR, *argv)
-        wait_until(
-            lambda: consumer.check() or b"subscribed" in consumer.log_path.read_bytes(), 10, "floor"
-        )
+
+        def floor_subscribed() -> bool:
+            consumer.check()
+            return b"subscribed" in consumer.log_path.read_bytes()
+
+        wait_until(floor_subscribed, 10, "floor")
 
         def sample() -> tuple[int, float]:
             return _floor_count(consumer)
