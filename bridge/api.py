@@ -2,9 +2,12 @@
 
 Pure functions from the service's state to `http.Response`s; `http.HttpServer` does the serving.
 
-- `/healthz`: 200 while the event loop answers (liveness).
+- `/healthz`: 200 while the event loop answers and the MQTT link has not been down (not primed)
+  for longer than the bound (`BridgeSettings.mqtt_down_limit`, `--mqtt-down-limit`); 503 with
+  the seconds it has been down past that, so a bridge wedged on its broker link gets restarted.
 - `/readyz`: 200 once subscribed with the retained state read back and the control plane synced,
-  503 otherwise; the JSON says why, the MQTT session, and the role (`leader` or `standby`).
+  503 otherwise; the JSON says why, the MQTT session, and the role (`leader` or `standby`); a
+  standby also says why it is not leading (`notLeading`) when the control plane knows.
 - `/metrics`: the Prometheus text of the bridge's registry (`metrics`).
 - `/devices`: every device the bridge knows: state, reason, session, seconds since it was last
   seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
@@ -27,7 +30,14 @@ def _json(doc: object) -> bytes:
     return json.dumps(doc, indent=1).encode() + b"\n"
 
 
-def healthz() -> Response:
+def healthz(mqtt_down_for: float | None = None, limit: float | None = None) -> Response:
+    """200, or 503 when the MQTT link has been down for `mqtt_down_for` > `limit` seconds."""
+    if mqtt_down_for is not None and limit is not None and mqtt_down_for > limit:
+        doc = {
+            "status": "unhealthy",
+            "reason": f"the MQTT link has been down for {mqtt_down_for:.0f}s (limit {limit:g}s)",
+        }
+        return Response(503, _json(doc))
     return Response(200, b'{"status":"ok"}\n')
 
 
@@ -39,6 +49,7 @@ class Readiness:
     synced: bool
     leading: bool
     queue_depth: int
+    not_leading: str | None = None  # why a standby is not leading, when the control plane knows
 
     @property
     def ready(self) -> bool:
@@ -55,6 +66,8 @@ def readyz(state: Readiness) -> Response:
         "role": "leader" if state.leading else "standby",
         "queueDepth": state.queue_depth,
     }
+    if not state.leading and state.not_leading:
+        doc["notLeading"] = state.not_leading
     return Response(200 if state.ready else 503, _json(doc))
 
 

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_flag(
         run,
         "--client-id",
-        help="MQTT client id (default bridge_<POD_NAME> or bridge_<hostname>-<pid>)",
+        help="MQTT client id (default bridge_<POD_NAME or hostname>_<random>, unique per process)",
     )
     add_flag(
         run,
@@ -80,6 +80,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=float(DEFAULT_STALE_MULTIPLIER),
         help="HeartbeatTimeout after this many heartbeat periods of silence",
+    )
+    add_flag(
+        run,
+        "--mqtt-down-limit",
+        type=float,
+        default=120.0,
+        help="seconds the MQTT link may stay down before /healthz fails",
     )
     run.set_defaults(func=_run)
 
@@ -126,6 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> BridgeSettings:
         raise ConfigError("--write-qps must be > 0 and --write-burst >= 1")
     if args.stale_multiplier <= 1:
         raise ConfigError("--stale-multiplier must be > 1")
+    if not args.mqtt_down_limit > 0:
+        raise ConfigError(f"--mqtt-down-limit must be > 0, got {args.mqtt_down_limit}")
     return BridgeSettings(
         broker=parse_broker_url(args.broker),
         password=read_password_file(args.password_file),
@@ -135,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> BridgeSettings:
         write_qps=args.write_qps,
         write_burst=args.write_burst,
         stale_multiplier=args.stale_multiplier,
+        mqtt_down_limit=args.mqtt_down_limit,
     )
 
 

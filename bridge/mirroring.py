@@ -15,6 +15,13 @@ retains.
   its revision equals either (so nothing is published twice, and a bridge that read the retained
   documents back before planning republishes nothing unchanged). A device whose last resource is
   gone gets an empty document once, unless nothing was ever retained for it.
+- Limits: a document holds at most `MAX_PROCESSES` processes and encodes to at most `limit` bytes
+  (the brokers' payload limit; a larger PUBLISH gets the bridge disconnected). `fit_desired`
+  admits a device's valid resources smallest encoded entry first (ties by key) while both limits
+  hold; a resource that does not fit, or whose metadata the wire format refuses, is left out of
+  the document and gets a one-line reason (`Mirror.rejection`, written as `Synced=False` with
+  reason `InvalidSpec`). So a new oversized resource leaves the retained document as it was,
+  and no resource content can make planning raise.
 """
 
 from __future__ import annotations
@@ -28,9 +35,19 @@ from pydantic import ValidationError
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.config.names import is_device_name
 from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import Desired, DesiredProcess, make_desired, revision_of
+from devicefabric.config.wire import (
+    MAX_PAYLOAD_BYTES,
+    MAX_PROCESSES,
+    Desired,
+    DesiredProcess,
+    encode,
+    make_desired,
+    revision_of,
+)
 
 EMPTY_REVISION: Final = revision_of([])
+# Bytes of a document with no process: `{"processes":[],"revision":"<16 hex>"}`.
+_EMPTY_SIZE: Final = len(encode(make_desired([])))
 
 
 def check_spec(spec: Mapping[str, object]) -> DeviceProcessSpec | str:
@@ -108,31 +125,84 @@ class ResourceIndex:
                 del self._by_device[device]
 
 
-def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
-    """The desired document of `device` from its resources (invalid specs left out)."""
-    processes: list[DesiredProcess] = []
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """A device's document and the resources left out of it for a limit (key -> reason)."""
+
+    desired: Desired
+    rejected: dict[str, str]
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "metadata"
+    return f"{where}: {first['msg']}"
+
+
+def fit_desired(
+    device: str, resources: Iterable[Resource], limit: int = MAX_PAYLOAD_BYTES
+) -> Fitted:
+    """The document of `device` within the limits (see the module doc); never raises."""
+    rejected: dict[str, str] = {}
+    candidates: list[tuple[int, str, DesiredProcess]] = []
     for resource in resources:
         spec = check_spec(resource.spec)
         if isinstance(spec, str) or spec.device_name != device:
             continue
-        processes.append(
-            DesiredProcess(
+        try:
+            process = DesiredProcess(
                 namespace=resource.namespace,
                 name=resource.name,
                 uid=resource.uid,
                 generation=resource.generation,
                 spec=spec,
             )
-        )
-    return make_desired(processes)
+        except ValidationError as exc:
+            rejected[resource.key] = f"cannot be sent to device {device}: {_describe(exc)}"
+            continue
+        candidates.append((len(encode(process)), resource.key, process))
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    admitted: list[DesiredProcess] = []
+    keys: set[str] = set()
+    size = _EMPTY_SIZE
+    for entry_size, key, process in candidates:
+        if key in keys:  # the index never yields a key twice; a planner input might
+            rejected[key] = f"{key} appears more than once for device {device}"
+            continue
+        grown = size + entry_size + (1 if admitted else 0)  # entries are comma-separated
+        if len(admitted) >= MAX_PROCESSES:
+            rejected[key] = (
+                f"device {device} already has {MAX_PROCESSES} processes, "
+                "the most one desired document holds"
+            )
+        elif grown > limit:
+            rejected[key] = (
+                f"desired document for device {device} would be {grown} bytes, limit {limit}"
+            )
+        else:
+            admitted.append(process)
+            keys.add(key)
+            size = grown
+    return Fitted(make_desired(admitted), rejected)
+
+
+def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
+    """The desired document of `device` from its resources (invalid or unfitting ones left out)."""
+    return fit_desired(device, resources).desired
 
 
 class Mirror:
     """Which `desired` documents to publish; see the module doc."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_PAYLOAD_BYTES) -> None:
+        self.limit = limit  # bytes one encoded document may take
         self.observed: dict[str, str] = {}  # device -> revision the broker retains
         self.sent: dict[str, str] = {}  # device -> revision published, echo not seen yet
+        self.rejected: dict[str, dict[str, str]] = {}  # device -> key -> why it is left out
+
+    def rejection(self, device: str | None, key: str) -> str | None:
+        """Why `key` was left out of `device`'s last planned document, if it was."""
+        return self.rejected.get(device, {}).get(key) if device is not None else None
 
     def observe(self, device: str, revision: str | None) -> None:
         """The broker retains `revision` for `device` (None: nothing retained)."""
@@ -152,8 +222,15 @@ class Mirror:
         return set(self.observed) | set(self.sent)
 
     def plan(self, device: str, resources: Iterable[Resource]) -> Desired | None:
-        """The document to publish for `device` now, or None when the broker has it already."""
-        desired = build_desired(device, resources)
+        """The document to publish for `device` now, or None when the broker has it already.
+
+        Also records the resources left out for a limit (`rejection`, `rejected`)."""
+        fitted = fit_desired(device, resources, self.limit)
+        if fitted.rejected:
+            self.rejected[device] = fitted.rejected
+        else:
+            self.rejected.pop(device, None)
+        desired = fitted.desired
         current = self.sent.get(device, self.observed.get(device))
         if desired.revision == current:
             return None

@@ -21,7 +21,14 @@ Per connection (each with a new `session`: a random boot id plus a counter):
    for `quiet` seconds. Then `handler.on_primed()`.
 4. On loss: `handler.on_lost()`, wait `reconnect_min` (with jitter: replicas and restarts do not
    reconnect in lockstep), reconnect, and start over (the handler reconciles from the replay:
-   retained messages carry `retained=True`).
+   retained messages carry `retained=True`). Unacknowledged QoS 1 messages are dropped before
+   reconnecting, never re-sent: the handler re-plans every retained document from the replay, and
+   a message the broker refused (it disconnected us) would otherwise be re-sent on every
+   reconnect. A loss at any step (before CONNACK, before the SUBACK future exists, while priming)
+   fails the waiters and ends the connection, so nothing waits forever.
+
+`down_since` is the monotonic time since which the link has not been primed (None while primed):
+the service's `/healthz` fails when it is older than its bound.
 
 Reads are batched: one readable event drains up to `READ_BATCH` messages, so a burst of heartbeats
 costs one selector wake-up per batch rather than per message.
@@ -92,6 +99,7 @@ class MqttLink:
         self.connected = False
         self.primed = False
         self.session = ""
+        self.down_since: float | None = time.monotonic()  # not primed since (None: primed)
         self._boot = secrets.token_hex(4)
         self._counter = 0
         self._received = 0
@@ -143,6 +151,7 @@ class MqttLink:
                 delay = self.settings.reconnect_min
                 await self._serve()  # returns when the connection is lost
                 self.connected = self.primed = False
+                self.down_since = time.monotonic()
                 self._detach()
                 self.handler.on_lost()
                 wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
@@ -188,6 +197,11 @@ class MqttLink:
         will = encode(BridgeStatus(state="offline", session=self.session))
         self._client.will_set(self.settings.topics.bridge_status(), will, qos=1, retain=True)
         self._connack = loop.create_future()
+        self._suback = loop.create_future()  # exists before CONNACK: a loss from then on fails it
+        # Never re-send what the last connection left unacknowledged (see the module doc).
+        dropped = self._client.drop_out_messages()
+        if dropped:
+            log.warning("dropped %d unacknowledged messages of the lost connection", len(dropped))
         # Blocking TCP/TLS connect and CONNECT write (bounded by paho's connect_timeout), with no
         # socket callback installed yet, so the worker thread is the only one touching paho.
         # Shielded: if we are cancelled meanwhile, `_close` waits for the thread, then closes.
@@ -232,8 +246,8 @@ class MqttLink:
             await self._wait(self._lost, 1.0)
 
     async def _prime(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._suback = loop.create_future()
+        if self._suback is None or self._lost.is_set():
+            return  # lost between CONNACK and here: `_serve` ends with the keep-alive task
         topics = self.settings.topics
         filters = [
             (topics.all_devices(DeviceTopic.STATUS), 1),
@@ -241,7 +255,10 @@ class MqttLink:
             (topics.all_devices(DeviceTopic.DESIRED), 1),
             (topics.all_devices(DeviceTopic.HEARTBEAT), 0),
         ]
-        self._client.subscribe(filters)
+        rc, _mid = self._client.subscribe(filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost.set()  # not connected any more: end `_serve` and reconnect
+            return
         try:
             codes = await self._suback
         except OSError:
@@ -268,6 +285,7 @@ class MqttLink:
         if self._lost.is_set():
             return
         self.primed = True
+        self.down_since = None
         log.info("subscribed and retained state read back", extra={"session": self.session})
         self.handler.on_primed()
 
@@ -374,6 +392,7 @@ class MqttLink:
         for waiter in (self._connack, self._suback):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(OSError("connection closed"))
+                waiter.exception()  # retrieved: a waiter that never awaits it is fine
 
     def _on_subscribe(
         self, _client: paho.Client, _userdata: Any, _mid: int, codes: list[Any], _props: Any

@@ -8,7 +8,7 @@ How to construct and run it (the API `devicefabric up` and `bridge run` use)::
     settings = BridgeSettings(
         broker=parse_broker_url("mqtt://127.0.0.1:1883"),
         password=bridge_password,                 # the `bridge` user's derived password
-        client_id=default_client_id(),            # bridge_<host>-<pid>, never a device name
+        client_id=default_client_id(),            # bridge_<host>_<random>, unique per process
         http=HostPort("127.0.0.1", 8080),         # None: no HTTP server
     )
     bridge = Bridge(settings, control_plane)      # any `controlplane.base.ControlPlane`
@@ -51,6 +51,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -77,7 +79,7 @@ from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
 from devicefabric.config.settings import DEFAULT_STALE_MULTIPLIER, BrokerURL, HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
-from devicefabric.config.wire import encode
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES, encode
 
 log = logging.getLogger("devicefabric.bridge")
 
@@ -87,9 +89,12 @@ LEADERSHIP_POLL: Final = 0.5
 
 
 def default_client_id() -> str:
-    """`bridge_<POD_NAME>` in Kubernetes, else `bridge_<hostname>-<pid>` (never a device name)."""
-    pod = os.environ.get("POD_NAME")
-    return f"bridge_{pod}" if pod else f"bridge_{socket.gethostname()}-{os.getpid()}"
+    """`bridge_<POD_NAME or hostname>_<8 random hex>`: unique per process, so nobody can take the
+    bridge's session over by guessing its id; short (the host part is cut to 20 characters of
+    `[A-Za-z0-9-]`) and never a device name (a device name has no `_`)."""
+    host = os.environ.get("POD_NAME") or socket.gethostname()
+    host = re.sub(r"[^A-Za-z0-9-]", "-", host)[:20] or "host"
+    return f"bridge_{host}_{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,9 @@ class BridgeSettings:
     settle: float = 0.05
     keepalive: int = 30  # MQTT keepalive (s)
     call_timeout: float = 10.0  # s: bound of one control-plane call
+    # s the MQTT link may stay down (not subscribed and read back) before /healthz fails
+    mqtt_down_limit: float = 120.0  # (--mqtt-down-limit)
+    max_payload: int = MAX_PAYLOAD_BYTES  # bytes of one desired document (the brokers' limit)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -139,7 +147,7 @@ class Bridge:
         self.control_plane = control_plane
         self.topics = Topics(settings.root)
         self.tracker = DeviceTracker(settings.stale_multiplier)
-        self.mirror = Mirror()
+        self.mirror = Mirror(settings.max_payload)
         self.index = ResourceIndex()
         self.ingest = Ingest(self.topics, self.tracker, self.mirror)
         self.metrics = metrics if metrics is not None else BridgeMetrics()
@@ -164,7 +172,7 @@ class Bridge:
             HttpServer(
                 settings.http,
                 {
-                    "/healthz": api.healthz,
+                    "/healthz": self._healthz,
                     "/readyz": self._readyz,
                     "/metrics": lambda: api.metrics(self.metrics.registry),
                     "/devices": lambda: api.devices(self.tracker, self.index, time.monotonic()),
@@ -176,7 +184,12 @@ class Bridge:
         self.ready = asyncio.Event()  # latched: synced and primed once
         self._primed = asyncio.Event()
         self.writer = StatusWriter(
-            control_plane, self.tracker, self.queue.acquire, self.metrics, settings.call_timeout
+            control_plane,
+            self.tracker,
+            self.queue.acquire,
+            self.metrics,
+            settings.call_timeout,
+            rejection=self.mirror.rejection,
         )
         self._task: asyncio.Task[None] | None = None
         self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
@@ -311,7 +324,19 @@ class Bridge:
             for key in self.index.keys_of(device)
             if (r := self.control_plane.get(key)) is not None
         ]
-        doc = self.mirror.plan(device, resources)
+        before = self.mirror.rejected.get(device, {})
+        try:
+            doc = self.mirror.plan(device, resources)
+        except Exception:  # the planner never raises by contract; one device must not stop all
+            log.exception("planning the desired document failed", extra={"device": device})
+            return
+        after = self.mirror.rejected.get(device, {})
+        for key in before.keys() | after.keys():
+            if before.get(key) != after.get(key):
+                if key in after:
+                    log.warning("left out of the desired document: %s", after[key],
+                                extra={"device": device, "resource": key})  # fmt: skip
+                self.queue.add(key)
         if doc is None:
             return
         if self.link.publish(self.topics.desired(device), encode(doc), retain=True):
@@ -364,6 +389,11 @@ class Bridge:
                     self.queue.add(key, delay=delay)
 
     # -- HTTP ------------------------------------------------------------------------------------
+    def _healthz(self) -> Response:
+        since = self.link.down_since
+        down = time.monotonic() - since if since is not None else None
+        return api.healthz(down, self.settings.mqtt_down_limit)
+
     def _readyz(self) -> Response:
         return api.readyz(
             api.Readiness(
@@ -373,5 +403,6 @@ class Bridge:
                 synced=self.control_plane.synced.is_set(),
                 leading=self.control_plane.leading.is_set(),
                 queue_depth=len(self.queue),
+                not_leading=getattr(self.control_plane, "not_leading", None),
             )
         )

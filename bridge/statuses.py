@@ -1,7 +1,8 @@
 """Status computation: (resource, what the bridge knows of its device) -> the minimal merge patch.
 
 Pure and level-based: `plan_status` derives the status a resource should have *now* from
-- its spec and generation (`InvalidSpec` when the spec does not validate),
+- its spec and generation (`InvalidSpec` when the spec does not validate, or when mirroring left
+  it out of its device's document for a limit: the caller passes that reason as `rejected`),
 - the device's connection reason (`AgentConnected`),
 - the device's last report entry for this resource (`phase`, `pid`, `restarts`, `exitCode`,
   `startedAt`, `message`, `observedGeneration`; `Synced` is `Applied` when the reported generation
@@ -124,10 +125,14 @@ def desired_conditions(
     observed_generation: object,
     device: Device | None,
     now: str,
+    *,
+    rejected: str | None = None,
 ) -> list[Condition]:
     spec = check_spec(resource.spec)
     if isinstance(spec, str):
         synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=spec)
+    elif rejected is not None:
+        synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=rejected)
     elif observed_generation == resource.generation:
         synced = make_condition(SYNCED, Reason.APPLIED, now)
     else:
@@ -154,13 +159,14 @@ def plan_status(
     device: Device | None,
     now: str,
     stored: Mapping[str, object] | None = None,
+    rejected: str | None = None,
 ) -> StatusPlan | None:
     """The patch taking `stored` (default: `resource.status`) to the status it should have."""
     stored = resource.status if stored is None else stored
     fields = desired_fields(resource, stored, device)
     stored_conditions = parse_conditions(stored.get("conditions"))
     conditions = desired_conditions(
-        resource, stored_conditions, fields["observedGeneration"], device, now
+        resource, stored_conditions, fields["observedGeneration"], device, now, rejected=rejected
     )
     patch: dict[str, object] = {
         name: value for name, value in fields.items() if stored.get(name) != value

@@ -54,12 +54,15 @@ class StatusWriter:
         acquire: Callable[[], Awaitable[None]],
         metrics: BridgeMetrics,
         call_timeout: float,
+        *,
+        rejection: Callable[[str | None, str], str | None] = lambda _device, _key: None,
     ) -> None:
         self.control_plane = control_plane
         self.tracker = tracker
         self.acquire = acquire  # one token of the global write budget
         self.metrics = metrics
         self.call_timeout = call_timeout
+        self.rejection = rejection  # (device, key) -> why mirroring left the resource out
         self._written: dict[str, tuple[str, dict[str, object]]] = {}  # key -> (rv, status)
         self._pending_events: dict[str, PlannedEvent] = {}  # key -> Event still to record
 
@@ -82,7 +85,8 @@ class StatusWriter:
                 del self._written[key]
         device_name = device_of(resource)
         device = self.tracker.get(device_name) if device_name is not None else None
-        return resource, stored, plan_status(resource, device, rfc3339(), stored)
+        rejected = self.rejection(device_name, key)
+        return resource, stored, plan_status(resource, device, rfc3339(), stored, rejected)
 
     async def reconcile(self, key: str) -> Outcome:
         leading = self.control_plane.leading

@@ -56,7 +56,6 @@ log = logging.getLogger("devicefabric.up")
 
 READY_TIMEOUT: Final = 30.0
 SETTLE_TIMEOUT: Final = 3.0
-BRIDGE_CLIENT_ID: Final = "bridge_up"
 EXAMPLE_DEVICE: Final = "edge-1"
 
 
@@ -129,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
 async def serve(options: UpOptions) -> None:
     """Broker, bridge and front end until cancelled (see the module docstring)."""
     from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
-    from devicefabric.bridge.service import Bridge, BridgeSettings  # noqa: PLC0415
+    from devicefabric.bridge.service import (  # noqa: PLC0415
+        Bridge,
+        BridgeSettings,
+        default_client_id,
+    )
     from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker  # noqa: PLC0415
 
     _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
@@ -139,7 +142,7 @@ async def serve(options: UpOptions) -> None:
         settings = BridgeSettings(
             broker=parse_broker_url(f"mqtt://{address}"),
             password=role_password(options.secret, BRIDGE_USER),
-            client_id=BRIDGE_CLIENT_ID,
+            client_id=default_client_id(),  # unique per process: not guessable
             http=options.http,
             write_qps=options.write_qps,
             write_burst=options.write_burst,

@@ -127,6 +127,11 @@ class KubeControlPlane:
         return self._leading
 
     @property
+    def not_leading(self) -> str | None:
+        """Why this replica does not lead now (None while it does), for `/readyz`."""
+        return self._elector.not_leading
+
+    @property
     def resource_version(self) -> str | None:
         """The informer's position: the last list, event or bookmark it applied."""
         return self._rv

@@ -19,6 +19,11 @@ stopped writing before anyone else may start. On shutdown (cancellation) a leade
 attempt instead of waiting out the duration. A killed leader is replaced within `lease_duration`
 plus two `retry_period`s of its last renewal: the standby's observation lags by at most one
 period and its attempts are one period apart.
+
+A Lease that cannot be created because its namespace does not exist (404 on the create) is a
+configuration error, not a transient one: `ConfigError` naming the namespace and
+`--lease-namespace` (the CLI exits 2), as controller-runtime does. `not_leading` says why this
+replica does not lead right now (None while it does), for `/readyz`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any, Final
 from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
+from devicefabric.config.errors import ConfigError
 
 log = logging.getLogger("devicefabric.bridge.leader")
 
@@ -80,6 +86,7 @@ class LeaderElector:
         self._path = LEASES.format(namespace=settings.lease_namespace) + f"/{settings.lease_name}"
         self._lease: dict[str, Any] | None = None  # the Lease as we last saw it
         self._observed_at = 0.0  # our monotonic time when its record last changed
+        self.not_leading: str | None = "electing: no attempt finished yet"
 
     @property
     def identity(self) -> str:
@@ -136,10 +143,18 @@ class LeaderElector:
                 )
             except ConflictError:
                 return False  # another replica created it first
+            except NotFoundError as exc:
+                namespace = self._settings.lease_namespace
+                raise ConfigError(
+                    f"--lease-namespace: namespace {namespace!r} does not exist ({exc}); "
+                    "create it or choose an existing one with --lease-namespace"
+                ) from exc
             self._observe(created)
             return True
         current = self._lease
         if current is None or self._held_by_other():
+            holder = LeaseRecord.of(current).holder if current is not None else "?"
+            self.not_leading = f"lease {self._path} is held by {holder}"
             return False
         try:
             self._observe(await self._client.call("PUT", self._path, body=self._claim(current)))
@@ -152,6 +167,7 @@ class LeaderElector:
             async with asyncio.timeout(bound):
                 return await self.try_acquire_or_renew()
         except (ControlPlaneError, TimeoutError) as exc:
+            self.not_leading = f"lease {self._path}: attempt failed: {exc or type(exc).__name__}"
             log.warning("lease %s: attempt failed: %s", self._path, exc or type(exc).__name__)
             return False
 
@@ -165,9 +181,13 @@ class LeaderElector:
                     spread = 1 + random.uniform(0, JITTER)  # noqa: S311 - jitter, not crypto
                     await asyncio.sleep(settings.retry_period * spread)
                 self._leading.set()
+                self.not_leading = None
                 log.info("leading: holding lease %s as %s", self._path, self.identity)
                 await self._hold()
                 self._leading.clear()
+                self.not_leading = (
+                    f"lease {self._path}: no renewal within {settings.renew_deadline}s"
+                )
                 log.warning("stopped leading: no renewal within %ss", settings.renew_deadline)
         finally:
             if self._leading.is_set():

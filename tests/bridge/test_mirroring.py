@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from devicefabric.bridge.mirroring import EMPTY_REVISION, Mirror, ResourceIndex, build_desired
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.mirroring import (
+    EMPTY_REVISION,
+    Mirror,
+    ResourceIndex,
+    build_desired,
+    fit_desired,
+)
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES, MAX_PROCESSES, encode
 from tests.bridge.memory_cp import resource
 
 
@@ -84,3 +95,107 @@ def test_index_ignores_invalid_device_names() -> None:
     bad = resource("web", "Not_A_Device")
     assert index.update(bad.key, bad) == set()
     assert index.device_of_key(bad.key) is None
+
+
+# -- limits: the document count and size limits leave resources out, never raise ---------------
+def big(name: str, device: str, args: int = 17) -> Resource:
+    """A valid spec whose arguments alone exceed the payload limit (17 x 4,000 characters)."""
+    return resource(name, device, command=["run", *(["x" * 4000] * args)])
+
+
+def test_a_document_over_the_payload_limit_leaves_the_offender_out() -> None:
+    web = resource("web", "tor9-99")
+    fitted = fit_desired("tor9-99", [big("huge", "tor9-99"), web])
+    assert [p.key for p in fitted.desired.processes] == ["default/web"]
+    assert set(fitted.rejected) == {"default/huge"}
+    message = fitted.rejected["default/huge"]
+    assert message.startswith("desired document for device tor9-99 would be ")
+    assert message.endswith(f" bytes, limit {MAX_PAYLOAD_BYTES}")
+    size = int(message.split(" would be ")[1].split(" ")[0])
+    assert size > MAX_PAYLOAD_BYTES
+
+
+def test_the_size_accounting_is_exact() -> None:
+    parts = [big(f"p{i}", "tor9-99", args=i % 3) for i in range(12)]
+    whole = fit_desired("tor9-99", parts)
+    assert whole.rejected == {}
+    exact = len(encode(whole.desired))
+    assert fit_desired("tor9-99", parts, limit=exact).rejected == {}
+    tight = fit_desired("tor9-99", parts, limit=exact - 1)
+    assert len(tight.rejected) == 1
+    assert len(encode(tight.desired)) <= exact - 1
+
+
+def test_the_257th_process_is_left_out_the_rest_go() -> None:
+    many = [resource(f"p-{i:03d}", "tor9-99") for i in range(MAX_PROCESSES + 1)]
+    fitted = fit_desired("tor9-99", many)
+    assert len(fitted.desired.processes) == MAX_PROCESSES
+    ((key, message),) = fitted.rejected.items()
+    assert key == "default/p-256"  # equal sizes: the last key is the one left out
+    assert f"already has {MAX_PROCESSES} processes" in message
+
+
+def test_metadata_the_wire_refuses_is_left_out_with_a_reason() -> None:
+    odd = replace(resource("web", "tor9-99"), uid="u" * 200, generation=-1)
+    mirror = Mirror()
+    assert mirror.plan("tor9-99", [odd]) is None  # nothing valid, nothing ever retained
+    reason = mirror.rejection("tor9-99", odd.key)
+    assert reason is not None
+    assert reason.startswith("cannot be sent to device tor9-99: ")
+
+
+def test_plan_records_and_clears_rejections() -> None:
+    mirror = Mirror()
+    huge = big("huge", "tor9-99")
+    mirror.plan("tor9-99", [huge])
+    assert mirror.rejection("tor9-99", huge.key) is not None
+    assert mirror.rejection("dev-a", huge.key) is None
+    mirror.plan("tor9-99", [])
+    assert mirror.rejected == {}
+
+
+# -- property: no resource content makes planning raise ----------------------------------------
+_TEXT = st.text(max_size=12)
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+_DEVICES = st.sampled_from(["tor9-99", "dev-a", "bridge", "Not_A_Device", ""])
+_SPEC = st.fixed_dictionaries(
+    {"deviceName": _DEVICES | _JSONISH},
+    optional={
+        "command": st.lists(st.text(max_size=3000), max_size=30) | _JSONISH,
+        "env": st.lists(
+            st.fixed_dictionaries({"name": _TEXT, "value": st.text(max_size=3000)}), max_size=4
+        )
+        | _JSONISH,
+        "workingDir": _JSONISH,
+        "restartPolicy": st.sampled_from(["Always", "Never", "Sometimes"]),
+        "suspend": _JSONISH,
+        "terminationGracePeriodSeconds": _JSONISH,
+        "extra": _JSONISH,
+    },
+)
+_RESOURCE = st.builds(
+    Resource,
+    namespace=st.sampled_from(["default", "ns-1", "Bad NS", "x" * 70]),
+    name=st.sampled_from(["web", "db", "a.b", "UPPER", "x" * 260, ""]),
+    uid=st.text(max_size=140),
+    generation=st.integers(min_value=-2, max_value=2**64),
+    resource_version=st.just("1"),
+    spec=_SPEC,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_RESOURCE, max_size=25), st.integers(min_value=0, max_value=MAX_PAYLOAD_BYTES))
+def test_planning_never_raises(resources: list[Resource], limit: int) -> None:
+    mirror = Mirror(limit=max(limit, 64))
+    for device in ("tor9-99", "dev-a"):
+        doc = mirror.plan(device, resources)
+        if doc is not None:
+            assert len(encode(doc)) <= mirror.limit
+            assert len(doc.processes) <= MAX_PROCESSES
+        keys = {r.key for r in resources}
+        assert set(mirror.rejected.get(device, {})) <= keys

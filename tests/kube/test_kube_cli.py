@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube.fakeapi import FakeApiServer
+from tests.support.ports import free_port
+
 
 def bridge_run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     password = tmp_path / "bridge.password"
@@ -61,3 +64,16 @@ def test_configuration_errors_exit_2_with_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert says in lines[0]
+
+
+def test_a_missing_lease_namespace_exits_2_naming_it(tmp_path: Path) -> None:
+    with FakeApiServer() as api:
+        api.store.namespaces = {"default"}  # no devicefabric-system, as on a fresh cluster
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        closed = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: MQTT retries meanwhile
+        result = bridge_run(tmp_path, KUBECONFIG=str(kubeconfig), DEVICEFABRIC_BROKER=closed)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("devicefabric:")]
+    assert len(errors) == 1, result.stderr  # one line after the JSON logs of the start-up
+    assert "'devicefabric-system' does not exist" in errors[0]
+    assert "--lease-namespace" in errors[0]

@@ -192,3 +192,16 @@ def test_racing_standbys_for_an_expired_lease_elect_exactly_one(
 
     run(scenario)
     assert not timeline.overlaps(), timeline.marks
+
+
+def test_a_standby_says_why_it_does_not_lead(api: FakeApiServer, tmp_path: Path) -> None:
+    a, b = make_plane(api, tmp_path, "a"), make_plane(api, tmp_path, "b")
+
+    async def scenario() -> None:
+        async with running(a):
+            await asyncio.wait_for(a.leading.wait(), 5)
+            assert a.not_leading is None
+            async with running(b):
+                await async_wait_for(lambda: "held by a" in (b.not_leading or ""))
+
+    run(scenario)
