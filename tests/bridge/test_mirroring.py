@@ -162,21 +162,24 @@ _JSONISH = st.recursive(
     max_leaves=6,
 )
 _DEVICES = st.sampled_from(["tor9-99", "dev-a", "bridge", "Not_A_Device", ""])
-_SPEC = st.fixed_dictionaries(
+_ARG = st.text(st.characters(blacklist_characters="\x00"), max_size=3000)
+_VALID_SPEC = st.fixed_dictionaries(
+    {"deviceName": st.sampled_from(["tor9-99", "dev-a"]), "command": st.lists(_ARG, min_size=1)},
+    optional={
+        "env": st.lists(st.fixed_dictionaries({"name": st.just("A"), "value": _ARG}), max_size=3),
+        "suspend": st.booleans(),
+    },
+)
+_ANY_SPEC = st.fixed_dictionaries(
     {"deviceName": _DEVICES | _JSONISH},
     optional={
-        "command": st.lists(st.text(max_size=3000), max_size=30) | _JSONISH,
-        "env": st.lists(
-            st.fixed_dictionaries({"name": _TEXT, "value": st.text(max_size=3000)}), max_size=4
-        )
-        | _JSONISH,
-        "workingDir": _JSONISH,
+        "command": st.lists(st.text(max_size=30), max_size=5) | _JSONISH,
         "restartPolicy": st.sampled_from(["Always", "Never", "Sometimes"]),
-        "suspend": _JSONISH,
         "terminationGracePeriodSeconds": _JSONISH,
         "extra": _JSONISH,
     },
 )
+_SPEC = _VALID_SPEC | _ANY_SPEC
 _RESOURCE = st.builds(
     Resource,
     namespace=st.sampled_from(["default", "ns-1", "Bad NS", "x" * 70]),

@@ -1,0 +1,212 @@
+"""Tier 2: resources and links that must not take the bridge down, on real brokers.
+
+- A desired document over the payload limit is never published: the resource that does not fit
+  gets `Synced=False/InvalidSpec` naming the size and the limit, the device keeps its last
+  document, other devices and the broker link carry on (the embedded broker would drop the
+  bridge for the oversized PUBLISH; mosquitto would drop it too).
+- 257 processes on one device: 256 go, the extra one is `InvalidSpec`.
+- A message the broker refused (it disconnected us) is not re-sent on the next connection.
+- A connection lost right after CONNACK, before the subscription, ends in a reconnect.
+- `/healthz` fails once the MQTT link has been down past its bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from devicefabric.bridge.mqtt import LinkSettings, MqttLink
+from devicefabric.bridge.service import Bridge, default_client_id
+from devicefabric.config.names import is_device_name
+from devicefabric.config.settings import HostPort, parse_broker_url
+from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES, MAX_PROCESSES
+from tests.bridge.memory_cp import MemoryControlPlane, resource
+from tests.bridge.scene import running, settings, until
+from tests.support.brokers import BrokerProcess
+from tests.support.ports import free_port
+
+T = Topics(DEFAULT_ROOT)
+
+
+def play(story: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(story())
+
+
+@pytest.mark.fabric_devices("tor9-99", "dev-b")
+def test_an_oversized_desired_document_is_refused_and_the_bridge_stays_up(
+    any_broker: BrokerProcess,
+) -> None:
+    cp = MemoryControlPlane()
+    web = resource("web", "tor9-99")
+    cp.apply(web)
+    huge = resource("huge", "tor9-99", command=["run", *(["x" * 4000] * 17)])
+
+    async def story() -> None:
+        async with running(any_broker, cp) as bridge:
+            await until(lambda: "tor9-99" in bridge.mirror.observed, what="web mirrored")
+            kept, session = bridge.mirror.observed["tor9-99"], bridge.link.session
+            start = time.monotonic()
+            cp.apply(huge)
+            await until(lambda: cp.reason(huge.key, "Synced") == "InvalidSpec", what="refused")
+            took = time.monotonic() - start
+            synced = cp.condition(huge.key, "Synced")
+            assert synced is not None
+            assert "desired document for device tor9-99 would be " in synced["message"]
+            assert f"bytes, limit {MAX_PAYLOAD_BYTES}" in synced["message"]
+            assert took < 5.0
+            # Other devices are unaffected, over the same broker connection.
+            cp.apply(resource("db", "dev-b"))
+            await until(lambda: "dev-b" in bridge.mirror.observed, what="dev-b mirrored")
+            assert bridge.mirror.observed["tor9-99"] == kept  # the last good document stays
+            assert bridge.link.session == session  # the broker never dropped the bridge
+            # Deleting the offender clears its rejection; the device's document is unchanged.
+            cp.delete(huge.key)
+            await until(lambda: bridge.mirror.rejected == {}, what="rejection cleared")
+
+    play(story)
+
+
+@pytest.mark.fabric_devices("tor9-99")
+def test_257_processes_on_one_device_256_go_the_extra_one_is_invalid(
+    embedded: BrokerProcess,
+) -> None:
+    cp = MemoryControlPlane()
+    many = [resource(f"p-{i:03d}", "tor9-99") for i in range(MAX_PROCESSES + 1)]
+    for res in many:
+        cp.apply(res)
+
+    async def story() -> None:
+        async with running(embedded, cp) as bridge:
+            extra = many[-1].key
+            await until(lambda: cp.reason(extra, "Synced") == "InvalidSpec", what="extra refused")
+            synced = cp.condition(extra, "Synced")
+            assert synced is not None
+            assert f"already has {MAX_PROCESSES} processes" in synced["message"]
+            await until(lambda: "tor9-99" in bridge.mirror.observed, what="256 mirrored")
+            assert cp.reason(many[0].key, "Synced") != "InvalidSpec"
+
+    play(story)
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.primed = 0
+
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:  # noqa: ARG002
+        self.messages.append((topic, payload))
+
+    def on_connected(self) -> None:
+        pass
+
+    def on_primed(self) -> None:
+        self.primed += 1
+
+    def on_lost(self) -> None:
+        pass
+
+
+def _link(url: str, password: str, handler: _Collect) -> MqttLink:
+    return MqttLink(
+        LinkSettings(
+            broker=parse_broker_url(url),
+            password=password,
+            client_id=default_client_id(),
+            topics=T,
+            reconnect_min=0.05,
+            marker_timeout=1.0,
+        ),
+        handler,
+    )
+
+
+@pytest.mark.fabric_devices("tor9-99")
+def test_a_refused_publish_is_not_resent_on_reconnect(any_broker: BrokerProcess) -> None:
+    handler = _Collect()
+    link = _link(any_broker.url, any_broker.password("bridge"), handler)
+
+    async def story() -> None:
+        task = asyncio.create_task(link.run())
+        try:
+            await until(lambda: handler.primed == 1, 10, "first connection primed")
+            oversized = b"x" * (MAX_PAYLOAD_BYTES + 1000)
+            assert link.publish(T.desired("tor9-99"), oversized, retain=False)
+            await until(lambda: handler.primed == 2, 10, "reconnected and primed")
+            marker = b'{"marker":1}'
+            assert link.publish(T.desired("tor9-99"), marker, retain=False)
+            await until(lambda: (T.desired("tor9-99"), marker) in handler.messages, 5, "echo")
+            assert handler.primed == 2  # the refused message was not sent again
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    play(story)
+
+
+def test_a_loss_right_after_connack_ends_in_a_reconnect() -> None:
+    accepted = 0
+
+    async def connack_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read(2)  # the start of CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted, then gone before any SUBACK
+        await writer.drain()
+        writer.close()
+
+    async def story() -> None:
+        server = await asyncio.start_server(connack_then_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = _link(f"mqtt://127.0.0.1:{port}", "x", _Collect())
+        task = asyncio.create_task(link.run())
+        try:
+            await until(lambda: accepted >= 3, 10, "three connections")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+
+    play(story)
+
+
+def test_healthz_fails_once_mqtt_has_been_down_past_the_bound(embedded: BrokerProcess) -> None:
+    from tests.bridge.test_service import http_get  # noqa: PLC0415 - one HTTP client for tier 2
+
+    limit = 1.0
+    closed = parse_broker_url(f"mqtt://127.0.0.1:{free_port()}")
+    config = replace(
+        settings(embedded), broker=closed, http=HostPort("127.0.0.1", 0), mqtt_down_limit=limit
+    )
+
+    async def story() -> None:
+        async with Bridge(config, MemoryControlPlane()) as bridge:
+            port = bridge.http_port
+            assert port is not None
+            start = time.monotonic()
+            assert (await http_get(port, "/healthz"))[0] == 200  # down, but not for long yet
+            while (await http_get(port, "/healthz"))[0] == 200:
+                assert time.monotonic() - start < limit + 5, "/healthz never failed"
+                await asyncio.sleep(0.1)
+            assert time.monotonic() - start >= limit * 0.9
+            status, body = await http_get(port, "/healthz")
+            assert status == 503
+            assert b"MQTT link has been down" in body
+
+    play(story)
+
+
+def test_the_default_client_id_is_unique_per_process_and_no_device_name() -> None:
+    ids = {default_client_id() for _ in range(50)}
+    assert len(ids) == 50
+    for cid in ids:
+        assert cid.startswith("bridge_")
+        assert not is_device_name(cid)
+        assert len(cid) <= 36
