@@ -45,11 +45,19 @@ def test_an_oversized_desired_document_is_refused_and_the_bridge_stays_up(
     cp = MemoryControlPlane()
     web = resource("web", "tor9-99")
     cp.apply(web)
-    huge = resource("huge", "tor9-99", command=["run", *(["x" * 4000] * 17)])
+    # Nine resources of ~8 KB each (within every per-resource bound) make a 72 KB document.
+    parts = [resource(f"p{i}", "tor9-99", command=["run", *(["x" * 250] * 31)]) for i in range(9)]
+    huge = parts[-1]
 
     async def story() -> None:
         async with running(any_broker, cp) as bridge:
-            await until(lambda: "tor9-99" in bridge.mirror.observed, what="web mirrored")
+            for part in parts[:-1]:
+                cp.apply(part)
+            await until(
+                lambda: all(cp.reason(p.key, "Synced") == "Pending" for p in parts[:-1]),
+                what="eight parts mirrored",
+            )
+            await until(lambda: "tor9-99" in bridge.mirror.observed and not bridge.mirror.sent)
             kept, session = bridge.mirror.observed["tor9-99"], bridge.link.session
             start = time.monotonic()
             cp.apply(huge)

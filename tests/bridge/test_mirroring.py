@@ -13,7 +13,16 @@ from devicefabric.bridge.mirroring import (
     Mirror,
     ResourceIndex,
     build_desired,
+    check_spec,
     fit_desired,
+)
+from devicefabric.config.resource import (
+    MAX_ARG_LENGTH,
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_ENV_NAME,
+    MAX_ENV_VALUE,
+    MAX_WORKING_DIR,
 )
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES, MAX_PROCESSES, encode
 from tests.bridge.memory_cp import resource
@@ -98,32 +107,53 @@ def test_index_ignores_invalid_device_names() -> None:
 
 
 # -- limits: the document count and size limits leave resources out, never raise ---------------
-def big(name: str, device: str, args: int = 17) -> Resource:
-    """A valid spec whose arguments alone exceed the payload limit (17 x 4,000 characters)."""
-    return resource(name, device, command=["run", *(["x" * 4000] * args)])
+def big(name: str, device: str, args: int = 31) -> Resource:
+    """A valid spec of about `args` x 253 bytes (31 arguments: ~8 KB; nine of them: > 64 KiB)."""
+    return resource(name, device, command=["run", *(["x" * 250] * args)])
 
 
 def test_a_document_over_the_payload_limit_leaves_the_offender_out() -> None:
     web = resource("web", "tor9-99")
-    fitted = fit_desired("tor9-99", [big("huge", "tor9-99"), web])
-    assert [p.key for p in fitted.desired.processes] == ["default/web"]
-    assert set(fitted.rejected) == {"default/huge"}
-    message = fitted.rejected["default/huge"]
+    parts = [big(f"p{i}", "tor9-99") for i in range(9)]
+    fitted = fit_desired("tor9-99", [*parts, web])
+    assert [p.key for p in fitted.desired.processes] == [
+        "default/p0", "default/p1", "default/p2", "default/p3",
+        "default/p4", "default/p5", "default/p6", "default/p7", "default/web",
+    ]  # fmt: skip
+    assert set(fitted.rejected) == {"default/p8"}  # equal sizes: the last key is left out
+    message = fitted.rejected["default/p8"]
     assert message.startswith("desired document for device tor9-99 would be ")
     assert message.endswith(f" bytes, limit {MAX_PAYLOAD_BYTES}")
     size = int(message.split(" would be ")[1].split(" ")[0])
-    assert size > MAX_PAYLOAD_BYTES
+    assert size > MAX_PAYLOAD_BYTES >= len(encode(fitted.desired))
 
 
-def test_the_size_accounting_is_exact() -> None:
-    parts = [big(f"p{i}", "tor9-99", args=i % 3) for i in range(12)]
-    whole = fit_desired("tor9-99", parts)
-    assert whole.rejected == {}
-    exact = len(encode(whole.desired))
-    assert fit_desired("tor9-99", parts, limit=exact).rejected == {}
-    tight = fit_desired("tor9-99", parts, limit=exact - 1)
-    assert len(tight.rejected) == 1
-    assert len(encode(tight.desired)) <= exact - 1
+def test_one_resource_at_every_bound_fits_in_the_worst_encoding() -> None:
+    wide = "\U0001f600"  # 4 bytes in UTF-8: the widest character a spec may hold
+    spec = {
+        "deviceName": "d" * 63,
+        "command": [wide * MAX_ARG_LENGTH] * MAX_COMMAND_ITEMS,
+        "env": [{"name": wide * MAX_ENV_NAME, "value": wide * MAX_ENV_VALUE}] * MAX_ENV_ITEMS,
+        "workingDir": wide * MAX_WORKING_DIR,
+        "restartPolicy": "OnFailure",
+        "terminationGracePeriodSeconds": 3600,
+    }
+    worst = replace(
+        resource("n" * 253, "d" * 63, namespace="s" * 63, spec=spec),
+        uid="u" * 128,
+        generation=2**63 - 1,
+    )
+    fitted = fit_desired("d" * 63, [worst])
+    assert fitted.rejected == {}
+    assert len(fitted.desired.processes) == 1
+    assert len(encode(fitted.desired)) <= MAX_PAYLOAD_BYTES
+
+
+def test_the_reported_oversized_spec_is_refused_by_the_spec_itself() -> None:
+    spec = {"deviceName": "tor9-99", "command": ["run", *(["x" * 4000] * 17)]}
+    reason = check_spec(spec)
+    assert isinstance(reason, str)
+    assert reason.startswith("spec.command.1: String should have at most 256 characters")
 
 
 def test_the_257th_process_is_left_out_the_rest_go() -> None:
@@ -147,6 +177,7 @@ def test_metadata_the_wire_refuses_is_left_out_with_a_reason() -> None:
 def test_plan_records_and_clears_rejections() -> None:
     mirror = Mirror()
     huge = big("huge", "tor9-99")
+    mirror.limit = 1000
     mirror.plan("tor9-99", [huge])
     assert mirror.rejection("tor9-99", huge.key) is not None
     assert mirror.rejection("dev-a", huge.key) is None
