@@ -233,3 +233,30 @@ def test_planning_never_raises(resources: list[Resource], limit: int) -> None:
             assert len(doc.processes) <= MAX_PROCESSES
         keys = {r.key for r in resources}
         assert set(mirror.rejected.get(device, {})) <= keys
+
+
+def test_a_newcomer_never_displaces_what_the_device_runs() -> None:
+    mirror = Mirror()
+    running = [big(f"z{i}", "tor9-99") for i in range(8)]  # keys after the newcomer's
+    first = mirror.plan("tor9-99", running)
+    assert first is not None
+    mirror.published("tor9-99", first.revision)
+    newcomer = big("a-new", "tor9-99")
+    assert mirror.plan("tor9-99", [*running, newcomer]) is None  # the document is unchanged
+    assert set(mirror.rejected["tor9-99"]) == {newcomer.key}
+
+
+def test_a_grown_resource_that_no_longer_fits_keeps_its_previous_entry() -> None:
+    mirror = Mirror()
+    parts = [big(f"p{i}", "tor9-99") for i in range(7)]
+    small = resource("s", "tor9-99")
+    first = mirror.plan("tor9-99", [*parts, small])
+    assert first is not None
+    mirror.published("tor9-99", first.revision)
+    grown = replace(big("s", "tor9-99"), generation=2)
+    grown = replace(grown, spec={**grown.spec, "env": [{"name": "A", "value": "v" * 128}] * 32})
+    assert mirror.plan("tor9-99", [*parts, grown]) is None  # the device keeps generation 1
+    reason = mirror.rejection("tor9-99", grown.key)
+    assert reason is not None
+    assert "would be" in reason
+    assert reason.endswith("; the device keeps generation 1")
