@@ -20,8 +20,11 @@ retains.
   admits a device's valid resources smallest encoded entry first (ties by key) while both limits
   hold; a resource that does not fit, or whose metadata the wire format refuses, is left out of
   the document and gets a one-line reason (`Mirror.rejection`, written as `Synced=False` with
-  reason `InvalidSpec`). So a new oversized resource leaves the retained document as it was,
-  and no resource content can make planning raise.
+  reason `InvalidSpec`). `Mirror` passes the entries of the device's last planned document:
+  unchanged ones are admitted first (a newcomer never displaces a running process), and a
+  changed resource that no longer fits keeps its previous entry when that fits. So growing a
+  device past a limit leaves its retained document as it was, and no resource content can make
+  planning raise. (A restarted bridge has no previous entries: it admits smallest first.)
 """
 
 from __future__ import annotations
@@ -139,51 +142,89 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def fit_desired(
-    device: str, resources: Iterable[Resource], limit: int = MAX_PAYLOAD_BYTES
-) -> Fitted:
-    """The document of `device` within the limits (see the module doc); never raises."""
-    rejected: dict[str, str] = {}
-    candidates: list[tuple[int, str, DesiredProcess]] = []
+def _process(device: str, resource: Resource) -> DesiredProcess | str | None:
+    """The resource's entry, a reason the wire refuses it, or None (invalid spec, other device)."""
+    spec = check_spec(resource.spec)
+    if isinstance(spec, str) or spec.device_name != device:
+        return None
+    try:
+        return DesiredProcess(
+            namespace=resource.namespace,
+            name=resource.name,
+            uid=resource.uid,
+            generation=resource.generation,
+            spec=spec,
+        )
+    except ValidationError as exc:
+        return f"cannot be sent to device {device}: {_describe(exc)}"
+
+
+def _candidates(
+    device: str,
+    resources: Iterable[Resource],
+    kept: Mapping[str, DesiredProcess],
+    rejected: dict[str, str],
+) -> list[tuple[int, int, str, DesiredProcess]]:
+    """(0 if unchanged since `kept` else 1, encoded size, key, entry), in admission order."""
+    candidates: list[tuple[int, int, str, DesiredProcess]] = []
     for resource in resources:
-        spec = check_spec(resource.spec)
-        if isinstance(spec, str) or spec.device_name != device:
+        process = _process(device, resource)
+        if process is None:
             continue
-        try:
-            process = DesiredProcess(
-                namespace=resource.namespace,
-                name=resource.name,
-                uid=resource.uid,
-                generation=resource.generation,
-                spec=spec,
-            )
-        except ValidationError as exc:
-            rejected[resource.key] = f"cannot be sent to device {device}: {_describe(exc)}"
+        if isinstance(process, str):
+            rejected[resource.key] = process
             continue
-        candidates.append((len(encode(process)), resource.key, process))
-    candidates.sort(key=lambda c: (c[0], c[1]))
-    admitted: list[DesiredProcess] = []
-    keys: set[str] = set()
+        first = 0 if kept.get(resource.key) == process else 1
+        candidates.append((first, len(encode(process)), resource.key, process))
+    candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+    return candidates
+
+
+def fit_desired(
+    device: str,
+    resources: Iterable[Resource],
+    limit: int = MAX_PAYLOAD_BYTES,
+    kept: Mapping[str, DesiredProcess] | None = None,
+) -> Fitted:
+    """The document of `device` within the limits (see the module doc); never raises.
+
+    `kept` holds the entries of the device's last planned document: an unchanged entry is
+    admitted first, and a changed one that no longer fits keeps its previous entry if that fits.
+    """
+    kept = kept or {}
+    rejected: dict[str, str] = {}
+    candidates = _candidates(device, resources, kept, rejected)
+    admitted: dict[str, DesiredProcess] = {}
     size = _EMPTY_SIZE
-    for entry_size, key, process in candidates:
-        if key in keys:  # the index never yields a key twice; a planner input might
-            rejected[key] = f"{key} appears more than once for device {device}"
-            continue
+
+    def admit(key: str, process: DesiredProcess, entry_size: int) -> str | None:
+        nonlocal size
         grown = size + entry_size + (1 if admitted else 0)  # entries are comma-separated
         if len(admitted) >= MAX_PROCESSES:
-            rejected[key] = (
+            return (
                 f"device {device} already has {MAX_PROCESSES} processes, "
                 "the most one desired document holds"
             )
-        elif grown > limit:
-            rejected[key] = (
-                f"desired document for device {device} would be {grown} bytes, limit {limit}"
-            )
-        else:
-            admitted.append(process)
-            keys.add(key)
-            size = grown
-    return Fitted(make_desired(admitted), rejected)
+        if grown > limit:
+            return f"desired document for device {device} would be {grown} bytes, limit {limit}"
+        admitted[key] = process
+        size = grown
+        return None
+
+    for _first, entry_size, key, process in candidates:
+        if key in admitted:  # the index never yields a key twice; a planner input might
+            rejected[key] = f"{key} appears more than once for device {device}"
+        elif (why := admit(key, process, entry_size)) is not None:
+            rejected[key] = why
+    for key in sorted(rejected):  # a changed entry that does not fit: the device keeps the old
+        previous = kept.get(key)
+        if (
+            previous is not None
+            and key not in admitted
+            and admit(key, previous, len(encode(previous))) is None
+        ):
+            rejected[key] += f"; the device keeps generation {previous.generation}"
+    return Fitted(make_desired(list(admitted.values())), rejected)
 
 
 def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
@@ -199,6 +240,7 @@ class Mirror:
         self.observed: dict[str, str] = {}  # device -> revision the broker retains
         self.sent: dict[str, str] = {}  # device -> revision published, echo not seen yet
         self.rejected: dict[str, dict[str, str]] = {}  # device -> key -> why it is left out
+        self.kept: dict[str, dict[str, DesiredProcess]] = {}  # device -> its last planned entries
 
     def rejection(self, device: str | None, key: str) -> str | None:
         """Why `key` was left out of `device`'s last planned document, if it was."""
@@ -225,7 +267,11 @@ class Mirror:
         """The document to publish for `device` now, or None when the broker has it already.
 
         Also records the resources left out for a limit (`rejection`, `rejected`)."""
-        fitted = fit_desired(device, resources, self.limit)
+        fitted = fit_desired(device, resources, self.limit, self.kept.get(device))
+        if fitted.desired.processes:
+            self.kept[device] = {p.key: p for p in fitted.desired.processes}
+        else:
+            self.kept.pop(device, None)
         if fitted.rejected:
             self.rejected[device] = fitted.rejected
         else:
