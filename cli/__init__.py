@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from devicefabric.agent import cli as agent_cli  # noqa: PLC0415 - keep `--help` cheap
     from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
     from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
-    from devicefabric.cli import creds, manifests, up  # noqa: PLC0415
+    from devicefabric.cli import creds, manifests, status, up  # noqa: PLC0415
 
     parser = _Parser(
         prog="devicefabric",
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     creds.register(sub)
     bridge_cli.register_local_verbs(sub)
     manifests.register(sub)
+    status.register(sub)
     return parser
 
 
