@@ -5,7 +5,7 @@
 Two renderings of one stream of snapshots:
 - on a terminal, the whole table is redrawn in place (cursor home, clear below) whenever a row
   changes and at least every `REDRAW_S`, so the AGE column ticks; the header line says what is
-  watched;
+  watched; rows are cut to the terminal's width (a wrapped row would break the columns);
 - otherwise (a pipe, a file, a log collector), the table is printed once and then one line is
   appended per change: the row as it is now, aligned with the first table's columns, with
   ` (deleted)` after a row that went away. AGE alone changing is not a change.
@@ -19,6 +19,7 @@ that kind), not DeviceProcesses in particular.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
@@ -144,7 +145,9 @@ def _watch_terminal(table: Table, title: str, out: TextIO) -> None:
             now = datetime.now(UTC)
             stamp = now.strftime("%H:%M:%S")
             body = table.render(table.load(), now)
-            out.write(f"{CLEAR}{title}   {stamp}   (Ctrl-C to stop)\n\n{body}\n")
+            cols = shutil.get_terminal_size().columns  # a wrapped row would break the table
+            text = f"{title}   {stamp}   (Ctrl-C to stop)\n\n{body}"
+            out.write(CLEAR + "\n".join(ln[:cols] for ln in text.splitlines()) + "\n")
             out.flush()
         time.sleep(POLL_S)
 
