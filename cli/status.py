@@ -224,7 +224,8 @@ def fetch(address: HostPort, state_dir: Path | None, timeout: float) -> Observed
         return Observed(str(address), healthz=False, readyz=None, devices=None, error=str(reason))
     phases: dict[str, int] | None = None
     transitions: list[dict[str, object]] = []
-    if state_dir is not None and (state_dir / "resources").is_dir():
+    markers = ("resources", "secret", "changes.log")  # what `up` or the local store leave there
+    if state_dir is not None and any((state_dir / name).exists() for name in markers):
         from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
 
         store = LocalStore(state_dir)

@@ -6,7 +6,9 @@
 #
 # Checks: the configured user is not root and is the one the processes run as; `--version` prints
 # the package version; `bridge run --help` works (the bridge extra imports); no compiler or pip
-# is left in the image. Prints each result; exits non-zero on the first failure.
+# is left in the image; `devicefabric up` (embedded broker + bridge) runs as that user until
+# `devicefabric status` exits 0, then stops cleanly on SIGINT. The chroot shares this machine's
+# network: the ports are free loopback ports. Exits non-zero on the first failure.
 set -eu
 
 IMAGE=${1:?usage: image/smoke.sh IMAGE}
@@ -52,5 +54,31 @@ for tool in gcc cc make pip pip3; do
         exit 1
     fi
 done
-echo "no compiler, make or pip on the image's PATH"
+for python in python3 /opt/devicefabric/bin/python; do
+    if in_image "$python" -m pip --version >/dev/null 2>&1; then
+        echo "FAIL: '$python -m pip' works in the image" >&2
+        exit 1
+    fi
+done
+echo "no compiler, make or pip in the image"
+# The whole fabric from the image: `up` (embedded broker + bridge) until `status` says OK.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+mqtt=127.0.0.1:$(free_port)
+http=127.0.0.1:$(free_port)
+echo "\$ devicefabric up --mqtt $mqtt --http $http &  then  devicefabric status --http $http"
+# shellcheck disable=SC2016 # expanded by the shell in the image
+in_image sh -c '
+    devicefabric up --state-dir /tmp/smoke --mqtt "$1" --http "$2" >/tmp/up.log 2>&1 &
+    up=$!
+    tries=0
+    until devicefabric status --http "$2" --state-dir /tmp/smoke >/tmp/status.out; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 100 ] || ! kill -0 "$up" 2>/dev/null; then
+            cat /tmp/status.out /tmp/up.log; kill -INT "$up"; exit 1
+        fi
+        sleep 0.3
+    done
+    cat /tmp/status.out
+    kill -INT "$up"
+    wait "$up" && echo "up stopped cleanly (exit 0)"' sh "$mqtt" "$http"
 echo "smoke test passed"

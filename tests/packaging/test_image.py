@@ -3,7 +3,8 @@
 The agreement tests are cheap and run with the suite: the package version, the Deployment's image
 tag, `devicefabric manifests` and the Containerfile's user all agree. The build test (`-m image`,
 `make image-test`, outside `make test`) runs `make image` for real: buildah without a daemon over
-a debootstrapped base, then the smoke test in a chroot as the image's user.
+a debootstrapped base, then the smoke test in a chroot as the image's user (`--version`,
+`bridge run --help`, no build tools, and `up` + `status` running inside the image).
 """
 
 from __future__ import annotations
@@ -85,4 +86,6 @@ def test_make_image_builds_and_the_smoke_test_passes_in_a_chroot() -> None:
     assert f"uid={65532}(devicefabric)" in proc.stdout
     assert f"devicefabric {__version__}\n" in proc.stdout
     assert "usage: devicefabric bridge run" in proc.stdout
+    assert "status     OK (exit 0)" in proc.stdout  # `up` in the image, `status` against it
+    assert "up stopped cleanly (exit 0)" in proc.stdout
     assert "smoke test passed" in proc.stdout
