@@ -3,7 +3,8 @@
     devicefabric status [--http HOST:PORT] [--state-dir DIR] [--timeout SECONDS]
 
 What it reads: the bridge's HTTP endpoints at `--http` (`/healthz`, `/readyz`, `/devices`,
-`/metrics`; default the address `devicefabric up` serves) and, when `--state-dir` holds a local
+`/metrics`; default the address `devicefabric up` serves; a wildcard host is dialled on loopback,
+so `devicefabric status` inside the bridge's pod finds it through `DEVICEFABRIC_HTTP`) and, when `--state-dir` holds a local
 control plane, its resources and latest Events. Without a state directory (a bridge on
 Kubernetes) the resources by phase come from the devices' last reports on `/devices`.
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from devicefabric.config.errors import ConfigError
 from devicefabric.config.settings import (
     DEFAULT_HTTP,
     DEFAULT_STATE_DIR,
@@ -244,8 +246,19 @@ def fetch(address: HostPort, state_dir: Path | None, timeout: float) -> Observed
     )
 
 
+def reachable(address: HostPort) -> HostPort:
+    """A wildcard listen address (as a pod's `DEVICEFABRIC_HTTP=0.0.0.0:8080`) is dialled on loopback."""
+    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return HostPort("127.0.0.1", address.port)
+    if address.host == "::":
+        return HostPort("::1", address.port)
+    return address
+
+
 def run(args: argparse.Namespace) -> int:
-    address = parse_hostport(args.http, "--http")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout: expected a number of seconds > 0, got {args.timeout}")
+    address = reachable(parse_hostport(args.http, "--http"))
     report = assess(fetch(address, args.state_dir, args.timeout))
     print(report.text, flush=True)
     return report.code

@@ -129,3 +129,10 @@ def test_status_reads_its_flags_from_the_environment(tmp_path: Path) -> None:
     )
     assert proc.returncode == EXIT_BRIDGE_DOWN
     assert proc.stdout.startswith(f"bridge     http://127.0.0.1:{port}\n")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_timeout_that_is_not_positive_is_a_usage_error(value: str) -> None:
+    result = run_cli("status", "--timeout", value, "--http", "127.0.0.1:9")
+    assert result.code == 2
+    assert result.err.startswith("devicefabric: error: --timeout: expected a number of seconds > 0")
