@@ -11,8 +11,10 @@ Two renderings of one stream of snapshots:
   ` (deleted)` after a row that went away. AGE alone changing is not a change.
 
 The core is pure: `Rows` (key -> cells) from a snapshot, `changed(before, after)` -> the lines to
-append. The loop polls the store's revision (one small file read per `POLL_S`) and reloads only
-when it moved, so watching costs nothing while the fabric is quiet. It returns 0 on Ctrl-C or
+append. The loop polls a change mark (one `stat` per `POLL_S`) and reloads only when it moved, so
+watching costs nothing while the fabric is quiet. For the local store the mark is the journal's
+inode and size, not the revision file: a writer bumps the revision before it writes the data and
+appends the journal line after, so a reload the journal triggered always finds the data. It returns 0 on Ctrl-C or
 SIGTERM. Any kind `get` shows can be watched: the loop takes a `Table` (how to list and render
 that kind), not DeviceProcesses in particular.
 """
@@ -50,7 +52,7 @@ class Table:
     cells: Callable[[Resource, datetime], Cells]
     render: Callable[[Sequence[Resource], datetime], str]
     age_column: int  # excluded from change detection (it changes every second)
-    revision: Callable[[], int]
+    revision: Callable[[], object]  # a mark that moves after (never before) a change is readable
 
 
 def rows_of(table: Table, resources: Sequence[Resource], now: datetime) -> Rows:
@@ -135,7 +137,7 @@ def _watch_lines(table: Table, out: TextIO) -> None:
 
 
 def _watch_terminal(table: Table, title: str, out: TextIO) -> None:
-    revision: int | None = None
+    revision: object = None
     drawn = 0.0
     while True:
         current = table.revision()
@@ -188,5 +190,14 @@ def deviceprocess_table(
         cells=cells,
         render=render,
         age_column=(1 if with_namespace else 0) + 5,
-        revision=store.revision,
+        revision=lambda: journal_mark(store),
     )
+
+
+def journal_mark(store: LocalStore) -> tuple[int, int]:
+    """The journal's (inode, size): it moves when a line is appended or the journal rotates."""
+    try:
+        stat = store.journal_path.stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return (stat.st_ino, stat.st_size)

@@ -7,10 +7,8 @@ the instructions line and the table are still on top and the newest log line is 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from devicefabric.cli.demo import REFRESH_S as REDRAW_S
 from devicefabric.cli.screen import panel_sequence, region_sequence
+from tests.cli.conftest import screen as _screen
 from tests.support.cli import cli_argv
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
@@ -36,31 +35,21 @@ def test_panel_rows_are_cut_padded_and_drawn_between_cursor_save_and_restore() -
 
 
 @pytest.fixture
-def tmux() -> Iterator[str]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    session = f"dfdemo-{uuid.uuid4().hex[:8]}"
-    yield session
-    # Ctrl-C first (up stops its agents), then the session goes.
-    subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=False, capture_output=True)
+def demo_tmux(tmux: str) -> Iterator[str]:
+    """The `tmux` session; at teardown, Ctrl-C in it and wait until `up` printed its last table."""
+    yield tmux
+    subprocess.run(["tmux", "send-keys", "-t", tmux, "C-c"], check=False, capture_output=True)
     wait_for(
-        lambda: "stopping:" in _screen(session) or not _screen(session),
+        lambda: "ticker" in _screen(tmux).split("stopping:")[-1] and "stopping:" in _screen(tmux),
         timeout=15,
-        what="up --demo to stop",
+        what="up --demo to stop and print its last table",
     )
-    wait_for(lambda: "ticker" in _screen(session).split("stopping:")[-1], timeout=15)
-    subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
-
-
-def _screen(session: str) -> str:
-    return subprocess.run(
-        ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=False
-    ).stdout
 
 
 def test_up_demo_keeps_the_table_on_top_while_the_log_scrolls_below(
-    tmp_path: Path, tmux: str
+    tmp_path: Path, demo_tmux: str
 ) -> None:
+    tmux = demo_tmux
     state = tmp_path / "state"
     argv = cli_argv(
         "--log-level",

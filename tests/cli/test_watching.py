@@ -7,18 +7,16 @@ watch inside tmux and reads the screen, as a person would see it.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.watching import changed
+from devicefabric.bridge.watching import changed, deviceprocess_table
+from tests.cli.conftest import screen
 from tests.support.cli import Background, cli_argv, manifest_text, run_cli, write_manifest
 from tests.support.waiting import wait_for
 
@@ -39,6 +37,20 @@ def test_changed_rows_ignore_age_and_list_deletions_last(
     before: dict[str, tuple[str, ...]], after: dict[str, tuple[str, ...]], expected: list[str]
 ) -> None:
     assert changed(before, after, age_column=1) == expected
+
+
+def test_the_change_mark_moves_only_once_a_write_is_readable(tmp_path: Path) -> None:
+    """A writer bumps the revision first, writes the data, then appends the journal line: a
+    watcher that reloaded on the revision could read the old data and then miss the change."""
+    state = tmp_path / "state"
+    _apply(tmp_path, state, "first")
+    store = LocalStore(state)
+    table = deviceprocess_table(store, None, "default")
+    before = table.revision()
+    store._set_revision(store.revision() + 1)  # a writer's first step, data not written yet
+    assert table.revision() == before
+    store.patch_status("default/first", {"phase": "Running"})  # the whole write
+    assert table.revision() != before
 
 
 def _apply(tmp_path: Path, state: Path, name: str) -> None:
@@ -89,15 +101,6 @@ def test_get_watch_refuses_yaml_output_in_one_line(tmp_path: Path) -> None:
     )
 
 
-@pytest.fixture
-def tmux() -> Iterator[str]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    session = f"dfwatch-{uuid.uuid4().hex[:8]}"
-    yield session
-    subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
-
-
 def test_get_watch_on_a_terminal_redraws_one_table_in_place(tmp_path: Path, tmux: str) -> None:
     state = tmp_path / "state"
     _apply(tmp_path, state, "first")
@@ -106,17 +109,12 @@ def test_get_watch_on_a_terminal_redraws_one_table_in_place(tmp_path: Path, tmux
         ["tmux", "new-session", "-d", "-s", tmux, "-x", "120", "-y", "20", command], check=True
     )
 
-    def screen() -> str:
-        return subprocess.run(
-            ["tmux", "capture-pane", "-p", "-t", tmux], capture_output=True, text=True, check=False
-        ).stdout
-
-    wait_for(lambda: "first" in screen(), timeout=10, what="the table on the terminal")
+    wait_for(lambda: "first" in screen(tmux), timeout=10, what="the table on the terminal")
     LocalStore(state).patch_status("default/first", {"phase": "Running"})
     _apply(tmp_path, state, "second")
 
     def redrawn() -> str:
-        text = screen()
+        text = screen(tmux)
         return text if "Running" in text and "second" in text else ""
 
     text = wait_for(redrawn, timeout=10, what="the redrawn table")
