@@ -17,6 +17,7 @@ import pytest
 from devicefabric.cli.demo import REFRESH_S as REDRAW_S
 from devicefabric.cli.screen import panel_sequence, region_sequence
 from tests.cli.conftest import screen as _screen
+from tests.cli.conftest import tmux_argv
 from tests.support.cli import cli_argv
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
@@ -38,7 +39,9 @@ def test_panel_rows_are_cut_padded_and_drawn_between_cursor_save_and_restore() -
 def demo_tmux(tmux: str) -> Iterator[str]:
     """The `tmux` session; at teardown, Ctrl-C in it and wait until `up` printed its last table."""
     yield tmux
-    subprocess.run(["tmux", "send-keys", "-t", tmux, "C-c"], check=False, capture_output=True)
+    subprocess.run(
+        tmux_argv(tmux, "send-keys", "-t", tmux, "C-c"), check=False, capture_output=True
+    )
     wait_for(
         lambda: "ticker" in _screen(tmux).split("stopping:")[-1] and "stopping:" in _screen(tmux),
         timeout=15,
@@ -67,7 +70,7 @@ def test_up_demo_keeps_the_table_on_top_while_the_log_scrolls_below(
     )
     command = " ".join(argv) + "; sleep 60"
     size = ["-x", "150", "-y", str(ROWS)]
-    subprocess.run(["tmux", "new-session", "-d", "-s", tmux, *size, command], check=True)
+    subprocess.run(tmux_argv(tmux, "new-session", "-d", "-s", tmux, *size, command), check=True)
     log = state / "up.log"
 
     def scrolled() -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from devicefabric.bridge.controlplane.localstore import LocalStore
 from devicefabric.bridge.watching import changed, deviceprocess_table
-from tests.cli.conftest import screen
+from tests.cli.conftest import screen, tmux_argv
 from tests.support.cli import Background, cli_argv, manifest_text, run_cli, write_manifest
 from tests.support.waiting import wait_for
 
@@ -106,7 +106,8 @@ def test_get_watch_on_a_terminal_redraws_one_table_in_place(tmp_path: Path, tmux
     _apply(tmp_path, state, "first")
     command = " ".join(cli_argv("get", "-w", "--state-dir", str(state)))
     subprocess.run(
-        ["tmux", "new-session", "-d", "-s", tmux, "-x", "120", "-y", "20", command], check=True
+        tmux_argv(tmux, "new-session", "-d", "-s", tmux, "-x", "120", "-y", "20", command),
+        check=True,
     )
 
     wait_for(lambda: "first" in screen(tmux), timeout=10, what="the table on the terminal")
