@@ -29,11 +29,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from bench.fabric import BridgeProc, Broker, Fabric, wait_until
 from bench.harness import Result, count, ms
-from bench.planes import NAMESPACE, Plane, Status, condition, kube_available, make_plane
+from bench.planes import (
+    NAMESPACE,
+    LocalPlane,
+    Plane,
+    Status,
+    condition,
+    kube_available,
+    make_plane,
+)
 
 PREFIX: Final = "sc"
 COMMAND: Final = ["sleep", "infinity"]
@@ -147,6 +155,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
             manifests.write_text(_manifests(names), encoding="utf-8")
             state = str(fab.workdir / "state")
             out["apply_s"] = _cli(fab, "apply", "-f", str(manifests), "--state-dir", state)
+            cast("LocalPlane", plane).own_writes(n)
             out["get_s"] = _cli(fab, "get", "--state-dir", state)
         else:
             started = time.monotonic()
