@@ -60,6 +60,7 @@ from typing import Final, Self
 
 from devicefabric.bridge import api
 from devicefabric.bridge.controlplane.base import ControlPlane
+from devicefabric.bridge.eventing import EventRecorder
 from devicefabric.bridge.http import HttpServer, Response
 from devicefabric.bridge.ingest import Ingest
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
@@ -75,7 +76,15 @@ from devicefabric.bridge.queueing import (
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
 from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
-from devicefabric.config.settings import DEFAULT_STALE_MULTIPLIER, BrokerURL, HostPort
+from devicefabric.config.settings import (
+    DEFAULT_EVENT_BURST,
+    DEFAULT_EVENT_QPS,
+    DEFAULT_STALE_MULTIPLIER,
+    DEFAULT_WRITE_BURST,
+    DEFAULT_WRITE_QPS,
+    BrokerURL,
+    HostPort,
+)
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import encode
 
@@ -102,8 +111,10 @@ class BridgeSettings:
     http: HostPort | None = None  # /healthz /readyz /metrics /devices (--http); None: off
     root: str = DEFAULT_ROOT  # topic root
     tls_ca: Path | None = None  # CA bundle for mqtts:// (--tls-ca); None: system CAs
-    write_qps: float = 20.0  # sustained control-plane writes per second (--write-qps)
-    write_burst: int = 30  # writes allowed at once before the rate applies (--write-burst)
+    write_qps: float = DEFAULT_WRITE_QPS  # sustained status writes per second (--write-qps)
+    write_burst: int = DEFAULT_WRITE_BURST  # status writes at once before the rate applies
+    event_qps: float = DEFAULT_EVENT_QPS  # Events per second, a budget of their own (--event-qps)
+    event_burst: int = DEFAULT_EVENT_BURST  # Events at once before their rate applies
     stale_multiplier: float = DEFAULT_STALE_MULTIPLIER  # HeartbeatTimeout after this x heartbeat_s
     min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
     key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
@@ -175,8 +186,19 @@ class Bridge:
         )
         self.ready = asyncio.Event()  # latched: synced and primed once
         self._primed = asyncio.Event()
+        self.events = EventRecorder(
+            control_plane,
+            TokenBucket(settings.event_qps, settings.event_burst, time.monotonic()),
+            self.metrics,
+            settings.call_timeout,
+        )
         self.writer = StatusWriter(
-            control_plane, self.tracker, self.queue.acquire, self.metrics, settings.call_timeout
+            control_plane,
+            self.tracker,
+            self.queue.acquire,
+            events=self.events,
+            metrics=self.metrics,
+            call_timeout=settings.call_timeout,
         )
         self._task: asyncio.Task[None] | None = None
         self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
@@ -186,6 +208,7 @@ class Bridge:
                 invalid=lambda: self.ingest.stats.invalid,
                 devices=self.tracker.counts,
                 queue_depth=lambda: len(self.queue),
+                event_queue_depth=lambda: len(self.events),
                 mqtt_connected=lambda: self.link.connected,
                 leading=self.control_plane.leading.is_set,
                 ready=self.is_ready,
@@ -211,6 +234,7 @@ class Bridge:
                 tg.create_task(self._startup(), name="startup")
                 tg.create_task(self._sweeper(), name="sweep")
                 tg.create_task(self._leadership(), name="leadership")
+                tg.create_task(self.events.run(), name="events")
                 for i in range(self.settings.workers):
                     tg.create_task(self.queue.serve(self.writer.reconcile), name=f"writer-{i}")
                 if self.http is not None:
