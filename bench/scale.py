@@ -16,7 +16,9 @@ own metrics):
 3. bridge restart (SIGTERM, start again): time until `/readyz`, writes caused (goal 0);
 4. mass disconnect (every connection closed at once; the broker fires the wills): time until every
    resource reads AgentConnected=False, status writes (goal N), the busiest 1 s of status writes
-   vs `--write-qps` (goal: within qps + burst); then everything reconnects: time until True.
+   vs `--write-qps` (goal: within qps + burst); then everything reconnects: time until True;
+5. `/devices` of all N, timed, with `/healthz` polled meanwhile (a loop blocked by building the
+   document shows as a slow `/healthz`).
 
 Usage: `python -m bench.scale [--quick] [--sizes ...] [--planes ...] [--steady S]`. Writes
 `bench/results/scale.json`. Never part of the test run.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -141,6 +144,30 @@ def _busiest_second(samples: list[tuple[float, int]]) -> int:
     return best
 
 
+def _devices_probe(bridge: BridgeProc) -> tuple[float, float]:
+    """(seconds to GET /devices, the slowest /healthz answered meanwhile in ms): a loop blocked
+    by building the document shows as a slow /healthz."""
+    done = threading.Event()
+    took: list[float] = []
+
+    def fetch() -> None:
+        started = time.monotonic()
+        bridge.devices()
+        took.append(time.monotonic() - started)
+        done.set()
+
+    worker = threading.Thread(target=fetch, name="devices-probe")
+    worker.start()
+    slowest = 0.0
+    while not done.is_set():
+        started = time.monotonic()
+        bridge.get("/healthz")
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.005)
+    worker.join()
+    return took[0], slowest * 1000
+
+
 def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict[str, Any]:
     out: dict[str, Any] = {}
     names = _names(n)
@@ -202,6 +229,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
         out["steady_cpu_percent"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
         out["steady_rss_kib"] = rss_max
         out["steady_writes"] = sum(writes1) - sum(writes0)
+        out["devices_s"], out["healthz_max_ms_during_devices"] = _devices_probe(bridge)
 
         # bridge restart
         bridge.stop()
@@ -257,6 +285,8 @@ def _rows(result: Result, kind: str, n: int, m: dict[str, Any], qps: float) -> N
         goal="writes = N, <= qps + burst",
         met=m["disconnect_status_writes"] == n and m["disconnect_busiest_second"] <= 2 * qps + 1,
     )
+    result.row(f"{kind} N={n:,}: GET /devices (slowest /healthz meanwhile)",
+               f"{ms(m['devices_s'])} ({m['healthz_max_ms_during_devices']:.0f} ms)")  # fmt: skip
     if kind == "local":
         result.row(f"local N={n:,}: apply -f of N / get", f"{ms(m['apply_s'])} / {ms(m['get_s'])}",
                    goal="get < 1 s", met=m["get_s"] < 1.0)  # fmt: skip

@@ -61,7 +61,7 @@ from typing import Final, Self
 from devicefabric.bridge import api
 from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.bridge.eventing import EventRecorder
-from devicefabric.bridge.http import HttpServer, Response
+from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
@@ -175,10 +175,10 @@ class Bridge:
             HttpServer(
                 settings.http,
                 {
-                    "/healthz": api.healthz,
-                    "/readyz": self._readyz,
-                    "/metrics": lambda: api.metrics(self.metrics.registry),
-                    "/devices": lambda: api.devices(self.tracker, self.index, time.monotonic()),
+                    "/healthz": lambda _query: api.healthz(),
+                    "/readyz": lambda _query: self._readyz(),
+                    "/metrics": lambda _query: api.metrics(self.metrics.registry),
+                    "/devices": self._devices,
                 },
             )
             if settings.http is not None
@@ -388,6 +388,10 @@ class Bridge:
                     self.queue.add(key, delay=delay)
 
     # -- HTTP ------------------------------------------------------------------------------------
+    async def _devices(self, query: Query) -> Response:
+        views = api.snapshot(self.tracker, self.index, time.monotonic(), query)
+        return await asyncio.to_thread(api.render_devices, views)
+
     def _readyz(self) -> Response:
         return api.readyz(
             api.Readiness(
