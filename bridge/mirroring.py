@@ -15,6 +15,12 @@ retains.
   its revision equals either (so nothing is published twice, and a bridge that read the retained
   documents back before planning republishes nothing unchanged). A device whose last resource is
   gone gets an empty document once, unless nothing was ever retained for it.
+- No resource content can make a document the wire refuses. Past `MAX_PROCESSES` valid resources
+  on one device, the ones after the first `MAX_PROCESSES` by namespace/name are left out. A document
+  whose encoding would exceed the payload limit is not published at all: the device keeps its last
+  document, and the resources that would have changed it (not in it at their generation) are
+  refused. Refusals are in `Mirror.rejected` (key -> a one-line reason); `statuses` shows them as
+  `Synced=False/InvalidSpec`, and `plan` returns which keys' refusals changed.
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ from pydantic import ValidationError
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.config.names import is_device_name
 from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import Desired, DesiredProcess, make_desired, revision_of
+from devicefabric.config.wire import (
+    MAX_PAYLOAD_BYTES,
+    MAX_PROCESSES,
+    Desired,
+    DesiredProcess,
+    encode,
+    make_desired,
+    revision_of,
+)
 
 EMPTY_REVISION: Final = revision_of([])
 
@@ -39,9 +53,9 @@ def check_spec(spec: Mapping[str, object]) -> DeviceProcessSpec | str:
         return DeviceProcessSpec.model_validate(spec)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        where = ".".join(["spec", *(str(p) for p in first["loc"])])
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"spec.{where}: {first['msg']}{more}"
+        return f"{where}: {first['msg']}{more}"
 
 
 def device_of(resource: Resource) -> str | None:
@@ -108,8 +122,8 @@ class ResourceIndex:
                 del self._by_device[device]
 
 
-def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
-    """The desired document of `device` from its resources (invalid specs left out)."""
+def desired_processes(device: str, resources: Iterable[Resource]) -> list[DesiredProcess]:
+    """The processes of `device`'s document, by namespace/name (invalid specs left out)."""
     processes: list[DesiredProcess] = []
     for resource in resources:
         spec = check_spec(resource.spec)
@@ -124,22 +138,42 @@ def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
                 spec=spec,
             )
         )
-    return make_desired(processes)
+    return sorted(processes, key=lambda p: (p.namespace, p.name))
+
+
+def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
+    """The desired document of `device` from its resources (invalid specs left out)."""
+    return make_desired(desired_processes(device, resources)[:MAX_PROCESSES])
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What `Mirror.plan` decided: the document to publish (None: nothing) and which resources'
+    refusals appeared or went away (their status must be planned again)."""
+
+    doc: Desired | None
+    refusals_changed: frozenset[str]
 
 
 class Mirror:
     """Which `desired` documents to publish; see the module doc."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_PAYLOAD_BYTES) -> None:
+        self.limit = limit
         self.observed: dict[str, str] = {}  # device -> revision the broker retains
         self.sent: dict[str, str] = {}  # device -> revision published, echo not seen yet
+        self.rejected: dict[str, str] = {}  # resource key -> why it is not sent
+        self._rejected_by_device: dict[str, frozenset[str]] = {}
+        self._last_doc: dict[str, dict[str, int]] = {}  # device -> key -> generation it holds
 
-    def observe(self, device: str, revision: str | None) -> None:
-        """The broker retains `revision` for `device` (None: nothing retained)."""
+    def observe(self, device: str, revision: str | None, doc: Desired | None = None) -> None:
+        """The broker retains `revision` (its document `doc`) for `device` (None: nothing)."""
         if revision is None:
             self.observed.pop(device, None)
         else:
             self.observed[device] = revision
+        if doc is not None:
+            self._last_doc[device] = {p.key: p.generation for p in doc.processes}
         if revision is not None and self.sent.get(device) == revision:
             del self.sent[device]
 
@@ -151,16 +185,55 @@ class Mirror:
         """Every device with a retained or in-flight document."""
         return set(self.observed) | set(self.sent)
 
-    def plan(self, device: str, resources: Iterable[Resource]) -> Desired | None:
-        """The document to publish for `device` now, or None when the broker has it already."""
-        desired = build_desired(device, resources)
+    def plan(self, device: str, resources: Iterable[Resource]) -> Plan:
+        """The document to publish for `device` now (None when the broker has it already, or
+        when no acceptable document can be made), and the keys whose refusal changed."""
+        processes = desired_processes(device, resources)
+        refused: dict[str, str] = {}
+        for extra in processes[MAX_PROCESSES:]:
+            refused[extra.key] = (
+                f"device {device} has {len(processes)} DeviceProcesses, at most {MAX_PROCESSES} "
+                f"per device: this one is past the {MAX_PROCESSES}th by namespace/name, not sent"
+            )
+        processes = processes[:MAX_PROCESSES]
+        candidate = make_desired(processes)
+        size = len(encode(candidate))
+        desired: Desired | None = candidate
+        if size > self.limit:
+            held = self._last_doc.get(device, {})
+            changing = [p for p in processes if held.get(p.key) != p.generation] or processes
+            for process in changing:
+                refused[process.key] = (
+                    f"desired document for device {device} would be {size} bytes, limit "
+                    f"{self.limit}: not sent, the device keeps its last document"
+                )
+            desired = None
+        changed = self._set_refusals(device, refused)
+        if desired is None:
+            return Plan(None, changed)
         current = self.sent.get(device, self.observed.get(device))
         if desired.revision == current:
-            return None
+            return Plan(None, changed)
         if not desired.processes and current is None:
-            return None  # nothing was ever sent: there is nothing to stop
-        return desired
+            return Plan(None, changed)  # nothing was ever sent: there is nothing to stop
+        return Plan(desired, changed)
 
-    def published(self, device: str, revision: str) -> None:
-        """`revision` was handed to the broker for `device`."""
-        self.sent[device] = revision
+    def published(self, device: str, doc: Desired) -> None:
+        """`doc` was handed to the broker for `device`."""
+        self.sent[device] = doc.revision
+        self._last_doc[device] = {p.key: p.generation for p in doc.processes}
+
+    def _set_refusals(self, device: str, refused: dict[str, str]) -> frozenset[str]:
+        before = self._rejected_by_device.get(device, frozenset())
+        changed = {k for k in before if k not in refused}
+        for key in before - refused.keys():
+            self.rejected.pop(key, None)
+        for key, why in refused.items():
+            if self.rejected.get(key) != why:
+                changed.add(key)
+            self.rejected[key] = why
+        if refused:
+            self._rejected_by_device[device] = frozenset(refused)
+        else:
+            self._rejected_by_device.pop(device, None)
+        return frozenset(changed)

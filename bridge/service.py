@@ -197,6 +197,7 @@ class Bridge:
             self.tracker,
             self.queue.acquire,
             events=self.events,
+            rejected=self.mirror.rejected,
             metrics=self.metrics,
             call_timeout=settings.call_timeout,
         )
@@ -335,11 +336,14 @@ class Bridge:
             for key in self.index.keys_of(device)
             if (r := self.control_plane.get(key)) is not None
         ]
-        doc = self.mirror.plan(device, resources)
+        plan = self.mirror.plan(device, resources)
+        for key in plan.refusals_changed:  # Synced=False/InvalidSpec appears or goes away
+            self.queue.add(key)
+        doc = plan.doc
         if doc is None:
             return
         if self.link.publish(self.topics.desired(device), encode(doc), retain=True):
-            self.mirror.published(device, doc.revision)
+            self.mirror.published(device, doc)
             self.metrics.desired_published.inc()
             log.info(
                 "published desired revision %s (%d processes)", doc.revision, len(doc.processes),

@@ -124,10 +124,14 @@ def desired_conditions(
     observed_generation: object,
     device: Device | None,
     now: str,
+    *,
+    rejected: str | None = None,
 ) -> list[Condition]:
     spec = check_spec(resource.spec)
     if isinstance(spec, str):
         synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=spec)
+    elif rejected is not None:  # valid alone, but mirroring cannot send it (see `mirroring`)
+        synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=rejected)
     elif observed_generation == resource.generation:
         synced = make_condition(SYNCED, Reason.APPLIED, now)
     else:
@@ -154,13 +158,17 @@ def plan_status(
     device: Device | None,
     now: str,
     stored: Mapping[str, object] | None = None,
+    rejected: str | None = None,
 ) -> StatusPlan | None:
-    """The patch taking `stored` (default: `resource.status`) to the status it should have."""
+    """The patch taking `stored` (default: `resource.status`) to the status it should have.
+
+    `rejected`: why mirroring does not send this resource (`Mirror.rejected`), if it does not.
+    """
     stored = resource.status if stored is None else stored
     fields = desired_fields(resource, stored, device)
     stored_conditions = parse_conditions(stored.get("conditions"))
     conditions = desired_conditions(
-        resource, stored_conditions, fields["observedGeneration"], device, now
+        resource, stored_conditions, fields["observedGeneration"], device, now, rejected=rejected
     )
     patch: dict[str, object] = {
         name: value for name, value in fields.items() if stored.get(name) != value

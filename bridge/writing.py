@@ -20,7 +20,7 @@ Every control-plane call runs under `call_timeout`; its latency and outcome are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from devicefabric.bridge.controlplane.base import ControlPlane, Resource
 from devicefabric.bridge.eventing import EventRecorder
@@ -48,6 +48,7 @@ class StatusWriter:
         acquire: Callable[[], Awaitable[None]],
         *,
         events: EventRecorder,
+        rejected: Mapping[str, str],
         metrics: BridgeMetrics,
         call_timeout: float,
     ) -> None:
@@ -55,6 +56,7 @@ class StatusWriter:
         self.tracker = tracker
         self.acquire = acquire  # one token of the status write budget
         self.events = events
+        self.rejected = rejected  # key -> why mirroring refuses to send it (InvalidSpec)
         self.metrics = metrics
         self.call_timeout = call_timeout
         self._written: dict[str, tuple[str, dict[str, object]]] = {}  # key -> (rv, status)
@@ -78,7 +80,8 @@ class StatusWriter:
                 del self._written[key]
         device_name = device_of(resource)
         device = self.tracker.get(device_name) if device_name is not None else None
-        return resource, stored, plan_status(resource, device, rfc3339(), stored)
+        plan = plan_status(resource, device, rfc3339(), stored, self.rejected.get(key))
+        return resource, stored, plan
 
     async def reconcile(self, key: str) -> Outcome:
         leading = self.control_plane.leading

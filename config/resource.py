@@ -11,7 +11,14 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -27,6 +34,10 @@ SHORT_NAME: Final = "dproc"
 MAX_COMMAND_ITEMS: Final = 256
 MAX_ARG_LENGTH: Final = 4096
 MAX_ENV_ITEMS: Final = 256
+# The bytes of command, env and workingDir together (UTF-8): one resource alone must fit in its
+# device's desired document (64 KiB) with room for others; more makes the spec invalid. (The CRD
+# bounds each item; a total is not expressible there, so the bridge checks it as `InvalidSpec`.)
+MAX_SPEC_BYTES: Final = 32 * 1024
 MAX_MESSAGE: Final = 1024
 
 
@@ -94,6 +105,19 @@ class DeviceProcessSpec(_CamelModel):
                 {"name": value},
             )
         return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> DeviceProcessSpec:
+        size = sum(len(arg.encode()) for arg in self.command)
+        size += sum(len(var.name.encode()) + len(var.value.encode()) for var in self.env)
+        size += len((self.working_dir or "").encode())
+        if size > MAX_SPEC_BYTES:
+            raise PydanticCustomError(
+                "spec_too_large",
+                "command, env and workingDir take {size} bytes together; at most {limit}",
+                {"size": size, "limit": MAX_SPEC_BYTES},
+            )
+        return self
 
     def to_wire(self) -> dict[str, object]:
         """The spec as published in `desired`: camelCase, defaults filled in, no nulls."""

@@ -23,13 +23,13 @@ def test_build_groups_by_device_fills_defaults_and_skips_invalid_specs() -> None
 def test_plan_publishes_once_and_not_what_is_retained() -> None:
     mirror = Mirror()
     web = resource("web", "tor9-99")
-    doc = mirror.plan("tor9-99", [web])
+    doc = mirror.plan("tor9-99", [web]).doc
     assert doc is not None
-    mirror.published("tor9-99", doc.revision)
-    assert mirror.plan("tor9-99", [web]) is None  # in flight
+    mirror.published("tor9-99", doc)
+    assert mirror.plan("tor9-99", [web]).doc is None  # in flight
     mirror.observe("tor9-99", doc.revision)  # our echo
     assert mirror.sent == {}
-    assert mirror.plan("tor9-99", [web]) is None
+    assert mirror.plan("tor9-99", [web]).doc is None
 
 
 def test_restart_republishes_nothing_unchanged() -> None:
@@ -37,7 +37,7 @@ def test_restart_republishes_nothing_unchanged() -> None:
     retained = build_desired("tor9-99", [web]).revision
     mirror = Mirror()  # a fresh bridge reads the retained documents back first
     mirror.observe("tor9-99", retained)
-    assert mirror.plan("tor9-99", [web]) is None
+    assert mirror.plan("tor9-99", [web]).doc is None
 
 
 def test_spec_change_republishes() -> None:
@@ -45,7 +45,7 @@ def test_spec_change_republishes() -> None:
     web = resource("web", "tor9-99")
     mirror.observe("tor9-99", build_desired("tor9-99", [web]).revision)
     changed = replace(web, generation=2, spec={"deviceName": "tor9-99", "command": ["false"]})
-    doc = mirror.plan("tor9-99", [changed])
+    doc = mirror.plan("tor9-99", [changed]).doc
     assert doc is not None
     assert doc.processes[0].generation == 2
 
@@ -53,15 +53,15 @@ def test_spec_change_republishes() -> None:
 def test_last_resource_gone_gets_an_empty_document_once() -> None:
     mirror = Mirror()
     mirror.observe("tor9-99", build_desired("tor9-99", [resource("web", "tor9-99")]).revision)
-    doc = mirror.plan("tor9-99", [])
+    doc = mirror.plan("tor9-99", []).doc
     assert doc is not None
     assert (doc.processes, doc.revision) == ([], EMPTY_REVISION)
     mirror.observe("tor9-99", doc.revision)
-    assert mirror.plan("tor9-99", []) is None
+    assert mirror.plan("tor9-99", []).doc is None
 
 
 def test_device_never_given_anything_gets_no_empty_document() -> None:
-    assert Mirror().plan("tor9-99", []) is None
+    assert Mirror().plan("tor9-99", []).doc is None
 
 
 def test_index_tracks_devices_and_says_what_to_remirror() -> None:
