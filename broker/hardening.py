@@ -21,6 +21,12 @@ all three are subclasses, and amqtt is pinned to the exact version they were wri
 `_disconnect_waiter` to None after a DISCONNECT, so a message loop that started waiting late saw
 "lost" and published the will of a client that had disconnected cleanly.
 
+Pre-authentication bounds (an unauthenticated client must not exhaust descriptors or memory):
+a listener holds at most `Limits.max_connections` connections (more are aborted on accept,
+counted and logged rate-limited); a connection must complete its CONNECT within
+`Limits.connect_timeout`, and a CONNECT longer than `Limits.max_connect` bytes is refused
+unread; each stream buffers at most about 2 x 16 KiB of unread input.
+
 Also replaced: `_client_connected` (~446) so that a connection that ends before a usable CONNECT
 (a port probe, a timeout) is logged once by us and not again by amqtt; `_topic_filtering` (~893) calls the topic plugins in sequence instead of one task
 per plugin per check (measurably faster) and treats an exception as a denial;
@@ -74,6 +80,7 @@ REFUSAL_ATTRIBUTE: Final = "devicefabric.refusal"
 """Session attribute where an auth plugin leaves the reason of a refusal (for the log line)."""
 
 ListenSocket = tuple[socket.socket, ssl.SSLContext | None]
+_READ_BUFFER: Final = 16 * 1024
 
 
 class _NoSessionError(Exception):
@@ -97,8 +104,7 @@ class HardenedBroker(RoutingBroker):
         limits: Limits | None = None,
         sockets: Mapping[str, ListenSocket] | None = None,
     ) -> None:
-        super().__init__(config)
-        self.limits = limits or Limits()
+        super().__init__(config, limits or Limits())
         self._sockets = dict(sockets or {})
         self._client_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -121,6 +127,7 @@ class HardenedBroker(RoutingBroker):
             sock=sock,
             ssl=context,
             ssl_handshake_timeout=self.limits.connect_timeout if context else None,
+            limit=_READ_BUFFER,  # buffered unread bytes per connection stay near 2 x this
         )
         return server
 
@@ -129,6 +136,11 @@ class HardenedBroker(RoutingBroker):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         adapter = AbortableWriter(writer, self.limits.close_grace)
+        if len(self.connection_tasks) >= self.limits.max_connections:
+            peer = writer.get_extra_info("peername") or ("?", 0)
+            self.refuse(listener_name, "connection_limit", f"{peer[0]}:{peer[1]}")
+            adapter.abort()  # the descriptor is freed now, before any byte is read
+            return
         task = asyncio.current_task()
         if task is not None:
             self.connection_tasks.add(task)
@@ -192,7 +204,7 @@ class HardenedBroker(RoutingBroker):
     ) -> tuple[FabricProtocolHandler, Session]:
         """The first packet, framed within `connect_timeout`; amqtt then checks it as a CONNECT."""
         timeout = self.limits.connect_timeout
-        header, body = await read_frame(reader, timeout, timeout, self.limits.max_frame)
+        header, body = await read_frame(reader, timeout, timeout, self.limits.max_connect)
         if header.packet_type != CONNECT:
             raise ProtocolViolationError(f"first packet is type {header.packet_type}, not CONNECT")
         connect = PacketBuffer(frame_bytes(header, body))

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from devicefabric.broker.cli import add_max_connections
 from devicefabric.config.credentials import load_secret, role_password
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import run_program
@@ -70,6 +71,7 @@ class UpOptions:
     demo: bool
     write_qps: float
     write_burst: int
+    max_connections: int
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,6 +104,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_flag(parser, "--write-qps", type=float, default=20.0, help="status writes per second")
     add_flag(parser, "--write-burst", type=int, default=30, help="status writes allowed at once")
+    add_max_connections(parser)
     parser.set_defaults(func=run)
 
 
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         demo=args.demo,
         write_qps=float(args.write_qps),
         write_burst=int(args.write_burst),
+        max_connections=int(args.max_connections),
     )
     if options.demo and sys.stdout.isatty():
         _log_to_file(options.state_dir / "up.log")
@@ -134,7 +138,10 @@ async def serve(options: UpOptions) -> None:
 
     _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
     plane = LocalControlPlane(options.state_dir)
-    async with EmbeddedBroker(BrokerSettings(secret=options.secret, mqtt=options.mqtt)) as broker:
+    broker_settings = BrokerSettings(
+        secret=options.secret, mqtt=options.mqtt, max_connections=options.max_connections
+    )
+    async with EmbeddedBroker(broker_settings) as broker:
         address = _reachable(broker.address)
         settings = BridgeSettings(
             broker=parse_broker_url(f"mqtt://{address}"),

@@ -332,6 +332,35 @@ def test_role_user_with_a_device_client_id(broker: BrokerProcess, role: str) -> 
         assert not code.is_failure, "mosquitto now refuses it: update docs/mosquitto.md"
 
 
+@pytest.mark.parametrize(
+    ("role", "client_id"),
+    [
+        (OBSERVER_USER, "bridge_up"),  # the observer must not take the bridge's session over
+        (OBSERVER_USER, "watcher"),
+        (BRIDGE_USER, "observer_1"),
+    ],
+)
+def test_role_user_with_another_roles_client_id(
+    broker: BrokerProcess, role: str, client_id: str
+) -> None:
+    """Embedded: a role user's id must carry its own prefix. mosquitto's plugin cannot say so."""
+    with connect(broker, BRIDGE_USER, client_id="bridge_up") as bridge:
+        code = connack(broker, role, client_id=client_id)
+        assert code is not None
+        if broker.kind == "embedded":
+            assert code.is_failure, code
+            assert bridge.connected  # the bridge's session was not taken over
+        else:
+            assert not code.is_failure, "mosquitto now refuses it: update docs/mosquitto.md"
+
+
+def test_a_role_user_with_its_own_prefix_is_accepted(broker: BrokerProcess) -> None:
+    for role in (OBSERVER_USER, BRIDGE_USER):
+        code = connack(broker, role, client_id=f"{role}_conformance")
+        assert code is not None
+        assert not code.is_failure, code
+
+
 def test_a_device_missing_from_the_devices_file(broker: BrokerProcess) -> None:
     """mosquitto refuses it; the embedded broker accepts every device derived from the secret."""
     code = connack(broker, "not-provisioned")
