@@ -111,6 +111,8 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 return
             self.refuse(session.client_id, "slow_consumer", f"{len(outbox.tasks)} pending")
             handler.abort()
+            for pending in outbox.tasks:  # they would wait for PUBACKs that cannot come
+                pending.cancel()
             return
         task = asyncio.create_task(handler.mqtt_publish(topic, data, qos, retain=False))
         outbox.tasks.add(task)
