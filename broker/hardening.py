@@ -22,8 +22,9 @@ all three are subclasses, and amqtt is pinned to the exact version they were wri
 "lost" and published the will of a client that had disconnected cleanly.
 
 Pre-authentication bounds (an unauthenticated client must not exhaust descriptors or memory):
-a listener holds at most `Limits.max_connections` connections (more are aborted on accept,
-counted and logged rate-limited); a connection must complete its CONNECT within
+a listener (`broker.listening.GatedListener`, one accept at a time) holds at most
+`Limits.max_connections` connections (more are closed as soon as accepted, counted and logged
+rate-limited); a connection must complete its CONNECT within
 `Limits.connect_timeout`, and a CONNECT longer than `Limits.max_connect` bytes is refused
 unread; each stream buffers at most about 2 x 16 KiB of unread input.
 
@@ -32,7 +33,7 @@ Also replaced: `_client_connected` (~446) so that a connection that ends before 
 per plugin per check (measurably faster) and treats an exception as a denial;
 `_session_monitor` (~356) removes a disconnected clean session only if it is still the registered
 one (amqtt's awaits between listing and removing could drop a session that had just reconnected);
-`_create_server_instance` serves pre-bound sockets, so the embedded broker reports "address in
+`_create_server_instance` serves pre-bound sockets through `GatedListener`, so the embedded broker reports "address in
 use" as a one-line error naming the flag and supports port 0.
 
 A refused CONNECT is logged once, at WARNING, with the client id, the username and the reason
@@ -70,6 +71,7 @@ from devicefabric.broker.connection import (
     frame_bytes,
     read_frame,
 )
+from devicefabric.broker.listening import GatedListener
 from devicefabric.broker.routing import RoutingBroker
 from devicefabric.config.errors import TopicError
 from devicefabric.config.topics import validate_publish_topic
@@ -115,32 +117,28 @@ class HardenedBroker(RoutingBroker):
     @override
     async def _create_server_instance(
         self, listener_name: str, listener_type: Any, address: Any, port: int, ssl_context: Any
-    ) -> asyncio.Server:
+    ) -> asyncio.Server | GatedListener:
         if listener_name not in self._sockets:
             stock: asyncio.Server = await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
             )
             return stock
         sock, context = self._sockets[listener_name]
-        server: asyncio.Server = await asyncio.start_server(
+        return GatedListener(
+            sock,
             partial(self.stream_connected, listener_name=listener_name),
-            sock=sock,
-            ssl=context,
-            ssl_handshake_timeout=self.limits.connect_timeout if context else None,
-            limit=_READ_BUFFER,  # buffered unread bytes per connection stay near 2 x this
+            max_connections=self.limits.max_connections,
+            context=context,
+            handshake_timeout=self.limits.connect_timeout,
+            read_limit=_READ_BUFFER,
+            on_refusal=partial(self.refuse, listener_name),
         )
-        return server
 
     @override
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         adapter = AbortableWriter(writer, self.limits.close_grace)
-        if len(self.connection_tasks) >= self.limits.max_connections:
-            peer = writer.get_extra_info("peername") or ("?", 0)
-            self.refuse(listener_name, "connection_limit", f"{peer[0]}:{peer[1]}")
-            adapter.abort()  # the descriptor is freed now, before any byte is read
-            return
         task = asyncio.current_task()
         if task is not None:
             self.connection_tasks.add(task)

@@ -34,6 +34,7 @@ MESSAGES: Final = {
     "slow_consumer": "client disconnected: its outgoing queue is full",
     "offline_queue_full": "message not queued: the offline session's queue is full",
     "connection_limit": "connection refused: too many connections",
+    "accept_failed": "cannot accept connections (out of descriptors?); retrying",
 }
 """The log message of each refusal reason (the `reason` field of the line)."""
 
