@@ -72,9 +72,12 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._outboxes: dict[int, Outbox] = {}  # by id(handler): one per connection
         self._filters: dict[str, set[str]] = {}  # client id -> its subscribed filters
 
-    def refuse(self, client_id: str, reason: str, detail: str) -> None:
-        """Count one refusal and log it, rate-limited per client."""
-        emit(log, self.refusals.note(client_id, reason, detail, time.monotonic()))
+    def refuse(
+        self, client_id: str, reason: str, detail: str, *, level: int = logging.INFO
+    ) -> None:
+        """Count one refusal and log it, rate-limited per client (or per peer address)."""
+        lines = self.refusals.note(client_id, reason, detail, time.monotonic())
+        emit(log, lines, level=level)
 
     def forget_client(self, client_id: str) -> None:
         emit(log, self.refusals.forget(client_id))

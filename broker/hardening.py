@@ -36,8 +36,10 @@ one (amqtt's awaits between listing and removing could drop a session that had j
 `_create_server_instance` serves pre-bound sockets through `GatedListener`, so the embedded broker reports "address in
 use" as a one-line error naming the flag and supports port 0.
 
-A refused CONNECT is logged once, at WARNING, with the client id, the username and the reason
-(`session.attributes[REFUSAL_ATTRIBUTE]`, set by the auth plugin; plugins themselves do not log).
+A refused CONNECT is logged at WARNING with the client id, the username and the reason
+(`session.attributes[REFUSAL_ATTRIBUTE]`, set by the auth plugin; plugins themselves do not log),
+rate-limited per peer address and reason (`broker.throttling`): a login flood from one host is
+one line and a summary per interval, and every refusal is counted.
 """
 
 from __future__ import annotations
@@ -232,11 +234,12 @@ class HardenedBroker(RoutingBroker):
                 session.transitions.connect()
                 handler.attach(session, reader, writer)
                 entry = self._sessions[client_id] = (session, handler)
-        except _RefusedError as refused:
-            log.warning(
-                "connection refused for user %r",
-                client_session.username,
-                extra={"client_id": client_id, "reason": refused.reason},
+        except _RefusedError as refused:  # rate-limited per peer address: a login flood is one line
+            self.refuse(
+                f"peer {client_session.remote_address}",
+                refused.reason,
+                f"user {client_session.username!r}, client id {client_id!r}",
+                level=logging.WARNING,
             )
             with contextlib.suppress(OSError):
                 await ConnackPacket.build(0, refused.code).to_stream(writer)

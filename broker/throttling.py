@@ -36,7 +36,8 @@ MESSAGES: Final = {
     "connection_limit": "connection refused: too many connections",
     "accept_failed": "cannot accept connections (out of descriptors?); retrying",
 }
-"""The log message of each refusal reason (the `reason` field of the line)."""
+"""The log message of each refusal reason (the `reason` field of the line); a refused CONNECT's
+reasons (`bad_password`, `revoked`, ...) log as "connection refused"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,18 +106,25 @@ class RefusalLog:
         return len(self._windows)
 
 
-def emit(logger: logging.Logger, lines: list[LogLine]) -> None:
-    """Log `lines` at INFO: the reason's message for a first refusal, a count for a summary."""
+def emit(
+    logger: logging.Logger,
+    lines: list[LogLine],
+    *,
+    level: int = logging.INFO,
+    message: str | None = None,
+) -> None:
+    """Log `lines`: the reason's message for a first refusal, a count for a summary."""
     for line in lines:
-        message = MESSAGES.get(line.reason, "refused")
+        text = message or MESSAGES.get(line.reason, "connection refused")
         extra = {"client_id": line.client_id, "reason": line.reason}
         if line.suppressed:
-            logger.info(
+            logger.log(
+                level,
                 "%s: %d more from this client (last: %s)",
-                message,
+                text,
                 line.suppressed,
                 line.detail,
                 extra=extra,
             )
         else:
-            logger.info("%s: %s", message, line.detail, extra=extra)
+            logger.log(level, "%s: %s", text, line.detail, extra=extra)

@@ -19,7 +19,14 @@ from devicefabric.broker.embedded import EmbeddedBroker
 from devicefabric.broker.hardening import HardenedBroker
 from devicefabric.config.topics import Topics
 from tests.broker.conftest import MakePeer, MakeRaw
-from tests.broker.harness import BrokerThread, Peer, RawPeer, packet, publish_packet
+from tests.broker.harness import (
+    BrokerThread,
+    Peer,
+    RawPeer,
+    connect_packet,
+    packet,
+    publish_packet,
+)
 from tests.support.waiting import wait_for
 
 T = Topics()
@@ -174,3 +181,20 @@ def test_ten_thousand_denied_publishes_log_a_bounded_number_of_lines(
     assert counts["publish_denied"] == denied
     assert 1 <= len(lines) <= 3
     assert T.desired("victim-a") in lines[0].getMessage()
+
+
+def test_a_login_flood_from_one_host_logs_a_bounded_number_of_lines(
+    inproc_broker: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="devicefabric.broker")
+    attempts = 200
+    for n in range(attempts):
+        with RawPeer(inproc_broker) as attacker:
+            attacker.send(connect_packet(f"guess-{n}", "victim-a", "not-the-password"))
+            assert attacker.recv_exactly(4) == b"\x20\x02\x00\x05"
+    lines = [r for r in caplog.records if getattr(r, "reason", None) == "bad_password"]
+    counts = inproc_broker.call(lambda b: b.refusal_counts)
+    assert counts["bad_password"] == attempts
+    assert 1 <= len(lines) <= 3
+    assert lines[0].levelno == logging.WARNING
+    assert "victim-a" in lines[0].getMessage()
