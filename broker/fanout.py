@@ -131,9 +131,6 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
         task.add_done_callback(done)
 
-    def pending_deliveries(self) -> int:
-        return sum(len(o.tasks) for o in self._outboxes.values())
-
     async def cancel_deliveries(self) -> None:
         tasks = [t for o in self._outboxes.values() for t in o.tasks]
         for task in tasks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -72,6 +73,8 @@ def limited_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 4 * FD_LIMIT:
         pytest.skip(f"needs a descriptor hard limit of {4 * FD_LIMIT}")
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) not installed")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4 * FD_LIMIT), hard))
     broker = prepare_embedded(tmp_path, SECRET)
     broker.argv = ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", *broker.argv]
