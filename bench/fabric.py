@@ -509,16 +509,35 @@ def _string(value: str | bytes) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-def connect_packet(client_id: str, user: str, password: str, keepalive: int = 600) -> bytes:
-    body = _string("MQTT") + bytes([4, 0xC2]) + keepalive.to_bytes(2, "big")
-    body += _string(client_id) + _string(user) + _string(password)
+def connect_packet(
+    client_id: str,
+    user: str,
+    password: str,
+    keepalive: int = 600,
+    will: tuple[str, bytes] | None = None,
+) -> bytes:
+    """A clean-session CONNECT; `will` (topic, payload) is registered retained at QoS 1."""
+    flags = 0xC2 | (0x2C if will is not None else 0)  # will flag, QoS 1, retain
+    body = _string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
+    body += _string(client_id)
+    if will is not None:
+        body += _string(will[0]) + _string(will[1])
+    body += _string(user) + _string(password)
     return b"\x10" + _varint(len(body)) + body
 
 
-def publish_packet(topic: str, payload: bytes, *, retain: bool = False) -> bytes:
-    """A QoS 0 PUBLISH (no packet id)."""
-    body = _string(topic) + payload
-    return bytes([0x30 | int(retain)]) + _varint(len(body)) + body
+def publish_packet(
+    topic: str, payload: bytes, *, retain: bool = False, packet_id: int | None = None
+) -> bytes:
+    """A PUBLISH: QoS 0 without `packet_id`, QoS 1 with it."""
+    qos = 0 if packet_id is None else 1
+    body = _string(topic) + (b"" if packet_id is None else packet_id.to_bytes(2, "big")) + payload
+    return bytes([0x30 | qos << 1 | int(retain)]) + _varint(len(body)) + body
+
+
+def subscribe_packet(packet_id: int, topic_filter: str, qos: int = 1) -> bytes:
+    body = packet_id.to_bytes(2, "big") + _string(topic_filter) + bytes([qos])
+    return b"\x82" + _varint(len(body)) + body
 
 
 def publish_size(topic: str, payload: bytes, qos: int = 0) -> int:

@@ -95,7 +95,9 @@ class LocalPlane:
 
         self.state_dir = workdir / "state"
         self.store = LocalStore(self.state_dir)
-        self._own_writes = 0  # journal lines of our applies and deletes
+        self._own_writes = 0  # store revisions taken by our applies and deletes
+        self._events_seen = 0
+        self._events_file: tuple[int, int] | None = None  # (inode, bytes counted)
 
     def bridge_args(self) -> dict[str, Any]:
         return {"control_plane": "local", "state_dir": self.state_dir}
@@ -146,18 +148,46 @@ class LocalPlane:
         raise TimeoutError(f"status of {key} did not match within {timeout} s")
 
     def writes(self) -> tuple[int, int]:
+        """(status writes, Events) so far; exact across journal and event-file rotations.
+
+        Every write takes one store revision, so status writes are the revision less our own
+        applies and deletes; Events are counted by tailing `events.jsonl` (and, after it was
+        rotated, the rest of `events.jsonl.1`).
+        """
+        return self.store.revision() - self._own_writes, self._count_events()
+
+    def _count_events(self) -> int:
+        path = self.store.events_path
         try:
-            lines = self.store.journal_path.read_bytes().count(b"\n")
+            stat = path.stat()
         except FileNotFoundError:
-            lines = 0
-        return lines - self._own_writes, len(self.store.events())
+            return self._events_seen
+        if self._events_file is not None and self._events_file[0] != stat.st_ino:
+            # rotated: the old inode is now events.jsonl.1; count what was appended to it last
+            with contextlib.suppress(FileNotFoundError):
+                rest = path.with_name(path.name + ".1").read_bytes()[self._events_file[1] :]
+                self._events_seen += rest.count(b"\n")
+            self._events_file = None
+        offset = self._events_file[1] if self._events_file is not None else 0
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            new = fh.read()
+        complete = new[: new.rfind(b"\n") + 1]
+        self._events_seen += complete.count(b"\n")
+        self._events_file = (stat.st_ino, offset + len(complete))
+        return self._events_seen
 
     def last_write_age(self) -> float:
-        """Seconds since the store last changed (any write: ours or the bridge's)."""
-        try:
-            return time.time() - self.store.journal_path.stat().st_mtime
-        except FileNotFoundError:
-            return float("inf")
+        """Seconds since the store last changed (any write: ours or the bridge's; Events too)."""
+        ages = []
+        for path in (self.store.journal_path, self.store.events_path):
+            with contextlib.suppress(FileNotFoundError):
+                ages.append(time.time() - path.stat().st_mtime)
+        return min(ages, default=float("inf"))
+
+    def own_writes(self, count: int) -> None:
+        """`count` writes were made through another door (e.g. `devicefabric apply`)."""
+        self._own_writes += count
 
     def close(self) -> None:
         pass

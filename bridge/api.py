@@ -9,21 +9,29 @@ Pure functions from the service's state to `http.Response`s; `http.HttpServer` d
   503 otherwise; the JSON says why, the MQTT session, and the role (`leader` or `standby`); a
   standby also says why it is not leading (`notLeading`) when the control plane knows.
 - `/metrics`: the Prometheus text of the bridge's registry (`metrics`).
-- `/devices`: every device the bridge knows: state, reason, session, seconds since it was last
-  seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
-  processes of its last report.
+- `/devices`: every device the bridge knows, by name: state, reason, session, seconds since it was
+  last seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
+  processes of its last report; one device per line. `?limit=N&after=NAME` pages through it (the
+  next page starts after the last name of this one). The event loop only copies each device's
+  fields (`snapshot`); the document is built in a worker thread (`render_devices`), so 5,000
+  devices do not stall MQTT ingest for the ~0.2 s that building them takes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from devicefabric.bridge.http import Response
 from devicefabric.bridge.mirroring import ResourceIndex
 from devicefabric.bridge.tracking import Device, DeviceTracker
+from devicefabric.config.wire import Report
+
+MAX_PAGE: Final = 100_000
 
 
 def _json(doc: object) -> bytes:
@@ -75,18 +83,70 @@ def metrics(registry: CollectorRegistry) -> Response:
     return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
 
-def device_doc(device: Device, index: ResourceIndex, now: float) -> dict[str, object]:
-    report = device.report
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One device's fields, copied on the event loop (the report is an immutable model)."""
+
+    name: str
+    state: str
+    reason: str | None
+    session: str | None
+    last_seen_age: float | None
+    heartbeat_s: int
+    agent: str
+    resources: tuple[str, ...]
+    report: Report | None
+
+
+def snapshot(
+    tracker: DeviceTracker, index: ResourceIndex, now: float, query: Mapping[str, str]
+) -> list[DeviceView]:
+    """The devices `query` asks for (`limit`, `after`), sorted by name; cheap, on the loop."""
+    limit = _int(query.get("limit"), "limit", MAX_PAGE)
+    after = query.get("after", "")
+    names = sorted(name for name in tracker.names() if name > after)[:limit]
+    views = []
+    for name in names:
+        device = tracker.get(name)
+        if device is not None:
+            views.append(_view(device, index, now))
+    return views
+
+
+def _view(device: Device, index: ResourceIndex, now: float) -> DeviceView:
     seen = device.last_seen
+    return DeviceView(
+        name=device.name,
+        state=device.state,
+        reason=device.reason.value if device.reason is not None else None,
+        session=device.session,
+        last_seen_age=round(now - seen, 3) if seen is not None else None,
+        heartbeat_s=device.heartbeat_s,
+        agent=device.agent,
+        resources=tuple(sorted(index.keys_of(device.name))),
+        report=device.report,
+    )
+
+
+def _int(raw: str | None, what: str, default: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_PAGE:
+        raise ValueError(f"{what} must be a whole number from 1 to {MAX_PAGE}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def device_doc(view: DeviceView) -> dict[str, object]:
+    report = view.report
     return {
-        "device": device.name,
-        "state": device.state,
-        "reason": device.reason.value if device.reason is not None else None,
-        "session": device.session,
-        "lastSeenAgeSeconds": round(now - seen, 3) if seen is not None else None,
-        "heartbeatSeconds": device.heartbeat_s,
-        "agent": device.agent,
-        "resources": sorted(index.keys_of(device.name)),
+        "device": view.name,
+        "state": view.state,
+        "reason": view.reason,
+        "session": view.session,
+        "lastSeenAgeSeconds": view.last_seen_age,
+        "heartbeatSeconds": view.heartbeat_s,
+        "agent": view.agent,
+        "resources": list(view.resources),
         "processes": {
             key: entry.model_dump(mode="json", by_alias=True, exclude_none=True)
             for key, entry in sorted(report.processes.items())
@@ -96,6 +156,8 @@ def device_doc(device: Device, index: ResourceIndex, now: float) -> dict[str, ob
     }
 
 
-def devices(tracker: DeviceTracker, index: ResourceIndex, now: float) -> Response:
-    docs = [device_doc(d, index, now) for d in sorted(tracker, key=lambda d: d.name)]
-    return Response(200, _json(docs))
+def render_devices(views: Iterable[DeviceView]) -> Response:
+    """The `/devices` document: a JSON array, one device per line (thread-safe: views only)."""
+    lines = [json.dumps(device_doc(v), separators=(",", ":")) for v in views]
+    body = "[\n" + ",\n".join(lines) + ("\n]\n" if lines else "]\n")
+    return Response(200, body.encode())

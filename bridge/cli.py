@@ -25,8 +25,12 @@ from devicefabric.config.errors import ConfigError
 from devicefabric.config.lifecycle import run_program
 from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import (
+    DEFAULT_EVENT_BURST,
+    DEFAULT_EVENT_QPS,
     DEFAULT_STALE_MULTIPLIER,
     DEFAULT_STATE_DIR,
+    DEFAULT_WRITE_BURST,
+    DEFAULT_WRITE_QPS,
     add_flag,
     parse_broker_url,
     parse_hostport,
@@ -72,8 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_flag(run, "--namespace", help="kube control plane: watch one namespace (default all)")
     kube_settings.add_flags(run.add_argument_group("kube control plane: leader election"))
     add_flag(run, "--http", default="127.0.0.1:8080", help="HOST:PORT of /healthz /readyz /metrics")
-    add_flag(run, "--write-qps", type=float, default=20.0, help="control-plane writes per second")
-    add_flag(run, "--write-burst", type=int, default=30, help="control-plane writes at once")
+    add_budget_flags(run)
     add_flag(
         run,
         "--stale-multiplier",
@@ -121,6 +124,46 @@ def make_control_plane(
     raise ConfigError(f"--control-plane: expected kube or local, got {kind!r}")
 
 
+def add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    """`--write-qps/--write-burst` (status patches) and `--event-qps/--event-burst` (Events)."""
+    add_flag(
+        parser,
+        "--write-qps",
+        type=float,
+        default=DEFAULT_WRITE_QPS,
+        help=f"status writes per second (default {DEFAULT_WRITE_QPS:g})",
+    )
+    add_flag(
+        parser,
+        "--write-burst",
+        type=int,
+        default=DEFAULT_WRITE_BURST,
+        help=f"status writes at once before the rate applies (default {DEFAULT_WRITE_BURST})",
+    )
+    add_flag(
+        parser,
+        "--event-qps",
+        type=float,
+        default=DEFAULT_EVENT_QPS,
+        help=f"Events per second, a budget apart from status writes (default {DEFAULT_EVENT_QPS:g})",
+    )
+    add_flag(
+        parser,
+        "--event-burst",
+        type=int,
+        default=DEFAULT_EVENT_BURST,
+        help=f"Events at once before their rate applies (default {DEFAULT_EVENT_BURST})",
+    )
+
+
+def check_budgets(args: argparse.Namespace) -> None:
+    """The budget flags' values, checked (a `ConfigError` naming the flag)."""
+    if args.write_qps <= 0 or args.write_burst < 1:
+        raise ConfigError("--write-qps must be > 0 and --write-burst >= 1")
+    if args.event_qps <= 0 or args.event_burst < 1:
+        raise ConfigError("--event-qps must be > 0 and --event-burst >= 1")
+
+
 def settings_from_args(args: argparse.Namespace) -> BridgeSettings:
     from devicefabric.bridge.service import BridgeSettings, default_client_id  # noqa: PLC0415
 
@@ -129,8 +172,7 @@ def settings_from_args(args: argparse.Namespace) -> BridgeSettings:
     client_id = args.client_id or default_client_id()
     if is_device_name(client_id):
         raise ConfigError(f"--client-id: {client_id!r} is a device name; a bridge may not use one")
-    if args.write_qps <= 0 or args.write_burst < 1:
-        raise ConfigError("--write-qps must be > 0 and --write-burst >= 1")
+    check_budgets(args)
     if args.stale_multiplier <= 1:
         raise ConfigError("--stale-multiplier must be > 1")
     if not args.mqtt_down_limit > 0:
@@ -143,6 +185,8 @@ def settings_from_args(args: argparse.Namespace) -> BridgeSettings:
         tls_ca=args.tls_ca,
         write_qps=args.write_qps,
         write_burst=args.write_burst,
+        event_qps=args.event_qps,
+        event_burst=args.event_burst,
         stale_multiplier=args.stale_multiplier,
         mqtt_down_limit=args.mqtt_down_limit,
     )

@@ -1,9 +1,11 @@
 """A tiny HTTP/1.1 server for `/healthz`, `/readyz`, `/metrics` and `/devices`.
 
 `asyncio.start_server` with a minimal handler: one request per connection (`Connection: close`),
-`GET` and `HEAD` only, the request line and headers read under a timeout and a size limit. Routes
-are plain callables returning a `Response`, so the service decides what is served and this module
-knows nothing about the bridge.
+`GET` and `HEAD` only, the request line and headers read under a timeout and a size limit, at
+most `MAX_CONNECTIONS` at once (more are closed unread). Routes
+are callables taking the query parameters and returning a `Response` (or an awaitable of one, for a
+document built off the event loop), so the service decides what is served and this module knows
+nothing about the bridge.
 
 `HttpServer.start()` binds before anything else starts: a port in use is a `ConfigError` that names
 `--http` (the CLI prints it on one line and exits 2). Port 0 picks a free port (`port` tells which).
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import parse_qsl
 
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.settings import HostPort
@@ -24,8 +28,15 @@ from devicefabric.config.settings import HostPort
 log = logging.getLogger("devicefabric.bridge.http")
 
 READ_TIMEOUT: Final = 5.0
+MAX_CONNECTIONS: Final = 64  # concurrent requests; more are closed unread (probes need a few)
 MAX_HEADER_BYTES: Final = 16 * 1024
-REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Unavailable"}
+REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +46,8 @@ class Response:
     content_type: str = "application/json"
 
 
-Route = Callable[[], Response]
+Query = Mapping[str, str]
+Route = Callable[[Query], Response | Awaitable[Response]]
 
 
 class HttpServer:
@@ -48,6 +60,7 @@ class HttpServer:
         self.routes = dict(routes)
         self.flag = flag
         self._server: asyncio.Server | None = None
+        self._active = 0
 
     @property
     def port(self) -> int:
@@ -95,11 +108,21 @@ class HttpServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= MAX_CONNECTIONS:  # a flood must not take the process's descriptors
+            writer.transport.abort()
+            return
+        self._active += 1
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self._active -= 1
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
             method, path = _request_line(head)
-            response = self._respond(method, path)
+            response = await self._respond(method, path)
             writer.write(_encode(response, include_body=method != "HEAD"))
             async with asyncio.timeout(READ_TIMEOUT):
                 await writer.drain()
@@ -115,14 +138,18 @@ class HttpServer:
         finally:
             writer.close()
 
-    def _respond(self, method: str, path: str) -> Response:
+    async def _respond(self, method: str, path: str) -> Response:
         if method not in ("GET", "HEAD"):
             return Response(405, b"only GET and HEAD\n", "text/plain")
-        route = self.routes.get(path.split("?", 1)[0])
+        route_path, _, query = path.partition("?")
+        route = self.routes.get(route_path)
         if route is None:
             return Response(404, b"not found\n", "text/plain")
         try:
-            return route()
+            answer = route(dict(parse_qsl(query)))
+            return await answer if inspect.isawaitable(answer) else answer
+        except ValueError as exc:  # a bad query parameter: the handler says which
+            return Response(400, f"{exc}\n".encode(), "text/plain")
         except Exception:
             log.exception("HTTP handler for %s failed", path)
             return Response(500, b"internal error\n", "text/plain")

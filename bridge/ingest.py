@@ -103,7 +103,8 @@ class Ingest:
                 if not retained:
                     self._check_sequence(device, report)
                 return self.tracker.report(device, report, now, retained=retained)
-            self.mirror.observe(device, decode_desired(payload, self._limit).revision)
+            desired = decode_desired(payload, self._limit)
+            self.mirror.observe(device, desired.revision, desired)
         except PayloadError as exc:
             self._invalid(exc.reason, now, f"{exc}", device=device, topic=topic)
         return NOTHING

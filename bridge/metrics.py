@@ -16,13 +16,16 @@ time, so ingesting a heartbeat touches no lock and no label lookup.
 | `devicefabric_controlplane_write_errors_total` | counter | `kind`, `error` |
 | `devicefabric_controlplane_write_seconds` | histogram | `kind` |
 | `devicefabric_desired_published_total` | counter | |
-| `devicefabric_queue_depth` | gauge | |
+| `devicefabric_events_dropped_total` | counter | |
+| `devicefabric_queue_depth`, `devicefabric_event_queue_depth` | gauge | |
 | `devicefabric_mqtt_connected`, `devicefabric_leader`, `devicefabric_ready` | gauge | |
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -40,6 +43,7 @@ class StateSource:
     invalid: Callable[[], Mapping[str, int]]
     devices: Callable[[], Mapping[str, int]]
     queue_depth: Callable[[], int]
+    event_queue_depth: Callable[[], int]
     mqtt_connected: Callable[[], bool]
     leading: Callable[[], bool]
     ready: Callable[[], bool]
@@ -74,6 +78,10 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "devicefabric_queue_depth", "Keys queued or in flight in the write queue",
             value=src.queue_depth(),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "devicefabric_event_queue_depth", "Events waiting to be recorded",
+            value=src.event_queue_depth(),
         )  # fmt: skip
         yield GaugeMetricFamily(
             "devicefabric_mqtt_connected", "1 while connected to the broker",
@@ -123,6 +131,24 @@ class BridgeMetrics:
             "Desired documents published (retained) to devices",
             registry=self.registry,
         )
+        self.events_dropped = Counter(
+            "devicefabric_events_dropped",
+            "Events dropped unrecorded because the event log was full",
+            registry=self.registry,
+        )
+
+    async def timed_call(self, kind: str, call: Awaitable[None], bound: float) -> None:
+        """Await one control-plane call within `bound` s, counting it and its latency by `kind`."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(bound):
+                await call
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.write_errors.labels(kind, type(exc).__name__).inc()
+            raise
+        self.writes.labels(kind).inc()
+        self.write_seconds.labels(kind).observe(time.monotonic() - started)
 
     def bind(self, source: StateSource) -> None:
         """Expose the service's state (call once)."""

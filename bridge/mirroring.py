@@ -15,16 +15,12 @@ retains.
   its revision equals either (so nothing is published twice, and a bridge that read the retained
   documents back before planning republishes nothing unchanged). A device whose last resource is
   gone gets an empty document once, unless nothing was ever retained for it.
-- Limits: a document holds at most `MAX_PROCESSES` processes and encodes to at most `limit` bytes
-  (the brokers' payload limit; a larger PUBLISH gets the bridge disconnected). `fit_desired`
-  admits a device's valid resources smallest encoded entry first (ties by key) while both limits
-  hold; a resource that does not fit, or whose metadata the wire format refuses, is left out of
-  the document and gets a one-line reason (`Mirror.rejection`, written as `Synced=False` with
-  reason `InvalidSpec`). `Mirror` passes the entries of the device's last planned document:
-  unchanged ones are admitted first (a newcomer never displaces a running process), and a
-  changed resource that no longer fits keeps its previous entry when that fits. So growing a
-  device past a limit leaves its retained document as it was, and no resource content can make
-  planning raise. (A restarted bridge has no previous entries: it admits smallest first.)
+- No resource content can make a document the wire refuses. Past `MAX_PROCESSES` valid resources
+  on one device, the ones after the first `MAX_PROCESSES` by namespace/name are left out. A document
+  whose encoding would exceed the payload limit is not published at all: the device keeps its last
+  document, and the resources that would have changed it (not in it at their generation) are
+  refused. Refusals are in `Mirror.rejected` (key -> a one-line reason); `statuses` shows them as
+  `Synced=False/InvalidSpec`, and `plan` returns which keys' refusals changed.
 """
 
 from __future__ import annotations
@@ -49,8 +45,6 @@ from devicefabric.config.wire import (
 )
 
 EMPTY_REVISION: Final = revision_of([])
-# Bytes of a document with no process: `{"processes":[],"revision":"<16 hex>"}`.
-_EMPTY_SIZE: Final = len(encode(make_desired([])))
 
 
 def check_spec(spec: Mapping[str, object]) -> DeviceProcessSpec | str:
@@ -59,9 +53,9 @@ def check_spec(spec: Mapping[str, object]) -> DeviceProcessSpec | str:
         return DeviceProcessSpec.model_validate(spec)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        where = ".".join(["spec", *(str(p) for p in first["loc"])])
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"spec.{where}: {first['msg']}{more}"
+        return f"{where}: {first['msg']}{more}"
 
 
 def device_of(resource: Resource) -> str | None:
@@ -128,130 +122,58 @@ class ResourceIndex:
                 del self._by_device[device]
 
 
-@dataclass(frozen=True, slots=True)
-class Fitted:
-    """A device's document and the resources left out of it for a limit (key -> reason)."""
-
-    desired: Desired
-    rejected: dict[str, str]
-
-
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "metadata"
-    return f"{where}: {first['msg']}"
-
-
-def _process(device: str, resource: Resource) -> DesiredProcess | str | None:
-    """The resource's entry, a reason the wire refuses it, or None (invalid spec, other device)."""
-    spec = check_spec(resource.spec)
-    if isinstance(spec, str) or spec.device_name != device:
-        return None
-    try:
-        return DesiredProcess(
-            namespace=resource.namespace,
-            name=resource.name,
-            uid=resource.uid,
-            generation=resource.generation,
-            spec=spec,
-        )
-    except ValidationError as exc:
-        return f"cannot be sent to device {device}: {_describe(exc)}"
-
-
-def _candidates(
-    device: str,
-    resources: Iterable[Resource],
-    kept: Mapping[str, DesiredProcess],
-    rejected: dict[str, str],
-) -> list[tuple[int, int, str, DesiredProcess]]:
-    """(0 if unchanged since `kept` else 1, encoded size, key, entry), in admission order."""
-    candidates: list[tuple[int, int, str, DesiredProcess]] = []
+def desired_processes(device: str, resources: Iterable[Resource]) -> list[DesiredProcess]:
+    """The processes of `device`'s document, by namespace/name (invalid specs left out)."""
+    processes: list[DesiredProcess] = []
     for resource in resources:
-        process = _process(device, resource)
-        if process is None:
+        spec = check_spec(resource.spec)
+        if isinstance(spec, str) or spec.device_name != device:
             continue
-        if isinstance(process, str):
-            rejected[resource.key] = process
-            continue
-        first = 0 if kept.get(resource.key) == process else 1
-        candidates.append((first, len(encode(process)), resource.key, process))
-    candidates.sort(key=lambda c: (c[0], c[1], c[2]))
-    return candidates
-
-
-def fit_desired(
-    device: str,
-    resources: Iterable[Resource],
-    limit: int = MAX_PAYLOAD_BYTES,
-    kept: Mapping[str, DesiredProcess] | None = None,
-) -> Fitted:
-    """The document of `device` within the limits (see the module doc); never raises.
-
-    `kept` holds the entries of the device's last planned document: an unchanged entry is
-    admitted first, and a changed one that no longer fits keeps its previous entry if that fits.
-    """
-    kept = kept or {}
-    rejected: dict[str, str] = {}
-    candidates = _candidates(device, resources, kept, rejected)
-    admitted: dict[str, DesiredProcess] = {}
-    size = _EMPTY_SIZE
-
-    def admit(key: str, process: DesiredProcess, entry_size: int) -> str | None:
-        nonlocal size
-        grown = size + entry_size + (1 if admitted else 0)  # entries are comma-separated
-        if len(admitted) >= MAX_PROCESSES:
-            return (
-                f"device {device} already has {MAX_PROCESSES} processes, "
-                "the most one desired document holds"
+        processes.append(
+            DesiredProcess(
+                namespace=resource.namespace,
+                name=resource.name,
+                uid=resource.uid,
+                generation=resource.generation,
+                spec=spec,
             )
-        if grown > limit:
-            return f"desired document for device {device} would be {grown} bytes, limit {limit}"
-        admitted[key] = process
-        size = grown
-        return None
-
-    for _first, entry_size, key, process in candidates:
-        if key in admitted:  # the index never yields a key twice; a planner input might
-            rejected[key] = f"{key} appears more than once for device {device}"
-        elif (why := admit(key, process, entry_size)) is not None:
-            rejected[key] = why
-    for key in sorted(rejected):  # a changed entry that does not fit: the device keeps the old
-        previous = kept.get(key)
-        if (
-            previous is not None
-            and key not in admitted
-            and admit(key, previous, len(encode(previous))) is None
-        ):
-            rejected[key] += f"; the device keeps generation {previous.generation}"
-    return Fitted(make_desired(list(admitted.values())), rejected)
+        )
+    return sorted(processes, key=lambda p: (p.namespace, p.name))
 
 
 def build_desired(device: str, resources: Iterable[Resource]) -> Desired:
-    """The desired document of `device` from its resources (invalid or unfitting ones left out)."""
-    return fit_desired(device, resources).desired
+    """The desired document of `device` from its resources (invalid specs left out)."""
+    return make_desired(desired_processes(device, resources)[:MAX_PROCESSES])
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What `Mirror.plan` decided: the document to publish (None: nothing) and which resources'
+    refusals appeared or went away (their status must be planned again)."""
+
+    doc: Desired | None
+    refusals_changed: frozenset[str]
 
 
 class Mirror:
     """Which `desired` documents to publish; see the module doc."""
 
     def __init__(self, limit: int = MAX_PAYLOAD_BYTES) -> None:
-        self.limit = limit  # bytes one encoded document may take
+        self.limit = limit
         self.observed: dict[str, str] = {}  # device -> revision the broker retains
         self.sent: dict[str, str] = {}  # device -> revision published, echo not seen yet
-        self.rejected: dict[str, dict[str, str]] = {}  # device -> key -> why it is left out
-        self.kept: dict[str, dict[str, DesiredProcess]] = {}  # device -> its last planned entries
+        self.rejected: dict[str, str] = {}  # resource key -> why it is not sent
+        self._rejected_by_device: dict[str, frozenset[str]] = {}
+        self._last_doc: dict[str, dict[str, int]] = {}  # device -> key -> generation it holds
 
-    def rejection(self, device: str | None, key: str) -> str | None:
-        """Why `key` was left out of `device`'s last planned document, if it was."""
-        return self.rejected.get(device, {}).get(key) if device is not None else None
-
-    def observe(self, device: str, revision: str | None) -> None:
-        """The broker retains `revision` for `device` (None: nothing retained)."""
+    def observe(self, device: str, revision: str | None, doc: Desired | None = None) -> None:
+        """The broker retains `revision` (its document `doc`) for `device` (None: nothing)."""
         if revision is None:
             self.observed.pop(device, None)
         else:
             self.observed[device] = revision
+        if doc is not None:
+            self._last_doc[device] = {p.key: p.generation for p in doc.processes}
         if revision is not None and self.sent.get(device) == revision:
             del self.sent[device]
 
@@ -263,27 +185,55 @@ class Mirror:
         """Every device with a retained or in-flight document."""
         return set(self.observed) | set(self.sent)
 
-    def plan(self, device: str, resources: Iterable[Resource]) -> Desired | None:
-        """The document to publish for `device` now, or None when the broker has it already.
-
-        Also records the resources left out for a limit (`rejection`, `rejected`)."""
-        fitted = fit_desired(device, resources, self.limit, self.kept.get(device))
-        if fitted.desired.processes:
-            self.kept[device] = {p.key: p for p in fitted.desired.processes}
-        else:
-            self.kept.pop(device, None)
-        if fitted.rejected:
-            self.rejected[device] = fitted.rejected
-        else:
-            self.rejected.pop(device, None)
-        desired = fitted.desired
+    def plan(self, device: str, resources: Iterable[Resource]) -> Plan:
+        """The document to publish for `device` now (None when the broker has it already, or
+        when no acceptable document can be made), and the keys whose refusal changed."""
+        processes = desired_processes(device, resources)
+        refused: dict[str, str] = {}
+        for extra in processes[MAX_PROCESSES:]:
+            refused[extra.key] = (
+                f"device {device} has {len(processes)} DeviceProcesses, at most {MAX_PROCESSES} "
+                f"per device: this one is past the {MAX_PROCESSES}th by namespace/name, not sent"
+            )
+        processes = processes[:MAX_PROCESSES]
+        candidate = make_desired(processes)
+        size = len(encode(candidate))
+        desired: Desired | None = candidate
+        if size > self.limit:
+            held = self._last_doc.get(device, {})
+            changing = [p for p in processes if held.get(p.key) != p.generation] or processes
+            for process in changing:
+                refused[process.key] = (
+                    f"desired document for device {device} would be {size} bytes, limit "
+                    f"{self.limit}: not sent, the device keeps its last document"
+                )
+            desired = None
+        changed = self._set_refusals(device, refused)
+        if desired is None:
+            return Plan(None, changed)
         current = self.sent.get(device, self.observed.get(device))
         if desired.revision == current:
-            return None
+            return Plan(None, changed)
         if not desired.processes and current is None:
-            return None  # nothing was ever sent: there is nothing to stop
-        return desired
+            return Plan(None, changed)  # nothing was ever sent: there is nothing to stop
+        return Plan(desired, changed)
 
-    def published(self, device: str, revision: str) -> None:
-        """`revision` was handed to the broker for `device`."""
-        self.sent[device] = revision
+    def published(self, device: str, doc: Desired) -> None:
+        """`doc` was handed to the broker for `device`."""
+        self.sent[device] = doc.revision
+        self._last_doc[device] = {p.key: p.generation for p in doc.processes}
+
+    def _set_refusals(self, device: str, refused: dict[str, str]) -> frozenset[str]:
+        before = self._rejected_by_device.get(device, frozenset())
+        changed = {k for k in before if k not in refused}
+        for key in before - refused.keys():
+            self.rejected.pop(key, None)
+        for key, why in refused.items():
+            if self.rejected.get(key) != why:
+                changed.add(key)
+            self.rejected[key] = why
+        if refused:
+            self._rejected_by_device[device] = frozenset(refused)
+        else:
+            self._rejected_by_device.pop(device, None)
+        return frozenset(changed)

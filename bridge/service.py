@@ -62,7 +62,8 @@ from typing import Final, Self
 
 from devicefabric.bridge import api
 from devicefabric.bridge.controlplane.base import ControlPlane
-from devicefabric.bridge.http import HttpServer, Response
+from devicefabric.bridge.eventing import EventRecorder
+from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
@@ -77,7 +78,15 @@ from devicefabric.bridge.queueing import (
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
 from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
-from devicefabric.config.settings import DEFAULT_STALE_MULTIPLIER, BrokerURL, HostPort
+from devicefabric.config.settings import (
+    DEFAULT_EVENT_BURST,
+    DEFAULT_EVENT_QPS,
+    DEFAULT_STALE_MULTIPLIER,
+    DEFAULT_WRITE_BURST,
+    DEFAULT_WRITE_QPS,
+    BrokerURL,
+    HostPort,
+)
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES, encode
 
@@ -107,8 +116,10 @@ class BridgeSettings:
     http: HostPort | None = None  # /healthz /readyz /metrics /devices (--http); None: off
     root: str = DEFAULT_ROOT  # topic root
     tls_ca: Path | None = None  # CA bundle for mqtts:// (--tls-ca); None: system CAs
-    write_qps: float = 20.0  # sustained control-plane writes per second (--write-qps)
-    write_burst: int = 30  # writes allowed at once before the rate applies (--write-burst)
+    write_qps: float = DEFAULT_WRITE_QPS  # sustained status writes per second (--write-qps)
+    write_burst: int = DEFAULT_WRITE_BURST  # status writes at once before the rate applies
+    event_qps: float = DEFAULT_EVENT_QPS  # Events per second, a budget of their own (--event-qps)
+    event_burst: int = DEFAULT_EVENT_BURST  # Events at once before their rate applies
     stale_multiplier: float = DEFAULT_STALE_MULTIPLIER  # HeartbeatTimeout after this x heartbeat_s
     min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
     key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
@@ -172,10 +183,10 @@ class Bridge:
             HttpServer(
                 settings.http,
                 {
-                    "/healthz": self._healthz,
-                    "/readyz": self._readyz,
-                    "/metrics": lambda: api.metrics(self.metrics.registry),
-                    "/devices": lambda: api.devices(self.tracker, self.index, time.monotonic()),
+                    "/healthz": lambda _query: self._healthz(),
+                    "/readyz": lambda _query: self._readyz(),
+                    "/metrics": lambda _query: api.metrics(self.metrics.registry),
+                    "/devices": self._devices,
                 },
             )
             if settings.http is not None
@@ -183,13 +194,20 @@ class Bridge:
         )
         self.ready = asyncio.Event()  # latched: synced and primed once
         self._primed = asyncio.Event()
+        self.events = EventRecorder(
+            control_plane,
+            TokenBucket(settings.event_qps, settings.event_burst, time.monotonic()),
+            self.metrics,
+            settings.call_timeout,
+        )
         self.writer = StatusWriter(
             control_plane,
             self.tracker,
             self.queue.acquire,
-            self.metrics,
-            settings.call_timeout,
-            rejection=self.mirror.rejection,
+            events=self.events,
+            rejected=self.mirror.rejected,
+            metrics=self.metrics,
+            call_timeout=settings.call_timeout,
         )
         self._task: asyncio.Task[None] | None = None
         self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
@@ -199,6 +217,7 @@ class Bridge:
                 invalid=lambda: self.ingest.stats.invalid,
                 devices=self.tracker.counts,
                 queue_depth=lambda: len(self.queue),
+                event_queue_depth=lambda: len(self.events),
                 mqtt_connected=lambda: self.link.connected,
                 leading=self.control_plane.leading.is_set,
                 ready=self.is_ready,
@@ -224,6 +243,7 @@ class Bridge:
                 tg.create_task(self._startup(), name="startup")
                 tg.create_task(self._sweeper(), name="sweep")
                 tg.create_task(self._leadership(), name="leadership")
+                tg.create_task(self.events.run(), name="events")
                 for i in range(self.settings.workers):
                     tg.create_task(self.queue.serve(self.writer.reconcile), name=f"writer-{i}")
                 if self.http is not None:
@@ -324,23 +344,14 @@ class Bridge:
             for key in self.index.keys_of(device)
             if (r := self.control_plane.get(key)) is not None
         ]
-        before = self.mirror.rejected.get(device, {})
-        try:
-            doc = self.mirror.plan(device, resources)
-        except Exception:  # the planner never raises by contract; one device must not stop all
-            log.exception("planning the desired document failed", extra={"device": device})
-            return
-        after = self.mirror.rejected.get(device, {})
-        for key in before.keys() | after.keys():
-            if before.get(key) != after.get(key):
-                if key in after:
-                    log.warning("left out of the desired document: %s", after[key],
-                                extra={"device": device, "resource": key})  # fmt: skip
-                self.queue.add(key)
+        plan = self.mirror.plan(device, resources)
+        for key in plan.refusals_changed:  # Synced=False/InvalidSpec appears or goes away
+            self.queue.add(key)
+        doc = plan.doc
         if doc is None:
             return
         if self.link.publish(self.topics.desired(device), encode(doc), retain=True):
-            self.mirror.published(device, doc.revision)
+            self.mirror.published(device, doc)
             self.metrics.desired_published.inc()
             log.info(
                 "published desired revision %s (%d processes)", doc.revision, len(doc.processes),
@@ -393,6 +404,10 @@ class Bridge:
         since = self.link.down_since
         down = time.monotonic() - since if since is not None else None
         return api.healthz(down, self.settings.mqtt_down_limit)
+
+    async def _devices(self, query: Query) -> Response:
+        views = api.snapshot(self.tracker, self.index, time.monotonic(), query)
+        return await asyncio.to_thread(api.render_devices, views)
 
     def _readyz(self) -> Response:
         return api.readyz(

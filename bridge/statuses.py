@@ -1,8 +1,7 @@
 """Status computation: (resource, what the bridge knows of its device) -> the minimal merge patch.
 
 Pure and level-based: `plan_status` derives the status a resource should have *now* from
-- its spec and generation (`InvalidSpec` when the spec does not validate, or when mirroring left
-  it out of its device's document for a limit: the caller passes that reason as `rejected`),
+- its spec and generation (`InvalidSpec` when the spec does not validate),
 - the device's connection reason (`AgentConnected`),
 - the device's last report entry for this resource (`phase`, `pid`, `restarts`, `exitCode`,
   `startedAt`, `message`, `observedGeneration`; `Synced` is `Applied` when the reported generation
@@ -131,7 +130,7 @@ def desired_conditions(
     spec = check_spec(resource.spec)
     if isinstance(spec, str):
         synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=spec)
-    elif rejected is not None:
+    elif rejected is not None:  # valid alone, but mirroring cannot send it (see `mirroring`)
         synced = make_condition(SYNCED, Reason.INVALID_SPEC, now, detail=rejected)
     elif observed_generation == resource.generation:
         synced = make_condition(SYNCED, Reason.APPLIED, now)
@@ -161,7 +160,10 @@ def plan_status(
     stored: Mapping[str, object] | None = None,
     rejected: str | None = None,
 ) -> StatusPlan | None:
-    """The patch taking `stored` (default: `resource.status`) to the status it should have."""
+    """The patch taking `stored` (default: `resource.status`) to the status it should have.
+
+    `rejected`: why mirroring does not send this resource (`Mirror.rejected`), if it does not.
+    """
     stored = resource.status if stored is None else stored
     fields = desired_fields(resource, stored, device)
     stored_conditions = parse_conditions(stored.get("conditions"))

@@ -125,6 +125,9 @@ class DeviceTracker:
     def __len__(self) -> int:
         return len(self._devices)
 
+    def names(self) -> Iterator[str]:
+        return iter(self._devices)
+
     def counts(self) -> dict[str, int]:
         """Number of devices per `Device.state`."""
         out = {"connected": 0, "disconnected": 0, "unknown": 0}

@@ -7,7 +7,8 @@ They read and write the state directory through `LocalStore` (the same files `de
                                                *.yaml/*.yml/*.json files; prints
                                                `deviceprocess/<name> created|configured|unchanged`
     devicefabric delete NAME... | -f FILE      prints `deviceprocess/<name> deleted`
-    devicefabric get [NAME...] [-o wide|yaml|json] [-n NS | -A]
+    devicefabric get [NAME...] [-o wide|yaml|json] [-n NS | -A] [-w]   `-w`/`--watch`: keep the
+                                               table up to date (`bridge.watching`)
 
 Exit codes: 0 done; 2 invalid input, with the file, document and field in one line, and nothing
 written (every file is validated before the first write); 1 a named resource does not exist.
@@ -72,6 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-o", "--output", choices=("wide", "yaml", "json"), help="output format (default: table)"
     )
     get.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace")
+    add_flag(get, "--watch", action="store_true", help="keep the table up to date until Ctrl-C")
+    get.add_argument(
+        "-w", dest="watch", action="store_true", default=argparse.SUPPRESS, help="same as --watch"
+    )
     _common(get)
     get.set_defaults(func=run_get)
 
@@ -190,6 +195,8 @@ def run_get(args: argparse.Namespace) -> int:
         keys = [
             key for key in store.list_keys() if namespace is None or key.startswith(namespace + "/")
         ]
+    if args.watch:
+        return _watch(args, store, keys if args.names else None, namespace)
     if args.output in ("yaml", "json"):
         docs = [doc for key in keys if (doc := store.document(key)) is not None]
         _print_documents(docs, args.output, single=len(args.names) == 1)
@@ -207,6 +214,20 @@ def run_get(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _watch(
+    args: argparse.Namespace, store: LocalStore, keys: list[str] | None, namespace: str | None
+) -> int:
+    from devicefabric.bridge import watching  # noqa: PLC0415
+
+    if args.output in ("yaml", "json"):
+        raise ConfigError("get: --watch shows a table: use it without -o or with -o wide")
+    table = watching.deviceprocess_table(
+        store, keys, namespace, wide=args.output == "wide", with_namespace=args.all_namespaces
+    )
+    where = "every namespace" if namespace is None else f"namespace {namespace}"
+    return watching.watch(table, f"deviceprocesses in {where} ({args.state_dir})")
 
 
 def _print_documents(docs: list[dict[str, object]], fmt: str, *, single: bool) -> None:

@@ -22,7 +22,9 @@ document, so the embedded broker and mosquitto enforce the same rules:
 - a revoked device keeps its client entry with `"disabled": true` (mosquitto refuses its
   CONNECT; regenerating without it restores it);
 - `max_packet_size` carries DESIGN.md's payload limit (64 KiB by default): mosquitto disconnects
-  a client sending a larger packet, as the embedded broker does.
+  a client sending a larger packet, as the embedded broker does;
+- `max_queued_messages` is sized for the fleet (`queue_bound`): at mosquitto's default of 1,000 a
+  mass disconnect or a bridge restart of a larger fleet loses wills and retained documents.
 
 What mosquitto cannot express (written down in docs/mosquitto.md): a role user may use any client
 id, including a device's name; a device's will may name any topic it may publish to (the table
@@ -61,6 +63,15 @@ DEFAULT_MAX_PAYLOAD: Final = 64 * 1024  # DESIGN.md's payload limit, as the embe
 # mosquitto limits whole packets: room for the fixed header, the topic and the packet id.
 PACKET_OVERHEAD: Final = 1024
 
+# mosquitto's `max_queued_messages` bounds, per client, the QoS 1/2 messages waiting beyond the
+# in-flight window (default 1000). The bridge receives the whole fleet's bursts on one connection:
+# a retained replay at its start (status + report + desired per device), a mass disconnect (one
+# will per device), onboarding (birth + report per device). At mosquitto's default, a burst of
+# more than ~1,000 devices is dropped ("Outgoing messages are being dropped"). The generated
+# bound holds one such burst: QUEUE_FLOOR + QUEUED_PER_DEVICE x devices.
+QUEUE_FLOOR: Final = 1000  # mosquitto's own default, kept for a small fleet
+QUEUED_PER_DEVICE: Final = 4  # status + report + desired replayed, and one more (will or birth)
+
 PBKDF2_ITERATIONS: Final = 101
 SALT_BYTES: Final = 12
 HASH_BYTES: Final = 64
@@ -82,6 +93,7 @@ class MosquittoSettings:
     `tls_cert`/`tls_key` (both or neither) make the listener TLS-only (`mqtts://`).
     `max_payload` becomes `max_packet_size` (plus `PACKET_OVERHEAD`): mosquitto disconnects a
     client sending a larger packet, as the embedded broker does for a larger payload.
+    `max_queued_messages` is mosquitto's per-client queue bound (see `queue_bound`).
     """
 
     listener: HostPort
@@ -92,6 +104,18 @@ class MosquittoSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_queued_messages: int = QUEUE_FLOOR
+
+
+def queue_bound(devices: int) -> int:
+    """`max_queued_messages` for a fleet of `devices`: room for one whole burst to the bridge.
+
+    mosquitto 2.0 has no per-client queue setting, so the bound applies to every client; only
+    the bridge and an observer subscribe to the whole fleet, and each of them holds at most this
+    many small documents (~200 B) while it cannot keep up. QoS 0 heartbeats are not queued for an
+    offline session (`queue_qos0_messages` stays false).
+    """
+    return QUEUE_FLOOR + QUEUED_PER_DEVICE * max(0, devices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +282,10 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
         raise ConfigError("--mqtt: mosquitto needs a fixed port, not 0")
     if settings.max_payload < 1:
         raise ConfigError(f"--max-payload must be positive, got {settings.max_payload}")
+    if settings.max_queued_messages < 1:
+        raise ConfigError(
+            f"--max-queued-messages must be positive, got {settings.max_queued_messages}"
+        )
     if not settings.dynsec_file.is_absolute():
         raise ConfigError(f"dynamic-security file {settings.dynsec_file} must be an absolute path")
     lines = [
@@ -268,6 +296,8 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
         # Small retained documents must not wait for Nagle + delayed ACK (~40 ms per hop).
         "set_tcp_nodelay true",
         f"max_packet_size {settings.max_payload + PACKET_OVERHEAD}",
+        # Sized for the fleet: the bridge must receive a whole burst (replay, mass disconnect).
+        f"max_queued_messages {settings.max_queued_messages}",
     ]
     if settings.persistence_dir is None:
         lines.append("persistence false")
@@ -355,9 +385,16 @@ def generate(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_queued_messages: int | None = None,
 ) -> WrittenConfig:
-    """Generate and write both files; the JSON path in the conf defaults to the written file."""
+    """Generate and write both files; the JSON path in the conf defaults to the written file.
+
+    `max_queued_messages` None: `queue_bound` of the number of devices.
+    """
     out = out_dir.absolute()
+    devices = tuple(devices)
+    if max_queued_messages is None:
+        max_queued_messages = queue_bound(len(devices))
     settings = MosquittoSettings(
         listener=listener,
         dynsec_file=dynsec_file if dynsec_file is not None else out / DYNSEC_NAME,
@@ -367,6 +404,7 @@ def generate(
         tls_cert=tls_cert.absolute() if tls_cert is not None else None,
         tls_key=tls_key.absolute() if tls_key is not None else None,
         max_payload=max_payload,
+        max_queued_messages=max_queued_messages,
     )
     conf_text = mosquitto_conf(settings)
     doc = dynsec_config(devices, secret, Topics(root), revoked=revoked)

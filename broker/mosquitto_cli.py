@@ -16,6 +16,8 @@ from devicefabric.broker.mosquitto import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_PLUGIN,
     DYNSEC_NAME,
+    QUEUE_FLOOR,
+    QUEUED_PER_DEVICE,
     generate,
     read_name_list,
 )
@@ -102,6 +104,15 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         default=DEFAULT_MAX_PAYLOAD,
         help="largest payload in bytes; mosquitto disconnects a client sending a larger packet",
     )
+    add_flag(
+        parser,
+        "--max-queued-messages",
+        type=int,
+        metavar="N",
+        help=f"mosquitto's per-client queue bound (default {QUEUE_FLOOR} + "
+        f"{QUEUED_PER_DEVICE} x the number of devices: the bridge must receive a whole burst, "
+        "e.g. every will of a mass disconnect)",
+    )
     add_flag(parser, "--root", default=DEFAULT_ROOT, help="topic root")
     parser.set_defaults(func=run)
 
@@ -132,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         max_payload=int(args.max_payload),
+        max_queued_messages=(
+            int(args.max_queued_messages) if args.max_queued_messages is not None else None
+        ),
     )
     unknown = sorted(set(revoked) - set(devices))
     disabled = len(set(revoked) & set(devices))

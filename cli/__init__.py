@@ -15,6 +15,7 @@ from typing import NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
+from devicefabric.config.lifecycle import raise_fd_limit
 from devicefabric.config.logs import setup_logging
 from devicefabric.config.settings import add_flag
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from devicefabric.agent import cli as agent_cli  # noqa: PLC0415 - keep `--help` cheap
     from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
     from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
-    from devicefabric.cli import creds, manifests, up  # noqa: PLC0415
+    from devicefabric.cli import creds, manifests, status, up  # noqa: PLC0415
 
     parser = _Parser(
         prog="devicefabric",
@@ -56,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     creds.register(sub)
     bridge_cli.register_local_verbs(sub)
     manifests.register(sub)
+    status.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    raise_fd_limit()  # every program: the hard limit is what the administrator granted
     try:
         parser = build_parser()
     except ConfigError as exc:  # e.g. a DEVICEFABRIC_<FLAG> variable that does not parse

@@ -10,9 +10,11 @@ Each runs on its own demo device, served by a real agent started as a subprocess
 Invariants: every agent started is stopped when the demo task ends, however it ends (SIGTERM,
 then SIGKILL after `AGENT_STOP_TIMEOUT`), and awaited, so Ctrl-C leaves no process behind. Agents
 run in their own session, so the terminal's Ctrl-C (SIGINT to the whole foreground group) does
-not reach them directly: they get exactly one SIGTERM, from `up`, and shut down cleanly. The
-live table redraws in place on a terminal (plain ANSI, no curses) and, when stdout is not a
-terminal, prints a new table only when a row other than its age changed.
+not reach them directly: they get exactly one SIGTERM, from `up`, and shut down cleanly. On a
+terminal the table (the one `get --watch` shows) and the latest Events stay at the top, redrawn
+in place, while the log lines scroll below them (`cli.screen`: plain ANSI, no curses); the
+instructions shrink to one line when the terminal is too short for them. When stdout is not a
+terminal, a new table is printed only when a row other than its age changed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -33,6 +36,7 @@ from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.controlplane.local import LocalControlPlane
 from devicefabric.bridge.controlplane.manifests import DEFAULT_NAMESPACE, Manifest
 from devicefabric.bridge.verbs import render_table, table_row
+from devicefabric.cli.screen import MIN_LOG_ROWS, ScreenLogHandler, SplitScreen
 from devicefabric.config.credentials import device_password
 from devicefabric.config.resource import DeviceProcessSpec, RestartPolicyName
 
@@ -194,34 +198,63 @@ async def live_table(
     interval: float = REFRESH_S,
 ) -> None:
     """Redraw the resources table (and the latest Events) every `interval` until cancelled."""
-    tty = out.isatty()
+    if out.isatty():
+        await _split_screen(plane, header, out, interval)
+        return
     last: object = None
     while True:
         now = datetime.now(UTC)
         resources = sorted(plane.resources(), key=lambda r: r.key)
-        events = plane.store.recent_events(RECENT_EVENTS)
-        if tty:
-            out.write("\x1b[H\x1b[2J" + header + "\n" + _screen(resources, events, now) + "\n")
+        key = [table_row(r, now)[:-1] for r in resources]  # every column but AGE
+        if key != last:
+            last = key
+            out.write(_screen(resources, [], now) + "\n\n")
             out.flush()
-        else:
-            key = [table_row(r, now)[:-1] for r in resources]  # every column but AGE
-            if key != last:
-                last = key
-                out.write(_screen(resources, [], now) + "\n\n")
-                out.flush()
         await asyncio.sleep(interval)
 
 
+async def _split_screen(
+    plane: LocalControlPlane, header: str, out: TextIO, interval: float
+) -> None:
+    """The table and Events at the top of the terminal, the log scrolling below (until cancelled)."""
+    screen = SplitScreen(out, title="(newest at the bottom) ")
+    root = logging.getLogger()
+    handler = ScreenLogHandler(screen, root.handlers[0].formatter if root.handlers else None)
+    root.addHandler(handler)
+    intro = header.rstrip("\n").splitlines()
+    short = [intro[0], intro[-1]] if intro else []
+    try:
+        while True:
+            now = datetime.now(UTC)
+            resources = sorted(plane.resources(), key=lambda r: r.key)
+            events = plane.store.recent_events(RECENT_EVENTS)
+            body = _screen(resources, events, now, pad_events=True).splitlines()
+            rows = shutil.get_terminal_size().lines
+            fits = len(intro) + 1 + len(body) + 1 + MIN_LOG_ROWS <= rows
+            screen.draw([*(intro if fits else short), "", *body])
+            await asyncio.sleep(interval)
+    finally:
+        root.removeHandler(handler)
+        screen.close()
+
+
 def _screen(
-    resources: Sequence[Resource], events: Sequence[dict[str, object]], now: datetime
+    resources: Sequence[Resource],
+    events: Sequence[dict[str, object]],
+    now: datetime,
+    *,
+    pad_events: bool = False,
 ) -> str:
+    """The table, then the latest Events (`pad_events`: always RECENT_EVENTS rows of them)."""
     table = render_table(resources, now=now) if resources else "(no DeviceProcesses yet)"
     lines = [table]
-    if events:
+    if events or pad_events:
         lines += ["", "Recent events:"]
         lines += [
             f"  {e.get('time', '')}  {e.get('type', ''):<7}  {e.get('reason', ''):<16}  "
             f"{e.get('namespace', '')}/{e.get('name', '')}"
             for e in events
         ]
+        if pad_events:
+            lines += [""] * (RECENT_EVENTS - len(events))
     return "\n".join(lines)

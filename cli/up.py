@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from devicefabric.bridge.cli import add_budget_flags, check_budgets
+from devicefabric.broker.cli import add_max_connections
 from devicefabric.config.credentials import load_secret, role_password
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import run_program
@@ -69,6 +71,9 @@ class UpOptions:
     demo: bool
     write_qps: float
     write_burst: int
+    event_qps: float
+    event_burst: int
+    max_connections: int
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,12 +104,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="also run three local agents with sample processes and show a live table",
     )
-    add_flag(parser, "--write-qps", type=float, default=20.0, help="status writes per second")
-    add_flag(parser, "--write-burst", type=int, default=30, help="status writes allowed at once")
+    add_budget_flags(parser)
+    add_max_connections(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_budgets(args)
     try:
         args.state_dir.mkdir(parents=True, exist_ok=True)
         secret = load_secret(args.secret_file, args.state_dir, create=True)
@@ -119,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         demo=args.demo,
         write_qps=float(args.write_qps),
         write_burst=int(args.write_burst),
+        event_qps=float(args.event_qps),
+        event_burst=int(args.event_burst),
+        max_connections=int(args.max_connections),
     )
     if options.demo and sys.stdout.isatty():
         _log_to_file(options.state_dir / "up.log")
@@ -137,7 +146,10 @@ async def serve(options: UpOptions) -> None:
 
     _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
     plane = LocalControlPlane(options.state_dir)
-    async with EmbeddedBroker(BrokerSettings(secret=options.secret, mqtt=options.mqtt)) as broker:
+    broker_settings = BrokerSettings(
+        secret=options.secret, mqtt=options.mqtt, max_connections=options.max_connections
+    )
+    async with EmbeddedBroker(broker_settings) as broker:
         address = _reachable(broker.address)
         settings = BridgeSettings(
             broker=parse_broker_url(f"mqtt://{address}"),
@@ -146,6 +158,8 @@ async def serve(options: UpOptions) -> None:
             http=options.http,
             write_qps=options.write_qps,
             write_burst=options.write_burst,
+            event_qps=options.event_qps,
+            event_burst=options.event_burst,
         )
         bridge = Bridge(settings, plane)
         try:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import Final
 
+from devicefabric import __version__
+
 DEPLOY_PACKAGE: Final = "devicefabric.config"
 DEPLOY_DIR: Final = "deploy"
 
@@ -32,6 +34,12 @@ NAMESPACE: Final = "devicefabric-system"
 
 LEASE_NAME: Final = "devicefabric-bridge"
 """The default name of the bridge's leader-election Lease."""
+
+IMAGE_REPOSITORY: Final = "ghcr.io/devicefabric/devicefabric"
+"""Where the bridge image (built from the repository's Containerfile) is published."""
+
+IMAGE: Final = f"{IMAGE_REPOSITORY}:{__version__}"
+"""The image the Deployment runs: its tag is the package version (the manifest is checked)."""
 
 _ALL_NAMESPACES_ENV: Final = """\
             - name: DEVICEFABRIC_NAMESPACE

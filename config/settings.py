@@ -22,6 +22,14 @@ DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_STATE_DIR: Final = Path(".devicefabric")
 DEFAULT_HEARTBEAT_S: Final = 15
 DEFAULT_STALE_MULTIPLIER: Final = 3
+# The control-plane budgets (`--write-qps/--write-burst`, `--event-qps/--event-burst`). Status
+# writes: controller-runtime's client defaults (20/s, burst 30). Events have a budget of their
+# own, so a status write never waits for an Event: N resources changed at once all read their
+# new status after max(0, N - write burst) / write qps seconds (docs/kubernetes.md).
+DEFAULT_WRITE_QPS: Final = 20.0
+DEFAULT_WRITE_BURST: Final = 30
+DEFAULT_EVENT_QPS: Final = 10.0
+DEFAULT_EVENT_BURST: Final = 50
 
 
 @dataclass(frozen=True, slots=True)

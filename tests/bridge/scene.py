@@ -26,6 +26,8 @@ def settings(broker: BrokerProcess, **overrides: Any) -> BridgeSettings:
         "client_id": f"bridge_test-{uuid.uuid4().hex[:8]}",
         "write_qps": 1000.0,
         "write_burst": 1000,
+        "event_qps": 1000.0,
+        "event_burst": 1000,
         "keepalive": 10,
     }
     return BridgeSettings(**{**base, **overrides})
@@ -44,7 +46,7 @@ async def running(
 
 def idle(bridge: Bridge, cp: MemoryControlPlane) -> bool:
     """Nothing queued or in flight, and no write echo on its way back."""
-    return len(bridge.queue) == 0 and cp.quiet()
+    return len(bridge.queue) == 0 and len(bridge.events) == 0 and cp.quiet()
 
 
 async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:

@@ -1,10 +1,6 @@
-"""Tier 2: resources and links that must not take the bridge down, on real brokers.
+"""Tier 2: broker-link faults that must not take the bridge down, on real brokers.
 
-- A desired document over the payload limit is never published: the resource that does not fit
-  gets `Synced=False/InvalidSpec` naming the size and the limit, the device keeps its last
-  document, other devices and the broker link carry on (the embedded broker would drop the
-  bridge for the oversized PUBLISH; mosquitto would drop it too).
-- 257 processes on one device: 256 go, the extra one is `InvalidSpec`.
+(Resource limits, 257 processes and oversized documents, are in test_service_limits.py.)
 - A message the broker refused (it disconnected us) is not re-sent on the next connection.
 - A connection lost right after CONNACK, before the subscription, ends in a reconnect.
 - `/healthz` fails once the MQTT link has been down past its bound.
@@ -38,70 +34,6 @@ T = Topics(DEFAULT_ROOT)
 
 def play(story: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(story())
-
-
-@pytest.mark.fabric_devices("tor9-99", "dev-b")
-def test_an_oversized_desired_document_is_refused_and_the_bridge_stays_up(
-    any_broker: BrokerProcess,
-) -> None:
-    cp = MemoryControlPlane()
-    web = resource("web", "tor9-99")
-    cp.apply(web)
-    # Nine resources of ~8 KB each (within every per-resource bound) make a 72 KB document.
-    parts = [resource(f"p{i}", "tor9-99", command=["run", *(["x" * 250] * 31)]) for i in range(9)]
-    huge = parts[-1]
-
-    async def story() -> None:
-        async with running(any_broker, cp) as bridge:
-            for part in parts[:-1]:
-                cp.apply(part)
-            await until(
-                lambda: all(cp.reason(p.key, "Synced") == "Pending" for p in parts[:-1]),
-                what="eight parts mirrored",
-            )
-            await until(lambda: "tor9-99" in bridge.mirror.observed and not bridge.mirror.sent)
-            kept, session = bridge.mirror.observed["tor9-99"], bridge.link.session
-            start = time.monotonic()
-            cp.apply(huge)
-            await until(lambda: cp.reason(huge.key, "Synced") == "InvalidSpec", what="refused")
-            took = time.monotonic() - start
-            synced = cp.condition(huge.key, "Synced")
-            assert synced is not None
-            assert "desired document for device tor9-99 would be " in synced["message"]
-            assert f"bytes, limit {MAX_PAYLOAD_BYTES}" in synced["message"]
-            assert took < 5.0
-            # Other devices are unaffected, over the same broker connection.
-            cp.apply(resource("db", "dev-b"))
-            await until(lambda: "dev-b" in bridge.mirror.observed, what="dev-b mirrored")
-            assert bridge.mirror.observed["tor9-99"] == kept  # the last good document stays
-            assert bridge.link.session == session  # the broker never dropped the bridge
-            # Deleting the offender clears its rejection; the device's document is unchanged.
-            cp.delete(huge.key)
-            await until(lambda: bridge.mirror.rejected == {}, what="rejection cleared")
-
-    play(story)
-
-
-@pytest.mark.fabric_devices("tor9-99")
-def test_257_processes_on_one_device_256_go_the_extra_one_is_invalid(
-    embedded: BrokerProcess,
-) -> None:
-    cp = MemoryControlPlane()
-    many = [resource(f"p-{i:03d}", "tor9-99") for i in range(MAX_PROCESSES + 1)]
-    for res in many:
-        cp.apply(res)
-
-    async def story() -> None:
-        async with running(embedded, cp) as bridge:
-            extra = many[-1].key
-            await until(lambda: cp.reason(extra, "Synced") == "InvalidSpec", what="extra refused")
-            synced = cp.condition(extra, "Synced")
-            assert synced is not None
-            assert f"already has {MAX_PROCESSES} processes" in synced["message"]
-            await until(lambda: "tor9-99" in bridge.mirror.observed, what="256 mirrored")
-            assert cp.reason(many[0].key, "Synced") != "InvalidSpec"
-
-    play(story)
 
 
 class _Collect:

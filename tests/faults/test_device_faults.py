@@ -138,7 +138,7 @@ def test_an_unwritable_state_directory_is_reported_and_everything_keeps_running(
     first = decode_desired(persisted.read_bytes())
 
     # The next document is larger than the file-size limit, and cannot replace the old one.
-    padding = [{"name": f"PADDING_{i}", "value": "x" * 128} for i in range(32)]  # > 4,096 B
+    padding = [{"name": f"PADDING_{i}", "value": "x" * 3000} for i in range(3)]
     with contextlib.ExitStack() as fault_on:
         if fault == "full":
             agent.limit_file_size(4096)

@@ -246,13 +246,25 @@ class Client:
         """
         info = self.paho.publish(topic, _payload(payload), qos=qos, retain=retain)
         deadline = time.monotonic() + timeout
-        while not info.is_published():
+        while not self._published(info, deadline):
             if self.disconnected.is_set():
                 return False
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self}: publish to {topic!r} not acknowledged in {timeout}s")
             time.sleep(0.005)
         return True
+
+    def _published(self, info: paho.MQTTMessageInfo, deadline: float) -> bool:
+        """`info.is_published()`, except that a connection closed under it reads as "not yet".
+
+        paho raises RuntimeError ("not currently connected") once the broker has closed the
+        connection, possibly before the on_disconnect callback set `disconnected`: wait for that.
+        """
+        try:
+            return info.is_published()
+        except RuntimeError:
+            self.disconnected.wait(max(0.0, deadline - time.monotonic()))
+            return False
 
     def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = TIMEOUT) -> ReasonCode:
         """Subscribe and return the SUBACK reason code (a failure code when refused)."""

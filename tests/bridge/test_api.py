@@ -1,0 +1,98 @@
+"""`/devices`: copied on the loop, rendered off it, paged by name; a bad page is a 400."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from devicefabric.bridge.api import MAX_PAGE, render_devices, snapshot
+from devicefabric.bridge.http import HttpServer, Query, Response
+from devicefabric.bridge.mirroring import ResourceIndex
+from devicefabric.bridge.tracking import DeviceTracker
+from devicefabric.config.settings import HostPort
+from devicefabric.config.wire import Heartbeat, ProcessReport, Report, StatusOnline
+
+NAMES = ("dev-c", "dev-a", "dev-e", "dev-b", "dev-d")
+
+
+def tracker_of(names: tuple[str, ...]) -> DeviceTracker:
+    tracker = DeviceTracker()
+    for i, name in enumerate(names):
+        session = f"s{i}"
+        tracker.status(
+            name, StatusOnline(state="online", session=session, heartbeat_s=15, agent="t"), 1.0
+        )
+        tracker.heartbeat(name, Heartbeat(session=session, seq=1), 2.0)
+        report = Report(
+            session=session,
+            seq=2,
+            revision="r1",
+            processes={f"default/{name}": ProcessReport(generation=1, phase="Running")},
+        )
+        tracker.report(name, report, 2.0)
+    return tracker
+
+
+def names_of(body: bytes) -> list[str]:
+    return [doc["device"] for doc in json.loads(body)]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, ["dev-a", "dev-b", "dev-c", "dev-d", "dev-e"]),
+        ({"limit": "2"}, ["dev-a", "dev-b"]),
+        ({"limit": "2", "after": "dev-b"}, ["dev-c", "dev-d"]),
+        ({"after": "dev-d"}, ["dev-e"]),
+        ({"after": "dev-e"}, []),
+    ],
+)
+def test_devices_are_sorted_and_paged_by_name(query: dict[str, str], expected: list[str]) -> None:
+    views = snapshot(tracker_of(NAMES), ResourceIndex(), 3.0, query)
+    response = render_devices(views)
+    assert response.status == 200
+    assert names_of(response.body) == expected
+    # one device per line: readable with curl, and cheap to build
+    assert response.body.count(b"\n") == len(expected) + 2
+
+
+def test_a_device_document_has_what_it_had() -> None:
+    (view,) = snapshot(tracker_of(("dev-a",)), ResourceIndex(), 3.5, {})
+    (doc,) = json.loads(render_devices([view]).body)
+    assert doc["state"] == "connected"
+    assert doc["session"] == "s0"
+    assert doc["lastSeenAgeSeconds"] == 1.5
+    assert doc["processes"] == {
+        "default/dev-a": {"generation": 1, "phase": "Running", "restarts": 0}
+    }
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x", str(MAX_PAGE + 1), "1e3"])
+def test_a_bad_limit_is_refused_with_a_400(limit: str) -> None:
+    async def story() -> tuple[int, bytes]:
+        tracker = tracker_of(NAMES)
+
+        async def devices(query: Query) -> Response:
+            views = snapshot(tracker, ResourceIndex(), 3.0, query)
+            return await asyncio.to_thread(render_devices, views)
+
+        server = HttpServer(HostPort("127.0.0.1", 0), {"/devices": devices})
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            handler = asyncio.ensure_future(server.serve())
+            writer.write(f"GET /devices?limit={limit} HTTP/1.1\r\n\r\n".encode())
+            async with asyncio.timeout(5):
+                raw = await reader.read()
+            writer.close()
+            handler.cancel()
+        finally:
+            await server.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), body
+
+    code, body = asyncio.run(story())
+    assert code == 400
+    assert body.startswith(b"limit must be a whole number")
