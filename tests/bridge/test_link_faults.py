@@ -23,9 +23,9 @@ from devicefabric.bridge.service import Bridge, default_client_id
 from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import HostPort, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
-from devicefabric.config.wire import MAX_PAYLOAD_BYTES, MAX_PROCESSES
-from tests.bridge.memory_cp import MemoryControlPlane, resource
-from tests.bridge.scene import running, settings, until
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+from tests.bridge.memory_cp import MemoryControlPlane
+from tests.bridge.scene import settings, until
 from tests.support.brokers import BrokerProcess
 from tests.support.ports import free_port
 
