@@ -9,6 +9,7 @@ messages are fixed strings per reason (never a clock or an age), and `set_condit
 from __future__ import annotations
 
 import enum
+import json
 from typing import Annotated, Final, Literal
 
 from pydantic import (
@@ -34,9 +35,12 @@ SHORT_NAME: Final = "dproc"
 MAX_COMMAND_ITEMS: Final = 256
 MAX_ARG_LENGTH: Final = 4096
 MAX_ENV_ITEMS: Final = 256
-# The bytes of command, env and workingDir together (UTF-8): one resource alone must fit in its
-# device's desired document (64 KiB) with room for others; more makes the spec invalid. (The CRD
-# bounds each item; a total is not expressible there, so the bridge checks it as `InvalidSpec`.)
+# The bytes command, env and workingDir take together in the desired document (UTF-8 inside JSON
+# strings, escapes included: a control character costs 6 bytes): one resource alone must fit in
+# its device's desired document (64 KiB) with room for others; more makes the spec invalid. (The
+# CRD bounds each item; a total is not expressible there, so the bridge checks it as `InvalidSpec`.)
+# With the item counts bounded, one spec is at most 32 KiB + 256 x 3 (`"",` per argument) +
+# 256 x 23 (`{"name":"","value":""},` per variable) + < 1 KiB of keys and metadata: < 41 KiB.
 MAX_SPEC_BYTES: Final = 32 * 1024
 MAX_MESSAGE: Final = 1024
 
@@ -84,6 +88,11 @@ class EnvVar(_CamelModel):
     value: Arg = ""
 
 
+def _encoded(text: str) -> int:
+    """Bytes `text` takes inside a JSON string of the desired document (escapes included)."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+
+
 class DeviceProcessSpec(_CamelModel):
     """`spec` of a DeviceProcess, with the defaults of DESIGN.md."""
 
@@ -108,9 +117,9 @@ class DeviceProcessSpec(_CamelModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> DeviceProcessSpec:
-        size = sum(len(arg.encode()) for arg in self.command)
-        size += sum(len(var.name.encode()) + len(var.value.encode()) for var in self.env)
-        size += len((self.working_dir or "").encode())
+        size = sum(_encoded(arg) for arg in self.command)
+        size += sum(_encoded(var.name) + _encoded(var.value) for var in self.env)
+        size += _encoded(self.working_dir or "")
         if size > MAX_SPEC_BYTES:
             raise PydanticCustomError(
                 "spec_too_large",

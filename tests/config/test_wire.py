@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from devicefabric.config.errors import PayloadError
-from devicefabric.config.resource import DeviceProcessSpec, Phase
+from devicefabric.config.resource import (
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_SPEC_BYTES,
+    DeviceProcessSpec,
+    Phase,
+)
 from devicefabric.config.wire import (
+    MAX_PAYLOAD_BYTES,
     DesiredProcess,
     Heartbeat,
     StatusOffline,
@@ -187,3 +195,23 @@ def test_desired_refuses_duplicate_keys() -> None:
     doc = {"revision": "r", "processes": [{**entry, "spec": spec}, {**entry, "spec": spec}]}
     with pytest.raises(PayloadError, match="default/a appears more than once"):
         decode_desired(j(doc))
+
+
+def test_a_spec_counts_its_size_as_encoded_so_one_resource_always_fits() -> None:
+    # 16,000 control characters are 16,000 UTF-8 bytes but 96,000 in the JSON document.
+    controls = {"deviceName": "tor9-99", "command": ["\x01" * 4000] * 4}
+    with pytest.raises(ValidationError, match="take 96000 bytes together"):
+        DeviceProcessSpec.model_validate(controls)
+    # The largest spec allowed, in the widest encoding, fits a document alone with room to spare.
+    quote = '"' * ((MAX_SPEC_BYTES - 1024) // 2 // MAX_COMMAND_ITEMS)  # 2 bytes encoded
+    widest = {
+        "deviceName": "d" * 63,
+        "command": [quote] * MAX_COMMAND_ITEMS,
+        "env": [{"name": "N", "value": ""}] * (MAX_ENV_ITEMS - 1),
+        "workingDir": "w" * 100,
+    }
+    spec = DeviceProcessSpec.model_validate(widest)
+    process = DesiredProcess(
+        namespace="n" * 63, name="x" * 253, uid="u" * 128, generation=2**63 - 1, spec=spec
+    )
+    assert len(encode(make_desired([process]))) < MAX_PAYLOAD_BYTES * 0.7
