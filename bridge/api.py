@@ -4,7 +4,8 @@ Pure functions from the service's state to `http.Response`s; `http.HttpServer` d
 
 - `/healthz`: 200 while the event loop answers (liveness).
 - `/readyz`: 200 once subscribed with the retained state read back and the control plane synced,
-  503 otherwise; the JSON says why, the MQTT session, and the role (`leader` or `standby`).
+  503 otherwise; the JSON says why, the MQTT session, and the role (`leader` or `standby`); a
+  standby also says why it does not lead (`notLeading`: e.g. who holds the Lease, the last error).
 - `/metrics`: the Prometheus text of the bridge's registry (`metrics`).
 - `/devices`: every device the bridge knows, by name: state, reason, session, seconds since it was
   last seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
@@ -47,6 +48,7 @@ class Readiness:
     synced: bool
     leading: bool
     queue_depth: int
+    not_leading: str | None = None  # why a standby does not lead (the control plane's reason)
 
     @property
     def ready(self) -> bool:
@@ -63,6 +65,8 @@ def readyz(state: Readiness) -> Response:
         "role": "leader" if state.leading else "standby",
         "queueDepth": state.queue_depth,
     }
+    if not state.leading:
+        doc["notLeading"] = state.not_leading or "not elected"
     return Response(200 if state.ready else 503, _json(doc))
 
 
