@@ -59,7 +59,7 @@ READY_TIMEOUT: Final = 30.0
 SETTLE_TIMEOUT: Final = 3.0
 BRIDGE_CLIENT_ID: Final = "bridge_up"
 EXAMPLE_DEVICE: Final = "edge-1"
-OBSERVER_CONFIG_DIR: Final = "observer"  # under the state dir: `creds --mosquitto-options` writes here
+OBSERVER_CONFIG_DIR: Final = "observer"  # in the state dir, for `creds --mosquitto-options`
 OBSERVER_CLIENT_PREFIX: Final = "observer_"  # the client ids the observer may use
 
 
