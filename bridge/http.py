@@ -1,7 +1,8 @@
 """A tiny HTTP/1.1 server for `/healthz`, `/readyz`, `/metrics` and `/devices`.
 
 `asyncio.start_server` with a minimal handler: one request per connection (`Connection: close`),
-`GET` and `HEAD` only, the request line and headers read under a timeout and a size limit. Routes
+`GET` and `HEAD` only, the request line and headers read under a timeout and a size limit, at
+most `MAX_CONNECTIONS` at once (more are closed unread). Routes
 are callables taking the query parameters and returning a `Response` (or an awaitable of one, for a
 document built off the event loop), so the service decides what is served and this module knows
 nothing about the bridge.
@@ -27,6 +28,7 @@ from devicefabric.config.settings import HostPort
 log = logging.getLogger("devicefabric.bridge.http")
 
 READ_TIMEOUT: Final = 5.0
+MAX_CONNECTIONS: Final = 64  # concurrent requests; more are closed unread (probes need a few)
 MAX_HEADER_BYTES: Final = 16 * 1024
 REASONS: Final = {
     200: "OK",
@@ -58,6 +60,7 @@ class HttpServer:
         self.routes = dict(routes)
         self.flag = flag
         self._server: asyncio.Server | None = None
+        self._active = 0
 
     @property
     def port(self) -> int:
@@ -105,6 +108,16 @@ class HttpServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= MAX_CONNECTIONS:  # a flood must not take the process's descriptors
+            writer.transport.abort()
+            return
+        self._active += 1
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self._active -= 1
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -13,8 +13,9 @@ Invariants:
 - Checks run in a fixed order and the first failure is the reason: username present, username a
   valid device or role name, password, revocation, client id. The password comes before the
   revocation list so that an unauthenticated client learns nothing, even from the logs' timing.
-- A device must use its own name as client id; a role user must not use a device name (so no
-  observer or bridge replica can take over a device's session) - `config.access.client_id_allowed`.
+- A device must use its own name as client id; a role user an id with its role's prefix
+  (`bridge_...`, `observer_...`), so no observer can take over a device's or a bridge's session -
+  `config.access.client_id_allowed`.
 - The revocation list is a file of device names, one per line (`#` comments and blank lines are
   ignored). It is re-read when its identity (inode, size, mtime) changes; `version` increases on
   every change so the broker can disconnect newly revoked devices. An unreadable file at start is a

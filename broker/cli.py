@@ -68,7 +68,20 @@ def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=64 * 1024,
         help="largest PUBLISH payload in bytes; a larger one closes the client's connection",
     )
+    add_max_connections(run)
     run.set_defaults(func=_run)
+
+
+def add_max_connections(parser: argparse.ArgumentParser) -> None:
+    """`--max-connections` (shared with `devicefabric up`)."""
+    add_flag(
+        parser,
+        "--max-connections",
+        type=int,
+        default=10_000,
+        help="MQTT connections held at once; more are closed on accept "
+        "(also kept below the descriptor limit)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         root=args.root,
         max_payload=args.max_payload,
+        max_connections=args.max_connections,
     )
 
     async def main() -> None:

@@ -101,6 +101,18 @@ class Limits:
     """Time to flush a refusal CONNACK before the socket is aborted."""
     takeover_timeout: float = 5.0
     """How long a takeover waits for the old connection to finish (will included)."""
+    max_connections: int = 10_000
+    """Connections per listener (`--max-connections`); more are closed at once on accept."""
+    max_connect: int = 8 * 1024
+    """Largest CONNECT packet in bytes: all a client may send before it is authenticated."""
+    max_outgoing: int = 10_000
+    """Deliveries in progress per connection; past it QoS 0 is dropped, QoS 1/2 disconnects."""
+    max_outgoing_bytes: int = 16 * 1024 * 1024
+    """Payload bytes in progress per connection, with the same consequences as `max_outgoing`."""
+    max_queued_offline: int = 1000
+    """QoS 1/2 messages queued per offline persistent session (mosquitto's default); QoS 0 never."""
+    max_subscriptions: int = 1000
+    """Topic filters one client may hold; more are refused (SUBACK 0x80)."""
 
     @property
     def max_frame(self) -> int:

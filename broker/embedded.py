@@ -14,6 +14,11 @@ the `config.access` rule table) through the plugins of `broker.plugins`. A backg
 re-reads the revocation file every `revocation_poll` seconds and disconnects newly revoked
 devices that are connected (their will fires, so the bridge sees them go offline).
 
+Resource limits (docs/security.md): `max_connections` per listener (capped below the descriptor
+limit), a CONNECT within `connect_timeout` and within `Limits.max_connect` bytes, bounded
+per-client delivery, offline queues and subscriptions (`broker.fanout`). `refusal_counts` is the
+counter of every refusal by reason.
+
 Payload limit: a PUBLISH (or will) payload above `max_payload` (default 64 KiB) closes the
 client's connection (its will fires) instead of being dropped silently: the publisher learns at
 once, and mosquitto's `max_packet_size` behaves the same way, so both brokers agree. Exiting the
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -51,6 +57,8 @@ DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
 _LISTENER: Final = "default"
 _DRAIN_TIMEOUT: Final = 5.0
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+_FD_RESERVE: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,10 @@ class BrokerSettings:
     """Topic root (`--root`), default `fabric/v1`."""
     max_payload: int = DEFAULT_MAX_PAYLOAD
     """Largest PUBLISH/will payload in bytes (`--max-payload`); larger closes the connection."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections the listener holds at once (`--max-connections`); more are closed on accept.
+    Also capped below the process's descriptor limit (`fd_budget`), so the program keeps
+    descriptors for its own files."""
     connect_timeout: float = 10.0
     """Seconds from TCP accept to a complete CONNECT (TLS handshake included)."""
     revocation_poll: float = 1.0
@@ -83,6 +95,8 @@ class BrokerSettings:
             raise BrokerConfigError(
                 "--max-payload", f"must be between 1 and {MAX_MQTT_PACKET} bytes"
             )
+        if self.max_connections < 1:
+            raise BrokerConfigError("--max-connections", "must be at least 1")
         try:
             Topics(self.root)
         except TopicError as exc:
@@ -90,7 +104,19 @@ class BrokerSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_payload=self.max_payload, connect_timeout=self.connect_timeout)
+        return Limits(
+            max_payload=self.max_payload,
+            connect_timeout=self.connect_timeout,
+            max_connections=min(self.max_connections, fd_budget()),
+        )
+
+
+def fd_budget() -> int:
+    """Connections the descriptor limit leaves room for, keeping a reserve for the program."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_MQTT_PACKET
+    return max(1, soft - max(_FD_RESERVE, soft // 10))
 
 
 def bind_listener(address: HostPort) -> socket.socket:
@@ -170,6 +196,14 @@ class EmbeddedBroker:
             self._broker = None
             raise BrokerError(f"the embedded broker failed to start: {exc}") from exc
         self._watcher = asyncio.create_task(self._watch_revocations(), name="broker-revocations")
+        cap = settings.limits.max_connections
+        if cap < settings.max_connections:
+            log.warning(
+                "at most %d connections: the descriptor limit (ulimit -n) leaves no room for %d",
+                cap,
+                settings.max_connections,
+                extra={"reason": "fd_limit"},
+            )
         log.info("broker listening on %s", self.url)
         return self
 
@@ -208,6 +242,11 @@ class EmbeddedBroker:
         """Start, serve until cancelled, shut down."""
         async with self:
             await self.serve_forever()
+
+    @property
+    def refusal_counts(self) -> dict[str, int]:
+        """Refusals by reason since start (denied publishes, drops, disconnected consumers...)."""
+        return {} if self._broker is None else dict(self._broker.refusals.counts)
 
     def disconnect(self, client_id: str, reason: str = "admin") -> bool:
         """Drop a connected client (its will fires); False when it is not connected."""

@@ -21,16 +21,25 @@ all three are subclasses, and amqtt is pinned to the exact version they were wri
 `_disconnect_waiter` to None after a DISCONNECT, so a message loop that started waiting late saw
 "lost" and published the will of a client that had disconnected cleanly.
 
+Pre-authentication bounds (an unauthenticated client must not exhaust descriptors or memory):
+a listener (`broker.listening.GatedListener`, one accept at a time) holds at most
+`Limits.max_connections` connections (more are closed as soon as accepted, counted and logged
+rate-limited); a connection must complete its CONNECT within
+`Limits.connect_timeout`, and a CONNECT longer than `Limits.max_connect` bytes is refused
+unread; each stream buffers at most about 2 x 16 KiB of unread input.
+
 Also replaced: `_client_connected` (~446) so that a connection that ends before a usable CONNECT
 (a port probe, a timeout) is logged once by us and not again by amqtt; `_topic_filtering` (~893) calls the topic plugins in sequence instead of one task
 per plugin per check (measurably faster) and treats an exception as a denial;
 `_session_monitor` (~356) removes a disconnected clean session only if it is still the registered
 one (amqtt's awaits between listing and removing could drop a session that had just reconnected);
-`_create_server_instance` serves pre-bound sockets, so the embedded broker reports "address in
+`_create_server_instance` serves pre-bound sockets through `GatedListener`, so the embedded broker reports "address in
 use" as a one-line error naming the flag and supports port 0.
 
-A refused CONNECT is logged once, at WARNING, with the client id, the username and the reason
-(`session.attributes[REFUSAL_ATTRIBUTE]`, set by the auth plugin; plugins themselves do not log).
+A refused CONNECT is logged at WARNING with the client id, the username and the reason
+(`session.attributes[REFUSAL_ATTRIBUTE]`, set by the auth plugin; plugins themselves do not log),
+rate-limited per peer address and reason (`broker.throttling`): a login flood from one host is
+one line and a summary per interval, and every refusal is counted.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ from devicefabric.broker.connection import (
     frame_bytes,
     read_frame,
 )
+from devicefabric.broker.listening import GatedListener
 from devicefabric.broker.routing import RoutingBroker
 from devicefabric.config.errors import TopicError
 from devicefabric.config.topics import validate_publish_topic
@@ -74,6 +84,7 @@ REFUSAL_ATTRIBUTE: Final = "devicefabric.refusal"
 """Session attribute where an auth plugin leaves the reason of a refusal (for the log line)."""
 
 ListenSocket = tuple[socket.socket, ssl.SSLContext | None]
+_READ_BUFFER: Final = 16 * 1024
 
 
 class _NoSessionError(Exception):
@@ -97,8 +108,7 @@ class HardenedBroker(RoutingBroker):
         limits: Limits | None = None,
         sockets: Mapping[str, ListenSocket] | None = None,
     ) -> None:
-        super().__init__(config)
-        self.limits = limits or Limits()
+        super().__init__(config, limits or Limits())
         self._sockets = dict(sockets or {})
         self._client_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -109,20 +119,22 @@ class HardenedBroker(RoutingBroker):
     @override
     async def _create_server_instance(
         self, listener_name: str, listener_type: Any, address: Any, port: int, ssl_context: Any
-    ) -> asyncio.Server:
+    ) -> asyncio.Server | GatedListener:
         if listener_name not in self._sockets:
             stock: asyncio.Server = await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
             )
             return stock
         sock, context = self._sockets[listener_name]
-        server: asyncio.Server = await asyncio.start_server(
+        return GatedListener(
+            sock,
             partial(self.stream_connected, listener_name=listener_name),
-            sock=sock,
-            ssl=context,
-            ssl_handshake_timeout=self.limits.connect_timeout if context else None,
+            max_connections=self.limits.max_connections,
+            context=context,
+            handshake_timeout=self.limits.connect_timeout,
+            read_limit=_READ_BUFFER,
+            on_refusal=partial(self.refuse, listener_name),
         )
-        return server
 
     @override
     async def stream_connected(
@@ -192,7 +204,7 @@ class HardenedBroker(RoutingBroker):
     ) -> tuple[FabricProtocolHandler, Session]:
         """The first packet, framed within `connect_timeout`; amqtt then checks it as a CONNECT."""
         timeout = self.limits.connect_timeout
-        header, body = await read_frame(reader, timeout, timeout, self.limits.max_frame)
+        header, body = await read_frame(reader, timeout, timeout, self.limits.max_connect)
         if header.packet_type != CONNECT:
             raise ProtocolViolationError(f"first packet is type {header.packet_type}, not CONNECT")
         connect = PacketBuffer(frame_bytes(header, body))
@@ -222,11 +234,12 @@ class HardenedBroker(RoutingBroker):
                 session.transitions.connect()
                 handler.attach(session, reader, writer)
                 entry = self._sessions[client_id] = (session, handler)
-        except _RefusedError as refused:
-            log.warning(
-                "connection refused for user %r",
-                client_session.username,
-                extra={"client_id": client_id, "reason": refused.reason},
+        except _RefusedError as refused:  # rate-limited per peer address: a login flood is one line
+            self.refuse(
+                f"peer {client_session.remote_address}",
+                refused.reason,
+                f"user {client_session.username!r}, client id {client_id!r}",
+                level=logging.WARNING,
             )
             with contextlib.suppress(OSError):
                 await ConnackPacket.build(0, refused.code).to_stream(writer)

@@ -9,7 +9,8 @@ with the amqtt 0.12.1 behaviour it replaces (defects 1, 2, 4 and 8 live here). I
   a delivery seen in the same round as the disconnect is handled first, so order is kept.
 - `_route` replaces `_handle_message_delivery` (~742): an invalid PUBLISH topic aborts the
   connection (amqtt broke out of the loop and left the client connected); a denied publish is
-  acknowledged and dropped, as on mosquitto.
+  acknowledged and dropped, as on mosquitto, counted and logged rate-limited per client
+  (`broker.throttling`). Fan-out to subscribers is `broker.fanout`.
 - `_handle_disconnect` (~657) first routes everything the client sent before the connection
   ended, then publishes the will if the connection was lost - after checking it again
   (`_will_permitted`), and never during a broker shutdown.
@@ -30,7 +31,6 @@ import asyncio
 import logging
 from typing import Any
 
-from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.disconnect import DisconnectPacket
@@ -38,18 +38,19 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 from typing_extensions import override
 
-from devicefabric.broker.connection import FabricProtocolHandler
+from devicefabric.broker.connection import FabricProtocolHandler, Limits
+from devicefabric.broker.fanout import FanoutBroker
 from devicefabric.config.errors import TopicError
 from devicefabric.config.topics import validate_publish_topic
 
 log = logging.getLogger("devicefabric.broker")
 
 
-class RoutingBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
+class RoutingBroker(FanoutBroker):
     """amqtt's broker with ACL-checked replays and wills, and acknowledgement after routing."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict[str, Any], limits: Limits) -> None:
+        super().__init__(config, limits)
         self._topic_checkers = [
             p for p in self.plugins_manager.plugins if isinstance(p, BaseTopicPlugin)
         ]
@@ -59,6 +60,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def shutdown(self) -> None:
         self._closing = True  # connections dropped by the shutdown publish no will
         await super().shutdown()
+        await self.cancel_deliveries()
 
     # -- topic checks (defects 1, 2) -----------------------------------------------------------
     @override
@@ -180,14 +182,11 @@ class RoutingBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
             )
-            await self._broadcast_message(session, message.topic, message.data)
+            await self._broadcast_message(session, message.topic, message.data, message.qos)
             if message.retain:
                 await self.retain_message(session, message.topic, message.data, message.qos)
-        else:
-            log.info(
-                "publish denied; dropped",
-                extra={"client_id": session.client_id, "topic": message.topic, "reason": "acl"},
-            )
+        else:  # counted; logged once per client and interval (a flood must not flood the log)
+            self.refuse(session.client_id, "publish_denied", message.topic)
         if acknowledge:
             await handler.acknowledge(message)
 

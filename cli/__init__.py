@@ -15,6 +15,7 @@ from typing import NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
+from devicefabric.config.lifecycle import raise_fd_limit
 from devicefabric.config.logs import setup_logging
 from devicefabric.config.settings import add_flag
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    raise_fd_limit()  # every program: the hard limit is what the administrator granted
     try:
         parser = build_parser()
     except ConfigError as exc:  # e.g. a DEVICEFABRIC_<FLAG> variable that does not parse

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from devicefabric.bridge.cli import add_budget_flags, check_budgets
+from devicefabric.broker.cli import add_max_connections
 from devicefabric.config.credentials import load_secret, role_password
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import run_program
@@ -75,6 +76,7 @@ class UpOptions:
     write_burst: int
     event_qps: float
     event_burst: int
+    max_connections: int
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,6 +108,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also run three local agents with sample processes and show a live table",
     )
     add_budget_flags(parser)
+    add_max_connections(parser)
     parser.set_defaults(func=run)
 
 
@@ -127,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         write_burst=int(args.write_burst),
         event_qps=float(args.event_qps),
         event_burst=int(args.event_burst),
+        max_connections=int(args.max_connections),
     )
     if options.demo and sys.stdout.isatty():
         _log_to_file(options.state_dir / "up.log")
@@ -141,7 +145,10 @@ async def serve(options: UpOptions) -> None:
 
     _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
     plane = LocalControlPlane(options.state_dir)
-    async with EmbeddedBroker(BrokerSettings(secret=options.secret, mqtt=options.mqtt)) as broker:
+    broker_settings = BrokerSettings(
+        secret=options.secret, mqtt=options.mqtt, max_connections=options.max_connections
+    )
+    async with EmbeddedBroker(broker_settings) as broker:
         address = _reachable(broker.address)
         settings = BridgeSettings(
             broker=parse_broker_url(f"mqtt://{address}"),

@@ -3,8 +3,12 @@
 | user       | client id                 | publish                          | receive / subscribe |
 | device `d` | must be `d`               | d/status, d/heartbeat, d/report  | d/desired, d/status, bridge/status |
 |            | (will only on d/status)   |                                  |                     |
-| `bridge`   | any id not a device name  | +/desired, bridge/status         | +/status, +/heartbeat, +/report, +/desired |
-| `observer` | any id not a device name  | nothing                          | {root}/#            |
+| `bridge`   | `bridge_<anything>`       | +/desired, bridge/status         | +/status, +/heartbeat, +/report, +/desired |
+| `observer` | `observer_<anything>`     | nothing                          | {root}/#            |
+
+A role user's client id must carry its own role prefix (`client_id_prefix`): `_` is not allowed in
+a device name, so such an id can never take over a device's session, and an observer can never
+take over a bridge's session (nor the reverse).
 
 `rules_for` returns the filters for one user; `AccessRules` answers publish / will / subscribe /
 receive questions with MQTT filter semantics. The embedded broker calls it on every check and the
@@ -37,13 +41,19 @@ def role_of(username: str) -> Role | None:
     return None
 
 
+def client_id_prefix(role: Role) -> str:
+    """The prefix a role user's client id must start with (`bridge_`, `observer_`)."""
+    return f"{role.value}_"
+
+
 def client_id_allowed(username: str, client_id: str) -> bool:
-    """A device must use its own name as client id; a role user must not use a device name."""
+    """A device must use its own name as client id; a role user an id with its role's prefix."""
     role = role_of(username)
     if role is Role.DEVICE:
         return client_id == username
     if role in (Role.BRIDGE, Role.OBSERVER):
-        return bool(client_id) and not is_device_name(client_id)
+        prefix = client_id_prefix(role)
+        return client_id.startswith(prefix) and len(client_id) > len(prefix)
     return False
 
 

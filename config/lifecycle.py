@@ -3,6 +3,11 @@
 `run_program(main)` runs `main()` in a fresh event loop. The first signal (SIGINT, SIGTERM, SIGHUP) cancels the main task, so
 every `async with` and TaskGroup unwinds (children stopped, offline published, sockets closed);
 a second signal exits at once with code 130 (SIGINT) or 143 (SIGTERM).
+
+`raise_fd_limit()` raises the soft descriptor limit (RLIMIT_NOFILE) to the hard limit; the
+console script calls it first, for every program: systemd's default soft limit (1024) is far
+below what a broker or a bridge with many connections needs, and the hard limit is what the
+administrator granted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -55,3 +61,16 @@ def run_program(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
         return 0 if result is None else result
 
     return asyncio.run(runner())
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (best effort); the soft limit after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard in (resource.RLIM_INFINITY, soft):
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    return hard

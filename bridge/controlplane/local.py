@@ -18,13 +18,17 @@ Invariants:
   change; the journal echo of the same write finds the cache equal and notifies nothing.
 - A status patch that changes nothing writes nothing and notifies nothing.
 - `leading` is always set: one local bridge owns its state directory.
+- A read that fails for any reason but "missing" (EMFILE under a descriptor flood, EIO...) is
+  never taken for a deletion and never fatal: the journal position is kept, the step is retried
+  with back-off (`RETRY_MIN` doubling to `RETRY_MAX`) and logged, and the bridge keeps serving
+  from its cache meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +39,8 @@ from devicefabric.bridge.errors import TransientError
 log = logging.getLogger("devicefabric.bridge.local")
 
 DEFAULT_POLL_INTERVAL: Final = 0.02
+RETRY_MIN: Final = 0.05  # s: first wait after a failed read of the state directory...
+RETRY_MAX: Final = 2.0  # ...doubling up to this
 REPORTING_CONTROLLER: Final = "devicefabric-bridge"
 
 
@@ -54,6 +60,12 @@ class JournalCursor:
             self._inode, self._offset = None, 0
             return
         self._inode, self._offset = stat.st_ino, stat.st_size
+
+    def position(self) -> tuple[int | None, int]:
+        return self._inode, self._offset
+
+    def restore(self, position: tuple[int | None, int]) -> None:
+        self._inode, self._offset = position
 
     def poll(self) -> list[tuple[int, str]] | None:
         try:
@@ -105,25 +117,53 @@ class LocalControlPlane:
         self._on_change = on_change
         cursor = JournalCursor(self.store.journal_path)
         try:
-            cursor.seek_end()
-            await self._relist()
+            await self._retrying(lambda: self._sync(cursor), "the initial list")
             self._synced.set()
             log.info("local control plane synced: %d resources", len(self._cache))
             while True:
                 await asyncio.sleep(self._poll_interval)
-                entries = cursor.poll()
-                if entries is None:
-                    log.info("journal rotated: relisting")
-                    cursor.seek_end()
-                    await self._relist()
-                    continue
-                newest: dict[str, int] = {}
-                for rev, key in entries:
-                    newest[key] = max(rev, newest.get(key, 0))
-                for key, rev in newest.items():
-                    self._apply(key, self.store.load(key), rev)
+                await self._retrying(lambda: self._follow(cursor), "the journal")
         finally:
             self._on_change = None
+
+    async def _sync(self, cursor: JournalCursor) -> None:
+        cursor.seek_end()
+        await self._relist()
+
+    async def _follow(self, cursor: JournalCursor) -> None:
+        """Apply what the journal says changed (all of it, or nothing: the cursor moves only
+        after every changed resource was read)."""
+        position = cursor.position()
+        try:
+            entries = cursor.poll()
+            if entries is None:
+                log.info("journal rotated: relisting")
+                cursor.seek_end()
+                await self._relist()
+                return
+            newest: dict[str, int] = {}
+            for rev, key in entries:
+                newest[key] = max(rev, newest.get(key, 0))
+            loaded = {key: self.store.load(key) for key in newest}
+        except OSError:
+            cursor.restore(position)  # read it all again on the next try
+            raise
+        for key, rev in newest.items():
+            self._apply(key, loaded[key], rev)
+
+    async def _retrying(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run `step` until it passes; a transient `OSError` (EMFILE, ENFILE, EIO...) is logged
+        and retried with back-off, never fatal: the bridge keeps serving what it has."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                await step()
+            except OSError as exc:
+                log.warning("cannot read %s (%s); retrying in %.2f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+            else:
+                return
 
     def get(self, key: str) -> Resource | None:
         return self._cache.get(key)

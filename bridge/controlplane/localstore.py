@@ -226,7 +226,10 @@ class LocalStore:
         return sorted(found)
 
     def load(self, key: str) -> Resource | None:
-        """The stored resource with its status, or None (missing or unreadable)."""
+        """The stored resource with its status, or None (missing or unparsable).
+
+        An `OSError` other than "missing" is raised (see `_read_yaml`).
+        """
         doc = self._read_yaml(self._resource_path(key))
         if doc is None:
             return None
@@ -324,21 +327,27 @@ class LocalStore:
         return self.status_dir / namespace / f"{name}.json"
 
     def _read_yaml(self, path: Path) -> dict[str, object] | None:
+        """The document, or None when the file is missing (deleted) or does not parse.
+
+        Any other `OSError` (EMFILE, EIO, EACCES...) is raised: a file that cannot be read right
+        now is not a deleted resource, and taking it for one would stop its process.
+        """
         try:
             doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
             log.warning("skipping unreadable resource file %s: %s", path, exc)
             return None
         return doc if isinstance(doc, dict) else None
 
     def _read_json(self, path: Path) -> dict[str, object] | None:
+        """The status document, or None when missing or unparsable; other `OSError`s raise."""
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             log.warning("ignoring unreadable status file %s: %s", path, exc)
             return None
         return doc if isinstance(doc, dict) else None

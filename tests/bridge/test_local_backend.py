@@ -9,6 +9,7 @@ relist and loses nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -159,3 +160,55 @@ def test_a_state_dir_created_after_start_is_watched(tmp_path: Path) -> None:
             await async_wait_for(lambda: seen.keys == ["default/web"], what="web added")
 
     run(story)
+
+
+class Retries(logging.Handler):
+    """Collects the local control plane's "retrying" warnings."""
+
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.records.append(record)
+
+
+def test_a_file_that_cannot_be_read_is_not_a_deletion_and_not_fatal(tmp_path: Path) -> None:
+    """A resource file that fails to read with anything but "missing" (here EISDIR; EMFILE under
+    a descriptor flood used to end `up`) keeps the cached resource, and is read again until it
+    works; the informer keeps running."""
+    state = tmp_path / "state"
+    first = write_manifest(tmp_path / "a.yaml", manifest_text("web", "tor9-99", ["sleep", "9"]))
+
+    retries: list[logging.LogRecord] = []
+    handler = Retries(retries)
+    logging.getLogger("devicefabric").addHandler(handler)
+
+    async def story() -> None:
+        assert await cli("apply", "-f", str(first), "--state-dir", str(state)) == 0
+        async with running(state) as (plane, seen):
+            path = state / "resources" / "default" / "web.yaml"
+            saved = path.read_bytes()
+            path.unlink()
+            path.mkdir()  # reading it now fails with IsADirectoryError, not FileNotFoundError
+            journal = state / "changes.log"
+            rev = int((state / "revision").read_text()) + 1
+            with journal.open("a") as fh:  # a writer announces a change of web
+                fh.write(f"{rev} default/web\n")
+            (state / "revision").write_text(str(rev))
+            # a positive marker that the failing read was tried (and retried): the warnings
+            await async_wait_for(lambda: len(retries) >= 2, what="two failed reads retried")
+            assert plane.get("default/web") is not None
+            assert seen.keys == ["default/web"]
+            path.rmdir()
+            path.write_bytes(saved.replace(b"sleep", b"sleepy"))  # the change, readable now
+            await async_wait_for(
+                lambda: (r := plane.get("default/web")) is not None and "sleepy" in str(r.spec),
+                what="web re-read after the fault",
+            )
+
+    try:
+        run(story)
+    finally:
+        logging.getLogger("devicefabric").removeHandler(handler)

@@ -31,7 +31,10 @@ ADMISSIONS = [
     ("tor9-99", pw("tor9-99"), "tor9-99", None),
     ("bridge", pw("bridge"), "bridge_pod-1", None),
     ("observer", pw("observer"), "observer_1", None),
-    ("observer", pw("observer"), "amqtt/GENERATED", None),
+    # an empty client id gets a generated one, without the role prefix: refused
+    ("observer", pw("observer"), "amqtt/GENERATED", Refusal.CLIENT_ID_NOT_ALLOWED),
+    ("observer", pw("observer"), "bridge_up", Refusal.CLIENT_ID_NOT_ALLOWED),
+    ("bridge", pw("bridge"), "observer_1", Refusal.CLIENT_ID_NOT_ALLOWED),
     (None, pw("tor9-99"), "tor9-99", Refusal.NO_USERNAME),
     ("", "", "x", Refusal.NO_USERNAME),
     ("Tor9", "whatever", "Tor9", Refusal.INVALID_USERNAME),

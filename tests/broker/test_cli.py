@@ -135,7 +135,8 @@ def test_mosquitto_sub_as_observer_prints_retained_device_status(running: Runnin
     watched = subprocess.run(
         [
             *(mosquitto_sub, "-h", "127.0.0.1", "-p", str(running.port)),
-            *("-u", "observer", "-P", creds.stdout.strip(), "-t", "fabric/v1/#", "-v"),
+            *("-u", "observer", "-I", "observer_", "-P", creds.stdout.strip()),
+            *("-t", "fabric/v1/#", "-v"),
             *("-C", "1", "-W", "10"),
         ],
         capture_output=True,

@@ -22,6 +22,7 @@ from typing import Final
 
 import pytest
 
+from devicefabric.broker.mosquitto import queue_bound
 from devicefabric.config.access import rules_for
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
 from devicefabric.config.topics import DeviceTopic, Topics
@@ -57,6 +58,8 @@ DEVICES: Final = (
     "kick-a",
     "lim-a",
     "big-a",
+    "queue-a",
+    "deny-a",
     REVOKED,
 )
 
@@ -332,6 +335,35 @@ def test_role_user_with_a_device_client_id(broker: BrokerProcess, role: str) -> 
         assert not code.is_failure, "mosquitto now refuses it: update docs/mosquitto.md"
 
 
+@pytest.mark.parametrize(
+    ("role", "client_id"),
+    [
+        (OBSERVER_USER, "bridge_up"),  # the observer must not take the bridge's session over
+        (OBSERVER_USER, "watcher"),
+        (BRIDGE_USER, "observer_1"),
+    ],
+)
+def test_role_user_with_another_roles_client_id(
+    broker: BrokerProcess, role: str, client_id: str
+) -> None:
+    """Embedded: a role user's id must carry its own prefix. mosquitto's plugin cannot say so."""
+    with connect(broker, BRIDGE_USER, client_id="bridge_up") as bridge:
+        code = connack(broker, role, client_id=client_id)
+        assert code is not None
+        if broker.kind == "embedded":
+            assert code.is_failure, code
+            assert bridge.connected  # the bridge's session was not taken over
+        else:
+            assert not code.is_failure, "mosquitto now refuses it: update docs/mosquitto.md"
+
+
+def test_a_role_user_with_its_own_prefix_is_accepted(broker: BrokerProcess) -> None:
+    for role in (OBSERVER_USER, BRIDGE_USER):
+        code = connack(broker, role, client_id=f"{role}_conformance")
+        assert code is not None
+        assert not code.is_failure, code
+
+
 def test_a_device_missing_from_the_devices_file(broker: BrokerProcess) -> None:
     """mosquitto refuses it; the embedded broker accepts every device derived from the secret."""
     code = connack(broker, "not-provisioned")
@@ -408,3 +440,49 @@ def test_a_takeover_with_the_same_client_id_disconnects_the_old_connection(
             observer.inbox.wait_for(T.heartbeat(name), lambda m: m.payload == b"from-new")
             assert new.connected
         assert not old.connected
+
+
+def test_an_offline_persistent_session_gets_a_bounded_queue_without_qos0(
+    broker: BrokerProcess,
+) -> None:
+    """A bounded queue (embedded: 1,000; mosquitto: the generated `max_queued_messages`, sized
+    for the fleet), no QoS 0."""
+    name, cid = "queue-a", "observer_queue-a"
+    bound = 1000 if broker.kind == "embedded" else queue_bound(len(broker.devices))
+    with connect(broker, OBSERVER_USER, client_id=cid, clean=False) as watcher:
+        assert not watcher.subscribe(T.device(name, DeviceTopic.REPORT)).is_failure
+        assert not watcher.subscribe(T.device(name, DeviceTopic.HEARTBEAT)).is_failure
+    with connect(broker, name) as device:
+        for n in range(50):
+            device.paho.publish(T.heartbeat(name), f"hb-{n}".encode(), qos=0)
+        infos = [
+            device.paho.publish(T.report(name), f"r-{n}".encode(), qos=1)
+            for n in range(bound + 200)
+        ]
+        deadline = time.monotonic() + 30
+        while not all(info.is_published() for info in infos):
+            assert time.monotonic() < deadline, "reports not acknowledged"
+            time.sleep(0.01)
+    with connect(broker, OBSERVER_USER, client_id=cid, clean=False) as watcher:
+        with connect(broker, name) as device:
+            barrier(device, T.report(name), [watcher])
+        reports = watcher.inbox.messages(T.report(name))
+        assert bound <= len(reports) - 1 <= bound + 20  # mosquitto may add its in-flight window
+        assert watcher.inbox.messages(T.heartbeat(name)) == []
+
+
+def test_ten_thousand_denied_publishes_keep_the_broker_serving(broker: BrokerProcess) -> None:
+    """A flood of forbidden publishes is dropped; the flooder's allowed traffic still flows."""
+    name = "deny-a"
+    with connect(broker, OBSERVER_USER) as watcher, connect(broker, name) as device:
+        assert not watcher.subscribe(T.everything()).is_failure
+        for n in range(10_000):
+            device.paho.publish(T.desired("own-a"), f"forged-{n}".encode(), qos=0)
+        barrier(device, T.status(name), [watcher])
+        assert watcher.inbox.messages(T.desired("own-a")) == []
+        if broker.kind == "embedded":
+            lines = sum(
+                "publish denied" in line and f'"client_id": "{name}"' in line
+                for line in broker.log_text().splitlines()
+            )
+            assert 1 <= lines <= 3, lines

@@ -180,6 +180,7 @@ def test_an_address_in_use_is_a_one_line_error_naming_the_flag() -> None:
     [
         ({"tls_cert": Path("/nonexistent")}, "--tls-cert"),
         ({"max_payload": 0}, "--max-payload"),
+        ({"max_connections": 0}, "--max-connections"),
         ({"root": "fabric/#"}, "--root"),
     ],
 )

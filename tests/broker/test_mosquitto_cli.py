@@ -76,7 +76,7 @@ def _publish_and_watch(
     sub, pub = _clients()
     where = ["-h", "127.0.0.1", "-p", str(broker.port)]
     as_device = ["-u", device, "-i", device, "-P", _creds(secret_file, "device", device)]
-    as_observer = ["-u", "observer", "-P", _creds(secret_file, "observer")]
+    as_observer = ["-u", "observer", "-I", "observer_", "-P", _creds(secret_file, "observer")]
     retained = ["-q", "1", "-r", "-t", T.status(device), "-m", "online"]
     subprocess.run([pub, *where, *as_device, *retained], check=True, timeout=10)
     return subprocess.run(

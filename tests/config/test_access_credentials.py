@@ -97,6 +97,11 @@ def test_subscribe(user: str, flt: str, allowed: bool) -> None:
         ("observer", "observer_1", True),
         ("observer", "tor9-99", False),
         ("observer", "", False),
+        ("observer", "bridge_up", False),  # an observer cannot take the bridge's session over
+        ("bridge", "observer_1", False),
+        ("observer", "watcher", False),
+        ("observer", "observer_", False),
+        ("bridge", "bridge", False),
         ("BAD", "BAD", False),
     ],
 )

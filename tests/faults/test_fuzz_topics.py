@@ -241,7 +241,9 @@ def test_client_ids_and_rights_follow_the_role(user: str, client_id: str) -> Non
         assert allowed == (client_id == user)
         assert client_id_allowed(user, user)
     else:
-        assert allowed == (bool(client_id) and not is_device_name(client_id))
+        prefix = f"{role.value}_"
+        assert allowed == (client_id.startswith(prefix) and client_id != prefix)
+        assert not (allowed and is_device_name(client_id))
     if role is Role.OBSERVER:
         assert rules_for(user, T).publish == ()
 
