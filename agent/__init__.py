@@ -9,7 +9,7 @@
     reconciling  pure: desired + running -> start / restart / stop
     reporting    pure: when to publish a report and what it says
     backoff      pure: exponential back-off with jitter
-    allowlist    pure: `--allow-command` prefixes
+    allowlist    `--allow-command/-env/-workdir`: command, env names, workingDir (real paths)
     persisting   the last applied document, written atomically
     leftovers    children of a crashed run, stopped by the next one
 

@@ -35,6 +35,8 @@ FLAGS = {
     "heartbeat_s": "--heartbeat",
     "tls_ca": "--tls-ca",
     "allow_command": "--allow-command",
+    "allow_env": "--allow-env",
+    "allow_workdir": "--allow-workdir",
     "max_backoff_s": "--max-backoff",
     "max_reconnect_backoff_s": "--max-reconnect-backoff",
     "root": "--root",
@@ -60,6 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_flag(run, "--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, help=_help("heartbeat_s"))
     add_flag(run, "--tls-ca", type=Path, help=_help("tls_ca"))
     add_flag(run, "--allow-command", action="append", default=[], help=_help("allow_command"))
+    add_flag(run, "--allow-env", action="append", default=[], help=_help("allow_env"))
+    add_flag(run, "--allow-workdir", action="append", default=[], help=_help("allow_workdir"))
     add_flag(run, "--max-backoff", type=float, default=10.0, help=_help("max_backoff_s"))
     add_flag(
         run,
@@ -89,6 +93,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
             heartbeat_s=int(args.heartbeat),
             tls_ca=args.tls_ca,
             allow_command=tuple(args.allow_command),
+            allow_env=tuple(args.allow_env),
+            allow_workdir=tuple(args.allow_workdir),
             max_backoff_s=float(args.max_backoff),
             max_reconnect_backoff_s=float(args.max_reconnect_backoff),
             root=args.root,

@@ -6,7 +6,7 @@ once (the agent publishes a report then). Its life:
 
     wait for earlier runners of the same key to finish (a restart never overlaps two copies)
     suspended            -> Stopped, done
-    refused by policy    -> Failed ("refused ..."), done
+    refused by policy    -> Failed ("refused ...": command, env or workingDir), done
     loop:
         spawn            -> Running (pid, startedAt) | Failed with the OS error, done
         exit             -> restart per restartPolicy? no: Succeeded/Failed, done
@@ -180,7 +180,9 @@ class ProcessRunner:
         if spec.suspend:
             self._set(phase="Stopped", message="suspended")
             return
-        refusal = self._policy.refusal(spec.command)
+        refusal = self._policy.refusal(
+            spec.command, env=[var.name for var in spec.env], working_dir=spec.working_dir
+        )
         if refusal is not None:
             log.warning("refused: %s", refusal, extra={**self._log_extra, "reason": "refused"})
             self._set(phase="Failed", message=refusal)

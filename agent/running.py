@@ -81,7 +81,22 @@ class AgentSettings(BaseModel):
         tuple[str, ...],
         Field(
             description="only run commands starting with this prefix (repeatable; a word ending "
-            "in / allows any program under that directory; none given: allow all)"
+            "in / allows any program under that directory, symlinks resolved; none given: "
+            "allow every command, variable and directory)"
+        ),
+    ] = ()
+    allow_env: Annotated[
+        tuple[str, ...],
+        Field(
+            description="with --allow-command: an env variable a spec may set (repeatable; "
+            "none given: a spec may set none)"
+        ),
+    ] = ()
+    allow_workdir: Annotated[
+        tuple[str, ...],
+        Field(
+            description="with --allow-command: a directory a spec's workingDir may be or lie "
+            "in, symlinks resolved (repeatable; none given: a spec may not set workingDir)"
         ),
     ] = ()
     max_backoff_s: Annotated[
@@ -125,7 +140,9 @@ class Agent:
         self._store = StateStore(settings.state_dir, settings.device)
         self._ledger = ChildLedger(settings.state_dir / CHILDREN_FILE)
         self._supervisor = Supervisor(
-            policy=CommandPolicy.parse(settings.allow_command),
+            policy=CommandPolicy.parse(
+                settings.allow_command, env=settings.allow_env, workdirs=settings.allow_workdir
+            ),
             restart=RestartTiming(cap=settings.max_backoff_s),
             on_change=self._changed.set,
             ledger=self._ledger,

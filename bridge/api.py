@@ -7,7 +7,7 @@ Pure functions from the service's state to `http.Response`s; `http.HttpServer` d
   the seconds it has been down past that, so a bridge wedged on its broker link gets restarted.
 - `/readyz`: 200 once subscribed with the retained state read back and the control plane synced,
   503 otherwise; the JSON says why, the MQTT session, and the role (`leader` or `standby`); a
-  standby also says why it is not leading (`notLeading`) when the control plane knows.
+  standby also says why it does not lead (`notLeading`: e.g. who holds the Lease, the last error).
 - `/metrics`: the Prometheus text of the bridge's registry (`metrics`).
 - `/devices`: every device the bridge knows, by name: state, reason, session, seconds since it was
   last seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
@@ -57,7 +57,7 @@ class Readiness:
     synced: bool
     leading: bool
     queue_depth: int
-    not_leading: str | None = None  # why a standby is not leading, when the control plane knows
+    not_leading: str | None = None  # why a standby does not lead (the control plane's reason)
 
     @property
     def ready(self) -> bool:
@@ -74,8 +74,8 @@ def readyz(state: Readiness) -> Response:
         "role": "leader" if state.leading else "standby",
         "queueDepth": state.queue_depth,
     }
-    if not state.leading and state.not_leading:
-        doc["notLeading"] = state.not_leading
+    if not state.leading:
+        doc["notLeading"] = state.not_leading or "not elected"
     return Response(200 if state.ready else 503, _json(doc))
 
 

@@ -18,7 +18,15 @@ class ConflictError(ControlPlaneError):
 
 
 class NotFoundError(ControlPlaneError):
-    """The resource is gone (HTTP 404): a terminal outcome for this key, never retried."""
+    """The resource is gone (HTTP 404): a terminal outcome for this key, never retried.
+
+    `kind` is what was not found when the server said (its Status `details.kind`): `namespaces`
+    when a create names a namespace that does not exist.
+    """
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TransientError(ControlPlaneError):

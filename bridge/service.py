@@ -417,7 +417,7 @@ class Bridge:
                 session=self.link.session,
                 synced=self.control_plane.synced.is_set(),
                 leading=self.control_plane.leading.is_set(),
+                not_leading=self.control_plane.not_leading,
                 queue_depth=len(self.queue),
-                not_leading=getattr(self.control_plane, "not_leading", None),
             )
         )

@@ -10,7 +10,7 @@ event loop, under one TaskGroup with named tasks:
   (`bridge.controlplane.local`: DeviceProcess files under the state directory), logging in as the
   `bridge` user with the password derived from the secret, serving `--http`;
 - `frontend`: waits until the bridge is ready, prints how to connect an agent and how to watch
-  with `mosquitto_sub`; with `--demo`, applies the samples of `cli.demo`, starts their three agents
+  with `mosquitto_sub` (its password from a 0600 options file, never on a command line); with `--demo`, applies the samples of `cli.demo`, starts their three agents
   and draws the live table.
 
 Invariants: an address in use is a one-line `ConfigError` naming `--mqtt` or `--http` (exit 2),
@@ -59,6 +59,8 @@ log = logging.getLogger("devicefabric.up")
 READY_TIMEOUT: Final = 30.0
 SETTLE_TIMEOUT: Final = 3.0
 EXAMPLE_DEVICE: Final = "edge-1"
+OBSERVER_CONFIG_DIR: Final = "observer"  # in the state dir, for `creds --mosquitto-options`
+OBSERVER_CLIENT_PREFIX: Final = "observer_"  # the client ids the observer may use
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,15 +244,17 @@ def instructions(options: UpOptions, broker: HostPort) -> str:
     password_file = shlex.quote(f"{device}.password")
     agent_state = shlex.quote(f"{device}-state")
     url = f"mqtt://{broker}"
-    observer_password = f'"$(devicefabric creds observer {secret})"'
+    # The observer's login goes into a 0600 options file the mosquitto clients read: a password
+    # on the command line would be shown by `ps` to every local user.
+    observer_config = shlex.quote(str(options.state_dir / OBSERVER_CONFIG_DIR))
     topics = shlex.quote(DEFAULT_ROOT + "/#")
     agent = (
         f"  devicefabric agent run --device {device} --broker {url} "
         f"--password-file {password_file} --state-dir {agent_state}"
     )
     watch = (
-        f"  mosquitto_sub -h {shlex.quote(broker.host)} -p {broker.port} -u observer "
-        f"-P {observer_password} -t {topics} -v"
+        f"  XDG_CONFIG_HOME={observer_config} mosquitto_sub -h {shlex.quote(broker.host)} "
+        f"-p {broker.port} -I {OBSERVER_CLIENT_PREFIX} -t {topics} -v"
     )
     lines = [
         f"devicefabric is up: broker {url}, bridge http://{options.http}, state {state}",
@@ -262,6 +266,7 @@ def instructions(options: UpOptions, broker: HostPort) -> str:
         f"  devicefabric apply -f process.yaml --state-dir {state}",
         f"  devicefabric get --state-dir {state}",
         "Watch the whole fabric:",
+        f"  devicefabric creds observer {secret} --mosquitto-options {observer_config}",
         watch,
     ]
     return "\n".join(lines)

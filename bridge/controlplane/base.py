@@ -62,6 +62,11 @@ class ControlPlane(Protocol):
         """
         ...
 
+    @property
+    def not_leading(self) -> str | None:
+        """Why this replica does not lead (e.g. the last lease error), for `/readyz`; None if it does."""
+        ...
+
     async def run(self, on_change: Callable[[str], None]) -> None:
         """List, then watch until cancelled; call `on_change(key)` for every change."""
         ...

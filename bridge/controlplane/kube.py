@@ -2,7 +2,8 @@
 
 `KubeControlPlane` implements `controlplane.base.ControlPlane` over the official client (through
 the one thread seam in `kube_client`; why that client is explained there). `run(on_change)` runs
-two tasks: the informer and the leader elector (`kube_leasing`).
+two tasks: the informer and the leader elector (`kube_leasing`); a `ConfigError` from either (a
+Lease namespace that does not exist) ends `run` as itself.
 
 The informer lists DeviceProcesses (pages of `page_size`; all namespaces, or `--namespace`) into
 its cache, sets `synced`, then watches from the list's resourceVersion with bookmarks, and calls
@@ -49,6 +50,7 @@ from devicefabric.bridge.controlplane.kube_client import (
 from devicefabric.bridge.controlplane.kube_leasing import LeaderElector
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, TransientError
+from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("devicefabric.bridge.kube")
@@ -128,8 +130,7 @@ class KubeControlPlane:
 
     @property
     def not_leading(self) -> str | None:
-        """Why this replica does not lead now (None while it does), for `/readyz`."""
-        return self._elector.not_leading
+        return None if self._leading.is_set() else self._elector.not_leading
 
     @property
     def resource_version(self) -> str | None:
@@ -156,6 +157,11 @@ class KubeControlPlane:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._inform(on_change), name="kube-informer")
                 tg.create_task(self._elector.run(), name="kube-leader-election")
+        except BaseExceptionGroup as group:
+            configuration = group.subgroup(ConfigError)  # e.g. a missing Lease namespace
+            if configuration is not None:
+                raise configuration.exceptions[0] from None
+            raise
         finally:
             self._client.close()
 

@@ -12,7 +12,7 @@ plain JSON dicts (no generated models, whose MicroTime serialization drops the f
 microseconds are zero, which the API server rejects).
 
 Errors are mapped at this edge (`map_status`, `map_exception`): 409 `ConflictError`, 404
-`NotFoundError`, 410 `ExpiredError` (the informer re-lists), 429 and 5xx and connection failures
+`NotFoundError` (with the Status' `details.kind`), 410 `ExpiredError` (the informer re-lists), 429 and 5xx and connection failures
 `TransientError` with `Retry-After` in seconds, anything else `ControlPlaneError`. urllib3's own
 retries are off, so every failure surfaces to the work queue's back-off and is counted.
 
@@ -79,12 +79,14 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def map_status(status: int, message: str, headers: Mapping[str, str] | None) -> ControlPlaneError:
-    """The bridge error for an HTTP error status."""
+def map_status(
+    status: int, message: str, headers: Mapping[str, str] | None, kind: str | None = None
+) -> ControlPlaneError:
+    """The bridge error for an HTTP error status (`kind`: the Status' `details.kind`)."""
     if status == 409:
         return ConflictError(message)
     if status == 404:
-        return NotFoundError(message)
+        return NotFoundError(message, kind)
     if status == 410:
         return ExpiredError(message)
     if status == 429 or status >= 500 or status == 0:
@@ -100,12 +102,18 @@ def map_exception(exc: BaseException, what: str) -> ControlPlaneError:
     return TransientError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _message(what: str, status: int, data: bytes) -> str:
+def _status(what: str, status: int, data: bytes) -> tuple[str, str | None]:
+    """The one-line message of an error answer, and its Status' `details.kind` if any."""
+    kind = None
     try:
-        text = str(json.loads(data).get("message", ""))
+        doc = json.loads(data)
+        text = str(doc.get("message", ""))
+        details = doc.get("details")
+        if isinstance(details, dict) and isinstance(details.get("kind"), str):
+            kind = details["kind"]
     except (ValueError, AttributeError):
         text = data[:200].decode("utf-8", "replace")
-    return f"{what}: HTTP {status}: {text}" if text else f"{what}: HTTP {status}"
+    return (f"{what}: HTTP {status}: {text}" if text else f"{what}: HTTP {status}"), kind
 
 
 class WatchStream:
@@ -198,10 +206,8 @@ class KubeClient:
         except (_kube.client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise map_exception(exc, what) from exc
         if response.status >= 400:
-            data = response.read()
-            raise map_status(
-                response.status, _message(what, response.status, data), response.headers
-            )
+            message, kind = _status(what, response.status, response.read())
+            raise map_status(response.status, message, response.headers, kind)
         return response
 
     def request(

@@ -20,10 +20,11 @@ attempt instead of waiting out the duration. A killed leader is replaced within 
 plus two `retry_period`s of its last renewal: the standby's observation lags by at most one
 period and its attempts are one period apart.
 
-A Lease that cannot be created because its namespace does not exist (404 on the create) is a
-configuration error, not a transient one: `ConfigError` naming the namespace and
-`--lease-namespace` (the CLI exits 2), as controller-runtime does. `not_leading` says why this
-replica does not lead right now (None while it does), for `/readyz`.
+A Lease namespace that does not exist is a configuration error, not a transient one: the create
+answered 404 `namespaces "x" not found` raises `ConfigError` naming the namespace and
+`--lease-namespace` (the bridge exits 2), instead of retrying forever without ever writing.
+Every other failed attempt is retried; `not_leading` says why this replica does not lead (the
+last attempt's outcome: held by whom, or the error), for `/readyz`.
 """
 
 from __future__ import annotations
@@ -86,11 +87,17 @@ class LeaderElector:
         self._path = LEASES.format(namespace=settings.lease_namespace) + f"/{settings.lease_name}"
         self._lease: dict[str, Any] | None = None  # the Lease as we last saw it
         self._observed_at = 0.0  # our monotonic time when its record last changed
-        self.not_leading: str | None = "electing: no attempt finished yet"
+        self.not_leading: str | None = "no attempt to acquire the lease yet"
+        """Why this replica does not lead (the last attempt's outcome); None once it leads."""
 
     @property
     def identity(self) -> str:
         return self._settings.identity
+
+    @property
+    def lease(self) -> str:
+        """The Lease as `namespace/name`, for messages."""
+        return f"{self._settings.lease_namespace}/{self._settings.lease_name}"
 
     # -- one attempt ---------------------------------------------------------------------------
     def _observe(self, lease: dict[str, Any]) -> None:
@@ -142,34 +149,41 @@ class LeaderElector:
                     "POST", self._path.rsplit("/", 1)[0], body=self._claim(new)
                 )
             except ConflictError:
-                return False  # another replica created it first
+                self.not_leading = f"lease {self.lease}: another replica created it first"
+                return False
             except NotFoundError as exc:
-                namespace = self._settings.lease_namespace
-                raise ConfigError(
-                    f"--lease-namespace: namespace {namespace!r} does not exist ({exc}); "
-                    "create it or choose an existing one with --lease-namespace"
-                ) from exc
+                if exc.kind == "namespaces":
+                    namespace = self._settings.lease_namespace
+                    raise ConfigError(
+                        f"the Lease namespace {namespace!r} does not exist: create it (kubectl "
+                        f"create namespace {namespace}) or name another with --lease-namespace"
+                    ) from exc
+                raise
             self._observe(created)
             return True
         current = self._lease
         if current is None or self._held_by_other():
             holder = LeaseRecord.of(current).holder if current is not None else "?"
-            self.not_leading = f"lease {self._path} is held by {holder}"
+            self.not_leading = f"lease {self.lease} is held by {holder}"
             return False
         try:
             self._observe(await self._client.call("PUT", self._path, body=self._claim(current)))
         except ConflictError:
-            return False  # someone wrote it since our read: they won this round
+            self.not_leading = f"lease {self.lease}: another replica wrote it first"
+            return False
         return True
 
     async def _attempt(self, bound: float) -> bool:
         try:
             async with asyncio.timeout(bound):
-                return await self.try_acquire_or_renew()
+                held = await self.try_acquire_or_renew()
         except (ControlPlaneError, TimeoutError) as exc:
-            self.not_leading = f"lease {self._path}: attempt failed: {exc or type(exc).__name__}"
             log.warning("lease %s: attempt failed: %s", self._path, exc or type(exc).__name__)
+            self.not_leading = f"lease {self.lease}: {exc or type(exc).__name__}"
             return False
+        if held:
+            self.not_leading = None
+        return held
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -181,14 +195,14 @@ class LeaderElector:
                     spread = 1 + random.uniform(0, JITTER)  # noqa: S311 - jitter, not crypto
                     await asyncio.sleep(settings.retry_period * spread)
                 self._leading.set()
-                self.not_leading = None
                 log.info("leading: holding lease %s as %s", self._path, self.identity)
                 await self._hold()
                 self._leading.clear()
-                self.not_leading = (
-                    f"lease {self._path}: no renewal within {settings.renew_deadline}s"
-                )
                 log.warning("stopped leading: no renewal within %ss", settings.renew_deadline)
+                self.not_leading = (
+                    f"stopped leading: no renewal within {settings.renew_deadline:g}s "
+                    f"({self.not_leading})"
+                )
         finally:
             if self._leading.is_set():
                 self._leading.clear()

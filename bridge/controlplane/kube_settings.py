@@ -59,7 +59,8 @@ class KubeSettings:
     lease_name: str = LEASE_NAME
     """Name of the leader-election Lease (`--lease-name`). Default `devicefabric-bridge`."""
     lease_namespace: str = NAMESPACE
-    """Namespace of the Lease (`--lease-namespace`); see `default_lease_namespace`."""
+    """Namespace of the Lease (`--lease-namespace`); see `default_lease_namespace`. It must exist:
+    a missing one is a configuration error (`kube_leasing`), not something to retry."""
     lease_duration: float = 15.0
     """s a standby waits after the last renewal it saw before it takes over (client-go: 15)."""
     renew_deadline: float = 10.0

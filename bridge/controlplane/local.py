@@ -109,6 +109,10 @@ class LocalControlPlane:
     def leading(self) -> asyncio.Event:
         return self._leading
 
+    @property
+    def not_leading(self) -> str | None:
+        return None  # the only writer of its state directory
+
     async def run(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
         cursor = JournalCursor(self.store.journal_path)

@@ -6,12 +6,16 @@ user sees: retained statuses and reports on the broker, pids that exist or not, 
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devicefabric.config.resource import EnvVar
 from devicefabric.config.wire import decode_report
 from tests.agent.fabric import Doc, Fabric, fabric, running_pids, wait_gone
 from tests.agent.helpers import DEVICE, alive, desired_process, document, key
@@ -327,3 +331,45 @@ def test_after_a_crash_the_next_run_stops_the_orphans_before_running_again(
     assert fresh != orphan
     wait_gone([orphan])  # exactly one copy runs
     assert any("left running by a previous agent run" in line["msg"] for line in agent.log_lines())
+
+
+def test_allow_lists_refuse_env_and_working_dir_escapes(fab: Fabric, tmp_path: Path) -> None:
+    """`PYTHONPATH` would run any code inside an allowed interpreter; `..` after a symlink leaves."""
+    work, outside, evil = tmp_path / "work", tmp_path / "outside", tmp_path / "evil"
+    for directory in (work, outside, evil):
+        directory.mkdir()
+    (work / "link").symlink_to(outside)
+    marker = tmp_path / "owned"
+    (evil / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    python = [sys.executable, "-c", "pass"]
+    agent = fab.agent(
+        extra=(
+            *("--allow-command", "/bin/sleep", "--allow-command", shlex.join(python)),
+            *("--allow-env", "FLEET_MODE", "--allow-workdir", str(work)),
+        )
+    )
+    agent.start()
+    fab.wait_online()
+    never: dict[str, Any] = {"restart_policy": "Never"}
+    fab.publish_desired(
+        document(
+            desired_process(
+                "ok", SLEEP, env=[EnvVar(name="FLEET_MODE", value="edge")], working_dir=str(work)
+            ),
+            desired_process(
+                "env", python, env=[EnvVar(name="PYTHONPATH", value=str(evil))], **never
+            ),
+            desired_process("wd", SLEEP, working_dir=f"{work}/link/../outside", **never),
+        )
+    )
+    report = fab.wait_report(
+        lambda r: phases(r) == {key("ok"): "Running", key("env"): "Failed", key("wd"): "Failed"}
+    )
+    agent.pids += running_pids(report).values()
+    env_message = report["processes"][key("env")]["message"]
+    assert env_message.startswith("env PYTHONPATH refused")
+    assert "--allow-env (FLEET_MODE)" in env_message
+    wd_message = report["processes"][key("wd")]["message"]
+    assert wd_message.startswith(f"workingDir {f'{work}/link/../outside'!r} refused")
+    assert "--allow-workdir" in wd_message
+    assert not marker.exists()

@@ -30,6 +30,9 @@ def password_file(tmp_path: Path) -> Path:
         ({"--max-backoff": "-1"}, "--max-backoff"),
         ({"--tls-ca": "/etc/ssl/ca.pem"}, "--tls-ca is only used with an mqtts://"),
         ({"--allow-command": "'unbalanced"}, "--allow-command"),
+        ({"--allow-env": "TZ"}, "--allow-env only applies together with --allow-command"),
+        ({"--allow-workdir": "/srv"}, "--allow-workdir only applies together with --allow-command"),
+        ({"--allow-command": "/bin/", "--allow-workdir": "srv"}, "--allow-workdir"),
         ({"--root": "bad/+/root"}, "--root"),
         ({"--state-dir": "/proc/version/state"}, "state directory"),
     ],
@@ -74,9 +77,13 @@ def test_flags_read_their_environment_variables(
     monkeypatch.setenv("DEVICEFABRIC_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("DEVICEFABRIC_HEARTBEAT", "7")
     monkeypatch.setenv("DEVICEFABRIC_ALLOW_COMMAND", "/opt/a/,/usr/bin/env")
+    monkeypatch.setenv("DEVICEFABRIC_ALLOW_ENV", "TZ,FLEET_MODE")
+    monkeypatch.setenv("DEVICEFABRIC_ALLOW_WORKDIR", "/srv/fleet")
     settings = settings_from_args(build_parser().parse_args(["agent", "run"]))
     assert settings.device == DEVICE
     assert settings.heartbeat_s == 7
     assert settings.allow_command == ("/opt/a/", "/usr/bin/env")
+    assert settings.allow_env == ("TZ", "FLEET_MODE")
+    assert settings.allow_workdir == ("/srv/fleet",)
     assert settings.password.get_secret_value() == "secret-password"
     assert "secret-password" not in repr(settings)

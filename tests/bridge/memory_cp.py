@@ -86,6 +86,10 @@ class MemoryControlPlane:
     def leading(self) -> asyncio.Event:
         return self._leading
 
+    @property
+    def not_leading(self) -> str | None:
+        return None if self._leading.is_set() else "leadership withheld by the test"
+
     async def run(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
         self._changes = asyncio.Queue()

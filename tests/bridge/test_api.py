@@ -1,4 +1,4 @@
-"""`/devices`: copied on the loop, rendered off it, paged by name; a bad page is a 400."""
+"""`/devices`: copied on the loop, rendered off it, paged by name; a bad page is a 400. `/readyz`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from devicefabric.bridge.api import MAX_PAGE, render_devices, snapshot
+from devicefabric.bridge.api import MAX_PAGE, Readiness, readyz, render_devices, snapshot
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.mirroring import ResourceIndex
 from devicefabric.bridge.tracking import DeviceTracker
@@ -96,3 +96,31 @@ def test_a_bad_limit_is_refused_with_a_400(limit: str) -> None:
     code, body = asyncio.run(story())
     assert code == 400
     assert body.startswith(b"limit must be a whole number")
+
+
+@pytest.mark.parametrize(
+    ("leading", "reason", "expected"),
+    [
+        (True, None, None),
+        (False, "lease devicefabric-system/devicefabric-bridge is held by bridge-0", "held by"),
+        (False, None, "not elected"),
+    ],
+)
+def test_readyz_says_why_a_standby_does_not_lead(
+    *, leading: bool, reason: str | None, expected: str | None
+) -> None:
+    state = Readiness(
+        mqtt_connected=True,
+        mqtt_primed=True,
+        session="s",
+        synced=True,
+        leading=leading,
+        queue_depth=0,
+        not_leading=reason,
+    )
+    doc = json.loads(readyz(state).body)
+    assert doc["role"] == ("leader" if leading else "standby")
+    if expected is None:
+        assert "notLeading" not in doc
+    else:
+        assert expected in doc["notLeading"]

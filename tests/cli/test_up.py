@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +40,35 @@ def printed(up: Background, prefix: str) -> list[str]:
     return shlex.split(line)
 
 
+def watch_as_printed(up: Background, cwd: Path, state: Path) -> None:
+    """The printed watch lines, run by `sh` as printed: a login file, no password in argv."""
+    creds = printed(up, "devicefabric creds observer")
+    watch = printed(up, "XDG_CONFIG_HOME=")
+    assert creds[-2:] == ["--mosquitto-options", str(state / "observer")]
+    assert watch[0] == f"XDG_CONFIG_HOME={state / 'observer'}"
+    assert watch[1] == "mosquitto_sub"
+    assert watch[watch.index("-I") + 1] == "observer_"
+    assert watch[watch.index("-t") + 1] == "fabric/v1/#"
+    assert "-P" not in watch
+    assert "-u" not in watch
+    here = f"{shlex.quote(sys.executable)} -m devicefabric"
+    line = shlex.join(creds).replace("devicefabric", here, 1)
+    made = subprocess.run(["sh", "-c", line], cwd=cwd, capture_output=True, text=True, check=False)
+    assert (made.returncode, made.stdout) == (0, ""), made.stderr
+    if shutil.which("mosquitto_sub") is None:
+        return  # the shape above is all that can be checked (test_observer_login needs it)
+    watched = subprocess.run(
+        ["sh", "-c", shlex.join(watch) + " -C 1 -W 10"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.startswith("fabric/v1/")
+
+
 def test_apply_runs_on_the_agent_get_shows_it_delete_stops_it(
     tmp_path: Path, procs: list[Background]
 ) -> None:
@@ -53,10 +84,7 @@ def test_apply_runs_on_the_agent_get_shows_it_delete_stops_it(
     agent_argv = printed(up, "devicefabric agent run")
     device = agent_argv[agent_argv.index("--device") + 1]
     procs.append(Background("agent", cli_argv(*agent_argv[1:]), tmp_path))
-    watch = printed(up, "mosquitto_sub")
-    assert watch[watch.index("-u") + 1] == "observer"
-    assert watch[watch.index("-t") + 1] == "fabric/v1/#"
-    assert watch[watch.index("-P") + 1] == f"$(devicefabric creds observer --state-dir {state})"
+    watch_as_printed(up, tmp_path, state)
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     path = write_manifest(tmp_path / "p.yaml", manifest_text("sleeper", device, sleeper))

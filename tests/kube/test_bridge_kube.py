@@ -107,6 +107,8 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
     assert clock["status"]["observedGeneration"] == clock["metadata"]["generation"] == 1
     wait_for(lambda: standby.readyz().get("ready") is True, 10, 0.05, what="the standby ready")
     assert (leader.readyz()["role"], standby.readyz()["role"]) == ("leader", "standby")
+    assert "notLeading" not in leader.readyz()
+    assert "is held by" in standby.readyz()["notLeading"]
 
     # Heartbeats from every device: neither replica writes anything.
     observer = connect(fabric.broker, "observer")

@@ -53,6 +53,22 @@ def test_lease_update_with_a_stale_resource_version_is_409(http: Http) -> None:
     assert http.request("POST", LEASES, seconds_only).status == 422
 
 
+def test_a_lease_in_a_missing_namespace_is_404_as_from_a_real_api_server(
+    api: FakeApiServer, http: Http
+) -> None:
+    api.namespaces = {"default"}
+    made = http.request("POST", LEASES, lease("a"))
+    assert made.status == 404
+    assert made.body["reason"] == "NotFound"
+    assert made.body["message"] == 'namespaces "devicefabric-system" not found'
+    assert made.body["details"] == {"name": "devicefabric-system", "kind": "namespaces"}
+    read = http.get(f"{LEASES}/devicefabric-bridge")
+    assert (read.status, read.body["reason"]) == (404, "NotFound")
+    assert read.body["message"] == 'leases.coordination.k8s.io "devicefabric-bridge" not found'
+    api.namespaces.add("devicefabric-system")
+    assert http.request("POST", LEASES, lease("a")).status == 201
+
+
 def event(**overrides: Any) -> dict[str, Any]:
     body = {
         "apiVersion": "events.k8s.io/v1",

@@ -1,8 +1,9 @@
 """`devicefabric bridge run --control-plane kube` as a user starts it: configuration errors.
 
-Without a usable kubeconfig (and outside a cluster), or with leader-election timings that could
-let two replicas lead at once, the bridge refuses to start: exit code 2 and one line naming what
-to fix. The running cases are in test_bridge_kube.py.
+Without a usable kubeconfig (and outside a cluster), with leader-election timings that could
+let two replicas lead at once, or with a Lease namespace that does not exist, the bridge refuses
+to start: exit code 2 and one line naming what to fix. The running cases are in
+test_bridge_kube.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.fakeapi import FakeApiServer
+from tests.kube.fakeapi import FakeApiServer, Match
 from tests.support.ports import free_port
 
 
@@ -66,14 +67,19 @@ def test_configuration_errors_exit_2_with_one_line(
     assert says in lines[0]
 
 
-def test_a_missing_lease_namespace_exits_2_naming_it(tmp_path: Path) -> None:
-    with FakeApiServer() as api:
-        api.store.namespaces = {"default"}  # no devicefabric-system, as on a fresh cluster
-        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-        closed = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: MQTT retries meanwhile
-        result = bridge_run(tmp_path, KUBECONFIG=str(kubeconfig), DEVICEFABRIC_BROKER=closed)
+def test_a_missing_lease_namespace_exits_2_naming_it_and_the_flag(
+    api: FakeApiServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    api.namespaces = {"default"}  # outside a cluster, nobody created devicefabric-system
+    result = bridge_run(
+        tmp_path,
+        KUBECONFIG=str(kubeconfig),
+        DEVICEFABRIC_BROKER=f"mqtt://127.0.0.1:{free_port()}",  # no broker needed to fail
+    )
     assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("devicefabric:")]
-    assert len(errors) == 1, result.stderr  # one line after the JSON logs of the start-up
+    lines = result.stderr.strip().splitlines()  # log lines (INFO, WARNING), then the error
+    errors = [line for line in lines if line.startswith("devicefabric: error: ")]
+    assert errors == lines[-1:], result.stderr
     assert "'devicefabric-system' does not exist" in errors[0]
     assert "--lease-namespace" in errors[0]
+    assert api.log.count(Match(verb="create", resource="leases")) == 1

@@ -13,7 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from devicefabric.bridge.controlplane.kube import KubeControlPlane
+from devicefabric.config.errors import ConfigError
 from tests.kube.fakeapi import FakeApiServer, Match
 from tests.kube.fakeapi.client import Http
 from tests.kube.planes import FAST, denied, make_plane, running, user_of
@@ -21,6 +24,7 @@ from tests.support.waiting import async_wait_for
 
 SLACK = 1.0  # s: request latency and scheduling on a loaded two-core machine
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/devicefabric-system/leases/devicefabric-bridge"
+LEASE_NAME = "devicefabric-system/devicefabric-bridge"
 
 
 def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
@@ -78,6 +82,12 @@ def test_one_replica_leads_the_other_waits_without_writing(
                 )
                 assert not b.leading.is_set()
                 assert holder(http) == "a"
+                assert a.not_leading is None
+                assert b.not_leading == f"lease {LEASE_NAME} is held by a"
+                api.inject(403, 3, user=user_of("b"))  # e.g. RBAC not applied yet
+                await async_wait_for(
+                    lambda: "HTTP 403" in (b.not_leading or ""), what="b saying why"
+                )
 
     run(scenario)
     b_writes = [
@@ -194,14 +204,19 @@ def test_racing_standbys_for_an_expired_lease_elect_exactly_one(
     assert not timeline.overlaps(), timeline.marks
 
 
-def test_a_standby_says_why_it_does_not_lead(api: FakeApiServer, tmp_path: Path) -> None:
-    a, b = make_plane(api, tmp_path, "a"), make_plane(api, tmp_path, "b")
+def test_a_missing_lease_namespace_is_a_configuration_error_at_once(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    api.namespaces = {"default"}
+    plane = make_plane(api, tmp_path, "a")
 
     async def scenario() -> None:
-        async with running(a):
-            await asyncio.wait_for(a.leading.wait(), 5)
-            assert a.not_leading is None
-            async with running(b):
-                await async_wait_for(lambda: "held by a" in (b.not_leading or ""))
+        with pytest.raises(ConfigError) as raised:
+            await asyncio.wait_for(plane.run(lambda _key: None), 5)
+        message = str(raised.value)
+        assert "'devicefabric-system' does not exist" in message
+        assert "--lease-namespace" in message
 
     run(scenario)
+    assert api.log.count(Match(verb="create", resource="leases")) == 1  # no retrying
+    assert not plane.leading.is_set()

@@ -230,6 +230,14 @@ class Handler(BaseHTTPRequestHandler):
                 400, "BadRequest", f"kind {decoded.get('kind')!r} does not match {rtype.kind}"
             )
         if info.verb == "create" and info.subresource is None:
+            existing = self.server.fake.namespaces
+            if rtype.namespaced and existing is not None and namespace not in existing:
+                raise ApiError(  # the NamespaceLifecycle admission plugin's answer
+                    404,
+                    "NotFound",
+                    f'namespaces "{namespace}" not found',
+                    details={"name": namespace, "kind": "namespaces"},
+                )
             return 201, store.create(rtype, namespace, decoded)
         if info.verb == "update":
             if (decoded.get("metadata") or {}).get("name") != name:

@@ -9,8 +9,14 @@ with the CRD's printer columns (`tables.py`).
 
 Test controls: `log` (the request log, `faults.py`), `inject(...)` (answer the next N matching
 requests with an error), `drop_watches()`, `compact()`, `active_watches()`, `store` (direct,
-unlogged access), `write_kubeconfig(...)`, and `errors` (tracebacks of handler failures, which the
-tests' fixture asserts empty).
+unlogged access), `write_kubeconfig(...)`, `namespaces` and `errors` (tracebacks of handler
+failures, which the tests' fixture asserts empty).
+
+Namespaces: by default every namespace exists, so tests need not create them. Set `namespaces` to
+the set that exists and a create anywhere else is refused as by the real NamespaceLifecycle
+admission plugin: 404 NotFound, `namespaces "x" not found`, details `{"name":"x","kind":
+"namespaces"}`. Reads, updates and deletes there find nothing, as on a real server: 404 naming the
+resource (`leases.coordination.k8s.io "name" not found`).
 
 Invariants: `stop()` ends every watch and closes every connection, then joins the server thread.
 Users are the bearer tokens' text (`write_kubeconfig(user=...)`), so the log says who asked.
@@ -55,6 +61,7 @@ class FakeApiServer:
         self.bookmark_interval = bookmark_interval
         self.stopping = False
         self.errors: list[str] = []  # tracebacks of handler failures (a fixture asserts none)
+        self.namespaces: set[str] | None = None  # None: every namespace exists (see module doc)
         self._http = ApiHTTPServer((host, port), Handler)
         self._http.fake = self
         self._thread: threading.Thread | None = None

@@ -111,9 +111,6 @@ class Store:
         self._history: deque[WatchEvent] = deque(maxlen=history_limit)
         self._compacted = 1  # events with rv <= this are gone from the history
         self._watchers: set[Watcher] = set()
-        # The namespaces that exist; None (the default): every namespace does. With a set, a
-        # namespaced create elsewhere is 404 `namespaces "x" not found`, as on a real server.
-        self.namespaces: set[str] | None = None
 
     @property
     def resource_version(self) -> int:
@@ -206,15 +203,6 @@ class Store:
             )
         return obj
 
-    def _check_namespace(self, namespace: str) -> None:
-        if self.namespaces is not None and namespace not in self.namespaces:
-            raise ApiError(
-                404,
-                "NotFound",
-                f'namespaces "{namespace}" not found',
-                details={"name": namespace, "kind": "namespaces"},
-            )
-
     def create(self, rtype: ResourceType, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -246,7 +234,6 @@ class Store:
             obj.pop("status", None)
         if rtype.namespaced:
             meta["namespace"] = namespace
-            self._check_namespace(namespace)
         obj = self._prepare(rtype, obj)
         with self.lock:
             if (namespace, name) in self._bucket(rtype):
