@@ -39,3 +39,7 @@ class TransientError(ControlPlaneError):
 
 class MqttError(BridgeError):
     """The broker refused the bridge (login or subscriptions): fix the configuration, exit 1."""
+
+
+class StateDirError(BridgeError):
+    """The local control plane's state directory cannot be written (full disk, read-only...)."""

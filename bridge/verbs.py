@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from devicefabric.bridge.controlplane.base import Resource
-from devicefabric.bridge.errors import NotFoundError
+from devicefabric.bridge.errors import NotFoundError, StateDirError
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import AGENT_CONNECTED, SYNCED
 from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
@@ -146,9 +146,17 @@ def _namespace(args: argparse.Namespace) -> str:
 def run_apply(args: argparse.Namespace) -> int:
     namespace = _namespace(args) if args.namespace is not None else None
     manifests = _read_manifests(args.filename, namespace)
-    for result in _store(args).apply(manifests):
+    try:
+        results = _store(args).apply(manifests)
+    except OSError as exc:  # a full disk, a read-only directory: one line, exit 1
+        raise StateDirError(f"cannot write to {args.state_dir}: {_reason(exc)}") from exc
+    for result in results:
         print(f"deviceprocess/{result.key.partition('/')[2]} {result.outcome}")
     return 0
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def run_delete(args: argparse.Namespace) -> int:
@@ -165,7 +173,11 @@ def run_delete(args: argparse.Namespace) -> int:
     store = _store(args)
     missing = []
     for key in keys:
-        if store.delete(key):
+        try:
+            deleted = store.delete(key)
+        except OSError as exc:
+            raise StateDirError(f"cannot write to {args.state_dir}: {_reason(exc)}") from exc
+        if deleted:
             print(f"deviceprocess/{key.partition('/')[2]} deleted")
         else:
             missing.append(key)

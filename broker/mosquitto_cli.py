@@ -18,6 +18,7 @@ from devicefabric.broker.mosquitto import (
     DYNSEC_NAME,
     QUEUE_FLOOR,
     QUEUED_PER_DEVICE,
+    default_user,
     generate,
     read_name_list,
 )
@@ -79,7 +80,8 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "--user",
         metavar="NAME",
         help="account mosquitto drops to when started as root (written as `user`; as root, the "
-        "generated files are handed to it so mosquitto can read and update them)",
+        "generated files are handed to it so mosquitto can read and update them). Default, as "
+        "root: mosquitto's own account `mosquitto` when it exists; `--user root` keeps root",
     )
     add_flag(
         parser,
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         plugin=Path(args.plugin),
         dynsec_file=Path(args.dynsec_path) if args.dynsec_path else None,
         persistence_dir=Path(args.persistence_dir) if args.persistence_dir else None,
-        user=args.user,
+        user=args.user if args.user is not None else default_user(),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         max_payload=int(args.max_payload),

@@ -51,7 +51,28 @@ _SERVER_METADATA: Final = frozenset(
 _TOP_LEVEL: Final = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
 _OBJECT_RE: Final = re.compile(OBJECT_NAME_PATTERN)
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc, valid-type]  # yaml's loaders are untyped
+    """The safe loader, refusing a mapping that repeats a key (kubectl refuses it too; YAML's
+    "last one wins" would silently drop what the user wrote first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (first on line {seen[key]})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        mapping: dict[object, object] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +99,7 @@ def parse_manifests(
     namespace differs from it is refused, as kubectl does.
     """
     try:
-        documents = [doc for doc in yaml.load_all(text, Loader=_SafeLoader) if doc is not None]
+        documents = [doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc is not None]
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_reason(exc)}") from None
     items: list[tuple[str, object]] = []

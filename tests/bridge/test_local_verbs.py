@@ -7,13 +7,16 @@ Every test runs `python -m devicefabric ...` as a user would and asserts on the 
 from __future__ import annotations
 
 import json
+import resource
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from devicefabric.bridge.controlplane.localstore import LocalStore
-from tests.support.cli import manifest_text, run_cli, write_manifest
+from tests.support.cli import cli_argv, manifest_text, run_cli, write_manifest
 
 WEB = manifest_text("web", "tor9-99", ["sleep", "100"])
 JOB = manifest_text("job", "tor9-98", ["true"], extra="  restartPolicy: Never\n")
@@ -138,3 +141,49 @@ def test_namespaces_are_separate(tmp_path: Path, state: Path) -> None:
     assert everywhere[1].split()[:2] == ["lab", "web"]
     assert run_cli("delete", "web", "--state-dir", str(state)).code == 1
     assert run_cli("delete", "web", "-n", "lab", "--state-dir", str(state)).code == 0
+
+
+def test_a_repeated_key_is_refused_with_its_line(tmp_path: Path) -> None:
+    """YAML's "last one wins" would silently drop what was written first; kubectl refuses it."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "apiVersion: devicefabric.io/v1alpha1\nkind: DeviceProcess\nmetadata: {name: web}\n"
+        "spec:\n  deviceName: edge-1\n  deviceName: edge-2\n  command: [x]\n"
+    )
+    result = run_cli("apply", "-f", str(path), "--state-dir", str(tmp_path / "s"))
+    assert result.code == 2
+    (line,) = result.err.strip().splitlines()
+    assert "line 6" in line
+    assert "'deviceName' appears twice (first on line 5)" in line
+    assert not (tmp_path / "s" / "resources").exists()
+
+
+def test_input_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(manifest_text("caf\xe9", "edge-1", ["x"]).encode("latin-1"))
+    result = run_cli("apply", "-f", str(path), "--state-dir", str(tmp_path / "s"))
+    assert result.code == 2
+    assert len(result.err.strip().splitlines()) == 1
+    assert "Traceback" not in result.err
+
+
+def _no_room() -> None:
+    """A real EFBIG on every write past 10 bytes (a full disk, as the process sees it)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))
+
+
+def test_a_full_disk_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path / "web.yaml", manifest_text("web", "edge-1", ["x"]))
+    state = tmp_path / "s"
+    done = subprocess.run(
+        cli_argv("apply", "-f", str(path), "--state-dir", str(state)),
+        preexec_fn=_no_room,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line == f"devicefabric: cannot write to {state}: File too large"

@@ -51,7 +51,8 @@ def _creds(secret_file: Path, *user: str) -> str:
     return result.out.strip()
 
 
-def _generate(out: Path, devices: Path, secret_file: Path, port: int, user: str) -> None:
+def _generate(out: Path, devices: Path, secret_file: Path, port: int, user: str | None) -> None:
+    """`broker mosquitto-config`, with `--user USER` unless None (the README's command)."""
     result = run_cli(
         "broker",
         "mosquitto-config",
@@ -63,8 +64,7 @@ def _generate(out: Path, devices: Path, secret_file: Path, port: int, user: str)
         str(secret_file),
         "--mqtt",
         f"127.0.0.1:{port}",
-        "--user",
-        user,
+        *(["--user", user] if user is not None else []),
     )
     assert result.code == 0, result.err
     assert f"run: mosquitto -c {out / 'mosquitto.conf'}" in result.out
@@ -135,6 +135,27 @@ def test_as_root_the_files_go_to_the_account_mosquitto_drops_to(
     with running(_mosquitto(tmp_path, out / "mosquitto.conf", port, secret)) as broker:
         watched = _publish_and_watch(broker, secret_file, "tor9-100")
         assert "File is not readable" not in broker.log_text()
+    assert watched.stdout.strip() == f"{T.status('tor9-100')} online"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the README's path as root (how systemd starts it)")
+def test_as_root_without_user_mosquitto_can_read_what_was_generated(
+    tmp_path: Path, secret: bytes, operator_files: tuple[Path, Path], shared_dir: Path
+) -> None:
+    """Without `--user`, as root: mosquitto drops to its own `mosquitto` account, so the files
+    go to that account (before: root's 0600 JSON, unreadable to it, every login refused)."""
+    try:
+        account = pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no `mosquitto` account")
+    devices, secret_file = operator_files
+    port = free_port()
+    out = shared_dir / "fabric"
+    _generate(out, devices, secret_file, port, None)
+    assert "user mosquitto" in (out / "mosquitto.conf").read_text().splitlines()
+    assert (out / "dynamic-security.json").stat().st_uid == account.pw_uid
+    with running(_mosquitto(tmp_path, out / "mosquitto.conf", port, secret)) as broker:
+        watched = _publish_and_watch(broker, secret_file, "tor9-100")
     assert watched.stdout.strip() == f"{T.status('tor9-100')} online"
 
 
