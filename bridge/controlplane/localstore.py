@@ -83,18 +83,30 @@ def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> di
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir."""
+    tmp = _stage(path, data)
+    try:
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """`data` in a synced temp file beside `path`, under a short name that fits whatever name
+    `path` has (a long object name plus a temp suffix used to exceed NAME_MAX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        Path(tmp).replace(path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    return tmp
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -146,12 +158,36 @@ class LocalStore:
                     metadata["resourceVersion"] = str(rev)
                     writes.append((manifest.key, doc))
             if writes:
-                self._set_revision(rev)
-                for key, doc in writes:
-                    data = yaml.dump(doc, Dumper=_SafeDumper, sort_keys=False)
-                    atomic_write(self._resource_path(key), data.encode())
-                self._journal([key for key, _ in writes], rev - len(writes) + 1)
+                self._commit(writes, rev - len(writes) + 1)
             return results
+
+    def _commit(self, writes: Sequence[tuple[str, dict[str, object]]], first_rev: int) -> None:
+        """All of `writes` or none: every file is staged (written and synced under a temp name)
+        first, so a full disk or any other write error changes nothing; then they are renamed
+        into place, and the revision and the journal follow what was renamed (so they agree
+        even if a rename failed half-way)."""
+        staged: list[tuple[str, Path]] = []
+        try:
+            for key, doc in writes:
+                data = yaml.dump(doc, Dumper=_SafeDumper, sort_keys=False).encode()
+                staged.append((key, _stage(self._resource_path(key), data)))
+        except BaseException:
+            for _, tmp in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        done: list[str] = []
+        try:
+            for key, tmp in staged:
+                tmp.replace(self._resource_path(key))
+                done.append(key)
+        finally:
+            for _, tmp in staged[len(done) :]:
+                tmp.unlink(missing_ok=True)
+            if done:
+                for directory in {self._resource_path(k).parent for k in done}:
+                    _fsync_dir(directory)
+                self._set_revision(first_rev + len(done) - 1)
+                self._journal(done, first_rev)
 
     def delete(self, key: str) -> bool:
         """Remove the resource and its status; False when it did not exist."""

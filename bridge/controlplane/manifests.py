@@ -35,6 +35,8 @@ from devicefabric.config.names import (
 from devicefabric.config.resource import API_VERSION, KIND, DeviceProcessSpec
 
 DEFAULT_NAMESPACE: Final = "default"
+# `<name>.yaml` and `<name>.json` must fit NAME_MAX (255 bytes on Linux file systems).
+MAX_LOCAL_NAME: Final = 250
 _SERVER_METADATA: Final = frozenset(
     {
         "uid",
@@ -136,6 +138,12 @@ def validate_name(name: str, what: str = "name") -> str:
         raise ConfigError(
             f"{what}: {_short(name)!r} is not a valid object name (lowercase letters, digits, "
             "'-' and '.', starting and ending with a letter or digit)"
+        )
+    if len(name) > MAX_LOCAL_NAME:
+        raise ConfigError(
+            f"{what}: {_short(name)!r} has {len(name)} characters; the local control plane keeps "
+            f"each resource in a file named after it, so at most {MAX_LOCAL_NAME} (Kubernetes "
+            f"allows {MAX_OBJECT_NAME})"
         )
     return name
 

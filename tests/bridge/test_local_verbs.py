@@ -10,6 +10,7 @@ import json
 import resource
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,55 @@ def test_a_full_disk_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line == f"devicefabric: cannot write to {state}: File too large"
+
+
+def test_apply_is_all_or_nothing_and_long_names_fit(tmp_path: Path) -> None:
+    """A 250-character name (valid in Kubernetes, and the longest a file named after it allows)
+    is stored; 251 is refused before anything is written; a write failing half-way through a file
+    (a full disk) leaves neither documents nor a revision the journal does not know."""
+    state = tmp_path / "s"
+    longest = "a" * 250
+    ok = write_manifest(tmp_path / "ok.yaml", manifest_text(longest, "edge-1", ["x"]))
+    result = run_cli("apply", "-f", str(ok), "--state-dir", str(state))
+    assert result.code == 0, result.err
+    assert LocalStore(state).load(f"default/{longest}") is not None
+
+    too_long = "b" * 251
+    mixed = write_manifest(
+        tmp_path / "mixed.yaml",
+        manifest_text("first", "edge-1", ["x"]),
+        manifest_text(too_long, "edge-1", ["x"]),
+    )
+    result = run_cli("apply", "-f", str(mixed), "--state-dir", str(state))
+    assert result.code == 2
+    assert "at most 250" in result.err
+    store = LocalStore(state)
+    assert store.load("default/first") is None  # nothing of the file was written
+
+    # a full disk after the first document was staged: nothing lands, revision unchanged
+    rev, journal = store.revision(), store.journal_path.read_bytes()
+    big = write_manifest(
+        tmp_path / "big.yaml",
+        manifest_text("small", "edge-1", ["x"]),
+        manifest_text("large", "edge-1", ["x" * 3000]),
+    )
+    done = subprocess.run(
+        cli_argv("apply", "-f", str(big), "--state-dir", str(state)),
+        preexec_fn=_room_for(2000),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert (store.revision(), store.journal_path.read_bytes()) == (rev, journal)
+    assert store.load("default/small") is None
+    assert not list((state / "resources").rglob(".tmp-*"))  # no temp file left
+
+
+def _room_for(size: int) -> Callable[[], None]:
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
