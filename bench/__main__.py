@@ -1,7 +1,7 @@
-"""`python -m bench`: run the six benchmarks and print one summary table.
+"""`python -m bench`: run the seven benchmarks and print one summary table.
 
-    python -m bench                      # all six with their defaults (~7 min on 2 cores)
-    python -m bench --quick              # all six, smaller (a few minutes)
+    python -m bench                      # all seven with their defaults (~15 min on 2 cores)
+    python -m bench --quick              # all seven, smaller (a few minutes)
     python -m bench --only writes,ingest # some of them
     python -m bench --readme README.md   # also replace the README's `## Benchmarks` section
 
@@ -32,7 +32,15 @@ from typing import Final
 from bench.harness import RESULTS, Result, Row, machine, machine_line, summary_table, versions
 
 # In the order of DESIGN.md's "Benchmarks the project keeps".
-BENCHMARKS: Final = ("propagation", "detection", "writes", "ingest", "footprint", "brokers")
+BENCHMARKS: Final = (
+    "propagation",
+    "detection",
+    "writes",
+    "ingest",
+    "footprint",
+    "brokers",
+    "scale",
+)
 HEADING: Final = "## Benchmarks"
 
 
@@ -79,10 +87,10 @@ def markdown(
         ),
         "",
         (
-            "How to rerun: `make bench` (about 7 minutes on 2 cores), or "
+            "How to rerun: `make bench` (about 15 minutes on 2 cores), or "
             "`.venv/bin/python -m bench --quick` (a few minutes); one benchmark alone: "
             "`.venv/bin/python -m bench.propagation --help` (also `detection`, `writes`, `ingest`, "
-            "`footprint`, `brokers`). Each writes `bench/results/<name>.json` with the machine, "
+            "`footprint`, `brokers`, `scale`). Each writes `bench/results/<name>.json` with the machine, "
             "versions, parameters, raw samples, median and p99; the method of each is the module "
             "docstring in `bench/`. Needs mosquitto (`/usr/sbin/mosquitto`); run from the "
             "repository root (the Kubernetes benchmarks use the API server fake in `tests/kube`)."
