@@ -20,10 +20,11 @@ from typing import Final
 
 import pytest
 
+from tests.agent.helpers import alive
 from tests.conftest import TEST_SECRET
 from tests.faults.budget import LONG
 from tests.faults.fabric import LocalFabric, key, manifest, reason
-from tests.faults.netns import NetAgent, Network, broker_at, require_netns
+from tests.faults.netns import NetAgent, Network, broker_at, netem_available, require_netns
 from tests.support.mqtt import connect
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
@@ -31,7 +32,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 HEARTBEAT: Final = 1  # s; the agent's MQTT keepalive is then its floor, 5 s
 STALE: Final = 3.0  # --stale-multiplier
 PARTITION: Final = 60.0 if LONG else 10.0  # s: longer than the broker's keepalive (1.5 x 5 s)
+SOME_PARTITION: Final = 60.0 if LONG else 6.0  # s: the partition of some devices
 SWEEP: Final = 1.0  # the bridge's stale sweep runs at least once a second
+LOSSY_STALE: Final = 5.0  # lossy links: TCP retransmits may hold a heartbeat back ~2 s
+MAX_SETTLE_WRITES: Final = 4  # apply + at most three status writes to Running
+QUIET: Final = 30.0 if LONG else 5.0  # s of heartbeats over loss without a false disconnect
 
 
 @pytest.fixture
@@ -106,4 +111,108 @@ def test_half_open_device(tmp_path: Path, network: Network, kind: str) -> None:
         print(
             f"\n[{kind}] half-open: HeartbeatTimeout after {detected:.1f}s, will after "
             f"{will_after:.1f}s ({will.json().get('session')}), reconnected {back:.1f}s after heal"
+        )
+
+
+def test_partition_of_some_devices(tmp_path: Path, network: Network) -> None:
+    """A third of the devices cut off, then healed: one write down and one up per resource, their
+    processes never stopped, and a desired change made during the partition arrives after it."""
+    devices = tuple(f"d{i}" for i in range(10 if LONG else 6))
+    cut_off = devices[: max(1, round(len(devices) * 0.3))]
+    with fabric(tmp_path, network, "mosquitto", devices) as fab:
+        marker = fab.marker()
+        fab.apply(*(manifest(f"job-{d}", d, ["sleep", "600"]) for d in devices))
+        bridge = fab.start_bridge(stale_multiplier=STALE)
+        for device in devices:
+            net_agent(fab, network, device)
+        fab.wait_settled(*(f"job-{d}" for d in devices), timeout=60)
+        pids = {d: fab.status(f"job-{d}")["pid"] for d in devices}
+        mark = fab.ledger.mark()
+
+        for device in cut_off:
+            network.device(device).partition()
+        cut = time.monotonic()
+        fab.wait(
+            lambda: all(reason(fab.status(f"job-{d}")) == "HeartbeatTimeout" for d in cut_off),
+            20,
+            "HeartbeatTimeout of the partitioned devices",
+        )
+        detected = time.monotonic() - cut
+        changed = cut_off[0]
+        fab.apply(manifest(f"job-{changed}", changed, ["sleep", "601"]))
+        remaining = SOME_PARTITION - (time.monotonic() - cut)
+        fab.wait(lambda: time.monotonic() - cut >= SOME_PARTITION, remaining + 1, "the partition")
+        assert all(alive(pids[d]) for d in cut_off)  # edge autonomy: nothing stopped
+        marker.flip(bridge)
+        during = fab.ledger.writes(mark)
+
+        for device in cut_off:
+            network.device(device).heal()
+        healed = time.monotonic()
+        fab.wait_settled(*(f"job-{d}" for d in devices), timeout=30)
+        back = time.monotonic() - healed
+        assert fab.status(f"job-{changed}")["observedGeneration"] == 2
+        assert all(fab.status(f"job-{d}")["pid"] == pids[d] for d in devices if d != changed)
+        marker.flip(bridge)
+        writes = fab.ledger.writes(mark)
+        # per untouched partitioned resource: HeartbeatTimeout, then Connected; none elsewhere
+        want = Counter({key(f"job-{d}"): 2 for d in cut_off if d != changed})
+        want[key("marker")] = 2
+        assert writes - Counter({key(f"job-{changed}"): writes[key(f"job-{changed}")]}) == want
+        changed_key = key(f"job-{changed}")
+        print(
+            f"\npartition of {len(cut_off)}/{len(devices)} for {SOME_PARTITION:.0f}s: timeouts after "
+            f"{detected:.1f}s, settled {back:.1f}s after heal; changed resource wrote "
+            f"{writes[changed_key]} ({during[changed_key]} during, apply included): {writes}"
+        )
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+def test_lossy_links(tmp_path: Path, network: Network, kind: str) -> None:
+    """20% loss each way on every agent link (plus 300 +/- 100 ms where netem exists): desired
+    reaches every device, and no disconnect is written while heartbeats get through."""
+    devices = ("l0", "l1", "l2")
+    shaped = netem_available()
+    with fabric(tmp_path, network, kind, devices) as fab:
+        marker = fab.marker()
+        bridge = fab.start_bridge(stale_multiplier=LOSSY_STALE)
+        for device in devices:
+            link = network.device(device)
+            link.loss(0.2)
+            if shaped:
+                link.shape("delay", "300ms", "100ms")
+            net_agent(fab, network, device)
+
+        def connected() -> bool:
+            view = bridge.devices()
+            return all(view.get(d, {}).get("state") == "connected" for d in devices)
+
+        fab.wait(connected, 30, "every agent connected over the lossy links")
+        names = [f"job-{d}-{i}" for d in devices for i in range(3)]
+        mark = fab.ledger.mark()
+        start = time.monotonic()
+        fab.apply(*(manifest(n, n.split("-")[1], ["sleep", "600"]) for n in names))
+        arrived: dict[str, float] = {}
+
+        def all_arrived() -> bool:
+            for name in names:
+                if name not in arrived and fab.settled(name):
+                    arrived[name] = time.monotonic() - start
+            return len(arrived) == len(names)
+
+        fab.wait(all_arrived, 60, "every resource settled over the lossy links")
+        quiet = time.monotonic()
+        fab.wait(lambda: time.monotonic() - quiet >= QUIET, QUIET + 1, "heartbeats over loss")
+        marker.flip(bridge)
+        events = Counter(e["reason"] for e in fab.ledger.events(mark))
+        assert not {"HeartbeatTimeout", "ConnectionLost"} & set(events), events
+        times = sorted(arrived.values())
+        writes = fab.ledger.writes(mark)
+        # the apply, then at most one write per status transition (Synced, pid, Running): the
+        # bridge coalesces transitions queued together, so 1-3 status writes, never a duplicate
+        assert writes[key("marker")] == 1
+        assert all(2 <= writes[key(n)] <= MAX_SETTLE_WRITES for n in names), writes
+        print(
+            f"\n[{kind}] 20% loss{' + netem delay' if shaped else ''}: propagation p50 "
+            f"{times[len(times) // 2]:.2f}s p99/max {times[-1]:.2f}s; writes {sorted(writes.values())}"
         )
