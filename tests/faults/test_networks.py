@@ -23,7 +23,7 @@ import pytest
 from tests.agent.helpers import alive
 from tests.conftest import TEST_SECRET
 from tests.faults.budget import LONG
-from tests.faults.fabric import LocalFabric, key, manifest, reason
+from tests.faults.fabric import LocalFabric, key, logged, manifest, reason
 from tests.faults.netns import NetAgent, Network, broker_at, netem_available, require_netns
 from tests.support.mqtt import connect
 
@@ -33,6 +33,10 @@ HEARTBEAT: Final = 1  # s; the agent's MQTT keepalive is then its floor, 5 s
 STALE: Final = 3.0  # --stale-multiplier
 PARTITION: Final = 60.0 if LONG else 10.0  # s: longer than the broker's keepalive (1.5 x 5 s)
 SOME_PARTITION: Final = 60.0 if LONG else 6.0  # s: the partition of some devices
+KEEPALIVE: Final = 5  # the agent's MQTT keepalive at this heartbeat (its floor)
+NOTICE: Final = (
+    2 * KEEPALIVE + 3.0
+)  # paho: a PINGREQ after keepalive idle, then keepalive to answer
 SWEEP: Final = 1.0  # the bridge's stale sweep runs at least once a second
 LOSSY_STALE: Final = 5.0  # lossy links: TCP retransmits may hold a heartbeat back ~2 s
 MAX_SETTLE_WRITES: Final = 4  # apply + at most three status writes to Running
@@ -72,7 +76,7 @@ def test_half_open_device(tmp_path: Path, network: Network, kind: str) -> None:
         marker = fab.marker()
         fab.apply(manifest("job", "dev", ["sleep", "600"]))
         bridge = fab.start_bridge(stale_multiplier=STALE)
-        net_agent(fab, network, "dev")
+        agent = net_agent(fab, network, "dev")
         fab.wait_settled("job", timeout=30)
         pid = fab.status("job")["pid"]
         mark = fab.ledger.mark()
@@ -91,6 +95,13 @@ def test_half_open_device(tmp_path: Path, network: Network, kind: str) -> None:
             predicate=lambda m: m.json().get("reason") == "lost", timeout=PARTITION + 10
         )
         will_after = time.monotonic() - cut
+        # the agent notices its dead connection by itself: no PINGRESP within its keepalive
+        fab.wait(
+            lambda: logged(agent, msg="connection lost"),
+            max(1.0, NOTICE - (time.monotonic() - cut)),
+            "the agent noticing its dead connection",
+        )
+        noticed = time.monotonic() - cut
         remaining = PARTITION - (time.monotonic() - cut)
         if remaining > 0:
             fab.wait(lambda: time.monotonic() - cut >= PARTITION, remaining + 1, "the partition")
@@ -110,7 +121,7 @@ def test_half_open_device(tmp_path: Path, network: Network, kind: str) -> None:
         watcher.close()
         print(
             f"\n[{kind}] half-open: HeartbeatTimeout after {detected:.1f}s, will after "
-            f"{will_after:.1f}s ({will.json().get('session')}), reconnected {back:.1f}s after heal"
+            f"{will_after:.1f}s, agent noticed after {noticed:.1f}s ({will.json().get('session')}), reconnected {back:.1f}s after heal"
         )
 
 
