@@ -191,7 +191,11 @@ class Network:
     def __init__(self, tag: str) -> None:
         self.prefix = f"df{tag[:3]}{os.getpid() % 100000}"  # interface names: at most 15 chars
         self.links: dict[str, Link] = {}
-        self.hub = self._new("hub")
+        try:
+            self.hub = self._new("hub")
+        except NetnsError:
+            self.close()
+            raise
 
     def _new(self, key: str) -> Link:
         link = Link(f"{self.prefix}n{len(self.links)}", len(self.links))
