@@ -10,7 +10,9 @@ never the device's), `heartbeat_s` from the birth, and the last report.
 
 Rules:
 - A live birth (`online`, not a retained replay) -> `Connected` with its session.
-- An `offline` of the *current* session -> `ConnectionLost` (will) or `Shutdown` (clean exit). An
+- An `offline` of the *current* session -> `ConnectionLost` (will) or `Shutdown` (clean exit),
+  except the will of a session already timed out: the outage was written once (`HeartbeatTimeout`)
+  and the broker's keepalive firing later is no news, so it changes nothing. An
   `offline` of any other session is a late will of a taken-over connection: ignored (its session
   is remembered as dead so its stragglers are ignored too).
 - A heartbeat or live report of the current session refreshes `last_seen`; from an unknown device,
@@ -289,7 +291,9 @@ class DeviceTracker:
         device.deadline = None
         reason = _OFFLINE_REASON[doc.reason]
         previous = device.reason
-        if previous is reason:
+        if previous is reason or (
+            previous is Reason.HEARTBEAT_TIMEOUT and reason is Reason.CONNECTION_LOST
+        ):
             return NOTHING
         device.reason = reason
         return (Transition(device.name, reason, previous, doc.session),)

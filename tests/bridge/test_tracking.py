@@ -135,10 +135,16 @@ CASES: dict[str, tuple[list[Step], list[str], Reason | None, str | None]] = {
         Reason.CONNECTED,
         "s1",
     ),
-    "a will after a timeout updates the reason": (
+    "a will after a timeout changes nothing (one write per outage)": (
         [Step(0, online("s1")), Step(31, None), Step(40, lost("s1"))],
-        ["Connected", "HeartbeatTimeout", "ConnectionLost"],
-        Reason.CONNECTION_LOST,
+        ["Connected", "HeartbeatTimeout"],
+        Reason.HEARTBEAT_TIMEOUT,
+        "s1",
+    ),
+    "a clean exit after a timeout is news": (
+        [Step(0, online("s1")), Step(31, None), Step(40, shutdown("s1"))],
+        ["Connected", "HeartbeatTimeout", "Shutdown"],
+        Reason.SHUTDOWN,
         "s1",
     ),
     "a re-birth of the current session changes nothing": (
