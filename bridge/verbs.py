@@ -118,7 +118,10 @@ def _read_manifests(paths: Sequence[str], namespace: str | None) -> list[Manifes
 
 def _read_sources(raw: str) -> list[tuple[str, str]]:
     if raw == "-":
-        return [("<stdin>", sys.stdin.read())]
+        try:  # the bytes, decoded strictly: a terminal's lenient decoding would hide bad input
+            return [("<stdin>", sys.stdin.buffer.read().decode("utf-8"))]
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"-f -: cannot read: {exc}") from None
     path = Path(raw)
     try:
         if path.is_dir():

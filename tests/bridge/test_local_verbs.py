@@ -240,3 +240,18 @@ def _room_for(size: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
     return limit
+
+
+def test_input_on_stdin_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Before: a traceback (UnicodeEncodeError of the surrogate-escaped text inside yaml)."""
+    data = manifest_text("caf\xe9", "edge-1", ["x"]).encode("latin-1")
+    done = subprocess.run(
+        cli_argv("apply", "-f", "-", "--state-dir", str(tmp_path / "s")),
+        input=data,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.decode().strip().splitlines()
+    assert line.startswith("devicefabric: error: -f -: cannot read:")
