@@ -49,7 +49,7 @@ def test_subject_mapping(topic_filter: str, subject: str) -> None:
 
 
 def test_a_topic_with_a_dot_is_refused() -> None:
-    with pytest.raises(ConfigError, match="'.'"):
+    with pytest.raises(ConfigError, match=r"'\.'"):
         subject_of("fabric/v1/devices/a.b/status")
 
 
