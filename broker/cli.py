@@ -24,7 +24,7 @@ from devicefabric.config.lifecycle import run_program
 from devicefabric.config.settings import DEFAULT_MQTT, add_flag, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
 
-_EXTENSIONS = ("devicefabric.broker.mosquitto_cli",)
+_EXTENSIONS = ("devicefabric.broker.mosquitto_cli", "devicefabric.broker.nats_cli")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

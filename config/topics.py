@@ -20,8 +20,9 @@ from devicefabric.config.errors import TopicError
 from devicefabric.config.names import is_device_name
 
 DEFAULT_ROOT: Final = "fabric/v1"
-# The device level of the bridge's sync markers; `_` can never start a device name.
-SYNC_MARKER_PREFIX: Final = "_sync."
+# The device level of the bridge's sync markers; `_` can never start a device name. No `.`: NATS
+# maps topic levels to subject tokens and disconnects a client naming a topic that contains one.
+SYNC_MARKER_PREFIX: Final = "_sync-"
 
 _DEVICES: Final = "devices"
 _BRIDGE: Final = "bridge"
@@ -97,14 +98,16 @@ class Topics:
         return f"{self.root}/#"
 
     def sync_marker(self, token: str) -> str:
-        """A topic only the bridge publishes to and receives: `{root}/devices/_sync.{token}/desired`.
+        """A topic only the bridge publishes to and receives: `{root}/devices/_sync-{token}/desired`.
 
         The bridge publishes an empty, non-retained message there after subscribing: the brokers
         deliver one connection's messages in order, so once it comes back every retained document
         of the subscription has been replayed. Its device level starts with `_`, which no device
         name can, so no device ever receives it, yet `devices/+/desired` covers it for the ACLs.
+        A `.` of the token is written `-`: NATS refuses (and disconnects) a topic containing one.
         """
-        return f"{self._device_prefix}{SYNC_MARKER_PREFIX}{token}/{DeviceTopic.DESIRED.value}"
+        level = SYNC_MARKER_PREFIX + token.replace(".", "-")
+        return f"{self._device_prefix}{level}/{DeviceTopic.DESIRED.value}"
 
     def is_sync_marker(self, topic: str) -> bool:
         """True for any bridge's sync marker (`sync_marker`), whatever its token."""

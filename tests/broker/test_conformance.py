@@ -33,6 +33,7 @@ from tests.support.brokers import (
     any_broker,
 )
 from tests.support.mqtt import Client, ConnectRefusedError, Will, barrier, connack, connect
+from tests.support.nats import nats_cluster
 
 SECRET: Final = b"conformance-secret-0123456789"
 T: Final = Topics()
@@ -64,12 +65,18 @@ DEVICES: Final = (
 )
 
 
-@pytest.fixture(scope="module", params=KIND_PARAMS)
+@pytest.fixture(
+    scope="module", params=(*KIND_PARAMS, pytest.param("nats", marks=pytest.mark.nats, id="nats"))
+)
 def broker(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BrokerProcess]:
     kind: BrokerKind = request.param
     base = tmp_path_factory.mktemp(f"conformance-{kind}")
+    if kind == "nats":  # a 3-node cluster; the stories talk to its first node
+        with nats_cluster(base, SECRET, DEVICES, revoked=[REVOKED]) as cluster:
+            yield cluster.nodes[0]
+        return
     with any_broker(kind, base, SECRET, DEVICES, revoked=[REVOKED]) as process:
         yield process
 
@@ -272,6 +279,12 @@ def test_an_oversized_payload_is_not_delivered(broker: BrokerProcess, observer: 
     too_big = b"x" * (64 * 1024 + 2048)
     with connect(broker, name) as device:
         device.publish(T.report(name), too_big)
+        if broker.kind == "nats":
+            # documented exception (docs/scale.md): NATS 2.9's MQTT listener has no payload
+            # limit; it keeps the publisher and delivers. Fails once NATS enforces one.
+            barrier(device, T.heartbeat(name), [observer])
+            assert len(observer.inbox.messages(T.report(name))) == 1
+            return
         assert device.disconnected.wait(2.0), "the broker kept a client sending an oversized packet"
     with connect(broker, name) as again:
         barrier(again, T.heartbeat(name), [observer])
@@ -298,6 +311,10 @@ def test_refused_connect_gets_a_connack_failure(
 ) -> None:
     code = connack(broker, user, **kwargs)
     assert code is not None, "closed without a CONNACK"
+    if broker.kind == "nats" and "client_id" in kwargs and user == "ref-a":
+        # documented exception: NATS cannot bind a client id to a user (docs/scale.md)
+        assert not code.is_failure, "NATS now binds client ids: update docs/scale.md"
+        return
     assert code.is_failure, code
 
 
@@ -365,10 +382,10 @@ def test_a_role_user_with_its_own_prefix_is_accepted(broker: BrokerProcess) -> N
 
 
 def test_a_device_missing_from_the_devices_file(broker: BrokerProcess) -> None:
-    """mosquitto refuses it; the embedded broker accepts every device derived from the secret."""
+    """mosquitto and NATS refuse it; the embedded broker accepts every device from the secret."""
     code = connack(broker, "not-provisioned")
     assert code is not None
-    assert code.is_failure is (broker.kind == "mosquitto"), code
+    assert code.is_failure is (broker.kind != "embedded"), code
 
 
 # -- sessions ------------------------------------------------------------------------------------

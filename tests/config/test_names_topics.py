@@ -7,6 +7,7 @@ import pytest
 from devicefabric.config.errors import InvalidDeviceNameError, TopicError
 from devicefabric.config.names import is_device_name, is_object_key, validate_device
 from devicefabric.config.topics import (
+    DEFAULT_ROOT,
     DeviceTopic,
     Topics,
     covers,
@@ -163,3 +164,21 @@ def test_filter_validity(flt: str, ok: bool) -> None:
 def test_publish_topic_validation(topic: str) -> None:
     with pytest.raises(TopicError):
         validate_publish_topic(topic)
+
+
+@pytest.mark.parametrize("token", ["abc", "1f2e.3", "a.b.c", ""])
+def test_sync_marker_has_no_dot_no_device_and_is_covered_by_desired(token: str) -> None:
+    topics = Topics(DEFAULT_ROOT)
+    marker = topics.sync_marker(token)
+    assert "." not in marker  # NATS disconnects a client naming a topic with a `.`
+    assert topics.is_sync_marker(marker)
+    assert matches(topics.all_devices(DeviceTopic.DESIRED), marker)
+    level = marker.split("/")[-2]
+    assert not is_device_name(level)
+
+
+def test_is_sync_marker_is_false_for_device_topics() -> None:
+    topics = Topics(DEFAULT_ROOT)
+    assert not topics.is_sync_marker(topics.desired("dev-a"))
+    assert not topics.is_sync_marker(topics.desired("sync-a"))
+    assert not topics.is_sync_marker("other/v1/devices/_sync-x/desired")

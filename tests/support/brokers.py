@@ -40,7 +40,7 @@ from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from tests.support.ports import free_port, port_open
 
-BrokerKind = Literal["embedded", "mosquitto"]
+BrokerKind = Literal["embedded", "mosquitto", "nats"]  # nats: tests/support/nats.py
 KINDS: Final[tuple[BrokerKind, ...]] = ("mosquitto", "embedded")
 # For `params=`: the mosquitto case carries the `mosquitto` marker (needs the binary).
 KIND_PARAMS: Final = (
@@ -50,7 +50,7 @@ KIND_PARAMS: Final = (
 
 MOSQUITTO: Final = Path(os.environ.get("DEVICEFABRIC_TEST_MOSQUITTO", "/usr/sbin/mosquitto"))
 HOST: Final = "127.0.0.1"
-START_TIMEOUT: Final = {"mosquitto": 5.0, "embedded": 20.0}
+START_TIMEOUT: Final = {"mosquitto": 5.0, "embedded": 20.0, "nats": 20.0}
 STOP_TIMEOUT: Final = 5.0
 EMBEDDED_READY: Final = b"broker listening on"
 

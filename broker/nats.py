@@ -1,0 +1,193 @@
+"""Node configs for a NATS server cluster serving MQTT over JetStream, from the rule table.
+
+NATS server (2.9) speaks MQTT 3.1.1 on top of JetStream, which replicates retained messages and
+sessions over the cluster. This module turns the fabric's one access-rule table (`config.access`)
+into N node configs (JSON, which the NATS config parser reads), one per node:
+
+- `server_name` per node, JetStream with its own store directory, one cluster with routes to every
+  other node, and the `mqtt` block with `stream_replicas` = min(3, N): with NATS' default (2 on a
+  3-node cluster, measured) killing one node made every new CONNECT fail until it came back;
+- one user per device (2.9 has no per-user templates outside JWT mode), the `bridge` and the
+  `observer`, each with the derived fabric password as a bcrypt hash (the same hash in every node)
+  and `allowed_connection_types: ["MQTT"]`: no fabric user may log in over the NATS protocol, where
+  it could subscribe to internal subjects;
+- permissions generated from `rules_for(...)` filters with the MQTT -> subject mapping (`/` -> `.`,
+  `+` -> `*`, `#` -> `>`); every user may subscribe to `$MQTT.sub.>` (a QoS 1 subscription needs
+  it), and a receive filter `a/#` also grants subject `a` (MQTT's `#` matches the parent level,
+  NATS' `>` does not).
+
+What NATS cannot express (docs/scale.md): a device's client id is not bound to its name, a will is
+checked as an ordinary publish (any topic the user may publish to), and a publish into a forbidden
+subject is acknowledged (PUBACK) and dropped rather than refused, and the MQTT listener does not
+apply `max_payload` (an MQTT PUBLISH over 64 KiB is delivered, measured on 2.9.10). Revoked devices
+are left out.
+
+Everything here is pure except `write_configs`; bcrypt is imported only when hashing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from devicefabric.config.access import AccessRules, rules_for
+from devicefabric.config.credentials import password_for
+from devicefabric.config.errors import ConfigError
+from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER, validate_device
+from devicefabric.config.settings import HostPort
+from devicefabric.config.topics import DEFAULT_ROOT, Topics
+
+CLUSTER_NAME: Final = "devicefabric"
+MAX_STREAM_REPLICAS: Final = 3
+MQTT_SUB_SUBJECT: Final = "$MQTT.sub.>"  # a QoS 1 subscription's internal consumer subject
+DEFAULT_BCRYPT_ROUNDS: Final = 11
+CONF_SUFFIX: Final = ".conf"
+
+Hasher = Callable[[str], str]
+NodeConf = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NatsNode:
+    """One node's addresses as its peers and clients see them, and its JetStream store."""
+
+    name: str
+    client: HostPort
+    cluster: HostPort
+    mqtt: HostPort
+    store_dir: Path
+
+
+def subject_of(topic_filter: str) -> str:
+    """The NATS subject of an MQTT topic or filter: `/` -> `.`, `+` -> `*`, `#` -> `>`."""
+    if "." in topic_filter:
+        raise ConfigError(f"NATS cannot carry a topic containing '.': {topic_filter!r}")
+    levels = topic_filter.split("/")
+    return ".".join({"+": "*", "#": ">"}.get(level, level) for level in levels)
+
+
+def subscribe_subjects(receive: Iterable[str]) -> list[str]:
+    """The subjects a user may subscribe to for its receive filters (`a/#` also grants `a`)."""
+    subjects: list[str] = []
+    for topic_filter in receive:
+        if topic_filter.endswith("/#"):
+            subjects.append(subject_of(topic_filter[:-2]))
+        subjects.append(subject_of(topic_filter))
+    subjects.append(MQTT_SUB_SUBJECT)
+    return list(dict.fromkeys(subjects))
+
+
+def permissions_of(rules: AccessRules) -> dict[str, Any]:
+    """A NATS `permissions` block allowing exactly the rules' publish and receive filters."""
+    publish = list(dict.fromkeys(subject_of(f) for f in (*rules.publish, *rules.will)))
+    perms: dict[str, Any] = {"subscribe": {"allow": subscribe_subjects(rules.receive)}}
+    perms["publish"] = {"allow": publish} if publish else {"deny": [">"]}
+    return perms
+
+
+def bcrypt_hasher(rounds: int = DEFAULT_BCRYPT_ROUNDS) -> Hasher:
+    """A bcrypt hasher (`$2b$` hashes, which NATS verifies); needs the `broker` extra."""
+    try:
+        import bcrypt  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(f"bcrypt is missing: pip install 'devicefabric[broker]' ({exc})") from exc
+
+    def hash_password(password: str) -> str:
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+    return hash_password
+
+
+def users(
+    devices: Iterable[str], secret: bytes, topics: Topics, hasher: Hasher
+) -> list[dict[str, Any]]:
+    """The `authorization.users` list: every device, the bridge and the observer, MQTT only."""
+    names = [validate_device(d) for d in dict.fromkeys(devices)]
+    return [
+        {
+            "user": name,
+            "password": hasher(password_for(secret, name)),
+            "allowed_connection_types": ["MQTT"],
+            "permissions": permissions_of(rules_for(name, topics)),
+        }
+        for name in (*names, BRIDGE_USER, OBSERVER_USER)
+    ]
+
+
+def node_configs(
+    nodes: Sequence[NatsNode], user_list: Sequence[Mapping[str, Any]]
+) -> dict[str, NodeConf]:
+    """One config per node name; every node routes to every other and shares the users."""
+    if not nodes:
+        raise ConfigError("a NATS cluster needs at least one node")
+    if len({n.name for n in nodes}) != len(nodes):
+        raise ConfigError("NATS node names must be distinct")
+    replicas = min(MAX_STREAM_REPLICAS, len(nodes))
+    confs: dict[str, NodeConf] = {}
+    for node in nodes:
+        conf: NodeConf = {
+            "server_name": node.name,
+            "listen": str(node.client),
+            "jetstream": {"store_dir": str(node.store_dir)},
+            "mqtt": {"listen": str(node.mqtt), "stream_replicas": replicas},
+            "authorization": {"users": list(user_list)},
+        }
+        if len(nodes) > 1:
+            conf["cluster"] = {
+                "name": CLUSTER_NAME,
+                "listen": str(node.cluster),
+                "routes": [f"nats-route://{p.cluster}" for p in nodes if p is not node],
+            }
+        confs[node.name] = conf
+    return confs
+
+
+def plan_nodes(hosts: Sequence[str], base: Mapping[str, int], store_root: Path) -> list[NatsNode]:
+    """Node k on `hosts[k]`: base ports, plus k when several nodes share a host (a test cluster)."""
+    if not hosts:
+        raise ConfigError("a NATS cluster needs at least one node")
+    shared = len(set(hosts)) < len(hosts)
+    return [
+        NatsNode(
+            name=f"nats-{k}",
+            client=HostPort(host, base["client"] + (k if shared else 0)),
+            cluster=HostPort(host, base["cluster"] + (k if shared else 0)),
+            mqtt=HostPort(host, base["mqtt"] + (k if shared else 0)),
+            store_dir=store_root / f"nats-{k}",
+        )
+        for k, host in enumerate(hosts)
+    ]
+
+
+def write_configs(out: Path, confs: Mapping[str, NodeConf]) -> list[Path]:
+    """Write `<node>.conf` per node (mode 0600: it holds password hashes); return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, conf in confs.items():
+        path = out / f"{name}{CONF_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(conf, f, indent=2)
+        written.append(path)
+    return written
+
+
+def generate(
+    out: Path,
+    nodes: Sequence[NatsNode],
+    devices: Iterable[str],
+    secret: bytes,
+    *,
+    root: str = DEFAULT_ROOT,
+    revoked: Iterable[str] = (),
+    hasher: Hasher | None = None,
+) -> list[Path]:
+    """Compose and write the node configs; revoked devices get no user at all."""
+    gone = set(revoked)
+    kept = [d for d in devices if d not in gone]
+    user_list = users(kept, secret, Topics(root), hasher or bcrypt_hasher())
+    return write_configs(out, node_configs(nodes, user_list))
