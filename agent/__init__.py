@@ -18,6 +18,7 @@ Kubernetes libraries out of this package.
 """
 
 from devicefabric.agent.errors import AgentError, LoginRefusedError, StateDirError
-from devicefabric.agent.running import Agent, AgentSettings
+from devicefabric.agent.running import Agent
+from devicefabric.agent.settings import AgentSettings
 
 __all__ = ["Agent", "AgentError", "AgentSettings", "LoginRefusedError", "StateDirError"]

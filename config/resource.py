@@ -15,7 +15,28 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from devicefabric.config.lean import (
+    ARG_PATTERN,
+    ENV_NAME_PATTERN,
+    MAX_ARG_LENGTH,
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_ENV_NAME,
+    MAX_GRACE_S,
+    MAX_MESSAGE,
+    PhaseName,
+    RestartPolicyName,
+)
 from devicefabric.config.names import DEVICE_NAME_PATTERN, RESERVED_NAMES
+
+__all__ = [
+    "MAX_ARG_LENGTH",
+    "MAX_COMMAND_ITEMS",
+    "MAX_ENV_ITEMS",
+    "MAX_MESSAGE",
+    "PhaseName",
+    "RestartPolicyName",
+]
 
 GROUP: Final = "devicefabric.io"
 VERSION: Final = "v1alpha1"
@@ -23,11 +44,6 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 KIND: Final = "DeviceProcess"
 PLURAL: Final = "deviceprocesses"
 SHORT_NAME: Final = "dproc"
-
-MAX_COMMAND_ITEMS: Final = 256
-MAX_ARG_LENGTH: Final = 4096
-MAX_ENV_ITEMS: Final = 256
-MAX_MESSAGE: Final = 1024
 
 
 class Phase(enum.StrEnum):
@@ -46,12 +62,8 @@ class RestartPolicy(enum.StrEnum):
     NEVER = "Never"
 
 
-# Literal twins of the enums for model fields: strict validation accepts the JSON strings (and the
-# StrEnum members, which are equal strings), where an enum field would demand enum instances.
-PhaseName = Literal[
-    "Pending", "Running", "Succeeded", "Failed", "Stopped", "CrashLoopBackOff", "Unknown"
-]
-RestartPolicyName = Literal["Always", "OnFailure", "Never"]
+# `PhaseName` and `RestartPolicyName` (config.lean) are the Literal twins of the enums for model
+# fields: strict validation accepts the JSON strings (and the StrEnum members, equal strings).
 
 
 class _CamelModel(BaseModel):
@@ -64,8 +76,10 @@ class _CamelModel(BaseModel):
     )
 
 
-EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")]
-Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_LENGTH, pattern=r"^[^\x00]*$")]
+EnvName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ENV_NAME, pattern=ENV_NAME_PATTERN)
+]
+Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_LENGTH, pattern=ARG_PATTERN)]
 
 
 class EnvVar(_CamelModel):
@@ -82,7 +96,7 @@ class DeviceProcessSpec(_CamelModel):
     working_dir: Arg | None = None
     restart_policy: RestartPolicyName = "Always"
     suspend: bool = False
-    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = 10
 
     @field_validator("device_name")
     @classmethod
