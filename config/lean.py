@@ -182,10 +182,8 @@ def _obj(
     out: dict[str, object] = {}
     for key, item in value.items():
         field = fields.get(key)
-        if field is None:
+        if field is None or field in out:  # an alias and its field name: one is extra
             raise _SchemaError(f"{loc}.{key}".lstrip("."), "Extra inputs are not permitted")
-        if field in out and key != field:  # the alias wins over the field name
-            continue
         out[field] = item
     for field in required:
         if field not in out:
@@ -306,8 +304,34 @@ def _desired(value: object) -> Desired:
     return Desired(revision, processes)
 
 
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
+MAX_JSON_DEPTH: Final = 200  # pydantic-core's JSON parser: a value inside 201 containers fails
+
+
+def _too_deep(doc: object) -> bool:
+    """True when some value sits inside more than `MAX_JSON_DEPTH` containers."""
+    stack: list[tuple[object, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if type(value) is dict else value if type(value) is list else ()
+        for child in children:
+            if depth + 1 > MAX_JSON_DEPTH:
+                return True
+            stack.append((child, depth + 1))
+    return False
+
+
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _parse(payload: bytes) -> object:
+    """JSON as pydantic-core reads it: UTF-8 only, NaN and Infinity allowed, no lone surrogate
+    escapes (a pair is one character). Raises ValueError (UnicodeError, JSONDecodeError)."""
+    doc = json.loads(payload.decode())
+    if payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH and _too_deep(doc):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
+    if _SURROGATE_ESCAPE.search(payload):
+        canonical_json(doc)  # UnicodeEncodeError for a lone surrogate
+    return doc
 
 
 def decode_desired(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Desired:
@@ -315,7 +339,7 @@ def decode_desired(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Desired:
     if len(payload) > limit:
         raise PayloadError("desired", "oversized", f"{len(payload)} bytes > limit {limit}")
     try:
-        doc = json.loads(payload.decode(), parse_constant=_no_constant)
+        doc = _parse(payload)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
         raise PayloadError(
             "desired", "invalid_json", f"<root>: Invalid JSON: {exc}"[:300]
@@ -351,7 +375,7 @@ def decode_status(payload: bytes) -> tuple[str, str] | PayloadError:
     """`(state, session)` of a status document (online or offline, as `wire.DeviceStatus`
     checks them), or the `PayloadError` saying why it is not one (returned, not raised)."""
     try:
-        doc = json.loads(payload.decode(), parse_constant=_no_constant)
+        doc = _parse(payload)
     except (ValueError, RecursionError) as exc:
         return PayloadError("status", "invalid_json", f"<root>: Invalid JSON: {exc}"[:300])
     try:
