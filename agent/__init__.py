@@ -1,6 +1,7 @@
 """The device agent: one MQTT session, a process supervisor, persisted desired state.
 
     cli          `devicefabric agent run` flags -> AgentSettings -> Agent.run under signals
+    settings     AgentSettings: a dataclass with explicit checks and one-line errors
     running      Agent: composes everything below; shutdown order; applies `desired`
     session      birth / will / heartbeat / status watch / reconnect back-off
     connection   one paho client driven by the asyncio loop (the only paho code)
@@ -13,11 +14,13 @@
     persisting   the last applied document, written atomically
     leftovers    children of a crashed run, stopped by the next one
 
-A bare install (paho-mqtt + pydantic) is enough: import-linter keeps broker, bridge and
-Kubernetes libraries out of this package.
+A bare install is enough: import-linter keeps broker, bridge and Kubernetes libraries out of
+this package, and pydantic out of the agent process (it decodes and encodes with `config.lean`,
+held equal to the pydantic wire models by a property test), which keeps its RSS near paho's.
 """
 
 from devicefabric.agent.errors import AgentError, LoginRefusedError, StateDirError
-from devicefabric.agent.running import Agent, AgentSettings
+from devicefabric.agent.running import Agent
+from devicefabric.agent.settings import AgentSettings
 
 __all__ = ["Agent", "AgentError", "AgentSettings", "LoginRefusedError", "StateDirError"]

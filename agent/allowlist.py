@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.resource import MAX_MESSAGE
+from devicefabric.config.lean import MAX_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)

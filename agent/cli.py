@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationError
-
 from devicefabric.agent.errors import LoginRefusedError, StateDirError
-from devicefabric.agent.running import Agent, AgentSettings
+from devicefabric.agent.running import Agent
+from devicefabric.agent.settings import HELP, AgentSettings, InvalidSettingError, Secret
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.lifecycle import run_program
@@ -44,7 +43,7 @@ FLAGS = {
 
 
 def _help(field: str) -> str:
-    return AgentSettings.model_fields[field].description or ""
+    return HELP[field]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,7 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         return AgentSettings(
             device=args.device,
             broker=broker,
-            password=SecretStr(read_password_file(args.password_file)),
+            password=Secret(read_password_file(args.password_file)),
             state_dir=args.state_dir,
             heartbeat_s=int(args.heartbeat),
             tls_ca=args.tls_ca,
@@ -99,12 +98,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
             max_reconnect_backoff_s=float(args.max_reconnect_backoff),
             root=args.root,
         )
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        flag = FLAGS.get(field, field)
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{flag}: {message}") from None
+    except InvalidSettingError as exc:
+        raise ConfigError(f"{FLAGS.get(exc.field, exc.field)}: {exc.message}") from None
 
 
 def _run(args: argparse.Namespace) -> int:

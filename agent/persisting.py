@@ -23,7 +23,7 @@ from typing import Final
 from devicefabric.agent.errors import StateDirError
 from devicefabric.agent.reconciling import RejectedDesiredError, wants_of
 from devicefabric.config.errors import PayloadError
-from devicefabric.config.wire import Desired, decode_desired, encode
+from devicefabric.config.lean import Desired, decode_desired, encode_desired
 
 log = logging.getLogger("devicefabric.agent.persisting")
 
@@ -67,7 +67,7 @@ class StateStore:
 
     def save(self, doc: Desired) -> None:
         """Persist `doc` atomically (temp file, fsync, rename, fsync directory)."""
-        payload = encode(doc)
+        payload = encode_desired(doc)
         tmp = self.path.with_name(f".{DESIRED_FILE}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

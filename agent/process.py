@@ -46,7 +46,7 @@ from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.backoff import Backoff
 from devicefabric.agent.leftovers import ChildLedger
 from devicefabric.agent.reconciling import Want
-from devicefabric.config.resource import MAX_MESSAGE, PhaseName, RestartPolicyName
+from devicefabric.config.lean import MAX_MESSAGE, PhaseName, RestartPolicyName
 
 log = logging.getLogger("devicefabric.agent.process")
 

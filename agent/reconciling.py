@@ -22,8 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from devicefabric.agent.errors import AgentError
-from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import Desired
+from devicefabric.config.lean import Desired, ProcessSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +32,7 @@ class Want:
     key: str
     uid: str
     generation: int
-    spec: DeviceProcessSpec
+    spec: ProcessSpec
 
     def same_as(self, other: Want) -> bool:
         """True when running `other` already satisfies this entry (no restart needed)."""

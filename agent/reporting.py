@@ -14,13 +14,27 @@ applied document's `<namespace>/<name>`; `revision` is the applied document's re
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from devicefabric.agent.process import ProcessState
-from devicefabric.config.wire import ProcessReport, Report
+from devicefabric.config import lean
 
 
-def process_report(state: ProcessState) -> ProcessReport:
-    return ProcessReport(
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One report document; `encode()` gives its canonical wire bytes."""
+
+    session: str
+    seq: int
+    revision: str
+    processes: dict[str, dict[str, object]]
+
+    def encode(self) -> bytes:
+        return lean.encode_report(self.session, self.seq, self.revision, self.processes)
+
+
+def process_report(state: ProcessState) -> dict[str, object]:
+    return lean.process_report(
         generation=state.generation,
         phase=state.phase,
         pid=state.pid,

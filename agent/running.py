@@ -1,4 +1,4 @@
-"""The agent: settings, and `Agent.run()` composing session, supervisor, reports and persistence.
+"""The agent: `Agent.run()` composing session, supervisor, reports and persistence.
 
     Agent.run()
       outer TaskGroup
@@ -28,10 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from pathlib import Path
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from devicefabric import __version__
 from devicefabric.agent.allowlist import CommandPolicy
@@ -42,88 +38,13 @@ from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.reconciling import RejectedDesiredError, Want, wants_of
 from devicefabric.agent.reporting import ReportBook
 from devicefabric.agent.session import Session, SessionSettings
+from devicefabric.agent.settings import AgentSettings
 from devicefabric.agent.supervising import Supervisor
-from devicefabric.config.errors import ConfigError, PayloadError
-from devicefabric.config.names import validate_device
-from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, BrokerURL
-from devicefabric.config.topics import DEFAULT_ROOT, Topics, validate_root
-from devicefabric.config.wire import Desired, decode_desired, encode
+from devicefabric.config.errors import PayloadError
+from devicefabric.config.lean import Desired, decode_desired
+from devicefabric.config.topics import Topics
 
 log = logging.getLogger("devicefabric.agent")
-
-
-class AgentSettings(BaseModel):
-    """Everything the agent needs; the CLI builds it from flags (each flag's help is here)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
-    device: Annotated[
-        str,
-        Field(description="this device's name: its MQTT user name, client id and topic level"),
-    ]
-    broker: Annotated[
-        BrokerURL, Field(description="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
-    ]
-    password: Annotated[SecretStr, Field(description="this device's MQTT password")]
-    state_dir: Annotated[
-        Path,
-        Field(description="directory for the persisted desired document (created, mode 0700)"),
-    ]
-    heartbeat_s: Annotated[
-        int,
-        Field(ge=1, le=86400, description="seconds between heartbeats"),
-    ] = DEFAULT_HEARTBEAT_S
-    tls_ca: Annotated[
-        Path | None,
-        Field(description="CA bundle to verify an mqtts:// broker (default: the system's)"),
-    ] = None
-    allow_command: Annotated[
-        tuple[str, ...],
-        Field(
-            description="only run commands starting with this prefix (repeatable; a word ending "
-            "in / allows any program under that directory, symlinks resolved; none given: "
-            "allow every command, variable and directory)"
-        ),
-    ] = ()
-    allow_env: Annotated[
-        tuple[str, ...],
-        Field(
-            description="with --allow-command: an env variable a spec may set (repeatable; "
-            "none given: a spec may set none)"
-        ),
-    ] = ()
-    allow_workdir: Annotated[
-        tuple[str, ...],
-        Field(
-            description="with --allow-command: a directory a spec's workingDir may be or lie "
-            "in, symlinks resolved (repeatable; none given: a spec may not set workingDir)"
-        ),
-    ] = ()
-    max_backoff_s: Annotated[
-        float,
-        Field(gt=0, le=3600, description="cap in seconds of the crash-restart back-off"),
-    ] = 10.0
-    max_reconnect_backoff_s: Annotated[
-        float,
-        Field(gt=0, le=3600, description="cap in seconds of the reconnect back-off"),
-    ] = 30.0
-    root: Annotated[str, Field(description="topic root of the fabric")] = DEFAULT_ROOT
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        try:
-            return validate_device(value)
-        except ConfigError as exc:  # a ValueError lets pydantic name the field
-            raise ValueError(str(exc)) from None
-
-    @field_validator("root")
-    @classmethod
-    def _root(cls, value: str) -> str:
-        try:
-            return validate_root(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class Agent:
@@ -240,7 +161,7 @@ class Agent:
         if session is None or self._applied is None:
             return
         report = self._book.next(session, self._applied.revision, self._supervisor.snapshot())
-        if report is not None and not self._session.publish_report(encode(report)):
+        if report is not None and not self._session.publish_report(report.encode()):
             log.debug("report %d not sent: connection down", report.seq, extra=self._extra)
 
     # -- persistence ---------------------------------------------------------------------------

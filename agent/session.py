@@ -39,16 +39,10 @@ from paho.mqtt import client as mqtt
 from devicefabric.agent.backoff import Backoff
 from devicefabric.agent.connection import Connection, ConnectionLostError, Endpoint, WillMessage
 from devicefabric.agent.errors import LoginRefusedError
+from devicefabric.config import lean
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.settings import BrokerURL
 from devicefabric.config.topics import Topics
-from devicefabric.config.wire import (
-    Heartbeat,
-    StatusOffline,
-    StatusOnline,
-    decode_status,
-    encode,
-)
 
 log = logging.getLogger("devicefabric.agent.session")
 
@@ -136,8 +130,8 @@ class Session:
             keepalive=conf.keepalive,
             tls_ca=conf.tls_ca,
         )
-        will = StatusOffline(state="offline", session=session, reason="lost")
-        return Connection(endpoint, WillMessage(self._t_status, encode(will)), session)
+        will = lean.encode_offline(session, "lost")
+        return Connection(endpoint, WillMessage(self._t_status, will), session)
 
     async def run(self) -> None:
         backoff = Backoff(
@@ -201,20 +195,17 @@ class Session:
         return True
 
     def _birth(self, conn: Connection) -> None:
-        birth = StatusOnline(
-            state="online",
-            session=conn.session,
-            heartbeat_s=self._settings.heartbeat_s,
-            agent=self._settings.agent_version,
+        birth = lean.encode_online(
+            conn.session, self._settings.heartbeat_s, self._settings.agent_version
         )
-        conn.publish(self._t_status, encode(birth), qos=1, retain=True)
+        conn.publish(self._t_status, birth, qos=1, retain=True)
 
     async def _heartbeats(self, conn: Connection) -> None:
         seq = 0
         while True:
             await asyncio.sleep(self._settings.heartbeat_s)
             seq += 1
-            beat = encode(Heartbeat(session=conn.session, seq=seq))
+            beat = lean.encode_heartbeat(conn.session, seq)
             conn.publish(self._t_heartbeat, beat, qos=0, retain=False)
             log.debug("heartbeat %d", seq, extra=self._extra())
 
@@ -236,14 +227,14 @@ class Session:
     def _check_status(self, conn: Connection, payload: bytes) -> None:
         if self._closing:  # our own clean offline coming back must stay the last word
             return
-        try:
-            status = decode_status(payload)
-        except PayloadError as exc:
-            seen = f"an invalid status ({exc.reason})"
+        status = lean.decode_status(payload)
+        if isinstance(status, PayloadError):
+            seen = f"an invalid status ({status.reason})"
         else:
-            if isinstance(status, StatusOnline) and status.session == conn.session:
+            state, session = status
+            if state == "online" and session == conn.session:
                 return
-            seen = f"{status.state} for session {status.session}"
+            seen = f"{state} for session {session}"
         log.info("status topic says %s: republishing birth", seen, extra=self._extra())
         self._birth(conn)
 
@@ -254,10 +245,10 @@ class Session:
         conn = self._conn
         if conn is None or conn.lost.done():
             return
-        offline = StatusOffline(state="offline", session=conn.session, reason="shutdown")
+        offline = lean.encode_offline(conn.session, "shutdown")
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await conn.publish_acked(self._t_status, encode(offline))
+                await conn.publish_acked(self._t_status, offline)
         except (TimeoutError, ConnectionLostError) as exc:
             log.warning("clean offline not acknowledged: %s", exc or "timeout", extra=self._extra())
         conn.client.disconnect()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, cast
+from typing import Final, NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
@@ -27,11 +27,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+_GLOBAL_VALUED: Final = frozenset({"--log-format", "--log-level"})
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names (the first word that is not a global option), if any."""
+    words = iter(argv)
+    for word in words:
+        if word in _GLOBAL_VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; for `command="agent"` only the agent's verbs, so that the device agent
+    never imports the bridge's and the control planes' libraries (pydantic among them)."""
     from devicefabric.agent import cli as agent_cli  # noqa: PLC0415 - keep `--help` cheap
-    from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
-    from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
-    from devicefabric.cli import creds, manifests, status, up  # noqa: PLC0415
 
     parser = _Parser(
         prog="devicefabric",
@@ -50,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "argparse._SubParsersAction[argparse.ArgumentParser]",
         parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
     )
+    if command == "agent":
+        agent_cli.register(sub)
+        return parser
+    from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
+    from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
+    from devicefabric.cli import creds, manifests, status, up  # noqa: PLC0415
+
     up.register(sub)
     broker_cli.register(sub)
     bridge_cli.register(sub)
@@ -64,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()  # every program: the hard limit is what the administrator granted
     try:
-        parser = build_parser()
+        parser = build_parser(command_of(sys.argv[1:] if argv is None else argv))
     except ConfigError as exc:  # e.g. a DEVICEFABRIC_<FLAG> variable that does not parse
         print(f"devicefabric: error: {exc}", file=sys.stderr)
         return 2

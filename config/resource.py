@@ -9,7 +9,6 @@ messages are fixed strings per reason (never a clock or an age), and `set_condit
 from __future__ import annotations
 
 import enum
-import json
 from typing import Annotated, Final, Literal
 
 from pydantic import (
@@ -23,7 +22,31 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from devicefabric.config.lean import (
+    ARG_PATTERN,
+    ENV_NAME_PATTERN,
+    MAX_ARG_LENGTH,
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_ENV_NAME,
+    MAX_GRACE_S,
+    MAX_MESSAGE,
+    MAX_SPEC_BYTES,
+    PhaseName,
+    RestartPolicyName,
+    spec_bytes,
+)
 from devicefabric.config.names import DEVICE_NAME_PATTERN, RESERVED_NAMES
+
+__all__ = [
+    "MAX_ARG_LENGTH",
+    "MAX_COMMAND_ITEMS",
+    "MAX_ENV_ITEMS",
+    "MAX_MESSAGE",
+    "MAX_SPEC_BYTES",
+    "PhaseName",
+    "RestartPolicyName",
+]
 
 GROUP: Final = "devicefabric.io"
 VERSION: Final = "v1alpha1"
@@ -31,18 +54,6 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 KIND: Final = "DeviceProcess"
 PLURAL: Final = "deviceprocesses"
 SHORT_NAME: Final = "dproc"
-
-MAX_COMMAND_ITEMS: Final = 256
-MAX_ARG_LENGTH: Final = 4096
-MAX_ENV_ITEMS: Final = 256
-# The bytes command, env and workingDir take together in the desired document (UTF-8 inside JSON
-# strings, escapes included: a control character costs 6 bytes): one resource alone must fit in
-# its device's desired document (64 KiB) with room for others; more makes the spec invalid. (The
-# CRD bounds each item; a total is not expressible there, so the bridge checks it as `InvalidSpec`.)
-# With the item counts bounded, one spec is at most 32 KiB + 256 x 3 (`"",` per argument) +
-# 256 x 23 (`{"name":"","value":""},` per variable) + < 1 KiB of keys and metadata: < 41 KiB.
-MAX_SPEC_BYTES: Final = 32 * 1024
-MAX_MESSAGE: Final = 1024
 
 
 class Phase(enum.StrEnum):
@@ -61,12 +72,8 @@ class RestartPolicy(enum.StrEnum):
     NEVER = "Never"
 
 
-# Literal twins of the enums for model fields: strict validation accepts the JSON strings (and the
-# StrEnum members, which are equal strings), where an enum field would demand enum instances.
-PhaseName = Literal[
-    "Pending", "Running", "Succeeded", "Failed", "Stopped", "CrashLoopBackOff", "Unknown"
-]
-RestartPolicyName = Literal["Always", "OnFailure", "Never"]
+# `PhaseName` and `RestartPolicyName` (config.lean) are the Literal twins of the enums for model
+# fields: strict validation accepts the JSON strings (and the StrEnum members, equal strings).
 
 
 class _CamelModel(BaseModel):
@@ -79,18 +86,15 @@ class _CamelModel(BaseModel):
     )
 
 
-EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")]
-Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_LENGTH, pattern=r"^[^\x00]*$")]
+EnvName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ENV_NAME, pattern=ENV_NAME_PATTERN)
+]
+Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_LENGTH, pattern=ARG_PATTERN)]
 
 
 class EnvVar(_CamelModel):
     name: EnvName
     value: Arg = ""
-
-
-def _encoded(text: str) -> int:
-    """Bytes `text` takes inside a JSON string of the desired document (escapes included)."""
-    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
 
 
 class DeviceProcessSpec(_CamelModel):
@@ -102,7 +106,7 @@ class DeviceProcessSpec(_CamelModel):
     working_dir: Arg | None = None
     restart_policy: RestartPolicyName = "Always"
     suspend: bool = False
-    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = 10
 
     @field_validator("device_name")
     @classmethod
@@ -117,9 +121,7 @@ class DeviceProcessSpec(_CamelModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> DeviceProcessSpec:
-        size = sum(_encoded(arg) for arg in self.command)
-        size += sum(_encoded(var.name) + _encoded(var.value) for var in self.env)
-        size += _encoded(self.working_dir or "")
+        size = spec_bytes(self.command, [(v.name, v.value) for v in self.env], self.working_dir)
         if size > MAX_SPEC_BYTES:
             raise PydanticCustomError(
                 "spec_too_large",

@@ -10,7 +10,6 @@ desired `revision` is a stable digest of the process list.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import datetime
 from typing import Annotated, Final, Literal, TypeVar
@@ -28,17 +27,23 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from devicefabric.config.errors import PayloadError
+from devicefabric.config.lean import (
+    MAX_PAYLOAD_BYTES,
+    MAX_PROCESSES,
+    MAX_TOKEN,
+    MAX_UID,
+    REVISION_PATTERN,
+    SESSION_PATTERN,
+    canonical_json,
+)
 from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN, is_object_key
 from devicefabric.config.resource import MAX_MESSAGE, DeviceProcessSpec, PhaseName
 
-MAX_PAYLOAD_BYTES: Final = 64 * 1024
-MAX_PROCESSES: Final = 256
-
 Session = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    str, StringConstraints(min_length=1, max_length=MAX_TOKEN, pattern=SESSION_PATTERN)
 ]
 Revision = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:]+$")
+    str, StringConstraints(min_length=1, max_length=MAX_TOKEN, pattern=REVISION_PATTERN)
 ]
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
 # Integers the bridge copies into a resource's status: Kubernetes stores int64, so a larger value
@@ -128,7 +133,7 @@ class Report(_Wire):
 class DesiredProcess(_Wire):
     namespace: Namespace
     name: ObjectName
-    uid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    uid: Annotated[str, StringConstraints(min_length=1, max_length=MAX_UID)]
     generation: Count
     spec: DeviceProcessSpec
 
@@ -156,8 +161,7 @@ class BridgeStatus(_Wire):
 
 
 # -- encoding ----------------------------------------------------------------------------------
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+__all__ = ["MAX_PAYLOAD_BYTES", "MAX_PROCESSES", "canonical_json"]
 
 
 def encode(model: BaseModel) -> bytes:

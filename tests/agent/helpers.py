@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from devicefabric.agent.reconciling import Want
+from devicefabric.config import lean
 from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import Desired, DesiredProcess, make_desired
+from devicefabric.config.wire import Desired, DesiredProcess, encode, make_desired
 
 DEVICE = "tor9-99"
 NAMESPACE = "default"
@@ -21,8 +22,20 @@ def spec(command: list[str], device: str = DEVICE, **fields: Any) -> DeviceProce
     return DeviceProcessSpec(device_name=device, command=command, **fields)
 
 
+def lean_of(doc: Desired) -> lean.Desired:
+    """The agent's (pydantic-free) form of a desired document built with the wire models."""
+    return lean.decode_desired(encode(doc))
+
+
+def lean_spec(model: DeviceProcessSpec) -> lean.ProcessSpec:
+    """The agent's form of a spec built with the resource model."""
+    entry = DesiredProcess(namespace=NAMESPACE, name="x", uid="u", generation=1, spec=model)
+    return lean_of(make_desired([entry])).processes[0].spec
+
+
 def want(name: str, command: list[str], generation: int = 1, **fields: Any) -> Want:
-    return Want(f"{NAMESPACE}/{name}", f"uid-{name}", generation, spec(command, **fields))
+    key = f"{NAMESPACE}/{name}"
+    return Want(key, f"uid-{name}", generation, lean_spec(spec(command, **fields)))
 
 
 def desired_process(

@@ -10,24 +10,28 @@ import pytest
 
 from devicefabric.agent.errors import StateDirError
 from devicefabric.agent.persisting import CORRUPT_SUFFIX, DESIRED_FILE, StateStore
+from devicefabric.config.lean import Desired, encode_desired
 from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import Desired, DesiredProcess, make_desired
+from devicefabric.config.wire import DesiredProcess, make_desired
+from tests.agent.helpers import lean_of
 
 DEVICE = "tor9-99"
 
 
 def doc(*names: str, device: str = DEVICE) -> Desired:
-    return make_desired(
-        [
-            DesiredProcess(
-                namespace="default",
-                name=name,
-                uid=f"uid-{name}",
-                generation=1,
-                spec=DeviceProcessSpec(device_name=device, command=["/bin/sleep", "9"]),
-            )
-            for name in names
-        ]
+    return lean_of(
+        make_desired(
+            [
+                DesiredProcess(
+                    namespace="default",
+                    name=name,
+                    uid=f"uid-{name}",
+                    generation=1,
+                    spec=DeviceProcessSpec(device_name=device, command=["/bin/sleep", "9"]),
+                )
+                for name in names
+            ]
+        )
     )
 
 
@@ -71,7 +75,7 @@ def test_a_failed_write_keeps_the_previous_document(
         b'{"revision": "r", "processes": "nope"}',
         b"",
         b"x" * (64 * 1024 + 1),
-        doc("a", device="another-device").model_dump_json(by_alias=True).encode(),
+        encode_desired(doc("a", device="another-device")),
     ],
     ids=["invalid-json", "schema", "empty", "oversized", "other-device"],
 )

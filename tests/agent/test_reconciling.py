@@ -13,15 +13,19 @@ from devicefabric.agent.reconciling import (
     reconcile,
     wants_of,
 )
+from devicefabric.config import lean
 from devicefabric.config.resource import DeviceProcessSpec
-from devicefabric.config.wire import Desired, DesiredProcess, make_desired
+from devicefabric.config.wire import DesiredProcess, make_desired
+from tests.agent.helpers import lean_of, lean_spec
 
 DEVICE = "tor9-99"
 
 
 def want(name: str, generation: int = 1, uid: str | None = None, **spec: Any) -> Want:
     fields: dict[str, Any] = {"device_name": DEVICE, "command": ["/bin/sleep", "60"], **spec}
-    return Want(f"default/{name}", uid or f"uid-{name}", generation, DeviceProcessSpec(**fields))
+    return Want(
+        f"default/{name}", uid or f"uid-{name}", generation, lean_spec(DeviceProcessSpec(**fields))
+    )
 
 
 def by_key(*wants: Want) -> dict[str, Want]:
@@ -149,12 +153,12 @@ def _proc(name: str, device: str = DEVICE, namespace: str = "default") -> Desire
 
 
 def test_wants_of_a_document_for_this_device() -> None:
-    doc = make_desired([_proc("a"), _proc("a", namespace="other")])
+    doc = lean_of(make_desired([_proc("a"), _proc("a", namespace="other")]))
     assert sorted(wants_of(doc, DEVICE)) == ["default/a", "other/a"]
 
 
 def test_a_document_naming_another_device_is_rejected_whole() -> None:
-    doc = make_desired([_proc("a"), _proc("b", device="someone-else")])
+    doc = lean_of(make_desired([_proc("a"), _proc("b", device="someone-else")]))
     with pytest.raises(RejectedDesiredError) as info:
         wants_of(doc, DEVICE)
     assert info.value.reason == "other_device"
@@ -163,7 +167,8 @@ def test_a_document_naming_another_device_is_rejected_whole() -> None:
 
 def test_a_document_with_a_key_twice_is_rejected() -> None:
     # The wire model refuses this already; the agent's own check is defence in depth.
-    doc = Desired.model_construct(revision="r", processes=[_proc("a"), _proc("a")])
+    one = lean_of(make_desired([_proc("a")])).processes[0]
+    doc = lean.Desired(revision="r", processes=(one, one))
     with pytest.raises(RejectedDesiredError) as info:
         wants_of(doc, DEVICE)
     assert info.value.reason == "duplicate_key"
