@@ -31,7 +31,7 @@ from typing import Final
 from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.bridge.errors import NotFoundError, TransientError
 from devicefabric.bridge.metrics import BridgeMetrics
-from devicefabric.bridge.queueing import TokenBucket
+from devicefabric.bridge.queueing import TokenBucket, wait_until_due
 from devicefabric.bridge.statuses import PlannedEvent
 from devicefabric.config.errors import DeviceFabricError
 
@@ -145,13 +145,7 @@ class EventRecorder:
             entry = self.log.pop(now)
             if entry is not None:
                 return entry
-            due = self.log.next_due()
-            self._wakeup.clear()
-            try:
-                async with asyncio.timeout(None if due is None else max(0.0, due - now)):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
+            await wait_until_due(self._wakeup, self.log.next_due(), now)
 
     async def _record(self, entry: PendingEvent) -> None:
         key, event = entry.key, entry.event

@@ -185,6 +185,17 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
+async def wait_until_due(wakeup: asyncio.Event, due: float | None, now: float) -> None:
+    """Sleep until `due` (forever when None) or until `wakeup` is set, whichever comes first;
+    `wakeup` is cleared first, so only a set after this call wakes it."""
+    wakeup.clear()
+    try:
+        async with asyncio.timeout(None if due is None else max(0.0, due - now)):
+            await wakeup.wait()
+    except TimeoutError:
+        pass
+
+
 class WorkQueue:
     """The asyncio shell around `KeyedQueue` and `TokenBucket`."""
 
@@ -219,13 +230,7 @@ class WorkQueue:
             key = self.core.pop(now)
             if key is not None:
                 return key
-            due = self.core.next_due()
-            self._wakeup.clear()
-            try:
-                async with asyncio.timeout(None if due is None else max(0.0, due - now)):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
+            await wait_until_due(self._wakeup, self.core.next_due(), now)
 
     def done(self, key: str, outcome: Outcome, retry_after: float | None = None) -> None:
         self.core.done(key, self._clock(), outcome, retry_after)
