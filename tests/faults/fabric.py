@@ -125,13 +125,22 @@ class Ledger:
     def __init__(self, store: LocalStore) -> None:
         self.store = store
 
-    def mark(self) -> Mark:
-        try:
-            stat = self.store.journal_path.stat()
-            inode, offset = stat.st_ino, stat.st_size
-        except FileNotFoundError:
-            inode, offset = 0, 0
-        return Mark(inode, offset, len(self.store.events()), time.monotonic())
+    def mark(self, timeout: float = 5.0) -> Mark:
+        """The journal's end, once it has caught up with the store's revision: a write whose
+        status file is already readable (what the caller waited for) may not be journaled yet,
+        and would otherwise be counted inside the window."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = self.store.journal_path.read_bytes()
+                inode = self.store.journal_path.stat().st_ino
+            except FileNotFoundError:
+                data, inode = b"", 0
+            lines = data.splitlines()
+            last = int(lines[-1].split(b" ", 1)[0]) if lines else 0
+            if last >= self.store.revision() or time.monotonic() > deadline:
+                return Mark(inode, len(data), len(self.store.events()), time.monotonic())
+            time.sleep(0.005)
 
     def entries(self, since: Mark) -> list[str]:
         """Keys of the journal lines written since `since`, in order."""
