@@ -39,20 +39,7 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "and observer users). See docs/mosquitto.md."
         ),
     )
-    add_flag(parser, "--out", type=Path, metavar="DIR", help="directory to write into (created)")
-    add_flag(
-        parser, "--devices", type=Path, metavar="FILE", help="file with one device name per line"
-    )
-    add_flag(
-        parser, "--secret-file", type=Path, metavar="FILE", help="file holding the fabric secret"
-    )
-    add_flag(
-        parser,
-        "--revoked-file",
-        type=Path,
-        metavar="FILE",
-        help="file with one revoked device name per line (written disabled)",
-    )
+    add_input_flags(parser, revoked="written disabled")
     add_flag(
         parser,
         "--mqtt",
@@ -119,7 +106,26 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.set_defaults(func=run)
 
 
-def _required(value: Path | None, flag: str) -> Path:
+def add_input_flags(parser: argparse.ArgumentParser, *, revoked: str) -> None:
+    """`--out`, `--devices`, `--secret-file`, `--revoked-file`: what every config generator reads
+    (`revoked` says what becomes of a revoked device in that broker's config)."""
+    add_flag(parser, "--out", type=Path, metavar="DIR", help="directory to write into (created)")
+    add_flag(
+        parser, "--devices", type=Path, metavar="FILE", help="file with one device name per line"
+    )
+    add_flag(
+        parser, "--secret-file", type=Path, metavar="FILE", help="file holding the fabric secret"
+    )
+    add_flag(
+        parser,
+        "--revoked-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file with one revoked device name per line ({revoked})",
+    )
+
+
+def required(value: Path | None, flag: str) -> Path:
     """`--out`/`--devices` are required, but may come from their environment variables."""
     if value is None:
         raise ConfigError(f"{flag} is required (or set {env_name(flag)})")
@@ -127,8 +133,8 @@ def _required(value: Path | None, flag: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = _required(args.out, "--out")
-    devices = read_name_list(_required(args.devices, "--devices"))
+    out = required(args.out, "--out")
+    devices = read_name_list(required(args.devices, "--devices"))
     revoked = read_name_list(Path(args.revoked_file)) if args.revoked_file else ()
     secret = load_secret(Path(args.secret_file) if args.secret_file else None)
     written = generate(

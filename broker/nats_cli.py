@@ -13,10 +13,11 @@ import argparse
 from pathlib import Path
 
 from devicefabric.broker.mosquitto import read_name_list
+from devicefabric.broker.mosquitto_cli import add_input_flags, required
 from devicefabric.broker.nats import DEFAULT_BCRYPT_ROUNDS, bcrypt_hasher, generate, plan_nodes
 from devicefabric.config.credentials import load_secret
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.settings import add_flag, env_name
+from devicefabric.config.settings import add_flag
 from devicefabric.config.topics import DEFAULT_ROOT
 
 
@@ -30,20 +31,7 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "device plus the bridge and observer (bcrypt passwords, MQTT only). See docs/scale.md."
         ),
     )
-    add_flag(parser, "--out", type=Path, metavar="DIR", help="directory to write into (created)")
-    add_flag(
-        parser, "--devices", type=Path, metavar="FILE", help="file with one device name per line"
-    )
-    add_flag(
-        parser, "--secret-file", type=Path, metavar="FILE", help="file holding the fabric secret"
-    )
-    add_flag(
-        parser,
-        "--revoked-file",
-        type=Path,
-        metavar="FILE",
-        help="file with one revoked device name per line (left out)",
-    )
+    add_input_flags(parser, revoked="left out")
     add_flag(parser, "--hosts", metavar="H1,H2,..", help="one node per host (same ports on each)")
     add_flag(parser, "--nodes", type=int, default=3, help="node count on --host (no --hosts)")
     add_flag(parser, "--host", default="127.0.0.1", help="the host of --nodes")
@@ -63,15 +51,9 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.set_defaults(func=run)
 
 
-def _required(value: Path | None, flag: str) -> Path:
-    if value is None:
-        raise ConfigError(f"{flag} is required (or set {env_name(flag)})")
-    return Path(value)
-
-
 def run(args: argparse.Namespace) -> int:
-    out = _required(args.out, "--out")
-    devices = read_name_list(_required(args.devices, "--devices"))
+    out = required(args.out, "--out")
+    devices = read_name_list(required(args.devices, "--devices"))
     revoked = read_name_list(Path(args.revoked_file)) if args.revoked_file else ()
     secret = load_secret(Path(args.secret_file) if args.secret_file else None)
     if args.hosts:
