@@ -22,6 +22,7 @@ from devicefabric.config.topics import Topics
 from tests.broker.harness import connect_packet, publish_packet, subscribe_packet
 from tests.support.brokers import BrokerProcess, prepare_embedded, running
 from tests.support.mqtt import Client, connect
+from tests.support.ports import closed_by_peer
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -54,19 +55,6 @@ def _sockets(count: int, port: int) -> Iterator[list[socket.socket]]:
             sock.close()
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """True once the broker closed `sock` (whatever it had sent is read and discarded)."""
-    sock.settimeout(0)
-    try:
-        while sock.recv(65536):
-            pass
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 @pytest.fixture
 def limited_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     """`broker run` started with a soft and hard descriptor limit of FD_LIMIT."""
@@ -93,7 +81,7 @@ def test_pre_auth_connections_cannot_exhaust_descriptors_or_memory(
     # cap are closed at once (not after the CONNECT timeout), the broker keeps descriptors.
     with _sockets(3 * FD_LIMIT, broker.port) as idle:
         closed = wait_for(
-            lambda: sum(_closed_by_peer(s) for s in idle) >= 2 * FD_LIMIT or None,
+            lambda: sum(closed_by_peer(s) for s in idle) >= 2 * FD_LIMIT or None,
             timeout=10,
             what="the connections past the cap to be closed",
         )
@@ -109,7 +97,7 @@ def test_pre_auth_connections_cannot_exhaust_descriptors_or_memory(
         for sock in attackers:
             with contextlib.suppress(OSError):
                 sock.sendall(partial)
-        wait_for(lambda: all(_closed_by_peer(s) for s in attackers), timeout=10, what="refused")
+        wait_for(lambda: all(closed_by_peer(s) for s in attackers), timeout=10, what="refused")
         peak_rss = _rss_mb(broker.pid)
     print(f"\nRSS with {count} unfinished 100 KB CONNECTs: {start_rss:.1f} -> {peak_rss:.1f} MB")
     assert peak_rss - start_rss < 8
@@ -181,6 +169,6 @@ def test_a_stalled_qos1_subscriber_is_disconnected_past_its_outgoing_bound(
     with stalled, connect(broker, "talk-b") as talker, connect(broker, "observer") as watcher:
         assert not watcher.subscribe(T.report("talk-b")).is_failure
         _talk(talker, watcher, 3500, b"r" * 8192)  # 28 MB: past the 16 MiB outgoing bound
-        wait_for(lambda: _closed_by_peer(stalled), timeout=10, what="the stalled client dropped")
+        wait_for(lambda: closed_by_peer(stalled), timeout=10, what="the stalled client dropped")
         _talk(talker, watcher, 10, b"after")  # and delivery to the others goes on
     assert "client disconnected: its outgoing queue is full" in broker.log_text()

@@ -20,22 +20,10 @@ import pytest
 from devicefabric.config.credentials import password_for, read_secret_file
 from tests.broker.harness import connect_packet
 from tests.support.cli import UP_START_TIMEOUT, Background, cli_argv
-from tests.support.ports import free_port
+from tests.support.ports import closed_by_peer, free_port
 from tests.support.waiting import wait_for
 
 FD_LIMIT: Final = 256
-
-
-def _closed_by_peer(sock: socket.socket) -> bool:
-    sock.settimeout(0)
-    try:
-        while sock.recv(65536):
-            pass
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def test_up_stays_alive_after_three_times_its_fd_limit_of_idle_connections(
@@ -62,7 +50,7 @@ def test_up_stays_alive_after_three_times_its_fd_limit_of_idle_connections(
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             socks.append(sock)
         wait_for(
-            lambda: sum(_closed_by_peer(s) for s in socks) >= 2 * FD_LIMIT,
+            lambda: sum(closed_by_peer(s) for s in socks) >= 2 * FD_LIMIT,
             timeout=10,
             what="connections past the cap closed",
         )

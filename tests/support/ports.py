@@ -1,4 +1,4 @@
-"""Free loopback ports for the brokers and servers tests start."""
+"""Free loopback ports for the brokers and servers tests start, and raw socket checks."""
 
 from __future__ import annotations
 
@@ -18,3 +18,16 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the peer closed `sock` (whatever it had sent is read and discarded)."""
+    sock.settimeout(0)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
