@@ -4,8 +4,11 @@ NATS server (2.9) speaks MQTT 3.1.1 on top of JetStream, which replicates retain
 sessions over the cluster. This module turns the fabric's one access-rule table (`config.access`)
 into N node configs (JSON, which the NATS config parser reads), one per node:
 
-- `server_name` per node, JetStream with its own store directory, one cluster with routes to every
-  other node, and the `mqtt` block with `stream_replicas` = min(3, N): with NATS' default (2 on a
+- `server_name` per node, JetStream with its own store directory, one cluster (named, default
+  `devicefabric`) with routes to every other node, authenticated by a route user whose password is
+  derived from the fabric secret (without it, anyone reaching a route port could join the cluster
+  as a node and read every subject; a node of another cluster, e.g. one started on a reused port,
+  cannot merge into this one), and the `mqtt` block with `stream_replicas` = min(3, N): with NATS' default (2 on a
   3-node cluster, measured) killing one node made every new CONNECT fail until it came back;
 - one user per device (2.9 has no per-user templates outside JWT mode), the `bridge` and the
   `observer`, each with the derived fabric password as a bcrypt hash (the same hash in every node)
@@ -27,6 +30,9 @@ Everything here is pure except `write_configs`; bcrypt is imported only when has
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +48,7 @@ from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 
 CLUSTER_NAME: Final = "devicefabric"
+ROUTE_USER: Final = "route"
 MAX_STREAM_REPLICAS: Final = 3
 MQTT_SUB_SUBJECT: Final = "$MQTT.sub.>"  # a QoS 1 subscription's internal consumer subject
 DEFAULT_BCRYPT_ROUNDS: Final = 11
@@ -118,8 +125,18 @@ def users(
     ]
 
 
+def route_password(secret: bytes) -> str:
+    """The cluster routes' password: an HMAC of the fabric secret, URL-safe (it sits in route URLs)."""
+    digest = hmac.new(secret, b"nats:route", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 def node_configs(
-    nodes: Sequence[NatsNode], user_list: Sequence[Mapping[str, Any]]
+    nodes: Sequence[NatsNode],
+    user_list: Sequence[Mapping[str, Any]],
+    *,
+    route_secret: str,
+    cluster_name: str = CLUSTER_NAME,
 ) -> dict[str, NodeConf]:
     """One config per node name; every node routes to every other and shares the users."""
     if not nodes:
@@ -138,9 +155,14 @@ def node_configs(
         }
         if len(nodes) > 1:
             conf["cluster"] = {
-                "name": CLUSTER_NAME,
+                "name": cluster_name,
                 "listen": str(node.cluster),
-                "routes": [f"nats-route://{p.cluster}" for p in nodes if p is not node],
+                "authorization": {"user": ROUTE_USER, "password": route_secret},
+                "routes": [
+                    f"nats-route://{ROUTE_USER}:{route_secret}@{p.cluster}"
+                    for p in nodes
+                    if p is not node
+                ],
             }
         confs[node.name] = conf
     return confs
@@ -185,9 +207,17 @@ def generate(
     root: str = DEFAULT_ROOT,
     revoked: Iterable[str] = (),
     hasher: Hasher | None = None,
+    cluster_name: str = CLUSTER_NAME,
 ) -> list[Path]:
     """Compose and write the node configs; revoked devices get no user at all."""
+    if not cluster_name or not all(c.isalnum() or c in "-_" for c in cluster_name):
+        raise ConfigError(
+            f"a NATS cluster name is letters, digits, '-' and '_', not {cluster_name!r}"
+        )
     gone = set(revoked)
     kept = [d for d in devices if d not in gone]
     user_list = users(kept, secret, Topics(root), hasher or bcrypt_hasher())
-    return write_configs(out, node_configs(nodes, user_list))
+    confs = node_configs(
+        nodes, user_list, route_secret=route_password(secret), cluster_name=cluster_name
+    )
+    return write_configs(out, confs)

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from devicefabric.broker.mosquitto import read_name_list
 from devicefabric.broker.mosquitto_cli import add_input_flags, required
-from devicefabric.broker.nats import DEFAULT_BCRYPT_ROUNDS, bcrypt_hasher, generate, plan_nodes
+from devicefabric.broker.nats import (
+    CLUSTER_NAME,
+    DEFAULT_BCRYPT_ROUNDS,
+    bcrypt_hasher,
+    generate,
+    plan_nodes,
+)
 from devicefabric.config.credentials import load_secret
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.settings import add_flag
@@ -48,6 +54,12 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
     add_flag(parser, "--bcrypt-rounds", type=int, default=DEFAULT_BCRYPT_ROUNDS, help="bcrypt cost")
     add_flag(parser, "--root", default=DEFAULT_ROOT, help="topic root")
+    add_flag(
+        parser,
+        "--cluster-name",
+        default=CLUSTER_NAME,
+        help="the NATS cluster's name (routes from a cluster of another name are refused)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         root=str(args.root),
         revoked=revoked,
         hasher=bcrypt_hasher(int(args.bcrypt_rounds)),
+        cluster_name=str(args.cluster_name),
     )
     kept = len(set(devices) - set(revoked))
     for path, node in zip(written, nodes, strict=True):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,15 @@ from typing import Final
 
 import pytest
 
+from devicefabric.broker.nats import NatsNode, bcrypt_hasher, generate
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
+from devicefabric.config.settings import HostPort, parse_hostport
 from devicefabric.config.topics import Topics
+from tests.support.brokers import HOST, BrokerProcess
 from tests.support.mqtt import Client, Will, barrier, connect
-from tests.support.nats import NatsCluster, nats_cluster
+from tests.support.nats import NATS_SERVER, NatsCluster, nats_cluster
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.nats
 
@@ -105,3 +111,48 @@ def test_kill_9_of_a_node_loses_no_desired_and_devices_reconnect_elsewhere(
         device.close()
         victim.start()
         cluster.wait_serving(victim)
+
+
+def test_a_node_without_the_route_password_cannot_join_the_cluster(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """A stray node of the same cluster name dialing a member's route port is refused."""
+    member = cluster.nodes[2]  # never killed by the other stories
+    conf = json.loads(Path(member.argv[-1]).read_text())
+    route = parse_hostport(conf["cluster"]["listen"], "cluster")
+    stray = NatsNode(
+        name="stray-0",
+        client=HostPort(HOST, free_port()),
+        cluster=HostPort(HOST, free_port()),
+        mqtt=HostPort(HOST, free_port()),
+        store_dir=tmp_path / "js-stray",
+    )
+    target = NatsNode("nats-0", route, route, route, tmp_path / "unused")
+    paths = generate(
+        tmp_path,
+        [stray, target],
+        [],
+        b"another-secret-0123456789abcdef",
+        hasher=bcrypt_hasher(rounds=4),
+        cluster_name=conf["cluster"]["name"],
+    )
+    intruder = BrokerProcess(
+        "nats", [str(NATS_SERVER), "-c", str(paths[0])], stray.mqtt.port, b"x" * 32, tmp_path
+    )
+    intruder.start()
+    try:
+        wait_for(
+            lambda: (
+                "authorization violation" in member.log_text().lower()
+                or "authentication error" in member.log_text().lower()
+            ),
+            timeout=15.0,
+            what="the member refuses the stray node's route",
+        )
+        wait_for(
+            lambda: "route error 'authorization violation'" in intruder.log_text().lower(),
+            timeout=15.0,
+            what="the stray node is told its route is refused",
+        )
+    finally:
+        intruder.stop()

@@ -20,6 +20,7 @@ from devicefabric.broker.nats import (
     node_configs,
     permissions_of,
     plan_nodes,
+    route_password,
     subject_of,
 )
 from devicefabric.config.access import rules_for
@@ -79,19 +80,21 @@ def _nodes(count: int) -> list[NatsNode]:
 
 @pytest.mark.parametrize(("count", "replicas"), [(1, 1), (2, 2), (3, 3), (5, 3)])
 def test_stream_replicas_are_min_of_three_and_nodes(count: int, replicas: int) -> None:
-    confs = node_configs(_nodes(count), [])
+    confs = node_configs(_nodes(count), [], route_secret="pw")
     assert {c["mqtt"]["stream_replicas"] for c in confs.values()} == {replicas}
     assert ("cluster" in confs["nats-0"]) is (count > 1)
 
 
 def test_every_node_routes_to_every_other_and_has_its_own_store() -> None:
-    confs = node_configs(_nodes(3), [])
+    confs = node_configs(_nodes(3), [], route_secret="pw", cluster_name="fleet-1")
     assert list(confs) == ["nats-0", "nats-1", "nats-2"]
     assert confs["nats-1"]["server_name"] == "nats-1"
+    assert confs["nats-1"]["cluster"]["name"] == "fleet-1"
     assert confs["nats-1"]["cluster"]["routes"] == [
-        "nats-route://10.0.0.1:6222",
-        "nats-route://10.0.0.1:6224",
+        "nats-route://route:pw@10.0.0.1:6222",
+        "nats-route://route:pw@10.0.0.1:6224",
     ]
+    assert confs["nats-1"]["cluster"]["authorization"] == {"user": "route", "password": "pw"}
     assert len({c["jetstream"]["store_dir"] for c in confs.values()}) == 3
 
 
@@ -128,3 +131,16 @@ def test_the_command_writes_bcrypt_configs(tmp_path: Path, secret: bytes) -> Non
     assert bad.code == 2
     assert "--nodes" in bad.err
     assert len(bad.err.strip().splitlines()) == 1
+
+
+def test_route_password_is_derived_from_the_secret_and_url_safe() -> None:
+    one, other = route_password(b"s" * 32), route_password(b"t" * 32)
+    assert one != other
+    assert one == route_password(b"s" * 32)
+    assert one.replace("-", "").replace("_", "").isalnum()
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x.y", "a/b"])
+def test_a_cluster_name_nats_cannot_take_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="cluster name"):
+        generate(tmp_path, _nodes(2), ["dev-a"], b"s" * 32, hasher=plain, cluster_name=name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,17 @@ def prepare_nats(
         for k in range(NODES)
     ]
     devices = tuple(devices)
+    # A cluster name of its own: a node of another test's cluster (in another xdist worker) that
+    # dials a route port this cluster reused can never merge the two (the route password, derived
+    # from a secret tests may share, would not stop it).
     paths = generate(
-        workdir, nodes, devices, secret, revoked=revoked, hasher=bcrypt_hasher(rounds=4)
+        workdir,
+        nodes,
+        devices,
+        secret,
+        revoked=revoked,
+        hasher=bcrypt_hasher(rounds=4),
+        cluster_name=f"test-{uuid.uuid4().hex[:12]}",
     )
     processes = []
     for node, conf in zip(nodes, paths, strict=True):
