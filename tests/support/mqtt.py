@@ -75,9 +75,10 @@ class ConnectRefusedError(AssertionError):
 class Collector:
     """Thread-safe record of received messages with deadline-based waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: float = TIMEOUT) -> None:
         self._cond = threading.Condition()
         self._messages: list[Message] = []
+        self.patience = patience  # the default wait: longer on a broker whose delivery may lag
 
     def add(self, message: Message) -> None:
         with self._cond:
@@ -100,9 +101,10 @@ class Collector:
         self,
         topic_filter: str = "#",
         predicate: Callable[[Message], bool] | None = None,
-        timeout: float = TIMEOUT,
+        timeout: float | None = None,
     ) -> Message:
         """The first message (already received or arriving) on `topic_filter` passing `predicate`."""
+        timeout = self.patience if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -119,8 +121,8 @@ class Collector:
                     )
                 self._cond.wait(left)
 
-    def wait_count(self, count: int, topic_filter: str = "#", timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_count(self, count: int, topic_filter: str = "#", timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (self.patience if timeout is None else timeout)
         with self._cond:
             while sum(1 for m in self._messages if matches(topic_filter, m.topic)) < count:
                 left = deadline - time.monotonic()
@@ -325,6 +327,9 @@ def default_client_id(user: str) -> str:
 
 
 NATS_FLAPPER_PAUSE: Final = 0.25  # s between tries while NATS holds a reconnecting client id
+# A QoS 1 delivery on a NATS cluster goes through JetStream (3 replicas, Raft): on a loaded CI
+# machine a leader election can hold it for seconds, so waits for a delivery get longer there.
+NATS_PATIENCE: Final = 3 * TIMEOUT
 
 
 def connect(broker: BrokerProcess, user: str, **kwargs: Any) -> Client:
@@ -339,11 +344,14 @@ def connect(broker: BrokerProcess, user: str, **kwargs: Any) -> Client:
     deadline = time.monotonic() + float(kwargs.get("timeout", TIMEOUT)) * 2
     while True:
         try:
-            return _connect(broker, user, **kwargs)
+            client = _connect(broker, user, **kwargs)
         except ConnectRefusedError as exc:
             if exc.reason_code is not None or time.monotonic() > deadline:
                 raise
             time.sleep(NATS_FLAPPER_PAUSE)
+        else:
+            client.inbox.patience = NATS_PATIENCE
+            return client
 
 
 def _connect(
