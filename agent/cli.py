@@ -21,7 +21,7 @@ from devicefabric.config.settings import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_MQTT,
     add_flag,
-    parse_broker_url,
+    parse_broker_urls,
 )
 from devicefabric.config.topics import DEFAULT_ROOT
 
@@ -80,13 +80,14 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     for field in ("device", "password", "state_dir"):
         if getattr(args, FLAGS[field].lstrip("-").replace("-", "_")) is None:
             raise ConfigError(f"{FLAGS[field]} is required")
-    broker = parse_broker_url(args.broker)
+    broker, *fallbacks = parse_broker_urls(args.broker)
     if args.tls_ca is not None and not broker.tls:
         raise ConfigError("--tls-ca is only used with an mqtts:// --broker URL")
     try:
         return AgentSettings(
             device=args.device,
             broker=broker,
+            fallback_brokers=tuple(fallbacks),
             password=Secret(read_password_file(args.password_file)),
             state_dir=args.state_dir,
             heartbeat_s=int(args.heartbeat),

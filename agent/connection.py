@@ -73,6 +73,7 @@ class Connection:
         self.connack: asyncio.Future[ReasonCode] = self.loop.create_future()
         self.lost: asyncio.Future[str] = self.loop.create_future()
         self.abandoned = False
+        self.subscribe_refused = asyncio.Event()  # a SUBACK carried a failure code
         self._acks: dict[int, asyncio.Future[None]] = {}
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -208,6 +209,7 @@ class Connection:
                 ", ".join(str(r) for r in refused),
                 extra={"device": self.endpoint.username, "session": self.session},
             )
+            self.subscribe_refused.set()
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:

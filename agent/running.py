@@ -72,6 +72,7 @@ class Agent:
             SessionSettings(
                 device=settings.device,
                 broker=settings.broker,
+                fallbacks=settings.fallback_brokers,
                 password=settings.password.get_secret_value(),
                 heartbeat_s=settings.heartbeat_s,
                 topics=Topics(settings.root),

@@ -20,6 +20,12 @@ password, not authorized, client id rejected) raise `LoginRefusedError`; every o
 reconnects after exponential back-off with full jitter, reset once a connection held for a while.
 `close()` publishes the retained `offline` (reason `shutdown`), waits for its PUBACK (bounded)
 and disconnects, so the broker discards the will.
+
+Clustered brokers: with `fallbacks` (the other nodes of a cluster), every failed try and every
+lost connection moves on to the next node in turn, so a device whose node died reconnects through
+a surviving one after its back-off. A SUBACK with a failure code (a NATS cluster refuses while
+JetStream re-elects its stream leaders after a node died) is retried on the same connection,
+1 s then doubled up to the keepalive, until the broker grants it.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ log = logging.getLogger("devicefabric.agent.session")
 
 CLOSE_TIMEOUT_S: Final = 2.0  # for the PUBACK of the shutdown status
 RECONNECT_BASE_S: Final = 0.5
+RESUBSCRIBE_FIRST_S: Final = 1.0  # first retry of a refused subscription, doubled up to keepalive
 HELD_FOR_RESET_S: Final = 10.0  # a connection that held this long resets the back-off
 # CONNACK refusals that retrying cannot fix (MQTT 3.1.1 return codes 1, 2, 4, 5).
 PERMANENT_REFUSALS: Final = frozenset(
@@ -70,6 +77,7 @@ class SessionSettings:
     agent_version: str
     max_reconnect_backoff: float = 30.0
     tls_ca: Path | None = None
+    fallbacks: tuple[BrokerURL, ...] = ()  # other nodes of a clustered broker, tried in turn
 
     @property
     def keepalive(self) -> int:
@@ -102,6 +110,13 @@ class Session:
         self._t_heartbeat = topics.heartbeat(device)
         self._t_report = topics.report(device)
         self._failing = False
+        self._brokers = (settings.broker, *settings.fallbacks)
+        self._at = 0  # index of the broker the next connection tries
+
+    @property
+    def broker(self) -> BrokerURL:
+        """The broker the current (or next) connection uses."""
+        return self._brokers[self._at]
 
     @property
     def live(self) -> str | None:
@@ -123,7 +138,7 @@ class Session:
     def _connection(self, session: str) -> Connection:
         conf = self._settings
         endpoint = Endpoint(
-            broker=conf.broker,
+            broker=self.broker,
             client_id=conf.device,
             username=conf.device,
             password=conf.password,
@@ -154,13 +169,15 @@ class Session:
                 return
             if connected and loop.time() - started >= HELD_FOR_RESET_S:
                 backoff.reset()
+            if len(self._brokers) > 1:  # a failed try or a lost link: the next node in turn
+                self._at = (self._at + 1) % len(self._brokers)
             delay = backoff.next_delay()
             log.debug("reconnecting in %.2fs", delay, extra=self._extra())
             await asyncio.sleep(delay)
 
     async def _hold(self, conn: Connection) -> bool:
         """Connect `conn` and keep it until it is lost; True when it was established."""
-        broker = self._settings.broker
+        broker = self.broker
         try:
             reason = await conn.open()
         except (OSError, TimeoutError, ConnectionLostError) as exc:
@@ -179,20 +196,36 @@ class Session:
         self._failing = False
         self._birth(conn)
         conn.client.on_message = self._on_message
-        conn.client.subscribe([(self._t_desired, 1), (self._t_status, 0)])
+        self._subscribe(conn)
         self._conn = conn
         log.info("connected to %s", broker, extra=self._extra(reason="connected"))
         self._on_up()
         async with asyncio.TaskGroup() as tg:
             heartbeats = tg.create_task(self._heartbeats(conn), name="heartbeat")
             keepalive = tg.create_task(self._keepalive(conn), name="mqtt keepalive")
+            resubscribe = tg.create_task(self._resubscribe(conn), name="mqtt resubscribe")
             why = await conn.lost
             heartbeats.cancel()
             keepalive.cancel()
+            resubscribe.cancel()
         if not self._closing:
             lost = {"device": self._settings.device, "session": conn.session, "reason": "lost"}
             log.warning("connection lost: %s", why, extra=lost)
         return True
+
+    def _subscribe(self, conn: Connection) -> None:
+        conn.client.subscribe([(self._t_desired, 1), (self._t_status, 0)])
+
+    async def _resubscribe(self, conn: Connection) -> None:
+        """A refused SUBACK is retried with back-off: a clustered broker refuses while it elects."""
+        delay = RESUBSCRIBE_FIRST_S
+        while True:
+            await conn.subscribe_refused.wait()
+            conn.subscribe_refused.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, float(self._settings.keepalive))
+            log.info("subscribing again", extra=self._extra())
+            self._subscribe(conn)
 
     def _birth(self, conn: Connection) -> None:
         birth = lean.encode_online(

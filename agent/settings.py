@@ -20,7 +20,8 @@ from devicefabric.config.topics import DEFAULT_ROOT, validate_root
 
 HELP: Final = {
     "device": "this device's name: its MQTT user name, client id and topic level",
-    "broker": "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT",
+    "broker": "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT; for a clustered broker a "
+    "comma-separated list of its nodes, tried in turn after a failed try or a lost connection",
     "password": "this device's MQTT password",
     "state_dir": "directory for the persisted desired document (created, mode 0700)",
     "heartbeat_s": "seconds between heartbeats",
@@ -80,6 +81,7 @@ class AgentSettings:
     device: str
     broker: BrokerURL
     password: Secret
+    fallback_brokers: tuple[BrokerURL, ...] = ()  # the list's other nodes, in order
     state_dir: Path
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
     tls_ca: Path | None = None

@@ -86,6 +86,24 @@ def parse_broker_url(value: str, flag: str = "--broker") -> BrokerURL:
     return BrokerURL(host, port if port is not None else (8883 if tls else 1883), tls)
 
 
+MAX_BROKER_URLS: Final = 16
+
+
+def parse_broker_urls(value: str, flag: str = "--broker") -> list[BrokerURL]:
+    """One broker URL or a comma-separated list of a cluster's nodes: distinct, one scheme."""
+    parts = [p.strip() for p in value.split(",")]
+    if not value.strip() or any(not p for p in parts):
+        raise ConfigError(f"{flag}: an empty broker URL in {value!r}")
+    if len(parts) > MAX_BROKER_URLS:
+        raise ConfigError(f"{flag}: at most {MAX_BROKER_URLS} broker URLs, got {len(parts)}")
+    urls = [parse_broker_url(p, flag) for p in parts]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{flag}: a broker URL appears twice in {value!r}")
+    if len({u.tls for u in urls}) > 1:
+        raise ConfigError(f"{flag}: mix of mqtt:// and mqtts:// URLs in {value!r}: use one scheme")
+    return urls
+
+
 def env_name(flag: str) -> str:
     """`--write-qps` -> `DEVICEFABRIC_WRITE_QPS`."""
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()

@@ -43,6 +43,7 @@ class AgentProcess:
         heartbeat: int = 1,
         extra: tuple[str, ...] = (),
         password_file: Path | None = None,
+        broker_urls: str | None = None,
     ) -> None:
         self.broker = broker
         self.device = device
@@ -59,7 +60,7 @@ class AgentProcess:
             "--device",
             device,
             "--broker",
-            broker.url,
+            broker.url if broker_urls is None else broker_urls,
             "--password-file",
             str(password_file or broker.password_file(device)),
             "--state-dir",

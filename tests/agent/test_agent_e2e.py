@@ -20,6 +20,8 @@ from devicefabric.config.wire import decode_report
 from tests.agent.fabric import Doc, Fabric, fabric, running_pids, wait_gone
 from tests.agent.helpers import DEVICE, alive, desired_process, document, key
 from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
+from tests.support.mqtt import connect
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 SLEEP = ["/bin/sleep", "60"]
@@ -201,6 +203,35 @@ def test_broker_restart_reconnects_with_a_new_session_and_never_stops_processes(
     assert all(alive(p) for p in pids.values())
     assert agent.proc is not None
     assert agent.proc.poll() is None
+
+
+def test_a_broker_list_skips_a_dead_node_and_moves_on_when_its_node_goes(
+    fab: Fabric, tmp_path: Path, secret: bytes
+) -> None:
+    """`--broker A,B,C`: a node that does not answer is skipped; a lost node hands over to the next.
+
+    Two independent mosquittos stand in for cluster nodes (the NATS cluster story is in
+    tests/faults/test_clustered.py): what is shown here is the agent's rotation.
+    """
+    other = prepare_mosquitto(tmp_path / "other", secret, [DEVICE])
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    with running(other):
+        agent = fab.agent(broker_urls=f"{dead},{fab.broker.url},{other.url}")
+        agent.start()
+        first = fab.wait_online()
+        fab.publish_desired(document(desired_process("a", SLEEP)))
+        pids = running_pids(fab.wait_report(lambda r: len(running_pids(r)) == 1))
+        agent.pids += pids.values()
+        with connect(other, "observer") as watcher:
+            assert not watcher.subscribe(fab.topics.status(DEVICE)).is_failure
+            fab.broker.stop()
+            birth = watcher.inbox.wait_for(
+                fab.topics.status(DEVICE),
+                lambda m: b'"online"' in m.payload and first.encode() not in m.payload,
+                timeout=10.0,
+            )
+        assert b'"online"' in birth.payload
+        assert all(alive(p) for p in pids.values())  # a lost broker never stops processes
 
 
 def test_agent_restart_without_a_broker_runs_the_persisted_document(

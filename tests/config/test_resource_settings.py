@@ -21,6 +21,7 @@ from devicefabric.config.settings import (
     add_flag,
     env_name,
     parse_broker_url,
+    parse_broker_urls,
     parse_hostport,
 )
 
@@ -90,6 +91,35 @@ def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
 def test_bad_broker_urls(url: str) -> None:
     with pytest.raises(ConfigError, match="--broker"):
         parse_broker_url(url)
+
+
+@pytest.mark.parametrize(
+    ("value", "ports"),
+    [
+        ("mqtt://a:1", [1]),
+        ("mqtt://a:1,mqtt://b:2", [1, 2]),
+        (" mqtt://a:1 , mqtt://a:2 ,mqtt://a:3", [1, 2, 3]),
+    ],
+)
+def test_a_broker_url_list_keeps_its_order(value: str, ports: list[int]) -> None:
+    assert [u.port for u in parse_broker_urls(value)] == ports
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty"),
+        ("mqtt://a:1,", "empty"),
+        ("mqtt://a:1,,mqtt://b:1", "empty"),
+        ("mqtt://a:1,mqtt://a:1", "twice"),
+        ("mqtt://a:1,mqtts://b:1", "one scheme"),
+        ("mqtt://a:1,tcp://b:1", "expected mqtt://"),
+        (",".join(f"mqtt://a:{p}" for p in range(1, 18)), "at most 16"),
+    ],
+)
+def test_bad_broker_url_lists(value: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        parse_broker_urls(value)
 
 
 def test_flags_read_their_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
