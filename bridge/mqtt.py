@@ -12,8 +12,9 @@ Per connection (each with a new `session`: a random boot id plus a counter):
    retained birth `{"state":"online","session":S}`. A refused login is fatal (`MqttError`, the
    CLI exits 1 naming `--password-file`); an unreachable broker is retried with exponential
    back-off and jitter.
-2. Subscribe to `devices/+/{status,heartbeat,report,desired}`; a refused subscription is fatal
-   (the broker's ACL does not know the bridge role).
+2. Subscribe to `devices/+/{status,heartbeat,report,desired}`; a refused subscription reconnects
+   (a NATS cluster refuses for a few seconds while JetStream re-elects after a node died) and is
+   fatal only on `refusals_fatal` connections in a row (the broker's ACL lacks the bridge role).
 3. Prime: publish an empty non-retained message on this connection's sync marker topic; the
    brokers deliver one connection's messages in order, so when it comes back the retained
    replay is complete. As a fallback (a broker that drops the marker), and against brokers that
@@ -88,6 +89,7 @@ class LinkSettings:
     marker_timeout: float = 3.0  # s to wait for the sync marker before relying on quiet alone
     quiet: float = 0.1  # s without a retained message that ends the replay
     prime_max: float = 15.0  # s: priming never waits longer than this
+    refusals_fatal: int = 3  # refused subscriptions on this many connections in a row: fatal
 
 
 class MqttLink:
@@ -112,6 +114,7 @@ class MqttLink:
         self._lost = asyncio.Event()
         self._fd: int | None = None
         self._fatal: MqttError | None = None
+        self._refusals = 0  # connections in a row whose subscriptions were refused
         self._acked = asyncio.Event()  # the offline status was acknowledged (or we lost the link)
         self._offline_mid = -1
         self._connecting: asyncio.Future[Any] | None = None
@@ -264,12 +267,9 @@ class MqttLink:
         except OSError:
             return  # lost before the SUBACK
         if any(code >= 0x80 for code in codes):
-            self._fatal = MqttError(
-                f"the broker at {self.settings.broker} refused the bridge's subscriptions "
-                f"{[f for f, _ in filters]}: its ACL lacks the `bridge` role"
-            )
-            self._client.disconnect()
+            self._refused([f for f, _ in filters])
             return
+        self._refusals = 0
         self._last_retained = time.monotonic()
         self.publish(self._marker_topic, b"", retain=False)
         if not await self._wait(self._marker, self.settings.marker_timeout):
@@ -288,6 +288,25 @@ class MqttLink:
         self.down_since = None
         log.info("subscribed and retained state read back", extra={"session": self.session})
         self.handler.on_primed()
+
+    def _refused(self, filters: list[str]) -> None:
+        """Subscriptions refused: reconnect, or give up after `refusals_fatal` in a row."""
+        self._refusals += 1
+        if self._refusals >= self.settings.refusals_fatal:
+            self._fatal = MqttError(
+                f"the broker at {self.settings.broker} refused the bridge's subscriptions "
+                f"{filters} on {self._refusals} connections in a row: "
+                "its ACL lacks the `bridge` role"
+            )
+        else:
+            log.warning(
+                "the broker refused the bridge's subscriptions (%d of %d before giving up); "
+                "reconnecting",
+                self._refusals,
+                self.settings.refusals_fatal,
+                extra={"session": self.session},
+            )
+        self._client.disconnect()
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> bool:

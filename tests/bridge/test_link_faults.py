@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from devicefabric.bridge.api import Readiness, readyz
+from devicefabric.bridge.errors import MqttError
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.service import Bridge, default_client_id
 from devicefabric.config.names import is_device_name
@@ -168,3 +169,25 @@ def test_readyz_says_why_a_standby_does_not_lead() -> None:
     assert doc["role"] == "standby"
     assert doc["notLeading"] == "lease x is held by bridge-0"
     assert "notLeading" not in json.loads(readyz(replace(state, leading=True)).body)
+
+
+def test_subscriptions_refused_on_every_connection_end_the_link_with_a_clear_error(
+    mosquitto: BrokerProcess,
+) -> None:
+    """A broker that keeps refusing (here: another topic root than its ACL) is fatal after 3 tries.
+
+    A single refusal only reconnects: a NATS cluster refuses for a few seconds while JetStream
+    elects new stream leaders after a node died. (mosquitto only: the embedded broker already
+    refuses the CONNECT, whose will is on the other root.)
+    """
+    handler = _Collect()
+    link = _link(mosquitto.url, mosquitto.password("bridge"), handler)
+    link.settings = replace(link.settings, topics=Topics("elsewhere"))
+
+    async def story() -> None:
+        async with asyncio.timeout(20):
+            with pytest.raises(MqttError, match="on 3 connections in a row"):
+                await link.run()
+
+    play(story)
+    assert handler.primed == 0
