@@ -74,6 +74,7 @@ class Connection:
         self.lost: asyncio.Future[str] = self.loop.create_future()
         self.abandoned = False
         self.subscribe_refused = asyncio.Event()  # a SUBACK carried a failure code
+        self.live_desired = False  # a desired document arrived live (not replayed) on this link
         self._acks: dict[int, asyncio.Future[None]] = {}
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,

@@ -9,7 +9,11 @@ event loop). One connection per session, and one `session` id per connection
   subscription to this device's `desired` and `status`;
 - a status message that is not this session's birth (a late will of an older session, or any
   other status) makes the agent republish its birth;
-- heartbeats (`{"session","seq"}`, QoS 0, not retained) on their own timer while connected.
+- heartbeats (`{"session","seq"}`, QoS 0, not retained) on their own timer while connected;
+- a replayed (retained-flag) desired document that arrives after a live one on the same
+  connection is dropped: the replay is the state when the subscription began, so it is never
+  newer, and a NATS cluster delivers its retained replay and live messages on separate paths
+  (measured: the old document came second and rolled a process back).
 
 The status subscription is QoS 0: it is advisory and replayed (retained) on every connect, and a
 QoS 1 delivery the agent dies before acknowledging makes amqtt 0.12.1 hold the will back until its
@@ -253,6 +257,11 @@ class Session:
         if conn is None:
             return
         if msg.topic == self._t_desired:
+            if not msg.retain:
+                conn.live_desired = True
+            elif conn.live_desired:  # a replay is never newer than a live message after it
+                log.info("ignoring a replayed desired document older than the live one")
+                return
             self._on_desired(bytes(msg.payload))
         elif msg.topic == self._t_status:
             self._check_status(conn, bytes(msg.payload))

@@ -53,7 +53,7 @@ from tests.faults.processes import (
     running,
     threads,
 )
-from tests.support.brokers import prepare_mosquitto
+from tests.support.brokers import BrokerProcess, prepare_mosquitto
 from tests.support.mqtt import Client, connect
 from tests.support.waiting import ConditionTimeoutError, wait_for
 
@@ -238,20 +238,30 @@ class Marker:
 class LocalFabric:
     """A mosquitto, bridges on one local state directory, and agents; see the module doc."""
 
-    def __init__(self, workdir: Path, secret: bytes, devices: Iterable[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        secret: bytes,
+        devices: Iterable[str],
+        *,
+        broker: BrokerProcess | None = None,
+    ) -> None:
+        """`broker`: one the caller runs (a NATS cluster node); default: our own mosquitto."""
         self.workdir = workdir
         self.devices = tuple(devices)
         self.state_dir = workdir / "controlplane"
         self.store = LocalStore(self.state_dir)
         self.ledger = Ledger(self.store)
-        self.broker = prepare_mosquitto(workdir, secret, self.devices)
+        self.owns_broker = broker is None
+        self.broker = prepare_mosquitto(workdir, secret, self.devices) if broker is None else broker
         self.bridges: list[BridgeProcess] = []
         self.agents: list[AgentProcess] = []
         self.child_pids: dict[int, int | None] = {}  # seen agent children: pid -> start time
         self.markers: list[Marker] = []
 
     def __enter__(self) -> Self:
-        self.broker.start()
+        if self.owns_broker:
+            self.broker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -347,4 +357,5 @@ class LocalFabric:
         kill_groups(self.child_pids)
         for bridge in self.bridges:
             bridge.stop()
-        self.broker.stop()
+        if self.owns_broker:
+            self.broker.stop()
