@@ -28,7 +28,7 @@ import pytest
 from devicefabric.config.topics import DeviceTopic
 from tests.agent.helpers import alive
 from tests.faults.fabric import LocalFabric, key, manifest
-from tests.support.mqtt import connect
+from tests.support.mqtt import Message, connect
 from tests.support.nats import NatsCluster, nats_cluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.nats]
@@ -78,13 +78,12 @@ def test_kill_9_of_a_node_moves_its_devices_and_loses_nothing(
             killed = time.monotonic()
             victim.kill()
             for device, topic in births.items():
-                watcher.inbox.wait_for(
-                    topic,
-                    lambda m, seen=frozenset(before[device]): (
-                        b'"online"' in m.payload and m.payload not in seen
-                    ),
-                    timeout=30.0,
-                )
+                seen = before[device]
+
+                def reborn(m: Message, seen: set[bytes] = seen) -> bool:
+                    return b'"online"' in m.payload and m.payload not in seen
+
+                watcher.inbox.wait_for(topic, reborn, timeout=30.0)
             moved_after = time.monotonic() - killed
             fab.wait_settled(*names, timeout=30.0)
             writes = fab.ledger.writes(mark)
