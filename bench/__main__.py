@@ -40,6 +40,7 @@ BENCHMARKS: Final = (
     "footprint",
     "brokers",
     "scale",
+    "cluster",
 )
 HEADING: Final = "## Benchmarks"
 

@@ -1,0 +1,155 @@
+"""Benchmark 8, clustered broker: heartbeats/s through a 3-node NATS cluster vs one mosquitto.
+
+Same run, same clients, both brokers from our generators (`broker nats-config` with 3 nodes on
+loopback, JetStream `stream_replicas` 3; `broker mosquitto-config`): `--devices` device
+connections (spread round-robin over the cluster's nodes; all on the one mosquitto) each publish
+`--beats` heartbeats (the agent's own encoding, QoS 0, not retained, as the agent sends them)
+from one thread per device, and the `bridge` user, on the cluster's last node, receives
+`devices/+/heartbeat` at QoS 0 as the bridge does. Measured: heartbeats received per second from
+the first publish to the last delivery (or to `--quiet` s without one), and the share lost.
+
+Heartbeats at QoS 0 are plain NATS messages between nodes (no JetStream), so this is the
+cluster's routing cost; retained documents and QoS 1 go through JetStream and are slower (see
+docs/scale.md). The clients are Python (paho), so both rates are bounded by them as much as by
+the brokers: the ratio is what this bench shows.
+
+Usage: `python -m bench.cluster [--quick] [--devices N] [--beats N]`. Writes
+`bench/results/cluster.json`. Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Result, count, ratio
+from devicefabric.config import lean
+from devicefabric.config.credentials import new_secret
+from devicefabric.config.names import BRIDGE_USER
+from devicefabric.config.topics import DeviceTopic, Topics
+from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
+from tests.support.mqtt import Client, connect
+from tests.support.nats import nats_cluster
+
+T = Topics()
+
+
+def _names(devices: int) -> list[str]:
+    return [f"hb-{i:04d}" for i in range(devices)]
+
+
+def _blast(client: Client, device: str, beats: int, start: threading.Event) -> None:
+    topic = T.heartbeat(device)
+    start.wait()
+    for seq in range(1, beats + 1):
+        client.paho.publish(topic, lean.encode_heartbeat(f"{device}-1", seq), qos=0)
+
+
+def _measure(
+    nodes: Sequence[BrokerProcess], receiver_node: BrokerProcess, args: argparse.Namespace
+) -> dict[str, Any]:
+    names = _names(args.devices)
+    with contextlib.ExitStack() as stack:
+        bridge = stack.enter_context(connect(receiver_node, BRIDGE_USER))
+        assert not bridge.subscribe(T.all_devices(DeviceTopic.HEARTBEAT), qos=0).is_failure
+        devices = [
+            stack.enter_context(connect(nodes[i % len(nodes)], name))
+            for i, name in enumerate(names)
+        ]
+        start = threading.Event()
+        threads = [
+            threading.Thread(target=_blast, args=(c, n, args.beats, start), daemon=True)
+            for c, n in zip(devices, names, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        sent = args.devices * args.beats
+        began = time.monotonic()
+        start.set()
+        last, got = began, 0
+        while got < sent:
+            time.sleep(0.05)
+            now_got = len(bridge.inbox.messages())
+            if now_got != got:
+                got, last = now_got, time.monotonic()
+            elif time.monotonic() - last > args.quiet:
+                break
+        for thread in threads:
+            thread.join(10.0)
+        elapsed = max(last - began, 1e-9)
+    return {"sent": sent, "received": got, "seconds": elapsed, "per_s": got / elapsed}
+
+
+@contextlib.contextmanager
+def _brokers(base: Path, secret: bytes, names: list[str]) -> Iterator[dict[str, Any]]:
+    mosquitto = prepare_mosquitto(base / "mosquitto", secret, names)
+    with running(mosquitto), nats_cluster(base / "nats", secret, names) as cluster:
+        yield {"mosquitto": ((mosquitto,), mosquitto), "nats": (cluster.nodes, cluster.nodes[-1])}
+
+
+def run(args: argparse.Namespace) -> Result:
+    result = Result("cluster", vars(args).copy())
+    secret = new_secret().encode()
+    found: dict[str, list[dict[str, Any]]] = {"mosquitto": [], "nats": []}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp,
+        _brokers(Path(tmp), secret, _names(args.devices)) as brokers,
+    ):
+        for attempt in range(args.repeat):
+            for kind, (nodes, receiver) in brokers.items():
+                measured = _measure(nodes, receiver, args)
+                found[kind].append(measured)
+                print(
+                    f"  {kind} run {attempt + 1}: {measured['received']:,}/{measured['sent']:,}"
+                    f" in {measured['seconds']:.2f}s = {count(measured['per_s'])}/s",
+                    flush=True,
+                )
+    result.metrics["runs"] = found
+    rates = {k: sorted(r["per_s"] for r in runs)[len(runs) // 2] for k, runs in found.items()}
+    lost = {
+        k: 1 - sum(r["received"] for r in v) / sum(r["sent"] for r in v) for k, v in found.items()
+    }
+    for kind, runs in found.items():
+        result.series(f"{kind}_heartbeats_per_s", [r["per_s"] for r in runs])
+    result.row(
+        "heartbeats/s, 3-node NATS cluster vs 1 mosquitto",
+        f"{count(rates['nats'])}/s",
+        floor=f"{count(rates['mosquitto'])}/s",
+        ratio=ratio(rates["nats"], rates["mosquitto"]),
+        note=f"{args.devices} devices over 3 nodes, QoS 0; lost {lost['nats']:.1%} "
+        f"(mosquitto {lost['mosquitto']:.1%}); paho clients bound both",
+    )
+    return result.finish()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.cluster", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    p.add_argument("--quick", action="store_true", help="fewer devices and heartbeats")
+    p.add_argument("--devices", type=int, help="device connections (default 30; quick 9)")
+    p.add_argument("--beats", type=int, help="heartbeats per device (default 2000; quick 500)")
+    p.add_argument("--repeat", type=int, help="runs per broker (default 3; quick 1)")
+    p.add_argument("--quiet", type=float, default=2.0, help="s without a delivery that ends a run")
+    return p
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    args.devices = args.devices or (9 if args.quick else 30)
+    args.beats = args.beats or (500 if args.quick else 2000)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    return args
+
+
+def main(argv: list[str] | None = None) -> Result:
+    return run(configure(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
