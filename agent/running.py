@@ -97,9 +97,8 @@ class Agent:
                 extra=self._extra,
             )
             self._apply(persisted, wants_of(persisted, self.settings.device))
-        log.info(
-            "agent %s started; broker %s", __version__, self.settings.broker, extra=self._extra
-        )
+        brokers = ",".join(str(b) for b in (self.settings.broker, *self.settings.fallback_brokers))
+        log.info("agent %s started; broker %s", __version__, brokers, extra=self._extra)
         try:
             async with asyncio.TaskGroup() as outer:
                 outer.create_task(self._session.run(), name="mqtt session")

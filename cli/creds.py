@@ -66,9 +66,19 @@ def _secret_flags_after(parser: argparse.ArgumentParser) -> None:
     SUPPRESS keeps the value given before USER (or its env default) when they are not repeated.
     """
     parser.add_argument(
-        "--secret-file", type=Path, default=argparse.SUPPRESS, help="as before USER"
+        "--secret-file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="file holding the fabric secret (may also come before USER) "
+        "[env DEVICEFABRIC_SECRET_FILE]",
     )
-    parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="as before USER")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="read the secret from this state directory, as created by `devicefabric up` "
+        "(may also come before USER) [env DEVICEFABRIC_STATE_DIR]",
+    )
 
 
 def options_text(user: str, password: str) -> str:
