@@ -7,8 +7,12 @@ The ceiling of attempt n is `min(cap, base * factor**n)`. Two jitter modes:
 - `equal` (crash restarts): the delay is uniform in `[ceiling/2, ceiling]`, so there is a hard
   floor: a crash-looping process restarts, and is reported, at most once per `base/2` seconds.
 
-Invariants: every delay is in `[0, cap]`; the ceiling never decreases until `reset()`; no clock
-and no sleeping here (callers wait, cancellably).
+With a `floor`, every delay is shifted up by it (`floor + jitter`, still at most `cap`), which
+keeps the spread of the jitter: a broker that jails a client id reconnecting too soon (NATS holds
+one back for about a second) is never hit, and a fleet does not bunch up at the floor.
+
+Invariants: every delay is in `[min(floor, cap), cap]`; the ceiling never decreases until
+`reset()`; no clock and no sleeping here (callers wait, cancellably).
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ class Backoff:
     jitter: Jitter = "full"
     rand: Callable[[], float] = field(default=random.random, repr=False)
     attempt: int = 0
+    floor: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.base <= self.cap:
             raise ValueError(f"back-off needs 0 < base <= cap, got base={self.base} cap={self.cap}")
         if self.factor < 1:
             raise ValueError(f"back-off factor must be >= 1, got {self.factor}")
+        if self.floor < 0:
+            raise ValueError(f"back-off floor must be >= 0, got {self.floor}")
 
     def ceiling(self) -> float:
         """The largest delay the next attempt may get."""
@@ -49,9 +56,8 @@ class Backoff:
         top = self.ceiling()
         self.attempt += 1
         r = min(max(self.rand(), 0.0), 1.0)
-        if self.jitter == "equal":
-            return top / 2 + r * top / 2
-        return r * top
+        delay = top / 2 + r * top / 2 if self.jitter == "equal" else r * top
+        return min(self.floor + delay, self.cap)
 
     def reset(self) -> None:
         """Start over from `base` (after a success: a connection held, a process ran stably)."""

@@ -32,6 +32,7 @@ log = logging.getLogger("devicefabric.agent.leftovers")
 CHILDREN_FILE: Final = "children.json"
 LEFTOVER_GRACE_S: Final = 10.0
 POLL_S: Final = 0.05
+KILL_WAIT_S: Final = 2.0  # bound on waiting for SIGKILLed leftovers to be gone
 
 
 def start_time(pid: int) -> int | None:
@@ -120,6 +121,11 @@ async def _stop_groups(pids: list[int], grace: float) -> None:
     # process group id stays taken while any member lives, so it names the same group).
     for pid in pids:
         _signal_group(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: wait (bounded) until they are gone, so nothing of the
+    # previous run still holds a port or a file when this run starts its own children.
+    deadline = loop.time() + KILL_WAIT_S
+    while still_running() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(POLL_S)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -21,7 +21,8 @@ PUBACK timeout (5 s). Reports are published only on a live connection; a new con
 gets a first report (see `reporting`), so nothing has to be queued across connections. Refused
 logins (bad user name or
 password, not authorized, client id rejected) raise `LoginRefusedError`; every other failure
-reconnects after exponential back-off with full jitter, reset once a connection held for a while.
+reconnects after exponential back-off with full jitter above a 1.2 s floor (NATS jails a client
+id that returns within about a second), reset once a connection held for a while.
 `close()` publishes the retained `offline` (reason `shutdown`), waits for its PUBACK (bounded)
 and disconnects, so the broker discards the will.
 
@@ -58,6 +59,9 @@ log = logging.getLogger("devicefabric.agent.session")
 
 CLOSE_TIMEOUT_S: Final = 2.0  # for the PUBACK of the shutdown status
 RECONNECT_BASE_S: Final = 0.5
+# Every reconnect waits at least this (plus jitter): NATS jails a client id that comes back within
+# about a second (its flapper protection) and closes such a CONNECT without a CONNACK.
+RECONNECT_FLOOR_S: Final = 1.2
 RESUBSCRIBE_FIRST_S: Final = 1.0  # first retry of a refused subscription, doubled up to keepalive
 HELD_FOR_RESET_S: Final = 10.0  # a connection that held this long resets the back-off
 # CONNACK refusals that retrying cannot fix (MQTT 3.1.1 return codes 1, 2, 4, 5).
@@ -153,11 +157,13 @@ class Session:
         return Connection(endpoint, WillMessage(self._t_status, will), session)
 
     async def run(self) -> None:
+        cap = self._settings.max_reconnect_backoff
         backoff = Backoff(
-            base=min(RECONNECT_BASE_S, self._settings.max_reconnect_backoff),
-            cap=self._settings.max_reconnect_backoff,
+            base=min(RECONNECT_BASE_S, cap),
+            cap=cap,
             jitter="full",
             rand=self._rand,
+            floor=min(RECONNECT_FLOOR_S, cap),
         )
         loop = asyncio.get_running_loop()
         while not self._closing:

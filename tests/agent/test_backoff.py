@@ -55,3 +55,24 @@ def test_huge_attempt_counts_do_not_overflow() -> None:
 def test_invalid_parameters_are_refused(base: float, cap: float, factor: float) -> None:
     with pytest.raises(ValueError, match="back-off"):
         Backoff(base=base, cap=cap, factor=factor)
+
+
+@pytest.mark.parametrize(
+    ("floor", "cap", "rand", "expected"),
+    [
+        (1.2, 30.0, 0.0, [1.2, 1.2, 1.2]),  # the floor holds with no jitter at all
+        (1.2, 30.0, 1.0, [1.7, 2.2, 3.2]),  # shifted: the jitter's spread is kept above it
+        (1.2, 1.5, 1.0, [1.5, 1.5, 1.5]),  # never above the cap
+        (0.5, 0.5, 0.3, [0.5, 0.5, 0.5]),  # a cap below the floor: the cap
+    ],
+)
+def test_a_floor_shifts_every_delay(
+    floor: float, cap: float, rand: float, expected: list[float]
+) -> None:
+    backoff = Backoff(base=min(0.5, cap), cap=cap, floor=floor, rand=lambda: rand)
+    assert [round(backoff.next_delay(), 6) for _ in expected] == expected
+
+
+def test_a_negative_floor_is_refused() -> None:
+    with pytest.raises(ValueError, match="floor"):
+        Backoff(base=1.0, cap=2.0, floor=-1.0)
