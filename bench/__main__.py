@@ -41,6 +41,7 @@ BENCHMARKS: Final = (
     "brokers",
     "scale",
     "cluster",
+    "embedded_scale",
 )
 HEADING: Final = "## Benchmarks"
 

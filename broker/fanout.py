@@ -20,6 +20,11 @@ everyone:
 - Subscriptions: an emptied filter entry is removed on unsubscribe and on disconnect (amqtt left
   empty lists behind, walked by every later message); a client holds at most
   `Limits.max_subscriptions` filters, more are refused with SUBACK 0x80.
+- Matching: amqtt checked every subscribed filter against every message (O(filters) per message,
+  so the broker's CPU grew with the square of the fleet); here `broker.topicindex.FilterIndex`
+  (exact filters in a set, wildcards in a trie) finds the matching filters directly. The index
+  mirrors the keys of amqtt's `_subscriptions`; should they ever differ in size (a path of amqtt's
+  we do not override), it is rebuilt from them before matching.
 
 Every drop and refusal is counted and logged rate-limited per client (`broker.throttling`).
 Invariant: nothing a client does grows state other than its own, and its own is bounded.
@@ -42,6 +47,7 @@ from typing_extensions import override
 
 from devicefabric.broker.connection import FabricProtocolHandler, Limits
 from devicefabric.broker.throttling import RefusalLog, emit
+from devicefabric.broker.topicindex import FilterIndex
 
 log = logging.getLogger("devicefabric.broker")
 
@@ -71,6 +77,7 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self.refusals = RefusalLog()
         self._outboxes: dict[int, Outbox] = {}  # by id(handler): one per connection
         self._filters: dict[str, set[str]] = {}  # client id -> its subscribed filters
+        self._index = FilterIndex()  # the keys of `_subscriptions`, for matching
 
     def refuse(
         self, client_id: str, reason: str, detail: str, *, level: int = logging.INFO
@@ -88,8 +95,9 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         broadcast = await self._broadcast_queue.get()
         topic: str = broadcast["topic"]
         published_qos: int | None = broadcast.get("qos")
-        for topic_filter, subscriptions in list(self._subscriptions.items()):
-            if not subscriptions or not self._matches(topic, topic_filter):
+        for topic_filter in self.matching_filters(topic):
+            subscriptions = self._subscriptions.get(topic_filter)
+            if not subscriptions:
                 continue
             for target, sub_qos in list(subscriptions):
                 qos = sub_qos if published_qos is None else min(sub_qos, published_qos)
@@ -102,6 +110,12 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 handler = self._get_handler(target)
                 if isinstance(handler, FabricProtocolHandler):
                     self._deliver(target, handler, topic, broadcast["data"], qos)
+
+    def matching_filters(self, topic: str) -> list[str]:
+        """The subscribed filters matching `topic` (the index, checked against amqtt's keys)."""
+        if len(self._index) != len(self._subscriptions):
+            self._index = FilterIndex(self._subscriptions)
+        return self._index.match(topic)
 
     def _deliver(
         self, session: Session, handler: FabricProtocolHandler, topic: str, data: Any, qos: int
@@ -164,7 +178,13 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             self.refuse(session.client_id, "subscribe_denied", topic_filter)
         else:
             self._filters.setdefault(session.client_id, held).add(topic_filter)
+            if topic_filter in self._subscriptions:
+                self._index.add(topic_filter)
         return code
+
+    def holds(self, session: Session, topic_filter: str) -> bool:
+        """Whether `session` subscribed to `topic_filter`."""
+        return topic_filter in self._filters.get(session.client_id, ())
 
     @override
     def _del_subscription(self, a_filter: str, session: Session) -> int:
@@ -175,6 +195,7 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         entries[:] = [e for e in entries if e[0].client_id != session.client_id]
         if not entries:
             del self._subscriptions[a_filter]
+            self._index.discard(a_filter)
         held = self._filters.get(session.client_id)
         if held is not None:
             held.discard(a_filter)
@@ -192,5 +213,6 @@ class FanoutBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             entries[:] = [e for e in entries if e[0].client_id != session.client_id]
             if not entries:
                 del self._subscriptions[topic_filter]
+                self._index.discard(topic_filter)
         with contextlib.suppress(Exception):
             self.forget_client(session.client_id)

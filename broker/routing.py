@@ -15,7 +15,11 @@ with the amqtt 0.12.1 behaviour it replaces (defects 1, 2, 4 and 8 live here). I
   ended, then publishes the will if the connection was lost - after checking it again
   (`_will_permitted`), and never during a broker shutdown.
 - `_publish_retained_messages_for_subscription` (~1134) and `_publish_session_retained_messages`
-  (~1116) check RECEIVE for each message they replay.
+  (~1116) check RECEIVE for each message they replay. The first serves only a filter the session
+  holds (defence in depth: amqtt calls it for *every* client's filter when a session resumes,
+  ~601, a path `broker.hardening` already replaced), and an exact filter is one lookup instead of
+  a walk over every retained message (a device's SUBSCRIBE cost O(retained), so onboarding a
+  fleet cost O(devices^2)).
 - `_topic_filtering` (~893) calls the topic plugins in sequence (amqtt starts a task per plugin
   per check) and turns an exception into a denial. A topic plugin may offer
   `will_filtering(session=, topic=)`; amqtt has no will action, so without it a will is checked
@@ -40,6 +44,7 @@ from typing_extensions import override
 
 from devicefabric.broker.connection import FabricProtocolHandler, Limits
 from devicefabric.broker.fanout import FanoutBroker
+from devicefabric.broker.topicindex import is_wildcard, matches
 from devicefabric.config.errors import TopicError
 from devicefabric.config.topics import validate_publish_topic
 
@@ -101,12 +106,17 @@ class RoutingBroker(FanoutBroker):
     ) -> None:
         topic_filter, qos = subscription
         handler = self._get_handler(session)
-        if handler is None:
-            return
+        if handler is None or not self.holds(session, topic_filter):
+            return  # only the session's own filters (amqtt's resume path replayed everyone's)
+        if is_wildcard(topic_filter):
+            candidates = [
+                (t, m) for t, m in list(self._retained_messages.items()) if matches(topic_filter, t)
+            ]
+        else:  # one lookup, not a walk over every retained message
+            found = self._retained_messages.get(topic_filter)
+            candidates = [] if found is None else [(topic_filter, found)]
         sends = []
-        for topic, retained in list(self._retained_messages.items()):
-            if not self._matches(topic, topic_filter):
-                continue
+        for topic, retained in candidates:
             if not await self._topic_filtering(session, topic, Action.RECEIVE):
                 continue
             rqos = min(qos, retained.qos if retained.qos is not None else qos)
