@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+import textwrap
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.errors import NotFoundError, StateDirError
@@ -213,7 +214,7 @@ def run_get(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch(args, store, keys if args.names else None, namespace)
     if args.output in ("yaml", "json"):
-        docs = [doc for key in keys if (doc := store.document(key)) is not None]
+        docs = (doc for key in keys if (doc := store.document(key)) is not None)
         _print_documents(docs, args.output, single=len(args.names) == 1)
         return 0
     resources = [res for key in keys if (res := store.load(key)) is not None]
@@ -245,16 +246,36 @@ def _watch(
     return watching.watch(table, f"deviceprocesses in {where} ({args.state_dir})")
 
 
-def _print_documents(docs: list[dict[str, object]], fmt: str, *, single: bool) -> None:
-    body: object = (
-        docs[0] if single and docs else {"apiVersion": "v1", "kind": "List", "items": docs}
-    )
-    if fmt == "json":
-        print(json.dumps(body, indent=2))
-    else:
-        import yaml  # noqa: PLC0415 - the bridge extra
+def _print_documents(docs: Iterator[dict[str, object]], fmt: str, *, single: bool) -> None:
+    """One document, or a `List` written item by item (memory flat however many there are)."""
+    import yaml  # noqa: PLC0415 - the bridge extra
 
-        print(yaml.safe_dump(body, sort_keys=False), end="")
+    out = sys.stdout
+    if single:
+        doc = next(docs, None)
+        if doc is not None:
+            out.write(json.dumps(doc, indent=2) + "\n" if fmt == "json" else _yaml(yaml, doc))
+        return
+    if fmt == "json":  # the same text `json.dumps(list, indent=2)` gives, one item at a time
+        out.write('{\n  "apiVersion": "v1",\n  "kind": "List",\n  "items": [')
+        first = True
+        for doc in docs:
+            item = textwrap.indent(json.dumps(doc, indent=2), "    ")
+            out.write(("\n" if first else ",\n") + item)
+            first = False
+        out.write("]\n}\n" if first else "\n  ]\n}\n")
+        return
+    out.write("apiVersion: v1\nkind: List\n")
+    wrote = False
+    for doc in docs:
+        out.write(("" if wrote else "items:\n") + _yaml(yaml, [doc]))
+        wrote = True
+    if not wrote:
+        out.write("items: []\n")
+
+
+def _yaml(yaml: Any, body: object) -> str:
+    return str(yaml.safe_dump(body, sort_keys=False))
 
 
 # -- the table (also drawn live by `devicefabric up --demo`) -----------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devicefabric.bridge import verbs
 from devicefabric.bridge.controlplane.localstore import LocalStore
 from tests.support.cli import cli_argv, manifest_text, run_cli, write_manifest
 
@@ -255,3 +256,22 @@ def test_input_on_stdin_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) 
     assert done.returncode == 2
     (line,) = done.stderr.decode().strip().splitlines()
     assert line.startswith("devicefabric: error: -f -: cannot read:")
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_list_is_streamed_as_the_same_document(
+    capsys: pytest.CaptureFixture[str], count: int, fmt: str
+) -> None:
+    """`get -o json|yaml` writes item by item; the text reads back as the whole List."""
+    docs: list[dict[str, object]] = [
+        {"apiVersion": "devicefabric.io/v1alpha1", "kind": "DeviceProcess", "n": i, "x": [1, {}]}
+        for i in range(count)
+    ]
+    verbs._print_documents(iter(docs), fmt, single=False)
+    text = capsys.readouterr().out
+    whole = {"apiVersion": "v1", "kind": "List", "items": docs}
+    if fmt == "json":
+        assert text == json.dumps(whole, indent=2) + "\n"
+    else:
+        assert yaml.safe_load(text) == whole
