@@ -13,7 +13,8 @@ retains.
   `devices/+/desired`, including the echo of our own publishes), and `sent`, what we published and
   have not seen echoed yet. `plan(device, resources)` returns the document to publish, or None when
   its revision equals either (so nothing is published twice, and a bridge that read the retained
-  documents back before planning republishes nothing unchanged). A device whose last resource is
+  documents back before planning republishes nothing unchanged); a publish whose echo does not
+  come back in time is forgotten by `expire_sent` and planned again. A device whose last resource is
   gone gets an empty document once, unless nothing was ever retained for it.
 - No resource content can make a document the wire refuses. Past `MAX_PROCESSES` valid resources
   on one device, the ones after the first `MAX_PROCESSES` by namespace/name are left out. A document
@@ -162,6 +163,7 @@ class Mirror:
         self.limit = limit
         self.observed: dict[str, str] = {}  # device -> revision the broker retains
         self.sent: dict[str, str] = {}  # device -> revision published, echo not seen yet
+        self.sent_at: dict[str, float] = {}  # device -> when (monotonic) it was published
         self.rejected: dict[str, str] = {}  # resource key -> why it is not sent
         self._rejected_by_device: dict[str, frozenset[str]] = {}
         self._last_doc: dict[str, dict[str, int]] = {}  # device -> key -> generation it holds
@@ -176,10 +178,25 @@ class Mirror:
             self._last_doc[device] = {p.key: p.generation for p in doc.processes}
         if revision is not None and self.sent.get(device) == revision:
             del self.sent[device]
+            self.sent_at.pop(device, None)
 
     def reset_sent(self) -> None:
         """Forget unconfirmed publishes (after a reconnect the broker is read back again)."""
         self.sent.clear()
+        self.sent_at.clear()
+
+    def expire_sent(self, now: float, older_than: float) -> list[str]:
+        """Devices whose publish was not echoed within `older_than` s: forgotten, to plan again.
+
+        A broker may acknowledge a retained publish it then fails to store (a NATS cluster
+        electing new JetStream leaders after a node died, measured): without its echo the
+        document is not known to be retained, so it is published again.
+        """
+        late = [d for d, at in self.sent_at.items() if now - at > older_than]
+        for device in late:
+            self.sent.pop(device, None)
+            del self.sent_at[device]
+        return late
 
     def devices(self) -> set[str]:
         """Every device with a retained or in-flight document."""
@@ -218,9 +235,10 @@ class Mirror:
             return Plan(None, changed)  # nothing was ever sent: there is nothing to stop
         return Plan(desired, changed)
 
-    def published(self, device: str, doc: Desired) -> None:
-        """`doc` was handed to the broker for `device`."""
+    def published(self, device: str, doc: Desired, now: float = 0.0) -> None:
+        """`doc` was handed to the broker for `device` at `now` (monotonic)."""
         self.sent[device] = doc.revision
+        self.sent_at[device] = now
         self._last_doc[device] = {p.key: p.generation for p in doc.processes}
 
     def _set_refusals(self, device: str, refused: dict[str, str]) -> frozenset[str]:

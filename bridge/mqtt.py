@@ -31,6 +31,11 @@ Per connection (each with a new `session`: a random boot id plus a counter):
 `down_since` is the monotonic time since which the link has not been primed (None while primed):
 the service's `/healthz` fails when it is older than its bound.
 
+While primed, a probe (QoS 0, empty) goes to the same marker topic every `probe_interval`; the
+time its echo last came back (`last_echo`) is what `vouched()` reports, and a link with no echo
+for `probe_timeout` is ended and reconnected (a silent partition that TCP and the MQTT keepalive
+would notice only after a minute).
+
 Reads are batched: one readable event drains up to `READ_BATCH` messages, so a burst of heartbeats
 costs one selector wake-up per batch rather than per message.
 """
@@ -90,6 +95,8 @@ class LinkSettings:
     quiet: float = 0.1  # s without a retained message that ends the replay
     prime_max: float = 15.0  # s: priming never waits longer than this
     refusals_fatal: int = 3  # refused subscriptions on this many connections in a row: fatal
+    probe_interval: float = 1.0  # s between probes on the sync marker topic while primed...
+    probe_timeout: float = 10.0  # ...and without any echo for this long the link is dead
 
 
 class MqttLink:
@@ -105,6 +112,7 @@ class MqttLink:
         self._boot = secrets.token_hex(4)
         self._counter = 0
         self._received = 0
+        self.last_echo: float | None = None  # monotonic time our own marker last came back
         self._last_retained = 0.0
         self._marker_topic = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,6 +204,7 @@ class MqttLink:
         self.session = f"{self._boot}.{self._counter}"
         self._marker_topic = self.settings.topics.sync_marker(self.session)
         self._marker.clear()
+        self.last_echo = None
         self._lost.clear()
         will = encode(BridgeStatus(state="offline", session=self.session))
         self._client.will_set(self.settings.topics.bridge_status(), will, qos=1, retain=True)
@@ -243,10 +252,39 @@ class MqttLink:
         if self._fatal is not None:
             raise self._fatal
 
+    def vouched(self, now: float) -> float:
+        """Up to when the link is known to have worked: the last echo of our own probe.
+
+        The sweep times devices out only up to this moment, so a silent link (a partition the
+        TCP connection has not noticed yet) never makes the bridge blame the devices for
+        heartbeats it could not receive. A broker that never echoes the marker vouches nothing
+        and the sweep uses `now`, as before.
+        """
+        return now if self.last_echo is None else min(now, self.last_echo)
+
     async def _keepalive(self) -> None:
+        next_probe = 0.0
         while not self._lost.is_set():
             self._client.loop_misc()
-            await self._wait(self._lost, 1.0)
+            now = time.monotonic()
+            if self.primed and now >= next_probe:
+                next_probe = now + self.settings.probe_interval
+                self._probe(now)
+            await self._wait(self._lost, min(1.0, self.settings.probe_interval))
+
+    def _probe(self, now: float) -> None:
+        """Publish a probe on the marker topic; a link silent past `probe_timeout` is ended."""
+        echo = self.last_echo
+        if echo is not None and now - echo > self.settings.probe_timeout:
+            log.warning(
+                "no echo of our own probe for %.0fs: the broker link is silent; reconnecting",
+                now - echo,
+                extra={"session": self.session},
+            )
+            self._client.disconnect()
+            self._lost.set()
+            return
+        self.publish(self._marker_topic, b"", retain=False, qos=0)
 
     async def _prime(self) -> None:
         if self._suback is None or self._lost.is_set():
@@ -435,6 +473,7 @@ class MqttLink:
             self._last_retained = time.monotonic()
         if topic == self._marker_topic:
             self._marker.set()
+            self.last_echo = time.monotonic()
             return
         payload = msg.payload
         if not isinstance(payload, bytes):

@@ -92,6 +92,7 @@ from devicefabric.config.wire import MAX_PAYLOAD_BYTES, encode
 
 log = logging.getLogger("devicefabric.bridge")
 
+ECHO_TIMEOUT: Final = 10.0  # s: a published desired not read back by then is published again
 SWEEP_MIN: Final = 0.05  # s: the sweep never wakes more often than this...
 SWEEP_MAX: Final = 0.5  # ...nor sleeps longer (a new short-heartbeat device is found in time)
 LEADERSHIP_POLL: Final = 0.5
@@ -194,6 +195,7 @@ class Bridge:
         )
         self.ready = asyncio.Event()  # latched: synced and primed once
         self._primed = asyncio.Event()
+        self._replayed: set[str] = set()  # keys a replay changed, written once it is complete
         self.events = EventRecorder(
             control_plane,
             TokenBucket(settings.event_qps, settings.event_burst, time.monotonic()),
@@ -312,8 +314,17 @@ class Bridge:
             now = time.monotonic()
             delay = SWEEP_MAX if deadline is None else max(SWEEP_MIN, deadline - now)
             await asyncio.sleep(min(SWEEP_MAX, delay))
-            if self.link.primed:
-                self._apply(self.tracker.sweep(time.monotonic()))
+            if self.link.primed:  # only up to when our own probe proved the link worked
+                self._apply(self.tracker.sweep(self.link.vouched(time.monotonic())))
+                self._republish_unechoed()
+
+    def _republish_unechoed(self) -> None:
+        for device in self.mirror.expire_sent(time.monotonic(), ECHO_TIMEOUT):
+            log.warning(
+                "desired for %s not read back within %.0fs; publishing it again",
+                device, ECHO_TIMEOUT, extra={"device": device},
+            )  # fmt: skip
+            self._mirror_device(device)
 
     def _resync(self) -> None:
         self.resyncs += 1
@@ -351,7 +362,7 @@ class Bridge:
         if doc is None:
             return
         if self.link.publish(self.topics.desired(device), encode(doc), retain=True):
-            self.mirror.published(device, doc)
+            self.mirror.published(device, doc, time.monotonic())
             self.metrics.desired_published.inc()
             log.info(
                 "published desired revision %s (%d processes)", doc.revision, len(doc.processes),
@@ -370,6 +381,9 @@ class Bridge:
     def on_primed(self) -> None:
         self.tracker.resume(time.monotonic())
         self._primed.set()
+        replayed, self._replayed = self._replayed, set()
+        for key in replayed:  # what the replay after a reconnect changed, once, all of it read
+            self.queue.add(key)
         if self.ready.is_set():
             for device in set(self.index.devices()) | self.mirror.devices():
                 self._mirror_device(device)
@@ -394,7 +408,9 @@ class Bridge:
                 )  # fmt: skip
             elif change.keys is not None:
                 keys = keys & change.keys
-            if ready:
+            if ready and not self.link.primed:
+                self._replayed.update(keys)  # a replay after a reconnect: one write at its end
+            elif ready:
                 delay = 0.0 if isinstance(change, Transition) else self.settings.settle
                 for key in keys:
                     self.queue.add(key, delay=delay)

@@ -84,3 +84,23 @@ def test_index_ignores_invalid_device_names() -> None:
     bad = resource("web", "Not_A_Device")
     assert index.update(bad.key, bad) == set()
     assert index.device_of_key(bad.key) is None
+
+
+def test_a_publish_not_echoed_in_time_is_planned_again() -> None:
+    mirror = Mirror()
+    web, other = resource("web", "tor9-99"), resource("db", "dev-a")
+    doc = mirror.plan("tor9-99", [web]).doc
+    doc2 = mirror.plan("dev-a", [other]).doc
+    assert doc is not None
+    assert doc2 is not None
+    mirror.published("tor9-99", doc, now=100.0)
+    mirror.published("dev-a", doc2, now=105.0)
+    mirror.observe("dev-a", doc2.revision)  # echoed: never expires
+    assert mirror.expire_sent(now=109.0, older_than=10.0) == []
+    assert mirror.plan("tor9-99", [web]).doc is None  # still in flight
+    assert mirror.expire_sent(now=111.0, older_than=10.0) == ["tor9-99"]
+    again = mirror.plan("tor9-99", [web]).doc
+    assert again is not None
+    assert again.revision == doc.revision
+    assert mirror.expire_sent(now=200.0, older_than=10.0) == []  # forgotten once
+    assert mirror.plan("dev-a", [other]).doc is None

@@ -35,6 +35,7 @@ import pytest
 from devicefabric.broker.mosquitto import generate
 from devicefabric.config.settings import HostPort
 from tests.agent.fabric import AgentProcess
+from tests.faults.processes import BridgeProcess
 from tests.support.brokers import MOSQUITTO, BrokerProcess, require_mosquitto
 from tests.support.brokers import _current_user as current_user
 from tests.support.ports import free_port
@@ -166,6 +167,11 @@ class Link:
         if outbound:
             self._insert("OUTPUT", "-o", self.inner, "-j", "DROP")
 
+    def partition_from(self, host: str) -> None:
+        """Drop silently, both ways, only what goes to or comes from `host` (one peer cut off)."""
+        self._insert("INPUT", "-i", self.inner, "-s", host, "-j", "DROP")
+        self._insert("OUTPUT", "-o", self.inner, "-d", host, "-j", "DROP")
+
     def loss(self, probability: float) -> None:
         """Drop each packet, either way, with `probability`."""
         for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
@@ -251,6 +257,16 @@ def broker_at(
     )  # fmt: skip
     broker.host = host
     return broker
+
+
+class NetBridge(BridgeProcess):
+    """`devicefabric bridge run` inside a link's namespace, serving HTTP on the link's address."""
+
+    def __init__(self, link: Link, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link = link
+        self.http_host = link.address
+        self.prefix = [IP, "netns", "exec", link.name]
 
 
 class NetAgent(AgentProcess):

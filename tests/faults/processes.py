@@ -140,6 +140,8 @@ class BridgeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.runs = 0
+        self.http_host = "127.0.0.1"  # where it serves HTTP (a namespace's address: `netns`)
+        self.prefix: list[str] = []  # runs the command elsewhere (`ip netns exec NS`)
 
     @property
     def log_path(self) -> Path:
@@ -150,6 +152,7 @@ class BridgeProcess:
         self.runs += 1
         self.port = free_port()
         argv = [
+            *self.prefix,
             sys.executable,
             str(LAUNCHER),
             "--log-format",
@@ -167,7 +170,7 @@ class BridgeProcess:
             "--state-dir",
             str(self.state_dir),
             "--http",
-            f"127.0.0.1:{self.port}",
+            f"{self.http_host}:{self.port}",
             *(item for pair in self.options.items() for item in pair),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICEFABRIC_")}
@@ -211,7 +214,8 @@ class BridgeProcess:
     # -- what it serves ----------------------------------------------------------------------------
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+            url = f"http://{self.http_host}:{self.port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

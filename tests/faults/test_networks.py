@@ -24,7 +24,14 @@ from tests.agent.helpers import alive
 from tests.conftest import TEST_SECRET
 from tests.faults.budget import LONG
 from tests.faults.fabric import LocalFabric, key, logged, manifest, reason
-from tests.faults.netns import NetAgent, Network, broker_at, netem_available, require_netns
+from tests.faults.netns import (
+    NetAgent,
+    NetBridge,
+    Network,
+    broker_at,
+    netem_available,
+    require_netns,
+)
 from tests.support.mqtt import connect
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
@@ -226,4 +233,49 @@ def test_lossy_links(tmp_path: Path, network: Network, kind: str) -> None:
         print(
             f"\n[{kind}] 20% loss{' + netem delay' if shaped else ''}: propagation p50 "
             f"{times[len(times) // 2]:.2f}s p99/max {times[-1]:.2f}s; writes {sorted(writes.values())}"
+        )
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+def test_bridge_partitioned_from_the_broker(tmp_path: Path, network: Network, kind: str) -> None:
+    """The bridge's own link goes silent (devices keep talking to the broker): no device is blamed
+    for it (zero writes while cut off), the bridge notices by its probe and reconnects after the
+    heal, and only what really changed meanwhile is written, once."""
+    devices = ("bp0", "bp1")
+    with fabric(tmp_path, network, kind, devices) as fab:
+        fab.apply(*(manifest(f"job-{d}", d, ["sleep", "600"]) for d in devices))
+        bridge_link = network.device("bridge")
+        bridge = NetBridge(
+            bridge_link, fab.broker, fab.workdir, fab.state_dir, stale_multiplier=STALE
+        )
+        fab.bridges.append(bridge)
+        bridge.start()
+        marker = fab.marker()
+        agents = {d: net_agent(fab, network, d) for d in devices}
+        fab.wait_settled(*(f"job-{d}" for d in devices), timeout=30)
+        pid = fab.status("job-bp0")["pid"]
+        mark = fab.ledger.mark()
+
+        bridge_link.partition_from(fab.broker.host)
+        cut = time.monotonic()
+        fab.wait(lambda: bridge.readyz().get("mqtt") == "down", 30, "the bridge noticing")
+        noticed = time.monotonic() - cut
+        agents["bp1"].terminate()  # a real change while the bridge is cut off: a clean shutdown
+        stale = STALE * HEARTBEAT + SWEEP + 2.0
+        fab.wait(lambda: time.monotonic() - cut >= noticed + stale, stale + 5, "a stale window")
+        assert not fab.ledger.writes(mark), "a device was blamed for the bridge's own outage"
+
+        bridge_link.heal()
+        healed = time.monotonic()
+        fab.wait(lambda: reason(fab.status("job-bp1")) == "Shutdown", 40, "the shutdown written")
+        back = time.monotonic() - healed
+        marker.flip(bridge)
+        writes = fab.ledger.writes(mark)
+        assert writes == Counter({key("job-bp1"): 1, key("marker"): 1}), writes
+        assert reason(fab.status("job-bp0")) == "Connected"
+        assert fab.status("job-bp0")["pid"] == pid
+        print(
+            f"\n[{kind}] bridge cut off: noticed after {noticed:.1f}s (probe), "
+            f"0 writes while cut off, the real change written {back:.1f}s after the heal; "
+            f"writes {dict(writes)}"
         )
