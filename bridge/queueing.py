@@ -176,6 +176,11 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
+    def drain(self, now: float) -> None:
+        """Forfeit the saved-up burst (a debt already owed stays): the sustained rate from now."""
+        self.reserve(now)
+        self._tokens = min(self._tokens + 1.0, 0.0)
+
     def reserve(self, now: float) -> float:
         """Take one token; return the seconds to wait before using it (0 when available now)."""
         if now > self._stamp:

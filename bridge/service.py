@@ -211,6 +211,7 @@ class Bridge:
             metrics=self.metrics,
             call_timeout=settings.call_timeout,
         )
+        self.writer.on_slow = lambda: self.queue.bucket.drain(time.monotonic())
         self._task: asyncio.Task[None] | None = None
         self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
         self.metrics.bind(
@@ -246,7 +247,9 @@ class Bridge:
                 tg.create_task(self._sweeper(), name="sweep")
                 tg.create_task(self._leadership(), name="leadership")
                 tg.create_task(self.events.run(), name="events")
-                for i in range(self.settings.workers):
+                # no more writes in flight than the burst: writes a stalled path held arrive
+                # together when it heals, and must still fit the budget
+                for i in range(min(self.settings.workers, self.settings.write_burst)):
                     tg.create_task(self.queue.serve(self.writer.reconcile), name=f"writer-{i}")
                 if self.http is not None:
                     tg.create_task(self.http.serve(), name="http")

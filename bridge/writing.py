@@ -20,7 +20,9 @@ Every control-plane call runs under `call_timeout`; its latency and outcome are 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
 from devicefabric.bridge.controlplane.base import ControlPlane, Resource
 from devicefabric.bridge.eventing import EventRecorder
@@ -34,6 +36,8 @@ from devicefabric.bridge.statuses import (
     rfc3339,
 )
 from devicefabric.bridge.tracking import DeviceTracker
+
+SLOW_CALL_S: Final = 2.0  # a status write held longer than this means the path stalled
 
 log = logging.getLogger("devicefabric.bridge.writes")
 
@@ -59,6 +63,9 @@ class StatusWriter:
         self.rejected = rejected  # key -> why mirroring refuses to send it (InvalidSpec)
         self.metrics = metrics
         self.call_timeout = call_timeout
+        # Called after a write held past SLOW_CALL_S (or timed out): the path to the API server
+        # stalled, so writes held meanwhile arrive together; the service forfeits the saved burst.
+        self.on_slow: Callable[[], None] | None = None
         self._written: dict[str, tuple[str, dict[str, object]]] = {}  # key -> (rv, status)
 
     def forget(self, key: str) -> None:
@@ -97,9 +104,14 @@ class StatusWriter:
         resource, stored, plan = self.plan(key)
         if resource is None or plan is None or not leading.is_set():
             return Outcome.DONE
-        await self.metrics.timed_call(
-            "status", self.control_plane.patch_status(key, plan.patch), self.call_timeout
-        )
+        started = time.monotonic()
+        try:
+            await self.metrics.timed_call(
+                "status", self.control_plane.patch_status(key, plan.patch), self.call_timeout
+            )
+        finally:
+            if time.monotonic() - started > SLOW_CALL_S and self.on_slow is not None:
+                self.on_slow()
         self._written[key] = (resource.resource_version, apply_patch(stored, plan.patch))
         log.info(
             "status written (%s)", ", ".join(sorted(plan.patch)),

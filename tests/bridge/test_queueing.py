@@ -216,3 +216,14 @@ def test_worker_maps_errors_to_outcomes() -> None:
 
     asyncio.run(story())
     assert runs == {"gone": 2, "racy": 3, "boom": 2, "busy": 2}
+
+
+def test_drain_forfeits_the_saved_burst_but_keeps_a_debt() -> None:
+    bucket = TokenBucket(rate=2.0, burst=4, now=0.0)
+    bucket.drain(10.0)  # four tokens saved up: gone
+    assert bucket.reserve(10.0) == pytest.approx(0.5)  # the next one at the sustained rate
+    owing = TokenBucket(rate=2.0, burst=1, now=0.0)
+    owing.reserve(0.0)
+    owing.reserve(0.0)  # one token in debt
+    owing.drain(0.0)
+    assert owing.reserve(0.0) == pytest.approx(1.0)  # the debt stays: two tokens owed now

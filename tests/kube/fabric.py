@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -101,14 +102,23 @@ class Proc:
 
 class BridgeProc(Proc):
     def __init__(
-        self, name: str, argv: list[str], workdir: Path, env: dict[str, str], port: int
+        self,
+        name: str,
+        argv: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        port: int,
+        *,
+        host: str = "127.0.0.1",
     ) -> None:
         super().__init__(name, argv, workdir, env)
         self.port = port
+        self.host = host
 
     def readyz(self) -> dict[str, Any]:
+        url = f"http://{self.host}:{self.port}/readyz"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 doc: dict[str, Any] = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             doc = json.loads(exc.read())
@@ -118,25 +128,44 @@ class BridgeProc(Proc):
 
 
 class KubeFabric:
-    def __init__(self, workdir: Path, secret: bytes, devices: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        secret: bytes,
+        devices: tuple[str, ...],
+        *,
+        api_host: str = "127.0.0.1",
+        broker: BrokerProcess | None = None,
+    ) -> None:
+        """`api_host`: where the fake serves; `broker`: one not yet started (default mosquitto)."""
         self.workdir = workdir
         self.devices = devices
-        self.api = FakeApiServer(bookmark_interval=0.2).start()
+        self.api = FakeApiServer(bookmark_interval=0.2, host=api_host).start()
         self.http = Http(self.api.url)
         self.admin_kubeconfig = self.api.write_kubeconfig(workdir / "kubeconfig-admin")
-        self.broker: BrokerProcess = prepare_mosquitto(workdir, secret, devices)
+        self.broker: BrokerProcess = broker or prepare_mosquitto(workdir, secret, devices)
         self.broker.start()
         self.bridges: dict[str, BridgeProc] = {}
         self.agents: dict[str, Proc] = {}
         self._orphans: set[int] = set()  # pids of processes whose agent was killed
 
     # -- processes ---------------------------------------------------------------------------
-    def start_bridge(self, pod: str, **env: str) -> BridgeProc:
+    def start_bridge(
+        self,
+        pod: str,
+        *,
+        prefix: Sequence[str] = (),
+        http_host: str = "127.0.0.1",
+        extra: Sequence[str] = (),
+        **env: str,
+    ) -> BridgeProc:
+        """A replica; `prefix` runs it elsewhere (`ip netns exec NS`), serving on `http_host`."""
         kubeconfig = self.api.write_kubeconfig(
             self.workdir / f"kubeconfig-{pod}", user=bridge_user(pod)
         )
         port = free_port()
         argv = [
+            *prefix,
             sys.executable,
             "-m",
             "devicefabric",
@@ -153,10 +182,16 @@ class KubeFabric:
             "--password-file",
             str(self.broker.password_file("bridge")),
             "--http",
-            f"127.0.0.1:{port}",
+            f"{http_host}:{port}",
+            *extra,
         ]
         bridge = BridgeProc(
-            pod, argv, self.workdir, {"KUBECONFIG": str(kubeconfig), "POD_NAME": pod, **env}, port
+            pod,
+            argv,
+            self.workdir,
+            {"KUBECONFIG": str(kubeconfig), "POD_NAME": pod, **env},
+            port,
+            host=http_host,
         )
         self.bridges[pod] = bridge
         return bridge

@@ -62,6 +62,7 @@ class FakeApiServer:
         self.stopping = False
         self.errors: list[str] = []  # tracebacks of handler failures (a fixture asserts none)
         self.namespaces: set[str] | None = None  # None: every namespace exists (see module doc)
+        self._host = host
         self._http = ApiHTTPServer((host, port), Handler)
         self._http.fake = self
         self._thread: threading.Thread | None = None
@@ -74,7 +75,7 @@ class FakeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self._host}:{self.port}"
 
     def resource_type(self, info: RequestInfo) -> ResourceType:
         for rtype in self.types:
