@@ -89,7 +89,9 @@ class SessionSettings:
 
     @property
     def keepalive(self) -> int:
-        """MQTT keepalive: twice the heartbeat, so a half-open link is noticed in ~3 heartbeats."""
+        """MQTT keepalive: twice the heartbeat (at least 5 s). paho sends a PINGREQ after one
+        keepalive without traffic and gives up one keepalive later, so a half-open link is
+        noticed after about two keepalives: four heartbeats (10 s at the 5 s floor)."""
         return max(5, min(2 * self.heartbeat_s, 65535))
 
 
