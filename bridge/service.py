@@ -37,6 +37,8 @@ Invariants:
   retained state was read back (`ready`), nor while `control_plane.leading` is clear. Each time
   leadership is (re)gained every key is reconciled and every device re-mirrored: writes happen
   only where the stored state differs, so a restart with everything healthy writes nothing.
+  With shards (`--shards`), a device is written only while `control_plane.may_write(device)`
+  (its shard's Lease held), and every shard gained triggers the same full reconcile.
 - Our own writes are overlaid on the informer's cached status until the cache moves past the
   resource version we wrote against (`writing`), so no patch is written twice.
 - Every replica publishes its retained birth on connecting; the leader publishes it again when it
@@ -301,9 +303,14 @@ class Bridge:
             log.info("leading: reconciling every resource and device")
             self.link.publish_birth()
             self._resync()
-            # The interface signals gaining leadership only; losing it is polled (cheap, rare).
-            while leading.is_set():  # noqa: ASYNC110
+            gains = self.control_plane.gains
+            # The interface signals gaining leadership only; losing it is polled (cheap, rare),
+            # and so are shards gained while leading (each: everything reconciled again).
+            while leading.is_set():
                 await asyncio.sleep(LEADERSHIP_POLL)
+                if self.control_plane.gains != gains:
+                    gains = self.control_plane.gains
+                    self._resync()
             log.info("no longer leading: writes stop")
 
     async def _sweeper(self) -> None:
@@ -337,7 +344,7 @@ class Bridge:
             self.queue.add(key, delay=self.settings.settle)
 
     def _mirror_device(self, device: str) -> None:
-        if not (self.ready.is_set() and self.link.primed and self.control_plane.leading.is_set()):
+        if not (self.ready.is_set() and self.link.primed and self.control_plane.may_write(device)):
             return
         resources = [
             r

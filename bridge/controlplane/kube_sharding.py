@@ -1,0 +1,298 @@
+"""Lease per shard: the IO shell of the sharded bridge (`--shards N`, N > 1).
+
+Every replica runs one `ShardElector`. Its Leases live in `--lease-namespace` and carry the label
+`devicefabric.io/bridge-lease=<--lease-name>`, so one LIST shows them all:
+
+- `<lease-name>-<k>` for shard k (`devicefabric-bridge-0` ... `-<N-1>`): its holder writes the
+  statuses, Events and `desired` of the devices whose `sharding.shard_of(name, N)` is k;
+- `<lease-name>-member-<hash of identity>`: held by each live replica, so a replica that holds no
+  shard yet (a new one) counts in everyone's fair share.
+
+Every `retry_period` (jittered) a round: renew the membership and every held shard (one PUT each
+with the Lease last seen, no GET), LIST the Leases, `sharding.decide`, release the extras, then try
+to acquire free ones (POST when missing, PUT with the listed resourceVersion when released or
+expired: of two replicas racing, one gets 409). A renewal answered 409/404 loses the shard at
+once; one that fails otherwise keeps it until `renew_deadline` after the last success, when the
+shard lapses (`Tenure`), well before `lease_duration` lets another replica claim it.
+
+Release (over share, or shutdown): stop writing for the shard (`Tenure.drop`), wait until no write
+of it is under way (bounded by `request_timeout`), then PUT the Lease with an empty holder. A
+killed replica's shards are claimed by the others within `lease_duration` plus about two rounds.
+
+`gains` counts successful acquisitions; the bridge resyncs (re-plans every key and device, writing
+only where the stored state differs) when it moves. `leading` is set while at least one shard is
+held. The membership Lease of a replica that stopped cleanly is released (empty holder); the
+Leases of replicas that were killed stay behind, expired (a Lease GC is not done here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final
+
+from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.errors import (
+    ConflictError,
+    ControlPlaneError,
+    NotFoundError,
+    TransientError,
+)
+from devicefabric.bridge.sharding import (
+    LeaseClock,
+    LeaseRecord,
+    Tenure,
+    decide,
+    member_lease,
+    shard_lease,
+    shard_of,
+)
+from devicefabric.config.errors import ConfigError
+
+log = logging.getLogger("devicefabric.bridge.shards")
+
+LEASES: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+LABEL: Final = "devicefabric.io/bridge-lease"
+JITTER: Final = 0.2
+DRAIN_STEP: Final = 0.005  # s between checks that a released shard's writes have finished
+
+
+class ShardElector:
+    """Holds a fair share of the shard Leases; see the module doc."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        settings: KubeSettings,
+        leading: asyncio.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._leading = leading
+        self._clock = clock
+        self.shards = settings.shards
+        self._collection = LEASES.format(namespace=settings.lease_namespace)
+        self._names = [shard_lease(settings.lease_name, k) for k in range(self.shards)]
+        self._member = member_lease(settings.lease_name, settings.identity)
+        self._leases: dict[str, dict[str, Any]] = {}  # name -> the Lease as last seen
+        self._observed = LeaseClock()
+        self.tenure = Tenure(settings.renew_deadline)
+        self.gains = 0
+        """Successful shard acquisitions so far (the bridge resyncs when this moves)."""
+        self.not_leading: str | None = "no attempt to acquire a shard yet"
+
+    @property
+    def identity(self) -> str:
+        return self._settings.identity
+
+    # -- the write gate (event loop only) -------------------------------------------------------
+    def shard(self, device: str | None) -> int:
+        """The shard of `device`; a resource without a device name belongs to shard 0's holder."""
+        return shard_of(device, self.shards) if device else 0
+
+    def may_write(self, device: str | None) -> bool:
+        return self.tenure.may_write(self.shard(device), self._clock())
+
+    @contextlib.contextmanager
+    def writing(self, device: str | None) -> Iterator[None]:
+        """Count one write of `device`'s shard as under way; refuse it when the shard is not ours."""
+        shard = self.shard(device)
+        if not self.tenure.may_write(shard, self._clock()):
+            raise TransientError(f"shard {shard} (device {device!r}) is not held by this replica")
+        self.tenure.in_flight[shard] += 1
+        try:
+            yield
+        finally:
+            self.tenure.in_flight[shard] -= 1
+
+    def held(self) -> list[int]:
+        return self.tenure.held()
+
+    # -- Lease documents ------------------------------------------------------------------------
+    def _claim(self, name: str, lease: dict[str, Any] | None) -> dict[str, Any]:
+        now = micro_time()
+        if lease is None:
+            lease = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": name, "labels": {LABEL: self._settings.lease_name}},
+                "spec": {},
+            }
+        claimed = copy.deepcopy(lease)
+        spec = claimed.setdefault("spec", {})
+        record = LeaseRecord.of(lease)
+        if record.holder != self.identity:
+            spec["acquireTime"] = now
+            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
+            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
+        spec["holderIdentity"] = self.identity
+        spec["leaseDurationSeconds"] = max(1, round(self._settings.lease_duration))
+        spec["renewTime"] = now
+        return claimed
+
+    async def _put(self, name: str, body: dict[str, Any]) -> bool:
+        """PUT (or POST when never seen) `body`; True when written. 409/404 -> False."""
+        exists = bool((body.get("metadata") or {}).get("resourceVersion"))
+        try:
+            async with asyncio.timeout(self._settings.request_timeout):
+                if exists:
+                    written = await self._client.call(
+                        "PUT", f"{self._collection}/{name}", body=body
+                    )
+                else:
+                    written = await self._client.call("POST", self._collection, body=body)
+        except (ConflictError, NotFoundError) as exc:
+            if isinstance(exc, NotFoundError) and exc.kind == "namespaces":
+                namespace = self._settings.lease_namespace
+                raise ConfigError(
+                    f"the Lease namespace {namespace!r} does not exist: create it (kubectl "
+                    f"create namespace {namespace}) or name another with --lease-namespace"
+                ) from exc
+            self._leases.pop(name, None)  # re-read at the next LIST
+            return False
+        self._leases[name] = written
+        self._observed.observe(name, written, self._clock())
+        return True
+
+    async def _try(self, what: str, step: Awaitable[bool]) -> bool | None:
+        """`step`'s answer; None (logged, kept for `not_leading`) when it failed otherwise."""
+        try:
+            return await step
+        except (ControlPlaneError, TimeoutError) as exc:
+            log.warning("%s failed: %s", what, exc or type(exc).__name__)
+            self.not_leading = f"{what}: {exc or type(exc).__name__}"
+            return None
+
+    # -- one round ------------------------------------------------------------------------------
+    async def _renew(self) -> None:
+        await self._try(
+            "membership renewal",
+            self._put(self._member, self._claim(self._member, self._leases.get(self._member))),
+        )
+        for shard in self.tenure.held():
+            name = self._names[shard]
+            lease = self._leases.get(name)
+            if lease is None:
+                self._lose(shard, "its Lease changed under us")
+                continue
+            sent = self._clock()
+            ok = await self._try(f"renewing {name}", self._put(name, self._claim(name, lease)))
+            if ok:
+                self.tenure.renewed(shard, sent)
+            elif ok is False:
+                self._lose(shard, "another replica wrote its Lease")
+        for shard in self.tenure.lapsed(self._clock()):
+            self._lose(shard, f"no renewal within {self._settings.renew_deadline:g}s")
+
+    def _lose(self, shard: int, why: str) -> None:
+        if shard in self.tenure.held():
+            self.tenure.drop(shard)
+            log.warning("lost shard %d: %s", shard, why)
+
+    async def _list(self) -> bool:
+        async def step() -> bool:
+            async with asyncio.timeout(self._settings.request_timeout):
+                listed = await self._client.call(
+                    "GET",
+                    self._collection,
+                    query=[("labelSelector", f"{LABEL}={self._settings.lease_name}")],
+                )
+            now = self._clock()
+            for item in listed.get("items") or []:
+                name = (item.get("metadata") or {}).get("name")
+                if isinstance(name, str):
+                    self._leases[name] = item
+                    self._observed.observe(name, item, now)
+            return True
+
+        return bool(await self._try("listing the shard Leases", step()))
+
+    def _view(self) -> tuple[dict[int, str], set[str]]:
+        now = self._clock()
+        holders: dict[int, str] = {}
+        for shard, name in enumerate(self._names):
+            if self.tenure.may_write(shard, now):
+                holders[shard] = self.identity
+            elif (
+                holder := self._observed.holder(name, now)
+            ) is not None and holder != self.identity:
+                holders[shard] = holder
+        members = {
+            holder
+            for name in self._leases
+            if name.startswith(f"{self._settings.lease_name}-member-")
+            and (holder := self._observed.holder(name, now)) is not None
+        }
+        return holders, members
+
+    async def round(self) -> None:
+        """One round: renew, list, release extras, acquire free shards."""
+        await self._renew()
+        if not await self._list():
+            self._update_leading()
+            return
+        holders, members = self._view()
+        decision = decide(self.identity, self.shards, holders, members)
+        for shard in decision.release:
+            await self._release(shard)
+        for shard in decision.acquire:
+            name = self._names[shard]
+            sent = self._clock()
+            ok = await self._try(
+                f"acquiring {name}", self._put(name, self._claim(name, self._leases.get(name)))
+            )
+            if ok:
+                self.tenure.renewed(shard, sent)
+                self.gains += 1
+                log.info("acquired shard %d (lease %s)", shard, name)
+        self._update_leading()
+
+    def _update_leading(self) -> None:
+        held = self.tenure.held()
+        if held:
+            self._leading.set()
+            self.not_leading = None
+        else:
+            self._leading.clear()
+            self.not_leading = self.not_leading or f"holds none of the {self.shards} shards"
+
+    async def _release(self, shard: int) -> None:
+        name = self._names[shard]
+        self.tenure.drop(shard)  # stop writing first...
+        deadline = self._clock() + self._settings.request_timeout
+        while self.tenure.in_flight[shard] > 0 and self._clock() < deadline:  # noqa: ASYNC110 - a counter, not an event
+            await asyncio.sleep(DRAIN_STEP)  # ...let writes under way finish...
+        lease = self._leases.get(name)
+        if lease is None:
+            return
+        released = copy.deepcopy(lease)
+        released.setdefault("spec", {}).update(
+            holderIdentity="", leaseDurationSeconds=1, renewTime=micro_time()
+        )
+        if await self._try(f"releasing {name}", self._put(name, released)):  # ...give it up
+            log.info("released shard %d (lease %s)", shard, name)
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Rounds until cancelled; then release every shard and the membership."""
+        try:
+            while True:
+                await self.round()
+                spread = 1 + random.uniform(0, JITTER)  # noqa: S311 - jitter, not crypto
+                await asyncio.sleep(self._settings.retry_period * spread)
+        finally:
+            self._leading.clear()
+            for shard in self.tenure.held():
+                await self._release(shard)
+            member = self._leases.get(self._member)
+            if member is not None and LeaseRecord.of(member).holder == self.identity:
+                released = copy.deepcopy(member)
+                released.setdefault("spec", {}).update(holderIdentity="", leaseDurationSeconds=1)
+                await self._try("releasing the membership", self._put(self._member, released))
