@@ -124,7 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         wall, mono = stamp()
 
         def log(code: int, injected: bool = False, noop: bool = False) -> None:
-            record = RequestRecord(info, user, code, wall, mono, content_type, injected, noop)
+            sent = body if info.verb in ("create", "update", "patch") else b""
+            record = RequestRecord(info, user, code, wall, mono, content_type, injected, noop, sent)
             fake.log.record(record)
 
         fault = fake.log.take_fault(info, user)
