@@ -179,12 +179,11 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
     await wait_spread(fabric, {"bridge-a", "bridge-b", "bridge-c"}, "start", 30)
 
     # Retained births replayed to a starting bridge are no liveness: one heartbeat confirms each.
-    async def beaten() -> bool:
-        fleet.beat()
-        await asyncio.sleep(0.2)
+    def beaten() -> bool:
+        fleet.beat()  # sent while the wait sleeps (the fleet's sockets are on this loop)
         return all(connected(fabric, d) == "Connected" for d in DEVICES)
 
-    await async_wait_for(beaten, 30, what="30 devices Connected")
+    await async_wait_for(beaten, 30, interval=0.3, what="30 devices Connected")
     writers = {pod_of(r) for r, _ in device_writes(fabric)}
     print(f"\n[start] 3 replicas, shards {spread(fabric)}, writers {sorted(writers)}")
 
