@@ -286,6 +286,7 @@ def test_rbac_checker_grants_exactly_the_shipped_rules(api: FakeApiServer) -> No
         ("devicefabric.io", "deviceprocesses/status", "patch"),
         ("events.k8s.io", "events", "create"),
         ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "list"),  # the shard Leases (--shards)
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
     }

@@ -1,0 +1,182 @@
+"""Shard Leases over the fake (`--shards N`): fair shares, hand-over on stop, never two writers.
+
+Replicas run in-process (`make_plane(..., shards=4)`), each with its own bearer token, so the
+request log tells them apart and fault injection can cut one off. Every replica's `may_write` is
+sampled on the one event loop (one clock), so "two replicas may write one device at the same
+moment" is checked directly, not inferred. Timings: lease 1.5 s (2 s in the Lease), renew
+deadline 1.0 s, retry 0.2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from devicefabric.bridge.controlplane.kube import KubeControlPlane
+from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.errors import TransientError
+from devicefabric.bridge.sharding import shard_of
+from devicefabric.config.errors import ConfigError
+from tests.kube.fakeapi import FakeApiServer, Match
+from tests.kube.fakeapi.client import LEASES, Http
+from tests.kube.planes import FAST, denied, make_plane, running, user_of
+from tests.support.waiting import async_wait_for
+
+SHARDS = 4
+# One device per shard, found by the pure function itself.
+DEVICE_OF = {shard_of(f"dev-{i}", SHARDS): f"dev-{i}" for i in range(40)}
+SLACK = 1.0
+
+
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(timeout):
+            await scenario()
+
+    asyncio.run(bounded())
+
+
+def holders(http: Http) -> dict[int, str]:
+    items = http.get(LEASES).body.get("items") or []
+    return {
+        int(name.rsplit("-", 1)[1]): str(i["spec"].get("holderIdentity") or "")
+        for i in items
+        if (name := i["metadata"]["name"]).rsplit("-", 1)[1].isdigit()
+    }
+
+
+def counts(planes: dict[str, KubeControlPlane]) -> dict[str, int]:
+    return {
+        name: sum(plane.may_write(DEVICE_OF[k]) for k in range(SHARDS))
+        for name, plane in planes.items()
+    }
+
+
+class Writers:
+    """Samples every replica's `may_write` for one device per shard; records any overlap."""
+
+    def __init__(self, planes: dict[str, KubeControlPlane]) -> None:
+        self.planes = planes
+        self.overlaps: list[tuple[int, list[str]]] = []
+        self.samples = 0
+
+    async def follow(self) -> None:
+        while True:
+            for shard, device in DEVICE_OF.items():
+                writing = [n for n, p in self.planes.items() if p.may_write(device)]
+                if len(writing) > 1:
+                    self.overlaps.append((shard, writing))
+            self.samples += 1
+            await asyncio.sleep(0.002)
+
+
+def test_two_replicas_split_the_shards_and_a_stopped_one_hands_over_at_once(
+    api: FakeApiServer, http: Http, tmp_path: Path
+) -> None:
+    a = make_plane(api, tmp_path, "a", shards=SHARDS)
+    b = make_plane(api, tmp_path, "b", shards=SHARDS)
+    writers = Writers({"a": a, "b": b})
+
+    async def scenario() -> None:
+        follower = asyncio.create_task(writers.follow())
+        first = running(a)
+        await first.__aenter__()
+        try:
+            await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a alone: all")
+            async with running(b):
+                await async_wait_for(
+                    lambda: counts(writers.planes) == {"a": 2, "b": 2}, 10, what="2 and 2"
+                )
+                assert set(holders(http).values()) == {"a", "b"}
+                assert a.not_leading is None
+                await first.__aexit__(None, None, None)  # SIGTERM: a releases its shards
+                stopped = time.monotonic()
+                assert set(holders(http).values()) == {"", "b"}
+                await async_wait_for(lambda: counts({"b": b})["b"] == SHARDS, 5, what="b: all")
+                took = time.monotonic() - stopped
+                assert took < FAST["lease_duration"], took  # released: no waiting the lease out
+                assert set(holders(http).values()) == {"b"}
+        finally:
+            await first.__aexit__(None, None, None)
+            follower.cancel()
+
+    run(scenario)
+    assert writers.samples > 100
+    assert writers.overlaps == []
+    assert denied(api.log.records()) == []
+
+
+def test_a_cut_off_replica_stops_writing_before_its_shards_are_taken(
+    api: FakeApiServer, http: Http, tmp_path: Path
+) -> None:
+    a = make_plane(api, tmp_path, "a", shards=SHARDS)
+    b = make_plane(api, tmp_path, "b", shards=SHARDS)
+    writers = Writers({"a": a, "b": b})
+
+    async def scenario() -> None:
+        async with running(a), running(b):
+            await async_wait_for(lambda: counts(writers.planes) == {"a": 2, "b": 2}, 10, what="2+2")
+            follower = asyncio.create_task(writers.follow())
+            api.inject(503, 100_000, user=user_of("a"))  # to everyone else, a is dead
+            cut = time.monotonic()
+            await async_wait_for(lambda: counts({"b": b})["b"] == SHARDS, 10, what="b: all")
+            took = time.monotonic() - cut
+            follower.cancel()
+            assert counts({"a": a})["a"] == 0
+            assert not a.leading.is_set()
+            assert "HTTP 503" in (a.not_leading or "")
+            bound = FAST["lease_duration"] + 0.5 + 3 * FAST["retry_period"] * 1.2 + SLACK
+            assert took <= bound, took  # lease 2 s in the Lease (1.5 rounded), a few rounds
+            api.log.clear_faults()
+
+    run(scenario)
+    assert writers.samples > 100
+    assert writers.overlaps == []
+
+
+def test_a_release_waits_for_the_writes_under_way(
+    api: FakeApiServer, http: Http, tmp_path: Path
+) -> None:
+    a = make_plane(api, tmp_path, "a", shards=SHARDS)
+    elector = a.shard_elector
+    assert elector is not None
+    device = DEVICE_OF[0]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(a.run(lambda _key: None))
+        await async_wait_for(lambda: a.may_write(device), 5, what="a holding shard 0")
+        with elector.writing(device):  # a status PATCH under way
+            task.cancel()  # SIGTERM
+            await async_wait_for(lambda: not a.may_write(device), 1, what="a stopping writes")
+            releases = Match(verb="update", resource="leases", name="devicefabric-bridge-0")
+            marker = api.log.count(releases)
+            await asyncio.sleep(0.3)
+            assert api.log.count(releases) == marker  # ...but does not give the Lease up yet
+            with pytest.raises(TransientError, match="not held"), elector.writing(device):
+                pass  # a new write is refused
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert holders(http)[0] == ""
+
+    run(scenario)
+
+
+def test_shards_are_a_setting_checked_at_once() -> None:
+    assert KubeSettings(identity="x").shards == 1  # default: today's single Lease
+    with pytest.raises(ConfigError, match=r"SHARDS must be 1\.\.1024, got 0"):
+        KubeSettings(identity="x", shards=0)
+    with pytest.raises(ConfigError, match="SHARDS"):
+        KubeSettings(identity="x", shards=5000)
+
+
+def test_shards_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICEFABRIC_SHARDS", "8")
+    assert KubeSettings.from_env("ns", identity="x").shards == 8
+    monkeypatch.setenv("DEVICEFABRIC_SHARDS", "2.5")
+    with pytest.raises(ConfigError, match=r"DEVICEFABRIC_SHARDS: expected an integer, got '2\.5'"):
+        KubeSettings.from_env("ns", identity="x")
