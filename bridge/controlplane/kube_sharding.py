@@ -45,6 +45,7 @@ from devicefabric.bridge.errors import (
     TransientError,
 )
 from devicefabric.bridge.sharding import (
+    MEMBER_SUFFIX,
     LeaseClock,
     LeaseRecord,
     Tenure,
@@ -59,6 +60,7 @@ log = logging.getLogger("devicefabric.bridge.shards")
 
 LEASES: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 LABEL: Final = "devicefabric.io/bridge-lease"
+SHARDS_LABEL: Final = "devicefabric.io/shards"  # the --shards of the replica that wrote it
 JITTER: Final = 0.2
 DRAIN_STEP: Final = 0.005  # s between checks that a released shard's writes have finished
 
@@ -87,6 +89,8 @@ class ShardElector:
         self.gains = 0
         """Successful shard acquisitions so far (the bridge resyncs when this moves)."""
         self.not_leading: str | None = "no attempt to acquire a shard yet"
+        """Why this replica holds no shard (for `/readyz`); None while it holds one."""
+        self._trouble: str | None = None  # the last failure of the current round
 
     @property
     def identity(self) -> str:
@@ -122,10 +126,12 @@ class ShardElector:
             lease = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {"name": name, "labels": {LABEL: self._settings.lease_name}},
+                "metadata": {"name": name},
                 "spec": {},
             }
         claimed = copy.deepcopy(lease)
+        labels = claimed.setdefault("metadata", {}).setdefault("labels", {})
+        labels.update({LABEL: self._settings.lease_name, SHARDS_LABEL: str(self.shards)})
         spec = claimed.setdefault("spec", {})
         record = LeaseRecord.of(lease)
         if record.holder != self.identity:
@@ -167,7 +173,7 @@ class ShardElector:
             return await step
         except (ControlPlaneError, TimeoutError) as exc:
             log.warning("%s failed: %s", what, exc or type(exc).__name__)
-            self.not_leading = f"{what}: {exc or type(exc).__name__}"
+            self._trouble = f"{what}: {exc or type(exc).__name__}"
             return None
 
     # -- one round ------------------------------------------------------------------------------
@@ -224,18 +230,58 @@ class ShardElector:
                 holder := self._observed.holder(name, now)
             ) is not None and holder != self.identity:
                 holders[shard] = holder
+        prefix = f"{self._settings.lease_name}-{MEMBER_SUFFIX}-"
         members = {
             holder
-            for name in self._leases
-            if name.startswith(f"{self._settings.lease_name}-member-")
+            for name, lease in self._leases.items()
+            if name.startswith(prefix)
+            and self._shards_label(lease) in (None, str(self.shards))
             and (holder := self._observed.holder(name, now)) is not None
         }
         return holders, members
 
+    @staticmethod
+    def _shards_label(lease: dict[str, Any]) -> str | None:
+        labels = (lease.get("metadata") or {}).get("labels") or {}
+        value = labels.get(SHARDS_LABEL)
+        return value if isinstance(value, str) else None
+
+    def _conflict(self) -> str | None:
+        """Why this replica may not write: another runs with another `--shards` (else None).
+
+        Its shard k names other devices than ours: both writing would be two writers for one
+        device. The replica that holds shard Leases first keeps writing; one that comes later
+        with another count holds nothing (membership Leases alone do not count, so the
+        established replicas are not stopped by a misconfigured newcomer).
+        """
+        now = self._clock()
+        members = f"{self._settings.lease_name}-{MEMBER_SUFFIX}-"
+        for name, lease in sorted(self._leases.items()):
+            if name.startswith(members):
+                continue
+            theirs = self._shards_label(lease)
+            holder = self._observed.holder(name, now)
+            if theirs not in (None, str(self.shards)) and holder not in (None, self.identity):
+                return (
+                    f"lease {name} is held by {holder} with --shards {theirs}, this replica has "
+                    f"--shards {self.shards}: every replica must use the same; writes paused"
+                )
+        return None
+
     async def round(self) -> None:
         """One round: renew, list, release extras, acquire free shards."""
+        self._trouble = None
         await self._renew()
         if not await self._list():
+            self._update_leading()
+            return
+        conflict = self._conflict()
+        if conflict is not None:
+            if conflict != self.not_leading:
+                log.error("%s", conflict)
+            for shard in self.tenure.held():
+                await self._release(shard)
+            self._trouble = conflict
             self._update_leading()
             return
         holders, members = self._view()
@@ -255,13 +301,14 @@ class ShardElector:
         self._update_leading()
 
     def _update_leading(self) -> None:
-        held = self.tenure.held()
-        if held:
+        if self.tenure.held():
             self._leading.set()
             self.not_leading = None
         else:
             self._leading.clear()
-            self.not_leading = self.not_leading or f"holds none of the {self.shards} shards"
+            self.not_leading = self._trouble or (
+                f"holds none of the {self.shards} shards: the other replicas hold their fair share"
+            )
 
     async def _release(self, shard: int) -> None:
         name = self._names[shard]

@@ -180,3 +180,38 @@ def test_shards_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVICEFABRIC_SHARDS", "2.5")
     with pytest.raises(ConfigError, match=r"DEVICEFABRIC_SHARDS: expected an integer, got '2\.5'"):
         KubeSettings.from_env("ns", identity="x")
+
+
+def test_a_replica_with_another_shard_count_writes_nothing_and_says_why(
+    api: FakeApiServer, http: Http, tmp_path: Path
+) -> None:
+    """Shard k of --shards 4 and of --shards 3 name other devices: the newcomer must hold none."""
+    a = make_plane(api, tmp_path, "a", shards=SHARDS)
+    b = make_plane(api, tmp_path, "b", shards=SHARDS - 1)
+
+    async def scenario() -> None:
+        async with running(a):
+            await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a: all")
+            async with running(b):
+                await async_wait_for(
+                    lambda: "every replica must use the same" in (b.not_leading or ""),
+                    5,
+                    what="b refusing",
+                )
+                rounds = Match(verb="list", resource="leases", user=user_of("b"))
+                marker = api.log.count(rounds)
+                await async_wait_for(lambda: api.log.count(rounds) >= marker + 3, what="rounds")
+                assert not b.leading.is_set()
+                assert not any(b.may_write(f"dev-{i}") for i in range(40))
+                assert counts({"a": a})["a"] == SHARDS  # the established replica keeps writing
+                assert "--shards 4, this replica has --shards 3" in (b.not_leading or "")
+
+    run(scenario)
+    b_claims = [
+        r
+        for r in api.log.records(Match(resource="leases", user=user_of("b")))
+        if r.info.verb in ("create", "update")
+        and "-member-" not in str(r.info.name or "")
+        and "-member-" not in (r.json() or {}).get("metadata", {}).get("name", "")
+    ]
+    assert b_claims == []
