@@ -148,11 +148,17 @@ async def wait_spread(fabric: KubeFabric, pods: set[str], what: str, timeout: fl
 
 
 async def marker(fleet: Fleet, fabric: KubeFabric, device: str) -> None:
-    """`device` drops its connection (its will fires): its shard's holder must write that."""
+    """`device` drops its connection (its will fires): its shard's holder must write that, a
+    status PATCH and then a Warning Event (recorded on its own budget, after the status)."""
+    dropped = time.monotonic()
     fleet[device].drop()
-    await async_wait_for(
-        lambda: connected(fabric, device) == "ConnectionLost", 10, what=f"{device} ConnectionLost"
-    )
+
+    def written() -> bool:
+        kinds = {r.info.resource for r, d in device_writes(fabric, since=dropped) if d == device}
+        return kinds == {"deviceprocesses", "events"}
+
+    await async_wait_for(written, 10, what=f"{device}: ConnectionLost and its Event written")
+    assert connected(fabric, device) == "ConnectionLost"
 
 
 def test_three_replicas_share_the_writes_hand_over_on_kill_and_rebalance_to_a_fourth(
