@@ -2,8 +2,13 @@
 
 `KubeControlPlane` implements `controlplane.base.ControlPlane` over the official client (through
 the one thread seam in `kube_client`; why that client is explained there). `run(on_change)` runs
-two tasks: the informer and the leader elector (`kube_leasing`); a `ConfigError` from either (a
-Lease namespace that does not exist) ends `run` as itself.
+two tasks: the informer and the leader elector (`kube_leasing`; with `--shards` > 1 the shard
+elector, `kube_sharding`); a `ConfigError` from either (a Lease namespace that does not exist)
+ends `run` as itself. `may_write(device)` is `leading`, or with shards whether this replica holds
+the device's shard; with shards, `patch_status` and `emit_event` count as writes under way of
+their shard (a release waits for them), a status patch for a shard not held is refused
+(`TransientError`: the queue retries, and the writer then finds it may not write) and an Event
+for one is dropped (best effort, and retrying it would hold up the Events behind it).
 
 The informer lists DeviceProcesses (pages of `page_size`; all namespaces, or `--namespace`) into
 its cache, sets `synced`, then watches from the list's resourceVersion with bookmarks, and calls

@@ -19,6 +19,11 @@ Release (over share, or shutdown): stop writing for the shard (`Tenure.drop`), w
 of it is under way (bounded by `request_timeout`), then PUT the Lease with an empty holder. A
 killed replica's shards are claimed by the others within `lease_duration` plus about two rounds.
 
+Leases carry the writer's `--shards` (label `devicefabric.io/shards`). Shard k of another count
+names other devices, so a replica that sees a shard Lease validly held under another count
+releases what it holds, claims nothing and says why (`not_leading`); membership Leases of another
+count are ignored, so an established replica keeps writing while a misconfigured newcomer waits.
+
 `gains` counts successful acquisitions; the bridge resyncs (re-plans every key and device, writing
 only where the stored state differs) when it moves. `leading` is set while at least one shard is
 held. The membership Lease of a replica that stopped cleanly is released (empty holder); the
@@ -55,6 +60,7 @@ from devicefabric.bridge.sharding import (
     shard_of,
 )
 from devicefabric.config.errors import ConfigError
+from devicefabric.config.names import is_device_name
 
 log = logging.getLogger("devicefabric.bridge.shards")
 
@@ -98,8 +104,9 @@ class ShardElector:
 
     # -- the write gate (event loop only) -------------------------------------------------------
     def shard(self, device: str | None) -> int:
-        """The shard of `device`; a resource without a device name belongs to shard 0's holder."""
-        return shard_of(device, self.shards) if device else 0
+        """The shard of `device`; a resource without a valid device name (its status says
+        InvalidSpec) belongs to shard 0's holder, whichever spelling of "no device" is passed."""
+        return shard_of(device, self.shards) if device and is_device_name(device) else 0
 
     def may_write(self, device: str | None) -> bool:
         return self.tenure.may_write(self.shard(device), self._clock())

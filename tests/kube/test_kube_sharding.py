@@ -146,6 +146,9 @@ def test_a_release_waits_for_the_writes_under_way(
     elector = a.shard_elector
     assert elector is not None
     device = DEVICE_OF[0]
+    # No valid device name (an InvalidSpec resource), however spelled: shard 0, for the writer's
+    # check (`device_of`: None) and the write gate (the raw `spec.deviceName`) alike.
+    assert elector.shard(None) == elector.shard("") == elector.shard("Not_A_Device") == 0
 
     async def scenario() -> None:
         task = asyncio.create_task(a.run(lambda _key: None))
