@@ -18,6 +18,9 @@ monotonic clock), so every rule is a table-driven test.
 - `LeaseClock`: when each Lease's record last changed *by our clock*; a holder is valid for the
   Lease's duration after that (we never compare another machine's timestamps with our clock),
   exactly as `kube_leasing` does for the single Lease.
+- `collectable(...)`: membership Leases left behind by replicas that are gone (nobody holds them
+  and they have not changed for a while), for deletion: pods get new names, so without it every
+  rollout would leave Leases behind for ever.
 - `Tenure`: when this replica last renewed each shard it holds (the time the renewal was *sent*).
   It may write for a shard only while held and less than `renew_deadline` after that, which is
   shorter than the `lease_duration` every other replica waits: the old holder stops before a new
@@ -143,6 +146,14 @@ class LeaseClock:
     def forget(self, name: str) -> None:
         self._seen.pop(name, None)
 
+    def names(self) -> list[str]:
+        return sorted(self._seen)
+
+    def idle_for(self, name: str, now: float) -> float:
+        """Seconds since `name`'s record last changed (0 when never seen)."""
+        seen = self._seen.get(name)
+        return now - seen[1] if seen is not None else 0.0
+
     def holder(self, name: str, now: float) -> str | None:
         """The valid holder of `name` at `now`, or None (unknown, released or expired)."""
         seen = self._seen.get(name)
@@ -150,6 +161,20 @@ class LeaseClock:
             return None
         record, at = seen
         return record.holder if record.holder and at + record.duration > now else None
+
+
+def collectable(
+    clock: LeaseClock, names: Iterable[str], now: float, after: float, limit: int
+) -> list[str]:
+    """Of `names` (membership Leases of other replicas), those nobody holds and whose record has
+    not changed for `after` seconds by our clock: left behind by a replica that was killed or
+    stopped; at most `limit` (oldest first), so a backlog is cleared over several rounds."""
+    idle = [
+        (clock.idle_for(n, now), n)
+        for n in names
+        if clock.holder(n, now) is None and clock.idle_for(n, now) >= after
+    ]
+    return [n for _, n in sorted(idle, key=lambda pair: (-pair[0], pair[1]))[:limit]]
 
 
 @dataclass(slots=True)

@@ -26,8 +26,11 @@ count are ignored, so an established replica keeps writing while a misconfigured
 
 `gains` counts successful acquisitions; the bridge resyncs (re-plans every key and device, writing
 only where the stored state differs) when it moves. `leading` is set while at least one shard is
-held. The membership Lease of a replica that stopped cleanly is released (empty holder); the
-Leases of replicas that were killed stay behind, expired (a Lease GC is not done here).
+held. A replica that stops cleanly deletes its membership Lease; one left behind by a killed
+replica is deleted by the others once nobody held it for `GC_AFTER` lease durations (DELETE with
+its resourceVersion as precondition, so a replica that came back in between keeps it). Pods get
+new names on every rollout: without this every rollout would leave Leases behind for ever. Shard
+Leases are never deleted (there are N of them, reused).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from devicefabric.bridge.sharding import (
     LeaseClock,
     LeaseRecord,
     Tenure,
+    collectable,
     decide,
     member_lease,
     shard_lease,
@@ -69,6 +73,8 @@ LABEL: Final = "devicefabric.io/bridge-lease"
 SHARDS_LABEL: Final = "devicefabric.io/shards"  # the --shards of the replica that wrote it
 JITTER: Final = 0.2
 DRAIN_STEP: Final = 0.005  # s between checks that a released shard's writes have finished
+GC_AFTER: Final = 5  # x lease duration nobody held a membership Lease before it is deleted
+GC_BATCH: Final = 10  # membership Leases deleted per round at most
 
 
 class ShardElector:
@@ -218,11 +224,15 @@ class ShardElector:
                     query=[("labelSelector", f"{LABEL}={self._settings.lease_name}")],
                 )
             now = self._clock()
+            fresh: dict[str, dict[str, Any]] = {}
             for item in listed.get("items") or []:
                 name = (item.get("metadata") or {}).get("name")
                 if isinstance(name, str):
-                    self._leases[name] = item
+                    fresh[name] = item
                     self._observed.observe(name, item, now)
+            for gone in set(self._leases) - set(fresh):  # deleted since: forget them
+                self._observed.forget(gone)
+            self._leases = fresh
             return True
 
         return bool(await self._try("listing the shard Leases", step()))
@@ -305,7 +315,32 @@ class ShardElector:
                 self.tenure.renewed(shard, sent)
                 self.gains += 1
                 log.info("acquired shard %d (lease %s)", shard, name)
+        await self._collect()
         self._update_leading()
+
+    async def _delete(self, name: str) -> bool:
+        """DELETE `name` if still at the resourceVersion we saw; True when it is gone."""
+        rv = (self._leases.get(name, {}).get("metadata") or {}).get("resourceVersion")
+        body = {"preconditions": {"resourceVersion": rv}} if rv else None
+        try:
+            async with asyncio.timeout(self._settings.request_timeout):
+                await self._client.call("DELETE", f"{self._collection}/{name}", body=body)
+        except NotFoundError:
+            pass  # someone else collected it
+        except ConflictError:
+            return False  # renewed meanwhile: its replica is back
+        self._leases.pop(name, None)
+        self._observed.forget(name)
+        return True
+
+    async def _collect(self) -> None:
+        """Delete membership Leases of replicas that are gone (see `sharding.collectable`)."""
+        prefix = f"{self._settings.lease_name}-{MEMBER_SUFFIX}-"
+        others = [n for n in self._leases if n.startswith(prefix) and n != self._member]
+        after = GC_AFTER * self._settings.lease_duration
+        for name in collectable(self._observed, others, self._clock(), after, GC_BATCH):
+            if await self._try(f"deleting the left-behind {name}", self._delete(name)):
+                log.info("deleted membership lease %s (nobody held it for %gs)", name, after)
 
     def _update_leading(self) -> None:
         if self.tenure.held():
@@ -347,6 +382,4 @@ class ShardElector:
                 await self._release(shard)
             member = self._leases.get(self._member)
             if member is not None and LeaseRecord.of(member).holder == self.identity:
-                released = copy.deepcopy(member)
-                released.setdefault("spec", {}).update(holderIdentity="", leaseDurationSeconds=1)
-                await self._try("releasing the membership", self._put(self._member, released))
+                await self._try("deleting the membership", self._delete(self._member))

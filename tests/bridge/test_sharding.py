@@ -12,6 +12,7 @@ from devicefabric.bridge.sharding import (
     Decision,
     LeaseClock,
     Tenure,
+    collectable,
     decide,
     fair_share,
     member_lease,
@@ -175,3 +176,16 @@ def test_tenure_stops_writing_at_the_renew_deadline_and_on_drop() -> None:
     tenure.drop(2)
     assert not tenure.may_write(2, 13.5)
     assert tenure.held() == []
+
+
+def test_collectable_left_behind_leases_oldest_first_within_the_limit() -> None:
+    clock = LeaseClock()
+    clock.observe("held", lease("x"), now=0.0)  # renewed below: its replica is alive
+    clock.observe("released", lease(""), now=0.0)  # a clean stop that could not delete
+    clock.observe("expired", lease("y", duration=2), now=1.0)  # a killed replica
+    clock.observe("recent", lease(""), now=8.0)  # released a moment ago
+    clock.observe("held", lease("x", renew="t9"), now=9.0)
+    names = ["held", "released", "expired", "recent", "unknown"]
+    assert collectable(clock, names, now=10.0, after=5.0, limit=10) == ["released", "expired"]
+    assert collectable(clock, names, now=10.0, after=5.0, limit=1) == ["released"]
+    assert collectable(clock, names, now=10.0, after=20.0, limit=10) == []

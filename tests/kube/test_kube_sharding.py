@@ -20,7 +20,7 @@ import pytest
 from devicefabric.bridge.controlplane.kube import KubeControlPlane
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
 from devicefabric.bridge.errors import TransientError
-from devicefabric.bridge.sharding import shard_of
+from devicefabric.bridge.sharding import member_lease, shard_of
 from devicefabric.config.errors import ConfigError
 from tests.kube.fakeapi import FakeApiServer, Match
 from tests.kube.fakeapi.client import LEASES, Http
@@ -47,6 +47,16 @@ def holders(http: Http) -> dict[int, str]:
         int(name.rsplit("-", 1)[1]): str(i["spec"].get("holderIdentity") or "")
         for i in items
         if (name := i["metadata"]["name"]).rsplit("-", 1)[1].isdigit()
+    }
+
+
+def members(http: Http) -> set[str]:
+    """Holders of the membership Leases that exist (released ones: "")."""
+    items = http.get(LEASES).body.get("items") or []
+    return {
+        str(i["spec"].get("holderIdentity") or "")
+        for i in items
+        if "-member-" in i["metadata"]["name"]
     }
 
 
@@ -101,6 +111,7 @@ def test_two_replicas_split_the_shards_and_a_stopped_one_hands_over_at_once(
                 took = time.monotonic() - stopped
                 assert took < FAST["lease_duration"], took  # released: no waiting the lease out
                 assert set(holders(http).values()) == {"b"}
+                assert members(http) == {"b"}  # a deleted its membership Lease on the way out
         finally:
             await first.__aexit__(None, None, None)
             follower.cancel()
@@ -218,3 +229,31 @@ def test_a_replica_with_another_shard_count_writes_nothing_and_says_why(
         and "-member-" not in (r.json() or {}).get("metadata", {}).get("name", "")
     ]
     assert b_claims == []
+
+
+def test_the_membership_lease_of_a_replica_that_is_gone_is_deleted_and_comes_back_with_it(
+    api: FakeApiServer, http: Http, tmp_path: Path
+) -> None:
+    quick = {"lease_duration": 1.0, "renew_deadline": 0.6, "retry_period": 0.2}
+    a = make_plane(api, tmp_path, "a", shards=SHARDS, **quick)
+    b = make_plane(api, tmp_path, "b", shards=SHARDS, **quick)
+    deletes = Match(verb="delete", name=member_lease("devicefabric-bridge", "a"))
+
+    async def scenario() -> None:
+        async with running(a), running(b):
+            await async_wait_for(lambda: members(http) == {"a", "b"}, 10, what="two members")
+            api.inject(503, 100_000, user=user_of("a"))  # a is gone, to everyone else
+            cut = time.monotonic()
+            await async_wait_for(lambda: members(http) == {"b"}, 15, what="a's Lease deleted")
+            took = time.monotonic() - cut
+            assert took >= 5 * quick["lease_duration"], took  # GC_AFTER lease durations idle
+            (deleted,) = api.log.records(deletes)
+            assert deleted.user == user_of("b")
+            assert (deleted.json() or {}).get("preconditions", {}).get("resourceVersion")
+            api.log.clear_faults()  # a is back: it creates its membership again, takes a share
+            await async_wait_for(lambda: members(http) == {"a", "b"}, 10, what="a back")
+            await async_wait_for(lambda: counts({"a": a, "b": b}) == {"a": 2, "b": 2}, 10)
+
+    run(scenario)
+    assert api.log.count(deletes) == 2  # collected by b, then deleted by a itself on its way out
+    assert denied(api.log.records()) == []
