@@ -425,6 +425,7 @@ class Bridge:
                 synced=self.control_plane.synced.is_set(),
                 leading=self.control_plane.leading.is_set(),
                 not_leading=self.control_plane.not_leading,
+                shards=self.control_plane.shards,
                 queue_depth=len(self.queue),
             )
         )

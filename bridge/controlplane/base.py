@@ -78,6 +78,11 @@ class ControlPlane(Protocol):
         led; the bridge reconciles everything again when it moves (one leader: always 0)."""
         ...
 
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shards this replica holds with `--shards` > 1, for `/readyz`; None otherwise."""
+        ...
+
     async def run(self, on_change: Callable[[str], None]) -> None:
         """List, then watch until cancelled; call `on_change(key)` for every change."""
         ...

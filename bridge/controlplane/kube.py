@@ -154,6 +154,13 @@ class KubeControlPlane:
         return self._elector.gains if isinstance(self._elector, ShardElector) else 0
 
     @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shards held now (`--shards` > 1), for `/readyz`; None with one Lease."""
+        if isinstance(self._elector, ShardElector):
+            return tuple(self._elector.held())
+        return None
+
+    @property
     def shard_elector(self) -> ShardElector | None:
         """The shard Leases' elector with `--shards` > 1, for `/readyz`, metrics and tests."""
         return self._elector if isinstance(self._elector, ShardElector) else None

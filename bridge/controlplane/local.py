@@ -117,6 +117,10 @@ class LocalControlPlane:
         return 0
 
     @property
+    def shards(self) -> tuple[int, ...] | None:
+        return None
+
+    @property
     def not_leading(self) -> str | None:
         return None  # the only writer of its state directory
 

@@ -94,6 +94,10 @@ class MemoryControlPlane:
         return 0
 
     @property
+    def shards(self) -> tuple[int, ...] | None:
+        return None
+
+    @property
     def not_leading(self) -> str | None:
         return None if self._leading.is_set() else "leadership withheld by the test"
 

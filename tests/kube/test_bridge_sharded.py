@@ -218,8 +218,11 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
     gained = {k for k, holder in holders(fabric).items() if holder == "bridge-d"}
     second = next(d for d in DEVICES if shard_of(d, SHARDS) in gained and d != target)
     await async_wait_for(
-        lambda: fabric.bridges["bridge-d"].readyz().get("role") == "leader", 10, what="d writing"
+        lambda: fabric.bridges["bridge-d"].readyz().get("shards") == sorted(gained),
+        10,
+        what="bridge-d's /readyz listing the shards it holds",
     )
+    assert fabric.bridges["bridge-d"].readyz()["role"] == "leader"
     await marker(fleet, fabric, second)
     after_join = device_writes(fabric, since=joined_at)
     assert {d for _, d in after_join} == {second}, [str(r) for r, _ in after_join]
