@@ -42,7 +42,8 @@ Invariants:
 - Our own writes are overlaid on the informer's cached status until the cache moves past the
   resource version we wrote against (`writing`), so no patch is written twice.
 - Every replica publishes its retained birth on connecting; the leader publishes it again when it
-  gains leadership, so the retained `bridge/status` names the writing replica's session.
+  gains leadership (with shards: and each shard), so the retained `bridge/status` names a writing
+  replica's session, not the will of one that was killed.
 - The stale sweep runs only while the MQTT link is primed (the bridge does not blame devices for
   its own outage) and `resume` restarts every deadline after a reconnect.
 """
@@ -310,6 +311,7 @@ class Bridge:
                 await asyncio.sleep(LEADERSHIP_POLL)
                 if self.control_plane.gains != gains:
                     gains = self.control_plane.gains
+                    self.link.publish_birth()  # over a killed replica's retained will
                     self._resync()
             log.info("no longer leading: writes stop")
 

@@ -20,18 +20,21 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
 from devicefabric.bridge.sharding import shard_of
+from devicefabric.config.topics import Topics
 from tests.bridge.fleet import Fleet
 from tests.kube.fabric import KubeFabric, condition
 from tests.kube.fakeapi.client import LEASES
 from tests.kube.fakeapi.faults import RequestRecord
 from tests.kube.planes import denied
+from tests.support.mqtt import connect
 from tests.support.waiting import async_wait_for
 
+TOPICS: Final = Topics()
 SHARDS: Final = 12
 DEVICES: Final = tuple(f"shd-{i:02d}" for i in range(30))
 LEASE_DURATION: Final = 2.0
@@ -132,6 +135,18 @@ def connected(fabric: KubeFabric, device: str) -> str:
     return str(condition(fabric.get(f"{device}-job"), "AgentConnected").get("reason", ""))
 
 
+def bridge_status(fabric: KubeFabric) -> dict[str, Any]:
+    """The retained `bridge/status`, as an observer reads it."""
+    observer = connect(fabric.broker, "observer")
+    try:
+        observer.subscribe(TOPICS.bridge_status())
+        message = observer.inbox.wait_for(TOPICS.bridge_status())
+        doc: dict[str, Any] = message.json()
+        return doc
+    finally:
+        observer.close()
+
+
 async def wait_spread(fabric: KubeFabric, pods: set[str], what: str, timeout: float) -> float:
     """Wait until exactly `pods` hold every shard, each at most its fair share; the time taken."""
     started = time.monotonic()
@@ -206,6 +221,10 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
     # Nothing changed on the devices: the new holders write nothing...
     target = next(d for d in DEVICES if shard_of(d, SHARDS) in moved)
     await marker(fleet, fabric, target)  # ...but a change on a moved shard is written by them.
+    # The victim's will said offline; a replica that gained its shards said online over it.
+    await async_wait_for(
+        lambda: bridge_status(fabric)["state"] == "online", 5, what="bridge/status online"
+    )
     after_kill = device_writes(fabric, since=killed_at)
     assert {d for _, d in after_kill} == {target}, [str(r) for r, _ in after_kill]
     assert {pod_of(r) for r, _ in after_kill} <= survivors
