@@ -2,7 +2,8 @@
 
 Every request is parsed into Kubernetes' own request attributes (`RequestInfo`: verb, API group,
 version, namespace, resource, subresource, name), so tests count writes the way an audit log would
-("PATCH deviceprocesses/status") and the RBAC checker can map each request to a rule.
+("PATCH deviceprocesses/status") and the RBAC checker can map each request to a rule. Writes keep
+their body (`RequestRecord.json()`), so a test can tell who a Lease write named as holder.
 
 A `Fault` answers the next `count` requests matching its filter with `status` (and `Retry-After`
 when given) instead of serving them; the log marks those requests `injected`. Filters match on
