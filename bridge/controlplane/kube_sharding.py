@@ -16,7 +16,8 @@ once; one that fails otherwise keeps it until `renew_deadline` after the last su
 shard lapses (`Tenure`), well before `lease_duration` lets another replica claim it.
 
 Release (over share, or shutdown): stop writing for the shard (`Tenure.drop`), wait until no write
-of it is under way (bounded by `request_timeout`), then PUT the Lease with an empty holder. A
+of it is under way, then PUT the Lease with an empty holder (writes still under way after one
+retry period leave the Lease to expire instead, a lease duration later). A
 killed replica's shards are claimed by the others within `lease_duration` plus about two rounds.
 
 Leases carry the writer's `--shards` (label `devicefabric.io/shards`). Shard k of another count
@@ -353,11 +354,20 @@ class ShardElector:
             )
 
     async def _release(self, shard: int) -> None:
+        """Stop writing for `shard`, let its writes under way finish, then give its Lease up.
+
+        Writes still under way after one retry period (a hung request) leave the Lease to expire
+        instead: released now, a new holder could write before the hung write lands, and the
+        other shards' renewals must not wait on it.
+        """
         name = self._names[shard]
-        self.tenure.drop(shard)  # stop writing first...
-        deadline = self._clock() + self._settings.request_timeout
-        while self.tenure.in_flight[shard] > 0 and self._clock() < deadline:  # noqa: ASYNC110 - a counter, not an event
-            await asyncio.sleep(DRAIN_STEP)  # ...let writes under way finish...
+        self.tenure.drop(shard)
+        deadline = self._clock() + self._settings.retry_period
+        while self.tenure.in_flight[shard] > 0:
+            if self._clock() >= deadline:
+                log.warning("shard %d: writes still under way, its lease %s expires", shard, name)
+                return
+            await asyncio.sleep(DRAIN_STEP)
         lease = self._leases.get(name)
         if lease is None:
             return
@@ -365,7 +375,7 @@ class ShardElector:
         released.setdefault("spec", {}).update(
             holderIdentity="", leaseDurationSeconds=1, renewTime=micro_time()
         )
-        if await self._try(f"releasing {name}", self._put(name, released)):  # ...give it up
+        if await self._try(f"releasing {name}", self._put(name, released)):
             log.info("released shard %d (lease %s)", shard, name)
 
     # -- the loop -------------------------------------------------------------------------------

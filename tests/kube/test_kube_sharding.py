@@ -160,22 +160,41 @@ def test_a_release_waits_for_the_writes_under_way(
     # No valid device name (an InvalidSpec resource), however spelled: shard 0, for the writer's
     # check (`device_of`: None) and the write gate (the raw `spec.deviceName`) alike.
     assert elector.shard(None) == elector.shard("") == elector.shard("Not_A_Device") == 0
+    releases = Match(verb="update", resource="leases", name="devicefabric-bridge-0")
 
     async def scenario() -> None:
         task = asyncio.create_task(a.run(lambda _key: None))
-        await async_wait_for(lambda: a.may_write(device), 5, what="a holding shard 0")
+        await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a: all")
         with elector.writing(device):  # a status PATCH under way
+            marker = api.log.count(releases)
             task.cancel()  # SIGTERM
             await async_wait_for(lambda: not a.may_write(device), 1, what="a stopping writes")
-            releases = Match(verb="update", resource="leases", name="devicefabric-bridge-0")
-            marker = api.log.count(releases)
-            await asyncio.sleep(0.3)
-            assert api.log.count(releases) == marker  # ...but does not give the Lease up yet
             with pytest.raises(TransientError, match="not held"), elector.writing(device):
-                pass  # a new write is refused
+                pass  # a new write is refused at once...
+            await asyncio.sleep(0.05)
+            assert api.log.count(releases) == marker  # ...but the Lease is not given up yet
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert holders(http)[0] == ""
+        assert holders(http) == dict.fromkeys(range(SHARDS), "")
+
+    run(scenario)
+
+
+def test_a_hung_write_leaves_its_shard_to_expire_instead_of_releasing_it(
+    api: FakeApiServer, http: Http, tmp_path: Path
+) -> None:
+    a = make_plane(api, tmp_path, "a", shards=SHARDS)
+    elector = a.shard_elector
+    assert elector is not None
+
+    async def scenario() -> None:
+        task = asyncio.create_task(a.run(lambda _key: None))
+        await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a: all")
+        with elector.writing(DEVICE_OF[0]):  # never finishes while a stops
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # a retry period later, without releasing shard 0
+        assert holders(http) == {0: "a", 1: "", 2: "", 3: ""}  # shard 0 expires instead
 
     run(scenario)
 
