@@ -319,10 +319,12 @@ class ShardElector:
         await self._collect()
         self._update_leading()
 
-    async def _delete(self, name: str) -> bool:
-        """DELETE `name` if still at the resourceVersion we saw; True when it is gone."""
+    async def _delete(self, name: str, *, precondition: bool = True) -> bool:
+        """DELETE `name` (if still at the resourceVersion we saw: someone else's Lease may have
+        been renewed meanwhile); True when it is gone. Our own needs no precondition: only we
+        write it, and the version we saw may be stale after a renewal cut short by shutdown."""
         rv = (self._leases.get(name, {}).get("metadata") or {}).get("resourceVersion")
-        body = {"preconditions": {"resourceVersion": rv}} if rv else None
+        body = {"preconditions": {"resourceVersion": rv}} if rv and precondition else None
         try:
             async with asyncio.timeout(self._settings.request_timeout):
                 await self._client.call("DELETE", f"{self._collection}/{name}", body=body)
@@ -368,15 +370,26 @@ class ShardElector:
                 log.warning("shard %d: writes still under way, its lease %s expires", shard, name)
                 return
             await asyncio.sleep(DRAIN_STEP)
-        lease = self._leases.get(name)
-        if lease is None:
-            return
-        released = copy.deepcopy(lease)
-        released.setdefault("spec", {}).update(
-            holderIdentity="", leaseDurationSeconds=1, renewTime=micro_time()
-        )
-        if await self._try(f"releasing {name}", self._put(name, released)):
+        if await self._try(f"releasing {name}", self._give_up(name)):
             log.info("released shard %d (lease %s)", shard, name)
+
+    async def _give_up(self, name: str) -> bool:
+        """PUT `name` with an empty holder. A 409 means the version we hold is stale (e.g. a
+        renewal cut short by shutdown got through): read it again and retry once, if still ours."""
+        for attempt in range(2):
+            lease = self._leases.get(name)
+            if lease is None or attempt:
+                async with asyncio.timeout(self._settings.request_timeout):
+                    lease = await self._client.call("GET", f"{self._collection}/{name}")
+                if LeaseRecord.of(lease).holder != self.identity:
+                    return False
+            released = copy.deepcopy(lease)
+            released.setdefault("spec", {}).update(
+                holderIdentity="", leaseDurationSeconds=1, renewTime=micro_time()
+            )
+            if await self._put(name, released):
+                return True
+        return False
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -392,4 +405,6 @@ class ShardElector:
                 await self._release(shard)
             member = self._leases.get(self._member)
             if member is not None and LeaseRecord.of(member).holder == self.identity:
-                await self._try("deleting the membership", self._delete(self._member))
+                await self._try(
+                    "deleting the membership", self._delete(self._member, precondition=False)
+                )
