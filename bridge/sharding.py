@@ -136,15 +136,29 @@ class LeaseClock:
     """When each Lease's record last changed by our clock; who validly holds it now."""
 
     _seen: dict[str, tuple[LeaseRecord, float]] = field(default_factory=dict)
+    _renewed: set[str] = field(default_factory=set)  # changed at least once since first seen
 
     def observe(self, name: str, lease: Mapping[str, object], now: float) -> None:
         record = LeaseRecord.of(lease)
         previous = self._seen.get(name)
         if previous is None or previous[0] != record:
+            if previous is not None:
+                self._renewed.add(name)
             self._seen[name] = (record, now)
+
+    def renewed_since_seen(self, name: str) -> bool:
+        """True once `name`'s record changed after we first saw it: its holder is alive now.
+
+        A Lease seen for the first time is valid for a duration by our clock (we cannot tell how
+        old it is), which is right for holding a shard but wrong for counting replicas: a new
+        replica would count a killed one's membership as live for a whole lease duration, and
+        take too small a share meanwhile.
+        """
+        return name in self._renewed
 
     def forget(self, name: str) -> None:
         self._seen.pop(name, None)
+        self._renewed.discard(name)
 
     def names(self) -> list[str]:
         return sorted(self._seen)

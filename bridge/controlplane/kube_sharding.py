@@ -6,7 +6,8 @@ Every replica runs one `ShardElector`. Its Leases live in `--lease-namespace` an
 - `<lease-name>-<k>` for shard k (`devicefabric-bridge-0` ... `-<N-1>`): its holder writes the
   statuses, Events and `desired` of the devices whose `sharding.shard_of(name, N)` is k;
 - `<lease-name>-member-<hash of identity>`: held by each live replica, so a replica that holds no
-  shard yet (a new one) counts in everyone's fair share.
+  shard yet (a new one) counts in everyone's fair share, once it was seen renewing it (the
+  membership of a killed replica, seen for the first time, does not count).
 
 Every `retry_period` (jittered) a round: renew the membership and every held shard (one PUT each
 with the Lease last seen, no GET), LIST the Leases, `sharding.decide`, release the extras, then try
@@ -254,6 +255,7 @@ class ShardElector:
             for name, lease in self._leases.items()
             if name.startswith(prefix)
             and self._shards_label(lease) in (None, str(self.shards))
+            and self._observed.renewed_since_seen(name)  # see LeaseClock: a live one renews
             and (holder := self._observed.holder(name, now)) is not None
         }
         return holders, members

@@ -189,3 +189,16 @@ def test_collectable_left_behind_leases_oldest_first_within_the_limit() -> None:
     assert collectable(clock, names, now=10.0, after=5.0, limit=10) == ["released", "expired"]
     assert collectable(clock, names, now=10.0, after=5.0, limit=1) == ["released"]
     assert collectable(clock, names, now=10.0, after=20.0, limit=10) == []
+
+
+def test_a_lease_counts_as_renewed_only_once_it_changed_after_we_first_saw_it() -> None:
+    clock = LeaseClock()
+    clock.observe("dead", lease("x"), now=0.0)  # a killed replica's Lease, first seen now
+    clock.observe("alive", lease("y"), now=0.0)
+    clock.observe("dead", lease("x"), now=0.5)
+    clock.observe("alive", lease("y", renew="t2"), now=0.5)
+    assert clock.holder("dead", 1.0) == "x"  # valid for holding (safety first)...
+    assert not clock.renewed_since_seen("dead")  # ...but not seen alive
+    assert clock.renewed_since_seen("alive")
+    clock.forget("alive")
+    assert not clock.renewed_since_seen("alive")

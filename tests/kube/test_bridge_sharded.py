@@ -113,6 +113,22 @@ def double_writers(fabric: KubeFabric) -> list[str]:
     return wrong
 
 
+def release_gaps(fabric: KubeFabric, since: float) -> list[float]:
+    """Seconds from each release (empty holder) after `since` to the shard's next claim."""
+    gaps = []
+    for history in lease_writes(fabric).values():
+        released: float | None = None
+        for at, holder in history:
+            if at < since:
+                continue
+            if not holder:
+                released = at
+            elif released is not None:
+                gaps.append(at - released)
+                released = None
+    return gaps
+
+
 def holders(fabric: KubeFabric) -> dict[int, str]:
     """shard -> holder as stored now (empty when released or never created)."""
     items = fabric.http.get(LEASES).body.get("items") or []
@@ -205,6 +221,13 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
         return all(connected(fabric, d) == "Connected" for d in DEVICES)
 
     await async_wait_for(beaten, 30, interval=0.3, what="30 devices Connected")
+
+    # Events follow their status writes on a budget of their own: let them all land, so that
+    # everything written from here on is caused by what the test does next.
+    def evented() -> bool:
+        return {d for r, d in device_writes(fabric) if r.info.resource == "events"} == set(DEVICES)
+
+    await async_wait_for(evented, 30, what="an AgentConnected Event for each device")
     writers = {pod_of(r) for r, _ in device_writes(fabric)}
     print(f"\n[start] 3 replicas, shards {spread(fabric)}, writers {sorted(writers)}")
 
@@ -233,7 +256,12 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
     joined_at = time.monotonic()
     fabric.start_bridge("bridge-d", **ENV)
     took = await wait_spread(fabric, {*survivors, "bridge-d"}, "after the join", 20)
-    print(f"[join] bridge-d took shards in {took:.2f}s: {spread(fabric)}")
+    gaps = release_gaps(fabric, joined_at)
+    print(f"[join] bridge-d took shards in {took:.2f}s: {spread(fabric)}; {len(gaps)} released")
+    # A round, or a lease duration when bridge-d still counts the killed replica's membership
+    # (it saw that Lease for the first time and cannot tell how long ago it was renewed).
+    print(f"[join] release -> claim by bridge-d: {min(gaps):.2f}-{max(gaps):.2f}s")
+    assert len(gaps) == 4  # 6 + 6 -> 4 + 4 + 4: each survivor gave up exactly 2
     gained = {k for k, holder in holders(fabric).items() if holder == "bridge-d"}
     second = next(d for d in DEVICES if shard_of(d, SHARDS) in gained and d != target)
     await async_wait_for(
