@@ -58,6 +58,7 @@ class Readiness:
     leading: bool
     queue_depth: int
     not_leading: str | None = None  # why a standby does not lead (the control plane's reason)
+    shards: tuple[int, ...] | None = None  # shards held with --shards > 1 (None: one leader)
 
     @property
     def ready(self) -> bool:
@@ -74,6 +75,8 @@ def readyz(state: Readiness) -> Response:
         "role": "leader" if state.leading else "standby",
         "queueDepth": state.queue_depth,
     }
+    if state.shards is not None:
+        doc["shards"] = list(state.shards)
     if not state.leading:
         doc["notLeading"] = state.not_leading or "not elected"
     return Response(200 if state.ready else 503, _json(doc))

@@ -109,6 +109,13 @@ def make_control_plane(
     if kind == "local":
         from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
 
+        shards = (kube_flags or {}).get("shards")
+        if shards not in (None, 1):
+            raise ConfigError(
+                f"--shards {shards}: the local control plane has no Leases to share devices "
+                "over; one local bridge writes every device (use --control-plane kube to shard)"
+            )
+
         return LocalControlPlane(state_dir)
     if kind == "kube":
         try:

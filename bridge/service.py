@@ -37,10 +37,13 @@ Invariants:
   retained state was read back (`ready`), nor while `control_plane.leading` is clear. Each time
   leadership is (re)gained every key is reconciled and every device re-mirrored: writes happen
   only where the stored state differs, so a restart with everything healthy writes nothing.
+  With shards (`--shards`), a device is written only while `control_plane.may_write(device)`
+  (its shard's Lease held), and every shard gained triggers the same full reconcile.
 - Our own writes are overlaid on the informer's cached status until the cache moves past the
   resource version we wrote against (`writing`), so no patch is written twice.
 - Every replica publishes its retained birth on connecting; the leader publishes it again when it
-  gains leadership, so the retained `bridge/status` names the writing replica's session.
+  gains leadership (with shards: and each shard), so the retained `bridge/status` names a writing
+  replica's session, not the will of one that was killed.
 - The stale sweep runs only while the MQTT link is primed (the bridge does not blame devices for
   its own outage) and `resume` restarts every deadline after a reconnect.
 """
@@ -306,9 +309,15 @@ class Bridge:
             log.info("leading: reconciling every resource and device")
             self.link.publish_birth()
             self._resync()
-            # The interface signals gaining leadership only; losing it is polled (cheap, rare).
-            while leading.is_set():  # noqa: ASYNC110
+            gains = self.control_plane.gains
+            # The interface signals gaining leadership only; losing it is polled (cheap, rare),
+            # and so are shards gained while leading (each: everything reconciled again).
+            while leading.is_set():
                 await asyncio.sleep(LEADERSHIP_POLL)
+                if self.control_plane.gains != gains:
+                    gains = self.control_plane.gains
+                    self.link.publish_birth()  # over a killed replica's retained will
+                    self._resync()
             log.info("no longer leading: writes stop")
 
     async def _sweeper(self) -> None:
@@ -351,7 +360,7 @@ class Bridge:
             self.queue.add(key, delay=self.settings.settle)
 
     def _mirror_device(self, device: str) -> None:
-        if not (self.ready.is_set() and self.link.primed and self.control_plane.leading.is_set()):
+        if not (self.ready.is_set() and self.link.primed and self.control_plane.may_write(device)):
             return
         resources = [
             r
@@ -437,6 +446,7 @@ class Bridge:
                 synced=self.control_plane.synced.is_set(),
                 leading=self.control_plane.leading.is_set(),
                 not_leading=self.control_plane.not_leading,
+                shards=self.control_plane.shards,
                 queue_depth=len(self.queue),
             )
         )

@@ -1,7 +1,8 @@
 """The write path: one key's reconcile, from the current state to at most one patch and one Event.
 
 `StatusWriter.reconcile(key)` is what the work queue's workers run (level-based):
-1. Skip while not leading (every key is reconciled again when leadership returns).
+1. Skip while this replica may not write for the key's device (not leading, or with shards its
+   shard not held: every key is reconciled again when leadership or a shard is gained).
 2. Plan the patch from the resource as cached, the tracker's device and the last report
    (`statuses.plan_status`). Nothing to change -> done, no token spent.
 3. Take a token of the status write budget, then plan again (the state may have moved while
@@ -91,8 +92,9 @@ class StatusWriter:
         return resource, stored, plan
 
     async def reconcile(self, key: str) -> Outcome:
-        leading = self.control_plane.leading
-        if not leading.is_set():
+        may_write = self.control_plane.may_write
+        resource = self.control_plane.get(key)
+        if not may_write(device_of(resource) if resource is not None else None):
             return Outcome.DONE
         resource, _, plan = self.plan(key)
         if resource is None:
@@ -102,7 +104,7 @@ class StatusWriter:
             return Outcome.DONE
         await self.acquire()
         resource, stored, plan = self.plan(key)
-        if resource is None or plan is None or not leading.is_set():
+        if resource is None or plan is None or not may_write(device_of(resource)):
             return Outcome.DONE
         started = time.monotonic()
         try:

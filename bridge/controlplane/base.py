@@ -4,7 +4,7 @@ A backend is an informer: `run(on_change)` lists every DeviceProcess, marks itse
 watches, and calls `on_change(key)` for each added, modified or deleted resource (level-based:
 the callback carries only the key; the core reads the current object with `get`). Writes are
 `patch_status` (a JSON merge-patch of `status`, applied to the status subresource) and `emit_event`.
-Only the leader writes (`leading`). Errors are the bridge's `ConflictError`, `NotFoundError` and `TransientError(retry_after)`.
+Only the leader writes (`leading`); with shards, only the holder of a device's shard (`may_write`). Errors are the bridge's `ConflictError`, `NotFoundError` and `TransientError(retry_after)`.
 
 Keys are `"<namespace>/<name>"`. `Resource.spec` and `Resource.status` are the raw stored
 mappings (the core validates the spec with `config.resource.DeviceProcessSpec`, so an invalid spec
@@ -65,6 +65,22 @@ class ControlPlane(Protocol):
     @property
     def not_leading(self) -> str | None:
         """Why this replica does not lead (e.g. the last lease error), for `/readyz`; None if it does."""
+        ...
+
+    def may_write(self, device: str | None) -> bool:
+        """True while this replica may write for `device`: leading, and with `--shards` > 1
+        holding the device's shard (`bridge.sharding`) within its renew deadline."""
+        ...
+
+    @property
+    def gains(self) -> int:
+        """How often this replica gained write access to more devices (a shard) after it first
+        led; the bridge reconciles everything again when it moves (one leader: always 0)."""
+        ...
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shards this replica holds with `--shards` > 1, for `/readyz`; None otherwise."""
         ...
 
     async def run(self, on_change: Callable[[str], None]) -> None:

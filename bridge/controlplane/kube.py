@@ -2,8 +2,13 @@
 
 `KubeControlPlane` implements `controlplane.base.ControlPlane` over the official client (through
 the one thread seam in `kube_client`; why that client is explained there). `run(on_change)` runs
-two tasks: the informer and the leader elector (`kube_leasing`); a `ConfigError` from either (a
-Lease namespace that does not exist) ends `run` as itself.
+two tasks: the informer and the leader elector (`kube_leasing`; with `--shards` > 1 the shard
+elector, `kube_sharding`); a `ConfigError` from either (a Lease namespace that does not exist)
+ends `run` as itself. `may_write(device)` is `leading`, or with shards whether this replica holds
+the device's shard; with shards, `patch_status` and `emit_event` count as writes under way of
+their shard (a release waits for them), a status patch for a shard not held is refused
+(`TransientError`: the queue retries, and the writer then finds it may not write) and an Event
+for one is dropped (best effort, and retrying it would hold up the Events behind it).
 
 The informer lists DeviceProcesses (pages of `page_size`; all namespaces, or `--namespace`) into
 its cache, sets `synced`, then watches from the list's resourceVersion with bookmarks, and calls
@@ -49,6 +54,7 @@ from devicefabric.bridge.controlplane.kube_client import (
 )
 from devicefabric.bridge.controlplane.kube_leasing import LeaderElector
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.controlplane.kube_sharding import ShardElector
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, TransientError
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -116,7 +122,11 @@ class KubeControlPlane:
         self._leading = asyncio.Event()
         self._cache: dict[str, Resource] = {}
         self._rv: str | None = None  # the informer's position: last list, event or bookmark
-        self._elector = LeaderElector(self._client, self.settings, self._leading)
+        self._elector: LeaderElector | ShardElector = (
+            ShardElector(self._client, self.settings, self._leading)
+            if self.settings.shards > 1
+            else LeaderElector(self._client, self.settings, self._leading)
+        )
         self.relists = 0  # how often the informer listed (1 + one per 410 or failed list)
         self.watches = 0  # how many watch streams it opened
 
@@ -131,6 +141,36 @@ class KubeControlPlane:
     @property
     def not_leading(self) -> str | None:
         return None if self._leading.is_set() else self._elector.not_leading
+
+    def may_write(self, device: str | None) -> bool:
+        """Leading (one Lease), or holding `device`'s shard within its renew deadline."""
+        if isinstance(self._elector, ShardElector):
+            return self._elector.may_write(device)
+        return self._leading.is_set()
+
+    @property
+    def gains(self) -> int:
+        """Shards acquired so far (one Lease: 0); the bridge resyncs when it moves."""
+        return self._elector.gains if isinstance(self._elector, ShardElector) else 0
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shards held now (`--shards` > 1), for `/readyz`; None with one Lease."""
+        if isinstance(self._elector, ShardElector):
+            return tuple(self._elector.held())
+        return None
+
+    @property
+    def shard_elector(self) -> ShardElector | None:
+        """The shard Leases' elector with `--shards` > 1, for `/readyz`, metrics and tests."""
+        return self._elector if isinstance(self._elector, ShardElector) else None
+
+    def _writing(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """A write of `key`: counted against its shard (refused when not held), or no-op."""
+        if isinstance(self._elector, ShardElector):
+            resource = self._cache.get(key)
+            return self._elector.writing(resource.device if resource is not None else None)
+        return contextlib.nullcontext()
 
     @property
     def resource_version(self) -> str | None:
@@ -147,10 +187,11 @@ class KubeControlPlane:
         """Inform and elect until cancelled (a leader releases its Lease on the way out)."""
         where = self.settings.namespace or "all namespaces"
         log.info(
-            "kube control plane: %s, lease %s/%s as %s",
+            "kube control plane: %s, lease %s/%s%s as %s",
             where,
             self.settings.lease_namespace,
             self.settings.lease_name,
+            f"-<0..{self.settings.shards - 1}>" if self.settings.shards > 1 else "",
             self.settings.identity,
         )
         try:
@@ -300,12 +341,13 @@ class KubeControlPlane:
         namespace, name = _split(key)
         before = self._cache.get(key)
         try:
-            written = await self._client.call(
-                "PATCH",
-                self._path(namespace, name, "status"),
-                body={"status": _plain(patch)},
-                content_type=MERGE_PATCH,
-            )
+            with self._writing(key):
+                written = await self._client.call(
+                    "PATCH",
+                    self._path(namespace, name, "status"),
+                    body={"status": _plain(patch)},
+                    content_type=MERGE_PATCH,
+                )
         except ConflictError:
             with contextlib.suppress(ControlPlaneError):
                 self._adopt(
@@ -317,6 +359,13 @@ class KubeControlPlane:
     async def emit_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
         namespace, name = _split(key)
         resource = self._cache.get(key)
+        device = resource.device if resource is not None else None
+        if self.shard_elector is not None and not self.may_write(device):
+            # The shard moved (or leadership was lost) since the status write this Event tells
+            # of: best effort, like every Event; retrying it would block the Events behind it.
+            log.info("event %s dropped: this replica no longer writes for it", reason,
+                     extra={"resource": key})  # fmt: skip
+            return
         regarding: dict[str, str] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -338,6 +387,7 @@ class KubeControlPlane:
             "type": type_,
             "regarding": regarding,
         }
-        await self._client.call(
-            "POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=body
-        )
+        with self._writing(key):
+            await self._client.call(
+                "POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=body
+            )

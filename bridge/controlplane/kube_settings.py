@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from devicefabric.bridge.sharding import MAX_SHARDS
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.manifests import LEASE_NAME, NAMESPACE
 from devicefabric.config.settings import add_flag, env_name
@@ -58,6 +59,11 @@ class KubeSettings:
     """Lease holder and Event `reportingInstance`: the pod name; unique per replica."""
     lease_name: str = LEASE_NAME
     """Name of the leader-election Lease (`--lease-name`). Default `devicefabric-bridge`."""
+    shards: int = 1
+    """Shards the devices are split into (`--shards`), one Lease each (`<lease-name>-<k>`), so N
+    replicas share the writes (`kube_sharding`). Default 1: one Lease named `lease_name`, only its
+    holder writes (unchanged from before sharding). A deployment constant: every replica must use
+    the same value, and changing it moves most devices to another shard."""
     lease_namespace: str = NAMESPACE
     """Namespace of the Lease (`--lease-namespace`); see `default_lease_namespace`. It must exist:
     a missing one is a configuration error (`kube_leasing`), not something to retry."""
@@ -88,6 +94,8 @@ class KubeSettings:
                 f"{env_name('--renew-deadline')}={self.renew_deadline:g}, "
                 f"{env_name('--retry-period')}={self.retry_period:g}"
             )
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"{env_name('--shards')} must be 1..{MAX_SHARDS}, got {self.shards}")
         if self.request_timeout <= 0 or self.watch_timeout < 1 or self.page_size < 1:
             raise ConfigError("request timeout, watch timeout and page size must be positive")
 
@@ -107,14 +115,16 @@ class KubeSettings:
             if not raw:
                 continue
             try:
-                values[name] = kind(raw)
+                values[name] = kind(raw)  # int("2.5") and float("x") raise ValueError
             except ValueError:
-                raise ConfigError(f"{env_name(flag)}: expected a number, got {raw!r}") from None
+                what = "an integer" if kind is int else "a number"
+                raise ConfigError(f"{env_name(flag)}: expected {what}, got {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 
-_FLAGS: Final[tuple[tuple[str, str, type[float | str]], ...]] = (
+_FLAGS: Final[tuple[tuple[str, str, type[int | float | str]], ...]] = (
+    ("--shards", "shards", int),
     ("--lease-name", "lease_name", str),
     ("--lease-namespace", "lease_namespace", str),
     ("--lease-duration", "lease_duration", float),
@@ -132,6 +142,8 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
     Then: `KubeSettings.from_env(args.namespace, **flag_values(args))`.
     """
     helps = {
+        "shards": "split the devices into N shards, one Lease each (<lease-name>-<k>), so N "
+        "replicas share the writes (default 1: one leader)",
         "lease_name": "name of the leader-election Lease (default devicefabric-bridge)",
         "lease_namespace": "namespace of the Lease (default: the pod's namespace)",
         "lease_duration": "seconds a standby waits for the leader's renewal (default 15)",

@@ -109,6 +109,17 @@ class LocalControlPlane:
     def leading(self) -> asyncio.Event:
         return self._leading
 
+    def may_write(self, device: str | None) -> bool:  # noqa: ARG002 - one writer, every device
+        return self._leading.is_set()
+
+    @property
+    def gains(self) -> int:
+        return 0
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return None
+
     @property
     def not_leading(self) -> str | None:
         return None  # the only writer of its state directory

@@ -86,6 +86,17 @@ class MemoryControlPlane:
     def leading(self) -> asyncio.Event:
         return self._leading
 
+    def may_write(self, device: str | None) -> bool:  # noqa: ARG002 - one writer, every device
+        return self._leading.is_set()
+
+    @property
+    def gains(self) -> int:
+        return 0
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return None
+
     @property
     def not_leading(self) -> str | None:
         return None if self._leading.is_set() else "leadership withheld by the test"

@@ -57,6 +57,7 @@ def test_http_port_in_use_is_a_one_line_error_naming_the_flag(tmp_path: Path) ->
         (["--broker", "http://x"], "--broker"),
         (["--http", "nope"], "--http"),
         (["--write-qps", "0"], "--write-qps"),
+        (["--shards", "3"], "--shards 3: the local control plane has no Leases"),
     ],
 )
 def test_bad_flags_exit_2(tmp_path: Path, args: list[str], flag: str) -> None:

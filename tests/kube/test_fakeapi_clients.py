@@ -53,6 +53,22 @@ def test_lease_update_with_a_stale_resource_version_is_409(http: Http) -> None:
     assert http.request("POST", LEASES, seconds_only).status == 422
 
 
+def test_a_delete_with_a_stale_resource_version_precondition_is_409(http: Http) -> None:
+    made = http.request("POST", LEASES, lease("a"))
+    path, rv = f"{LEASES}/devicefabric-bridge", made.body["metadata"]["resourceVersion"]
+    renewed = http.request("PUT", path, made.body)  # same content: a no-op keeps the version
+    assert renewed.body["metadata"]["resourceVersion"] == rv
+    changed = dict(made.body, spec=dict(made.body["spec"], holderIdentity="b"))
+    assert http.request("PUT", path, changed).status == 200
+    stale = http.request("DELETE", path, {"preconditions": {"resourceVersion": rv}})
+    assert (stale.status, stale.body["reason"]) == (409, "Conflict")
+    assert "does not match the ResourceVersion in record" in stale.body["message"]
+    current = http.get(path).body["metadata"]["resourceVersion"]
+    gone = http.request("DELETE", path, {"preconditions": {"resourceVersion": current}})
+    assert gone.status == 200
+    assert http.get(path).status == 404
+
+
 def test_a_lease_in_a_missing_namespace_is_404_as_from_a_real_api_server(
     api: FakeApiServer, http: Http
 ) -> None:
@@ -272,12 +288,12 @@ def test_rbac_checker_grants_exactly_the_shipped_rules(api: FakeApiServer) -> No
     assert authorizer.denied(api.log.records(), BRIDGE_USER) == []
     bridge.merge(dp_path(name="p1"), {"spec": {}})  # spec writes: not granted
     bridge.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/x")  # other namespace
-    bridge.request("DELETE", f"{LEASES}/devicefabric-bridge")
+    bridge.request("DELETE", "/apis/coordination.k8s.io/v1/namespaces/default/leases/x")
     denied = authorizer.denied(api.log.records(), BRIDGE_USER)
     assert [(r.info.verb, r.info.resource_path, r.info.namespace) for r in denied] == [
         ("patch", "deviceprocesses", "default"),
         ("get", "leases", "default"),
-        ("delete", "leases", "devicefabric-system"),
+        ("delete", "leases", "default"),
     ]
     assert authorizer.granted() == {
         ("devicefabric.io", "deviceprocesses", "get"),
@@ -286,8 +302,10 @@ def test_rbac_checker_grants_exactly_the_shipped_rules(api: FakeApiServer) -> No
         ("devicefabric.io", "deviceprocesses/status", "patch"),
         ("events.k8s.io", "events", "create"),
         ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "list"),  # the shard Leases (--shards)
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        ("coordination.k8s.io", "leases", "delete"),  # left-behind membership Leases
     }
     namespaced = Authorizer.from_manifests(
         yaml.safe_load_all(manifests.read(manifests.RBAC_NAMESPACED)),

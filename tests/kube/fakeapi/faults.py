@@ -2,7 +2,8 @@
 
 Every request is parsed into Kubernetes' own request attributes (`RequestInfo`: verb, API group,
 version, namespace, resource, subresource, name), so tests count writes the way an audit log would
-("PATCH deviceprocesses/status") and the RBAC checker can map each request to a rule.
+("PATCH deviceprocesses/status") and the RBAC checker can map each request to a rule. Writes keep
+their body (`RequestRecord.json()`), so a test can tell who a Lease write named as holder.
 
 A `Fault` answers the next `count` requests matching its filter with `status` (and `Retry-After`
 when given) instead of serving them; the log marks those requests `injected`. Filters match on
@@ -16,11 +17,12 @@ atomically, so with N concurrent matching requests exactly `count` of them fail.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 _VERBS: Final = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -106,6 +108,14 @@ class RequestRecord:
     content_type: str = ""
     injected: bool = False
     noop: bool = False  # a patch or update that changed nothing (same resourceVersion)
+    body: bytes = b""  # what a write sent (e.g. a Lease's holder), empty for reads
+
+    def json(self) -> Any:
+        """The request body decoded (None when empty or not JSON)."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
 
     def __str__(self) -> str:
         return f"{self.info.method} {self.info.path} -> {self.status}"

@@ -124,7 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         wall, mono = stamp()
 
         def log(code: int, injected: bool = False, noop: bool = False) -> None:
-            record = RequestRecord(info, user, code, wall, mono, content_type, injected, noop)
+            sent = body if info.verb in ("create", "update", "patch", "delete") else b""
+            record = RequestRecord(info, user, code, wall, mono, content_type, injected, noop, sent)
             fake.log.record(record)
 
         fault = fake.log.take_fault(info, user)
@@ -197,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return 200, tables.maybe_table(rtype, [obj], self.headers.get("Accept", "")) or obj
         if info.verb == "delete":
-            return 200, store.delete(rtype, namespace, name)
+            return 200, store.delete(rtype, namespace, name, _precondition(body))
         if info.verb == "patch":
             try:
                 patched = store.patch(
@@ -352,6 +353,17 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             self._chunk(_line(event.type, event.object))
             last_rv = event.rv
+
+
+def _precondition(body: bytes) -> str | None:
+    """`preconditions.resourceVersion` of a delete's DeleteOptions body, if any."""
+    try:
+        options = json.loads(body) if body else {}
+    except ValueError:
+        raise ApiError(400, "BadRequest", "the DeleteOptions body is not JSON") from None
+    preconditions = options.get("preconditions") if isinstance(options, dict) else None
+    rv = preconditions.get("resourceVersion") if isinstance(preconditions, dict) else None
+    return str(rv) if rv is not None else None
 
 
 def _line(etype: str, obj: Mapping[str, Any]) -> bytes:

@@ -10,7 +10,8 @@ later event exactly once, in order). Write rules, as the API server applies them
 - a write to the main resource ignores `status`; a write to `/status` ignores everything else.
 - `generation` increments only when something outside `metadata` and `status` changes.
 - custom resources are pruned, defaulted and validated from the CRD schema (422 with causes).
-- a `metadata.resourceVersion` in an update or patch is a precondition (409 when stale).
+- a `metadata.resourceVersion` in an update or patch is a precondition (409 when stale), and so
+  is `preconditions.resourceVersion` in a delete's DeleteOptions.
 - a write that changes nothing keeps the resourceVersion and emits no watch event.
 
 `compact()` forgets the history, so a watch from an older revision gets `410 Expired`.
@@ -327,9 +328,21 @@ class Store:
                 return old  # a no-op write: same resourceVersion, no watch event
             return self._commit(rtype, "MODIFIED", new)
 
-    def delete(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+    def delete(
+        self, rtype: ResourceType, namespace: str, name: str, precondition_rv: str | None = None
+    ) -> dict[str, Any]:
         with self.lock:
             old = self.get(rtype, namespace, name)
+            stored = old["metadata"]["resourceVersion"]
+            if precondition_rv not in (None, "", stored):
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {rtype.group_resource} "{name}": the '
+                    f"ResourceVersion in the precondition ({precondition_rv}) does not match the "
+                    f"ResourceVersion in record ({stored}). The object might have been modified",
+                    details={"name": name, "group": rtype.group, "kind": rtype.plural},
+                )
             return self._commit(rtype, "DELETED", old)
 
     # -- watch -------------------------------------------------------------------------------
