@@ -63,13 +63,11 @@ def test_duplicated_and_reordered_reports_are_applied_in_order_once(fab: LocalFa
             for change in range(1, CHANGES + 1):
                 generation = fab.generation("job") + 1
                 fab.apply(manifest("job", "ro", ["sleep", str(600 + change)]))
-                fab.wait(
-                    lambda g=generation: (
-                        fab.settled("job") and fab.status("job").get("observedGeneration") == g
-                    ),
-                    30,
-                    f"change {change} Running at generation {generation}",
-                )
+
+                def arrived(g: int = generation) -> bool:
+                    return fab.settled("job") and fab.status("job").get("observedGeneration") == g
+
+                fab.wait(arrived, 30, f"change {change} Running at generation {generation}")
         finally:
             stop.set()
             sampler.join(5)
