@@ -78,6 +78,7 @@ from devicefabric.bridge.queueing import (
     TokenBucket,
     WorkQueue,
 )
+from devicefabric.bridge.statuses import completes_change
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
 from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
@@ -128,8 +129,9 @@ class BridgeSettings:
     min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
     key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
     workers: int = 4  # concurrent writers (each write still takes a token)
-    # s a resource or report change waits before its write, so the quick succession of a spec
-    # change (Synced=Pending, phase Pending, Running within ~10 ms) lands as one write; device
+    # s a resource change or an intermediate report (Pending, an older generation) waits before
+    # its write, so the quick succession of a spec change lands as one write; the report that
+    # completes the change (its generation, past Pending: `completes_change`) and device
     # transitions (connect, will, timeout) are written at once.
     settle: float = 0.05
     keepalive: int = 30  # MQTT keepalive (s)
@@ -422,10 +424,16 @@ class Bridge:
                 keys = keys & change.keys
             if ready and not self.link.primed:
                 self._replayed.update(keys)  # a replay after a reconnect: one write at its end
-            elif ready:
-                delay = 0.0 if isinstance(change, Transition) else self.settings.settle
+            elif ready and isinstance(change, Transition):
                 for key in keys:
-                    self.queue.add(key, delay=delay)
+                    self.queue.add(key)
+            elif ready:
+                report = self.tracker.last_report(change.device)
+                for key in keys:
+                    resource = self.control_plane.get(key)
+                    entry = report.processes.get(key) if report is not None else None
+                    done = resource is not None and completes_change(resource, entry)
+                    self.queue.add(key, delay=0.0 if done else self.settings.settle)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _healthz(self) -> Response:

@@ -153,6 +153,18 @@ def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | 
     return PlannedEvent(kind, after.reason, MESSAGES[Reason(after.reason)])
 
 
+def completes_change(resource: Resource, entry: ProcessReport | None) -> bool:
+    """Does this report entry finish the resource's current spec change?
+
+    It does when it reports the resource's generation in a phase past `Pending` (Running,
+    Succeeded, Failed, ...): that state is the change's one write, made at once. Anything else
+    (an older generation, still Pending) is an intermediate state, coalesced over the settle.
+    """
+    return (
+        entry is not None and entry.generation == resource.generation and entry.phase != "Pending"
+    )
+
+
 def plan_status(
     resource: Resource,
     device: Device | None,

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from devicefabric.bridge.statuses import PlannedEvent, apply_patch, plan_status
+import pytest
+
+from devicefabric.bridge.statuses import (
+    PlannedEvent,
+    apply_patch,
+    completes_change,
+    plan_status,
+)
 from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
 from devicefabric.config.wire import ProcessReport, Report
@@ -214,3 +222,23 @@ def test_condition_order_is_stable_whatever_came_first() -> None:
     assert plan is not None
     conditions: Any = plan.patch["conditions"]
     assert [c["type"] for c in conditions] == ["AgentConnected", "Synced"]
+
+
+@pytest.mark.parametrize(
+    ("generation", "phase", "expected"),
+    [
+        (2, "Running", True),  # the change is done: written at once
+        (2, "Succeeded", True),
+        (2, "Failed", True),
+        (2, "Pending", False),  # intermediate: coalesced over the settle
+        (1, "Running", False),  # the old generation still runs
+        (3, "Running", False),  # a report ahead of the resource we know (not ours to finish)
+    ],
+)
+def test_a_report_completes_the_change_only_at_its_generation_past_pending(
+    generation: int, phase: str, expected: bool
+) -> None:
+    res = replace(resource("web", "tor9-99"), generation=2)
+    entry = ProcessReport.model_validate({"generation": generation, "phase": phase})
+    assert completes_change(res, entry) is expected
+    assert completes_change(res, None) is False

@@ -278,3 +278,31 @@ def _retry_gaps(records: list[RequestRecord]) -> list[float]:
             if later is not None:
                 gaps.append(later.monotonic - record.monotonic)
     return gaps
+
+
+def test_a_spec_change_is_one_status_write_made_when_it_completes(fabric: KubeFabric) -> None:
+    """Apply -> Running at the new generation: one status PATCH per change, each made at once.
+
+    The report that completes a change (its generation, past Pending) is written without the
+    settle; the intermediate states before it (Synced=Pending, phase Pending) are coalesced into
+    it, so each change costs exactly one status write.
+    """
+    fabric.start_bridge("bridge-a", **LEASE_ENV)
+    fabric.start_agent("dev-a")
+    fabric.create("spec-job", "dev-a", ["sleep", "300"])
+    fabric.wait_settled("spec-job", timeout=20)
+    for change in range(1, 4):
+        since = time.monotonic()
+        resp = fabric.http.merge(
+            dp_path(name="spec-job"), {"spec": {"command": ["sleep", str(300 + change)]}}
+        )
+        assert resp.status == 200, resp.body
+        generation = resp.body["metadata"]["generation"]
+
+        def running_at(g: int = generation) -> bool:
+            obj = fabric.get("spec-job")
+            return obj["status"].get("observedGeneration") == g and settled(obj)
+
+        wait_for(running_at, 15, 0.01, what=f"generation {generation} Running")
+        patches = [r for r in writes(fabric, since) if r.info.verb == "patch"]
+        assert len(patches) == 1, [str(r) for r in patches]
