@@ -2,11 +2,12 @@
 
 `LocalControlPlane(state_dir)` implements `ControlPlane` for `devicefabric up` and
 `bridge run --control-plane local`. `run(on_change)` lists the directory once, calls `on_change`
-for every resource found, sets `synced`, then watches: every `poll_interval` (default 0.02 s: one `stat` per tick) it
-`stat`s the journal `changes.log` (one syscall per tick whatever the number of resources) and,
-when it grew, reads the new lines and reloads only the keys they name. Other processes
-(`devicefabric apply`/`delete`) are seen within one tick; a rotated journal (new inode) triggers
-one relist.
+for every resource found, sets `synced`, then watches: it sleeps until inotify reports a write in
+the state directory (`dirwatch`; at most `NOTIFIED_POLL_INTERVAL` s), or, where inotify is not
+available, for `poll_interval` (default 0.02 s), then `stat`s the journal `changes.log` (one
+syscall whatever the number of resources) and, when it grew, reads the new lines and reloads only
+the keys they name. Other processes (`devicefabric apply`/`delete`) are seen within a
+millisecond (a tick when polling); a rotated journal (new inode) triggers one relist.
 
 Invariants:
 - The cache only moves forward: store revisions are global and monotonic, so a reload older than
@@ -33,12 +34,14 @@ from pathlib import Path
 from typing import Final
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
+from devicefabric.bridge.controlplane.dirwatch import DirectoryWatch
 from devicefabric.bridge.controlplane.localstore import LocalStore, now_rfc3339
 from devicefabric.bridge.errors import TransientError
 
 log = logging.getLogger("devicefabric.bridge.local")
 
 DEFAULT_POLL_INTERVAL: Final = 0.02
+NOTIFIED_POLL_INTERVAL: Final = 1.0  # with inotify: the journal is read at least this often
 RETRY_MIN: Final = 0.05  # s: first wait after a failed read of the state directory...
 RETRY_MAX: Final = 2.0  # ...doubling up to this
 REPORTING_CONTROLLER: Final = "devicefabric-bridge"
@@ -92,9 +95,17 @@ class JournalCursor:
 class LocalControlPlane:
     """`ControlPlane` over a state directory (see module docstring)."""
 
-    def __init__(self, state_dir: Path, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        notify: bool = True,
+    ) -> None:
+        """`notify`: wake on inotify events where available (else, or False: poll)."""
         self.store = LocalStore(state_dir)
         self._poll_interval = poll_interval
+        self._notify = notify
         self._cache: dict[str, Resource] = {}
         self._synced = asyncio.Event()
         self._leading = asyncio.Event()
@@ -127,15 +138,25 @@ class LocalControlPlane:
     async def run(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
         cursor = JournalCursor(self.store.journal_path)
+        watch = DirectoryWatch.open(self.store.journal_path.parent) if self._notify else None
         try:
             await self._retrying(lambda: self._sync(cursor), "the initial list")
             self._synced.set()
-            log.info("local control plane synced: %d resources", len(self._cache))
+            log.info(
+                "local control plane synced: %d resources (%s)",
+                len(self._cache),
+                "inotify" if watch is not None else f"polled every {self._poll_interval}s",
+            )
             while True:
-                await asyncio.sleep(self._poll_interval)
+                if watch is None:
+                    await asyncio.sleep(self._poll_interval)
+                else:  # woken by the kernel; the timeout is only a safety net
+                    await watch.wait(NOTIFIED_POLL_INTERVAL)
                 await self._retrying(lambda: self._follow(cursor), "the journal")
         finally:
             self._on_change = None
+            if watch is not None:
+                watch.close()
 
     async def _sync(self, cursor: JournalCursor) -> None:
         cursor.seek_end()
