@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from devicefabric.bridge.statuses import PlannedEvent, apply_patch, plan_status
+import pytest
+
+from devicefabric.bridge.statuses import (
+    PlannedEvent,
+    apply_patch,
+    completes,
+    plan_status,
+    write_delay,
+)
 from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
 from devicefabric.config.wire import ProcessReport, Report
@@ -214,3 +222,42 @@ def test_condition_order_is_stable_whatever_came_first() -> None:
     assert plan is not None
     conditions: Any = plan.patch["conditions"]
     assert [c["type"] for c in conditions] == ["AgentConnected", "Synced"]
+
+
+SETTLE = 0.05
+
+
+@pytest.mark.parametrize(
+    ("why", "generation", "dev", "delay"),
+    [
+        ("the running report of the new generation", 2, {"generation": 2, "phase": "Running"}, 0),
+        ("a success at the new generation completes it", 2, {"generation": 2, "phase": "Succeeded"}, 0),
+        ("a crash loop at the new generation completes it", 2, {"generation": 2, "phase": "CrashLoopBackOff"}, 0),
+        ("a failure at the new generation completes it", 2, {"generation": 2, "phase": "Failed"}, 0),
+        ("Pending at the new generation is intermediate", 2, {"generation": 2, "phase": "Pending"}, SETTLE),
+        ("the old generation still running (spec changed)", 2, {"generation": 1, "phase": "Running"}, SETTLE),
+        ("a report from a newer generation than cached", 1, {"generation": 2, "phase": "Running"}, SETTLE),
+        ("no entry for this resource in the report", 1, {}, SETTLE),
+        ("no report from the device yet", 1, None, SETTLE),
+        ("a device never heard of", 1, "unknown", SETTLE),
+    ],
+)  # fmt: skip
+def test_write_delay(
+    why: str, generation: int, dev: dict[str, Any] | str | None, delay: float
+) -> None:
+    res = resource("web", "tor9-99", generation=generation)
+    if dev == "unknown":
+        known: Device | None = None
+    elif dev is None:
+        known = device(Reason.CONNECTED)
+    elif not dev:
+        known = device(Reason.CONNECTED, other=RUNNING)
+    else:
+        assert isinstance(dev, dict)
+        known = device(Reason.CONNECTED, web=dev)
+    assert write_delay(res, known, SETTLE) == delay, why
+    assert completes(res, known) is (delay == 0), why
+
+
+def test_write_delay_of_a_deleted_resource_is_the_settle() -> None:
+    assert write_delay(None, device(Reason.CONNECTED, web=RUNNING), SETTLE) == SETTLE
