@@ -278,3 +278,33 @@ def _retry_gaps(records: list[RequestRecord]) -> list[float]:
             if later is not None:
                 gaps.append(later.monotonic - record.monotonic)
     return gaps
+
+
+def test_each_spec_change_is_exactly_one_status_write(fabric: KubeFabric) -> None:
+    """Real agent, real processes: each spec change (stop the old process, start the new one) is
+    one status PATCH, the completing one, and no Event; its intermediate states are not written."""
+    bridge = fabric.start_bridge("bridge-a")
+    fabric.start_agent("tor9-99", heartbeat=15)
+    names = ["tor9-99-a", "tor9-99-b", "tor9-99-c"]
+    for name in names:
+        fabric.create(name, "tor9-99")
+    fabric.wait_settled(*names, timeout=20)
+
+    def drained() -> bool:
+        return bridge.readyz().get("queueDepth") == 0
+
+    for round_ in (2, 3):
+        changed_at = time.monotonic()
+        for name in names:
+            command = ["sleep", f"{300 + round_}"]
+            fabric.http.merge(dp_path(name=name), {"spec": {"command": command}})
+        for name in names:
+            wait_for(lambda n=name, g=round_: generation_applied(fabric, n, g), 15, 0.01, what=name)
+        for _ in range(2):  # an echo of the last write may enqueue a key just after it
+            wait_for(drained, 5, 0.01, what="the bridge's queue drained")
+        patches = keys(writes(fabric, changed_at), "patch")
+        assert patches == [f"default/{n}" for n in names], patches
+        assert keys(writes(fabric, changed_at), "create") == []
+        for name in names:
+            status = fabric.get(name)["status"]
+            assert (status["phase"], status["observedGeneration"]) == ("Running", round_)
