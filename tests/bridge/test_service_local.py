@@ -135,8 +135,9 @@ def test_a_spec_change_is_one_status_write_at_once_on_the_local_plane(
             async with fleet.beating(), running(broker, plane, settle=settle) as bridge:
                 await report(web, "Running", 1)
                 await report(job, "Running", 1)
-                for key in (web, job):
-                    await until(lambda k=key: _status(plane, k, "observedGeneration") == 1)
+                await until(
+                    lambda: {_status(plane, k, "observedGeneration") for k in (web, job)} == {1}
+                )
                 await idle(bridge)
 
                 before = plane.store.revision()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,9 @@ def test_each_spec_change_is_exactly_one_status_write(fabric: KubeFabric) -> Non
         fabric.create(name, "tor9-99")
     fabric.wait_settled(*names, timeout=20)
 
+    def all_applied(generation: int) -> bool:
+        return all(generation_applied(fabric, n, generation) for n in names)
+
     def drained() -> bool:
         return bridge.readyz().get("queueDepth") == 0
 
@@ -298,8 +302,7 @@ def test_each_spec_change_is_exactly_one_status_write(fabric: KubeFabric) -> Non
         for name in names:
             command = ["sleep", f"{300 + round_}"]
             fabric.http.merge(dp_path(name=name), {"spec": {"command": command}})
-        for name in names:
-            wait_for(lambda n=name, g=round_: generation_applied(fabric, n, g), 15, 0.01, what=name)
+        wait_for(partial(all_applied, round_), 15, 0.01, what="all Running at the new generation")
         for _ in range(2):  # an echo of the last write may enqueue a key just after it
             wait_for(drained, 5, 0.01, what="the bridge's queue drained")
         patches = keys(writes(fabric, changed_at), "patch")
