@@ -22,7 +22,10 @@ Invariants:
   abandon the child: the stop keeps its bound (grace, then SIGKILL), and no longer.
 - `message` holds at most `MAX_MESSAGE` characters: the exit description and the tail of stderr
   (the last 1 KiB). stderr is captured for that tail (and logged at DEBUG); stdout is inherited.
-- Every running child is in the `ChildLedger`, so a successor of a crashed agent stops it.
+- Every running child is in the `ChildLedger`, so a successor of a crashed agent stops it. The
+  ledger's file writes stay off the change -> report path: a start is recorded one loop turn
+  after its report is queued, an exit `LEDGER_LAG_S` later (an entry of a pid that is gone does
+  no harm: `leftovers` checks each pid's start time).
 - Crash restarts use equal-jitter back-off capped at `RestartTiming.cap` (floor: half the
   ceiling), so a crash loop produces at most two state changes per back-off period. A run that
   lasted `max(10 s, 2 x cap)` resets the back-off; `restarts` only grows.
@@ -55,6 +58,7 @@ EOF_GRACE_S: Final = 0.5  # after the leader exits, how long stderr may still dr
 KILL_WAIT_S: Final = 5.0  # after SIGKILL, how long to wait for the kernel to reap
 BACKOFF_BASE_S: Final = 1.0
 MIN_STABLE_RUN_S: Final = 10.0
+LEDGER_LAG_S: Final = 0.05  # an exit is recorded this late, off a replacement's start path
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +201,6 @@ class ProcessRunner:
                 self._set(phase="Failed", pid=None, message=message)
                 return
             started = loop.time()
-            self._ledger.started(child.pid)
             self._set(
                 phase="Running",
                 pid=child.pid,
@@ -205,6 +208,9 @@ class ProcessRunner:
                 exit_code=None,
                 message=None,
             )
+            # Recorded right after the report goes out (the reporter's wake-up is queued first):
+            # the ledger's file write is off the change -> report path, and one loop turn late.
+            loop.call_soon(self._ledger.started, child.pid)
             log.info("started pid %d", child.pid, extra=self._log_extra)
             returncode, tail = await self._watch(child)
             if loop.time() - started >= self._stable_run_s:
@@ -264,8 +270,8 @@ class ProcessRunner:
                 reader.cancel()
         finally:
             child.transport.close()
-            if child.exited.done():
-                self._ledger.ended(child.pid)
+            if child.exited.done():  # after the successor started (a stale entry is harmless)
+                asyncio.get_running_loop().call_later(LEDGER_LAG_S, self._ledger.ended, child.pid)
         returncode = child.transport.get_returncode()
         return (returncode if returncode is not None else -signal.SIGKILL), bytes(tail)
 

@@ -27,6 +27,8 @@ plain synchronous callbacks):
 - Device transition (tracker, from a message or the stale sweep) -> enqueue every resource of
   that device. A report -> enqueue only the keys whose reported entry changed. A heartbeat ->
   nothing (the tracker's fast path returns no change).
+- A report or resource change is written at once when the report completes the change (its
+  generation, no longer Pending), else after `settle` (intermediate states coalesce).
 - A worker pops a key and runs `writing.StatusWriter.reconcile`: the status from the current
   state (`statuses.plan_status`), written only where it differs: one status patch and, on an
   `AgentConnected` reason change, one Event, each taking a token of the global write budget. A
@@ -64,7 +66,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from devicefabric.bridge import api
-from devicefabric.bridge.controlplane.base import ControlPlane
+from devicefabric.bridge.controlplane.base import ControlPlane, Resource
 from devicefabric.bridge.eventing import EventRecorder
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
@@ -78,7 +80,7 @@ from devicefabric.bridge.queueing import (
     TokenBucket,
     WorkQueue,
 )
-from devicefabric.bridge.statuses import completes_change
+from devicefabric.bridge.statuses import write_delay
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
 from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
@@ -129,10 +131,10 @@ class BridgeSettings:
     min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
     key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
     workers: int = 4  # concurrent writers (each write still takes a token)
-    # s a resource change or an intermediate report (Pending, an older generation) waits before
-    # its write, so the quick succession of a spec change lands as one write; the report that
-    # completes the change (its generation, past Pending: `completes_change`) and device
-    # transitions (connect, will, timeout) are written at once.
+    # s an intermediate state (Synced=Pending, phase Pending) waits before its write, so a spec
+    # change lands as one write: the report completing it (its generation, no longer Pending) is
+    # written at once and supersedes the wait (`statuses.write_delay`); device transitions
+    # (connect, will, timeout) are written at once.
     settle: float = 0.05
     keepalive: int = 30  # MQTT keepalive (s)
     call_timeout: float = 10.0  # s: bound of one control-plane call
@@ -359,7 +361,7 @@ class Bridge:
         for device in devices:
             self._mirror_device(device)
         if resource is not None:
-            self.queue.add(key, delay=self.settings.settle)
+            self.queue.add(key, delay=self._write_delay(resource, resource.device))
 
     def _mirror_device(self, device: str) -> None:
         if not (self.ready.is_set() and self.link.primed and self.control_plane.may_write(device)):
@@ -424,16 +426,20 @@ class Bridge:
                 keys = keys & change.keys
             if ready and not self.link.primed:
                 self._replayed.update(keys)  # a replay after a reconnect: one write at its end
-            elif ready and isinstance(change, Transition):
-                for key in keys:
-                    self.queue.add(key)
             elif ready:
-                report = self.tracker.last_report(change.device)
+                transition = isinstance(change, Transition)
                 for key in keys:
-                    resource = self.control_plane.get(key)
-                    entry = report.processes.get(key) if report is not None else None
-                    done = resource is not None and completes_change(resource, entry)
-                    self.queue.add(key, delay=0.0 if done else self.settings.settle)
+                    delay = (
+                        0.0
+                        if transition
+                        else self._write_delay(self.control_plane.get(key), change.device)
+                    )
+                    self.queue.add(key, delay=delay)
+
+    def _write_delay(self, resource: Resource | None, device: str | None) -> float:
+        """At once when the report completes the change, else after the settle (`statuses`)."""
+        known = self.tracker.get(device) if device is not None else None
+        return write_delay(resource, known, self.settings.settle)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _healthz(self) -> Response:

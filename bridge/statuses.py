@@ -19,6 +19,12 @@ status and no write. An Event is planned when the stored `AgentConnected` reason
 resource per device transition, `Normal` when connecting, `Warning` when disconnecting. A resource
 that gets the condition for the first time gets the `Normal` Event when its device connects, and
 none when its device is already known to be away (nothing transitioned).
+
+`write_delay` decides when a key queued by a report or a resource change is written: at once when
+the device's report completes the change (its entry is at the resource's generation and no longer
+`Pending`; that write is the change's one write), else after the settle, so the intermediate
+states of a spec change (`Synced=Pending`, phase `Pending`) coalesce and are never written when
+the completing report arrives within the settle (the earlier due time wins in the queue).
 """
 
 from __future__ import annotations
@@ -144,6 +150,27 @@ def desired_conditions(
     return sorted(conditions, key=lambda c: OWN_ORDER.get(c.type, len(OWN_ORDER)))
 
 
+def completes(resource: Resource, device: Device | None) -> bool:
+    """Whether the device's report completes the resource's current generation: its entry is at
+    that generation and its phase is no longer `Pending` (Running, Succeeded, Failed, ...)."""
+    if device is None or device.report is None:
+        return False
+    entry = device.report.processes.get(resource.key)
+    return (
+        entry is not None
+        and entry.generation == resource.generation
+        and str(entry.phase) != PENDING_PHASE
+    )
+
+
+def write_delay(resource: Resource | None, device: Device | None, settle: float) -> float:
+    """Seconds before the write of a key queued by a report or a resource change: 0 when the
+    report completes the change (see `completes`), else `settle` (an intermediate state)."""
+    if resource is not None and completes(resource, device):
+        return 0.0
+    return settle
+
+
 def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | None:
     if after is None or (before is not None and before.reason == after.reason):
         return None
@@ -151,18 +178,6 @@ def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | 
         return None  # a new resource of a device already known to be away: nothing transitioned
     kind: EventType = "Normal" if after.status == "True" else "Warning"
     return PlannedEvent(kind, after.reason, MESSAGES[Reason(after.reason)])
-
-
-def completes_change(resource: Resource, entry: ProcessReport | None) -> bool:
-    """Does this report entry finish the resource's current spec change?
-
-    It does when it reports the resource's generation in a phase past `Pending` (Running,
-    Succeeded, Failed, ...): that state is the change's one write, made at once. Anything else
-    (an older generation, still Pending) is an intermediate state, coalesced over the settle.
-    """
-    return (
-        entry is not None and entry.generation == resource.generation and entry.phase != "Pending"
-    )
 
 
 def plan_status(

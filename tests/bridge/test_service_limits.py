@@ -8,12 +8,17 @@
   every reconnect (mosquitto: the bridge hung). Now nothing is published for that device (it
   keeps its last document), the resource reads `InvalidSpec` with the size, and the bridge keeps
   serving every other device.
+- A device flooding completing reports (Running at the current generation, a new `restarts` each
+  time; each is written at once, with no settle) is still held to the per-resource write credits:
+  at most `key_write_burst` writes at once, then one per `min_write_interval`, and the last report
+  is the one that ends up written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -109,6 +114,50 @@ def test_a_document_over_the_limit_is_refused_and_the_bridge_serves_on(
                 cp.apply(shrunk)
                 await until(lambda: len(desired_docs(fleet, "dev-a")) == 2, timeout=10)
                 await until(lambda: synced(cp, "default/b")[0] == "Pending", timeout=10)
+        finally:
+            await fleet.close()
+
+    asyncio.run(story())
+
+
+@pytest.mark.fabric_devices("dev-a")
+def test_a_flood_of_completing_reports_is_held_to_the_write_credits(
+    mosquitto: BrokerProcess, secret: bytes
+) -> None:
+    cp = MemoryControlPlane()
+    res = resource("web", "dev-a")
+    cp.apply(res)
+    interval, burst, flood = 0.5, 3, 60
+
+    async def story() -> None:
+        fleet = Fleet(mosquitto.host, mosquitto.port, secret, heartbeat_s=1)
+        await fleet.connect(["dev-a"])
+        device = fleet["dev-a"]
+        running_ = {"generation": 1, "phase": "Running", "pid": 7, "restarts": 0}
+        await device.report({res.key: running_})
+        try:
+            async with (
+                fleet.beating(),
+                running(
+                    mosquitto, cp, min_write_interval=interval, key_write_burst=burst
+                ) as bridge,
+            ):
+                await until(lambda: cp.reason(res.key, "Synced") == "Applied")
+                await settle(bridge, cp)
+                cp.clear_counts()
+                started = time.monotonic()
+                for restarts in range(1, flood + 1):
+                    await device.report({res.key: {**running_, "restarts": restarts}})
+                flooded = time.monotonic() - started
+                await until(
+                    lambda: cp.stored(res.key).status.get("restarts") == flood,
+                    timeout=flooded + 3 * interval + 2,
+                    what="the last report written",
+                )
+                await settle(bridge, cp)
+                span = cp.writes[-1].at - started if cp.writes else 0.0
+                assert 1 <= len(cp.writes) <= burst + span / interval + 1, (len(cp.writes), span)
+                assert len(cp.writes) < flood / 4  # not one write per report
         finally:
             await fleet.close()
 

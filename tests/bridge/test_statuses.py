@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,8 +9,9 @@ import pytest
 from devicefabric.bridge.statuses import (
     PlannedEvent,
     apply_patch,
-    completes_change,
+    completes,
     plan_status,
+    write_delay,
 )
 from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
@@ -224,21 +224,40 @@ def test_condition_order_is_stable_whatever_came_first() -> None:
     assert [c["type"] for c in conditions] == ["AgentConnected", "Synced"]
 
 
+SETTLE = 0.05
+
+
 @pytest.mark.parametrize(
-    ("generation", "phase", "expected"),
+    ("why", "generation", "dev", "delay"),
     [
-        (2, "Running", True),  # the change is done: written at once
-        (2, "Succeeded", True),
-        (2, "Failed", True),
-        (2, "Pending", False),  # intermediate: coalesced over the settle
-        (1, "Running", False),  # the old generation still runs
-        (3, "Running", False),  # a report ahead of the resource we know (not ours to finish)
+        ("the running report of the new generation", 2, {"generation": 2, "phase": "Running"}, 0),
+        ("a success at the new generation completes it", 2, {"generation": 2, "phase": "Succeeded"}, 0),
+        ("a crash loop at the new generation completes it", 2, {"generation": 2, "phase": "CrashLoopBackOff"}, 0),
+        ("a failure at the new generation completes it", 2, {"generation": 2, "phase": "Failed"}, 0),
+        ("Pending at the new generation is intermediate", 2, {"generation": 2, "phase": "Pending"}, SETTLE),
+        ("the old generation still running (spec changed)", 2, {"generation": 1, "phase": "Running"}, SETTLE),
+        ("a report from a newer generation than cached", 1, {"generation": 2, "phase": "Running"}, SETTLE),
+        ("no entry for this resource in the report", 1, {}, SETTLE),
+        ("no report from the device yet", 1, None, SETTLE),
+        ("a device never heard of", 1, "unknown", SETTLE),
     ],
-)
-def test_a_report_completes_the_change_only_at_its_generation_past_pending(
-    generation: int, phase: str, expected: bool
+)  # fmt: skip
+def test_write_delay(
+    why: str, generation: int, dev: dict[str, Any] | str | None, delay: float
 ) -> None:
-    res = replace(resource("web", "tor9-99"), generation=2)
-    entry = ProcessReport.model_validate({"generation": generation, "phase": phase})
-    assert completes_change(res, entry) is expected
-    assert completes_change(res, None) is False
+    res = resource("web", "tor9-99", generation=generation)
+    if dev == "unknown":
+        known: Device | None = None
+    elif dev is None:
+        known = device(Reason.CONNECTED)
+    elif not dev:
+        known = device(Reason.CONNECTED, other=RUNNING)
+    else:
+        assert isinstance(dev, dict)
+        known = device(Reason.CONNECTED, web=dev)
+    assert write_delay(res, known, SETTLE) == delay, why
+    assert completes(res, known) is (delay == 0), why
+
+
+def test_write_delay_of_a_deleted_resource_is_the_settle() -> None:
+    assert write_delay(None, device(Reason.CONNECTED, web=RUNNING), SETTLE) == SETTLE
