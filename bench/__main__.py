@@ -103,6 +103,20 @@ def markdown(
     return "\n".join(lines)
 
 
+def _with_kept_rows(rows: list[Row], ran: list[str]) -> list[Row]:
+    """`rows` of the benchmarks that ran, and the last recorded rows of the others, in order."""
+    fresh = {name: [r for r in rows if r.bench == name] for name in ran}
+    out: list[Row] = []
+    for name in BENCHMARKS:
+        if name in fresh:
+            out += fresh[name]
+            continue
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            out += [Row(**d) for d in json.loads(path.read_text(encoding="utf-8"))["summary"]]
+    return out
+
+
 def replace_section(path: Path, section: str) -> None:
     """Replace `## Benchmarks` up to the next `## ` heading (or the end), else append it."""
     text = path.read_text(encoding="utf-8")
@@ -120,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every benchmark in quick mode")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--readme", type=Path, help="replace this file's `## Benchmarks` section")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="with --only: the table keeps the other benchmarks' rows from their last results "
+        "(bench/results/<name>.json of an earlier run on this machine)",
+    )
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -136,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         if error is not None:
             failed.append(name)
     load = (load0, os.getloadavg()[0])
+    if args.keep:
+        rows = _with_kept_rows(rows, names)
     section = markdown(rows, started, args.quick, load)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.md").write_text(section, encoding="utf-8")
