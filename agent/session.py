@@ -90,8 +90,10 @@ class SessionSettings:
     @property
     def keepalive(self) -> int:
         """MQTT keepalive: twice the heartbeat (at least 5 s). paho sends a PINGREQ after one
-        keepalive without traffic and gives up one keepalive later, so a half-open link is
-        noticed after about two keepalives: four heartbeats (10 s at the 5 s floor)."""
+        keepalive with nothing received (the heartbeats we send do not count) and gives up one
+        keepalive later; `loop_misc` runs every keepalive / 4. A half-open link is therefore
+        noticed 2 to 2.5 keepalives after the last packet in: about four heartbeats from a 3 s
+        heartbeat up, 10-12.5 s at the 5 s floor (measured 9.9-10.1 s, docs/networks.md)."""
         return max(5, min(2 * self.heartbeat_s, 65535))
 
 

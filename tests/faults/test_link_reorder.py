@@ -1,9 +1,12 @@
 """Scenario 6 of the real-network suite: reports duplicated and reordered on the agent's link.
 
 The agent reaches the broker through `tests.faults.mqttproxy.MqttProxy`, which sends every
-PUBLISH twice (the copy with DUP) and swaps consecutive ones (why a userspace proxy and not
-`tc netem`: see that module). Three spec changes, each a burst of reports (Pending, then Running
-at the new generation) through the proxy. What must hold: the bridge applies no report out of
+PUBLISH twice (the copy with DUP) and swaps consecutive ones. Why not `tc netem`: this kernel
+has no `sch_netem`, and IP-level reordering or duplication never reaches MQTT anyway (TCP delivers
+a connection's bytes once and in order); what does reach it is a PUBLISH delivered again (a QoS 1
+resend with DUP) and reports in another order (a resend across a reconnect), which the proxy makes
+for real. Three spec changes, each a burst of reports (Pending, then Running at the new
+generation) through the proxy. What must hold: the bridge applies no report out of
 order (the stored `observedGeneration` never goes back, sampled throughout) and refuses the late
 and repeated ones by `seq` (its `sequence` counter of invalid messages grows); no write repeats
 one already made (at most the apply plus three status writes per change); every change ends
