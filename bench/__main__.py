@@ -90,10 +90,11 @@ def markdown(
         ),
         "",
         (
-            "How to rerun: `make bench` (about 15 minutes on 2 cores), or "
+            "How to rerun: `make bench` (about 20 minutes on 2 cores), or "
             "`.venv/bin/python -m bench --quick` (a few minutes); one benchmark alone: "
-            "`.venv/bin/python -m bench.propagation --help` (also `detection`, `writes`, `ingest`, "
-            "`footprint`, `brokers`, `scale`). Each writes `bench/results/<name>.json` with the machine, "
+            "`.venv/bin/python -m bench.propagation --help` (also "
+            + ", ".join(f"`{name}`" for name in BENCHMARKS[1:])
+            + "). Each writes `bench/results/<name>.json` with the machine, "
             "versions, parameters, raw samples, median and p99; the method of each is the module "
             "docstring in `bench/`. Needs mosquitto (`/usr/sbin/mosquitto`); run from the "
             "repository root (the Kubernetes benchmarks use the API server fake in `tests/kube`)."
