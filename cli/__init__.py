@@ -9,6 +9,7 @@ failure.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Final, NoReturn, cast
@@ -81,6 +82,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a writer cut off
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()  # every program: the hard limit is what the administrator granted
     try:
@@ -98,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceFabricError as exc:
         print(f"devicefabric: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `get -o yaml | head`: the reader left; stop quietly, like cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail too
+        return EXIT_BROKEN_PIPE
     return int(code or 0)
 
 

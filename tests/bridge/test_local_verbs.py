@@ -275,3 +275,22 @@ def test_a_list_is_streamed_as_the_same_document(
         assert text == json.dumps(whole, indent=2) + "\n"
     else:
         assert yaml.safe_load(text) == whole
+
+
+def test_a_reader_that_leaves_early_stops_get_quietly(tmp_path: Path) -> None:
+    """`get -o yaml | head -1`: no traceback, the shell's SIGPIPE status (141)."""
+    state = tmp_path / "state"
+    docs = [manifest_text(f"p{i:03d}", f"dev-{i}", ["sleep", "60"]) for i in range(400)]
+    path = write_manifest(tmp_path / "many.yaml", *docs)
+    assert run_cli("apply", "-f", str(path), "--state-dir", str(state)).code == 0
+    proc = subprocess.Popen(
+        cli_argv("get", "-o", "yaml", "--state-dir", str(state)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"apiVersion")
+    proc.stdout.close()  # the reader goes away with most of the List unread
+    _, err = proc.communicate(timeout=30)
+    assert b"Traceback" not in err, err.decode()
+    assert proc.returncode == 141
