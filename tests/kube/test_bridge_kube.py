@@ -290,6 +290,13 @@ def test_each_spec_change_is_exactly_one_status_write(fabric: KubeFabric) -> Non
     for name in names:
         fabric.create(name, "tor9-99")
     fabric.wait_settled(*names, timeout=20)
+    # the Events of that first settle go through their own worker: let them land before counting
+    wait_for(
+        lambda: len(keys(writes(fabric), "create")) >= len(names),
+        10,
+        0.01,
+        what="the first settle's Events recorded",
+    )
 
     def all_applied(generation: int) -> bool:
         return all(generation_applied(fabric, n, generation) for n in names)
