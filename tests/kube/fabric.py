@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -304,3 +304,19 @@ def _is_our_child(pid: int) -> bool:
     except OSError:
         return False
     return argv[0].endswith(b"sleep") or (argv[0] == b"/bin/sh" and b"sleep 30" in argv[-2])
+
+
+@contextlib.contextmanager
+def audited(workdir: Path, secret: bytes, devices: tuple[str, ...]) -> Iterator[KubeFabric]:
+    """A `KubeFabric`, closed at exit, whose request log is then checked: no request our shipped
+    RBAC does not grant, and no no-op write by a bridge."""
+    from tests.kube.planes import denied  # noqa: PLC0415 - planes imports the bridge's backend
+
+    fab = KubeFabric(workdir, secret, devices)
+    try:
+        yield fab
+    finally:
+        fab.close()
+    records = fab.api.log.records()
+    assert denied(records) == [], "the bridge made requests our RBAC does not grant"
+    assert [r for r in records if r.noop and r.user != "admin"] == [], "the bridge wrote a no-op"

@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 from devicefabric.config import manifests
-from tests.kube.fabric import KubeFabric, condition, settled
+from tests.kube.fabric import KubeFabric, audited, condition, settled
 from tests.kube.fakeapi import Match
 from tests.kube.fakeapi.client import dp_path
 from tests.kube.fakeapi.faults import RequestRecord
-from tests.kube.planes import denied
 from tests.support.mqtt import connect
 from tests.support.waiting import wait_for
 
@@ -32,14 +31,8 @@ DEVICES = ("tor9-99", "dev-a", "dev-b", "dev-c", "dev-d", "dev-e", "dev-f")
 
 @pytest.fixture
 def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
-    fab = KubeFabric(tmp_path, secret, DEVICES)
-    try:
+    with audited(tmp_path, secret, DEVICES) as fab:
         yield fab
-    finally:
-        fab.close()
-    records = fab.api.log.records()
-    assert denied(records) == [], "the bridge made requests our RBAC does not grant"
-    assert [r for r in records if r.noop and r.user != "admin"] == [], "the bridge wrote a no-op"
 
 
 def writes(fabric: KubeFabric, since: float = 0.0, pod: str | None = None) -> list[RequestRecord]:

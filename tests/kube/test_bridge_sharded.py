@@ -27,10 +27,9 @@ import pytest
 from devicefabric.bridge.sharding import shard_of
 from devicefabric.config.topics import Topics
 from tests.bridge.fleet import Fleet
-from tests.kube.fabric import KubeFabric, condition
+from tests.kube.fabric import KubeFabric, audited, condition
 from tests.kube.fakeapi.client import LEASES
 from tests.kube.fakeapi.faults import RequestRecord
-from tests.kube.planes import denied
 from tests.support.mqtt import connect
 from tests.support.waiting import async_wait_for
 
@@ -51,14 +50,8 @@ LEASE_PREFIX: Final = "devicefabric-bridge-"
 
 @pytest.fixture
 def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
-    fab = KubeFabric(tmp_path, secret, DEVICES)
-    try:
+    with audited(tmp_path, secret, DEVICES) as fab:
         yield fab
-    finally:
-        fab.close()
-    records = fab.api.log.records()
-    assert denied(records) == [], "the bridge made requests our RBAC does not grant"
-    assert [r for r in records if r.noop and r.user != "admin"] == [], "the bridge wrote a no-op"
 
 
 def pod_of(record: RequestRecord) -> str:
