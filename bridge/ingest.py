@@ -15,6 +15,8 @@ Invariants:
 - An empty payload is a retained document being cleared: for `desired` it means the broker
   retains nothing for that device; for other kinds it is ignored.
 - Other bridges' sync markers are skipped silently.
+- Every retained document with a valid topic is recorded in the `ledger` (even one that then
+  fails to decode: it was delivered, re-reading it would bring the same bytes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from devicefabric.bridge.mirroring import Mirror
+from devicefabric.bridge.replaying import ReplayLedger
 from devicefabric.bridge.tracking import NOTHING, Change, DeviceTracker
 from devicefabric.config.errors import PayloadError, TopicError
 from devicefabric.config.topics import DeviceTopic, ParsedTopic, Topics
@@ -63,10 +66,12 @@ class Ingest:
         mirror: Mirror,
         *,
         limit: int = MAX_PAYLOAD_BYTES,
+        ledger: ReplayLedger | None = None,
     ) -> None:
         self.topics = topics
         self.tracker = tracker
         self.mirror = mirror
+        self.ledger = ledger
         self.stats = IngestStats()
         self._limit = limit
         self._parsed: dict[str, ParsedTopic] = {}
@@ -88,6 +93,8 @@ class Ingest:
         if kind is None or device is None:  # bridge/status is not subscribed; ignore if it comes
             return NOTHING
         self.stats.messages[kind] += 1
+        if retained and self.ledger is not None:
+            self.ledger.saw(device, kind)
         try:
             if kind is DeviceTopic.HEARTBEAT:
                 return self.tracker.heartbeat(device, decode_heartbeat(payload, self._limit), now)

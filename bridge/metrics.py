@@ -131,6 +131,16 @@ class BridgeMetrics:
             "Desired documents published (retained) to devices",
             registry=self.registry,
         )
+        self.replay_reread = Counter(
+            "devicefabric_replay_reread",
+            "Retained documents missing from a replay and re-read by exact subscription",
+            registry=self.registry,
+        )
+        self.replay_missing = Counter(
+            "devicefabric_replay_missing",
+            "Retained documents not retained by the broker after all (re-read and not there)",
+            registry=self.registry,
+        )
         self.events_dropped = Counter(
             "devicefabric_events_dropped",
             "Events dropped unrecorded because the event log was full",

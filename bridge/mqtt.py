@@ -19,7 +19,10 @@ Per connection (each with a new `session`: a random boot id plus a counter):
    brokers deliver one connection's messages in order, so when it comes back the retained
    replay is complete. As a fallback (a broker that drops the marker), and against brokers that
    replay retained messages concurrently, priming also waits until no retained message arrived
-   for `quiet` seconds. Then `handler.on_primed()`.
+   for `quiet` seconds. Then the retained documents the handler expected and did not get
+   (`handler.to_reread()`, see `replaying`: a broker that dropped part of the replay, or lost its
+   retained store) are re-read by exact-topic subscriptions, one batch at a time, each settled
+   the same way and unsubscribed. Then `handler.on_primed()`.
 4. On loss: `handler.on_lost()`, wait `reconnect_min` (with jitter: replicas and restarts do not
    reconnect in lockstep), reconnect, and start over (the handler reconciles from the replay:
    retained messages carry `retained=True`). Unacknowledged QoS 1 messages are dropped before
@@ -74,6 +77,11 @@ class LinkHandler(Protocol):
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
 
     def on_connected(self) -> None: ...
+
+    async def to_reread(self) -> list[list[str]]:
+        """Exact topics whose retained documents the replay should have brought and did not,
+        in batches (`replaying`); called once the wildcard replay is over."""
+        ...
 
     def on_primed(self) -> None: ...
 
@@ -308,24 +316,64 @@ class MqttLink:
             self._refused([f for f, _ in filters])
             return
         self._refusals = 0
-        self._last_retained = time.monotonic()
-        self.publish(self._marker_topic, b"", retain=False)
-        if not await self._wait(self._marker, self.settings.marker_timeout):
-            if self._lost.is_set():
-                return
-            log.warning("the sync marker did not come back; relying on a quiet period")
         deadline = time.monotonic() + self.settings.prime_max
-        while (idle := time.monotonic() - self._last_retained) < self.settings.quiet:
-            if time.monotonic() > deadline or await self._wait(
-                self._lost, self.settings.quiet - idle
-            ):
-                break
-        if self._lost.is_set():
+        if not await self._settle(deadline, "the replay"):
+            return
+        batches = await self.handler.to_reread()
+        if batches and not await self._reread(batches, time.monotonic() + self.settings.prime_max):
             return
         self.primed = True
         self.down_since = None
         log.info("subscribed and retained state read back", extra={"session": self.session})
         self.handler.on_primed()
+
+    async def _settle(self, deadline: float, what: str) -> bool:
+        """Wait until what was sent before now has been delivered: our marker comes back (the
+        brokers deliver one connection's messages in order), then no retained message for
+        `quiet` s (brokers that replay concurrently). False when the link was lost."""
+        self._marker.clear()
+        self._last_retained = time.monotonic()
+        self.publish(self._marker_topic, b"", retain=False)
+        if not await self._wait(self._marker, self.settings.marker_timeout):
+            if self._lost.is_set():
+                return False
+            log.warning(
+                "the sync marker did not come back after %s; relying on a quiet period", what
+            )
+        while (idle := time.monotonic() - self._last_retained) < self.settings.quiet:
+            if time.monotonic() > deadline or await self._wait(
+                self._lost, self.settings.quiet - idle
+            ):
+                break
+        return not self._lost.is_set()
+
+    async def _reread(self, batches: list[list[str]], deadline: float) -> bool:
+        """Subscribe to each batch of exact topics (the broker sends their retained messages),
+        settle, unsubscribe. Stops early (what is left counts as missing) on a refusal or past
+        `deadline`; False when the link was lost."""
+        loop = asyncio.get_running_loop()
+        for number, batch in enumerate(batches, 1):
+            if time.monotonic() > deadline:
+                log.warning("re-reading retained documents took too long; %d batches left",
+                            len(batches) - number + 1)  # fmt: skip
+                return True
+            self._suback = loop.create_future()
+            rc, _mid = self._client.subscribe([(topic, 0) for topic in batch])  # see `replaying`
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost.set()
+                return False
+            try:
+                codes = await self._suback
+            except OSError:
+                return False
+            if any(code >= 0x80 for code in codes):
+                log.warning("the broker refused re-reading %d retained documents", len(batch))
+                self._client.unsubscribe(batch)
+                return True
+            if not await self._settle(deadline, "re-reading retained documents"):
+                return False
+            self._client.unsubscribe(batch)
+        return True
 
     def _refused(self, filters: list[str]) -> None:
         """Subscriptions refused: reconnect, or give up after `refusals_fatal` in a row."""

@@ -46,6 +46,9 @@ Invariants:
 - Every replica publishes its retained birth on connecting; the leader publishes it again when it
   gains leadership (with shards: and each shard), so the retained `bridge/status` names a writing
   replica's session, not the will of one that was killed.
+- A retained replay is checked, not trusted: documents expected and not delivered are re-read
+  (`replaying`) before the link counts as primed, and only `desired` documents confirmed missing
+  are published again (a partial replay never republishes the whole fleet).
 - The stale sweep runs only while the MQTT link is primed (the bridge does not blame devices for
   its own outage) and `resume` restarts every deadline after a reconnect.
 """
@@ -80,6 +83,7 @@ from devicefabric.bridge.queueing import (
     TokenBucket,
     WorkQueue,
 )
+from devicefabric.bridge.replaying import Expected, ReplayLedger, reread_topics
 from devicefabric.bridge.statuses import write_delay
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
 from devicefabric.bridge.writing import StatusWriter
@@ -93,7 +97,7 @@ from devicefabric.config.settings import (
     BrokerURL,
     HostPort,
 )
-from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from devicefabric.config.topics import DEFAULT_ROOT, DeviceTopic, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES, encode
 
 log = logging.getLogger("devicefabric.bridge")
@@ -102,6 +106,7 @@ ECHO_TIMEOUT: Final = 10.0  # s: a published desired not read back by then is pu
 SWEEP_MIN: Final = 0.05  # s: the sweep never wakes more often than this...
 SWEEP_MAX: Final = 0.5  # ...nor sleeps longer (a new short-heartbeat device is found in time)
 LEADERSHIP_POLL: Final = 0.5
+REREAD_SYNC_WAIT: Final = 15.0  # s: re-reading the replay waits this long for the first list
 
 
 def default_client_id() -> str:
@@ -168,7 +173,9 @@ class Bridge:
         self.tracker = DeviceTracker(settings.stale_multiplier)
         self.mirror = Mirror(settings.max_payload)
         self.index = ResourceIndex()
-        self.ingest = Ingest(self.topics, self.tracker, self.mirror)
+        self.ledger = ReplayLedger()
+        self._rereading: list[tuple[str, DeviceTopic]] = []
+        self.ingest = Ingest(self.topics, self.tracker, self.mirror, ledger=self.ledger)
         self.metrics = metrics if metrics is not None else BridgeMetrics()
         self.queue = WorkQueue(
             KeyedQueue(
@@ -393,9 +400,37 @@ class Bridge:
 
     def on_connected(self) -> None:
         self.mirror.reset_sent()
+        self.ledger.start()
+        self._rereading = []
+
+    async def to_reread(self) -> list[list[str]]:
+        """The retained documents to re-read (`replaying`); what is expected is known only once
+        the control plane has listed (waited for, at most `REREAD_SYNC_WAIT` s)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REREAD_SYNC_WAIT):
+                await self.control_plane.synced.wait()
+        if not self.control_plane.synced.is_set():
+            return []
+        with_resources = frozenset(self.index.devices())
+        expected = Expected(with_resources | self.mirror.devices(), with_resources)
+        self._rereading = self.ledger.unseen(expected)
+        return list(reread_topics(self.topics, self._rereading))
 
     def on_primed(self) -> None:
         self.tracker.resume(time.monotonic())
+        if self._rereading:
+            missing = self.ledger.confirm(self._rereading)
+            for device in missing:  # not retained after all: `plan` publishes it again
+                self.mirror.observe(device, None)
+            log.info(
+                "retained replay checked: %d expected documents had not arrived, %d re-read, "
+                "%d missing (%d desired documents to publish)",
+                len(self._rereading), self.ledger.reread - self.ledger.missing,
+                self.ledger.missing, len(missing),
+            )  # fmt: skip
+            self.metrics.replay_reread.inc(len(self._rereading))
+            self.metrics.replay_missing.inc(self.ledger.missing)
+            self._rereading = []
         self._primed.set()
         replayed, self._replayed = self._replayed, set()
         for key in replayed:  # what the replay after a reconnect changed, once, all of it read

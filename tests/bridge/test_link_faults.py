@@ -48,6 +48,9 @@ class _Collect:
     def on_connected(self) -> None:
         pass
 
+    async def to_reread(self) -> list[list[str]]:
+        return []
+
     def on_primed(self) -> None:
         self.primed += 1
 

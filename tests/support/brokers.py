@@ -246,10 +246,13 @@ def prepare_mosquitto(
     root: str = DEFAULT_ROOT,
     port: int | None = None,
     tls: tuple[Path, Path, Path] | None = None,
+    max_queued_messages: int | None = None,
 ) -> BrokerProcess:
     """Generate the production config for `devices` on a free port; the process is not started.
 
     `tls` is (CA certificate, server certificate, server key): the listener then speaks TLS only.
+    `max_queued_messages` overrides the generated per-client queue bound (None: sized for the
+    fleet, as in production).
     """
     require_mosquitto()
     port = port if port is not None else free_port()
@@ -266,6 +269,7 @@ def prepare_mosquitto(
         user=_current_user(),
         tls_cert=tls[1] if tls else None,
         tls_key=tls[2] if tls else None,
+        max_queued_messages=max_queued_messages,
     )
     argv = [str(MOSQUITTO), "-c", str(written.conf)]
     return BrokerProcess(
