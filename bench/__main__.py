@@ -43,6 +43,7 @@ BENCHMARKS: Final = (
     "cluster",
     "embedded_scale",
     "sharded_ingest",
+    "replay",
 )
 HEADING: Final = "## Benchmarks"
 

@@ -33,7 +33,7 @@ from typing import Final
 from devicefabric.config.topics import DeviceTopic, Topics
 
 REPLAYED: Final = (DeviceTopic.STATUS, DeviceTopic.DESIRED)
-BATCH: Final = 200  # exact topics per re-read (the embedded broker allows 1,000 per client)
+BATCH: Final = 500  # exact topics per re-read (the embedded broker allows 1,000 per client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,123 @@
+"""Benchmark 11, a bridge restart over a broker that cuts the retained replay short.
+
+Issue "What breaks at 5,000-10,000 devices", item 1: with mosquitto's default per-client queue
+(`max_queued_messages 1000`) a restarted bridge of a 5,000-device fleet received only part of the
+retained replay and republished every `desired` document it had not seen. The generated config
+now sizes the queue for the fleet; this bench takes the worst case, a bound that is too small.
+
+Setup per N (`--sizes`, default 5,000 and 10,000): mosquitto from our generated config for N
+devices with `max_queued_messages` set back to `--queue` (default 1,000, mosquitto's own
+default); N DeviceProcesses (one per device) in a local state directory; the `desired` document
+of every device, exactly as the bridge builds it, published retained beforehand (as an earlier
+bridge left it). No agent runs, so no device has a retained `status`.
+
+Measured: `devicefabric bridge run` started on that state: time until `/readyz` (which includes
+reading the replay back), then, after `--settle` s, the bridge's own counters: desired documents
+published (goal 0: every one was retained), documents re-read and confirmed missing.
+
+Usage: `python -m bench.replay [--quick] [--sizes 5000,10000] [--queue 1000]`. Writes
+`bench/results/replay.json`. Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from typing import Any, Final
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.fabric import HOST, Fabric, metric
+from bench.harness import Result, count, ms
+from bench.planes import LocalPlane
+from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.mirroring import build_desired, device_of
+from devicefabric.config.names import BRIDGE_USER
+from devicefabric.config.topics import Topics
+from devicefabric.config.wire import encode
+
+T: Final = Topics()
+COMMAND: Final = ["sleep", "infinity"]
+
+
+def _seed(port: int, password: str, resources: list[Resource]) -> None:
+    """Publish every device's desired document, retained, as the bridge would have."""
+    by_device: dict[str, list[Resource]] = defaultdict(list)
+    for res in resources:
+        device = device_of(res)
+        if device is not None:
+            by_device[device].append(res)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bridge_bench-seed")
+    client.username_pw_set(BRIDGE_USER, password)
+    client.connect(HOST, port)
+    client.loop_start()
+    try:
+        infos = [
+            client.publish(T.desired(d), encode(build_desired(d, rs)), qos=1, retain=True)
+            for d, rs in by_device.items()
+        ]
+        for info in infos:
+            info.wait_for_publish(60)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    names = [f"rp-{i:05d}" for i in range(n)]
+    with Fabric(prefix="bench-replay-") as fab:
+        broker = fab.mosquitto(names, extra_conf=[f"max_queued_messages {args.queue}"])
+        plane = LocalPlane(fab.workdir)
+        fab.callback(plane.close)
+        plane.apply_many([(name, name, COMMAND) for name in names])
+        _seed(broker.port, fab.password(BRIDGE_USER), list(plane.store.load_all().values()))
+        started = time.monotonic()
+        bridge = fab.bridge(broker, log_level="WARNING", **plane.bridge_args())
+        bridge.wait_ready(timeout=300)
+        ready_s = time.monotonic() - started
+        time.sleep(args.settle)  # the window in which needless publishes would show
+        metrics = bridge.metrics()
+    return {
+        "devices": n,
+        "ready_s": ready_s,
+        "desired_published": metric(metrics, "devicefabric_desired_published_total"),
+        "reread": metric(metrics, "devicefabric_replay_reread_total"),
+        "missing": metric(metrics, "devicefabric_replay_missing_total"),
+    }
+
+
+def run(args: argparse.Namespace) -> Result:
+    result = Result("replay", vars(args).copy())
+    runs = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        m = _one(n, args)
+        runs.append(m)
+        print(f"  N={n}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()), flush=True)
+        result.row(
+            f"N={n:,}, queue {args.queue:,}: bridge restart -> ready / desired republished",
+            f"{ms(m['ready_s'])} / {count(m['desired_published'])}",
+            goal="0 republished",
+            met=m["desired_published"] == 0,
+            note=f"{count(m['reread'])} documents re-read, {count(m['missing'])} missing "
+            "(the status of devices no agent ever ran on)",
+        )
+    result.metrics["runs"] = runs
+    return result.finish()
+
+
+def main(argv: list[str] | None = None) -> Result:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="N=2,000 only")
+    parser.add_argument("--sizes", default="5000,10000", help="comma-separated fleet sizes")
+    parser.add_argument("--queue", type=int, default=1000, help="mosquitto max_queued_messages")
+    parser.add_argument("--settle", type=float, default=5.0, help="s watched for publishes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = "2000"
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
