@@ -29,7 +29,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from bench.harness import RESULTS, Result, Row, machine, machine_line, summary_table, versions
+from bench.harness import (
+    RESULTS,
+    SUMMARY_HEADERS,
+    Result,
+    Row,
+    machine,
+    machine_line,
+    summary_table,
+    versions,
+)
 
 # In the order of DESIGN.md's "Benchmarks the project keeps".
 BENCHMARKS: Final = (
@@ -105,9 +114,12 @@ def markdown(
     return "\n".join(lines)
 
 
-def _with_kept_rows(rows: list[Row], ran: list[str]) -> list[Row]:
-    """`rows` of the benchmarks that ran, and the last recorded rows of the others, in order."""
+def _with_kept_rows(rows: list[Row], ran: list[str], readme: Path | None = None) -> list[Row]:
+    """`rows` of the benchmarks that ran, and the last recorded rows of the others, in order:
+    from their `bench/results/<name>.json`, else (a fresh clone keeps no results) from the
+    table already in `readme`."""
     fresh = {name: [r for r in rows if r.bench == name] for name in ran}
+    published = _readme_rows(readme) if readme is not None and readme.is_file() else []
     out: list[Row] = []
     for name in BENCHMARKS:
         if name in fresh:
@@ -116,6 +128,29 @@ def _with_kept_rows(rows: list[Row], ran: list[str]) -> list[Row]:
         path = RESULTS / f"{name}.json"
         if path.is_file():
             out += [Row(**d) for d in json.loads(path.read_text(encoding="utf-8"))["summary"]]
+        else:
+            out += [r for r in published if r.bench == name]
+    return out
+
+
+def _readme_rows(readme: Path) -> list[Row]:
+    """The rows of the summary table in `readme`'s benchmark section (cells as printed)."""
+    section = re.search(
+        rf"^{re.escape(HEADING)}\s*$(.*?)(?=^## |\Z)",
+        readme.read_text(encoding="utf-8"),
+        re.MULTILINE | re.DOTALL,
+    )
+    out: list[Row] = []
+    for line in (section.group(1) if section else "").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if (
+            len(cells) != len(SUMMARY_HEADERS)
+            or cells[0] in ("bench", "")
+            or set(cells[0]) <= {"-"}
+        ):
+            continue
+        met = {"yes": True, "**no**": False}.get(cells[6])
+        out.append(Row(cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], met))
     return out
 
 
@@ -159,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
     load = (load0, os.getloadavg()[0])
     if args.keep:
-        rows = _with_kept_rows(rows, names)
+        rows = _with_kept_rows(rows, names, args.readme)
     section = markdown(rows, started, args.quick, load)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.md").write_text(section, encoding="utf-8")
