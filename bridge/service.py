@@ -410,6 +410,10 @@ class Bridge:
             async with asyncio.timeout(REREAD_SYNC_WAIT):
                 await self.control_plane.synced.wait()
         if not self.control_plane.synced.is_set():
+            log.warning(
+                "the control plane has not listed after %.0fs: the retained replay is not checked "
+                "(documents it lacks are published again once it has)", REREAD_SYNC_WAIT,
+            )  # fmt: skip
             return []
         with_resources = frozenset(self.index.devices())
         expected = Expected(with_resources | self.mirror.devices(), with_resources)
