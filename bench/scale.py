@@ -183,7 +183,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
             state = str(fab.workdir / "state")
             out["apply_s"] = _cli(fab, "apply", "-f", str(manifests), "--state-dir", state)
             cast("LocalPlane", plane).own_writes(n)
-            out["get_s"] = _cli(fab, "get", "--state-dir", state)
+            out["get_s"] = _cli(fab, "get", "-n", NAMESPACE, "--state-dir", state)
         else:
             started = time.monotonic()
             for name in names:

@@ -6,7 +6,9 @@ Layout of the state directory (shared by `devicefabric apply/delete/get`, `up` a
     revision                    the store's last revision (a global counter, like etcd's)
     changes.log                 journal: one "<revision> <namespace>/<name>" line per write
     resources/<ns>/<name>.yaml  apiVersion, kind, metadata (uid, generation, resourceVersion,
-                                creationTimestamp, labels, annotations) and the spec with defaults
+                                creationTimestamp, labels, annotations) and the spec with defaults;
+                                written as JSON (valid YAML, parsed ~10x faster: `get` of 10,000
+                                resources); a hand-written YAML file is read as well
     status/<ns>/<name>.json     {"resourceVersion": "<rev>", "status": {...}}
     events.jsonl (+ .1)         Events, one JSON object per line, rotated at EVENTS_MAX_BYTES
 
@@ -52,7 +54,6 @@ log = logging.getLogger("devicefabric.bridge.localstore")
 JOURNAL_MAX_BYTES: Final = 256 * 1024
 EVENTS_MAX_BYTES: Final = 1024 * 1024
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 Outcome = Literal["created", "configured", "unchanged"]
 
@@ -169,7 +170,7 @@ class LocalStore:
         staged: list[tuple[str, Path]] = []
         try:
             for key, doc in writes:
-                data = yaml.dump(doc, Dumper=_SafeDumper, sort_keys=False).encode()
+                data = _resource_bytes(doc)
                 staged.append((key, _stage(self._resource_path(key), data)))
         except BaseException:
             for _, tmp in staged:
@@ -369,10 +370,19 @@ class LocalStore:
         now is not a deleted resource, and taking it for one would stop its process.
         """
         try:
-            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        except UnicodeDecodeError as exc:
+            log.warning("skipping unreadable resource file %s: %s", path, exc)
+            return None
+        if text.startswith("{"):  # as the store writes it: JSON, parsed ~10x faster than YAML
+            with contextlib.suppress(ValueError):
+                doc = json.loads(text)
+                return doc if isinstance(doc, dict) else None
+        try:
+            doc = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - the C-accelerated SafeLoader
+        except yaml.YAMLError as exc:
             log.warning("skipping unreadable resource file %s: %s", path, exc)
             return None
         return doc if isinstance(doc, dict) else None
@@ -434,6 +444,12 @@ def _int(value: object) -> int:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return 0
+
+
+def _resource_bytes(doc: Mapping[str, object]) -> bytes:
+    """A resource file: JSON (which is YAML too) in the document's own key order, UTF-8 as is
+    (no `\\u` escapes, which YAML readers take differently for characters outside the BMP)."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def _json_bytes(doc: Mapping[str, object], indent: int | None = None) -> bytes:

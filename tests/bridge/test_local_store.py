@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devicefabric.bridge.controlplane.localstore import LocalStore, atomic_write
 from devicefabric.bridge.controlplane.manifests import Manifest, parse_manifests
@@ -27,7 +28,8 @@ def manifest(name: str = "web", device: str = "tor9-99", **spec: object) -> Mani
             "kind": "DeviceProcess",
             "metadata": {"name": name},
             "spec": body,
-        }
+        },
+        ensure_ascii=False,
     )
     (parsed,) = parse_manifests(text, "test")
     return parsed
@@ -184,3 +186,34 @@ def test_hand_written_files_load_raw_and_bad_names_are_ignored(store: LocalStore
         3,
         {"deviceName": "X", "command": []},
     )
+
+
+def test_resource_files_are_json_that_yaml_readers_read_the_same(store: LocalStore) -> None:
+    """Written as JSON (fast to parse for `get` at 10,000 resources), still valid YAML, with
+    characters outside the BMP as they are (an escaped surrogate pair would read differently)."""
+    store.apply([manifest(env=[{"name": "GREETING", "value": "grüße 😀"}])])
+    text = (store.resources_dir / "default" / "web.yaml").read_text(encoding="utf-8")
+    assert text.startswith("{")
+    assert "😀" in text
+    assert "\\u" not in text
+    assert yaml.load(text, Loader=yaml.SafeLoader) == json.loads(text)
+    loaded = store.load("default/web")
+    assert loaded is not None
+    assert loaded.spec["env"] == [{"name": "GREETING", "value": "grüße 😀"}]
+
+
+def test_a_yaml_file_of_an_earlier_version_still_loads_and_is_rewritten_as_json(
+    store: LocalStore,
+) -> None:
+    store.apply([manifest()])
+    path = store.resources_dir / "default" / "web.yaml"
+    old = yaml.safe_dump(json.loads(path.read_text(encoding="utf-8")), sort_keys=False)
+    path.write_text(old, encoding="utf-8")
+    before = store.load("default/web")
+    assert before is not None
+    assert before.spec["command"] == ["sleep", "100"]
+    assert store.apply([manifest(command=["sleep", "200"])])[0].outcome == "configured"
+    assert path.read_text(encoding="utf-8").startswith("{")
+    after = store.load("default/web")
+    assert after is not None
+    assert (after.uid, after.generation) == (before.uid, 2)
