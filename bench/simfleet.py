@@ -10,6 +10,9 @@ connects nothing until told. Commands on stdin, one per line; each answers one l
   sends a QoS 0 heartbeat every `--heartbeat` s (phases spread evenly over the interval);
 - `drop` -> `dropped N`: every connection closed without DISCONNECT (the broker fires every will:
   a site losing power);
+- `beat S` -> `beating N S`: every connected device heartbeats each S s from now on (phases
+  spread over S): `beat 1` makes N devices send N heartbeats per second;
+- `sent` -> `sent TOTAL`: heartbeats written so far by all devices;
 - `count` -> `count CONNECTED`; `quit` closes everything and exits.
 
 What a device receives (its retained desired, the bridge's status) is read and acknowledged
@@ -53,7 +56,7 @@ async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 class Device:
     """One device's connection; see the module doc."""
 
-    def __init__(self, name: str, secret: bytes, heartbeat: int) -> None:
+    def __init__(self, name: str, secret: bytes, heartbeat: float) -> None:
         self.name = name
         self.password = device_password(secret, name)
         self.heartbeat = heartbeat
@@ -61,6 +64,8 @@ class Device:
         self.seq = 0
         self.writer: asyncio.StreamWriter | None = None
         self.task: asyncio.Task[None] | None = None
+        self.beats: asyncio.Task[None] | None = None
+        self.sent = 0  # heartbeats written
 
     async def connect(self, host: str, port: int, phase: float) -> None:
         self.session = f"{secrets.token_hex(4)}.1"
@@ -94,8 +99,15 @@ class Device:
         )
         self.task = asyncio.create_task(self._serve(reader, phase), name=f"device-{self.name}")
 
+    def pace(self, interval: float, phase: float) -> None:
+        """Heartbeat every `interval` s from now on, the first after `phase` s."""
+        self.heartbeat = interval
+        if self.beats is not None and self.writer is not None:
+            self.beats.cancel()
+            self.beats = asyncio.create_task(self._beat(phase), name=f"beats-{self.name}")
+
     async def _serve(self, reader: asyncio.StreamReader, phase: float) -> None:
-        beats = asyncio.create_task(self._beat(phase))
+        beats = self.beats = asyncio.create_task(self._beat(phase))
         try:
             while True:
                 kind, body = await _read_packet(reader)
@@ -108,6 +120,8 @@ class Device:
             pass
         finally:
             beats.cancel()
+            if self.beats is not None:
+                self.beats.cancel()
 
     async def _beat(self, phase: float) -> None:
         await asyncio.sleep(phase)
@@ -115,6 +129,7 @@ class Device:
             self.seq += 1
             payload = _j({"session": self.session, "seq": self.seq})
             self.writer.write(publish_packet(TOPICS.heartbeat(self.name), payload))
+            self.sent += 1
             await asyncio.sleep(self.heartbeat)
 
     def drop(self) -> None:
@@ -144,7 +159,7 @@ async def _connect_all(
     return len(todo)
 
 
-async def main(args: argparse.Namespace, secret: bytes) -> None:
+async def main(args: argparse.Namespace, secret: bytes) -> None:  # noqa: C901 - one branch per command
     names = [f"{args.prefix}-{i:05d}" for i in range(args.devices)]
     devices = [Device(n, secret, args.heartbeat) for n in names]
     loop = asyncio.get_running_loop()
@@ -161,6 +176,14 @@ async def main(args: argparse.Namespace, secret: bytes) -> None:
             for device in live:
                 device.drop()
             print(f"dropped {len(live)}", flush=True)
+        elif line.startswith("beat "):  # "beat 1": every device heartbeats each second
+            interval = float(line.split()[1])
+            live = [d for d in devices if d.connected]
+            for i, device in enumerate(live):
+                device.pace(interval, i * interval / max(1, len(live)))
+            print(f"beating {len(live)} {interval}", flush=True)
+        elif line == "sent":
+            print(f"sent {sum(d.sent for d in devices)}", flush=True)
         elif line == "count":
             print(f"count {sum(d.connected for d in devices)}", flush=True)
         elif line == "quit":
