@@ -7,7 +7,9 @@ the state directory (`dirwatch`; at most `NOTIFIED_POLL_INTERVAL` s), or, where 
 available, for `poll_interval` (default 0.02 s), then `stat`s the journal `changes.log` (one
 syscall whatever the number of resources) and, when it grew, reads the new lines and reloads only
 the keys they name. Other processes (`devicefabric apply`/`delete`) are seen within a
-millisecond (a tick when polling); a rotated journal (new inode) triggers one relist.
+millisecond (a tick when polling). A rotated journal is followed into its successor (the old
+one is kept as `changes.log.1`), so rotation costs no relist; only a journal replaced by hand or
+a reader two rotations behind relists.
 
 Invariants:
 - The cache only moves forward: store revisions are global and monotonic, so a reload older than
@@ -48,10 +50,18 @@ REPORTING_CONTROLLER: Final = "devicefabric-bridge"
 
 
 class JournalCursor:
-    """Tails `changes.log`: new `(revision, key)` entries, or None when the caller must relist."""
+    """Tails `changes.log`: new `(revision, key)` entries, or None when the caller must relist.
 
-    def __init__(self, path: Path) -> None:
+    Across a rotation (`LocalStore._rotate_journal`: the file is kept as `changes.log.1`, a new
+    one started) it reads the rest of the old file from `.1`, then the new one from its start:
+    nothing is lost and nothing is relisted. It answers None only when it cannot know what it
+    missed: its file is neither the current journal nor `.1` (two rotations behind, or a file
+    replaced by hand), or the file shrank.
+    """
+
+    def __init__(self, path: Path, previous: Path | None = None) -> None:
         self._path = path
+        self._previous = previous if previous is not None else path.with_name(path.name + ".1")
         self._inode: int | None = None
         self._offset = 0
 
@@ -75,21 +85,39 @@ class JournalCursor:
             stat = self._path.stat()
         except FileNotFoundError:
             return [] if self._inode is None else None
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            return None  # appeared, rotated or replaced: positions in it mean nothing to us
-        if stat.st_size == self._offset:
-            return []
-        with self._path.open("rb") as fh:
-            fh.seek(self._offset)
-            chunk = fh.read(stat.st_size - self._offset)
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being appended right now waits
-        self._offset += len(complete)
+        entries: list[tuple[int, str]] = []
+        if stat.st_ino != self._inode:
+            if self._inode is not None:  # rotated: finish the old file, if it is still there
+                try:
+                    previous = self._previous.stat()
+                except FileNotFoundError:
+                    return None
+                if previous.st_ino != self._inode or previous.st_size < self._offset:
+                    return None
+                entries, _ = self._read(self._previous, self._offset, previous.st_size)
+            # else the journal appeared after seek_end: all of it is new
+            self._inode, self._offset = stat.st_ino, 0
+        elif stat.st_size < self._offset:
+            return None  # truncated or rewritten in place: positions in it mean nothing
+        if stat.st_size > self._offset:
+            more, self._offset = self._read(self._path, self._offset, stat.st_size)
+            entries += more
+        return entries
+
+    @staticmethod
+    def _read(path: Path, offset: int, size: int) -> tuple[list[tuple[int, str]], int]:
+        """The complete lines of `path` between `offset` and `size`, and the offset after them
+        (a line being appended right now waits for the next poll)."""
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read(size - offset)
+        complete = chunk[: chunk.rfind(b"\n") + 1]
         entries = []
         for line in complete.decode("utf-8", "replace").splitlines():
             rev, _, key = line.partition(" ")
             if rev.isdigit() and key:
                 entries.append((int(rev), key))
-        return entries
+        return entries, offset + len(complete)
 
 
 class LocalControlPlane:
@@ -111,6 +139,7 @@ class LocalControlPlane:
         self._leading = asyncio.Event()
         self._leading.set()
         self._on_change: Callable[[str], None] | None = None
+        self.relists = 0  # full re-reads of the directory after the first (tests, metrics)
 
     @property
     def synced(self) -> asyncio.Event:
@@ -169,8 +198,9 @@ class LocalControlPlane:
         try:
             entries = cursor.poll()
             if entries is None:
-                log.info("journal rotated: relisting")
+                log.info("journal replaced or too far behind: relisting")
                 cursor.seek_end()
+                self.relists += 1
                 await self._relist()
                 return
             newest: dict[str, int] = {}

@@ -4,7 +4,8 @@ Layout of the state directory (shared by `devicefabric apply/delete/get`, `up` a
 
     lock                        flock()ed by every writer: one writer at a time across processes
     revision                    the store's last revision (a global counter, like etcd's)
-    changes.log                 journal: one "<revision> <namespace>/<name>" line per write
+    changes.log (+ .1)          journal: one "<revision> <namespace>/<name>" line per write; the
+                                previous one is kept as changes.log.1 when it rotates
     resources/<ns>/<name>.yaml  apiVersion, kind, metadata (uid, generation, resourceVersion,
                                 creationTimestamp, labels, annotations) and the spec with defaults;
                                 written as JSON (valid YAML, parsed ~10x faster: `get` of 10,000
@@ -23,7 +24,10 @@ Invariants: every file is replaced atomically (temp file, fsync, rename, fsync o
 so a reader never sees half a file and needs no lock; every write holds `lock` and appends its keys
 to `changes.log` after the files are in place, so a watcher that tails the journal (see
 `JournalCursor`) learns which keys changed without rescanning the directory. The journal is
-rotated by replacing it (a new inode); a tailing reader notices and relists once.
+rotated by keeping it as `changes.log.1` and replacing it (a new inode); a tailing reader
+finishes the old file and goes on, never relisting for it. A reader parses a resource file only
+when it changed since it last parsed it (`_resource_doc`), so the journal echo of a status write
+re-reads only the small status file.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ EVENTS_MAX_BYTES: Final = 1024 * 1024
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Outcome = Literal["created", "configured", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    ident: tuple[int, int, int]  # st_ino, st_mtime_ns, st_size of the version parsed
+    doc: dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +147,12 @@ class LocalStore:
         self.resources_dir = root / "resources"
         self.status_dir = root / "status"
         self.journal_path = root / "changes.log"
+        self.previous_journal_path = root / "changes.log.1"
         self.events_path = root / "events.jsonl"
         self._lock_path = root / "lock"
         self._revision_path = root / "revision"
+        self._parsed: dict[str, _Parsed] = {}  # key -> resource file as last parsed
+        self.parses = 0  # resource files parsed (a file unchanged since is not parsed again)
 
     # -- writes (each under the lock) ----------------------------------------------------------
     def apply(self, manifests: Sequence[Manifest]) -> list[Applied]:
@@ -265,9 +278,11 @@ class LocalStore:
     def load(self, key: str) -> Resource | None:
         """The stored resource with its status, or None (missing or unparsable).
 
-        An `OSError` other than "missing" is raised (see `_read_yaml`).
+        The resource file is parsed again only when it changed since this store last parsed it
+        (`_resource_doc`); the small status file is always read. An `OSError` other than
+        "missing" is raised (see `_read_yaml`).
         """
-        doc = self._read_yaml(self._resource_path(key))
+        doc = self._resource_doc(key)
         if doc is None:
             return None
         meta = doc.get("metadata")
@@ -297,7 +312,7 @@ class LocalStore:
 
     def document(self, key: str) -> dict[str, object] | None:
         """The full object as `get -o yaml` shows it: the resource file plus `status`."""
-        doc = self._read_yaml(self._resource_path(key))
+        doc = self._read_yaml(self._resource_path(key))  # a copy of its own: it is changed below
         resource = self.load(key)
         if doc is None or resource is None:
             return None
@@ -353,7 +368,21 @@ class LocalStore:
     def _journal(self, keys: Sequence[str], first_rev: int) -> None:
         lines = "".join(f"{first_rev + i} {key}\n" for i, key in enumerate(keys))
         if _append(self.journal_path, lines.encode()) > JOURNAL_MAX_BYTES:
-            atomic_write(self.journal_path, b"")  # a new inode: tailing readers relist once
+            self._rotate_journal()
+
+    def _rotate_journal(self) -> None:
+        """Keep the full journal as `changes.log.1` and start an empty one (a new inode).
+
+        `changes.log` exists at every moment: the old file is first linked to the new name,
+        then replaced. A reader part-way through the old file finishes it from `.1` and goes
+        on with the new one (`JournalCursor`); only a reader two rotations behind relists.
+        """
+        previous = self.previous_journal_path
+        staged = previous.with_name(previous.name + ".tmp")
+        staged.unlink(missing_ok=True)
+        os.link(self.journal_path, staged)
+        staged.replace(previous)
+        atomic_write(self.journal_path, b"")
 
     def _resource_path(self, key: str) -> Path:
         namespace, _, name = key.partition("/")
@@ -362,6 +391,33 @@ class LocalStore:
     def _status_path(self, key: str) -> Path:
         namespace, _, name = key.partition("/")
         return self.status_dir / namespace / f"{name}.json"
+
+    def _resource_doc(self, key: str) -> dict[str, object] | None:
+        """The resource file of `key`, parsed at most once per version of the file.
+
+        Files are only ever replaced (rename) or removed, so (inode, mtime, size) from one
+        `stat` names a version. A file replaced between the `stat` and the read is cached under
+        the older identity and simply parsed again next time. The cached document is shared
+        with the `Resource`s made from it and must not be changed (callers never do; `document`
+        reads a copy of its own).
+        """
+        path = self._resource_path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._parsed.pop(key, None)
+            return None
+        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._parsed.get(key)
+        if cached is not None and cached.ident == ident:
+            return cached.doc
+        doc = self._read_yaml(path)
+        self.parses += 1
+        if doc is None:
+            self._parsed.pop(key, None)
+        else:
+            self._parsed[key] = _Parsed(ident, doc)
+        return doc
 
     def _read_yaml(self, path: Path) -> dict[str, object] | None:
         """The document, or None when the file is missing (deleted) or does not parse.

@@ -130,21 +130,55 @@ def test_events_are_recorded_with_the_resource_uid(tmp_path: Path) -> None:
     run(story)
 
 
-def test_rotated_journal_relists_and_loses_nothing(
+def test_a_rotated_journal_is_followed_without_a_relist_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("devicefabric.bridge.controlplane.localstore.JOURNAL_MAX_BYTES", 60)
     state = tmp_path / "state"
     web = write_manifest(tmp_path / "a.yaml", manifest_text("web", "tor9-99", ["sleep", "9"]))
+    api = write_manifest(tmp_path / "b.yaml", manifest_text("api", "tor9-99", ["sleep", "8"]))
 
     async def story() -> None:
         assert await cli("apply", "-f", str(web), "--state-dir", str(state)) == 0
         async with running(state) as (plane, seen):
             for phase in ("Pending", "Running", "Failed", "Running"):
                 await plane.patch_status("default/web", {"phase": phase})  # rotates the journal
+            # another process's writes on both sides of a rotation are all seen
+            assert await cli("apply", "-f", str(api), "--state-dir", str(state)) == 0
             assert await cli("delete", "web", "--state-dir", str(state)) == 0
             await async_wait_for(lambda: plane.get("default/web") is None, what="deleted")
+            await async_wait_for(lambda: plane.get("default/api") is not None, what="created")
+            assert (state / "changes.log.1").is_file()
             assert seen.keys.count("default/web") == 6  # list, 4 writes, delete: nothing twice
+            assert seen.keys.count("default/api") == 1
+            assert plane.relists == 0
+
+    run(story)
+
+
+def test_status_writes_and_their_journal_echoes_do_not_parse_the_resource_again(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    web = write_manifest(tmp_path / "a.yaml", manifest_text("web", "tor9-99", ["sleep", "9"]))
+
+    async def story() -> None:
+        assert await cli("apply", "-f", str(web), "--state-dir", str(state)) == 0
+        async with running(state) as (plane, seen):
+            parsed = plane.store.parses
+            for n in range(20):
+                await plane.patch_status("default/web", {"restarts": n})
+            await async_wait_for(lambda: plane.store.revision() == 21, what="all written")
+            await async_wait_for(lambda: seen.keys.count("default/web") == 21, what="notified")
+            assert plane.store.parses == parsed  # status only: the resource file is unchanged
+            assert await cli("apply", "-f", str(write_manifest(
+                tmp_path / "a.yaml", manifest_text("web", "tor9-99", ["sleep", "10"])
+            )), "--state-dir", str(state)) == 0  # fmt: skip
+            await async_wait_for(
+                lambda: (r := plane.get("default/web")) is not None and r.generation == 2,
+                what="the new spec",
+            )
+            assert plane.store.parses == parsed + 1  # a changed file is parsed again, once
 
     run(story)
 
