@@ -18,6 +18,9 @@ still being worked off when the step ended). The sustained rate is
 the highest passing step; the ratio is bridge / floor. The bridge's CPU per heartbeat at that step
 gives the fleet one bridge serves at a 15 s heartbeat with half a core:
 0.5 / (CPU s per heartbeat) x 15, an extrapolation (said so in the table), not a measurement.
+One connection carrying every heartbeat in large writes is the cheapest case for the bridge: an
+upper bound. The figure the project's goal rests on is measured end to end by `scale` (N real
+device connections through mosquitto, each heartbeating every second).
 
 The load generator runs in this process and shares the machine's cores with mosquitto and the
 consumer, so both consumers are measured under the same contention.
@@ -51,7 +54,6 @@ from devicefabric.config.topics import DeviceTopic
 
 HEARTBEAT_S: Final = 15
 HALF_CORE: Final = 0.5
-DEVICES_GOAL: Final = 100_000
 DELIVERED: Final = 0.999
 LAST_SEEN_SLACK: Final = 0.25  # s: more means the bridge was still working off a backlog
 DRAIN_SLACK: Final = 0.3  # s from the last message sent until all were counted (0.1 s resolution)
@@ -275,7 +277,7 @@ def run(args: argparse.Namespace) -> Result:
     f_rate = float(f["offered_per_s"]) if f else math.nan
     capped = f is not None and f is runs["floor"]["steps"][-1]
     result.row(
-        "heartbeats/s sustained (bridge vs bare paho)",
+        "one raw connection: heartbeats/s sustained (bridge vs bare paho)",
         f"{count(b_rate)}/s",
         floor=f"{count(f_rate)}/s" + (" (not saturated)" if capped else ""),
         ratio=ratio(b_rate, f_rate),
@@ -289,18 +291,18 @@ def run(args: argparse.Namespace) -> Result:
         fleet = HALF_CORE / cpu * HEARTBEAT_S
         f_cpu = f["cpu_us_per_msg"] if f else math.nan
         result.row(
-            "CPU per heartbeat (bridge vs bare paho)",
+            "one raw connection: CPU per heartbeat (bridge vs bare paho), an upper bound",
             f"{b['cpu_us_per_msg']:.1f} us",
             floor=f"{f_cpu:.1f} us",
             ratio=ratio(b["cpu_us_per_msg"], f_cpu),
             note=f"at the highest passing step; bridge RSS {runs['bridge']['rss_kib'] / 1024:.0f} MiB",
         )
         result.row(
-            f"devices one bridge serves at {HEARTBEAT_S} s, half a core (extrapolated)",
+            f"one raw connection: devices at {HEARTBEAT_S} s per half core (extrapolated; the "
+            "end-to-end figure is the `scale` row)",
             f"{count(fleet)}",
-            goal=f">= {DEVICES_GOAL:,}",
-            met=fleet >= DEVICES_GOAL,
-            note="extrapolated from CPU per heartbeat (0.5 core / CPU per msg x 15 s), not run",
+            note="extrapolated from CPU per heartbeat (0.5 core / CPU per msg x 15 s), not run; "
+            "one connection carries every heartbeat in large writes, so this is an upper bound",
         )
     return result.finish()
 

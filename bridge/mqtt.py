@@ -202,6 +202,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_qos0_publish = self._on_qos0
         client.on_publish = self._on_publish
         client.connect_async(
             self.settings.broker.host, self.settings.broker.port, self.settings.keepalive
@@ -521,16 +522,25 @@ class MqttLink:
             topic = msg.topic
         except UnicodeDecodeError:
             return
-        if msg.retain:
+        payload = msg.payload
+        self._deliver(topic, payload if isinstance(payload, bytes) else bytes(payload), msg.retain)
+
+    def _on_qos0(self, topic: bytes, payload: bytes, retained: bool) -> None:
+        """A QoS 0 PUBLISH (heartbeats) without paho's message object (`buffering`)."""
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        self._deliver(text, payload, retained)
+
+    def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
             self._last_retained = time.monotonic()
         if topic == self._marker_topic:
             self._marker.set()
             self.last_echo = time.monotonic()
             return
-        payload = msg.payload
-        if not isinstance(payload, bytes):
-            payload = bytes(payload)
         try:
-            self.handler.on_message(topic, payload, msg.retain)
+            self.handler.on_message(topic, payload, retained)
         except Exception:  # the handler never raises by contract; paho must not see it anyway
             log.exception("message handler failed", extra={"topic": topic})
