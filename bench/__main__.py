@@ -53,6 +53,7 @@ BENCHMARKS: Final = (
     "embedded_scale",
     "sharded_ingest",
     "replay",
+    "storm",
 )
 HEADING: Final = "## Benchmarks"
 

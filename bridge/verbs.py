@@ -19,6 +19,7 @@ written (every file is validated before the first write); 1 a named resource doe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import textwrap
@@ -340,11 +341,19 @@ def condition_status(res: Resource, ctype: str) -> str:
     return MISSING
 
 
+@functools.lru_cache(maxsize=4096)
+def _created(timestamp: str) -> datetime | None:
+    """A `creationTimestamp` parsed (cached: applies of many resources share their seconds)."""
+    try:
+        return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def age(timestamp: str, now: datetime) -> str:
     """kubectl's short age: 45s, 12m, 3h, 5d (a missing or bad timestamp shows "-")."""
-    try:
-        created = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
+    created = _created(timestamp)
+    if created is None:
         return MISSING
     seconds = max(0, int((now - created).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

@@ -291,7 +291,7 @@ class LocalStore:
         if not isinstance(meta, dict) or not isinstance(spec, dict):
             log.warning("skipping %s: no metadata or spec", key, extra={"resource": key})
             return None
-        status_doc = self._read_json(self._status_path(key))
+        status_doc = self._read_json(self._file(self.status_dir, key, ".json"))
         status = status_doc.get("status", {}) if status_doc else {}
         versions = [_int(meta.get("resourceVersion"))]
         if status_doc:
@@ -384,6 +384,12 @@ class LocalStore:
         staged.replace(previous)
         atomic_write(self.journal_path, b"")
 
+    @staticmethod
+    def _file(directory: Path, key: str, suffix: str) -> str:
+        """`directory/<namespace>/<name><suffix>` as a str (the read path of `load`)."""
+        namespace, _, name = key.partition("/")
+        return f"{directory}/{namespace}/{name}{suffix}"
+
     def _resource_path(self, key: str) -> Path:
         namespace, _, name = key.partition("/")
         return self.resources_dir / namespace / f"{name}.yaml"
@@ -401,9 +407,9 @@ class LocalStore:
         with the `Resource`s made from it and must not be changed (callers never do; `document`
         reads a copy of its own).
         """
-        path = self._resource_path(key)
+        path = self._file(self.resources_dir, key, ".yaml")
         try:
-            st = path.stat()
+            st = os.stat(path)  # noqa: PTH116 - a str path: pathlib costs more than the stat here
         except FileNotFoundError:
             self._parsed.pop(key, None)
             return None
@@ -419,14 +425,14 @@ class LocalStore:
             self._parsed[key] = _Parsed(ident, doc)
         return doc
 
-    def _read_yaml(self, path: Path) -> dict[str, object] | None:
+    def _read_yaml(self, path: Path | str) -> dict[str, object] | None:
         """The document, or None when the file is missing (deleted) or does not parse.
 
         Any other `OSError` (EMFILE, EIO, EACCES...) is raised: a file that cannot be read right
         now is not a deleted resource, and taking it for one would stop its process.
         """
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_text(path)
         except FileNotFoundError:
             return None
         except UnicodeDecodeError as exc:
@@ -443,16 +449,21 @@ class LocalStore:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _read_json(self, path: Path) -> dict[str, object] | None:
+    def _read_json(self, path: Path | str) -> dict[str, object] | None:
         """The status document, or None when missing or unparsable; other `OSError`s raise."""
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(_read_text(path))
         except FileNotFoundError:
             return None
         except ValueError as exc:
             log.warning("ignoring unreadable status file %s: %s", path, exc)
             return None
         return doc if isinstance(doc, dict) else None
+
+
+def _read_text(path: Path | str) -> str:
+    with open(path, encoding="utf-8") as fh:  # noqa: PTH123 - str paths on the hot read path
+        return fh.read()
 
 
 def _next_document(
