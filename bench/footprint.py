@@ -7,9 +7,9 @@ holds one connection as device `bench-floor` with the agent's keepalive (2 x hea
 at the same time. Before it starts, the bytecode of the agent's packages is compiled
 (`compile_agent`), as on a device: pip compiles a wheel's modules at install and the image runs
 `compileall`. (An editable install run with PYTHONDONTWRITEBYTECODE, as in the development
-container, compiles every module of ours from source at each start instead, which left about
-0.5 MiB more in the agent's heap than loading the same code from .pyc; paho and the standard
-library, which the floor loads, are compiled at install in both cases.)
+container, compiles every module of ours from source at each start instead, which left
+0.43 MiB more in the idle agent's heap than loading the same code from .pyc (2026-12-05); paho
+and the standard library, which the floor loads, are compiled at install in both cases.)
 
 1. Idle window (`--idle` s, default 60; quick 30): both processes' RSS (VmRSS, max of samples),
    CPU (utime+stime from /proc over the window) and the TCP payload bytes each sent (kernel
