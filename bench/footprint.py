@@ -4,7 +4,12 @@ Setup: mosquitto from our generated config; `devicefabric agent run --heartbeat 
 `bench-dev`, running one `sleep` process it was told to run (a retained `desired` published as
 the `bridge` user: no bridge needed); and the floor, a bare `python -c` that imports paho-mqtt and
 holds one connection as device `bench-floor` with the agent's keepalive (2 x heartbeat), started
-at the same time.
+at the same time. Before it starts, the bytecode of the agent's packages is compiled
+(`compile_agent`), as on a device: pip compiles a wheel's modules at install and the image runs
+`compileall`. (An editable install run with PYTHONDONTWRITEBYTECODE, as in the development
+container, compiles every module of ours from source at each start instead, which left
+0.43 MiB more in the idle agent's heap than loading the same code from .pyc (2026-12-05); paho
+and the standard library, which the floor loads, are compiled at install in both cases.)
 
 1. Idle window (`--idle` s, default 60; quick 30): both processes' RSS (VmRSS, max of samples),
    CPU (utime+stime from /proc over the window) and the TCP payload bytes each sent (kernel
@@ -22,6 +27,7 @@ Usage: `python -m bench.footprint [--quick] [--idle S] [--changes N]`.
 from __future__ import annotations
 
 import argparse
+import compileall
 import statistics
 import subprocess
 import sys
@@ -30,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+import devicefabric
 from bench import agent_latency
 from bench.fabric import (
     CLK_TCK,
@@ -99,6 +106,19 @@ RSS_PROBE: Final = (
 )
 
 
+AGENT_PACKAGES: Final = ("agent", "config", "cli")  # what `devicefabric agent run` imports
+
+
+def compile_agent() -> None:
+    """Write the .pyc of the agent's modules (and the package's own), as an install does."""
+    root = Path(devicefabric.__file__).parent
+    for name in ("__init__.py", "__main__.py"):
+        compileall.compile_file(root / name, quiet=1)
+    for package in AGENT_PACKAGES:
+        if not compileall.compile_dir(root / package, quiet=1):
+            raise RuntimeError(f"cannot compile {root / package}")
+
+
 def rss_ladder() -> list[tuple[str, int]]:
     """(step, RSS KiB) of a fresh interpreter after each step's imports."""
     out = []
@@ -140,6 +160,7 @@ def _sample_both(pids: dict[str, int], port: int, seconds: float) -> dict[str, d
 
 def run(args: argparse.Namespace) -> Result:
     result = Result("footprint", vars(args).copy())
+    compile_agent()
     with Fabric("bench-footprint-") as fab:
         broker = fab.mosquitto([DEVICE, FLOOR])
         keepalive = max(5, 2 * HEARTBEAT_S)
@@ -206,7 +227,8 @@ def run(args: argparse.Namespace) -> Result:
         note=f"floor: bare python + paho holding one connection; private (RssAnon) "
         f"{memory['agent']['RssAnon'] / 1024:.1f} vs {memory['floor']['RssAnon'] / 1024:.1f} MiB, "
         f"mapped files {memory['agent']['RssFile'] / 1024:.1f} vs "
-        f"{memory['floor']['RssFile'] / 1024:.1f} MiB",
+        f"{memory['floor']['RssFile'] / 1024:.1f} MiB; the agent's bytecode compiled before the run, "
+        "as an install does",
     )
     deps = ladder[2][1] / 1024
     result.row(
