@@ -7,7 +7,7 @@ RUN_MQTT ?= 127.0.0.1:11883
 RUN_HTTP ?= 127.0.0.1:18080
 
 # The packages of the distribution, at the repository's top level (mapped to devicefabric.<pkg>).
-PACKAGES := agent bridge broker cli config
+PACKAGES := agent bridge broker cli config runtime
 
 .PHONY: run test lint typecheck imports pytest bench faults-long image image-test clean
 

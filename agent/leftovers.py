@@ -19,13 +19,13 @@ be checked, so nothing is signalled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Final
+
+from devicefabric.runtime.processes import signal_group
 
 log = logging.getLogger("devicefabric.agent.leftovers")
 
@@ -111,7 +111,7 @@ async def _stop_groups(pids: list[int], grace: float) -> None:
         return [pid for pid in pids if start_time(pid) == identities[pid]]
 
     for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     # Not our children (init adopted them): no exit event to wait on, so poll, bounded.
@@ -120,14 +120,9 @@ async def _stop_groups(pids: list[int], grace: float) -> None:
     # Leaders that ignored SIGTERM, and stragglers left in the groups of leaders that exited (a
     # process group id stays taken while any member lives, so it names the same group).
     for pid in pids:
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
     # SIGKILL is delivered asynchronously: wait (bounded) until they are gone, so nothing of the
     # previous run still holds a port or a file when this run starts its own children.
     deadline = loop.time() + KILL_WAIT_S
     while still_running() and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(POLL_S)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

@@ -14,7 +14,6 @@ worker thread so a slow SD card never stalls the event loop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from devicefabric.agent.errors import StateDirError
 from devicefabric.agent.reconciling import RejectedDesiredError, wants_of
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.lean import Desired, decode_desired, encode_desired
+from devicefabric.runtime.files import atomic_write
 
 log = logging.getLogger("devicefabric.agent.persisting")
 
@@ -66,24 +66,8 @@ class StateStore:
         return doc
 
     def save(self, doc: Desired) -> None:
-        """Persist `doc` atomically (temp file, fsync, rename, fsync directory)."""
-        payload = encode_desired(doc)
-        tmp = self.path.with_name(f".{DESIRED_FILE}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(self.path)
-            _fsync_dir(self.state_dir)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        """Persist `doc` atomically (`runtime.files.atomic_write`)."""
+        atomic_write(self.path, encode_desired(doc))
 
     def _set_aside(self, why: str) -> None:
         aside = self.path.with_name(DESIRED_FILE + CORRUPT_SUFFIX)
@@ -103,14 +87,3 @@ class StateStore:
             aside,
             extra={"device": self.device, "reason": "corrupt_state"},
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,7 +42,6 @@ import shlex
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from devicefabric.agent.allowlist import CommandPolicy
@@ -50,6 +49,8 @@ from devicefabric.agent.backoff import Backoff
 from devicefabric.agent.leftovers import ChildLedger
 from devicefabric.agent.reconciling import Want
 from devicefabric.config.lean import MAX_MESSAGE, PhaseName, RestartPolicyName
+from devicefabric.runtime.clock import rfc3339
+from devicefabric.runtime.processes import signal_group
 
 log = logging.getLogger("devicefabric.agent.process")
 
@@ -130,16 +131,6 @@ def start_failure(command: Sequence[str], exc: OSError) -> str:
     return f"cannot start {shlex.join(command[:1])}: {reason}{what}"[:MAX_MESSAGE]
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send `sig` to a process group that may already be gone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class ProcessRunner:
     """Runs one desired entry until cancelled; `state` is what the agent reports for it."""
 
@@ -204,7 +195,7 @@ class ProcessRunner:
             self._set(
                 phase="Running",
                 pid=child.pid,
-                started_at=_now(),
+                started_at=rfc3339(),
                 exit_code=None,
                 message=None,
             )

@@ -99,6 +99,7 @@ from devicefabric.config.settings import (
 )
 from devicefabric.config.topics import DEFAULT_ROOT, DeviceTopic, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES, encode
+from devicefabric.runtime.tasks import first_error
 
 log = logging.getLogger("devicefabric.bridge")
 
@@ -146,15 +147,6 @@ class BridgeSettings:
     # s the MQTT link may stay down (not subscribed and read back) before /healthz fails
     mqtt_down_limit: float = 120.0  # (--mqtt-down-limit)
     max_payload: int = MAX_PAYLOAD_BYTES  # bytes of one desired document (the brokers' limit)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group
 
 
 class Bridge:
@@ -268,7 +260,7 @@ class Bridge:
                 if self.http is not None:
                     tg.create_task(self.http.serve(), name="http")
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
 
     async def __aenter__(self) -> Self:
         if self.http is not None:

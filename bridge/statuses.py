@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 from pydantic import ValidationError
@@ -79,11 +78,6 @@ class StatusPlan:
     patch: dict[str, object]
     event: PlannedEvent | None
     reason: str | None  # the AgentConnected reason after the patch (for logs)
-
-
-def rfc3339(when: datetime | None = None) -> str:
-    """`2024-01-02T03:04:05Z` (what Kubernetes stores in `lastTransitionTime`)."""
-    return (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_conditions(raw: object) -> list[Condition]:

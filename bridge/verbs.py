@@ -19,7 +19,6 @@ written (every file is validated before the first write); 1 a named resource doe
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import textwrap
@@ -33,6 +32,7 @@ from devicefabric.bridge.errors import NotFoundError, StateDirError
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import AGENT_CONNECTED, SYNCED
 from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
+from devicefabric.runtime.clock import parse_rfc3339
 
 if TYPE_CHECKING:
     from devicefabric.bridge.controlplane.localstore import LocalStore
@@ -341,18 +341,9 @@ def condition_status(res: Resource, ctype: str) -> str:
     return MISSING
 
 
-@functools.lru_cache(maxsize=4096)
-def _created(timestamp: str) -> datetime | None:
-    """A `creationTimestamp` parsed (cached: applies of many resources share their seconds)."""
-    try:
-        return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 def age(timestamp: str, now: datetime) -> str:
     """kubectl's short age: 45s, 12m, 3h, 5d (a missing or bad timestamp shows "-")."""
-    created = _created(timestamp)
+    created = parse_rfc3339(timestamp)
     if created is None:
         return MISSING
     seconds = max(0, int((now - created).total_seconds()))

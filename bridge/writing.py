@@ -34,9 +34,9 @@ from devicefabric.bridge.statuses import (
     StatusPlan,
     apply_patch,
     plan_status,
-    rfc3339,
 )
 from devicefabric.bridge.tracking import DeviceTracker
+from devicefabric.runtime.clock import rfc3339
 
 SLOW_CALL_S: Final = 2.0  # a status write held longer than this means the path stalled
 

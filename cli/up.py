@@ -50,6 +50,7 @@ from devicefabric.config.settings import (
     parse_hostport,
 )
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.tasks import first_error
 
 if TYPE_CHECKING:  # imported lazily at run time: yaml and amqtt are extras
     from devicefabric.bridge.controlplane.local import LocalControlPlane
@@ -173,7 +174,7 @@ async def serve(options: UpOptions) -> None:
                 tg.create_task(bridge.run(), name="bridge")
                 await _frontend(options, bridge.ready, address, plane)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
 
 
 async def _frontend(
@@ -304,12 +305,3 @@ def _log_to_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(old if isinstance(old, JsonFormatter | TextFormatter) else TextFormatter())
     root.handlers[:] = [handler]
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group

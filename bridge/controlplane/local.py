@@ -37,8 +37,9 @@ from typing import Final
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
 from devicefabric.bridge.controlplane.dirwatch import DirectoryWatch
-from devicefabric.bridge.controlplane.localstore import LocalStore, now_rfc3339
+from devicefabric.bridge.controlplane.localstore import LocalStore
 from devicefabric.bridge.errors import TransientError
+from devicefabric.runtime.clock import rfc3339
 
 log = logging.getLogger("devicefabric.bridge.local")
 
@@ -248,7 +249,7 @@ class LocalControlPlane:
         namespace, _, name = key.partition("/")
         cached = self._cache.get(key)
         event = {
-            "time": now_rfc3339(),
+            "time": rfc3339(),
             "type": type_,
             "reason": reason,
             "message": message,

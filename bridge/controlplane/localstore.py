@@ -37,11 +37,9 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
@@ -52,6 +50,8 @@ from devicefabric.bridge.controlplane.manifests import Manifest
 from devicefabric.bridge.errors import NotFoundError
 from devicefabric.config.names import is_object_key
 from devicefabric.config.resource import API_VERSION, KIND
+from devicefabric.runtime.clock import rfc3339
+from devicefabric.runtime.files import atomic_write, fsync_dir, stage
 
 log = logging.getLogger("devicefabric.bridge.localstore")
 
@@ -74,10 +74,6 @@ class Applied:
     outcome: Outcome
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> dict[str, object]:
     """RFC 7386 JSON merge-patch of mappings: None deletes, nested mappings merge, lists replace."""
     out = dict(target)
@@ -90,42 +86,6 @@ def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> di
         else:
             out[key] = value
     return out
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir."""
-    tmp = _stage(path, data)
-    try:
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _stage(path: Path, data: bytes) -> Path:
-    """`data` in a synced temp file beside `path`, under a short name that fits whatever name
-    `path` has (a long object name plus a temp suffix used to exceed NAME_MAX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _append(path: Path, data: bytes) -> int:
@@ -184,7 +144,7 @@ class LocalStore:
         try:
             for key, doc in writes:
                 data = _resource_bytes(doc)
-                staged.append((key, _stage(self._resource_path(key), data)))
+                staged.append((key, stage(self._resource_path(key), data)))
         except BaseException:
             for _, tmp in staged:
                 tmp.unlink(missing_ok=True)
@@ -199,7 +159,7 @@ class LocalStore:
                 tmp.unlink(missing_ok=True)
             if done:
                 for directory in {self._resource_path(k).parent for k in done}:
-                    _fsync_dir(directory)
+                    fsync_dir(directory)
                 self._set_revision(first_rev + len(done) - 1)
                 self._journal(done, first_rev)
 
@@ -213,7 +173,7 @@ class LocalStore:
             self._set_revision(rev)
             self._status_path(key).unlink(missing_ok=True)
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             self._journal([key], rev)
             return True
 
@@ -477,7 +437,7 @@ def _next_document(
             "namespace": manifest.namespace,
             "uid": str(uuid.uuid4()),
             "generation": 1,
-            "creationTimestamp": now_rfc3339(),
+            "creationTimestamp": rfc3339(),
         }
         outcome: Outcome = "created"
     else:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from devicefabric.bridge.controlplane.local import JournalCursor
-from devicefabric.bridge.controlplane.localstore import atomic_write
+from devicefabric.runtime.files import atomic_write
 
 
 def _append(path: Path, *lines: str) -> None:

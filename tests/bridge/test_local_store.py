@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devicefabric.bridge.controlplane.localstore import LocalStore, atomic_write
+from devicefabric.bridge.controlplane.localstore import LocalStore
 from devicefabric.bridge.controlplane.manifests import Manifest, parse_manifests
 from devicefabric.bridge.errors import NotFoundError
+from devicefabric.runtime.files import atomic_write
 
 
 def manifest(name: str = "web", device: str = "tor9-99", **spec: object) -> Manifest:

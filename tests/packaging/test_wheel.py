@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("agent", "bridge", "broker", "cli", "config")
+PACKAGES = ("agent", "bridge", "broker", "cli", "config", "runtime")
 ROOT_FILES = ("__init__.py", "__main__.py", "py.typed")
 DIST_INFO = {"METADATA", "WHEEL", "RECORD", "entry_points.txt", "top_level.txt", "licenses"}
 
