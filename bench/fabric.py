@@ -83,8 +83,13 @@ def wait_until(
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` (its threads included, its children not)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of `pid` in seconds: its own code, and the kernel's on its behalf."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
@@ -196,6 +201,11 @@ class BridgeProc(Proc):
         except urllib.error.HTTPError as exc:
             return int(exc.code), bytes(exc.read())
 
+    def profile(self, *, on: bool) -> None:
+        """Switch cProfile on or off (off writes the file) when run with BENCH_BRIDGE_PROFILE."""
+        if os.environ.get("BENCH_BRIDGE_PROFILE"):
+            os.kill(self.pid, signal.SIGUSR1 if on else signal.SIGUSR2)
+
     def ready(self) -> bool:
         with contextlib.suppress(OSError, ValueError):
             status, body = self.get("/readyz", timeout=2)
@@ -268,6 +278,20 @@ shipped = cli.settings_from_args
 cli.settings_from_args = lambda args: dataclasses.replace(shipped(args), **overrides)
 if os.environ.get("BENCH_LOCAL_POLL"):
     LocalControlPlane.__init__.__kwdefaults__["poll_interval"] = float(os.environ["BENCH_LOCAL_POLL"])
+from devicefabric.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+# Profiling only (BENCH_BRIDGE_PROFILE=FILE): the shipped CLI, with cProfile switched on by
+# SIGUSR1 and off by SIGUSR2, which also writes FILE: a profile of a chosen window only
+# (`BridgeProc.profile`). Main thread only (the event loop's).
+BRIDGE_PROFILED: Final = """
+import cProfile, os, signal, sys
+profile = cProfile.Profile()
+def start(*_): profile.enable()
+def stop(*_): profile.disable(); profile.dump_stats(os.environ["BENCH_BRIDGE_PROFILE"])
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
 from devicefabric.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -356,13 +380,17 @@ class Fabric(contextlib.ExitStack):
         overrides: dict[str, Any] | None = None,
         local_poll: float | None = None,
     ) -> BridgeProc:
-        """The shipped bridge; `overrides`/`local_poll` run an experiment (see BRIDGE_VARIANT)."""
+        """The shipped bridge; `overrides`/`local_poll` run an experiment (see BRIDGE_VARIANT);
+        with `BENCH_BRIDGE_PROFILE=FILE` in the environment it can be profiled (BRIDGE_PROFILED;
+        CPU figures measured meanwhile are then cProfile's, not the bridge's)."""
         http_port = free_port()
         env: dict[str, str] = {"POD_NAME": f"bench-{http_port}"}
         if overrides or local_poll:
             argv = [sys.executable, "-c", BRIDGE_VARIANT]
             env["BENCH_BRIDGE_OVERRIDES"] = json.dumps(overrides or {})
             env["BENCH_LOCAL_POLL"] = str(local_poll or "")
+        elif os.environ.get("BENCH_BRIDGE_PROFILE"):
+            argv = [sys.executable, "-c", BRIDGE_PROFILED]
         else:
             argv = [sys.executable, "-m", "devicefabric"]
         argv += ["--log-level", log_level, "bridge", "run"]

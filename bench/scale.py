@@ -23,7 +23,9 @@ own metrics):
 5. `/devices` of all N, timed, with `/healthz` polled meanwhile (a loop blocked by building the
    document shows as a slow `/healthz`).
 
-Usage: `python -m bench.scale [--quick] [--sizes ...] [--planes ...] [--steady S]`. Writes
+Usage: `python -m bench.scale [--quick] [--sizes ...] [--planes ...] [--steady S] [--phases
+ingest]` (`--phases ingest`: onboarding, then only the ingest phase: `--sizes 5000 --planes local
+--phases ingest` measures the end-to-end heartbeat cost in a few minutes). Writes
 `bench/results/scale.json`. Never part of the test run.
 """
 
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from bench.fabric import BridgeProc, Broker, Fabric, metric, wait_until
+from bench.fabric import BridgeProc, Broker, Fabric, cpu_seconds, cpu_split, metric, wait_until
 from bench.harness import Result, count, ms
 from bench.planes import (
     NAMESPACE,
@@ -172,26 +174,40 @@ def _devices_probe(bridge: BridgeProc) -> tuple[float, float]:
     return took[0], slowest * 1000
 
 
-def _ingest(bridge: BridgeProc, fleet: FleetProc, args: argparse.Namespace) -> dict[str, float]:
+def _ingest(
+    bridge: BridgeProc, broker: Broker, fleet: FleetProc, args: argparse.Namespace
+) -> dict[str, float]:
     """Bridge CPU per heartbeat with the whole fleet heartbeating fast, end to end: N real device
     connections through mosquitto, the bridge's own socket and paho, as in production (bench
-    `ingest` offers one raw connection's heartbeats instead: an upper bound)."""
+    `ingest` offers one raw connection's heartbeats instead: an upper bound). The simulator's and
+    mosquitto's CPU are measured too: on shared cores a saturated simulator caps the rate, and
+    CPU per heartbeat (not the rate) is the figure that survives the sharing."""
     fleet.command(f"beat {args.fast_heartbeat:g}", "beating")
     time.sleep(2 * args.fast_heartbeat)  # every device has switched to the fast pace
     sent0 = int(fleet.command("sent", "sent").split()[1])
     got0 = metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat")
-    cpu0, t0 = bridge.cpu_seconds(), time.monotonic()
+    procs = (bridge.pid, fleet.popen.pid, broker.proc.pid)
+    bridge.profile(on=True)  # with BENCH_BRIDGE_PROFILE only
+    kernel0 = cpu_split(bridge.pid)[1]
+    cpu0, t0 = [cpu_seconds(p) for p in procs], time.monotonic()
     time.sleep(args.ingest_window)  # a measurement window, not a wait for a condition
-    cpu1, t1 = bridge.cpu_seconds(), time.monotonic()
+    cpu1, t1 = [cpu_seconds(p) for p in procs], time.monotonic()
+    kernel1 = cpu_split(bridge.pid)[1]
+    bridge.profile(on=False)
     got1 = metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat")
     sent1 = int(fleet.command("sent", "sent").split()[1])
-    fleet.command("beat 15", "beating")
-    received = got1 - got0
+    fleet.command(f"beat {HEARTBEAT_S}", "beating")
+    received, took = got1 - got0, t1 - t0
+    bridge_cpu, fleet_cpu, broker_cpu = (b - a for a, b in zip(cpu0, cpu1, strict=True))
     return {
-        "ingest_sent_per_s": (sent1 - sent0) / (t1 - t0),
-        "ingest_per_s": received / (t1 - t0),
-        "ingest_cpu_us": (cpu1 - cpu0) / max(received, 1) * 1e6,
-        "ingest_cpu_percent": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        "fast_heartbeat_s": args.fast_heartbeat,
+        "ingest_sent_per_s": (sent1 - sent0) / took,
+        "ingest_per_s": received / took,
+        "ingest_cpu_us": bridge_cpu / max(received, 1) * 1e6,
+        "ingest_cpu_percent": 100.0 * bridge_cpu / took,
+        "ingest_kernel_share": (kernel1 - kernel0) / max(bridge_cpu, 1e-9),
+        "fleet_cpu_percent": 100.0 * fleet_cpu / took,
+        "broker_cpu_percent": 100.0 * broker_cpu / took,
     }
 
 
@@ -243,6 +259,11 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
             + out["fleet_connect_s"]
         )
         wait_until(lambda: plane.last_write_age() >= 2.0, 600, "writes to stop", 0.2)
+        if args.phases == "ingest":  # onboarding, then only the ingest phase
+            out.update(_ingest(bridge, broker, fleet, args))
+            fleet.stop()
+            result.metrics[f"{kind}-{n}"] = out
+            return out
 
         # steady state
         writes0 = plane.writes()
@@ -259,7 +280,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
         out["devices_s"], out["healthz_max_ms_during_devices"] = _devices_probe(bridge)
 
         # ingest end to end: every device heartbeats each `--fast-heartbeat` s
-        out.update(_ingest(bridge, fleet, args))
+        out.update(_ingest(bridge, broker, fleet, args))
 
         # bridge restart
         bridge.stop()
@@ -296,7 +317,34 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
     return out
 
 
+def _ingest_rows(result: Result, kind: str, n: int, m: dict[str, Any]) -> None:
+    """The end-to-end ingest rows: the figure the devices-per-half-core claim rests on."""
+    if "ingest_cpu_us" not in m:
+        return
+    per_half_core = 0.5 / (m["ingest_cpu_us"] / 1e6) * HEARTBEAT_S
+    result.row(
+        f"{kind} N={n:,}: ingest end to end: bridge CPU per heartbeat "
+        f"({count(m['ingest_per_s'])}/s received)",
+        f"{m['ingest_cpu_us']:.1f} us",
+        note=f"{m['ingest_cpu_percent']:.0f}% of a core "
+        f"({100 * m['ingest_kernel_share']:.0f}% of it in the kernel); the fleet sent "
+        f"{count(m['ingest_sent_per_s'])}/s of {count(n / m['fast_heartbeat_s'])}/s asked, "
+        f"using {m['fleet_cpu_percent']:.0f}% of a core; mosquitto {m['broker_cpu_percent']:.0f}%",
+    )
+    result.row(
+        f"{kind} N={n:,}: ingest end to end: devices at 15 s per half core (extrapolated)",
+        count(per_half_core),
+        goal=">= 100,000",
+        met=per_half_core >= 100_000,
+        note="0.5 core / the CPU per heartbeat above x 15 s: the figure the project's goal rests "
+        "on (bench `ingest` is one raw connection, an upper bound)",
+    )
+
+
 def _rows(result: Result, kind: str, n: int, m: dict[str, Any], qps: float) -> None:
+    if "steady_rss_kib" not in m:  # `--phases ingest`
+        _ingest_rows(result, kind, n, m)
+        return
     per_k = (m["steady_rss_kib"] - m["bridge_rss_base_kib"]) / 1024 / (n / 1000)
     result.row(f"{kind} N={n:,}: bridge RSS per 1,000 devices over its base", f"{per_k:.1f} MiB",
                goal="<= 20 MiB", met=per_k <= 20)  # fmt: skip
@@ -304,22 +352,7 @@ def _rows(result: Result, kind: str, n: int, m: dict[str, Any], qps: float) -> N
                f"{m['steady_cpu_percent']:.1f} %")  # fmt: skip
     result.row(f"{kind} N={n:,}: writes in steady state", count(m["steady_writes"]), goal="0",
                met=m["steady_writes"] == 0)  # fmt: skip
-    if "ingest_cpu_us" in m:
-        per_half_core = 0.5 / (m["ingest_cpu_us"] / 1e6) * HEARTBEAT_S
-        result.row(
-            f"{kind} N={n:,}: bridge CPU per heartbeat, end to end "
-            f"({count(m['ingest_per_s'])} heartbeats/s)",
-            f"{m['ingest_cpu_us']:.1f} us",
-            note=f"{m['ingest_cpu_percent']:.0f}% of a core; the fleet sent "
-            f"{count(m['ingest_sent_per_s'])}/s",
-        )
-        result.row(
-            f"{kind} N={n:,}: devices one bridge serves at 15 s, half a core (extrapolated from "
-            "the end-to-end CPU per heartbeat)",
-            count(per_half_core),
-            goal=">= 100,000",
-            met=per_half_core >= 100_000,
-        )
+    _ingest_rows(result, kind, n, m)
     result.row(f"{kind} N={n:,}: bridge restart -> ready / writes",
                f"{ms(m['restart_ready_s'])} / {count(m['restart_writes'])}", goal="0 writes",
                met=m["restart_writes"] == 0)  # fmt: skip
@@ -371,6 +404,12 @@ def main(argv: list[str] | None = None) -> Result:
         type=float,
         default=1.0,
         help="s between heartbeats of every device in the ingest phase",
+    )
+    parser.add_argument(
+        "--phases",
+        choices=("all", "ingest"),
+        default="all",
+        help="ingest: onboarding, then only the ingest phase (minutes less per size)",
     )
     parser.add_argument("--ingest-window", type=float, default=20.0,
                         help="s of the ingest phase measured")  # fmt: skip

@@ -9,13 +9,15 @@ the TLS layer may hold decrypted bytes too). Real mosquitto with our generated c
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from devicefabric.bridge.buffering import FAST_BATCH, qos0_publish_at
+from devicefabric.bridge.buffering import CHUNK, FAST_BATCH, BufferedClient, qos0_publish_at
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.service import default_client_id
 from devicefabric.config.settings import parse_broker_url
@@ -148,3 +150,95 @@ def test_a_burst_is_delivered_whole_in_order_and_nothing_waits_in_the_buffer(
                 await asyncio.gather(task, return_exceptions=True)
 
         asyncio.run(story())
+
+
+# -- the client alone, on a socket pair: every way the same bytes can be cut into reads -------
+PINGRESP = b"\xd0\x00"
+QOS1 = _publish(b"t/q1", b"\x00\x07" + b"acked", first=0x32)  # packet id 7, then the payload
+HUGE = _publish(b"t/huge", b"h" * (CHUNK + 5000))  # longer than one read of the buffer
+
+
+def _stream() -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Heartbeat-sized PUBLISHes of varied sizes with a PINGRESP, a QoS 1 PUBLISH (paho's own
+    path) and one packet longer than a chunk among them; and what must come out, in order."""
+    wire, expected = b"", []
+    for n in range(400):
+        topic, payload = f"t/{n % 7}".encode(), f"{n:04d}".encode() + b"x" * (n % 150)
+        wire += _publish(topic, payload, first=0x31 if n % 50 == 0 else 0x30)
+        expected.append((topic.decode(), payload))
+        if n == 100:
+            wire += PINGRESP + QOS1
+            expected.append(("t/q1", b"acked"))
+        if n == 200:
+            wire += HUGE
+            expected.append(("t/huge", b"h" * (CHUNK + 5000)))
+    return wire, expected
+
+
+def _pieces(wire: bytes, cut: str) -> list[bytes]:
+    if cut == "one-segment":
+        return [wire]
+    if cut == "byte-by-byte":
+        return [wire[i : i + 1] for i in range(len(wire))]
+    sizes = random.Random(18).choices([1, 2, 3, 5, 70, 1000, 9000], k=len(wire))  # uneven
+    out, at = [], 0
+    for size in sizes:
+        if at >= len(wire):
+            break
+        out.append(wire[at : at + size])
+        at += size
+    return out
+
+
+@pytest.mark.parametrize("cut", ["one-segment", "byte-by-byte", "uneven"])
+def test_every_packet_comes_out_whole_and_in_order_however_the_stream_is_cut(cut: str) -> None:
+    wire, expected = _stream()
+    got: list[tuple[str, bytes]] = []
+    client = BufferedClient(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
+    client.on_qos0_publish = lambda topic, payload, _retain: got.append((topic.decode(), payload))
+    client.on_message = lambda _c, _u, msg: got.append((msg.topic, bytes(msg.payload)))
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)  # noqa: FBT003 - socket API
+    client._sock = ours  # a connected socket without a broker's handshake
+    try:
+        for piece in _pieces(wire, cut):
+            peer.sendall(piece)
+            # as MqttLink does: read while the socket is readable or bytes are buffered
+            while True:
+                rc = client.loop_read()
+                assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                if not client.buffered():
+                    break
+        assert got == expected  # nothing stranded after the last byte
+        peer.setblocking(False)  # noqa: FBT003 - socket API
+        assert peer.recv(16) == b"\x40\x02\x00\x07"  # the QoS 1 PUBLISH was acknowledged
+        peer.close()
+        assert client.loop_read() == MQTTErrorCode.MQTT_ERR_CONN_LOST  # end of stream
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_closed_connections_half_packet_is_not_parsed_on_the_next() -> None:
+    got: list[bytes] = []
+    client = BufferedClient(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
+    client.on_qos0_publish = lambda _topic, payload, _retain: got.append(payload)
+    old, old_peer = socket.socketpair()
+    old.setblocking(False)  # noqa: FBT003 - socket API
+    client._sock = old
+    old_peer.sendall(_publish(b"t/a", b"whole") + _publish(b"t/a", b"cut off")[:6])
+    client.loop_read()  # one read: the whole one is delivered, the rest waits in the buffer
+    assert got == [b"whole"]
+    assert client.buffered()  # the start of the cut-off packet
+    client._sock_close()  # what paho does when the connection is lost
+    assert not client.buffered()
+    new, new_peer = socket.socketpair()
+    new.setblocking(False)  # noqa: FBT003 - socket API
+    client._sock = new
+    try:
+        new_peer.sendall(_publish(b"t/a", b"fresh"))
+        client.loop_read()
+        assert got == [b"whole", b"fresh"]
+    finally:
+        for sock in (old_peer, new, new_peer):
+            sock.close()
