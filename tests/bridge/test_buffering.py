@@ -3,14 +3,20 @@
 A burst of small messages arrives in few large segments, packets cross the 64 KiB chunk
 boundaries, and the last message of the burst must be delivered without any later traffic to
 wake the selector (bytes already read are invisible to it). Over plain TCP and over TLS (where
-the TLS layer may hold decrypted bytes too). Real mosquitto with our generated config.
+the TLS layer may hold decrypted bytes too). Real mosquitto with our generated config, also
+behind a proxy that cuts the broker's bytes into 1-7 byte segments (reads end inside packets).
+The client alone on a socket pair: the same stream in one segment, byte by byte and in uneven
+pieces gives every packet whole and in order; a closed connection's half packet is forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import random
 import socket
+import threading
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -242,3 +248,81 @@ def test_a_closed_connections_half_packet_is_not_parsed_on_the_next() -> None:
     finally:
         for sock in (old_peer, new, new_peer):
             sock.close()
+
+
+class _Resegmenter:
+    """A TCP proxy in front of the broker that passes the broker's bytes on to the client in
+    pieces of 1 to 7 bytes, each sent on its own (TCP_NODELAY): the client's reads end inside
+    packets, wherever a piece ends. The client's bytes go to the broker unchanged."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by `close`
+            while True:
+                client, _ = self.listener.accept()
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                broker = socket.create_connection(self.upstream)
+                self.sockets += [client, broker]
+                threading.Thread(target=self._pump, args=(client, broker, 0), daemon=True).start()
+                threading.Thread(target=self._pump, args=(broker, client, 7), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, piece: int) -> None:
+        sizes = itertools.cycle(range(1, piece + 1)) if piece else None
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if sizes is None:
+                    sink.sendall(data)
+                    continue
+                at = 0
+                while at < len(data):
+                    size = next(sizes)
+                    sink.sendall(data[at : at + size])
+                    at += size
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.mosquitto
+def test_messages_cut_into_small_segments_on_the_way_are_delivered_whole(
+    tmp_path: Path, secret: bytes
+) -> None:
+    broker = prepare_mosquitto(tmp_path, secret, ["buf-a"])
+    handler = _Counter()
+    sent = [f"{n:04d}:".encode() + b"y" * (n % 200) for n in range(300)]  # 1- and 2-byte lengths
+    with running(broker):
+        proxy = _Resegmenter(broker.host, broker.port)
+        try:
+            link = MqttLink(
+                LinkSettings(
+                    broker=parse_broker_url(f"mqtt://127.0.0.1:{proxy.port}"),
+                    password=broker.password("bridge"),
+                    client_id=default_client_id(),
+                    topics=T,
+                ),
+                handler,
+            )
+
+            async def story() -> None:
+                task = asyncio.create_task(link.run())
+                try:
+                    await until(lambda: handler.primed, 15, "primed through the proxy")
+                    await asyncio.to_thread(_burst, broker, None, sent)  # straight to the broker
+                    await until(lambda: len(handler.payloads) == len(sent), 15, "every message")
+                    assert handler.payloads == sent
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+            asyncio.run(story())
+        finally:
+            proxy.close()
