@@ -323,8 +323,8 @@ def _ingest_rows(result: Result, kind: str, n: int, m: dict[str, Any]) -> None:
         return
     per_half_core = 0.5 / (m["ingest_cpu_us"] / 1e6) * HEARTBEAT_S
     result.row(
-        f"{kind} N={n:,}: ingest end to end: bridge CPU per heartbeat "
-        f"({count(m['ingest_per_s'])}/s received)",
+        f"{kind} N={n:,}: bridge CPU per heartbeat, end to end "
+        f"({count(m['ingest_per_s'])} heartbeats/s)",
         f"{m['ingest_cpu_us']:.1f} us",
         note=f"{m['ingest_cpu_percent']:.0f}% of a core "
         f"({100 * m['ingest_kernel_share']:.0f}% of it in the kernel); the fleet sent "
@@ -332,7 +332,8 @@ def _ingest_rows(result: Result, kind: str, n: int, m: dict[str, Any]) -> None:
         f"using {m['fleet_cpu_percent']:.0f}% of a core; mosquitto {m['broker_cpu_percent']:.0f}%",
     )
     result.row(
-        f"{kind} N={n:,}: ingest end to end: devices at 15 s per half core (extrapolated)",
+        f"{kind} N={n:,}: devices one bridge serves at 15 s, half a core (extrapolated from "
+        "the end-to-end CPU per heartbeat)",
         count(per_half_core),
         goal=">= 100,000",
         met=per_half_core >= 100_000,
