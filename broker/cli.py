@@ -23,6 +23,7 @@ from devicefabric.config.credentials import load_secret
 from devicefabric.config.lifecycle import run_program
 from devicefabric.config.settings import DEFAULT_MQTT, add_flag, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES
 
 _EXTENSIONS = ("devicefabric.broker.mosquitto_cli", "devicefabric.broker.nats_cli")
 
@@ -65,7 +66,7 @@ def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         run,
         "--max-payload",
         type=int,
-        default=64 * 1024,
+        default=MAX_PAYLOAD_BYTES,
         help="largest PUBLISH payload in bytes; a larger one closes the client's connection",
     )
     add_max_connections(run)

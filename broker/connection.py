@@ -65,6 +65,8 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.session import IncomingApplicationMessage
 from typing_extensions import override
 
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+
 log = logging.getLogger("devicefabric.broker")
 
 # MQTT 3.1.1 table 2.2: the fixed-header flags each client-to-server packet must carry
@@ -89,7 +91,7 @@ _PUBLISH_OVERHEAD: Final = 2 + 65_535 + 2
 class Limits:
     """Per-connection limits of the hardened broker (all times in seconds)."""
 
-    max_payload: int = 64 * 1024
+    max_payload: int = MAX_PAYLOAD_BYTES
     """Largest PUBLISH (and will) payload in bytes; a larger PUBLISH closes the connection."""
     connect_timeout: float = 10.0
     """From TCP accept (TLS handshake included) to a complete CONNECT; then the socket is aborted."""

@@ -50,10 +50,11 @@ from devicefabric.broker.plugins import plugin_config
 from devicefabric.config.errors import TopicError
 from devicefabric.config.settings import HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("devicefabric.broker")
 
-DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+DEFAULT_MAX_PAYLOAD: Final = MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config)
 MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
 _LISTENER: Final = "default"
 _DRAIN_TIMEOUT: Final = 5.0

@@ -54,12 +54,15 @@ from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER, validate_device
 from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics, covers
+from devicefabric.config.wire import MAX_PAYLOAD_BYTES
 
 DEFAULT_PLUGIN: Final = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 CONF_NAME: Final = "mosquitto.conf"
 DYNSEC_NAME: Final = "dynamic-security.json"
 
-DEFAULT_MAX_PAYLOAD: Final = 64 * 1024  # DESIGN.md's payload limit, as the embedded broker's
+DEFAULT_MAX_PAYLOAD: Final = (
+    MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config), as the embedded broker's
+)
 # mosquitto limits whole packets: room for the fixed header, the topic and the packet id.
 PACKET_OVERHEAD: Final = 1024
 
