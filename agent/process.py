@@ -45,10 +45,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from devicefabric.agent.allowlist import CommandPolicy
-from devicefabric.agent.backoff import Backoff
 from devicefabric.agent.leftovers import ChildLedger
 from devicefabric.agent.reconciling import Want
 from devicefabric.config.lean import MAX_MESSAGE, PhaseName, RestartPolicyName
+from devicefabric.runtime.backoff import Backoff
 from devicefabric.runtime.clock import rfc3339
 from devicefabric.runtime.processes import signal_group
 

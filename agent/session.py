@@ -47,13 +47,13 @@ from typing import Any, Final
 
 from paho.mqtt import client as mqtt
 
-from devicefabric.agent.backoff import Backoff
 from devicefabric.agent.connection import Connection, ConnectionLostError, Endpoint, WillMessage
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.config import lean
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.settings import BrokerURL
 from devicefabric.config.topics import Topics
+from devicefabric.runtime.backoff import Backoff
 
 log = logging.getLogger("devicefabric.agent.session")
 

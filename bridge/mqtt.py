@@ -23,8 +23,8 @@ Per connection (each with a new `session`: a random boot id plus a counter):
    (`handler.to_reread()`, see `replaying`: a broker that dropped part of the replay, or lost its
    retained store) are re-read by exact-topic subscriptions, one batch at a time, each settled
    the same way and unsubscribed. Then `handler.on_primed()`.
-4. On loss: `handler.on_lost()`, wait `reconnect_min` (with jitter: replicas and restarts do not
-   reconnect in lockstep), reconnect, and start over (the handler reconciles from the replay:
+4. On loss: `handler.on_lost()`, wait `reconnect_min` (`runtime.backoff`, equal jitter: replicas
+   and restarts do not reconnect in lockstep), reconnect, and start over (the handler reconciles from the replay:
    retained messages carry `retained=True`). Unacknowledged QoS 1 messages are dropped before
    reconnecting, never re-sent: the handler re-plans every retained document from the replay, and
    a message the broker refused (it disconnected us) would otherwise be re-sent on every
@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import socket
 import time
@@ -67,6 +66,7 @@ from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.settings import BrokerURL
 from devicefabric.config.topics import DeviceTopic, Topics
 from devicefabric.config.wire import BridgeStatus, encode
+from devicefabric.runtime.backoff import Backoff
 
 log = logging.getLogger("devicefabric.bridge.mqtt")
 
@@ -153,13 +153,15 @@ class MqttLink:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        delay = self.settings.reconnect_min
+        # Equal jitter: each wait is in [ceiling/2, ceiling], so replicas and restarts do not
+        # reconnect in lockstep and no retry comes sooner than half the current step.
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max, jitter="equal")
         try:
             while True:
                 try:
                     await self._connect()
                 except (OSError, TimeoutError) as exc:
-                    wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+                    wait = backoff.next_delay()
                     log.warning(
                         "cannot reach the broker at %s (%s); retrying in %.1fs",
                         self.settings.broker,
@@ -167,15 +169,14 @@ class MqttLink:
                         wait,
                     )
                     await asyncio.sleep(wait)
-                    delay = min(delay * 2, self.settings.reconnect_max)
                     continue
-                delay = self.settings.reconnect_min
+                backoff.reset()
                 await self._serve()  # returns when the connection is lost
                 self.connected = self.primed = False
                 self.down_since = time.monotonic()
                 self._detach()
                 self.handler.on_lost()
-                wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+                wait = backoff.next_delay()
                 log.warning(
                     "lost the broker connection; reconnecting in %.1fs",
                     wait,

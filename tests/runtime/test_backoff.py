@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devicefabric.agent.backoff import Backoff
+from devicefabric.runtime.backoff import Backoff
 
 
 def delays(backoff: Backoff, n: int) -> list[float]:
