@@ -9,12 +9,12 @@
     process      one child: spawn, watch, restart policy, crash back-off, graceful stop
     reconciling  pure: desired + running -> start / restart / stop
     reporting    pure: when to publish a report and what it says
-    backoff      pure: exponential back-off with jitter
     allowlist    `--allow-command/-env/-workdir`: command, env names, workingDir (real paths)
     persisting   the last applied document, written atomically
     leftovers    children of a crashed run, stopped by the next one
 
-A bare install is enough: import-linter keeps broker, bridge and Kubernetes libraries out of
+Shared with the other programs, from `runtime`: back-off, atomic files, timestamps, process
+groups. A bare install is enough: import-linter keeps broker, bridge and Kubernetes libraries out of
 this package, and pydantic out of the agent process (it decodes and encodes with `config.lean`,
 held equal to the pydantic wire models by a property test), which keeps its RSS near paho's.
 """
