@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.config.names import is_device_name
 from devicefabric.config.resource import DeviceProcessSpec
+from devicefabric.config.validation import describe
 from devicefabric.config.wire import (
     MAX_PAYLOAD_BYTES,
     MAX_PROCESSES,
@@ -53,10 +54,7 @@ def check_spec(spec: Mapping[str, object]) -> DeviceProcessSpec | str:
     try:
         return DeviceProcessSpec.model_validate(spec)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(["spec", *(str(p) for p in first["loc"])])
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"{where}: {first['msg']}{more}"
+        return describe(exc, root="spec")
 
 
 def device_of(resource: Resource) -> str | None:

@@ -38,6 +38,7 @@ from devicefabric.config.lean import (
 )
 from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN, is_object_key
 from devicefabric.config.resource import MAX_MESSAGE, DeviceProcessSpec, PhaseName
+from devicefabric.config.validation import describe
 
 Session = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_TOKEN, pattern=SESSION_PATTERN)
@@ -192,17 +193,10 @@ _STATUS: Final = TypeAdapter(
 )
 
 
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {first['msg']}{more}"[:300]
-
-
 def _reject(kind: str, exc: ValidationError) -> PayloadError:
     if exc.errors(include_url=False)[0]["type"] == "json_invalid":
-        return PayloadError(kind, "invalid_json", _describe(exc))
-    return PayloadError(kind, "schema", _describe(exc))
+        return PayloadError(kind, "invalid_json", describe(exc))
+    return PayloadError(kind, "schema", describe(exc))
 
 
 def _check_size(kind: str, payload: bytes, limit: int) -> None:

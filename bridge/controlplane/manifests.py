@@ -33,6 +33,7 @@ from devicefabric.config.names import (
     RESERVED_NAMES,
 )
 from devicefabric.config.resource import API_VERSION, KIND, DeviceProcessSpec
+from devicefabric.config.validation import describe
 
 DEFAULT_NAMESPACE: Final = "default"
 # `<name>.yaml` and `<name>.json` must fit NAME_MAX (255 bytes on Linux file systems).
@@ -168,7 +169,7 @@ def _parse_one(doc: object, where: str, default_ns: str | None) -> Manifest:
     try:
         model = DeviceProcessSpec.model_validate(spec)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_pydantic_reason(exc)}") from None
+        raise ConfigError(f"{where}: {describe(exc, root='spec')}") from None
     if model.device_name in RESERVED_NAMES:
         raise ConfigError(
             f"{where}: spec.deviceName: {model.device_name!r} is reserved for a fabric role user"
@@ -213,15 +214,6 @@ def _string_map(value: object, where: str) -> dict[str, str]:
         if not isinstance(key, str) or not isinstance(item, str):
             raise ConfigError(f"{where}.{_short(key)}: keys and values must be strings")
     return dict(value)
-
-
-def _pydantic_reason(exc: ValidationError) -> str:
-    """`spec.command.0: Input should be a valid string; spec.suspend: ...` on one line."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        loc = ".".join(["spec", *(str(part) for part in error["loc"])])
-        parts.append(f"{loc}: {error['msg']}")
-    return "; ".join(parts)
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
