@@ -59,7 +59,7 @@ FLOOR_DEVICE: Final = "bench-floor"
 NAME: Final = "worker"
 POLL_S: Final = 15.0
 P50_FACTOR: Final = 3.0
-P99_GOAL_S: Final = 0.05  # issue 11: p99 change -> status Running under 50 ms
+P99_GOAL_S: Final = 0.05  # goal: p99 change -> status Running under 50 ms
 
 
 def command(i: int) -> list[str]:

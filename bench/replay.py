@@ -1,6 +1,6 @@
 """Benchmark 11, a bridge restart over a broker that cuts the retained replay short.
 
-Issue "What breaks at 5,000-10,000 devices", item 1: with mosquitto's default per-client queue
+What it guards: with mosquitto's default per-client queue
 (`max_queued_messages 1000`) a restarted bridge of a 5,000-device fleet received only part of the
 retained replay and republished every `desired` document it had not seen. The generated config
 now sizes the queue for the fleet; this bench takes the worst case, a bound that is too small.

@@ -1,6 +1,6 @@
 """Benchmark 12, a status-write storm on the local control plane at fleet scale.
 
-Issue "What breaks at 5,000-10,000 devices", item 4: `changes.log` rotates every ~11,000 writes,
+What it guards: `changes.log` rotates every ~11,000 writes,
 and each rotation made the bridge's informer re-read and parse every resource (0.7 s at 5,000,
 1.3 s at 10,000): a storm cost O(N^2). Every status write and its journal echo also parsed the
 resource's YAML file again.

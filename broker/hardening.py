@@ -1,4 +1,4 @@
-"""amqtt 0.12.1's `Broker`, hardened: each override closes one known defect (AMQTT-FACTS.md).
+"""amqtt 0.12.1's `Broker`, hardened: each override closes one known defect (the table below).
 
 `HardenedBroker` keeps amqtt's routing, subscriptions and plugin system and replaces only the
 methods below (line numbers of the released `amqtt/broker.py`): connection admission and
@@ -6,7 +6,7 @@ takeover here, message routing in its base class `broker.routing.RoutingBroker`,
 per-connection protocol in `broker.connection.FabricProtocolHandler`. Nothing is monkeypatched:
 all three are subclasses, and amqtt is pinned to the exact version they were written against.
 
-| defect (AMQTT-FACTS) | amqtt behaviour replaced | override |
+| defect | amqtt behaviour replaced | override |
 |---|---|---|
 | 1 retained replay past the ACL | `_handle_client_session` (~599) replays retained messages for every filter of *every* client; `_publish_retained_messages_for_subscription` (~1134) checks no ACL | no replay on reconnect (MQTT sends retained messages on SUBSCRIBE only, as mosquitto does); `_publish_retained_messages_for_subscription` checks RECEIVE per retained topic; `_publish_session_retained_messages` (offline queue) re-checks RECEIVE too |
 | 2 wills skip the ACL | `_handle_disconnect` (~675) publishes and retains the will unchecked | a will topic must be a valid publish topic (not empty, wildcard or `$`) and pass `will_filtering` (or a PUBLISH check) at CONNECT, else CONNACK 5; at publication it is checked again and dropped when denied (as mosquitto does) |

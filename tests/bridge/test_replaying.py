@@ -1,4 +1,4 @@
-"""A retained replay is checked, not trusted (`bridge.replaying`, issue 18 item 1).
+"""A retained replay is checked, not trusted (`bridge.replaying`).
 
 - Tier 1, tables: which expected documents a replay did not deliver, batching, confirmation.
 - Tier 2, the link on every broker kind: exact-topic re-reads bring the retained documents again

@@ -1,6 +1,6 @@
-"""Each amqtt 0.12.1 defect of AMQTT-FACTS.md, shown closed with real clients on loopback.
+"""Each amqtt 0.12.1 defect of the table in `broker.hardening`, shown closed with real clients on loopback.
 
-`test_<n>_...` is about defect n of AMQTT-FACTS.md (and of the table in `broker.hardening`).
+`test_<n>_...` is about defect n of that table.
 Each of them fails when the override closing defect n is replaced by amqtt's stock method
 (checked by hand with a scratch plugin restoring the stock methods; see the closing report).
 The few tests without a number pin behaviour the fixes must keep (stock amqtt passes them too).

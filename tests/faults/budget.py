@@ -1,7 +1,7 @@
 """How hard the fault tests push: short under `make test`, long with `FAULTS_LONG=1`.
 
 Fuzz targets run `EXAMPLES` hypothesis examples each: a few hundred by default, so the whole
-fault suite stays within seconds, and at least 10,000 in the long mode (issue 7). `FAULTS_EXAMPLES`
+fault suite stays within seconds, and at least 10,000 in the long mode. `FAULTS_EXAMPLES`
 overrides the count either way (e.g. to reproduce or to push one target harder).
 
 `FUZZ` is the one hypothesis profile every fuzz test uses: no per-example deadline (the machine is

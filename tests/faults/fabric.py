@@ -1,4 +1,4 @@
-"""The whole fabric as separate processes, for the fault scenarios of issue 7.
+"""The whole fabric as separate processes, for the fault scenarios.
 
 `LocalFabric(workdir, secret, devices)` owns what an operator runs on one machine: a real
 mosquitto generated from our broker config for `devices`, `devicefabric bridge run

@@ -1,4 +1,4 @@
-"""Scenario 4 of issue 7: the Kubernetes API server fails every call, then throttles, then heals.
+"""Fault scenario 4: the Kubernetes API server fails every call, then throttles, then heals.
 
 The whole fabric as on a cluster (`tests.kube.fabric.KubeFabric`): the API server fake over real
 HTTP, a real mosquitto, `devicefabric bridge run --control-plane kube` and one `devicefabric agent

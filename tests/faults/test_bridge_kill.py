@@ -1,4 +1,4 @@
-"""Scenario 2 of issue 7: the bridge is killed -9 and restarted while devices change.
+"""Fault scenario 2: the bridge is killed -9 and restarted while devices change.
 
 Real processes: mosquitto, `devicefabric bridge run` on the local control plane, one `devicefabric
 agent run` per device. While no bridge runs, four kinds of device change (the broker keeps the

@@ -1,4 +1,4 @@
-"""Scenario 1 of issue 7: the broker restarts under a fleet of agents and the bridge.
+"""Fault scenario 1: the broker restarts under a fleet of agents and the bridge.
 
 Real processes throughout: mosquitto from our generated config (persistence off, as shipped, so
 the restart also loses every retained document), `devicefabric bridge run` on the local control

@@ -1,4 +1,4 @@
-"""Scenario 7 of issue 7: faults on the device itself; the agent copes, the bridge's view holds.
+"""Fault scenario 7: faults on the device itself; the agent copes, the bridge's view holds.
 
 One real mosquitto and one `devicefabric bridge run` (local control plane) serve the whole
 module; each test starts its own `devicefabric agent run` for its own device and resources, and

@@ -1,4 +1,4 @@
-"""Scenario 3 of issue 7: a flapping device, takeovers included, cannot flood the control plane.
+"""Fault scenario 3: a flapping device, takeovers included, cannot flood the control plane.
 
 Two devices flap against a real mosquitto while `devicefabric bridge run` (local control plane)
 watches: each flap is a new MQTT connection as the device, with the agent's will, a birth under a

@@ -1,4 +1,4 @@
-"""Scenario 5 of issue 7: hostile devices, authenticated as themselves, cannot lie the fabric over.
+"""Fault scenario 5: hostile devices, authenticated as themselves, cannot lie the fabric over.
 
 A real mosquitto (our generated ACLs: a device may only publish on its own topics) and `devicefabric
 bridge run` on the local control plane. `victim` is a real agent running a process; `evil` is a

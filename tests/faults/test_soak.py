@@ -1,4 +1,4 @@
-"""Scenario 9 of issue 7 (`FAULTS_LONG=1` only): a long quiet day with a thousand devices.
+"""Fault scenario 9 (`FAULTS_LONG=1` only): a long quiet day with a thousand devices.
 
 1,000 simulated devices (`tests.bridge.fleet`: real MQTT connections with the agent's will, one
 asyncio loop in a thread of the test process) against a real mosquitto and `devicefabric bridge
