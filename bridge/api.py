@@ -13,8 +13,9 @@ Pure functions from the service's state to `http.Response`s; `http.HttpServer` d
   last seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
   processes of its last report; one device per line. `?limit=N&after=NAME` pages through it (the
   next page starts after the last name of this one). The event loop only copies each device's
-  fields (`snapshot`); the document is built in a worker thread (`render_devices`), so 5,000
-  devices do not stall MQTT ingest for the ~0.2 s that building them takes.
+  fields (`views_of`), a few hundred devices at a time with a turn for everything else between
+  (`VIEW_CHUNK`), and the document is built in a worker thread (`render_devices`): at 10,000
+  devices the loop is held ~5-10 ms at a time instead of ~30 ms.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from devicefabric.bridge.tracking import Device, DeviceTracker
 from devicefabric.config.wire import Report
 
 MAX_PAGE: Final = 100_000
+VIEW_CHUNK: Final = 500  # devices copied per turn of the event loop (`/devices`)
 
 
 def _json(doc: object) -> bytes:
@@ -104,10 +106,22 @@ class DeviceView:
 def snapshot(
     tracker: DeviceTracker, index: ResourceIndex, now: float, query: Mapping[str, str]
 ) -> list[DeviceView]:
-    """The devices `query` asks for (`limit`, `after`), sorted by name; cheap, on the loop."""
+    """The devices `query` asks for (`limit`, `after`), sorted by name."""
+    return views_of(tracker, index, now, page(tracker, query))
+
+
+def page(tracker: DeviceTracker, query: Mapping[str, str]) -> list[str]:
+    """The names `query` asks for (`limit`, `after`), sorted (ValueError for a bad `limit`)."""
     limit = _int(query.get("limit"), "limit", MAX_PAGE)
     after = query.get("after", "")
-    names = sorted(name for name in tracker.names() if name > after)[:limit]
+    return sorted(name for name in tracker.names() if name > after)[:limit]
+
+
+def views_of(
+    tracker: DeviceTracker, index: ResourceIndex, now: float, names: Iterable[str]
+) -> list[DeviceView]:
+    """The fields of each named device the tracker still knows (a copy: safe to render in a
+    thread while the tracker moves on)."""
     views = []
     for name in names:
         device = tracker.get(name)

@@ -479,7 +479,14 @@ class Bridge:
         return api.healthz(down, self.settings.mqtt_down_limit)
 
     async def _devices(self, query: Query) -> Response:
-        views = api.snapshot(self.tracker, self.index, time.monotonic(), query)
+        names = api.page(self.tracker, query)
+        now = time.monotonic()
+        views: list[api.DeviceView] = []
+        for start in range(0, len(names), api.VIEW_CHUNK):  # the loop serves others in between
+            views += api.views_of(
+                self.tracker, self.index, now, names[start : start + api.VIEW_CHUNK]
+            )
+            await asyncio.sleep(0)
         return await asyncio.to_thread(api.render_devices, views)
 
     def _readyz(self) -> Response:
