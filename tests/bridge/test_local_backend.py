@@ -2,8 +2,8 @@
 
 Stories: resources applied by another process (the real `devicefabric apply`) reach `on_change`
 within a poll; the bridge's own status writes are visible at once, notified once, and a status
-that did not change writes nothing; Events land in `events.jsonl`; a rotated journal costs one
-relist and loses nothing.
+that did not change writes nothing; Events land in `events.jsonl`; a rotated journal is followed
+without a relist and loses nothing; status writes do not parse the resource file again.
 """
 
 from __future__ import annotations
