@@ -37,20 +37,25 @@ import fcntl
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import yaml
 
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.controlplane.manifests import Manifest
+from devicefabric.bridge.controlplane.resourcedoc import (
+    Outcome,
+    json_bytes,
+    merge_patch,
+    next_document,
+    resource_bytes,
+    to_int,
+)
 from devicefabric.bridge.errors import NotFoundError
 from devicefabric.config.names import is_object_key
-from devicefabric.config.resource import API_VERSION, KIND
-from devicefabric.runtime.clock import rfc3339
 from devicefabric.runtime.files import atomic_write, fsync_dir, stage
 
 log = logging.getLogger("devicefabric.bridge.localstore")
@@ -58,8 +63,6 @@ log = logging.getLogger("devicefabric.bridge.localstore")
 JOURNAL_MAX_BYTES: Final = 256 * 1024
 EVENTS_MAX_BYTES: Final = 1024 * 1024
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-Outcome = Literal["created", "configured", "unchanged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +75,6 @@ class _Parsed:
 class Applied:
     key: str
     outcome: Outcome
-
-
-def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> dict[str, object]:
-    """RFC 7386 JSON merge-patch of mappings: None deletes, nested mappings merge, lists replace."""
-    out = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping):
-            old = out.get(key)
-            out[key] = merge_patch(old if isinstance(old, Mapping) else {}, value)
-        else:
-            out[key] = value
-    return out
 
 
 def _append(path: Path, data: bytes) -> int:
@@ -123,12 +112,12 @@ class LocalStore:
             results: list[Applied] = []
             for manifest in manifests:
                 old = self._read_yaml(self._resource_path(manifest.key))
-                doc, outcome = _next_document(old, manifest)
+                doc, outcome = next_document(old, manifest)
                 results.append(Applied(manifest.key, outcome))
                 if outcome != "unchanged":
                     rev += 1
                     metadata = doc["metadata"]
-                    assert isinstance(metadata, dict)  # noqa: S101 - built by _next_document
+                    assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
                     metadata["resourceVersion"] = str(rev)
                     writes.append((manifest.key, doc))
             if writes:
@@ -143,7 +132,7 @@ class LocalStore:
         staged: list[tuple[str, Path]] = []
         try:
             for key, doc in writes:
-                data = _resource_bytes(doc)
+                data = resource_bytes(doc)
                 staged.append((key, stage(self._resource_path(key), data)))
         except BaseException:
             for _, tmp in staged:
@@ -192,7 +181,7 @@ class LocalStore:
             rev = self.revision() + 1
             self._set_revision(rev)
             doc = {"resourceVersion": str(rev), "status": merged}
-            atomic_write(self._status_path(key), _json_bytes(doc, indent=2))
+            atomic_write(self._status_path(key), json_bytes(doc, indent=2))
             self._journal([key], rev)
             return Resource(
                 namespace=current.namespace,
@@ -208,7 +197,7 @@ class LocalStore:
     def append_event(self, event: Mapping[str, object]) -> None:
         """Append one Event line; the file is rotated to `events.jsonl.1` past EVENTS_MAX_BYTES."""
         with self._locked():
-            size = _append(self.events_path, _json_bytes(event) + b"\n")
+            size = _append(self.events_path, json_bytes(event) + b"\n")
             if size > EVENTS_MAX_BYTES:
                 self.events_path.replace(self.events_path.with_name(self.events_path.name + ".1"))
 
@@ -253,14 +242,14 @@ class LocalStore:
             return None
         status_doc = self._read_json(self._file(self.status_dir, key, ".json"))
         status = status_doc.get("status", {}) if status_doc else {}
-        versions = [_int(meta.get("resourceVersion"))]
+        versions = [to_int(meta.get("resourceVersion"))]
         if status_doc:
-            versions.append(_int(status_doc.get("resourceVersion")))
+            versions.append(to_int(status_doc.get("resourceVersion")))
         return Resource(
             namespace=namespace,
             name=name,
             uid=str(meta.get("uid", "")),
-            generation=_int(meta.get("generation")) or 1,
+            generation=to_int(meta.get("generation")) or 1,
             resource_version=str(max(versions)),
             spec=spec,
             status=status if isinstance(status, dict) else {},
@@ -424,61 +413,3 @@ class LocalStore:
 def _read_text(path: Path | str) -> str:
     with open(path, encoding="utf-8") as fh:  # noqa: PTH123 - str paths on the hot read path
         return fh.read()
-
-
-def _next_document(
-    old: dict[str, object] | None, manifest: Manifest
-) -> tuple[dict[str, object], Outcome]:
-    """The resource file after applying `manifest` over `old`, and what happened."""
-    old_meta = old.get("metadata") if old else None
-    if old is None or not isinstance(old_meta, dict):
-        meta: dict[str, object] = {
-            "name": manifest.name,
-            "namespace": manifest.namespace,
-            "uid": str(uuid.uuid4()),
-            "generation": 1,
-            "creationTimestamp": rfc3339(),
-        }
-        outcome: Outcome = "created"
-    else:
-        meta = dict(old_meta)
-        spec_changed = old.get("spec") != manifest.spec
-        if spec_changed:
-            meta["generation"] = (_int(meta.get("generation")) or 1) + 1
-        unchanged = (
-            not spec_changed
-            and meta.get("labels", {}) == manifest.labels
-            and meta.get("annotations", {}) == manifest.annotations
-        )
-        outcome = "unchanged" if unchanged else "configured"
-    for field_name, value in (("labels", manifest.labels), ("annotations", manifest.annotations)):
-        if value:
-            meta[field_name] = dict(value)
-        else:
-            meta.pop(field_name, None)
-    doc: dict[str, object] = {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": meta,
-        "spec": manifest.spec,
-    }
-    return doc, outcome
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return 0
-
-
-def _resource_bytes(doc: Mapping[str, object]) -> bytes:
-    """A resource file: JSON (which is YAML too) in the document's own key order, UTF-8 as is
-    (no `\\u` escapes, which YAML readers take differently for characters outside the BMP)."""
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
-
-
-def _json_bytes(doc: Mapping[str, object], indent: int | None = None) -> bytes:
-    separators = (",", ": ") if indent else (",", ":")
-    return json.dumps(doc, indent=indent, separators=separators, sort_keys=True).encode()
