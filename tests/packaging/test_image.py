@@ -89,3 +89,15 @@ def test_make_image_builds_and_the_smoke_test_passes_in_a_chroot() -> None:
     assert "status     OK (exit 0)" in proc.stdout  # `up` in the image, `status` against it
     assert "up stopped cleanly (exit 0)" in proc.stdout
     assert "smoke test passed" in proc.stdout
+
+
+def test_the_containerfile_copies_every_package_the_wheel_ships() -> None:
+    """The image builds the wheel from the copied tree: a package left out of the COPY lines
+    fails the build (it did once, when `runtime` was added), so `make test` checks it."""
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]
+    top = sorted({name.split(".")[1] for name in packages if name.count(".") >= 1})
+    text = (ROOT / "Containerfile").read_text()
+    missing = [p for p in top if f"COPY {p} ./{p}" not in text]
+    assert not missing, f"Containerfile does not COPY {missing}"
