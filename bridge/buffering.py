@@ -4,9 +4,10 @@ paho-mqtt 2.x parses an incoming packet with one `recv` for its first byte, one 
 remaining length, and one for the rest: three or more system calls for a 74-byte heartbeat. At
 thousands of heartbeats a second the bridge spent most of its time there. `BufferedClient`
 serves those small reads from a buffer filled by `recv(CHUNK)`, and paho's parser is unchanged.
-A QoS 0 PUBLISH (every heartbeat) is then handed to `on_qos0_publish(topic, payload, retain)`
-as bytes, without paho's message object (which builds a `threading.Condition` per message);
-QoS 1/2 and MQTT 5 keep paho's own handling, acknowledgements included.
+A complete QoS 0 PUBLISH (every heartbeat) at the head of the buffer is handed to
+`on_qos0_publish(topic, payload, retain)` as bytes, without paho's message object (which builds a
+`threading.Condition` per message). Anything else (QoS 1/2 with its acknowledgement, MQTT 5, a
+packet split across reads, a malformed one) goes through paho's own reader and `on_message`.
 
 Invariants:
 - Bytes already taken off the socket are not seen by the event loop's selector. So whoever drives
@@ -74,20 +75,6 @@ class BufferedClient(paho.Client):
             self._last_bytes_received = time.monotonic()
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return super()._packet_read()
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        """A QoS 0 PUBLISH of MQTT 3.1.1 goes to `on_qos0_publish(topic, payload, retain)`
-        straight from the packet; anything else, or a malformed packet, is paho's."""
-        command = self._in_packet["command"]
-        deliver = self.on_qos0_publish
-        packet = self._in_packet["packet"]
-        if deliver is None or command & 0x06 or self._protocol != MQTTv311 or len(packet) < 2:
-            return super()._handle_publish()
-        end = 2 + int.from_bytes(packet[:2], "big")
-        if len(packet) < end:
-            return super()._handle_publish()
-        deliver(bytes(packet[2:end]), bytes(packet[end:]), bool(command & 0x01))
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def buffered(self) -> bool:
         """Bytes are waiting that the selector will not report: call `loop_read` again."""

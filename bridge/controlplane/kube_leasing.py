@@ -36,38 +36,18 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
+from devicefabric.bridge.sharding import LeaseRecord
 from devicefabric.config.errors import ConfigError
 
 log = logging.getLogger("devicefabric.bridge.leader")
 
 LEASES: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 JITTER: Final = 0.2  # standbys spread their attempts by up to 20% of the retry period
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRecord:
-    """The fields of a Lease's spec that decide who leads."""
-
-    holder: str
-    duration: float
-    renew_time: str | None
-    transitions: int
-
-    @classmethod
-    def of(cls, lease: dict[str, Any]) -> LeaseRecord:
-        spec = lease.get("spec") or {}
-        return cls(
-            holder=str(spec.get("holderIdentity") or ""),
-            duration=float(spec.get("leaseDurationSeconds") or 0),
-            renew_time=spec.get("renewTime"),
-            transitions=int(spec.get("leaseTransitions") or 0),
-        )
 
 
 class LeaderElector:

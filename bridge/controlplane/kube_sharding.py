@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube_leasing import JITTER, LEASES
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
 from devicefabric.bridge.errors import (
     ConflictError,
@@ -70,10 +71,8 @@ from devicefabric.config.names import is_device_name
 
 log = logging.getLogger("devicefabric.bridge.shards")
 
-LEASES: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 LABEL: Final = "devicefabric.io/bridge-lease"
 SHARDS_LABEL: Final = "devicefabric.io/shards"  # the --shards of the replica that wrote it
-JITTER: Final = 0.2
 DRAIN_STEP: Final = 0.005  # s between checks that a released shard's writes have finished
 GC_AFTER: Final = 5  # x lease duration nobody held a membership Lease before it is deleted
 GC_BATCH: Final = 10  # membership Leases deleted per round at most

@@ -340,12 +340,10 @@ class LocalStore:
         return f"{directory}/{namespace}/{name}{suffix}"
 
     def _resource_path(self, key: str) -> Path:
-        namespace, _, name = key.partition("/")
-        return self.resources_dir / namespace / f"{name}.yaml"
+        return Path(self._file(self.resources_dir, key, ".yaml"))
 
     def _status_path(self, key: str) -> Path:
-        namespace, _, name = key.partition("/")
-        return self.status_dir / namespace / f"{name}.json"
+        return Path(self._file(self.status_dir, key, ".json"))
 
     def _resource_doc(self, key: str) -> dict[str, object] | None:
         """The resource file of `key`, parsed at most once per version of the file.

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from devicefabric.bridge.controlplane.base import Resource
-from devicefabric.bridge.service import Bridge, BridgeSettings
+from devicefabric.bridge.mqtt import LinkHandler, LinkSettings, MqttLink
+from devicefabric.bridge.service import Bridge, BridgeSettings, default_client_id
 from devicefabric.bridge.statuses import apply_patch, plan_status
 from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import parse_broker_url
+from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from tests.bridge.memory_cp import MemoryControlPlane
 from tests.support.brokers import BrokerProcess
 from tests.support.waiting import async_wait_for
@@ -31,6 +33,18 @@ def settings(broker: BrokerProcess, **overrides: Any) -> BridgeSettings:
         "keepalive": 10,
     }
     return BridgeSettings(**{**base, **overrides})
+
+
+def link(url: str, password: str, handler: LinkHandler, **overrides: Any) -> MqttLink:
+    """A bridge MQTT link (user `bridge`, a fresh client id, the default root) to `url`."""
+    settings = LinkSettings(
+        broker=parse_broker_url(url),
+        password=password,
+        client_id=default_client_id(),
+        topics=Topics(DEFAULT_ROOT),
+        **overrides,
+    )
+    return MqttLink(settings, handler)
 
 
 @contextlib.asynccontextmanager

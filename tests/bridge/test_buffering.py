@@ -24,10 +24,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from devicefabric.bridge.buffering import CHUNK, FAST_BATCH, BufferedClient, qos0_publish_at
-from devicefabric.bridge.mqtt import LinkSettings, MqttLink
-from devicefabric.bridge.service import default_client_id
-from devicefabric.config.settings import parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from tests.bridge import scene
 from tests.bridge.scene import until
 from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
 
@@ -130,15 +128,8 @@ def test_a_burst_is_delivered_whole_in_order_and_nothing_waits_in_the_buffer(
     broker = prepare_mosquitto(tmp_path, secret, ["buf-a"], tls=files)
     handler = _Counter()
     with running(broker):
-        link = MqttLink(
-            LinkSettings(
-                broker=parse_broker_url(broker.url),
-                password=broker.password("bridge"),
-                client_id=default_client_id(),
-                topics=T,
-                tls_ca=files[0] if files else None,
-            ),
-            handler,
+        link = scene.link(
+            broker.url, broker.password("bridge"), handler, tls_ca=files[0] if files else None
         )
         # sizes that do not divide 64 KiB: packets straddle every chunk boundary
         sent = [f"{n:05d}:".encode() + b"x" * (37 + n % 91) for n in range(BURST)]
@@ -302,15 +293,7 @@ def test_messages_cut_into_small_segments_on_the_way_are_delivered_whole(
     with running(broker):
         proxy = _Resegmenter(broker.host, broker.port)
         try:
-            link = MqttLink(
-                LinkSettings(
-                    broker=parse_broker_url(f"mqtt://127.0.0.1:{proxy.port}"),
-                    password=broker.password("bridge"),
-                    client_id=default_client_id(),
-                    topics=T,
-                ),
-                handler,
-            )
+            link = scene.link(f"mqtt://127.0.0.1:{proxy.port}", broker.password("bridge"), handler)
 
             async def story() -> None:
                 task = asyncio.create_task(link.run())

@@ -19,14 +19,14 @@ import pytest
 
 from devicefabric.bridge.api import Readiness, readyz
 from devicefabric.bridge.errors import MqttError
-from devicefabric.bridge.mqtt import LinkSettings, MqttLink
+from devicefabric.bridge.mqtt import MqttLink
 from devicefabric.bridge.service import Bridge, default_client_id
 from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import HostPort, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
 from tests.bridge.memory_cp import MemoryControlPlane
-from tests.bridge.scene import settings, until
+from tests.bridge.scene import link, settings, until
 from tests.support.brokers import BrokerProcess
 from tests.support.ports import free_port
 
@@ -59,17 +59,7 @@ class _Collect:
 
 
 def _link(url: str, password: str, handler: _Collect) -> MqttLink:
-    return MqttLink(
-        LinkSettings(
-            broker=parse_broker_url(url),
-            password=password,
-            client_id=default_client_id(),
-            topics=T,
-            reconnect_min=0.05,
-            marker_timeout=1.0,
-        ),
-        handler,
-    )
+    return link(url, password, handler, reconnect_min=0.05, marker_timeout=1.0)
 
 
 @pytest.mark.fabric_devices("tor9-99")

@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 
 from devicefabric.bridge.mirroring import build_desired
-from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.replaying import Expected, ReplayLedger, reread_topics
-from devicefabric.bridge.service import Bridge, default_client_id
-from devicefabric.config.settings import parse_broker_url
+from devicefabric.bridge.service import Bridge
 from devicefabric.config.topics import DEFAULT_ROOT, DeviceTopic, Topics
 from devicefabric.config.wire import encode
+from tests.bridge import scene
 from tests.bridge.memory_cp import MemoryControlPlane, resource
 from tests.bridge.scene import running, settle, until
 from tests.support.brokers import KIND_PARAMS, BrokerKind, BrokerProcess, prepare_mosquitto
@@ -160,16 +159,7 @@ def test_exact_rereads_bring_retained_documents_again_before_priming(
             assert earlier.publish(T.desired(device), {"doc": device}, retain=True)
     wanted = [T.desired("rr-a"), T.desired("rr-b"), T.desired("rr-ghost")]
     handler = _Rereader([wanted[:2], wanted[2:]])
-    link = MqttLink(
-        LinkSettings(
-            broker=parse_broker_url(broker.url),
-            password=broker.password("bridge"),
-            client_id=default_client_id(),
-            topics=T,
-            marker_timeout=5.0,
-        ),
-        handler,
-    )
+    link = scene.link(broker.url, broker.password("bridge"), handler, marker_timeout=5.0)
 
     async def story() -> None:
         task = asyncio.create_task(link.run())
