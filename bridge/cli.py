@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicefabric.bridge.controlplane import kube_settings
-from devicefabric.bridge.controlplane.base import ControlPlane
+from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.lifecycle import run_program
@@ -207,8 +207,11 @@ def _run(args: argparse.Namespace) -> int:
         args.control_plane, args.state_dir, args.namespace, kube_settings.flag_values(args)
     )
 
+    # Both backends carry their fleet kinds (Devices, DeviceProcessSets) as `.fleet`.
+    fleet: FleetPlane | None = getattr(control_plane, "fleet", None)
+
     async def main() -> int:
-        await Bridge(settings, control_plane).run()
+        await Bridge(settings, control_plane, fleet=fleet).run()
         return 0
 
     return run_program(main)

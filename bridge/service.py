@@ -69,8 +69,9 @@ from types import TracebackType
 from typing import Final, Self
 
 from devicefabric.bridge import api
-from devicefabric.bridge.controlplane.base import ControlPlane, Resource
+from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane, Resource
 from devicefabric.bridge.eventing import EventRecorder
+from devicefabric.bridge.fleets import FleetController, is_fleet_key
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
@@ -80,6 +81,7 @@ from devicefabric.bridge.queueing import (
     DEFAULT_KEY_BURST,
     DEFAULT_MIN_INTERVAL,
     KeyedQueue,
+    Outcome,
     TokenBucket,
     WorkQueue,
 )
@@ -107,6 +109,7 @@ ECHO_TIMEOUT: Final = 10.0  # s: a published desired not read back by then is pu
 SWEEP_MIN: Final = 0.05  # s: the sweep never wakes more often than this...
 SWEEP_MAX: Final = 0.5  # ...nor sleeps longer (a new short-heartbeat device is found in time)
 LEADERSHIP_POLL: Final = 0.5
+STATUS_SUFFIX: Final = "/status"
 REREAD_SYNC_WAIT: Final = 15.0  # s: re-reading the replay waits this long for the first list
 
 
@@ -158,9 +161,13 @@ class Bridge:
         control_plane: ControlPlane,
         *,
         metrics: BridgeMetrics | None = None,
+        fleet: FleetPlane | None = None,
     ) -> None:
+        """`fleet`: the Devices and DeviceProcessSets of the same control plane (None: the
+        bridge serves DeviceProcesses only)."""
         self.settings = settings
         self.control_plane = control_plane
+        self.fleet_plane = fleet
         self.topics = Topics(settings.root)
         self.tracker = DeviceTracker(settings.stale_multiplier)
         self.mirror = Mirror(settings.max_payload)
@@ -174,6 +181,7 @@ class Bridge:
                 min_interval=settings.min_write_interval, key_burst=settings.key_write_burst
             ),
             TokenBucket(settings.write_qps, settings.write_burst, time.monotonic()),
+            on_outcome=self._on_outcome,
         )
         self.link = MqttLink(
             LinkSettings(
@@ -218,6 +226,18 @@ class Bridge:
             call_timeout=settings.call_timeout,
         )
         self.writer.on_slow = lambda: self.queue.bucket.drain(time.monotonic())
+        self.fleet = (
+            FleetController(
+                fleet,
+                control_plane,
+                self.tracker,
+                self.index,
+                acquire=self.queue.acquire,
+                enqueue=self._enqueue_fleet,
+            )
+            if fleet is not None
+            else None
+        )
         self._task: asyncio.Task[None] | None = None
         self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
         self.metrics.bind(
@@ -248,6 +268,8 @@ class Bridge:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.control_plane.run(self._on_resource), name="controlplane")
+                if self.fleet_plane is not None and self.fleet is not None:
+                    tg.create_task(self.fleet_plane.run_fleet(self.fleet.on_fleet), name="fleet")
                 tg.create_task(self.link.run(), name="mqtt")
                 tg.create_task(self._startup(), name="startup")
                 tg.create_task(self._sweeper(), name="sweep")
@@ -256,7 +278,7 @@ class Bridge:
                 # no more writes in flight than the burst: writes a stalled path held arrive
                 # together when it heals, and must still fit the budget
                 for i in range(min(self.settings.workers, self.settings.write_burst)):
-                    tg.create_task(self.queue.serve(self.writer.reconcile), name=f"writer-{i}")
+                    tg.create_task(self.queue.serve(self._reconcile), name=f"writer-{i}")
                 if self.http is not None:
                     tg.create_task(self.http.serve(), name="http")
         except BaseExceptionGroup as group:
@@ -297,6 +319,8 @@ class Bridge:
 
     async def _startup(self) -> None:
         await self.control_plane.synced.wait()
+        if self.fleet_plane is not None:
+            await self.fleet_plane.fleet_synced.wait()
         await self._primed.wait()
         log.info(
             "ready: %d resources, %d devices known", sum(1 for _ in self.control_plane.resources()),
@@ -347,6 +371,22 @@ class Bridge:
             self._mirror_device(device)
         for resource in self.control_plane.resources():
             self.queue.add(resource.key)
+        if self.fleet is not None:
+            for key in self.fleet.all_keys():
+                self.queue.add(key)
+
+    async def _reconcile(self, key: str) -> Outcome:
+        if self.fleet is not None and is_fleet_key(key):
+            return await self.fleet.reconcile(key)
+        return await self.writer.reconcile(key)
+
+    def _on_outcome(self, key: str, outcome: Outcome) -> None:
+        if outcome is Outcome.WROTE and self.fleet is not None and not is_fleet_key(key):
+            self.fleet.on_status_written(key)
+
+    def _enqueue_fleet(self, key: str) -> None:
+        if self.ready.is_set():  # before: the first reconcile (`_resync`) queues every key
+            self.queue.add(key)
 
     # -- control plane ---------------------------------------------------------------------------
     def _on_resource(self, key: str) -> None:
@@ -355,6 +395,8 @@ class Bridge:
         if resource is None:
             self.writer.forget(key)
             self.queue.forget(key)
+        if self.fleet is not None:
+            self.fleet.on_process(key, resource, devices)
         if not self.ready.is_set():
             return
         for device in devices:
@@ -389,6 +431,11 @@ class Bridge:
         changes = self.ingest.feed(topic, payload, time.monotonic(), retained=retained)
         if changes:
             self._apply(changes)
+        if self.fleet is not None and topic.endswith(STATUS_SUFFIX):  # a birth or a will
+            with contextlib.suppress(DeviceFabricError):
+                device = self.topics.parse(topic).device
+                if device is not None:
+                    self.fleet.on_device(device, transition=False)
 
     def on_connected(self) -> None:
         self.mirror.reset_sent()
@@ -443,6 +490,8 @@ class Bridge:
         for change in changes:
             keys = self.index.keys_of(change.device)
             if isinstance(change, Transition):
+                if self.fleet is not None:
+                    self.fleet.on_device(change.device, transition=True)
                 # A first sighting (previous None, e.g. the retained replay) is no transition.
                 first = change.previous is None
                 if not first:

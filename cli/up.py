@@ -164,7 +164,7 @@ async def serve(options: UpOptions) -> None:
             event_qps=options.event_qps,
             event_burst=options.event_burst,
         )
-        bridge = Bridge(settings, plane)
+        bridge = Bridge(settings, plane, fleet=plane.fleet)
         try:
             # The front end runs in this task, inside the group: on Ctrl-C it unwinds first (the
             # demo agents stop and their offline is written) while the bridge task still runs;

@@ -124,7 +124,9 @@ class ProcessTemplate(_CamelModel):
         return DeviceProcessSpec.model_validate({"deviceName": device, **wire}).to_wire()
 
 
-IntOrPercent = Annotated[int, Field(ge=1)] | Annotated[str, StringConstraints(pattern=_PERCENT.pattern)]
+IntOrPercent = (
+    Annotated[int, Field(ge=1)] | Annotated[str, StringConstraints(pattern=_PERCENT.pattern)]
+)
 
 
 class RollingUpdate(_CamelModel):

@@ -22,8 +22,19 @@ EventType = Literal["Normal", "Warning"]
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerRef:
+    """One `metadata.ownerReferences` entry (the fields the bridge reads and writes)."""
+
+    kind: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resource:
-    """One DeviceProcess as the control plane stores it (read-only snapshot)."""
+    """One stored object (a DeviceProcess, or with the fleet kinds a Device or a
+    DeviceProcessSet) as the control plane stores it (read-only snapshot). A cluster-scoped
+    object (Device) has the namespace "" and its name as key."""
 
     namespace: str
     name: str
@@ -33,10 +44,12 @@ class Resource:
     spec: Mapping[str, object]
     status: Mapping[str, object] = field(default_factory=dict)
     creation_timestamp: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owners: tuple[OwnerRef, ...] = ()
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
     @property
     def device(self) -> str | None:
@@ -102,3 +115,56 @@ class ControlPlane(Protocol):
     async def emit_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
         """Record an Event about `key` (reporting controller: the bridge)."""
         ...
+
+
+class FleetPlane(Protocol):
+    """What the fleet controller (`bridge.fleets`) needs besides `ControlPlane`: Devices
+    (cluster-scoped, keyed by name) and DeviceProcessSets (keyed `<namespace>/<name>`), and the
+    writes that create, switch and delete the DeviceProcesses a set owns.
+
+    `run_fleet(on_change)` lists both kinds, sets `fleet_synced`, then watches, calling
+    `on_change(kind, key)` (kind `Device` or `DeviceProcessSet`) for every change. Writes of
+    DeviceProcesses are adopted into the `ControlPlane` cache at once and announced through its
+    own `on_change`, so a reconcile that runs next sees them. A create of something that exists
+    raises `ConflictError`; a delete of something gone is done.
+    """
+
+    @property
+    def fleet_synced(self) -> asyncio.Event: ...
+
+    @property
+    def collects_garbage(self) -> bool:
+        """True when the store deletes owned objects with their owner (Kubernetes); False when
+        the bridge must delete a deleted set's processes itself (local)."""
+        ...
+
+    async def run_fleet(self, on_change: Callable[[str, str], None]) -> None: ...
+
+    def device(self, name: str) -> Resource | None: ...
+
+    def devices(self) -> Iterable[Resource]: ...
+
+    def process_set(self, key: str) -> Resource | None: ...
+
+    def process_sets(self) -> Iterable[Resource]: ...
+
+    async def create_device(self, name: str) -> None: ...
+
+    async def patch_device_status(self, name: str, patch: Mapping[str, object]) -> None: ...
+
+    async def patch_set_status(self, key: str, patch: Mapping[str, object]) -> None: ...
+
+    async def create_process(
+        self,
+        namespace: str,
+        name: str,
+        spec: Mapping[str, object],
+        labels: Mapping[str, str],
+        owner: OwnerRef,
+    ) -> None: ...
+
+    async def update_process(
+        self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]
+    ) -> None: ...
+
+    async def delete_process(self, key: str) -> None: ...

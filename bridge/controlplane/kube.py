@@ -10,18 +10,10 @@ their shard (a release waits for them), a status patch for a shard not held is r
 (`TransientError`: the queue retries, and the writer then finds it may not write) and an Event
 for one is dropped (best effort, and retrying it would hold up the Events behind it).
 
-The informer lists DeviceProcesses (pages of `page_size`; all namespaces, or `--namespace`) into
-its cache, sets `synced`, then watches from the list's resourceVersion with bookmarks, and calls
-`on_change(key)` for every change it applies. Level-based and without duplicates:
-
-- an event whose resourceVersion equals the cached one is not a change (our own write's echo,
-  already adopted from the PATCH answer) and calls nothing; an echo that beats the PATCH answer
-  is an ordinary change, which the core's level-based reconcile finds nothing to write for;
-- a watch that ends (server timeout, cut connection, 5xx) is reopened from the last
-  resourceVersion seen, bookmarks included, so nothing is missed and nothing replayed;
-- `410 Expired` (history compacted) lists again and diffs against the cache: `on_change` only for
-  keys added, changed (other resourceVersion) or vanished, so a re-list writes nothing by itself;
-- failures back off exponentially (capped), honouring `Retry-After`.
+The informer (`kube_informing`) lists DeviceProcesses (all namespaces, or `--namespace`) and
+watches them: level-based, no duplicates, 410 relists that diff, back-off honouring Retry-After.
+`fleet` (`kube_fleet`) informs Devices and DeviceProcessSets the same way and makes the writes of
+the fleet controller.
 
 Writes: `patch_status` sends `{"status": patch}` as `application/merge-patch+json` to the
 `/status` subresource (spec, metadata and generation cannot be touched from there) and adopts the
@@ -39,60 +31,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Final
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
-from devicefabric.bridge.controlplane.kube_client import (
-    MERGE_PATCH,
-    ExpiredError,
-    KubeClient,
-    map_status,
-    micro_time,
-)
+from devicefabric.bridge.controlplane.kube_client import MERGE_PATCH, KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube_fleet import KubeFleet, collection, plain
+from devicefabric.bridge.controlplane.kube_informing import Informer
 from devicefabric.bridge.controlplane.kube_leasing import LeaderElector
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
 from devicefabric.bridge.controlplane.kube_sharding import ShardElector
-from devicefabric.bridge.errors import ConflictError, ControlPlaneError, TransientError
+from devicefabric.bridge.errors import ConflictError, ControlPlaneError
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from devicefabric.config.resource import API_VERSION, KIND, PLURAL
 
 log = logging.getLogger("devicefabric.bridge.kube")
 
 REPORTING_CONTROLLER: Final = "devicefabric.io/bridge"
 EVENT_ACTION: Final = "UpdateStatus"  # what the bridge did about the object
 MAX_NOTE: Final = 1024  # events.k8s.io note limit
-MIN_PRODUCTIVE: Final = 1.0  # s: a watch that ends sooner with no event in it backs off
-
-
-def to_resource(obj: Mapping[str, Any]) -> Resource | None:
-    """The cache entry for a DeviceProcess object; None when its metadata is unusable."""
-    meta = obj.get("metadata") or {}
-    namespace, name, rv = meta.get("namespace"), meta.get("name"), meta.get("resourceVersion")
-    if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(rv, str)):
-        return None
-    spec, status = obj.get("spec"), obj.get("status")
-    return Resource(
-        namespace=namespace,
-        name=name,
-        uid=str(meta.get("uid", "")),
-        generation=int(meta.get("generation") or 0),
-        resource_version=rv,
-        spec=spec if isinstance(spec, dict) else {},
-        status=status if isinstance(status, dict) else {},
-        creation_timestamp=str(meta.get("creationTimestamp", "")),
-    )
-
-
-def _plain(value: object) -> object:
-    """Mappings and sequences as JSON-ready dicts and lists (the client serializes only those)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -118,21 +76,34 @@ class KubeControlPlane:
             if client is not None
             else KubeClient.from_environment(self.settings.request_timeout)
         )
-        self._synced = asyncio.Event()
         self._leading = asyncio.Event()
-        self._cache: dict[str, Resource] = {}
-        self._rv: str | None = None  # the informer's position: last list, event or bookmark
+        self._informer = Informer(
+            self._client, self.settings, self._collection(self.settings.namespace), "resources"
+        )
         self._elector: LeaderElector | ShardElector = (
             ShardElector(self._client, self.settings, self._leading)
             if self.settings.shards > 1
             else LeaderElector(self._client, self.settings, self._leading)
         )
-        self.relists = 0  # how often the informer listed (1 + one per 410 or failed list)
-        self.watches = 0  # how many watch streams it opened
+        self.fleet = KubeFleet(self._client, self.settings, self._informer)
+
+    @property
+    def relists(self) -> int:
+        """How often the DeviceProcess informer listed (1 + one per 410 or failed list)."""
+        return self._informer.relists
+
+    @property
+    def watches(self) -> int:
+        """How many watch streams the DeviceProcess informer opened."""
+        return self._informer.watches
+
+    @property
+    def _cache(self) -> dict[str, Resource]:
+        return self._informer.cache
 
     @property
     def synced(self) -> asyncio.Event:
-        return self._synced
+        return self._informer.synced
 
     @property
     def leading(self) -> asyncio.Event:
@@ -175,7 +146,7 @@ class KubeControlPlane:
     @property
     def resource_version(self) -> str | None:
         """The informer's position: the last list, event or bookmark it applied."""
-        return self._rv
+        return self._informer.rv
 
     def get(self, key: str) -> Resource | None:
         return self._cache.get(key)
@@ -196,7 +167,7 @@ class KubeControlPlane:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._inform(on_change), name="kube-informer")
+                tg.create_task(self._informer.run(on_change), name="kube-informer")
                 tg.create_task(self._elector.run(), name="kube-leader-election")
         except BaseExceptionGroup as group:
             configuration = group.subgroup(ConfigError)  # e.g. a missing Lease namespace
@@ -206,131 +177,8 @@ class KubeControlPlane:
         finally:
             self._client.close()
 
-    # -- informer ------------------------------------------------------------------------------
     def _collection(self, namespace: str | None) -> str:
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        return f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}"
-
-    async def _inform(self, on_change: Callable[[str], None]) -> None:
-        failures = 0
-        while True:
-            started = time.monotonic()
-            events = 0
-            retry_after: float | None = None
-            try:
-                if self._rv is None:
-                    self._rv = await self._relist(on_change)
-                    self._synced.set()
-                events = await self._watch(self._rv, on_change)
-            except ExpiredError as exc:
-                if self._rv is not None:  # the watch's history is gone: list again at once
-                    log.info("watch expired (%s): listing again", exc)
-                    self._rv = None
-                    continue
-                log.warning("informer: the list expired (%s)", exc)  # a paged list: back off
-            except ControlPlaneError as exc:
-                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-                log.warning("informer: %s (resuming from resourceVersion %s)", exc, self._rv)
-            if retry_after is None and (events or time.monotonic() - started >= MIN_PRODUCTIVE):
-                failures = 0  # a stream that worked for a while: reopen it at once
-                continue
-            delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2**failures)
-            failures += 1
-            await asyncio.sleep(max(delay, retry_after or 0.0))
-
-    def _notify(self, on_change: Callable[[str], None], key: str) -> None:
-        try:
-            on_change(key)
-        except Exception:
-            log.exception("on_change failed", extra={"resource": key})
-
-    async def _relist(self, on_change: Callable[[str], None]) -> str:
-        """List everything, replace the cache, call `on_change` for what differs; the list's RV."""
-        path = self._collection(self.settings.namespace)
-        items: list[Any] = []
-        rv: str | None = None
-        token: str | None = None
-        while True:
-            query = [("limit", str(self.settings.page_size))] + (
-                [("continue", token)] if token else []
-            )
-            page = await self._client.call("GET", path, query=query)
-            items.extend(page.get("items") or [])
-            meta = page.get("metadata") or {}
-            rv = rv or meta.get("resourceVersion")
-            token = meta.get("continue") or None
-            if token is None:
-                break
-        if not rv:
-            raise TransientError(f"GET {path}: the list carries no resourceVersion")
-        self.relists += 1
-        fresh = {r.key: r for r in map(to_resource, items) if r is not None}
-        changed = [
-            k
-            for k, r in fresh.items()
-            if (old := self._cache.get(k)) is None or old.resource_version != r.resource_version
-        ]
-        vanished = [k for k in self._cache if k not in fresh]
-        self._cache = fresh
-        log.info(
-            "listed %d resources at resourceVersion %s: %d changed, %d gone",
-            len(fresh),
-            rv,
-            len(changed),
-            len(vanished),
-        )
-        for key in (*changed, *vanished):
-            self._notify(on_change, key)
-        return str(rv)
-
-    async def _watch(self, rv: str, on_change: Callable[[str], None]) -> int:
-        """Apply one watch stream's events from `rv`, advancing `self._rv`; the event count."""
-        timeout = self.settings.watch_timeout * random.uniform(1, 2)  # noqa: S311 - spread, not crypto
-        query = [
-            ("resourceVersion", rv),
-            ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(int(timeout))),
-        ]
-        self.watches += 1
-        count = 0
-        stream = self._client.watch(self._collection(self.settings.namespace), query, timeout)
-        async with contextlib.aclosing(stream) as events:
-            async for event in events:
-                count += 1
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    code = int(obj.get("code") or 500)
-                    raise map_status(code, f"watch: {obj.get('message', '')}", None)
-                if kind in ("ADDED", "MODIFIED"):
-                    self._apply(obj, on_change)
-                elif kind == "DELETED":
-                    self._delete(obj, on_change)
-                elif kind != "BOOKMARK":
-                    continue
-                self._rv = (obj.get("metadata") or {}).get("resourceVersion") or self._rv
-        return count
-
-    def _apply(self, obj: Mapping[str, Any], on_change: Callable[[str], None]) -> None:
-        resource = to_resource(obj)
-        if resource is None:
-            return
-        cached = self._cache.get(resource.key)
-        if cached is not None and cached.resource_version == resource.resource_version:
-            return  # our own write's echo, already adopted
-        self._cache[resource.key] = resource
-        self._notify(on_change, resource.key)
-
-    def _delete(self, obj: Mapping[str, Any], on_change: Callable[[str], None]) -> None:
-        resource = to_resource(obj)
-        if resource is not None and self._cache.pop(resource.key, None) is not None:
-            self._notify(on_change, resource.key)
-
-    def _adopt(self, key: str, before: Resource | None, obj: Mapping[str, Any]) -> None:
-        """Cache an object we read or wrote, unless a watch event replaced `before` meanwhile."""
-        if before is not None and self._cache.get(key) is before:
-            fresh = to_resource(obj)
-            if fresh is not None:
-                self._cache[key] = fresh
+        return collection(PLURAL, namespace)
 
     # -- writes --------------------------------------------------------------------------------
     def _path(self, namespace: str, name: str, subresource: str = "") -> str:
@@ -345,16 +193,16 @@ class KubeControlPlane:
                 written = await self._client.call(
                     "PATCH",
                     self._path(namespace, name, "status"),
-                    body={"status": _plain(patch)},
+                    body={"status": plain(patch)},
                     content_type=MERGE_PATCH,
                 )
         except ConflictError:
             with contextlib.suppress(ControlPlaneError):
-                self._adopt(
+                self._informer.adopt(
                     key, before, await self._client.call("GET", self._path(namespace, name))
                 )
             raise
-        self._adopt(key, before, written)
+        self._informer.adopt(key, before, written)
 
     async def emit_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
         namespace, name = _split(key)

@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
-POOL_THREADS: Final = 8  # writers (4 by default) + watch + lease, with room to spare
+POOL_THREADS: Final = 12  # writers (4 by default) + three watches + lease, with room to spare
 _kube: Any = kubernetes  # the client's annotations are partial: treat it as Any at this edge
 
 

@@ -37,6 +37,7 @@ from typing import Final
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
 from devicefabric.bridge.controlplane.dirwatch import DirectoryWatch
+from devicefabric.bridge.controlplane.localfleet import LocalFleet
 from devicefabric.bridge.controlplane.localstore import LocalStore
 from devicefabric.bridge.errors import TransientError
 from devicefabric.runtime.clock import rfc3339
@@ -130,9 +131,18 @@ class LocalControlPlane:
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         notify: bool = True,
+        store: LocalStore | None = None,
+        fleet: bool = True,
     ) -> None:
-        """`notify`: wake on inotify events where available (else, or False: poll)."""
-        self.store = LocalStore(state_dir)
+        """`notify`: wake on inotify events where available (else, or False: poll). `store`
+        and `fleet` are for the fleet kinds' own informers (`localfleet`), which are planes
+        of the same kind over their own subdirectory and have no fleet of their own."""
+        self.store = store if store is not None else LocalStore(state_dir)
+        self.fleet = (
+            LocalFleet(state_dir, self, poll_interval=poll_interval, notify=notify)
+            if fleet
+            else None
+        )
         self._poll_interval = poll_interval
         self._notify = notify
         self._cache: dict[str, Resource] = {}
@@ -244,6 +254,16 @@ class LocalControlPlane:
                 "status stored at revision %s", updated.resource_version, extra={"resource": key}
             )
             self._apply(key, updated, int(updated.resource_version))
+
+    async def adopt(self, key: str) -> None:
+        """Read `key` back after this process wrote it (create, update, delete), so `get` sees
+        the write at once and `on_change` announces it (the journal echo then finds it equal)."""
+        try:
+            as_of = await asyncio.to_thread(self.store.revision)
+            loaded = await asyncio.to_thread(self.store.load, key)
+        except OSError as exc:
+            raise TransientError(f"cannot read back {key}: {exc}") from exc
+        self._apply(key, loaded, as_of)
 
     async def emit_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
         namespace, _, name = key.partition("/")

@@ -33,6 +33,7 @@ re-reads only the small status file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -44,7 +45,7 @@ from typing import Final
 
 import yaml
 
-from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.controlplane.base import OwnerRef, Resource
 from devicefabric.bridge.controlplane.manifests import Manifest
 from devicefabric.bridge.controlplane.resourcedoc import (
     Outcome,
@@ -54,8 +55,8 @@ from devicefabric.bridge.controlplane.resourcedoc import (
     resource_bytes,
     to_int,
 )
-from devicefabric.bridge.errors import NotFoundError
-from devicefabric.config.names import is_object_key
+from devicefabric.bridge.errors import ConflictError, NotFoundError
+from devicefabric.config.names import is_device_name, is_object_key
 from devicefabric.runtime.files import atomic_write, fsync_dir, stage
 
 log = logging.getLogger("devicefabric.bridge.localstore")
@@ -91,8 +92,14 @@ def _append(path: Path, data: bytes) -> int:
 class LocalStore:
     """DeviceProcess resources, status and Events as files under `root` (see module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, cluster_scoped: bool = False, kind: str = "deviceprocess"
+    ) -> None:
+        """`cluster_scoped`: keys are bare names and files `resources/<name>.yaml` (Devices);
+        `kind` names the objects in errors."""
         self.root = root
+        self.cluster_scoped = cluster_scoped
+        self.kind = kind
         self.resources_dir = root / "resources"
         self.status_dir = root / "status"
         self.journal_path = root / "changes.log"
@@ -123,6 +130,46 @@ class LocalStore:
             if writes:
                 self._commit(writes, rev - len(writes) + 1)
             return results
+
+    def create(self, manifest: Manifest) -> None:
+        """Create `manifest`'s object; `ConflictError` when it exists (the bridge's writes: a
+        Device on first birth, a set's process), so nothing an operator wrote is overwritten."""
+        with self._locked():
+            if os.path.exists(self._file(self.resources_dir, manifest.key, ".yaml")):  # noqa: PTH110
+                raise ConflictError(f"{self.kind} {manifest.key} already exists")
+            doc, _ = next_document(None, manifest)
+            rev = self.revision() + 1
+            metadata = doc["metadata"]
+            assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
+            metadata["resourceVersion"] = str(rev)
+            self._commit([(manifest.key, doc)], rev)
+
+    def update(self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]) -> None:
+        """Replace the spec and labels of `key`, keeping its other metadata (annotations, owners);
+        `NotFoundError` when it does not exist. Unchanged: nothing is written."""
+        with self._locked():
+            old = self._read_yaml(self._resource_path(key))
+            meta = old.get("metadata") if old else None
+            if old is None or not isinstance(meta, dict):
+                raise NotFoundError(f"{self.kind} {key} not found")
+            namespace, _, name = key.rpartition("/")
+            notes = meta.get("annotations")
+            manifest = Manifest(
+                namespace,
+                name,
+                dict(spec),
+                dict(labels),
+                {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {},
+                kind=str(old.get("kind", "")),
+            )
+            doc, outcome = next_document(old, manifest)
+            if outcome == "unchanged":
+                return
+            rev = self.revision() + 1
+            metadata = doc["metadata"]
+            assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
+            metadata["resourceVersion"] = str(rev)
+            self._commit([(key, doc)], rev)
 
     def _commit(self, writes: Sequence[tuple[str, dict[str, object]]], first_rev: int) -> None:
         """All of `writes` or none: every file is staged (written and synced under a temp name)
@@ -174,7 +221,7 @@ class LocalStore:
         with self._locked():
             current = self.load(key)
             if current is None:
-                raise NotFoundError(f"deviceprocess {key} not found")
+                raise NotFoundError(f"{self.kind} {key} not found")
             merged = merge_patch(current.status, patch)
             if merged == current.status:
                 return None
@@ -183,16 +230,7 @@ class LocalStore:
             doc = {"resourceVersion": str(rev), "status": merged}
             atomic_write(self._status_path(key), json_bytes(doc, indent=2))
             self._journal([key], rev)
-            return Resource(
-                namespace=current.namespace,
-                name=current.name,
-                uid=current.uid,
-                generation=current.generation,
-                resource_version=str(rev),
-                spec=current.spec,
-                status=merged,
-                creation_timestamp=current.creation_timestamp,
-            )
+            return dataclasses.replace(current, resource_version=str(rev), status=merged)
 
     def append_event(self, event: Mapping[str, object]) -> None:
         """Append one Event line; the file is rotated to `events.jsonl.1` past EVENTS_MAX_BYTES."""
@@ -212,6 +250,8 @@ class LocalStore:
         """Keys of every stored resource, sorted."""
         if not self.resources_dir.is_dir():
             return []
+        if self.cluster_scoped:
+            return self._list_names()
         found: list[str] = []
         for ns_dir in self.resources_dir.iterdir():
             if not ns_dir.is_dir() or ns_dir.name.startswith("."):
@@ -222,6 +262,17 @@ class LocalStore:
                     found.append(key)
                 elif not path.name.startswith("."):  # temp files of atomic writes start with "."
                     log.warning("ignoring %s: not <namespace>/<object name>.yaml", path)
+        return sorted(found)
+
+    def _list_names(self) -> list[str]:
+        """Keys of a cluster-scoped store: `resources/<name>.yaml`."""
+        found: list[str] = []
+        for path in self.resources_dir.glob("*.yaml"):
+            name = path.name.removesuffix(".yaml")
+            if is_device_name(name):
+                found.append(name)
+            elif not path.name.startswith("."):
+                log.warning("ignoring %s: not <device name>.yaml", path)
         return sorted(found)
 
     def load(self, key: str) -> Resource | None:
@@ -236,7 +287,9 @@ class LocalStore:
             return None
         meta = doc.get("metadata")
         spec = doc.get("spec")
-        namespace, _, name = key.partition("/")
+        namespace, _, name = key.rpartition("/")
+        if spec is None and self.cluster_scoped:
+            spec = {}
         if not isinstance(meta, dict) or not isinstance(spec, dict):
             log.warning("skipping %s: no metadata or spec", key, extra={"resource": key})
             return None
@@ -254,6 +307,8 @@ class LocalStore:
             spec=spec,
             status=status if isinstance(status, dict) else {},
             creation_timestamp=str(meta.get("creationTimestamp", "")),
+            labels=_labels(meta.get("labels")),
+            owners=_owners(meta.get("ownerReferences")),
         )
 
     def load_all(self) -> dict[str, Resource]:
@@ -335,9 +390,9 @@ class LocalStore:
 
     @staticmethod
     def _file(directory: Path, key: str, suffix: str) -> str:
-        """`directory/<namespace>/<name><suffix>` as a str (the read path of `load`)."""
-        namespace, _, name = key.partition("/")
-        return f"{directory}/{namespace}/{name}{suffix}"
+        """`directory/<namespace>/<name><suffix>` (`directory/<name><suffix>` for a cluster-scoped
+        key) as a str (the read path of `load`)."""
+        return f"{directory}/{key}{suffix}"
 
     def _resource_path(self, key: str) -> Path:
         return Path(self._file(self.resources_dir, key, ".yaml"))
@@ -411,3 +466,19 @@ class LocalStore:
 def _read_text(path: Path | str) -> str:
     with open(path, encoding="utf-8") as fh:  # noqa: PTH123 - str paths on the hot read path
         return fh.read()
+
+
+def _labels(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _owners(value: object) -> tuple[OwnerRef, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        OwnerRef(str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")))
+        for ref in value
+        if isinstance(ref, dict)
+    )

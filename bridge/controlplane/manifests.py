@@ -25,12 +25,14 @@ from typing import Final
 import yaml
 from pydantic import ValidationError
 
-from devicefabric.config.errors import ConfigError
+from devicefabric.config.errors import ConfigError, InvalidDeviceNameError
+from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, DeviceProcessSetSpec
 from devicefabric.config.names import (
     MAX_OBJECT_NAME,
     NAMESPACE_PATTERN,
     OBJECT_NAME_PATTERN,
     RESERVED_NAMES,
+    validate_device,
 )
 from devicefabric.config.resource import API_VERSION, KIND, DeviceProcessSpec
 from devicefabric.config.validation import describe
@@ -51,6 +53,8 @@ _SERVER_METADATA: Final = frozenset(
         "finalizers",
     }
 )
+KINDS: Final = {KIND: "deviceprocess", SET_KIND: "deviceprocessset", DEVICE_KIND: "device"}
+"""The kinds `apply` takes, with the lowercase name messages use."""
 _TOP_LEVEL: Final = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
 _OBJECT_RE: Final = re.compile(OBJECT_NAME_PATTERN)
@@ -80,23 +84,26 @@ class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc, valid-type]  # yaml's
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """One validated DeviceProcess as the user wrote it (minus server-managed fields)."""
+    """One validated object as the user wrote it (minus server-managed fields): a DeviceProcess,
+    a DeviceProcessSet, or a Device (cluster-scoped: namespace "", key = name)."""
 
     namespace: str
     name: str
     spec: dict[str, object]
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    kind: str = KIND
+    owners: tuple[dict[str, object], ...] = ()  # ownerReferences (written by the bridge only)
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
 def parse_manifests(
     text: str, source: str = "<stdin>", namespace: str | None = None
 ) -> list[Manifest]:
-    """Every DeviceProcess in `text`, validated; `ConfigError` naming the wrong field otherwise.
+    """Every DeviceProcess, DeviceProcessSet and Device in `text`, validated; `ConfigError` naming the wrong field otherwise.
 
     `namespace` (from `-n`) fills in documents without `metadata.namespace`; a document whose
     namespace differs from it is refused, as kubectl does.
@@ -121,9 +128,10 @@ def parse_manifests(
     seen: set[str] = set()
     for where, doc in items:
         manifest = _parse_one(doc, f"{source}: {where}", namespace)
-        if manifest.key in seen:
-            raise ConfigError(f"{source}: {where}: deviceprocess {manifest.key} appears twice")
-        seen.add(manifest.key)
+        ident = f"{KINDS[manifest.kind]} {manifest.key}"
+        if ident in seen:
+            raise ConfigError(f"{source}: {where}: {ident} appears twice")
+        seen.add(ident)
         manifests.append(manifest)
     return manifests
 
@@ -156,16 +164,46 @@ def _parse_one(doc: object, where: str, default_ns: str | None) -> Manifest:
         raise ConfigError(
             f"{where}: apiVersion: expected {API_VERSION!r}, got {_short(doc.get('apiVersion'))!r}"
         )
-    if doc.get("kind") != KIND:
-        raise ConfigError(f"{where}: kind: expected {KIND!r}, got {_short(doc.get('kind'))!r}")
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(
+            f"{where}: kind: expected one of {', '.join(map(repr, KINDS))}, got {_short(kind)!r}"
+        )
     for key in doc:
         if key not in _TOP_LEVEL:
             raise ConfigError(f"{where}: {_short(key)}: unknown field")
-    name, namespace, labels, annotations = _metadata(doc.get("metadata"), where, default_ns)
-    where = f"{where} (deviceprocess/{name})"
+    singular = KINDS[kind]
+    cluster = kind == DEVICE_KIND
+    name, namespace, labels, annotations = _metadata(
+        doc.get("metadata"), where, default_ns, singular, cluster=cluster
+    )
+    where = f"{where} ({singular}/{name})"
     spec = doc.get("spec")
+    if cluster:
+        _check_device(name, spec, where)
+        return Manifest("", name, {}, labels, annotations, kind=DEVICE_KIND)
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: spec: required, a mapping with deviceName and command")
+        what = "a template" if kind == SET_KIND else "deviceName and command"
+        raise ConfigError(f"{where}: spec: required, a mapping with {what}")
+    if kind == SET_KIND:
+        try:
+            set_spec = DeviceProcessSetSpec.model_validate(spec)
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {describe(exc, root='spec')}") from None
+        return Manifest(namespace, name, set_spec.to_wire(), labels, annotations, kind=SET_KIND)
+    return Manifest(namespace, name, _process_spec(spec, where), labels, annotations)
+
+
+def _check_device(name: str, spec: object, where: str) -> None:
+    if spec not in (None, {}):
+        raise ConfigError(f"{where}: spec: a Device has no spec fields (its labels select it)")
+    try:
+        validate_device(name)
+    except InvalidDeviceNameError as exc:
+        raise ConfigError(f"{where}: metadata.name: {exc}") from None
+
+
+def _process_spec(spec: dict[str, object], where: str) -> dict[str, object]:
     try:
         model = DeviceProcessSpec.model_validate(spec)
     except ValidationError as exc:
@@ -174,29 +212,38 @@ def _parse_one(doc: object, where: str, default_ns: str | None) -> Manifest:
         raise ConfigError(
             f"{where}: spec.deviceName: {model.device_name!r} is reserved for a fabric role user"
         )
-    return Manifest(namespace, name, model.to_wire(), labels, annotations)
+    return model.to_wire()
 
 
 def _metadata(
-    meta: object, where: str, default_ns: str | None
+    meta: object, where: str, default_ns: str | None, singular: str, *, cluster: bool = False
 ) -> tuple[str, str, dict[str, str], dict[str, str]]:
-    """`(name, namespace, labels, annotations)` of a document's metadata, validated."""
+    """`(name, namespace, labels, annotations)` of a document's metadata, validated (a
+    cluster-scoped object's namespace is "")."""
     if not isinstance(meta, dict):
         raise ConfigError(f"{where}: metadata: required, a mapping with at least a name")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: metadata.name: required, a non-empty string")
     validate_name(name, f"{where}: metadata.name")
-    where = f"{where} (deviceprocess/{name})"
-    namespace = meta.get("namespace", default_ns or DEFAULT_NAMESPACE)
-    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
-        raise ConfigError(
-            f"{where}: metadata.namespace: {_short(namespace)!r} is not a DNS-1123 label"
-        )
-    if default_ns is not None and namespace != default_ns:
-        raise ConfigError(
-            f"{where}: metadata.namespace: {namespace!r} does not match --namespace {default_ns!r}"
-        )
+    where = f"{where} ({singular}/{name})"
+    if cluster:
+        if "namespace" in meta:
+            raise ConfigError(
+                f"{where}: metadata.namespace: a {singular} is cluster-scoped (no namespace)"
+            )
+        namespace = ""
+    else:
+        namespace = meta.get("namespace", default_ns or DEFAULT_NAMESPACE)
+        if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+            raise ConfigError(
+                f"{where}: metadata.namespace: {_short(namespace)!r} is not a DNS-1123 label"
+            )
+        if default_ns is not None and namespace != default_ns:
+            raise ConfigError(
+                f"{where}: metadata.namespace: {namespace!r} does not match --namespace "
+                f"{default_ns!r}"
+            )
     for key in meta:
         if key not in {"name", "namespace", "labels", "annotations"} | _SERVER_METADATA:
             raise ConfigError(f"{where}: metadata.{_short(key)}: unknown field")

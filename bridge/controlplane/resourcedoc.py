@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from devicefabric.bridge.controlplane.manifests import Manifest
-from devicefabric.config.resource import API_VERSION, KIND
+from devicefabric.config.resource import API_VERSION
 from devicefabric.runtime.clock import rfc3339
 
 Outcome = Literal["created", "configured", "unchanged"]
@@ -42,7 +42,7 @@ def next_document(
     if old is None or not isinstance(old_meta, dict):
         meta: dict[str, object] = {
             "name": manifest.name,
-            "namespace": manifest.namespace,
+            **({"namespace": manifest.namespace} if manifest.namespace else {}),
             "uid": str(uuid.uuid4()),
             "generation": 1,
             "creationTimestamp": rfc3339(),
@@ -64,9 +64,11 @@ def next_document(
             meta[field_name] = dict(value)
         else:
             meta.pop(field_name, None)
+    if manifest.owners:  # set by the bridge only (a set's processes); `apply` keeps what is there
+        meta["ownerReferences"] = [dict(ref) for ref in manifest.owners]
     doc: dict[str, object] = {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": manifest.kind,
         "metadata": meta,
         "spec": manifest.spec,
     }

@@ -1,0 +1,165 @@
+"""The fleet kinds in Kubernetes: Devices and DeviceProcessSets informed, and the fleet's writes.
+
+`KubeFleet` implements `controlplane.base.FleetPlane`. `run_fleet` runs two `Informer`s, Devices
+(cluster-scoped) and DeviceProcessSets (all namespaces, or `--namespace`), and sets
+`fleet_synced` once both listed. Writes (each one HTTP request, errors mapped by `kube_client`):
+
+- `create_device`: POST of a bare Device (the operator's labels come with an operator's create
+  or `kubectl label`); 409 AlreadyExists is `ConflictError`.
+- `patch_device_status` / `patch_set_status`: merge-patch of the `/status` subresource.
+- `create_process`: POST of a DeviceProcess with an ownerReference to its set (`controller: true`;
+  Kubernetes' garbage collector deletes it with the set, so `collects_garbage` is True);
+  `update_process`: merge-patch of `spec` and `metadata.labels`; `delete_process`: DELETE (404 is
+  done). The answers are adopted into the DeviceProcess informer's cache at once and announced
+  through its `on_change`, so the next reconcile sees them, and their watch echoes are no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from devicefabric.bridge.controlplane.base import OwnerRef, Resource
+from devicefabric.bridge.controlplane.kube_client import MERGE_PATCH, KubeClient
+from devicefabric.bridge.controlplane.kube_informing import Informer
+from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.errors import NotFoundError
+from devicefabric.config.fleet import DEVICE_KIND, DEVICE_PLURAL, SET_KIND, SET_PLURAL
+from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+
+def collection(plural: str, namespace: str | None) -> str:
+    """The URL of a collection of our group (`namespace` None: cluster-wide, or all namespaces)."""
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"/apis/{GROUP}/{VERSION}{scope}/{plural}"
+
+
+def _split(key: str) -> tuple[str, str]:
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
+class KubeFleet:
+    """Devices and DeviceProcessSets in a Kubernetes API server; see the module doc."""
+
+    def __init__(self, client: KubeClient, settings: KubeSettings, processes: Informer) -> None:
+        self._client = client
+        self._processes = processes
+        self._devices = Informer(client, settings, collection(DEVICE_PLURAL, None), "devices")
+        self._sets = Informer(
+            client, settings, collection(SET_PLURAL, settings.namespace), "deviceprocesssets"
+        )
+        self._synced = asyncio.Event()
+
+    @property
+    def fleet_synced(self) -> asyncio.Event:
+        return self._synced
+
+    @property
+    def collects_garbage(self) -> bool:
+        return True
+
+    async def run_fleet(self, on_change: Callable[[str, str], None]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                self._devices.run(lambda key: on_change(DEVICE_KIND, key)), name="kube-devices"
+            )
+            tg.create_task(
+                self._sets.run(lambda key: on_change(SET_KIND, key)), name="kube-deviceprocesssets"
+            )
+            await self._devices.synced.wait()
+            await self._sets.synced.wait()
+            self._synced.set()
+
+    def device(self, name: str) -> Resource | None:
+        return self._devices.cache.get(name)
+
+    def devices(self) -> Iterable[Resource]:
+        return list(self._devices.cache.values())
+
+    def process_set(self, key: str) -> Resource | None:
+        return self._sets.cache.get(key)
+
+    def process_sets(self) -> Iterable[Resource]:
+        return list(self._sets.cache.values())
+
+    async def create_device(self, name: str) -> None:
+        body = {"apiVersion": API_VERSION, "kind": DEVICE_KIND, "metadata": {"name": name}}
+        answer = await self._client.call("POST", collection(DEVICE_PLURAL, None), body=body)
+        self._devices.written(name, answer)
+
+    async def patch_device_status(self, name: str, patch: Mapping[str, object]) -> None:
+        before = self._devices.cache.get(name)
+        path = f"{collection(DEVICE_PLURAL, None)}/{name}/status"
+        answer = await self._client.call(
+            "PATCH", path, body={"status": plain(patch)}, content_type=MERGE_PATCH
+        )
+        self._devices.adopt(name, before, answer)
+
+    async def patch_set_status(self, key: str, patch: Mapping[str, object]) -> None:
+        namespace, name = _split(key)
+        before = self._sets.cache.get(key)
+        path = f"{collection(SET_PLURAL, namespace)}/{name}/status"
+        answer = await self._client.call(
+            "PATCH", path, body={"status": plain(patch)}, content_type=MERGE_PATCH
+        )
+        self._sets.adopt(key, before, answer)
+
+    async def create_process(
+        self,
+        namespace: str,
+        name: str,
+        spec: Mapping[str, object],
+        labels: Mapping[str, str],
+        owner: OwnerRef,
+    ) -> None:
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(labels),
+                "ownerReferences": [
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": owner.kind,
+                        "name": owner.name,
+                        "uid": owner.uid,
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": plain(spec),
+        }
+        answer = await self._client.call("POST", collection(PLURAL, namespace), body=body)
+        self._processes.written(f"{namespace}/{name}", answer)
+
+    async def update_process(
+        self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]
+    ) -> None:
+        namespace, name = _split(key)
+        cached = self._processes.cache.get(key)
+        gone = {k: None for k in (cached.spec if cached is not None else {}) if k not in spec}
+        body = {"metadata": {"labels": dict(labels)}, "spec": {**plain(spec), **gone}}
+        answer = await self._client.call(
+            "PATCH", f"{collection(PLURAL, namespace)}/{name}", body=body, content_type=MERGE_PATCH
+        )
+        self._processes.written(key, answer)
+
+    async def delete_process(self, key: str) -> None:
+        namespace, name = _split(key)
+        with contextlib.suppress(NotFoundError):  # gone already: done
+            await self._client.call("DELETE", f"{collection(PLURAL, namespace)}/{name}")
+        self._processes.written(key, None)
+
+
+def plain(value: object) -> Any:
+    """Mappings and sequences as JSON-ready dicts and lists (the client serializes only those)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

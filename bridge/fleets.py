@@ -1,0 +1,331 @@
+"""The fleet controller: Devices (inventory) and DeviceProcessSets (rollouts) on the write queue.
+
+Its keys share the bridge's one keyed, rate-limited work queue with the DeviceProcess keys:
+`device:<name>` and `set:<namespace>/<name>` (a DeviceProcess key has no `:`), so every write it
+makes (a Device create or status patch, a set's process create/switch/delete, a set status patch)
+takes a token of the same global budget. Both reconciles are level-based:
+
+- `device:<name>`: create the Device on a birth when it is missing (`inventory.should_create`),
+  else patch its status to what the tracker and the process index say (`inventory`), only where
+  it differs. Queued by births and transitions, by changes of the processes targeting the device,
+  and by changes of the Device object itself.
+- `set:<ns>/<name>`: `rolling.plan_set` over the Devices the selector matches and the processes the
+  set owns (by ownerReference uid, kept in an index fed by the DeviceProcess informer), then the
+  writes it plans, then the status once no write was needed (the status describes a settled
+  state, so a pass that wrote is followed by one that reads it back). Queued by changes of the
+  set, of any Device, of any owned process (including its status, written by the bridge), and by
+  every device transition (availability moves with connectivity).
+
+Invariants: nothing is written unless `may_write` (the leader, or the shard's holder: a device by
+its name, a set by its key); a deleted set's processes are deleted here only where the store does
+not collect garbage itself (local); a restart with everything settled writes nothing (every
+status is compared with what is stored; availability of a device the bridge has not confirmed yet
+falls back to the stored `AgentConnected` of its process).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+from pydantic import ValidationError
+
+from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane, OwnerRef, Resource
+from devicefabric.bridge.errors import ConflictError
+from devicefabric.bridge.inventory import plan_device_status, should_create
+from devicefabric.bridge.mirroring import ResourceIndex
+from devicefabric.bridge.queueing import Outcome
+from devicefabric.bridge.rolling import Owned, SetPlan, SetView, is_available, plan_set
+from devicefabric.bridge.statuses import parse_conditions
+from devicefabric.bridge.tracking import DeviceTracker
+from devicefabric.config.fleet import (
+    DEVICE_KIND,
+    SET_CONDITION_STATUS,
+    SET_KIND,
+    SET_LABEL,
+    SET_MESSAGES,
+    TEMPLATE_HASH_LABEL,
+    DeviceProcessSetSpec,
+    owned_name,
+    selector_matches,
+    template_hash,
+)
+from devicefabric.config.resource import AGENT_CONNECTED, Condition, Reason, set_condition
+from devicefabric.runtime.clock import rfc3339
+
+log = logging.getLogger("devicefabric.bridge.fleets")
+
+DEVICE_PREFIX: Final = "device:"
+SET_PREFIX: Final = "set:"
+
+
+def is_fleet_key(key: str) -> bool:
+    return ":" in key
+
+
+class FleetController:
+    """Reconciles `device:` and `set:` keys; see the module doc."""
+
+    def __init__(
+        self,
+        fleet: FleetPlane,
+        processes: ControlPlane,
+        tracker: DeviceTracker,
+        index: ResourceIndex,
+        *,
+        acquire: Callable[[], Awaitable[None]],
+        enqueue: Callable[[str], None],
+    ) -> None:
+        self.fleet = fleet
+        self.processes = processes
+        self.tracker = tracker
+        self.index = index
+        self.acquire = acquire  # one token of the global write budget, before each write
+        self.enqueue = enqueue
+        self._created: dict[str, str] = {}  # device -> the session its Device was created for
+        self._labels: dict[str, dict[str, str]] = {}  # device -> labels last seen
+        self._owned: dict[str, dict[str, str]] = {}  # set uid -> device -> process key
+        self._owner_of: dict[str, tuple[str, str]] = {}  # process key -> (set uid, device)
+        self.writes = 0  # writes made (creates, updates, deletes, status patches)
+
+    # -- what queues keys -----------------------------------------------------------------------
+    def all_keys(self) -> list[str]:
+        devices = {d.name for d in self.fleet.devices()} | set(self.tracker.names())
+        sets = [SET_PREFIX + s.key for s in self.fleet.process_sets()]
+        return [DEVICE_PREFIX + d for d in sorted(devices)] + sets
+
+    def _sets(self) -> None:
+        for s in self.fleet.process_sets():
+            self.enqueue(SET_PREFIX + s.key)
+
+    def on_fleet(self, kind: str, key: str) -> None:
+        """A Device or a DeviceProcessSet changed (the fleet informer)."""
+        if kind == SET_KIND:
+            self.enqueue(SET_PREFIX + key)
+            return
+        if kind != DEVICE_KIND:
+            return
+        device = self.fleet.device(key)
+        labels = dict(device.labels) if device is not None else {}
+        if self._labels.get(key) != labels:
+            self._labels[key] = labels
+            self._sets()  # a selector may match it now, or no longer
+        self.enqueue(DEVICE_PREFIX + key)
+
+    def on_device(self, name: str, *, transition: bool) -> None:
+        """A birth, will or timeout of `name` (the tracker)."""
+        self.enqueue(DEVICE_PREFIX + name)
+        if transition:
+            self._sets()
+
+    def on_process(self, key: str, resource: Resource | None, devices: Iterable[str]) -> None:
+        """A DeviceProcess changed (`devices`: whose process count may have moved)."""
+        for device in devices:
+            self.enqueue(DEVICE_PREFIX + device)
+        previous = self._owner_of.pop(key, None)
+        if previous is not None:
+            owned = self._owned.get(previous[0], {})
+            if owned.get(previous[1]) == key:
+                del owned[previous[1]]
+        owner = _set_owner(resource) if resource is not None else None
+        if owner is not None and resource is not None and resource.device is not None:
+            self._owned.setdefault(owner.uid, {})[resource.device] = key
+            self._owner_of[key] = (owner.uid, resource.device)
+        for uid in {previous[0] if previous else None, owner.uid if owner else None} - {None}:
+            self._enqueue_set_by_uid(str(uid), resource)
+
+    def on_status_written(self, key: str) -> None:
+        """The bridge wrote a process's status (availability may have moved)."""
+        owner = self._owner_of.get(key)
+        if owner is not None:
+            self._enqueue_set_by_uid(owner[0], self.processes.get(key))
+
+    def _enqueue_set_by_uid(self, uid: str, resource: Resource | None) -> None:
+        if resource is not None:
+            for ref in resource.owners:
+                if ref.uid == uid and ref.kind == SET_KIND:
+                    self.enqueue(f"{SET_PREFIX}{resource.namespace}/{ref.name}")
+                    return
+        for s in self.fleet.process_sets():  # the process is gone: find its set by uid
+            if s.uid == uid:
+                self.enqueue(SET_PREFIX + s.key)
+
+    # -- reconcile ------------------------------------------------------------------------------
+    async def reconcile(self, key: str) -> Outcome:
+        if key.startswith(DEVICE_PREFIX):
+            return await self._device(key.removeprefix(DEVICE_PREFIX))
+        return await self._set(key.removeprefix(SET_PREFIX))
+
+    async def _write(self, what: Awaitable[None]) -> None:
+        await self.acquire()
+        await what
+        self.writes += 1
+
+    async def _device(self, name: str) -> Outcome:
+        if not self.processes.may_write(name):
+            return Outcome.DONE
+        known = self.tracker.get(name)
+        obj = self.fleet.device(name)
+        if obj is None:
+            if known is None or not should_create(known, self._created.get(name), exists=False):
+                return Outcome.DONE
+            self._created[name] = known.session or ""
+            try:
+                await self._write(self.fleet.create_device(name))
+            except ConflictError:
+                return Outcome.DONE  # an operator's, listed soon: its status follows then
+            log.info("device created", extra={"device": name})
+            self.enqueue(DEVICE_PREFIX + name)  # its status, once it is in the cache
+            return Outcome.WROTE
+        processes = len(self.index.keys_of(name))
+        patch = plan_device_status(known, processes, obj.status, rfc3339())
+        if patch is None:
+            return Outcome.DONE
+        await self._write(self.fleet.patch_device_status(name, patch))
+        log.info("device status written (%s)", ", ".join(sorted(patch)), extra={"device": name})
+        return Outcome.WROTE
+
+    async def _set(self, key: str) -> Outcome:
+        if not self.processes.may_write(SET_PREFIX + key):
+            return Outcome.DONE
+        obj = self.fleet.process_set(key)
+        if obj is None:
+            return await self._collect(key)
+        try:
+            spec = DeviceProcessSetSpec.model_validate(obj.spec)
+        except ValidationError as exc:  # the CRD schema and `apply` validate; a guard only
+            log.warning("invalid DeviceProcessSet spec: %s", exc, extra={"resource": key})
+            return Outcome.DONE
+        view = self._view(obj, spec)
+        plan = plan_set(view)
+        wrote = await self._carry_out(obj, spec, view, plan)
+        if wrote:
+            return Outcome.WROTE  # the status follows on the pass the writes queue
+        patch = _set_status_patch(obj, plan, rfc3339())
+        if patch is None:
+            return Outcome.DONE
+        await self._write(self.fleet.patch_set_status(key, patch))
+        log.info(
+            "set status written: %s", " ".join(f"{k}={v}" for k, v in plan.counts.items()),
+            extra={"resource": key, "reason": plan.progressing.value},
+        )  # fmt: skip
+        return Outcome.WROTE
+
+    def _view(self, obj: Resource, spec: DeviceProcessSetSpec) -> SetView:
+        selected = [
+            d.name for d in self.fleet.devices() if selector_matches(spec.selector, d.labels)
+        ]
+        owned: dict[str, Owned] = {}
+        for device, pkey in self._owned.get(obj.uid, {}).items():
+            process = self.processes.get(pkey)
+            if process is None:
+                continue
+            status = process.status
+            owned[device] = Owned(
+                key=pkey,
+                device=device,
+                template_hash=process.labels.get(TEMPLATE_HASH_LABEL, ""),
+                available=is_available(
+                    status.get("phase"),
+                    status.get("observedGeneration"),
+                    process.generation,
+                    self._connected(device, process),
+                ),
+            )
+        conflicts = [
+            d
+            for d in selected
+            if d not in owned
+            and self.processes.get(f"{obj.namespace}/{owned_name(obj.name, d)}") is not None
+        ]
+        return SetView(spec, template_hash(spec.template), selected, owned, conflicts)
+
+    def _connected(self, device: str, process: Resource) -> bool:
+        known = self.tracker.get(device)
+        if known is not None and known.reason is not None:
+            return known.reason is Reason.CONNECTED
+        for cond in parse_conditions(process.status.get("conditions")):
+            if cond.type == AGENT_CONNECTED:
+                return cond.status == "True"
+        return False
+
+    async def _carry_out(
+        self, obj: Resource, spec: DeviceProcessSetSpec, view: SetView, plan: SetPlan
+    ) -> bool:
+        labels = {SET_LABEL: obj.name, TEMPLATE_HASH_LABEL: view.template_hash}
+        owner = OwnerRef(SET_KIND, obj.name, obj.uid)
+        wrote = False
+        for device in plan.create:
+            name = owned_name(obj.name, device)
+            try:
+                await self._write(
+                    self.fleet.create_process(
+                        obj.namespace, name, spec.template.for_device(device), labels, owner
+                    )
+                )
+            except ConflictError:
+                continue  # taken meanwhile: a conflict on the next pass
+            wrote = True
+            log.info(
+                "process created for %s", device, extra={"resource": obj.key, "device": device}
+            )
+        for device in plan.update:
+            pkey = view.owned[device].key
+            await self._write(
+                self.fleet.update_process(pkey, spec.template.for_device(device), labels)
+            )
+            wrote = True
+            log.info("process %s switched to the current template", pkey,
+                     extra={"resource": obj.key, "device": device})  # fmt: skip
+        for pkey in plan.delete:
+            await self._write(self.fleet.delete_process(pkey))
+            wrote = True
+            log.info("process %s deleted: its device is no longer selected", pkey,
+                     extra={"resource": obj.key})  # fmt: skip
+        return wrote
+
+    async def _collect(self, key: str) -> Outcome:
+        """The set is gone: without a garbage collector, delete what it owned."""
+        if self.fleet.collects_garbage:
+            return Outcome.DROP
+        namespace, _, name = key.partition("/")
+        live = {s.uid for s in self.fleet.process_sets()}
+        orphans = [
+            pkey
+            for uid, owned in self._owned.items()
+            if uid not in live
+            for pkey in owned.values()
+            if pkey.startswith(namespace + "/")
+            and (p := self.processes.get(pkey)) is not None
+            and p.labels.get(SET_LABEL) == name
+        ]
+        for pkey in orphans:
+            await self._write(self.fleet.delete_process(pkey))
+            log.info("process %s deleted with its set", pkey, extra={"resource": key})
+        return Outcome.WROTE if orphans else Outcome.DROP
+
+
+def _set_owner(resource: Resource) -> OwnerRef | None:
+    return next((ref for ref in resource.owners if ref.kind == SET_KIND), None)
+
+
+def _set_status_patch(obj: Resource, plan: SetPlan, now: str) -> dict[str, object] | None:
+    stored = obj.status
+    want: dict[str, object] = dict(plan.counts)
+    want["observedGeneration"] = obj.generation
+    conditions: list[Condition] = parse_conditions(stored.get("conditions"))
+    for ctype, reason in plan.conditions:
+        conditions = set_condition(
+            conditions,
+            Condition(
+                type=ctype,
+                status=SET_CONDITION_STATUS[reason],
+                reason=reason.value,
+                message=SET_MESSAGES[reason],
+                last_transition_time=now,
+            ),
+        )
+    want["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
+    patch = {k: v for k, v in want.items() if stored.get(k) != v}
+    return patch or None
