@@ -27,10 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from devicefabric.bridge import fleetverbs
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.errors import NotFoundError, StateDirError
+from devicefabric.bridge.fleetverbs import SINGULAR
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.resource import AGENT_CONNECTED, SYNCED
+from devicefabric.config.fleet import DEVICE_KIND
+from devicefabric.config.resource import AGENT_CONNECTED, KIND, SYNCED
 from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
 from devicefabric.runtime.clock import parse_rfc3339
 
@@ -46,7 +49,9 @@ _MESSAGE_WIDTH: Final = 60
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    apply = sub.add_parser("apply", help="create or update DeviceProcesses from YAML files")
+    apply = sub.add_parser(
+        "apply", help="create or update DeviceProcesses, DeviceProcessSets and Devices from YAML"
+    )
     apply.add_argument(
         "-f",
         "--filename",
@@ -59,7 +64,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apply.set_defaults(func=run_apply)
 
     delete = sub.add_parser("delete", help="delete DeviceProcesses (the device stops them)")
-    delete.add_argument("names", nargs="*", metavar="NAME", help="DeviceProcess names")
+    delete.add_argument(
+        "names", nargs="*", metavar="[TYPE] NAME", help="names (a type first: dev, dpset, dproc)"
+    )
     delete.add_argument(
         "-f", "--filename", action="append", metavar="FILE", help="delete what FILE defines"
     )
@@ -69,8 +76,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(delete)
     delete.set_defaults(func=run_delete)
 
-    get = sub.add_parser("get", help="show DeviceProcesses: Device, Phase, Connected, ...")
-    get.add_argument("names", nargs="*", metavar="NAME", help="only these DeviceProcesses")
+    get = sub.add_parser(
+        "get", help="show DeviceProcesses (or `get devices`, `get dpset`): Device, Phase, ..."
+    )
+    get.add_argument(
+        "names",
+        nargs="*",
+        metavar="[TYPE] NAME",
+        help="a type first (devices|dev, dpset, dproc; default dproc), then only these names",
+    )
     get.add_argument(
         "-o", "--output", choices=("wide", "yaml", "json"), help="output format (default: table)"
     )
@@ -112,9 +126,10 @@ def _read_manifests(paths: Sequence[str], namespace: str | None) -> list[Manifes
             manifests.extend(parse_manifests(text, source, namespace))
     seen: set[str] = set()
     for manifest in manifests:
-        if manifest.key in seen:
-            raise ConfigError(f"deviceprocess {manifest.key} is defined more than once")
-        seen.add(manifest.key)
+        ident = f"{SINGULAR[manifest.kind]} {manifest.key}"
+        if ident in seen:
+            raise ConfigError(f"{ident} is defined more than once")
+        seen.add(ident)
     return manifests
 
 
@@ -151,13 +166,25 @@ def _namespace(args: argparse.Namespace) -> str:
 def run_apply(args: argparse.Namespace) -> int:
     namespace = _namespace(args) if args.namespace is not None else None
     manifests = _read_manifests(args.filename, namespace)
+    by_kind = fleetverbs.stores(args.state_dir)
+    for kind, store in by_kind.items():  # Devices and sets first: a set's selector then matches
+        batch = [m for m in manifests if m.kind == kind]
+        if not batch or kind == KIND:
+            continue
+        _apply(args, store, batch)
+    _apply(args, by_kind[KIND], [m for m in manifests if m.kind == KIND])
+    return 0
+
+
+def _apply(args: argparse.Namespace, store: LocalStore, batch: list[Manifest]) -> None:
+    if not batch:
+        return
     try:
-        results = _store(args).apply(manifests)
+        results = store.apply(batch)
     except OSError as exc:  # a full disk, a read-only directory: one line, exit 1
         raise StateDirError(f"cannot write to {args.state_dir}: {_reason(exc)}") from exc
-    for result in results:
-        print(f"deviceprocess/{result.key.partition('/')[2]} {result.outcome}")
-    return 0
+    for manifest, result in zip(batch, results, strict=True):
+        print(f"{SINGULAR[manifest.kind]}/{manifest.name} {result.outcome}")
 
 
 def _reason(exc: OSError) -> str:
@@ -167,35 +194,42 @@ def _reason(exc: OSError) -> str:
 def run_delete(args: argparse.Namespace) -> int:
     from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
 
-    if bool(args.names) == bool(args.filename):
-        raise ConfigError("delete: give either NAME... or -f FILE")
+    kind, names = fleetverbs.resolve(args.names)
+    if bool(names) == bool(args.filename):
+        raise ConfigError("delete: give either [TYPE] NAME... or -f FILE")
     if args.filename:
         ns = _namespace(args) if args.namespace is not None else None
-        keys = [m.key for m in _read_manifests(args.filename, ns)]
+        targets = [(m.kind, m.key) for m in _read_manifests(args.filename, ns)]
     else:
-        namespace = _namespace(args)
-        keys = [f"{namespace}/{validate_name(name, 'NAME')}" for name in args.names]
-    store = _store(args)
+        namespace = "" if kind == DEVICE_KIND else _namespace(args) + "/"
+        targets = [(kind, f"{namespace}{validate_name(name, 'NAME')}") for name in names]
+    by_kind = fleetverbs.stores(args.state_dir)
     missing = []
-    for key in keys:
+    for target_kind, key in targets:
         try:
-            deleted = store.delete(key)
+            deleted = by_kind[target_kind].delete(key)
         except OSError as exc:
             raise StateDirError(f"cannot write to {args.state_dir}: {_reason(exc)}") from exc
         if deleted:
-            print(f"deviceprocess/{key.partition('/')[2]} deleted")
+            print(f"{SINGULAR[target_kind]}/{key.rpartition('/')[2]} deleted")
         else:
-            missing.append(key)
+            missing.append((target_kind, key))
     if missing and not args.ignore_not_found:
-        namespace, _, name = missing[0].partition("/")
+        target_kind, key = missing[0]
+        namespace, _, name = key.rpartition("/")
+        where = f' in namespace "{namespace}"' if namespace else ""
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise NotFoundError(f'deviceprocess "{name}" not found in namespace "{namespace}"{more}')
+        raise NotFoundError(f'{SINGULAR[target_kind]} "{name}" not found{where}{more}')
     return 0
 
 
 def run_get(args: argparse.Namespace) -> int:
     from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
 
+    kind, names = fleetverbs.resolve(args.names)
+    if kind != KIND:
+        return _get_fleet(args, kind, names)
+    args.names = names
     store = _store(args)
     if args.all_namespaces and args.names:
         raise ConfigError("get: NAME cannot be combined with --all-namespaces")
@@ -230,6 +264,28 @@ def run_get(args: argparse.Namespace) -> int:
             with_namespace=args.all_namespaces,
         )
     )
+    return 0
+
+
+def _get_fleet(args: argparse.Namespace, kind: str, names: list[str]) -> int:
+    from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
+
+    if args.watch:
+        raise ConfigError("get: --watch shows DeviceProcesses only")
+    store = fleetverbs.stores(args.state_dir)[kind]
+    if kind == DEVICE_KIND:
+        keys = [validate_name(n, "NAME") for n in names] if names else store.list_keys()
+    elif names:
+        keys = [f"{_namespace(args)}/{validate_name(n, 'NAME')}" for n in names]
+    else:
+        prefix = None if args.all_namespaces else _namespace(args) + "/"
+        keys = [k for k in store.list_keys() if prefix is None or k.startswith(prefix)]
+    resources = fleetverbs.load(store, kind, keys)
+    if args.output in ("yaml", "json"):
+        docs = (doc for key in keys if (doc := store.document(key)) is not None)
+        _print_documents(docs, args.output, single=len(names) == 1)
+        return 0
+    fleetverbs.print_table(kind, resources, with_namespace=args.all_namespaces)
     return 0
 
 

@@ -35,9 +35,11 @@ from typing import Final, Self, TextIO
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.controlplane.local import LocalControlPlane
 from devicefabric.bridge.controlplane.manifests import DEFAULT_NAMESPACE, Manifest
+from devicefabric.bridge.fleetverbs import render as render_fleet
 from devicefabric.bridge.verbs import render_table, table_row
 from devicefabric.cli.screen import MIN_LOG_ROWS, ScreenLogHandler, SplitScreen
 from devicefabric.config.credentials import device_password
+from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, DeviceProcessSetSpec
 from devicefabric.config.resource import DeviceProcessSpec, RestartPolicyName
 
 log = logging.getLogger("devicefabric.demo")
@@ -85,6 +87,34 @@ def sample_manifests(python: str = sys.executable) -> list[Manifest]:
         )
         for name, device, code, policy in samples
     ]
+
+
+_SAMPLER: Final = (
+    "import os, time\n"
+    "while True:\n"
+    "    print('sample', os.getloadavg()[0], flush=True)\n"
+    "    time.sleep(10)\n"
+)
+FLEET_LABEL: Final = "devicefabric.io/demo"
+
+
+def sample_fleet(python: str = sys.executable) -> tuple[list[Manifest], list[Manifest]]:
+    """The demo's fleet: the three demo Devices, labelled, and one DeviceProcessSet `sampler`
+    selecting all of them (so the bridge creates `sampler-demo-1`..`-3`); edit its template with
+    `apply` and watch it roll out one device at a time."""
+    devices = [
+        Manifest("", device, {}, labels={FLEET_LABEL: "true"}, kind=DEVICE_KIND)
+        for device in DEMO_DEVICES
+    ]
+    spec = DeviceProcessSetSpec.model_validate(
+        {
+            "selector": {"matchLabels": {FLEET_LABEL: "true"}},
+            "template": {"command": [python, "-c", _SAMPLER], "terminationGracePeriodSeconds": 2},
+            "updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}},
+        }
+    )
+    sets = [Manifest(DEFAULT_NAMESPACE, "sampler", spec.to_wire(), kind=SET_KIND)]
+    return devices, sets
 
 
 class DemoAgents:
@@ -205,10 +235,11 @@ async def live_table(
     while True:
         now = datetime.now(UTC)
         resources = sorted(plane.resources(), key=lambda r: r.key)
-        key = [table_row(r, now)[:-1] for r in resources]  # every column but AGE
+        sets = _sets(plane)
+        key = [table_row(r, now)[:-1] for r in resources] + [r.status for r in sets]
         if key != last:
             last = key
-            out.write(_screen(resources, [], now) + "\n\n")
+            out.write(_screen(resources, [], now, sets=sets) + "\n\n")
             out.flush()
         await asyncio.sleep(interval)
 
@@ -228,7 +259,7 @@ async def _split_screen(
             now = datetime.now(UTC)
             resources = sorted(plane.resources(), key=lambda r: r.key)
             events = plane.store.recent_events(RECENT_EVENTS)
-            body = _screen(resources, events, now, pad_events=True).splitlines()
+            body = _screen(resources, events, now, pad_events=True, sets=_sets(plane)).splitlines()
             rows = shutil.get_terminal_size().lines
             fits = len(intro) + 1 + len(body) + 1 + MIN_LOG_ROWS <= rows
             screen.draw([*(intro if fits else short), "", *body])
@@ -238,16 +269,23 @@ async def _split_screen(
         screen.close()
 
 
+def _sets(plane: LocalControlPlane) -> list[Resource]:
+    return sorted(plane.fleet.process_sets(), key=lambda r: r.key) if plane.fleet else []
+
+
 def _screen(
     resources: Sequence[Resource],
     events: Sequence[dict[str, object]],
     now: datetime,
     *,
     pad_events: bool = False,
+    sets: Sequence[Resource] = (),
 ) -> str:
-    """The table, then the latest Events (`pad_events`: always RECENT_EVENTS rows of them)."""
+    """The table, the sets, then the latest Events (`pad_events`: always RECENT_EVENTS rows)."""
     table = render_table(resources, now=now) if resources else "(no DeviceProcesses yet)"
     lines = [table]
+    if sets:
+        lines += ["", render_fleet(SET_KIND, sets, now=now)]
     if events or pad_events:
         lines += ["", "Recent events:"]
         lines += [

@@ -196,10 +196,17 @@ async def _frontend(
 
 
 async def _demo(options: UpOptions, text: str, broker: HostPort, plane: LocalControlPlane) -> None:
+    from devicefabric.bridge.controlplane.localfleet import (  # noqa: PLC0415
+        device_store,
+        set_store,
+    )
     from devicefabric.bridge.verbs import render_table  # noqa: PLC0415
     from devicefabric.cli import demo  # noqa: PLC0415
 
     applied = await asyncio.to_thread(plane.store.apply, demo.sample_manifests())
+    devices, sets = demo.sample_fleet()
+    applied += await asyncio.to_thread(device_store(options.state_dir).apply, devices)
+    applied += await asyncio.to_thread(set_store(options.state_dir).apply, sets)
     log.info("demo resources: %s", ", ".join(f"{a.key} {a.outcome}" for a in applied))
     tty = sys.stdout.isatty()
     if not tty:
