@@ -1,15 +1,16 @@
 """The deploy manifests shipped as package data (`config/deploy/*.yaml`), read as text.
 
-`devicefabric manifests` prints `bundle()` for `kubectl apply -f -`: the DeviceProcess CRD, the
-RBAC objects and the bridge Deployment, in that order (the CRD and the namespace exist before
-anything that needs them). `samples()` holds example DeviceProcesses, applied separately once the
-CRD is established.
+`devicefabric manifests` prints `bundle()` for `kubectl apply -f -`: the CRDs (DeviceProcess,
+Device, DeviceProcessSet: three documents in `crd.yaml`), the RBAC objects and the bridge
+Deployment, in that order (the CRDs and the namespace exist before anything that needs them).
+`samples()` holds example DeviceProcesses, a Device and a DeviceProcessSet, applied separately once
+the CRDs are established.
 
 Invariants: this module only reads package data (no other IO) and does not parse YAML (the config
 layer stays free of pyyaml, see the import-linter contracts); the files are YAML with `---`
 separators and each document is complete, so joining them is enough. The namespaced variant swaps
-the cluster-wide RBAC for one Role in the bridge's namespace and points `DEVICEFABRIC_NAMESPACE` at
-the pod's own namespace; `tests/config/test_manifests.py` checks that the rewrite applied.
+the cluster-wide RBAC for one Role in the bridge's namespace (plus a ClusterRole for the
+cluster-scoped Devices only) and points `DEVICEFABRIC_NAMESPACE` at the pod's own namespace; `tests/config/test_manifests.py` checks that the rewrite applied.
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def deployment(namespaced: bool = False) -> str:
 
 
 def bundle(namespaced: bool = False) -> str:
-    """CRD + RBAC + Deployment as one multi-document YAML stream for `kubectl apply -f -`."""
+    """CRDs + RBAC + Deployment as one multi-document YAML stream for `kubectl apply -f -`."""
     parts = (read(CRD), read(RBAC_NAMESPACED if namespaced else RBAC), deployment(namespaced))
     return "---\n".join(_terminated(part) for part in parts)
 
 
 def samples() -> str:
-    """Sample DeviceProcesses (apply after the CRD is established)."""
+    """Sample DeviceProcesses, a Device and a DeviceProcessSet (apply after the CRDs are
+    established)."""
     return read(SAMPLES)
 
 

@@ -239,7 +239,7 @@ def test_kubectl_applies_samples_and_prints_our_printer_columns(
         kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
     )
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("created") == 3
+    assert applied.stdout.count("created") == 5  # 3 DeviceProcesses, a Device, a set
     http.merge(
         dp_path(name="tor9-99-clock", subresource="status"),
         {
@@ -264,10 +264,16 @@ def test_kubectl_applies_samples_and_prints_our_printer_columns(
     assert header.split() == ["NAME", "DEVICE", "PHASE", "CONNECTED", "RESTARTS", "AGE"]
     clock = next(r.split() for r in rows if r.startswith("tor9-99-clock"))
     assert clock[1:5] == ["tor9-99", "Running", "True", "2"]
+    devices = _kubectl(kubectl, kubeconfig, "get", "dev").stdout.splitlines()
+    assert devices[0].split() == ["NAME", "CONNECTED", "AGENT", "ARCH", "PROCESSES", "AGE"]
+    assert devices[1].split()[0] == "tor9-99"
+    sets = _kubectl(kubectl, kubeconfig, "get", "dpset").stdout.splitlines()
+    assert sets[0].split() == ["NAME", "DESIRED", "CURRENT", "UPDATED", "AVAILABLE", "AGE"]
+    assert sets[1].split()[0] == "collector"
     again = _kubectl(
         kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
     )
-    assert again.stdout.count("unchanged") == 3
+    assert again.stdout.count("unchanged") == 5
     changed = manifests.samples().replace("restartPolicy: Never", "restartPolicy: OnFailure")
     patched = _kubectl(kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=changed)
     assert patched.stdout.count("configured") == 1, patched.stderr
@@ -286,12 +292,12 @@ def test_rbac_checker_grants_exactly_the_shipped_rules(api: FakeApiServer) -> No
     bridge.merge(dp_path(name="p1", subresource="status"), {"status": {}})
     bridge.get(f"{LEASES}/devicefabric-bridge")
     assert authorizer.denied(api.log.records(), BRIDGE_USER) == []
-    bridge.merge(dp_path(name="p1"), {"spec": {}})  # spec writes: not granted
+    bridge.request("PUT", dp_path(name="p1"), device_process("p1"))  # updates: not granted
     bridge.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/x")  # other namespace
     bridge.request("DELETE", "/apis/coordination.k8s.io/v1/namespaces/default/leases/x")
     denied = authorizer.denied(api.log.records(), BRIDGE_USER)
     assert [(r.info.verb, r.info.resource_path, r.info.namespace) for r in denied] == [
-        ("patch", "deviceprocesses", "default"),
+        ("update", "deviceprocesses", "default"),
         ("get", "leases", "default"),
         ("delete", "leases", "default"),
     ]
@@ -299,7 +305,19 @@ def test_rbac_checker_grants_exactly_the_shipped_rules(api: FakeApiServer) -> No
         ("devicefabric.io", "deviceprocesses", "get"),
         ("devicefabric.io", "deviceprocesses", "list"),
         ("devicefabric.io", "deviceprocesses", "watch"),
+        ("devicefabric.io", "deviceprocesses", "create"),  # a set's processes
+        ("devicefabric.io", "deviceprocesses", "patch"),
+        ("devicefabric.io", "deviceprocesses", "delete"),
         ("devicefabric.io", "deviceprocesses/status", "patch"),
+        ("devicefabric.io", "devices", "get"),
+        ("devicefabric.io", "devices", "list"),
+        ("devicefabric.io", "devices", "watch"),
+        ("devicefabric.io", "devices", "create"),
+        ("devicefabric.io", "devices/status", "patch"),
+        ("devicefabric.io", "deviceprocesssets", "get"),
+        ("devicefabric.io", "deviceprocesssets", "list"),
+        ("devicefabric.io", "deviceprocesssets", "watch"),
+        ("devicefabric.io", "deviceprocesssets/status", "patch"),
         ("events.k8s.io", "events", "create"),
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "list"),  # the shard Leases (--shards)

@@ -1,4 +1,4 @@
-"""A Kubernetes API server fake for the tests: real HTTP, our own CRD, faults on demand.
+"""A Kubernetes API server fake for the tests: real HTTP, our own CRDs, faults on demand.
 
     with FakeApiServer() as api:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")

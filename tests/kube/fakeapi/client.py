@@ -33,6 +33,42 @@ def device_process(name: str, device: str = "tor9-99", **spec: Any) -> dict[str,
     }
 
 
+FLEET: Final = "/apis/devicefabric.io/v1alpha1"
+DEVICES: Final = f"{FLEET}/devices"
+
+
+def device_path(name: str = "", subresource: str = "") -> str:
+    """A Device URL: cluster-scoped, so no namespace."""
+    return "/".join(p for p in (DEVICES, name, subresource) if p)
+
+
+def set_path(namespace: str | None = "default", name: str = "", subresource: str = "") -> str:
+    """A DeviceProcessSet URL; `namespace` None: across every namespace."""
+    base = (
+        f"{FLEET}/deviceprocesssets"
+        if namespace is None
+        else (f"{FLEET}/namespaces/{namespace}/deviceprocesssets")
+    )
+    return "/".join(p for p in (base, name, subresource) if p)
+
+
+def device(name: str, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "devicefabric.io/v1alpha1",
+        "kind": "Device",
+        "metadata": {"name": name, **({"labels": labels} if labels else {})},
+    }
+
+
+def process_set(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "devicefabric.io/v1alpha1",
+        "kind": "DeviceProcessSet",
+        "metadata": {"name": name},
+        "spec": {"template": {"command": ["sleep", "60"]}, **spec},
+    }
+
+
 @dataclass
 class Response:
     status: int

@@ -31,7 +31,7 @@ from tests.kube.fakeapi import discovery, selectors, tables
 from tests.kube.fakeapi.faults import RequestInfo, RequestRecord, parse_request, stamp
 from tests.kube.fakeapi.kinds import ResourceType
 from tests.kube.fakeapi.patching import PatchError
-from tests.kube.fakeapi.store import ApiError, Watcher
+from tests.kube.fakeapi.store import ApiError, Propagation, Watcher
 
 if TYPE_CHECKING:
     from tests.kube.fakeapi.server import FakeApiServer
@@ -146,6 +146,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(code, doc)
                 return
             rtype = fake.resource_type(info)
+            _check_scope(rtype, info)
             if info.verb == "watch":
                 self._watch(rtype, info, log)
                 return
@@ -185,8 +186,6 @@ class Handler(BaseHTTPRequestHandler):
     ) -> tuple[int, dict[str, Any]]:
         store = self.server.fake.store
         namespace = info.namespace or ""
-        if rtype.namespaced and info.verb not in ("list", "watch") and not namespace:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if info.verb == "list":
             return 200, self._list(rtype, info)
         name = info.name or ""
@@ -198,7 +197,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return 200, tables.maybe_table(rtype, [obj], self.headers.get("Accept", "")) or obj
         if info.verb == "delete":
-            return 200, store.delete(rtype, namespace, name, _precondition(body))
+            precondition, propagation = _delete_options(body, info.param("propagationPolicy"))
+            return 200, store.delete(rtype, namespace, name, precondition, propagation)
         if info.verb == "patch":
             try:
                 patched = store.patch(
@@ -355,15 +355,44 @@ class Handler(BaseHTTPRequestHandler):
             last_rv = event.rv
 
 
-def _precondition(body: bytes) -> str | None:
-    """`preconditions.resourceVersion` of a delete's DeleteOptions body, if any."""
+def _check_scope(rtype: ResourceType, info: RequestInfo) -> None:
+    """A namespaced kind is addressed by name only inside a namespace (lists and watches may span
+    every namespace); a cluster-scoped kind never has `/namespaces/{ns}/` in its URL."""
+    if rtype.namespaced:
+        misplaced = info.namespace is None and info.verb not in ("list", "watch")
+    else:
+        misplaced = info.namespace is not None
+    if misplaced:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
+def _delete_options(body: bytes, query_policy: str | None) -> tuple[str | None, Propagation]:
+    """`preconditions.resourceVersion` and the propagation policy of a delete (DeleteOptions body
+    or `?propagationPolicy=`; `orphanDependents: true` is the old spelling of Orphan)."""
     try:
         options = json.loads(body) if body else {}
     except ValueError:
         raise ApiError(400, "BadRequest", "the DeleteOptions body is not JSON") from None
-    preconditions = options.get("preconditions") if isinstance(options, dict) else None
+    options = options if isinstance(options, dict) else {}
+    preconditions = options.get("preconditions")
     rv = preconditions.get("resourceVersion") if isinstance(preconditions, dict) else None
-    return str(rv) if rv is not None else None
+    policy = options.get("propagationPolicy") or query_policy
+    if policy is None and options.get("orphanDependents") is True:
+        policy = "Orphan"
+    policies: dict[Any, Propagation] = {
+        None: "Background",
+        "Background": "Background",
+        "Foreground": "Foreground",
+        "Orphan": "Orphan",
+    }
+    if policy not in policies:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'propagationPolicy: Unsupported value: "{policy}": supported values: '
+            '"Foreground", "Background", "Orphan"',
+        )
+    return (str(rv) if rv is not None else None), policies[policy]
 
 
 def _line(etype: str, obj: Mapping[str, Any]) -> bytes:

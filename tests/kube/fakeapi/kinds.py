@@ -1,9 +1,10 @@
-"""The resource types the fake serves: our CRD's kind, Events (both APIs) and Leases.
+"""The resource types the fake serves: our CRDs' kinds, Events (both APIs) and Leases.
 
 A `ResourceType` describes one served resource: where it lives in the URL space, whether it is a
 custom resource (schema-driven: pruning, defaulting, validation, no strategic merge), whether it
-has a status subresource, and how a built-in kind is validated. `from_crd` builds the custom type
-from a CRD document (ours, read from package data), so the fake enforces exactly what we ship.
+has a status subresource, and how a built-in kind is validated. `from_crd` builds a custom type
+from a CRD document (each of ours, read from package data), so the fake enforces exactly what we
+ship; a cluster-scoped kind (`namespaced=False`) is served at URLs without a namespace.
 
 Built-in validation is the subset of the API server's rules the bridge can trip over, with its
 wording: events.k8s.io/v1 Events need `eventTime` (a MicroTime: exactly six fractional digits),

@@ -6,7 +6,8 @@ variant): a ClusterRole bound by a ClusterRoleBinding grants in every namespace,
 ClusterRole bound by a RoleBinding) only in the binding's namespace. `allows(info)` decides one
 request the way the API server's RBAC authorizer does: verb, API group and resource (with
 `/subresource`) must each match a rule, `*` matching anything, and a cluster-wide request (no
-namespace, e.g. a list or watch across namespaces) needs a cluster-wide grant. Discovery URLs are
+namespace: a list or watch across namespaces, or any request on a cluster-scoped kind such as
+Device) needs a cluster-wide grant, i.e. a ClusterRole bound by a ClusterRoleBinding. Discovery URLs are
 allowed, as the default `system:discovery` binding does for every authenticated user.
 
 `denied(records, user)` returns the requests of `user` the rules do not grant; `used(...)` the set

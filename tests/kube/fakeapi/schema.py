@@ -11,6 +11,12 @@ our CRD relies on. `x-kubernetes-validations` (CEL) is understood only in the on
 `!(self in ['a', 'b'])`; any other rule is refused the same way. Patterns are Go RE2 searches
 (unanchored unless the pattern anchors itself), which Python's `re.search` matches for the subset
 used here. The root keeps `apiVersion`, `kind` and `metadata`; metadata is the store's business.
+
+Maps are `type: object` with `additionalProperties` (a schema for every value; the keys are free).
+`x-kubernetes-int-or-string: true` marks a field that holds an integer or a string; its only
+`anyOf` allowed is the one the API server allows, `[{type: integer}, {type: string}]`, and its value
+validations apply by the value's type, as in OpenAPI (`minimum` to an integer, `pattern` to a
+string). Pruning and defaulting keep such a value as it is.
 """
 
 from __future__ import annotations
@@ -42,8 +48,12 @@ SUPPORTED: Final = frozenset(
         "x-kubernetes-list-type",
         "x-kubernetes-list-map-keys",
         "x-kubernetes-validations",
+        "x-kubernetes-int-or-string",
+        "additionalProperties",
+        "anyOf",
     }
 )
+_INT_OR_STRING_ANY_OF: Final = [{"type": "integer"}, {"type": "string"}]
 _JSON_TYPES: Final = {
     "object": dict,
     "array": list,
@@ -125,10 +135,29 @@ class StructuralSchema:
         for rule in node.get("x-kubernetes-validations", ()):
             if not _NOT_IN_RULE.match(rule.get("rule", "")):
                 raise UnsupportedSchemaError(f"{path}: unsupported CEL rule {rule!r}")
+        self._check_shape(node, path)
         for name, child in node.get("properties", {}).items():
             self._check(child, f"{path}.{name}")
         if "items" in node:
             self._check(node["items"], f"{path}[]")
+
+    def _check_shape(self, node: Mapping[str, Any], path: str) -> None:
+        """int-or-string and maps: only in the forms the API server accepts as structural."""
+        if node.get("x-kubernetes-int-or-string"):
+            if "type" in node or node.get("anyOf", _INT_OR_STRING_ANY_OF) != _INT_OR_STRING_ANY_OF:
+                raise UnsupportedSchemaError(
+                    f"{path}: x-kubernetes-int-or-string takes no type and only the anyOf "
+                    f"{_INT_OR_STRING_ANY_OF}"
+                )
+        elif "anyOf" in node:
+            raise UnsupportedSchemaError(f"{path}: anyOf only in the int-or-string form")
+        additional = node.get("additionalProperties")
+        if additional is not None:
+            if not isinstance(additional, Mapping) or "properties" in node:
+                raise UnsupportedSchemaError(
+                    f"{path}: additionalProperties must be a schema, without properties"
+                )
+            self._check(additional, f"{path}[*]")
 
     # -- prune ---------------------------------------------------------------------------------
     def prune(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -144,9 +173,13 @@ class StructuralSchema:
         if isinstance(value, dict):
             props = node.get("properties")
             keep_all = node.get("x-kubernetes-preserve-unknown-fields", False)
+            additional = node.get("additionalProperties")
             out: dict[str, Any] = {}
             for key, item in value.items():
-                if props is not None and key in props:
+                if additional is not None:
+                    if item is not None:
+                        out[key] = self._prune(item, additional)
+                elif props is not None and key in props:
                     if item is not None:
                         out[key] = self._prune(item, props[key])
                 elif keep_all or (props is None and node.get("type") != "object"):
@@ -170,6 +203,9 @@ class StructuralSchema:
                     value[key] = copy.deepcopy(child["default"])
                 if key in value:
                     self._default(value[key], child)
+            if "additionalProperties" in node:
+                for item in value.values():
+                    self._default(item, node["additionalProperties"])
         elif isinstance(value, list) and "items" in node:
             for item in value:
                 self._default(item, node["items"])
@@ -183,6 +219,16 @@ class StructuralSchema:
     def _validate(self, value: Any, node: Mapping[str, Any], path: str) -> Iterator[FieldError]:
         shown_path = path or "<root>"
         expected = node.get("type")
+        if node.get("x-kubernetes-int-or-string") and not (
+            _has_type(value, "integer") or isinstance(value, str)
+        ):
+            yield FieldError(
+                shown_path,
+                "FieldValueTypeInvalid",
+                f"Invalid value: {_shown(value)}: {shown_path} in body must be of type "
+                f"integer or string: {_shown(_type_name(value))}",
+            )
+            return
         if expected is not None and not _has_type(value, expected):
             yield FieldError(
                 shown_path,
@@ -216,6 +262,9 @@ class StructuralSchema:
         for key, child in node.get("properties", {}).items():
             if key in value:
                 yield from self._validate(value[key], child, _join(path, key))
+        if "additionalProperties" in node:
+            for key, item in value.items():
+                yield from self._validate(item, node["additionalProperties"], _join(path, key))
 
     def _validate_string(
         self, value: str, node: Mapping[str, Any], path: str

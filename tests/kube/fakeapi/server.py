@@ -1,8 +1,10 @@
 """A Kubernetes API server fake that speaks real HTTP on loopback, for the real client and kubectl.
 
 `FakeApiServer` runs `http.server.ThreadingHTTPServer` (HTTP/1.1, keep-alive, one thread per
-connection) in a background thread, serving our CRD (read from package data, or given) and the
-built-in kinds the bridge uses (`kinds.py`); `handler.py` does the HTTP. Discovery (`/version`,
+connection) in a background thread, serving our CRDs (every document of `crd.yaml` read from
+package data, or the list given: DeviceProcess, Device, DeviceProcessSet) and the built-in kinds the
+bridge uses (`kinds.py`); `handler.py` does the HTTP. Cluster-scoped kinds (Device) live at URLs
+without `/namespaces/{ns}/`; deleting an object garbage-collects its dependents (`store.py`). Discovery (`/version`,
 `/api`, `/apis`, group and group-version documents) is enough for kubectl; `/openapi/*` answers
 404, so kubectl runs with `--validate=false`. Tables are served for kubectl's `as=Table` requests
 with the CRD's printer columns (`tables.py`).
@@ -10,7 +12,8 @@ with the CRD's printer columns (`tables.py`).
 Test controls: `log` (the request log, `faults.py`), `inject(...)` (answer the next N matching
 requests with an error), `drop_watches()`, `compact()`, `active_watches()`, `store` (direct,
 unlogged access), `write_kubeconfig(...)`, `namespaces` and `errors` (tracebacks of handler
-failures, which the tests' fixture asserts empty).
+failures, which the tests' fixture asserts empty); `custom` (the DeviceProcess type), `customs`
+(every served CRD's type) and `kind(name)` (a served type by kind) for direct store access.
 
 Namespaces: by default every namespace exists, so tests need not create them. Set `namespaces` to
 the set that exists and a create anywhere else is refused as by the real NamespaceLifecycle
@@ -27,13 +30,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
 
 from devicefabric.config.manifests import CRD, read
+from devicefabric.config.resource import KIND
 from tests.kube.fakeapi.faults import Match, RequestInfo, RequestLog
 from tests.kube.fakeapi.handler import ApiHTTPServer, Handler
 from tests.kube.fakeapi.kinds import BUILT_IN, ResourceType, from_crd
@@ -46,16 +50,24 @@ class FakeApiServer:
 
     def __init__(
         self,
-        crd: Mapping[str, Any] | None = None,
+        crds: Sequence[Mapping[str, Any]] | None = None,
         *,
         bookmark_interval: float = 0.5,
         history_limit: int = 10_000,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        crd = crd if crd is not None else yaml.safe_load(read(CRD))
-        self.custom = from_crd(crd)
-        self.types: tuple[ResourceType, ...] = (self.custom, *BUILT_IN)
+        if crds is None:
+            crds = [doc for doc in yaml.safe_load_all(read(CRD)) if doc]
+        self.customs = tuple(from_crd(crd) for crd in crds)
+        if not self.customs:
+            raise ValueError("the fake serves at least one CRD")
+        self.custom = next((t for t in self.customs if t.kind == KIND), self.customs[0])
+        """The DeviceProcess type (or the first CRD given without one)."""
+        self.types: tuple[ResourceType, ...] = (*self.customs, *BUILT_IN)
+        served = [(t.group, t.version, t.plural) for t in self.types]
+        if len(set(served)) != len(served):
+            raise ValueError(f"a resource is served twice: {served}")
         self.store = Store(history_limit)
         self.log = RequestLog()
         self.bookmark_interval = bookmark_interval
@@ -86,6 +98,13 @@ class FakeApiServer:
             ):
                 return rtype
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def kind(self, kind: str) -> ResourceType:
+        """The served type of `kind` ("Device", "DeviceProcessSet", "Lease", ...)."""
+        for rtype in self.types:
+            if rtype.kind == kind and rtype.group != "":
+                return rtype
+        raise KeyError(kind)
 
     def track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:

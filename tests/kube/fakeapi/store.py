@@ -14,6 +14,18 @@ later event exactly once, in order). Write rules, as the API server applies them
   is `preconditions.resourceVersion` in a delete's DeleteOptions.
 - a write that changes nothing keeps the resourceVersion and emits no watch event.
 
+Cluster-scoped kinds are stored under the namespace "" (a `metadata.namespace` sent with one is
+dropped, as the API server does). `metadata.ownerReferences` are stored as given (each needs
+`apiVersion`, `kind`, `name` and `uid`, at most one `controller: true`).
+
+Garbage collection, as Kubernetes' collector with background cascading deletion but synchronous
+(done before `delete` returns, under the lock): deleting an object deletes every dependent (an
+object whose ownerReferences name the deleted uid) whose owners are now all gone, recursively;
+a dependent with an owner left only loses the reference to the gone one. Each deletion or
+reference removal is an ordinary write: a new resourceVersion and a DELETED or MODIFIED watch event,
+after the owner's DELETED. `Orphan` propagation first removes the reference from every dependent
+(MODIFIED) and keeps them; `Foreground` is served as `Background` (no `deletionTimestamp` phase).
+
 `compact()` forgets the history, so a watch from an older revision gets `410 Expired`.
 """
 
@@ -36,6 +48,8 @@ from tests.kube.fakeapi.patching import apply_patch
 from tests.kube.fakeapi.schema import FieldError
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+Propagation = Literal["Orphan", "Background", "Foreground"]
+_Key = tuple[tuple[str, str], tuple[str, str]]  # ((group, plural), (namespace, name))
 _META_KEYS: Final = frozenset(
     {
         "name",
@@ -98,6 +112,59 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _owner_reference_errors(refs: Any) -> list[FieldError]:
+    """The API server's ownerReferences validation (the subset a client can trip over)."""
+    path = "metadata.ownerReferences"
+    if refs is None:
+        return []
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        return [
+            FieldError(path, "FieldValueTypeInvalid", "Invalid value: must be a list of objects")
+        ]
+    errors = [
+        FieldError(f"{path}[{index}].{key}", "FieldValueRequired", "Required value")
+        for index, ref in enumerate(refs)
+        for key in ("apiVersion", "kind", "name", "uid")
+        if not isinstance(ref.get(key), str) or not ref.get(key)
+    ]
+    if sum(1 for ref in refs if ref.get("controller") is True) > 1:
+        errors.append(
+            FieldError(
+                path, "FieldValueInvalid", "Only one reference can have Controller set to true"
+            )
+        )
+    return errors
+
+
+def _created_name(rtype: ResourceType, namespace: str, meta: dict[str, Any]) -> str:
+    """Check a create's metadata (namespace, resourceVersion, name) and return the name, drawn
+    from `generateName` when there is none; a cluster-scoped object loses any namespace."""
+    if not rtype.namespaced:
+        meta.pop("namespace", None)
+    if meta.get("namespace", namespace) != namespace:
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
+    if meta.get("resourceVersion"):
+        raise ApiError(
+            400, "BadRequest", "resourceVersion should not be set on objects to be created"
+        )
+    if not meta.get("name") and meta.get("generateName"):
+        meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+    name = meta.get("name", "")
+    if not name or len(name) > 253 or not _NAME.match(name):
+        raise ApiError(
+            422,
+            "Invalid",
+            f'{rtype.kind} "{name}" is invalid: metadata.name: '
+            "Invalid value: a lowercase RFC 1123 subdomain is required",
+            causes=[FieldError("metadata.name", "FieldValueInvalid", "Invalid value")],
+        )
+    return str(name)
+
+
 def _spec_part(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
@@ -112,6 +179,9 @@ class Store:
         self._history: deque[WatchEvent] = deque(maxlen=history_limit)
         self._compacted = 1  # events with rv <= this are gone from the history
         self._watchers: set[Watcher] = set()
+        self._types: dict[tuple[str, str], ResourceType] = {}
+        self._uids: dict[str, _Key] = {}  # the live objects by uid
+        self._dependents: dict[str, set[_Key]] = {}  # owner uid -> objects naming it
 
     @property
     def resource_version(self) -> int:
@@ -119,6 +189,7 @@ class Store:
             return self._rv
 
     def _bucket(self, rtype: ResourceType) -> dict[tuple[str, str], dict[str, Any]]:
+        self._types.setdefault((rtype.group, rtype.plural), rtype)
         return self._objects.setdefault((rtype.group, rtype.plural), {})
 
     def _not_found(self, rtype: ResourceType, name: str) -> ApiError:
@@ -153,10 +224,12 @@ class Store:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        self._unindex(rtype, self._bucket(rtype).get(key))
         if etype == "DELETED":
             self._bucket(rtype).pop(key, None)
         else:
             self._bucket(rtype)[key] = obj
+            self._index(rtype, obj)
         event = WatchEvent(self._rv, rtype, etype, copy.deepcopy(obj))
         if len(self._history) == self._history.maxlen:
             self._compacted = self._history[0].rv
@@ -165,6 +238,25 @@ class Store:
             if self._matches(watcher, event):
                 watcher.queue.put(event)
         return copy.deepcopy(obj)
+
+    def _index(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = ((rtype.group, rtype.plural), (meta.get("namespace", ""), meta["name"]))
+        self._uids[meta["uid"]] = key
+        for ref in meta.get("ownerReferences") or ():
+            self._dependents.setdefault(ref["uid"], set()).add(key)
+
+    def _unindex(self, rtype: ResourceType, obj: dict[str, Any] | None) -> None:
+        if obj is None:
+            return
+        meta = obj["metadata"]
+        key = ((rtype.group, rtype.plural), (meta.get("namespace", ""), meta["name"]))
+        self._uids.pop(meta["uid"], None)
+        for ref in meta.get("ownerReferences") or ():
+            dependents = self._dependents.get(ref["uid"], set())
+            dependents.discard(key)
+            if not dependents:
+                self._dependents.pop(ref["uid"], None)
 
     @staticmethod
     def _matches(watcher: Watcher, event: WatchEvent) -> bool:
@@ -192,6 +284,7 @@ class Store:
                         f"metadata.labels.{key}", "FieldValueInvalid", f"Invalid value: {value!r}"
                     )
                 )
+        errors.extend(_owner_reference_errors(obj["metadata"].get("ownerReferences")))
         if errors:
             name = obj["metadata"].get("name", "")
             causes = "; ".join(str(e) for e in errors)
@@ -209,28 +302,7 @@ class Store:
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise ApiError(400, "BadRequest", "metadata must be an object")
-        if meta.get("namespace", namespace) != namespace:
-            raise ApiError(
-                400,
-                "BadRequest",
-                "the namespace of the provided object does not "
-                "match the namespace sent on the request",
-            )
-        if meta.get("resourceVersion"):
-            raise ApiError(
-                400, "BadRequest", "resourceVersion should not be set on objects to be created"
-            )
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
-        name = meta.get("name", "")
-        if not name or len(name) > 253 or not _NAME.match(name):
-            raise ApiError(
-                422,
-                "Invalid",
-                f'{rtype.kind} "{name}" is invalid: metadata.name: '
-                "Invalid value: a lowercase RFC 1123 subdomain is required",
-                causes=[FieldError("metadata.name", "FieldValueInvalid", "Invalid value")],
-            )
+        name = _created_name(rtype, namespace, meta)
         if rtype.status_subresource:
             obj.pop("status", None)
         if rtype.namespaced:
@@ -329,8 +401,14 @@ class Store:
             return self._commit(rtype, "MODIFIED", new)
 
     def delete(
-        self, rtype: ResourceType, namespace: str, name: str, precondition_rv: str | None = None
+        self,
+        rtype: ResourceType,
+        namespace: str,
+        name: str,
+        precondition_rv: str | None = None,
+        propagation: Propagation = "Background",
     ) -> dict[str, Any]:
+        """Delete one object, then collect its dependents (module doc: garbage collection)."""
         with self.lock:
             old = self.get(rtype, namespace, name)
             stored = old["metadata"]["resourceVersion"]
@@ -343,7 +421,39 @@ class Store:
                     f"ResourceVersion in record ({stored}). The object might have been modified",
                     details={"name": name, "group": rtype.group, "kind": rtype.plural},
                 )
-            return self._commit(rtype, "DELETED", old)
+            uid = old["metadata"]["uid"]
+            if propagation == "Orphan":
+                for key in sorted(self._dependents.get(uid, ())):
+                    self._drop_owner(key, uid)
+            deleted = self._commit(rtype, "DELETED", old)
+            self._collect(uid)
+            return deleted
+
+    def _collect(self, gone_uid: str) -> None:
+        """Background cascading deletion of what `gone_uid` owned (recursively)."""
+        for key in sorted(self._dependents.get(gone_uid, ())):
+            (bucket, obj_key) = key
+            obj = self._objects.get(bucket, {}).get(obj_key)
+            if obj is None:
+                continue
+            refs = obj["metadata"].get("ownerReferences") or ()
+            if any(ref["uid"] in self._uids for ref in refs):
+                self._drop_owner(key, gone_uid)
+                continue
+            uid = obj["metadata"]["uid"]
+            self._commit(self._types[bucket], "DELETED", copy.deepcopy(obj))
+            self._collect(uid)
+
+    def _drop_owner(self, key: _Key, owner_uid: str) -> None:
+        """Remove the ownerReference to `owner_uid` from the object at `key` (a MODIFIED write)."""
+        bucket, obj_key = key
+        obj = copy.deepcopy(self._objects[bucket][obj_key])
+        refs = [r for r in obj["metadata"].get("ownerReferences") or () if r["uid"] != owner_uid]
+        if refs:
+            obj["metadata"]["ownerReferences"] = refs
+        else:
+            obj["metadata"].pop("ownerReferences", None)
+        self._commit(self._types[bucket], "MODIFIED", obj)
 
     # -- watch -------------------------------------------------------------------------------
     def watch(
