@@ -27,7 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from devicefabric.config.lean import MAX_GRACE_S, RestartPolicyName
+from devicefabric.config.lean import (
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_GRACE_S,
+    RestartPolicyName,
+)
 from devicefabric.config.resource import (
     Arg,
     DeviceProcessSpec,
@@ -110,8 +115,8 @@ def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool
 class ProcessTemplate(_CamelModel):
     """`spec.template`: a DeviceProcess spec without `deviceName` (same defaults and bounds)."""
 
-    command: Annotated[list[Arg], Field(min_length=1)]
-    env: list[EnvVar] = []
+    command: Annotated[list[Arg], Field(min_length=1, max_length=MAX_COMMAND_ITEMS)]
+    env: Annotated[list[EnvVar], Field(max_length=MAX_ENV_ITEMS)] = []
     working_dir: Arg | None = None
     restart_policy: RestartPolicyName = "Always"
     suspend: bool = False

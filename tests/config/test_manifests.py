@@ -339,13 +339,12 @@ def _assert_same_tree(crd: dict[str, Any], model: dict[str, Any], where: str) ->
 
 def test_set_crd_spec_matches_the_fleet_model() -> None:
     model = _resolved(DeviceProcessSetSpec)
-    model["properties"]["template"] = _template_bounds()
     _assert_same_tree(crd_schema(SET_KIND)["properties"]["spec"], model, "spec")
 
 
 def test_set_template_is_a_device_process_spec_without_device_name() -> None:
     """ProcessTemplate's fields, required and defaults are DeviceProcessSpec's minus deviceName;
-    its bounds are DeviceProcessSpec's through `for_device`, which is what the CRD enforces."""
+    its bounds are DeviceProcessSpec's too, in the model and in the CRD."""
     template, bounds = _resolved(ProcessTemplate), _template_bounds()
     assert set(template["properties"]) == set(bounds["properties"])
     assert template["required"] == bounds["required"]
@@ -355,7 +354,7 @@ def test_set_template_is_a_device_process_spec_without_device_name() -> None:
     doc = {"spec": {"template": too_long}}
     assert StructuralSchema(crd_schema(SET_KIND)).validate(doc) != []
     with pytest.raises(ValueError, match="validation error"):
-        ProcessTemplate.model_validate(too_long).for_device("tor9-99")
+        ProcessTemplate.model_validate(too_long)
 
 
 def test_set_and_device_status_fields() -> None:
