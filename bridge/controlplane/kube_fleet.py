@@ -91,21 +91,19 @@ class KubeFleet:
         self._devices.written(name, answer)
 
     async def patch_device_status(self, name: str, patch: Mapping[str, object]) -> None:
-        before = self._devices.cache.get(name)
         path = f"{collection(DEVICE_PLURAL, None)}/{name}/status"
         answer = await self._client.call(
             "PATCH", path, body={"status": plain(patch)}, content_type=MERGE_PATCH
         )
-        self._devices.adopt(name, before, answer)
+        self._devices.adopt_newer(name, answer)
 
     async def patch_set_status(self, key: str, patch: Mapping[str, object]) -> None:
         namespace, name = _split(key)
-        before = self._sets.cache.get(key)
         path = f"{collection(SET_PLURAL, namespace)}/{name}/status"
         answer = await self._client.call(
             "PATCH", path, body={"status": plain(patch)}, content_type=MERGE_PATCH
         )
-        self._sets.adopt(key, before, answer)
+        self._sets.adopt_newer(key, answer)
 
     async def create_process(
         self,

@@ -205,6 +205,17 @@ class Informer:
             if fresh is not None:
                 self.cache[key] = fresh
 
+    def adopt_newer(self, key: str, obj: Mapping[str, Any]) -> None:
+        """Cache the answer of a status write of ours unless the cache holds something newer
+        (a watch event of an earlier version must not hide our write: the next reconcile would
+        write it again, a no-op)."""
+        fresh = to_resource(obj)
+        cached = self.cache.get(key)
+        if fresh is not None and (
+            cached is None or not _newer(cached.resource_version, fresh.resource_version)
+        ):
+            self.cache[key] = fresh
+
     def written(self, key: str, obj: Mapping[str, Any] | None) -> None:
         """Cache what a create, update (`obj`: the answer) or delete (None) of ours left, and
         announce it, unless the watch already brought something newer."""

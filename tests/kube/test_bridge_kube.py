@@ -35,15 +35,23 @@ def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
         yield fab
 
 
-def writes(fabric: KubeFabric, since: float = 0.0, pod: str | None = None) -> list[RequestRecord]:
-    """Status PATCHes and Event POSTs by the bridge(s), after `since` (monotonic)."""
+def writes(
+    fabric: KubeFabric,
+    since: float = 0.0,
+    pod: str | None = None,
+    resource: str = "deviceprocesses",
+) -> list[RequestRecord]:
+    """Status PATCHes of `resource` and Event POSTs by the bridge(s), after `since` (monotonic)."""
     return [
         r
         for r in fabric.api.log.records()
         if r.user.startswith("system:serviceaccount")
         and (pod is None or r.user.endswith(f"#{pod}"))
         and r.monotonic >= since
-        and (r.info.verb == "patch" or (r.info.verb == "create" and r.info.resource == "events"))
+        and (
+            (r.info.verb == "patch" and r.info.resource == resource)
+            or (r.info.verb == "create" and r.info.resource == "events")
+        )
     ]
 
 
@@ -54,6 +62,19 @@ def keys(records: list[RequestRecord], verb: str) -> list[str]:
 def events_since(fabric: KubeFabric, since_rv: int) -> list[dict[str, Any]]:
     items = fabric.http.get("/apis/events.k8s.io/v1/namespaces/default/events").body["items"]
     return [e for e in items if int(e["metadata"]["resourceVersion"]) > since_rv]
+
+
+def devices_settled(fabric: KubeFabric, processes: dict[str, int]) -> bool:
+    """Every Device exists, reads Connected=True and counts `processes[name]` processes."""
+    items = fabric.http.get(DEVICES_PATH).body["items"]
+    seen = {
+        d["metadata"]["name"]: (
+            (d.get("status") or {}).get("processes"),
+            condition(d, "Connected").get("status"),
+        )
+        for d in items
+    }
+    return all(seen.get(name) == (count, "True") for name, count in processes.items())
 
 
 def marker(fabric: KubeFabric, name: str, device: str, *, settle: bool = True) -> None:
@@ -69,6 +90,8 @@ def marker(fabric: KubeFabric, name: str, device: str, *, settle: bool = True) -
         wait_for(lambda: condition(fabric.get(name), "AgentConnected"), 10, 0.02, what=name)
 
 
+DEVICES_PATH = "/apis/devicefabric.io/v1alpha1/devices"
+DEV_A_COUNT = {"status": {"processes": 2}}
 LEASE_ENV = {
     "DEVICEFABRIC_LEASE_DURATION": "2",
     "DEVICEFABRIC_RENEW_DEADLINE": "1.5",
@@ -104,6 +127,10 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
     assert "notLeading" not in leader.readyz()
     assert "is held by" in standby.readyz()["notLeading"]
 
+    # The bridge created a Device per device and wrote its status (processes counted).
+    expected = {d: sum(1 for n in names if n.startswith(d)) for d in agents}
+    wait_for(lambda: devices_settled(fabric, expected), 15, 0.05, what="Devices written")
+
     # Heartbeats from every device: neither replica writes anything.
     observer = connect(fabric.broker, "observer")
     try:
@@ -117,6 +144,9 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
     marker(fabric, "marker-1", "dev-a", settle=False)
     quiet = writes(fabric, quiet_from)
     assert set(keys(quiet, "patch")) == {"default/marker-1"}
+    on_devices = [r for r in writes(fabric, quiet_from, resource="devices") if r.info.name]
+    # the marker is one more process on dev-a: its Device counts it (that write, no other)
+    assert [(r.info.name, r.json()) for r in on_devices] in ([], [("dev-a", DEV_A_COUNT)])
     assert {e["regarding"]["name"] for e in events_since(fabric, quiet_rv)} <= {"marker-1"}
     print(
         f"[heartbeats] {beats} heartbeats from {len(agents)} devices: 0 writes (but the marker's)"
@@ -143,6 +173,12 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
         (n, "Warning", "ConnectionLost") for n in lost
     ]
     assert {r.user for r in after} == {BRIDGE_A}
+    device_writes = [
+        (r.info.name, condition(r.json(), "Connected").get("reason"))
+        for r in writes(fabric, killed_at, resource="devices")
+        if r.info.name == "tor9-99"
+    ]
+    assert device_writes == [("tor9-99", "ConnectionLost")]  # one Device write for the device
     print(
         f"[kill -9 agent] ConnectionLost written {detected:.2f}s later: 1 PATCH + 1 Event per resource"
     )
@@ -154,7 +190,7 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
         fabric.api.log.inject(503, 10_000, Match(verb="watch", user=u))
         for u in (BRIDGE_A, BRIDGE_B)
     ]
-    assert fabric.api.drop_watches() == 2
+    assert fabric.api.drop_watches() == 6  # three informers a bridge: processes, devices, sets
     wait_for(lambda: all(f.hits >= 1 for f in hold), 5, 0.02, what="both bridges held off")
     fabric.http.merge(dp_path(name="dev-a-job"), {"spec": {"command": ["sleep", "301"]}})
     fabric.api.log.clear_faults()
