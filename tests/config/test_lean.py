@@ -140,6 +140,8 @@ FACTS: Final = {
     "cpus": 4,
     "memory_bytes": 2**33,
 }
+BAD_STRINGS: Final[tuple[object, ...]] = (1, True, [], {})
+BAD_INTS: Final[tuple[object, ...]] = (2**64, True, 4.0, "4", {})
 BIRTHS = [
     _birth(),
     _birth(**FACTS),
@@ -148,12 +150,12 @@ BIRTHS = [
     *(
         _birth(**{field: value})
         for field, longest in lean.FACT_STRINGS
-        for value in ("", "x" * longest, "x" * (longest + 1), "\U0001f600" * longest, 1, True, [])
+        for value in ("", "x" * longest, "x" * (longest + 1), "\U0001f600" * longest, *BAD_STRINGS)
     ),
     *(
         _birth(**{field: value})
         for field, lo, hi in lean.FACT_INTS
-        for value in (lo, hi, lo - 1, hi + 1, 2**64, True, 4.0, "4", {})
+        for value in (lo, hi, lo - 1, hi + 1, *BAD_INTS)
     ),
     _birth(**FACTS, memory=1),
 ]
