@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.names import (
@@ -62,6 +62,18 @@ FACT_STRINGS: Final = (
 """(birth field, longest value in characters) of each string fact."""
 FACT_INTS: Final = (("cpus", 1, MAX_FACT_CPUS), ("memory_bytes", 0, INT63 - 1))
 """(birth field, least, greatest) of each integer fact."""
+
+
+class BirthFacts(TypedDict, total=False):
+    """The device facts an agent puts in its birth (`encode_online(..., **facts)`)."""
+
+    os: str
+    arch: str
+    kernel: str
+    hostname: str
+    cpus: int
+    memory_bytes: int
+
 
 PhaseName = Literal[
     "Pending", "Running", "Succeeded", "Failed", "Stopped", "CrashLoopBackOff", "Unknown"
