@@ -30,6 +30,7 @@ import hashlib
 import logging
 
 from devicefabric import __version__
+from devicefabric.agent import facts
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.agent.leftovers import CHILDREN_FILE, ChildLedger
@@ -82,6 +83,7 @@ class Agent:
             ),
             on_desired=self.on_desired,
             on_up=self._changed.set,
+            facts=facts.gather(),
         )
         self._extra = {"device": settings.device}
 

@@ -5,7 +5,8 @@ event loop). One connection per session, and one `session` id per connection
 (`<boot id>-<counter>`, the boot id random per agent process):
 
 - the will (retained `offline`, reason `lost`, this session) is set before connecting;
-- after CONNACK: retained birth (`online`, session, `heartbeat_s`, agent version), then the
+- after CONNACK: retained birth (`online`, session, `heartbeat_s`, agent version and the device
+  facts `agent.facts` read once at start), then the
   subscription to this device's `desired` and `status`;
 - a status message that is not this session's birth (a late will of an older session, or any
   other status) makes the agent republish its birth;
@@ -107,8 +108,10 @@ class Session:
         on_desired: Callable[[bytes], None],
         on_up: Callable[[], None],
         rand: Callable[[], float] = random.random,
+        facts: lean.BirthFacts | None = None,
     ) -> None:
         self._settings = settings
+        self._facts: lean.BirthFacts = facts or {}  # in every birth (`agent.facts.gather`)
         self._on_desired = on_desired
         self._on_up = on_up
         self._rand = rand
@@ -243,7 +246,7 @@ class Session:
 
     def _birth(self, conn: Connection) -> None:
         birth = lean.encode_online(
-            conn.session, self._settings.heartbeat_s, self._settings.agent_version
+            conn.session, self._settings.heartbeat_s, self._settings.agent_version, **self._facts
         )
         conn.publish(self._t_status, birth, qos=1, retain=True)
 

@@ -10,8 +10,9 @@ Pure functions from the service's state to `http.Response`s; `http.HttpServer` d
   standby also says why it does not lead (`notLeading`: e.g. who holds the Lease, the last error).
 - `/metrics`: the Prometheus text of the bridge's registry (`metrics`).
 - `/devices`: every device the bridge knows, by name: state, reason, session, seconds since it was
-  last seen (the bridge's monotonic clock), heartbeat period, agent version, its resources and the
-  processes of its last report; one device per line. `?limit=N&after=NAME` pages through it (the
+  last seen (the bridge's monotonic clock), heartbeat period, agent version, the device facts of
+  its latest birth (`facts`, keyed like the Device status: os, arch, kernel, hostname, cpus,
+  memoryBytes; `{}` when its agent sent none), its resources and the processes of its last report; one device per line. `?limit=N&after=NAME` pages through it (the
   next page starts after the last name of this one). The event loop only copies each device's
   fields (`views_of`), a few hundred devices at a time with a turn for everything else between
   (`VIEW_CHUNK`), and the document is built in a worker thread (`render_devices`): at 10,000
@@ -29,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from devicefabric.bridge.http import Response
 from devicefabric.bridge.mirroring import ResourceIndex
-from devicefabric.bridge.tracking import Device, DeviceTracker
+from devicefabric.bridge.tracking import Device, DeviceTracker, Facts
 from devicefabric.config.wire import Report
 
 MAX_PAGE: Final = 100_000
@@ -101,6 +102,7 @@ class DeviceView:
     agent: str
     resources: tuple[str, ...]
     report: Report | None
+    facts: Facts  # read-only, and replaced (never changed) by the tracker: safe in a thread
 
 
 def snapshot(
@@ -142,6 +144,7 @@ def _view(device: Device, index: ResourceIndex, now: float) -> DeviceView:
         agent=device.agent,
         resources=tuple(sorted(index.keys_of(device.name))),
         report=device.report,
+        facts=device.facts,
     )
 
 
@@ -163,6 +166,7 @@ def device_doc(view: DeviceView) -> dict[str, object]:
         "lastSeenAgeSeconds": view.last_seen_age,
         "heartbeatSeconds": view.heartbeat_s,
         "agent": view.agent,
+        "facts": dict(view.facts),
         "resources": list(view.resources),
         "processes": {
             key: entry.model_dump(mode="json", by_alias=True, exclude_none=True)

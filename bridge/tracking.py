@@ -6,7 +6,9 @@ monotonic clock (`now`, seconds) and returns what changed: `Transition`s of a de
 clock itself, so every rule below is a table-driven test.
 
 Per device it keeps the current session, the connection reason, `last_seen` (the bridge's clock,
-never the device's), `heartbeat_s` from the birth, and the last report.
+never the device's), `heartbeat_s`, the agent version and the device facts from the latest birth
+(`facts`: a read-only mapping keyed by the Device status field names of `config.fleet.FACT_FIELDS`,
+holding only the facts that birth carried), and the last report.
 
 Rules:
 - A live birth (`online`, not a retained replay) -> `Connected` with its session.
@@ -23,6 +25,8 @@ Rules:
   the device's own deadline (O(1), no heap operation); `sweep` pops only entries whose original
   deadline passed and re-pushes those that moved, so each healthy device costs one heap operation
   per stale window, not per tick or per heartbeat.
+- Facts are data, not liveness: every birth replaces them (one without facts clears them), and a
+  birth that changes only facts is no transition.
 - Retained replays (bridge start or broker reconnect) are facts about the past, not liveness: a
   replayed `online` under a session we do not know leaves the device *unconfirmed* (`reason` is
   None) with a fresh deadline. Callers keep the stored condition of an unconfirmed device, so a
@@ -35,10 +39,12 @@ Rules:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
+from devicefabric.config.fleet import FACT_FIELDS
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_MULTIPLIER
 from devicefabric.config.wire import Heartbeat, Report, StatusOffline, StatusOnline
@@ -48,6 +54,16 @@ CONNECTION_REASONS: Final = frozenset(
     {Reason.CONNECTED, Reason.CONNECTION_LOST, Reason.SHUTDOWN, Reason.HEARTBEAT_TIMEOUT}
 )
 _OFFLINE_REASON: Final = {"lost": Reason.CONNECTION_LOST, "shutdown": Reason.SHUTDOWN}
+Facts = Mapping[str, str | int]
+NO_FACTS: Final[Facts] = MappingProxyType({})
+
+
+def facts_of(doc: StatusOnline) -> Facts:
+    """The birth's device facts keyed by Device status field (`memoryBytes`), only those sent."""
+    facts = {
+        status: value for birth, status in FACT_FIELDS if (value := getattr(doc, birth)) is not None
+    }
+    return MappingProxyType(facts) if facts else NO_FACTS
 
 
 @dataclass(slots=True)
@@ -59,6 +75,7 @@ class Device:
     reason: Reason | None = None  # None: never heard of, or known only from a retained replay
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
     agent: str = ""
+    facts: Facts = field(default_factory=lambda: NO_FACTS)  # the latest birth's; see `facts_of`
     last_seen: float | None = None  # bridge monotonic time of the last live message
     deadline: float | None = None  # goes stale at this time; None when not expected to beat
     queued: bool = False  # an entry for this device is in the deadline heap...
@@ -153,6 +170,7 @@ class DeviceTracker:
             return self._offline(device, doc)
         device.heartbeat_s = doc.heartbeat_s
         device.agent = doc.agent
+        device.facts = facts_of(doc)  # data, not a transition: the rules below ignore it
         if not retained:
             return self._alive(device, doc.session, now, birth=True)
         if doc.session == device.session:

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.names import (
@@ -48,6 +48,32 @@ REVISION_PATTERN: Final = r"^[A-Za-z0-9:]+$"
 ENV_NAME_PATTERN: Final = r"^[^=\x00]+$"
 ARG_PATTERN: Final = r"^[^\x00]*$"
 INT63: Final = 2**63
+# Device facts in the agent's birth (all optional; `config.fleet.FACT_FIELDS` names them).
+MAX_FACT_OS: Final = 64  # `os` and `arch`
+MAX_FACT_KERNEL: Final = 128
+MAX_FACT_HOSTNAME: Final = 253
+MAX_FACT_CPUS: Final = 65536
+FACT_STRINGS: Final = (
+    ("os", MAX_FACT_OS),
+    ("arch", MAX_FACT_OS),
+    ("kernel", MAX_FACT_KERNEL),
+    ("hostname", MAX_FACT_HOSTNAME),
+)
+"""(birth field, longest value in characters) of each string fact."""
+FACT_INTS: Final = (("cpus", 1, MAX_FACT_CPUS), ("memory_bytes", 0, INT63 - 1))
+"""(birth field, least, greatest) of each integer fact."""
+
+
+class BirthFacts(TypedDict, total=False):
+    """The device facts an agent puts in its birth (`encode_online(..., **facts)`)."""
+
+    os: str
+    arch: str
+    kernel: str
+    hostname: str
+    cpus: int
+    memory_bytes: int
+
 
 PhaseName = Literal[
     "Pending", "Running", "Succeeded", "Failed", "Stopped", "CrashLoopBackOff", "Unknown"
@@ -151,8 +177,34 @@ def encode_desired(doc: Desired) -> bytes:
     return canonical_json(doc.to_wire())
 
 
-def encode_online(session: str, heartbeat_s: int, agent: str) -> bytes:
-    doc = {"state": "online", "session": session, "heartbeat_s": heartbeat_s, "agent": agent}
+def encode_online(
+    session: str,
+    heartbeat_s: int,
+    agent: str,
+    *,
+    os: str | None = None,
+    arch: str | None = None,
+    kernel: str | None = None,
+    hostname: str | None = None,
+    cpus: int | None = None,
+    memory_bytes: int | None = None,
+) -> bytes:
+    """The birth; each device fact only when given (a birth without facts is the old one)."""
+    doc: dict[str, object] = {
+        "state": "online",
+        "session": session,
+        "heartbeat_s": heartbeat_s,
+        "agent": agent,
+    }
+    facts = {
+        "os": os,
+        "arch": arch,
+        "kernel": kernel,
+        "hostname": hostname,
+        "cpus": cpus,
+        "memory_bytes": memory_bytes,
+    }
+    doc.update((k, v) for k, v in facts.items() if v is not None)
     return canonical_json(doc)
 
 
@@ -378,6 +430,10 @@ def decode_desired(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Desired:
 
 
 _SESSION_RE: Final = re.compile(SESSION_PATTERN)
+_ONLINE_REQUIRED: Final = ("state", "session", "heartbeat_s", "agent")
+_ONLINE_FIELDS: Final = {
+    k: k for k in (*_ONLINE_REQUIRED, *(f for f, _ in FACT_STRINGS), *(f for f, _, _ in FACT_INTS))
+}
 
 
 def _status(doc: object) -> tuple[str, str]:
@@ -385,10 +441,15 @@ def _status(doc: object) -> tuple[str, str]:
         raise _SchemaError("<root>", "Input should be an object")
     state = doc.get("state")
     if state == "online":
-        fields = {k: k for k in ("state", "session", "heartbeat_s", "agent")}
-        raw = _obj(doc, "", fields, tuple(fields))
+        raw = _obj(doc, "", _ONLINE_FIELDS, _ONLINE_REQUIRED)
         _int(raw["heartbeat_s"], "heartbeat_s", 1, 86400)
         _str(raw["agent"], "agent", None, 0, MAX_TOKEN)
+        for field, longest in FACT_STRINGS:
+            if raw.get(field) is not None:
+                _str(raw[field], field, None, 0, longest)
+        for field, lo, hi in FACT_INTS:
+            if raw.get(field) is not None:
+                _int(raw[field], field, lo, hi)
     elif state == "offline":
         raw = _obj(doc, "", {k: k for k in ("state", "session", "reason")}, ("session", "reason"))
         if type(raw["reason"]) is not str or raw["reason"] not in ("lost", "shutdown"):

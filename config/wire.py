@@ -28,6 +28,10 @@ from pydantic.alias_generators import to_camel
 
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.lean import (
+    MAX_FACT_CPUS,
+    MAX_FACT_HOSTNAME,
+    MAX_FACT_KERNEL,
+    MAX_FACT_OS,
     MAX_PAYLOAD_BYTES,
     MAX_PROCESSES,
     MAX_TOKEN,
@@ -96,6 +100,13 @@ class StatusOnline(_Wire):
     session: Session
     heartbeat_s: Annotated[int, Field(ge=1, le=86400)]
     agent: Annotated[str, StringConstraints(max_length=64)]
+    # Device facts (each optional: older agents send none; `config.fleet.FACT_FIELDS`).
+    os: Annotated[str, StringConstraints(max_length=MAX_FACT_OS)] | None = None
+    arch: Annotated[str, StringConstraints(max_length=MAX_FACT_OS)] | None = None
+    kernel: Annotated[str, StringConstraints(max_length=MAX_FACT_KERNEL)] | None = None
+    hostname: Annotated[str, StringConstraints(max_length=MAX_FACT_HOSTNAME)] | None = None
+    cpus: Annotated[int, Field(ge=1, le=MAX_FACT_CPUS)] | None = None
+    memory_bytes: Count | None = None
 
 
 class StatusOffline(_Wire):

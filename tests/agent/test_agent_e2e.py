@@ -6,6 +6,7 @@ user sees: retained statuses and reports on the broker, pids that exist or not, 
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from devicefabric.config.resource import EnvVar
-from devicefabric.config.wire import decode_report
+from devicefabric.config.wire import StatusOnline, decode_report, decode_status
 from tests.agent.fabric import Doc, Fabric, fabric, running_pids, wait_gone
 from tests.agent.helpers import DEVICE, alive, desired_process, document, key
 from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
@@ -121,6 +122,20 @@ def test_kill_9_fires_the_will_with_the_right_session_within_a_second(any_fab: F
     retained = any_fab.observer.inbox.wait_for(any_fab.topics.status(DEVICE))
     assert retained.retain
     assert retained.json() == will
+
+
+def test_the_retained_birth_carries_the_device_facts(fab: Fabric) -> None:
+    agent = fab.agent()
+    agent.start()
+    session = fab.wait_online()
+    fab.reconnect_clients()  # what a late subscriber (a bridge starting) sees
+    retained = fab.observer.inbox.wait_for(
+        fab.topics.status(DEVICE), lambda m: m.retain and m.json()["session"] == session
+    )
+    birth = decode_status(retained.payload)  # the wire schema holds
+    assert isinstance(birth, StatusOnline)
+    assert (birth.arch, birth.cpus) == (os.uname().machine, os.cpu_count())
+    assert None not in (birth.os, birth.kernel, birth.hostname, birth.memory_bytes)
 
 
 def test_sigterm_stops_children_publishes_shutdown_and_exits_0(fab: Fabric, tmp_path: Path) -> None:

@@ -67,6 +67,25 @@ def test_a_device_document_has_what_it_had() -> None:
     assert doc["processes"] == {
         "default/dev-a": {"generation": 1, "phase": "Running", "restarts": 0}
     }
+    assert doc["facts"] == {}  # an agent that sent none
+
+
+def test_a_device_document_has_the_facts_of_the_latest_birth() -> None:
+    tracker = tracker_of(("dev-a",))
+    birth = StatusOnline(
+        state="online",
+        session="s0",
+        heartbeat_s=15,
+        agent="t",
+        arch="aarch64",
+        cpus=4,
+        memory_bytes=2**32,
+    )
+    tracker.status("dev-a", birth, 3.0)
+    (view,) = snapshot(tracker, ResourceIndex(), 3.5, {})
+    (doc,) = json.loads(render_devices([view]).body)
+    assert doc["facts"] == {"arch": "aarch64", "cpus": 4, "memoryBytes": 2**32}
+    assert doc["state"] == "connected"
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "x", str(MAX_PAGE + 1), "1e3"])

@@ -26,6 +26,10 @@ def j(obj: object) -> bytes:
 BIRTH = j({"state": "online", "session": "s1", "heartbeat_s": 15, "agent": "x"})
 
 
+def _birth(**facts: object) -> bytes:
+    return j({"state": "online", "session": "s1", "heartbeat_s": 15, "agent": "x", **facts})
+
+
 @pytest.mark.parametrize(
     ("topic", "payload", "reason"),
     [
@@ -40,6 +44,12 @@ BIRTH = j({"state": "online", "session": "s1", "heartbeat_s": 15, "agent": "x"})
         ("fabric/v1/devices/dev-a/report", j({"session": "s1"}), "schema"),
         ("fabric/v1/devices/dev-a/desired", j({"revision": "r", "processes": 3}), "schema"),
         ("fabric/v1/devices/dev-a/status", b"\xff\xfe", "invalid_json"),
+        # a bad device fact refuses the whole birth
+        ("fabric/v1/devices/dev-a/status", _birth(cpus=0), "schema"),
+        ("fabric/v1/devices/dev-a/status", _birth(cpus="4"), "schema"),
+        ("fabric/v1/devices/dev-a/status", _birth(memory_bytes=2**63), "schema"),
+        ("fabric/v1/devices/dev-a/status", _birth(arch="x" * 65), "schema"),
+        ("fabric/v1/devices/dev-a/status", _birth(hostname=None, os=7), "schema"),
     ],
 )
 def test_invalid_messages_are_dropped_and_counted(topic: str, payload: bytes, reason: str) -> None:

@@ -302,3 +302,44 @@ def test_a_rebirth_with_a_shorter_heartbeat_times_out_on_the_new_window() -> Non
     # The new window is 3 x 2 s from the birth at t=2, not the old 45 s one.
     assert feed(tracker, Step(8.1, None)) == ["HeartbeatTimeout"]
     assert feed(tracker, Step(46, None)) == []  # the stale 45 s entry decides nothing twice
+
+
+FACTS = {"os": "Linux", "arch": "x86_64", "cpus": 4, "memory_bytes": 2**33}
+
+
+def test_facts_come_from_the_latest_birth_keyed_by_device_status_field() -> None:
+    tracker = DeviceTracker()
+    tracker.status(DEV, online("s1"), 0.0)
+    device = tracker.get(DEV)
+    assert device is not None
+    assert dict(device.facts) == {}
+    tracker.status(DEV, online("s2").model_copy(update=FACTS), 1.0)
+    assert dict(device.facts) == {"os": "Linux", "arch": "x86_64", "cpus": 4, "memoryBytes": 2**33}
+    with pytest.raises(TypeError):
+        device.facts["os"] = "Plan9"  # type: ignore[index]
+    tracker.status(DEV, online("s3"), 2.0)  # an older agent: no facts clears them
+    assert dict(device.facts) == {}
+
+
+def test_a_birth_changing_only_facts_is_no_transition() -> None:
+    tracker = DeviceTracker()
+    born = Transition(DEV, Reason.CONNECTED, None, "s1")
+    assert tracker.status(DEV, online("s1"), 0.0) == (born,)
+    assert tracker.status(DEV, online("s1").model_copy(update=FACTS), 1.0) == ()
+    assert tracker.status(DEV, online("s1").model_copy(update={"cpus": 8}), 2.0) == ()
+    device = tracker.get(DEV)
+    assert device is not None
+    assert dict(device.facts) == {"cpus": 8}
+    assert (device.reason, device.session) == (Reason.CONNECTED, "s1")
+    assert tracker.status(DEV, online("s1").model_copy(update=FACTS), 3.0, retained=True) == ()
+    assert device.facts["arch"] == "x86_64"
+
+
+def test_a_birth_of_a_dead_session_keeps_the_facts() -> None:
+    tracker = DeviceTracker()
+    tracker.status(DEV, online("s1").model_copy(update={"arch": "armv7l"}), 0.0)
+    tracker.status(DEV, online("s2").model_copy(update={"arch": "aarch64"}), 1.0)
+    assert tracker.status(DEV, online("s1").model_copy(update={"arch": "armv7l"}), 2.0) == ()
+    device = tracker.get(DEV)
+    assert device is not None
+    assert dict(device.facts) == {"arch": "aarch64"}

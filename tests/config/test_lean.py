@@ -9,7 +9,7 @@ valid ones with hostile edits (`mutated_payloads`), and any JSON at all.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from hypothesis import example, given
@@ -127,6 +127,66 @@ def test_any_json_and_status_documents_agree(value: Any) -> None:
     assert (ours.reason if isinstance(ours, PayloadError) else ours) == expected
 
 
+def _birth(**facts: object) -> bytes:
+    doc = {"state": "online", "session": "s1", "heartbeat_s": 15, "agent": "0.1.0", **facts}
+    return json.dumps(doc).encode()
+
+
+FACTS: Final = {
+    "os": "Linux",
+    "arch": "x86_64",
+    "kernel": "6.1.0-18-amd64",
+    "hostname": "edge-7",
+    "cpus": 4,
+    "memory_bytes": 2**33,
+}
+BAD_STRINGS: Final[tuple[object, ...]] = (1, True, [], {})
+BAD_INTS: Final[tuple[object, ...]] = (2**64, True, 4.0, "4", {})
+BIRTHS = [
+    _birth(),
+    _birth(**FACTS),
+    *(_birth(**{field: value}) for field, value in FACTS.items()),
+    *(_birth(**{field: None}) for field in FACTS),
+    *(
+        _birth(**{field: value})
+        for field, longest in lean.FACT_STRINGS
+        for value in ("", "x" * longest, "x" * (longest + 1), "\U0001f600" * longest, *BAD_STRINGS)
+    ),
+    *(
+        _birth(**{field: value})
+        for field, lo, hi in lean.FACT_INTS
+        for value in (lo, hi, lo - 1, hi + 1, *BAD_INTS)
+    ),
+    _birth(**FACTS, memory=1),
+]
+
+
+@pytest.mark.parametrize("payload", BIRTHS)
+def test_births_with_facts_agree(payload: bytes) -> None:
+    try:
+        model = wire.decode_status(payload)
+    except PayloadError as exc:
+        expected: tuple[str, str] | str = exc.reason
+    else:
+        expected = (model.state, model.session)
+    ours = lean.decode_status(payload)
+    assert (ours.reason if isinstance(ours, PayloadError) else ours) == expected
+
+
+def test_a_birth_without_facts_encodes_as_before() -> None:
+    assert lean.encode_online("s1", 15, "0.1.0") == (
+        b'{"agent":"0.1.0","heartbeat_s":15,"session":"s1","state":"online"}'
+    )
+    assert json.loads(lean.encode_online("s1", 15, "0.1.0", arch="aarch64", cpus=8)) == {
+        "state": "online",
+        "session": "s1",
+        "heartbeat_s": 15,
+        "agent": "0.1.0",
+        "arch": "aarch64",
+        "cpus": 8,
+    }
+
+
 @FUZZ
 @given(fs.status_docs(), fs.heartbeat_docs(), fs.report_docs())
 def test_encoders_write_what_the_wire_models_write(
@@ -134,7 +194,17 @@ def test_encoders_write_what_the_wire_models_write(
 ) -> None:
     model = wire.decode_status(json.dumps(status).encode())
     if isinstance(model, wire.StatusOnline):
-        ours = lean.encode_online(model.session, model.heartbeat_s, model.agent)
+        ours = lean.encode_online(
+            model.session,
+            model.heartbeat_s,
+            model.agent,
+            os=model.os,
+            arch=model.arch,
+            kernel=model.kernel,
+            hostname=model.hostname,
+            cpus=model.cpus,
+            memory_bytes=model.memory_bytes,
+        )
     else:
         ours = lean.encode_offline(model.session, model.reason)
     assert ours == wire.encode(model)

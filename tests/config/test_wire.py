@@ -77,6 +77,82 @@ def test_status_rejections_are_precise(payload: bytes, reason: str, where: str) 
     assert where in info.value.detail
 
 
+OLD_BIRTH = {"state": "online", "session": "b00t-1", "heartbeat_s": 15, "agent": "0.1.0"}
+FACTS = {
+    "os": "Linux",
+    "arch": "x86_64",
+    "kernel": "6.1.0-18-amd64",
+    "hostname": "edge-7",
+    "cpus": 4,
+    "memory_bytes": 8 * 2**30,
+}
+
+
+def test_a_birth_without_facts_is_accepted_and_encodes_as_before() -> None:
+    online = decode_status(j(OLD_BIRTH))
+    assert isinstance(online, StatusOnline)
+    assert (online.os, online.arch, online.cpus, online.memory_bytes) == (None, None, None, None)
+    assert encode(online) == (
+        b'{"agent":"0.1.0","heartbeat_s":15,"session":"b00t-1","state":"online"}'
+    )
+
+
+def test_a_birth_with_every_fact_round_trips() -> None:
+    online = decode_status(j({**OLD_BIRTH, **FACTS}))
+    assert isinstance(online, StatusOnline)
+    assert (online.os, online.arch, online.kernel) == ("Linux", "x86_64", "6.1.0-18-amd64")
+    assert (online.hostname, online.cpus, online.memory_bytes) == ("edge-7", 4, 8 * 2**30)
+    assert json.loads(encode(online)) == {**OLD_BIRTH, **FACTS}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        *list(FACTS.items()),
+        ("os", "x" * 64),
+        ("arch", ""),
+        ("kernel", "k" * 128),
+        ("hostname", "h" * 253),
+        ("cpus", 65536),
+        ("memory_bytes", 0),
+        ("memory_bytes", 2**63 - 1),
+    ],
+)
+def test_each_fact_is_optional_on_its_own(field: str, value: object) -> None:
+    online = decode_status(j({**OLD_BIRTH, field: value}))
+    assert getattr(online, field) == value
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("os", 1),
+        ("os", ["Linux"]),
+        ("os", "x" * 65),
+        ("arch", "x" * 65),
+        ("arch", True),
+        ("kernel", "k" * 129),
+        ("hostname", "h" * 254),
+        ("hostname", {"name": "edge"}),
+        ("cpus", 0),
+        ("cpus", -1),
+        ("cpus", 65537),
+        ("cpus", "4"),
+        ("cpus", 4.0),
+        ("cpus", True),
+        ("memory_bytes", -1),
+        ("memory_bytes", 2**63),
+        ("memory_bytes", 1.5e9),
+        ("memory_bytes", "8G"),
+    ],
+)
+def test_a_bad_fact_refuses_the_birth(field: str, value: object) -> None:
+    with pytest.raises(PayloadError) as info:
+        decode_status(j({**OLD_BIRTH, **FACTS, field: value}))
+    assert (info.value.kind, info.value.reason) == ("status", "schema")
+    assert field in info.value.detail
+
+
 def test_heartbeat_is_strict() -> None:
     assert decode_heartbeat(j({"session": "s-1", "seq": 3})) == Heartbeat(session="s-1", seq=3)
     for bad in ({"session": "s", "seq": -1}, {"session": "s", "seq": 1.5}, {"session": "s"}):

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from hypothesis import strategies as st
 
+from devicefabric.config.lean import FACT_INTS, FACT_STRINGS
 from devicefabric.config.names import RESERVED_NAMES, is_device_name
 from devicefabric.config.resource import Phase, RestartPolicy
 from devicefabric.config.topics import DEFAULT_ROOT, DeviceTopic, Topics
@@ -109,7 +110,11 @@ def status_docs() -> st.SearchStrategy[dict[str, Any]]:
             "session": sessions(),
             "heartbeat_s": st.integers(1, 86400),
             "agent": st.text(max_size=64),
-        }
+        },
+        optional={  # the device facts: each optional (older agents send none)
+            **{field: st.text(max_size=longest) for field, longest in FACT_STRINGS},
+            **{field: st.integers(lo, hi) for field, lo, hi in FACT_INTS},
+        },
     )
     offline = st.fixed_dictionaries(
         {
