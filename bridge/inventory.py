@@ -4,8 +4,9 @@
 stored, returning the minimal merge patch (None deletes a field) or None when nothing differs:
 - `Connected` (reasons as `AgentConnected`: Connected, ConnectionLost, Shutdown, HeartbeatTimeout,
   with their fixed messages), `lastTransitionTime` kept unless its status changes;
-- from the latest birth: `session`, `heartbeatSeconds`, `agentVersion` and the device facts
-  (`config.fleet.FACT_FIELDS`; a birth without a fact clears it);
+- `session` (the latest, from a birth or a will) and, once a birth was seen, `heartbeatSeconds`,
+  `agentVersion` and the device facts (`config.fleet.FACT_FIELDS`; a birth without a fact clears
+  it);
 - `processes`: how many DeviceProcesses target the device.
 
 Like `statuses`, what the bridge does not know it does not touch: a device known only from the
@@ -27,11 +28,6 @@ from devicefabric.config.fleet import CONNECTED, FACT_FIELDS
 from devicefabric.config.resource import make_condition, set_condition
 
 
-def _facts(device: Device) -> Mapping[str, object]:
-    facts = getattr(device, "facts", None)
-    return facts if isinstance(facts, Mapping) else {}
-
-
 def desired_device_status(
     device: Device | None, processes: int, stored: Mapping[str, object], now: str
 ) -> dict[str, object]:
@@ -46,15 +42,15 @@ def desired_device_status(
         want["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in updated]
     if device.session is not None:
         want["session"] = device.session
+    if device.born is not None:  # a birth seen (a will alone says nothing of these)
         want["heartbeatSeconds"] = device.heartbeat_s
         if device.agent:
             want["agentVersion"] = device.agent
         else:
             want.pop("agentVersion", None)
-        facts = _facts(device)
         for _, field in FACT_FIELDS:
-            if field in facts:
-                want[field] = facts[field]
+            if field in device.facts:
+                want[field] = device.facts[field]
             else:
                 want.pop(field, None)
     return want

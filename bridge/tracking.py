@@ -76,6 +76,7 @@ class Device:
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
     agent: str = ""
     facts: Facts = field(default_factory=lambda: NO_FACTS)  # the latest birth's; see `facts_of`
+    born: str | None = None  # session of the latest birth seen (None: its fields are unknown)
     last_seen: float | None = None  # bridge monotonic time of the last live message
     deadline: float | None = None  # goes stale at this time; None when not expected to beat
     queued: bool = False  # an entry for this device is in the deadline heap...
@@ -170,6 +171,7 @@ class DeviceTracker:
             return self._offline(device, doc)
         device.heartbeat_s = doc.heartbeat_s
         device.agent = doc.agent
+        device.born = doc.session
         device.facts = facts_of(doc)  # data, not a transition: the rules below ignore it
         if not retained:
             return self._alive(device, doc.session, now, birth=True)

@@ -25,7 +25,7 @@ from devicefabric.bridge.controlplane.base import OwnerRef, Resource
 from devicefabric.bridge.controlplane.kube_client import MERGE_PATCH, KubeClient
 from devicefabric.bridge.controlplane.kube_informing import Informer
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
-from devicefabric.bridge.errors import NotFoundError
+from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
 from devicefabric.config.fleet import DEVICE_KIND, DEVICE_PLURAL, SET_KIND, SET_PLURAL
 from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
@@ -91,19 +91,32 @@ class KubeFleet:
         self._devices.written(name, answer)
 
     async def patch_device_status(self, name: str, patch: Mapping[str, object]) -> None:
-        path = f"{collection(DEVICE_PLURAL, None)}/{name}/status"
-        answer = await self._client.call(
-            "PATCH", path, body={"status": plain(patch)}, content_type=MERGE_PATCH
-        )
-        self._devices.adopt_newer(name, answer)
+        await self._patch_status(self._devices, name, collection(DEVICE_PLURAL, None), patch)
 
     async def patch_set_status(self, key: str, patch: Mapping[str, object]) -> None:
-        namespace, name = _split(key)
-        path = f"{collection(SET_PLURAL, namespace)}/{name}/status"
-        answer = await self._client.call(
-            "PATCH", path, body={"status": plain(patch)}, content_type=MERGE_PATCH
-        )
-        self._sets.adopt_newer(key, answer)
+        namespace, _ = _split(key)
+        await self._patch_status(self._sets, key, collection(SET_PLURAL, namespace), patch)
+
+    async def _patch_status(
+        self, informer: Informer, key: str, where: str, patch: Mapping[str, object]
+    ) -> None:
+        """A status merge-patch made against the cached resourceVersion: a cache that lags
+        (another replica wrote since, e.g. before a shard moved here) gets 409, is read again
+        and the queue retries on it, so a write is never repeated as a no-op."""
+        cached = informer.cache.get(key)
+        path = f"{where}/{key.rpartition('/')[2]}"
+        body: dict[str, Any] = {"status": plain(patch)}
+        if cached is not None:
+            body["metadata"] = {"resourceVersion": cached.resource_version}
+        try:
+            answer = await self._client.call(
+                "PATCH", f"{path}/status", body=body, content_type=MERGE_PATCH
+            )
+        except ConflictError:
+            with contextlib.suppress(ControlPlaneError):
+                informer.adopt_newer(key, await self._client.call("GET", path))
+            raise
+        informer.adopt_newer(key, answer)
 
     async def create_process(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ NOW, LATER = "2026-12-05T10:00:00Z", "2026-12-05T11:00:00Z"
 def device(
     reason: Reason | None = Reason.CONNECTED, session: str | None = "s1", **kw: Any
 ) -> Device:
+    kw.setdefault("born", session)  # a birth seen for the session, unless the test says not
     return Device("d1", session=session, reason=reason, heartbeat_s=15, agent="0.1.0", **kw)
 
 
@@ -77,15 +79,21 @@ def test_plan_device_status(
 
 
 def test_birth_facts_are_written_and_cleared_by_a_birth_without_them() -> None:
-    known = device()
     facts = {"arch": "x86_64", "cpus": 2}
-    object.__setattr__(known, "facts", facts) if hasattr(known, "facts") else None
-    if not hasattr(known, "facts"):
-        pytest.skip("the tracker does not keep birth facts yet")
-    patch = plan_device_status(known, 2, SETTLED, LATER)
-    assert patch == facts
-    known.facts = {}  # type: ignore[misc]
-    assert plan_device_status(known, 2, {**SETTLED, **facts}, LATER) == {"arch": None, "cpus": None}
+    known = device(facts=MappingProxyType(facts))
+    assert plan_device_status(known, 2, SETTLED, LATER) == facts
+    bare = device()
+    assert plan_device_status(bare, 2, {**SETTLED, **facts}, LATER) == {"arch": None, "cpus": None}
+
+
+def test_a_will_alone_does_not_unsay_what_a_birth_said() -> None:
+    """A bridge that saw only the retained will (it started after the birth) writes the
+    condition, and keeps the birth's fields a replica before it wrote."""
+    known = device(Reason.CONNECTION_LOST, born=None)
+    known.heartbeat_s, known.agent = 15, ""
+    stored = {**SETTLED, "heartbeatSeconds": 600, "agentVersion": "sim"}
+    patch = plan_device_status(known, 2, stored, LATER)
+    assert patch == {"conditions": [connected("ConnectionLost", "False", LATER)]}
 
 
 @pytest.mark.parametrize(

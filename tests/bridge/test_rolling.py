@@ -37,7 +37,7 @@ def view(s: DeviceProcessSetSpec, selected: str, states: str, conflicts: str = "
 
 
 @pytest.mark.parametrize(
-    ("s", "selected", "states", "create", "update", "delete"),
+    "row",
     [
         # a new set: every selected device gets its process at once (no budget for creates)
         (rolling(), "a b c", "", ("a", "b", "c"), (), ()),
@@ -63,20 +63,15 @@ def view(s: DeviceProcessSetSpec, selected: str, states: str, conflicts: str = "
         (spec(updateStrategy={"type": "OnDelete"}), "a b", "a:old+", ("b",), (), ()),
     ],
 )
-def test_plan_set_actions(
-    s: DeviceProcessSetSpec,
-    selected: str,
-    states: str,
-    create: tuple[str, ...],
-    update: tuple[str, ...],
-    delete: tuple[str, ...],
-) -> None:
+def test_plan_set_actions(row: tuple[Any, ...]) -> None:
+    """(spec, selected, owned states) -> (create, update, delete)."""
+    s, selected, states, create, update, delete = row
     plan = plan_set(view(s, selected, states))
     assert (plan.create, plan.update, plan.delete) == (create, update, delete)
 
 
 @pytest.mark.parametrize(
-    ("s", "selected", "states", "conflicts", "counts", "progressing", "available"),
+    "row",
     [
         (rolling(), "a b", "a:new+ b:new+", "", (2, 2, 2, 2), "COMPLETE", "MINIMUM_AVAILABLE"),
         (rolling(), "a b", "a:new- b:old+", "", (2, 2, 1, 1), "ROLLING_OUT", "MINIMUM_AVAILABLE"),
@@ -86,15 +81,9 @@ def test_plan_set_actions(
         (rolling(), "", "", "", (0, 0, 0, 0), "COMPLETE", "MINIMUM_AVAILABLE"),
     ],
 )
-def test_plan_set_status(
-    s: DeviceProcessSetSpec,
-    selected: str,
-    states: str,
-    conflicts: str,
-    counts: tuple[int, int, int, int],
-    progressing: str,
-    available: str,
-) -> None:
+def test_plan_set_status(row: tuple[Any, ...]) -> None:
+    """(spec, selected, owned states, conflicts) -> (counts, Progressing, Available)."""
+    s, selected, states, conflicts, counts, progressing, available = row
     plan = plan_set(view(s, selected, states, conflicts))
     names = ("desiredNumber", "currentNumber", "updatedNumber", "availableNumber")
     assert tuple(plan.counts[n] for n in names) == counts

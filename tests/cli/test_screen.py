@@ -100,7 +100,7 @@ def test_up_demo_keeps_the_table_on_top_while_the_log_scrolls_below(
     assert [line.split()[0] for line in lines[header + 1 : header + 4]] == [
         "crasher",
         "one-shot",
-        "ticker",
+        "sampler-demo-1",
     ]
     separator = next(i for i, line in enumerate(lines) if line.startswith("-- logs "))
     below = [line for line in lines[separator + 1 :] if line.strip()]

@@ -14,12 +14,17 @@ import re
 import time
 from pathlib import Path
 
+from devicefabric.cli.demo import DEMO_DEVICES
 from tests.support.cli import SHUTDOWN_BOUND, Background, pid_alive, run_cli, start_up
 
 
 def last_table(out: str) -> dict[str, list[str]]:
-    """NAME -> row of the last table `up --demo` printed."""
-    tables = [block for block in out.split("\n\n") if block.startswith("NAME ")]
+    """NAME -> row of the last DeviceProcess table `up --demo` printed (not the sets' table)."""
+    tables = [
+        block
+        for block in out.split("\n\n")
+        if block.startswith("NAME ") and block.split()[1] == "DEVICE"
+    ]
     if not tables:
         return {}
     return {row.split()[0]: row.split() for row in tables[-1].splitlines()[1:]}
@@ -47,6 +52,7 @@ def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
             "ticker": "Running",
             "crasher": "CrashLoopBackOff",
             "one-shot": "Succeeded",
+            **{f"sampler-{d}": "Running" for d in DEMO_DEVICES},  # the demo's set, one a device
         } and connected == {"True"}
 
     up.wait_for(lives, timeout=25, what="the table to show Running, CrashLoopBackOff, Succeeded")
@@ -55,11 +61,18 @@ def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
     ticker = json.loads(run_cli("get", "ticker", "-o", "json", "--state-dir", str(state)).out)
     sample_pid = ticker["status"]["pid"]
     assert pid_alive(sample_pid)
+    owned = json.loads(
+        run_cli("get", "sampler-demo-2", "-o", "json", "--state-dir", str(state)).out
+    )
+    owned_pid = owned["status"]["pid"]
+    assert pid_alive(owned_pid)
+    sets = run_cli("get", "dpset", "--state-dir", str(state)).out.splitlines()
+    assert sets[1].split()[:5] == ["sampler", "3", "3", "3", "3"]
 
     started = time.monotonic()
     assert up.ctrl_c(timeout=SHUTDOWN_BOUND) == 0  # SIGINT to the group, as a terminal does
     assert time.monotonic() - started < SHUTDOWN_BOUND
-    assert [pid for pid in [*agents, sample_pid] if pid_alive(pid)] == []
+    assert [pid for pid in [*agents, sample_pid, owned_pid] if pid_alive(pid)] == []
 
     # Each agent got one SIGTERM from `up` and said a clean offline, which the bridge recorded.
     listing = json.loads(run_cli("get", "-o", "json", "--state-dir", str(state)).out)
@@ -71,4 +84,5 @@ def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
         ]
         for item in listing["items"]
     }
-    assert reasons == {name: [("False", "Shutdown")] for name in ("ticker", "crasher", "one-shot")}
+    names = ("ticker", "crasher", "one-shot", *(f"sampler-{d}" for d in DEMO_DEVICES))
+    assert reasons == {name: [("False", "Shutdown")] for name in names}

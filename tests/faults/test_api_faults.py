@@ -61,7 +61,14 @@ def bridge_records(fabric: KubeFabric, since: float) -> list[RequestRecord]:
 
 
 def status_patches(records: list[RequestRecord]) -> list[RequestRecord]:
-    return [r for r in records if r.info.verb == "patch" and r.info.subresource == "status"]
+    """DeviceProcess status PATCHes (Device and set status writes are counted on their own)."""
+    return [
+        r
+        for r in records
+        if r.info.verb == "patch"
+        and r.info.subresource == "status"
+        and r.info.resource == "deviceprocesses"
+    ]
 
 
 def retry_gaps(records: list[RequestRecord]) -> list[float]:

@@ -52,6 +52,7 @@ def _status_writes(fab: KubeFabric, since: float) -> list[tuple[float, str]]:
         and r.monotonic >= since
         and r.info.verb == "patch"
         and r.info.subresource == "status"
+        and r.info.resource == "deviceprocesses"
         and r.status < 300
     ]
 

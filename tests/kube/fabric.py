@@ -36,6 +36,9 @@ LEASE: Final = (
 )
 
 
+DEVICES_PATH = "/apis/devicefabric.io/v1alpha1/devices"
+
+
 def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
     for cond in (obj.get("status") or {}).get("conditions") or ():
         if cond.get("type") == ctype:
@@ -276,6 +279,19 @@ class KubeFabric:
             what=f"{names} {phase}, connected, synced",
         )
 
+    def devices_settled(self, processes: dict[str, int]) -> bool:
+        """Every Device named exists, reads Connected=True and counts `processes[name]`
+        DeviceProcesses (the bridge's Device writes have all landed)."""
+        items = self.http.get(DEVICES_PATH).body["items"]
+        seen = {
+            d["metadata"]["name"]: (
+                (d.get("status") or {}).get("processes"),
+                condition(d, "Connected").get("status"),
+            )
+            for d in items
+        }
+        return all(seen.get(name) == (count, "True") for name, count in processes.items())
+
     def leader(self) -> str:
         resp = self.http.get(LEASE)
         return str(resp.body["spec"]["holderIdentity"]) if resp.status == 200 else ""
@@ -319,5 +335,5 @@ def audited(workdir: Path, secret: bytes, devices: tuple[str, ...]) -> Iterator[
         fab.close()
     records = fab.api.log.records()
     assert denied(records) == [], "the bridge made requests our RBAC does not grant"
-    noops = [str(r) for r in records if r.noop and r.user != "admin"]
-    assert noops == [], "the bridge wrote a no-op"
+    noops = [(str(r), r.json()) for r in records if r.noop and r.user != "admin"]
+    assert noops == [], f"the bridge wrote a no-op: {noops}"

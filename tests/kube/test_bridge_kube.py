@@ -64,19 +64,6 @@ def events_since(fabric: KubeFabric, since_rv: int) -> list[dict[str, Any]]:
     return [e for e in items if int(e["metadata"]["resourceVersion"]) > since_rv]
 
 
-def devices_settled(fabric: KubeFabric, processes: dict[str, int]) -> bool:
-    """Every Device exists, reads Connected=True and counts `processes[name]` processes."""
-    items = fabric.http.get(DEVICES_PATH).body["items"]
-    seen = {
-        d["metadata"]["name"]: (
-            (d.get("status") or {}).get("processes"),
-            condition(d, "Connected").get("status"),
-        )
-        for d in items
-    }
-    return all(seen.get(name) == (count, "True") for name, count in processes.items())
-
-
 def marker(fabric: KubeFabric, name: str, device: str, *, settle: bool = True) -> None:
     """A change the bridge must write; once written, every earlier write has happened.
 
@@ -90,7 +77,6 @@ def marker(fabric: KubeFabric, name: str, device: str, *, settle: bool = True) -
         wait_for(lambda: condition(fabric.get(name), "AgentConnected"), 10, 0.02, what=name)
 
 
-DEVICES_PATH = "/apis/devicefabric.io/v1alpha1/devices"
 DEV_A_COUNT = {"status": {"processes": 2}}
 LEASE_ENV = {
     "DEVICEFABRIC_LEASE_DURATION": "2",
@@ -129,7 +115,7 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
 
     # The bridge created a Device per device and wrote its status (processes counted).
     expected = {d: sum(1 for n in names if n.startswith(d)) for d in agents}
-    wait_for(lambda: devices_settled(fabric, expected), 15, 0.05, what="Devices written")
+    wait_for(lambda: fabric.devices_settled(expected), 15, 0.05, what="Devices written")
 
     # Heartbeats from every device: neither replica writes anything.
     observer = connect(fabric.broker, "observer")

@@ -64,7 +64,9 @@ def device_writes(fabric: KubeFabric, since: float = 0.0) -> list[tuple[RequestR
     for r in fabric.api.log.records():
         if not r.user.startswith("system:serviceaccount") or r.monotonic < since or r.status >= 300:
             continue
-        if r.info.verb == "patch" and r.info.subresource == "status":
+        if r.info.verb == "patch" and r.info.resource == "devices":
+            found.append((r, str(r.info.name)))  # a Device: its shard is its own name's
+        elif r.info.verb == "patch" and r.info.subresource == "status":
             found.append((r, device_of_resource(str(r.info.name))))
         elif r.info.verb == "create" and r.info.resource == "events":
             doc = r.json() or {}
@@ -179,7 +181,7 @@ async def marker(fleet: Fleet, fabric: KubeFabric, device: str) -> None:
 
     def written() -> bool:
         kinds = {r.info.resource for r, d in device_writes(fabric, since=dropped) if d == device}
-        return kinds == {"deviceprocesses", "events"}
+        return kinds >= {"deviceprocesses", "events", "devices"}
 
     await async_wait_for(written, 10, what=f"{device}: ConnectionLost and its Event written")
     assert connected(fabric, device) == "ConnectionLost"
@@ -221,6 +223,8 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
         return {d for r, d in device_writes(fabric) if r.info.resource == "events"} == set(DEVICES)
 
     await async_wait_for(evented, 30, what="an AgentConnected Event for each device")
+    settled = dict.fromkeys(DEVICES, 1)
+    await async_wait_for(lambda: fabric.devices_settled(settled), 30, what="every Device written")
     writers = {pod_of(r) for r, _ in device_writes(fabric)}
     print(f"\n[start] 3 replicas, shards {spread(fabric)}, writers {sorted(writers)}")
 
@@ -242,7 +246,7 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
         lambda: bridge_status(fabric)["state"] == "online", 5, what="bridge/status online"
     )
     after_kill = device_writes(fabric, since=killed_at)
-    assert {d for _, d in after_kill} == {target}, [str(r) for r, _ in after_kill]
+    assert {d for _, d in after_kill} == {target}, [(str(r), r.json()) for r, _ in after_kill]
     assert {pod_of(r) for r, _ in after_kill} <= survivors
 
     # A fourth replica: it takes a fair share, again without a needless write.
