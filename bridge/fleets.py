@@ -178,6 +178,10 @@ class FleetController:
             log.info("device created", extra={"device": name})
             self.enqueue(DEVICE_PREFIX + name)  # its status, once it is in the cache
             return Outcome.WROTE
+        if known is not None and known.reason is None and not obj.status.get("conditions"):
+            # Known from a retained birth only: its first status waits for the heartbeat that
+            # confirms it (or the timeout that does not), and then is one write, not two.
+            return Outcome.DONE
         processes = len(self.index.keys_of(name))
         patch = plan_device_status(known, processes, obj.status, rfc3339())
         if patch is None:

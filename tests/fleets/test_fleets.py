@@ -1,0 +1,294 @@
+"""Tier 3: Devices and DeviceProcessSets end to end on both control planes (`scenario.tell`).
+
+Kubernetes: the bridge is a real `bridge run --control-plane kube` subprocess against the fake
+API server; history is a watch of DeviceProcesses (every version, in order), and the bridge's
+writes per phase are counted on the request log (printed: the issue asks for the figures). Local:
+the bridge runs in-process over a state directory (a thread with its own loop) and history is
+every state its cache went through (all writes to processes are the bridge's own and are adopted
+at once); the operator's side is the real CLI (`label`, `apply`, `delete`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devicefabric.bridge.controlplane.base import Resource
+from devicefabric.bridge.controlplane.local import LocalControlPlane
+from devicefabric.bridge.controlplane.localfleet import set_store
+from devicefabric.bridge.service import Bridge
+from devicefabric.config.fleet import SET_LABEL
+from tests.bridge.scene import settings
+from tests.fleets.scenario import DEVICES, ROLE, SET_NAME, Snapshot, snapshot, tell
+from tests.kube.fabric import KubeFabric, audited
+from tests.kube.fakeapi.client import WatchEnded
+from tests.support.cli import run_cli
+from tests.support.waiting import wait_for
+
+API = "/apis/devicefabric.io/v1alpha1"
+SETS = f"{API}/namespaces/default/deviceprocesssets"
+PROCESSES = f"{API}/namespaces/default/deviceprocesses"
+
+
+def set_document(
+    spec_template: dict[str, Any], max_unavailable: int, paused: bool
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "devicefabric.io/v1alpha1",
+        "kind": "DeviceProcessSet",
+        "metadata": {"name": SET_NAME, "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {ROLE: "collector"}},
+            "template": spec_template,
+            "updateStrategy": {"rollingUpdate": {"maxUnavailable": max_unavailable}},
+            "paused": paused,
+        },
+    }
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+class KubeWorld:
+    def __init__(self, fabric: KubeFabric) -> None:
+        self.fabric = fabric
+        self.http = fabric.http
+        self.history: list[Snapshot] = []
+        self.phases: list[tuple[str, Counter[str]]] = []
+        self._since = time.monotonic()
+        self._stop = threading.Event()
+        listed = self.http.get(PROCESSES).body
+        self._objects = {o["metadata"]["name"]: o for o in listed["items"]}
+        self._watcher = threading.Thread(
+            target=self._watch, args=(listed["metadata"]["resourceVersion"],), daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, rv: str) -> None:
+        ended = WatchEnded()
+        for event in self.http.watch(PROCESSES, ended, timeout=120, resourceVersion=rv):
+            obj = event["object"]
+            if event["type"] == "DELETED":
+                self._objects.pop(obj["metadata"]["name"], None)
+            elif event["type"] in ("ADDED", "MODIFIED"):
+                self._objects[obj["metadata"]["name"]] = obj
+            self.history.append(snapshot(list(self._objects.values())))
+            if self._stop.is_set():
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def wait_devices(self) -> None:
+        wait_for(
+            lambda: self.fabric.devices_settled(dict.fromkeys(DEVICES, 0)), 30, 0.05, what="Devices"
+        )
+
+    def label(self, device: str, value: str | None) -> None:
+        resp = self.http.merge(f"{API}/devices/{device}", {"metadata": {"labels": {ROLE: value}}})
+        assert resp.status == 200, resp.body
+
+    def apply_set(self, template: dict[str, Any], max_unavailable: int, paused: bool) -> None:
+        doc = set_document(template, max_unavailable, paused)
+        resp = self.http.merge(f"{SETS}/{SET_NAME}", {"spec": doc["spec"]})
+        if resp.status == 404:
+            resp = self.http.request("POST", SETS, doc)
+        assert resp.status in (200, 201), resp.body
+
+    def delete_set(self) -> None:
+        assert self.http.request("DELETE", f"{SETS}/{SET_NAME}").status == 200
+
+    def owned(self) -> dict[str, dict[str, Any]]:
+        items = self.http.get(PROCESSES, labelSelector=f"{SET_LABEL}={SET_NAME}").body["items"]
+        return {o["spec"]["deviceName"]: o for o in items}
+
+    def set_object(self) -> dict[str, Any]:
+        obj: dict[str, Any] = self.http.get(f"{SETS}/{SET_NAME}").body
+        return obj
+
+    def kill_agent(self, device: str) -> None:
+        self.fabric.kill_agent(device)
+
+    def start_agent(self, device: str) -> None:
+        self.fabric.start_agent(device)
+
+    def mark(self, phase: str) -> None:
+        """Count the bridge's writes since the last mark: `verb resource` -> n."""
+        now = time.monotonic()
+        counts: Counter[str] = Counter(
+            f"{r.info.verb} {r.info.resource}{'/' + r.info.subresource if r.info.subresource else ''}"
+            for r in self.fabric.api.log.records()
+            if r.user.startswith("system:serviceaccount")
+            and self._since <= r.monotonic < now
+            and r.info.verb in ("create", "patch", "update", "delete")
+            and r.status < 300
+        )
+        self.phases.append((phase, counts))
+        self._since = now
+
+
+def test_fleets_on_kubernetes(tmp_path: Path, secret: bytes) -> None:
+    with audited(tmp_path, secret, DEVICES) as fabric:
+        fabric.start_bridge("bridge-0")
+        for device in DEVICES:
+            fabric.start_agent(device)
+        world = KubeWorld(fabric)
+        try:
+            tell(world)
+        finally:
+            world.close()
+        print()
+        for phase, counts in world.phases:
+            print(f"[writes] {phase}: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+        heartbeat_phase = dict(world.phases)
+        assert heartbeat_phase  # every phase was counted
+
+
+# -- local -------------------------------------------------------------------------------------
+class RecordingPlane(LocalControlPlane):
+    """The bridge's own plane, recording the set's processes after every change of its cache."""
+
+    history: list[Snapshot]
+
+    async def run(self, on_change: Callable[[str], None]) -> None:
+        self.history = []
+
+        def recording(key: str) -> None:
+            on_change(key)
+            self.history.append(snapshot([_document(r) for r in self.resources()]))
+
+        await super().run(recording)
+
+
+def _document(res: Resource) -> dict[str, Any]:
+    return {
+        "metadata": {"name": res.name, "generation": res.generation, "labels": dict(res.labels)},
+        "spec": dict(res.spec),
+        "status": dict(res.status),
+    }
+
+
+class BridgeThread:
+    """The bridge in-process, on its own loop in a thread, for the block."""
+
+    def __init__(self, fabric: KubeFabric, state: Path) -> None:
+        self.plane = RecordingPlane(state)
+        self._fabric = fabric
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
+        config = settings(self._fabric.broker)
+        async with Bridge(config, self.plane, fleet=self.plane.fleet) as bridge:
+            await bridge.wait_ready()
+            self._ready.set()
+            await self._done.wait()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._thread.start()
+        assert self._ready.wait(30), "the bridge did not get ready"
+        assert self._error is None, self._error
+        try:
+            yield
+        finally:
+            if self._loop is not None and self._done is not None:
+                self._loop.call_soon_threadsafe(self._done.set)
+            self._thread.join(15)
+            assert self._error is None, self._error
+
+
+class LocalWorld:
+    def __init__(self, fabric: KubeFabric, state: Path, bridge: BridgeThread) -> None:
+        self.fabric = fabric
+        self.state = state
+        self.plane = bridge.plane
+        self.file = state.parent / "set.yaml"
+
+    @property
+    def history(self) -> list[Snapshot]:
+        return self.plane.history
+
+    def _cli(self, *args: str) -> str:
+        result = run_cli(*args, "--state-dir", str(self.state))
+        assert result.code == 0, result.err
+        return result.out
+
+    def wait_devices(self) -> None:
+        def ready() -> bool:
+            out = json.loads(self._cli("get", "devices", "-o", "json"))
+            rows = {
+                d["metadata"]["name"]: [
+                    c["status"] for c in d.get("status", {}).get("conditions", [])
+                ]
+                for d in out["items"]
+            }
+            return rows == {d: ["True"] for d in DEVICES}
+
+        wait_for(ready, 30, 0.1, what="Devices created and Connected")
+
+    def label(self, device: str, value: str | None) -> None:
+        change = f"{ROLE}=collector" if value else f"{ROLE}-"
+        self._cli("label", "device", device, change, "--overwrite")
+
+    def apply_set(self, template: dict[str, Any], max_unavailable: int, paused: bool) -> None:
+        doc = set_document(template, max_unavailable, paused)
+        self.file.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        self._cli("apply", "-f", str(self.file))
+
+    def delete_set(self) -> None:
+        self._cli("delete", "dpset", SET_NAME)
+
+    def owned(self) -> dict[str, dict[str, Any]]:
+        return {
+            r.device or "": _document(r)
+            for r in self.plane.store.load_all().values()
+            if r.labels.get(SET_LABEL) == SET_NAME
+        }
+
+    def set_object(self) -> dict[str, Any]:
+        res = set_store(self.state).load(f"default/{SET_NAME}")
+        assert res is not None
+        return {"metadata": {"generation": res.generation}, "status": dict(res.status)}
+
+    def kill_agent(self, device: str) -> None:
+        self.fabric.kill_agent(device)
+
+    def start_agent(self, device: str) -> None:
+        self.fabric.start_agent(device)
+
+    def mark(self, phase: str) -> None:
+        """The local plane's writes are files: nothing counted here (the kube test counts)."""
+
+
+@pytest.mark.usefixtures("secret")
+def test_fleets_on_the_local_control_plane(tmp_path: Path, secret: bytes) -> None:
+    fabric = KubeFabric(tmp_path, secret, DEVICES)
+    try:
+        state = tmp_path / "state"
+        bridge = BridgeThread(fabric, state)
+        with bridge.running():
+            for device in DEVICES:
+                fabric.start_agent(device)
+            tell(LocalWorld(fabric, state, bridge))
+    finally:
+        fabric.close()
