@@ -168,16 +168,7 @@ class FleetController:
         known = self.tracker.get(name)
         obj = self.fleet.device(name)
         if obj is None:
-            if known is None or not should_create(known, self._created.get(name), exists=False):
-                return Outcome.DONE
-            self._created[name] = known.session or ""
-            try:
-                await self._write(self.fleet.create_device(name))
-            except ConflictError:
-                return Outcome.DONE  # an operator's, listed soon: its status follows then
-            log.info("device created", extra={"device": name})
-            self.enqueue(DEVICE_PREFIX + name)  # its status, once it is in the cache
-            return Outcome.WROTE
+            return await self._create_device(name)
         if known is not None and known.reason is None and not obj.status.get("conditions"):
             # Known from a retained birth only: its first status waits for the heartbeat that
             # confirms it (or the timeout that does not), and then is one write, not two.
@@ -188,6 +179,19 @@ class FleetController:
             return Outcome.DONE
         await self._write(self.fleet.patch_device_status(name, patch))
         log.info("device status written (%s)", ", ".join(sorted(patch)), extra={"device": name})
+        return Outcome.WROTE
+
+    async def _create_device(self, name: str) -> Outcome:
+        known = self.tracker.get(name)
+        if known is None or not should_create(known, self._created.get(name), exists=False):
+            return Outcome.DONE
+        self._created[name] = known.session or ""
+        try:
+            await self._write(self.fleet.create_device(name))
+        except ConflictError:
+            return Outcome.DONE  # an operator's, listed soon: its status follows then
+        log.info("device created", extra={"device": name})
+        self.enqueue(DEVICE_PREFIX + name)  # its status, once it is in the cache
         return Outcome.WROTE
 
     async def _set(self, key: str) -> Outcome:

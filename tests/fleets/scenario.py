@@ -36,7 +36,10 @@ Snapshot = Mapping[str, tuple[str, bool]]  # device -> (template hash, available
 class World(Protocol):
     """One control plane with its bridge, broker and agents, as the story drives it."""
 
-    history: list[Snapshot]  # every state of the set's processes, in order (appended live)
+    @property
+    def history(self) -> list[Snapshot]:
+        """Every state of the set's processes, in order (appended live)."""
+        ...
 
     def wait_devices(self) -> None: ...  # every Device created by the bridge, Connected
 
