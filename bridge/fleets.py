@@ -91,9 +91,17 @@ class FleetController:
 
     # -- what queues keys -----------------------------------------------------------------------
     def all_keys(self) -> list[str]:
+        """Every key, for a full reconcile: each Device and device heard of, each set, and each
+        set that is gone but still owns processes (deleted while no bridge ran)."""
         devices = {d.name for d in self.fleet.devices()} | set(self.tracker.names())
-        sets = [SET_PREFIX + s.key for s in self.fleet.process_sets()]
-        return [DEVICE_PREFIX + d for d in sorted(devices)] + sets
+        sets = {SET_PREFIX + s.key for s in self.fleet.process_sets()}
+        live = {s.uid for s in self.fleet.process_sets()}
+        for key, (uid, _) in self._owner_of.items():
+            process = self.processes.get(key)
+            owner = _set_owner(process) if process is not None else None
+            if uid not in live and owner is not None and process is not None:
+                sets.add(f"{SET_PREFIX}{process.namespace}/{owner.name}")
+        return [DEVICE_PREFIX + d for d in sorted(devices)] + sorted(sets)
 
     def _sets(self) -> None:
         for s in self.fleet.process_sets():

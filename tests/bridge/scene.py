@@ -52,7 +52,8 @@ async def running(
     broker: BrokerProcess, control_plane: Any, **overrides: Any
 ) -> AsyncIterator[Bridge]:
     """A started bridge, ready (subscribed, retained state read, control plane synced)."""
-    async with Bridge(settings(broker, **overrides), control_plane) as bridge:
+    fleet = getattr(control_plane, "fleet", None)  # the local plane's Devices and sets
+    async with Bridge(settings(broker, **overrides), control_plane, fleet=fleet) as bridge:
         await async_wait_for(bridge.ready.is_set, timeout=15, what="bridge ready")
         await async_wait_for(lambda: bridge.resyncs > 0, what="the first full reconcile")
         yield bridge
