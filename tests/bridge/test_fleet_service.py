@@ -51,25 +51,26 @@ def test_devices_are_created_once_per_birth(
 
     async def story() -> None:
         plane = LocalControlPlane(state)
-        assert plane.fleet is not None
+        kinds = plane.fleet
+        assert kinds is not None
         fleet = Fleet(embedded.host, embedded.port, secret, heartbeat_s=5)
         try:
             async with running(embedded, plane):
                 await fleet.connect(DEVICES)
                 fleet.beat()
-                await until(lambda: {d.name for d in plane.fleet.devices()} == set(DEVICES))
+                await until(lambda: {d.name for d in kinds.devices()} == set(DEVICES))
                 creates = device_store(state).revision()
                 # the operator deletes d1's Device: it stays deleted while d1 stays connected
                 assert device_store(state).delete("d1")
-                await until(lambda: plane.fleet.device("d1") is None, what="the deletion seen")
+                await until(lambda: kinds.device("d1") is None, what="the deletion seen")
                 fleet.beat()
                 marker = Manifest("", "marker", {}, kind=DEVICE_KIND)
                 device_store(state).apply([marker])  # an operator's write after the heartbeats
-                await until(lambda: plane.fleet.device("marker") is not None)
-                assert plane.fleet.device("d1") is None
+                await until(lambda: kinds.device("marker") is not None)
+                assert kinds.device("d1") is None
                 # d1 reconnects (a new session, a new birth): its Device comes back
                 await fleet.reconnect("d1")
-                await until(lambda: plane.fleet.device("d1") is not None, what="d1 recreated")
+                await until(lambda: kinds.device("d1") is not None, what="d1 recreated")
                 assert device_store(state).revision() > creates
         finally:
             await fleet.close()
@@ -88,20 +89,23 @@ def test_a_name_taken_by_another_process_is_a_conflict_not_an_overwrite(
 
     async def story() -> None:
         plane = LocalControlPlane(state)
-        assert plane.fleet is not None
+        kinds = plane.fleet
+        assert kinds is not None
         fleet = Fleet(embedded.host, embedded.port, secret, heartbeat_s=5)
         try:
             async with running(embedded, plane):
                 await fleet.connect(DEVICES)
                 fleet.beat()
-                await until(lambda: len(list(plane.fleet.devices())) == len(DEVICES))
+                await until(lambda: len(list(kinds.devices())) == len(DEVICES))
                 set_store(state).apply([set_manifest(selector={})])
                 await until(lambda: set(owned(plane).values()) == {"d2", "d3"}, what="d2, d3 owned")
 
                 def conflict() -> bool:
-                    obj = plane.fleet.process_set("default/collector")
-                    conds = (obj.status.get("conditions") if obj else None) or []
-                    return any(c.get("reason") == "NameConflict" for c in conds)
+                    obj = kinds.process_set("default/collector")
+                    conds = obj.status.get("conditions") if obj else None
+                    return isinstance(conds, list) and any(
+                        c.get("reason") == "NameConflict" for c in conds
+                    )
 
                 await until(conflict, what="Progressing=False/NameConflict")
         finally:
