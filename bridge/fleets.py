@@ -16,8 +16,8 @@ takes a token of the same global budget. Both reconciles are level-based:
   set, of any Device, of any owned process (including its status, written by the bridge), and by
   every device transition (availability moves with connectivity).
 
-Invariants: nothing is written unless `may_write` (the leader, or the shard's holder: a device by
-its name, a set by its key); a deleted set's processes are deleted here only where the store does
+Invariants: nothing is written unless `may_write` (the leader; with `--shards`, a device by its
+shard's holder, every set by shard 0's holder, so each has one writer); a deleted set's processes are deleted here only where the store does
 not collect garbage itself (local); a restart with everything settled writes nothing (every
 status is compared with what is stored; availability of a device the bridge has not confirmed yet
 falls back to the stored `AgentConnected` of its process).

@@ -56,7 +56,12 @@ _LABEL_VALUE: Final = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9]
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     label = sub.add_parser("label", help="set or remove a Device's labels (sets select on them)")
-    label.add_argument("type", metavar="device", choices=("device", "devices", "dev"))
+    label.add_argument(
+        "type",
+        metavar="device",
+        choices=("device", "devices", "dev"),
+        help="the kind: only Devices carry the labels sets select on",
+    )
     label.add_argument("name", metavar="NAME", help="the device name")
     label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-", help="labels to set/remove")
     label.add_argument(
