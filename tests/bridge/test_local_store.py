@@ -302,7 +302,7 @@ def test_create_refuses_an_existing_object_and_writes_nothing(store: LocalStore)
     assert dict(devices.load("edge-1").labels) == {}  # type: ignore[union-attr]
 
 
-def _owned(name: str = "web", **spec: object) -> Manifest:
+def _owned(name: str = "web") -> Manifest:
     owner = {
         "apiVersion": "devicefabric.io/v1alpha1",
         "kind": "DeviceProcessSet",
@@ -310,7 +310,7 @@ def _owned(name: str = "web", **spec: object) -> Manifest:
         "uid": "u-set",
         "controller": True,
     }
-    base = manifest(name, **spec)
+    base = manifest(name)
     return Manifest(
         base.namespace,
         base.name,
