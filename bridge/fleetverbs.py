@@ -149,13 +149,22 @@ def run_label(args: argparse.Namespace) -> int:
         labels[key] = value
     for key in removing:
         labels.pop(key, None)
-    try:
-        result = store.apply([Manifest("", name, {}, labels, kind=DEVICE_KIND)])
+    try:  # the annotations stay: `label` changes labels only
+        result = store.apply(
+            [Manifest("", name, {}, labels, _annotations(store, name), DEVICE_KIND)]
+        )
     except OSError as exc:
         raise StateDirError(f"cannot write to {args.state_dir}: {exc.strerror or exc}") from exc
     outcome = "labeled" if result[0].outcome != "unchanged" else "not labeled"
     print(f"device/{name} {outcome}")
     return 0
+
+
+def _annotations(store: LocalStore, name: str) -> dict[str, str]:
+    doc = store.document(name)
+    meta = doc.get("metadata") if doc else None
+    notes = meta.get("annotations") if isinstance(meta, dict) else None
+    return {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {}
 
 
 def load(store: LocalStore, kind: str, keys: list[str]) -> list[Resource]:

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devicefabric.bridge.controlplane.base import OwnerRef
+from devicefabric.bridge.controlplane.localfleet import device_store
 from devicefabric.bridge.controlplane.localstore import LocalStore
 from devicefabric.bridge.controlplane.manifests import Manifest, parse_manifests
-from devicefabric.bridge.errors import NotFoundError
+from devicefabric.bridge.errors import ConflictError, NotFoundError
 from devicefabric.runtime.files import atomic_write
 
 
@@ -218,3 +220,158 @@ def test_a_yaml_file_of_an_earlier_version_still_loads_and_is_rewritten_as_json(
     after = store.load("default/web")
     assert after is not None
     assert (after.uid, after.generation) == (before.uid, 2)
+
+
+def device(name: str, **labels: str) -> Manifest:
+    text = json.dumps(
+        {
+            "apiVersion": "devicefabric.io/v1alpha1",
+            "kind": "Device",
+            "metadata": {"name": name, "labels": labels},
+        }
+    )
+    (parsed,) = parse_manifests(text, "test")
+    return parsed
+
+
+def test_a_cluster_scoped_store_keys_devices_by_bare_name(tmp_path: Path) -> None:
+    devices = device_store(tmp_path / "state")
+    assert devices.list_keys() == []
+    results = devices.apply([device("edge-2", role="a"), device("edge-1")])
+    assert [(a.key, a.outcome) for a in results] == [("edge-2", "created"), ("edge-1", "created")]
+    assert (devices.resources_dir / "edge-2.yaml").is_file()  # no namespace directory
+    assert devices.list_keys() == ["edge-1", "edge-2"]
+    loaded = devices.load("edge-2")
+    assert loaded is not None
+    assert (loaded.namespace, loaded.name, loaded.key) == ("", "edge-2", "edge-2")
+    assert (dict(loaded.labels), dict(loaded.spec), loaded.generation) == ({"role": "a"}, {}, 1)
+    doc = devices.document("edge-2")
+    assert doc is not None
+    assert doc["kind"] == "Device"
+    assert "namespace" not in doc["metadata"]  # type: ignore[operator]
+
+    assert devices.apply([device("edge-2", role="a")])[0].outcome == "unchanged"
+    assert devices.apply([device("edge-2", role="b")])[0].outcome == "configured"
+    relabelled = devices.load("edge-2")
+    assert relabelled is not None
+    assert (dict(relabelled.labels), relabelled.generation) == ({"role": "b"}, 1)
+
+    patched = devices.patch_status("edge-1", {"arch": "arm64"})
+    assert patched is not None
+    assert devices.delete("edge-1") is True
+    assert devices.delete("edge-1") is False
+    assert devices.load("edge-1") is None
+    assert not (devices.status_dir / "edge-1.json").exists()
+    assert devices.list_keys() == ["edge-2"]
+    assert devices.journal_path.read_text().splitlines() == [
+        "1 edge-2",
+        "2 edge-1",
+        "3 edge-2",
+        "4 edge-1",
+        "5 edge-1",
+    ]
+
+
+def test_a_cluster_scoped_store_ignores_files_that_are_not_device_names(tmp_path: Path) -> None:
+    devices = device_store(tmp_path / "state")
+    devices.apply([device("edge-1")])
+    (devices.resources_dir / "Bad_Name.yaml").write_text("spec: {}\n")
+    (devices.resources_dir / "bridge.yaml").write_text("spec: {}\n")  # reserved
+    (devices.resources_dir / "ns").mkdir()
+    (devices.resources_dir / "ns" / "edge-2.yaml").write_text("spec: {}\n")
+    assert devices.list_keys() == ["edge-1"]
+
+
+def test_create_refuses_an_existing_object_and_writes_nothing(store: LocalStore) -> None:
+    store.create(manifest())
+    created = store.load("default/web")
+    assert created is not None
+    assert (created.generation, created.resource_version) == (1, "1")
+    journal = store.journal_path.read_bytes()
+    with pytest.raises(ConflictError, match="web already exists"):
+        store.create(manifest(command=["other"]))
+    assert store.revision() == 1
+    assert store.journal_path.read_bytes() == journal
+    assert store.load("default/web") == created  # not overwritten
+
+    devices = device_store(store.root)
+    devices.create(device("edge-1"))
+    with pytest.raises(ConflictError, match="device edge-1 already exists"):
+        devices.create(device("edge-1", role="a"))
+    assert devices.revision() == 1
+    assert dict(devices.load("edge-1").labels) == {}  # type: ignore[union-attr]
+
+
+def _owned(name: str = "web") -> Manifest:
+    owner = {
+        "apiVersion": "devicefabric.io/v1alpha1",
+        "kind": "DeviceProcessSet",
+        "name": "fleet",
+        "uid": "u-set",
+        "controller": True,
+    }
+    base = manifest(name)
+    return Manifest(
+        base.namespace,
+        base.name,
+        base.spec,
+        {"devicefabric.io/set": "fleet"},
+        {"note": "keep"},
+        owners=(owner,),
+    )
+
+
+def test_owners_are_written_and_loaded(store: LocalStore) -> None:
+    store.create(_owned())
+    loaded = store.load("default/web")
+    assert loaded is not None
+    assert loaded.owners == (OwnerRef("DeviceProcessSet", "fleet", "u-set"),)
+    assert dict(loaded.labels) == {"devicefabric.io/set": "fleet"}
+    doc = store.document("default/web")
+    assert doc is not None
+    (ref,) = doc["metadata"]["ownerReferences"]  # type: ignore[index]
+    assert ref["controller"] is True
+    # an `apply` by hand (no owners in a manifest) keeps the owners that are there
+    assert store.apply([manifest(suspend=True)])[0].outcome == "configured"
+    assert store.load("default/web").owners == loaded.owners  # type: ignore[union-attr]
+
+
+def test_update_changes_spec_and_labels_and_keeps_the_rest(store: LocalStore) -> None:
+    store.create(_owned())
+    first = store.load("default/web")
+    assert first is not None
+
+    store.update("default/web", first.spec, {"devicefabric.io/set": "fleet", "x": "1"})
+    relabelled = store.load("default/web")
+    assert relabelled is not None
+    assert dict(relabelled.labels) == {"devicefabric.io/set": "fleet", "x": "1"}
+    assert (relabelled.generation, relabelled.resource_version) == (1, "2")  # labels only
+
+    spec = {**first.spec, "command": ["sleep", "200"]}
+    store.update("default/web", spec, {"x": "2"})
+    updated = store.load("default/web")
+    assert updated is not None
+    assert (updated.generation, updated.resource_version) == (2, "3")
+    assert updated.spec["command"] == ["sleep", "200"]
+    assert dict(updated.labels) == {"x": "2"}
+    assert (updated.uid, updated.creation_timestamp) == (first.uid, first.creation_timestamp)
+    assert updated.owners == first.owners
+    doc = store.document("default/web")
+    assert doc is not None
+    meta = doc["metadata"]
+    assert isinstance(meta, dict)
+    assert meta["annotations"] == {"note": "keep"}
+    assert meta["ownerReferences"][0]["controller"] is True
+    assert doc["kind"] == "DeviceProcess"
+
+    journal = store.journal_path.read_bytes()
+    store.update("default/web", spec, {"x": "2"})  # unchanged: nothing written
+    assert store.revision() == 3
+    assert store.journal_path.read_bytes() == journal
+
+
+def test_update_of_a_missing_key_is_not_found(store: LocalStore) -> None:
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.update("default/ghost", {"deviceName": "x", "command": ["y"]}, {})
+    assert store.revision() == 0
+    assert not store.resources_dir.exists()
