@@ -133,38 +133,32 @@ def _label_key(key: str) -> str:
 
 
 def run_label(args: argparse.Namespace) -> int:
-    from devicefabric.bridge.controlplane.manifests import Manifest  # noqa: PLC0415
     from devicefabric.config.names import validate_device  # noqa: PLC0415
 
     name = validate_device(args.name)
     setting, removing = parse_labels(args.labels)
+
+    def change(labels: dict[str, str]) -> dict[str, str]:
+        for key, value in setting.items():
+            if labels.get(key, value) != value and not args.overwrite:
+                raise ConfigError(
+                    f"label: device {name} already has {key}={labels[key]}; "
+                    "use --overwrite to change it"
+                )
+            labels[key] = value
+        for key in removing:
+            labels.pop(key, None)
+        return labels
+
     store = stores(args.state_dir)[DEVICE_KIND]
-    current = store.load(name)
-    labels = dict(current.labels) if current is not None else {}
-    for key, value in setting.items():
-        if key in labels and labels[key] != value and not args.overwrite:
-            raise ConfigError(
-                f"label: device {name} already has {key}={labels[key]}; use --overwrite to change it"
-            )
-        labels[key] = value
-    for key in removing:
-        labels.pop(key, None)
-    try:  # the annotations stay: `label` changes labels only
-        result = store.apply(
-            [Manifest("", name, {}, labels, _annotations(store, name), DEVICE_KIND)]
-        )
+    try:  # one locked step; only a label set creates a Device that is not there yet
+        outcome = store.relabel(name, change, create=bool(setting))
     except OSError as exc:
         raise StateDirError(f"cannot write to {args.state_dir}: {exc.strerror or exc}") from exc
-    outcome = "labeled" if result[0].outcome != "unchanged" else "not labeled"
-    print(f"device/{name} {outcome}")
+    except NotFoundError:
+        raise NotFoundError(f'device "{name}" not found') from None
+    print(f"device/{name} {'labeled' if outcome != 'unchanged' else 'not labeled'}")
     return 0
-
-
-def _annotations(store: LocalStore, name: str) -> dict[str, str]:
-    doc = store.document(name)
-    meta = doc.get("metadata") if doc else None
-    notes = meta.get("annotations") if isinstance(meta, dict) else None
-    return {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {}
 
 
 def load(store: LocalStore, kind: str, keys: list[str]) -> list[Resource]:

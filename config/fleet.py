@@ -23,7 +23,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -137,6 +144,17 @@ IntOrPercent = (
 class RollingUpdate(_CamelModel):
     max_unavailable: IntOrPercent = 1
     partition: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("max_unavailable", mode="before")
+    @classmethod
+    def _int_or_percent(cls, value: object) -> object:
+        """One clear message instead of one per branch of the union."""
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if not (whole or (isinstance(value, str) and _PERCENT.fullmatch(value))):
+            raise PydanticCustomError(
+                "int_or_percent", "must be an integer >= 1 or a percentage such as '25%'", {}
+            )
+        return value
 
 
 class UpdateStrategy(_CamelModel):

@@ -34,11 +34,13 @@ SETS_DIR: Final = "sets"
 
 
 def device_store(state_dir: Path) -> LocalStore:
-    return LocalStore(state_dir / DEVICES_DIR, cluster_scoped=True, kind="device")
+    return LocalStore(
+        state_dir / DEVICES_DIR, cluster_scoped=True, kind="device", kind_name=DEVICE_KIND
+    )
 
 
 def set_store(state_dir: Path) -> LocalStore:
-    return LocalStore(state_dir / SETS_DIR, kind="deviceprocessset")
+    return LocalStore(state_dir / SETS_DIR, kind="deviceprocessset", kind_name=SET_KIND)
 
 
 def owner_reference(owner: OwnerRef) -> dict[str, object]:

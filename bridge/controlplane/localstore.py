@@ -38,7 +38,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -93,13 +93,19 @@ class LocalStore:
     """DeviceProcess resources, status and Events as files under `root` (see module docstring)."""
 
     def __init__(
-        self, root: Path, *, cluster_scoped: bool = False, kind: str = "deviceprocess"
+        self,
+        root: Path,
+        *,
+        cluster_scoped: bool = False,
+        kind: str = "deviceprocess",
+        kind_name: str = "DeviceProcess",
     ) -> None:
         """`cluster_scoped`: keys are bare names and files `resources/<name>.yaml` (Devices);
-        `kind` names the objects in errors."""
+        `kind` names the objects in errors, `kind_name` is the kind of objects created here."""
         self.root = root
         self.cluster_scoped = cluster_scoped
-        self.kind = kind
+        self.kind = kind  # in messages
+        self.kind_name = kind_name  # the `kind` of objects created here
         self.resources_dir = root / "resources"
         self.status_dir = root / "status"
         self.journal_path = root / "changes.log"
@@ -170,6 +176,43 @@ class LocalStore:
             assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
             metadata["resourceVersion"] = str(rev)
             self._commit([(key, doc)], rev)
+
+    def relabel(
+        self, key: str, change: Callable[[dict[str, str]], dict[str, str]], *, create: bool
+    ) -> Outcome:
+        """Replace the labels of `key` with `change(current labels)` in one locked step (a
+        concurrent `label` is never lost); everything else is kept. A missing object is created
+        with them when `create` (a Device labelled before it connects), else `NotFoundError`.
+        `change` may raise to refuse; nothing is written then."""
+        with self._locked():
+            old = self._read_yaml(self._resource_path(key))
+            meta = old.get("metadata") if old else None
+            if old is None or not isinstance(meta, dict):
+                if not create:
+                    raise NotFoundError(f"{self.kind} {key} not found")
+                old, meta = None, {}
+            labels = meta.get("labels")
+            current = (
+                {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+            )
+            notes = meta.get("annotations")
+            namespace, _, name = key.rpartition("/")
+            manifest = Manifest(
+                namespace,
+                name,
+                _spec(old),
+                change(current),
+                {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {},
+                kind=str(old.get("kind", "")) if old else self.kind_name,
+            )
+            doc, outcome = next_document(old, manifest)
+            if outcome != "unchanged":
+                rev = self.revision() + 1
+                metadata = doc["metadata"]
+                assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
+                metadata["resourceVersion"] = str(rev)
+                self._commit([(key, doc)], rev)
+            return outcome
 
     def _commit(self, writes: Sequence[tuple[str, dict[str, object]]], first_rev: int) -> None:
         """All of `writes` or none: every file is staged (written and synced under a temp name)
@@ -482,3 +525,8 @@ def _owners(value: object) -> tuple[OwnerRef, ...]:
         for ref in value
         if isinstance(ref, dict)
     )
+
+
+def _spec(doc: dict[str, object] | None) -> dict[str, object]:
+    spec = doc.get("spec") if doc else None
+    return dict(spec) if isinstance(spec, dict) else {}

@@ -106,6 +106,13 @@ def test_api_server_500s_then_429s_then_healthy_converges_without_a_crash_or_a_s
         what="dev-d pending",
     )
     wait_for(lambda: bridge.readyz().get("queueDepth") == 0, 10, 0.05, what="the bridge idle")
+
+    def evented() -> bool:  # Events have a budget of their own: every Connected one landed
+        items = fabric.http.get("/apis/events.k8s.io/v1/namespaces/default/events").body["items"]
+        seen = {e["regarding"]["name"] for e in items if e["reason"] == "Connected"}
+        return seen >= {name_of(d) for d in DEVICES[:3]}
+
+    wait_for(evented, 10, 0.05, what="the Connected Events recorded")
     steady = fabric.get(name_of("dev-a"))
     baseline = rss_kib(bridge.proc.pid)
     rss = [baseline]
