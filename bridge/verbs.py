@@ -33,6 +33,7 @@ from devicefabric.bridge.errors import NotFoundError, StateDirError
 from devicefabric.bridge.fleetverbs import SINGULAR
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.fleet import DEVICE_KIND
+from devicefabric.config.names import validate_device
 from devicefabric.config.resource import AGENT_CONNECTED, KIND, SYNCED
 from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
 from devicefabric.runtime.clock import parse_rfc3339
@@ -200,9 +201,11 @@ def run_delete(args: argparse.Namespace) -> int:
     if args.filename:
         ns = _namespace(args) if args.namespace is not None else None
         targets = [(m.kind, m.key) for m in _read_manifests(args.filename, ns)]
+    elif kind == DEVICE_KIND:
+        targets = [(kind, validate_device(name)) for name in names]
     else:
-        namespace = "" if kind == DEVICE_KIND else _namespace(args) + "/"
-        targets = [(kind, f"{namespace}{validate_name(name, 'NAME')}") for name in names]
+        namespace = _namespace(args)
+        targets = [(kind, f"{namespace}/{validate_name(name, 'NAME')}") for name in names]
     by_kind = fleetverbs.stores(args.state_dir)
     missing = []
     for target_kind, key in targets:
@@ -273,8 +276,8 @@ def _get_fleet(args: argparse.Namespace, kind: str, names: list[str]) -> int:
     if args.watch:
         raise ConfigError("get: --watch shows DeviceProcesses only")
     store = fleetverbs.stores(args.state_dir)[kind]
-    if kind == DEVICE_KIND:
-        keys = [validate_name(n, "NAME") for n in names] if names else store.list_keys()
+    if kind == DEVICE_KIND:  # a name no device can have is a usage error, not "not found"
+        keys = [validate_device(n) for n in names] if names else store.list_keys()
     elif names:
         keys = [f"{_namespace(args)}/{validate_name(n, 'NAME')}" for n in names]
     else:

@@ -185,10 +185,11 @@ def test_get_of_a_missing_name_exits_1(tmp_path: Path, state: Path) -> None:
     )
     line = refused(cli(state, "get", "dpset", "missing"), 1)
     assert line == 'devicefabric: deviceprocessset "missing" not found'
-    assert refused(cli(state, "get", "dev", "Bad_Name")).endswith(
-        "is not a valid object name "
-        "(lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
-    )
+    # a name no device can have is a usage error (exit 2), not "not found"
+    for bad in ("Bad_Name", "a.b"):
+        assert refused(cli(state, "get", "dev", bad)).startswith(
+            f"devicefabric: error: invalid device name '{bad}': must be a DNS-1123 label"
+        )
 
 
 def test_label_creates_sets_refuses_overwrite_and_removes(state: Path) -> None:
@@ -345,7 +346,7 @@ def test_delete_of_sets_and_devices(tmp_path: Path, state: Path) -> None:
     assert refused(cli(state, "delete", "device", "x"), 1) == 'devicefabric: device "x" not found'
     assert cli(state, "delete", "dev", "x", "--ignore-not-found").code == 0
     assert written(state) == before
-    assert "not a valid object name" in refused(cli(state, "delete", "dev", "Bad_Name"))
+    assert "invalid device name 'Bad_Name'" in refused(cli(state, "delete", "dev", "Bad_Name"))
     assert refused(cli(state, "delete", "dev")).endswith("give either [TYPE] NAME... or -f FILE")
 
 
