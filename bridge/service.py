@@ -259,7 +259,13 @@ class Bridge:
         return self.http.port if self.http is not None else None
 
     def is_ready(self) -> bool:
-        return self.control_plane.synced.is_set() and self.link.primed
+        return self._synced() and self.link.primed
+
+    def _synced(self) -> bool:
+        """Every kind listed: DeviceProcesses, and with the fleet kinds Devices and sets (a
+        cluster without their CRDs never lists them: not ready, and the informer says why)."""
+        fleet = self.fleet_plane
+        return self.control_plane.synced.is_set() and (fleet is None or fleet.fleet_synced.is_set())
 
     async def run(self) -> None:
         """Run until cancelled (binds HTTP first: a taken port raises `ConfigError` at once)."""
@@ -544,7 +550,7 @@ class Bridge:
                 mqtt_connected=self.link.connected,
                 mqtt_primed=self.link.primed,
                 session=self.link.session,
-                synced=self.control_plane.synced.is_set(),
+                synced=self._synced(),
                 leading=self.control_plane.leading.is_set(),
                 not_leading=self.control_plane.not_leading,
                 shards=self.control_plane.shards,

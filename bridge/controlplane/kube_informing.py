@@ -31,7 +31,7 @@ from typing import Any, Final
 from devicefabric.bridge.controlplane.base import OwnerRef, Resource
 from devicefabric.bridge.controlplane.kube_client import ExpiredError, KubeClient, map_status
 from devicefabric.bridge.controlplane.kube_settings import KubeSettings
-from devicefabric.bridge.errors import ControlPlaneError, TransientError
+from devicefabric.bridge.errors import ControlPlaneError, NotFoundError, TransientError
 
 log = logging.getLogger("devicefabric.bridge.kube")
 
@@ -100,6 +100,11 @@ class Informer:
                     self.rv = None
                     continue
                 log.warning("informer: the list expired (%s)", exc)  # a paged list: back off
+            except NotFoundError as exc:  # the collection itself: its CRD is not installed
+                log.warning(
+                    "%s are not served (%s): is their CRD installed? `devicefabric manifests | "
+                    "kubectl apply -f -` installs every CRD; not ready until then", self.what, exc,
+                )  # fmt: skip
             except ControlPlaneError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 log.warning(

@@ -9,6 +9,7 @@ control plane made is granted by our shipped RBAC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,34 @@ def test_the_list_is_paged(api: FakeApiServer, http: Http, tmp_path: Path) -> No
     pages = api.log.records(Match(verb="list", user=BRIDGE))
     assert [p.info.param("limit") for p in pages] == ["2", "2", "2"]
     assert [bool(p.info.param("continue")) for p in pages] == [False, True, True]
+
+
+def test_without_the_fleet_crds_the_fleet_never_syncs_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster upgraded without the new CRDs: Devices and sets are not served (404). The
+    fleet informers back off and keep asking, the bridge stays not ready, and the log names
+    the fix; the DeviceProcess informer is not held up."""
+    import yaml  # noqa: PLC0415
+
+    (process_crd,) = [d for d in yaml.safe_load_all(manifests.read(manifests.CRD)) if d][:1]
+    with FakeApiServer([process_crd]) as api:
+        plane = make_plane(api, tmp_path)
+
+        async def story() -> None:
+            fleet_task = asyncio.create_task(plane.fleet.run_fleet(lambda _kind, _key: None))
+            try:
+                async with running(plane, api):
+                    await async_wait_for(
+                        lambda: "are not served" in caplog.text, 5, what="the warning"
+                    )
+                    assert plane.synced.is_set()
+                    assert not plane.fleet.fleet_synced.is_set()
+            finally:
+                fleet_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fleet_task
+
+        with caplog.at_level("WARNING", logger="devicefabric.bridge.kube"):
+            asyncio.run(story())
+    assert "devicefabric manifests | kubectl apply -f -" in caplog.text
