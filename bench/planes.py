@@ -52,6 +52,8 @@ class Plane(Protocol):
 
     def writes(self) -> tuple[int, int]: ...
 
+    def device_writes(self) -> int: ...
+
     def last_write_age(self) -> float: ...
 
     def close(self) -> None: ...
@@ -155,6 +157,12 @@ class LocalPlane:
         rotated, the rest of `events.jsonl.1`).
         """
         return self.store.revision() - self._own_writes, self._count_events()
+
+    def device_writes(self) -> int:
+        """Writes of Devices (creates and status): every one takes a revision of their store."""
+        from devicefabric.bridge.controlplane.localfleet import device_store  # noqa: PLC0415
+
+        return device_store(self.store.root).revision()
 
     def _count_events(self) -> int:
         path = self.store.events_path
@@ -299,6 +307,15 @@ class KubePlane:
         patches = log.count(Match(verb="patch", resource="deviceprocesses", subresource="status"))
         events = log.count(Match(verb="create", resource="events"))
         return patches, events
+
+    def device_writes(self) -> int:
+        """Device creates and status patches the fake served."""
+        from tests.kube.fakeapi import Match  # noqa: PLC0415
+
+        log = self.api.log
+        return log.count(Match(verb="create", resource="devices")) + log.count(
+            Match(verb="patch", resource="devices", subresource="status")
+        )
 
     def last_write_age(self) -> float:
         """Seconds since the last status patch or Event the fake served."""
