@@ -26,7 +26,8 @@ falls back to the stored `AgentConnected` of its process).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
 from pydantic import ValidationError
@@ -47,6 +48,7 @@ from devicefabric.config.fleet import (
     SET_MESSAGES,
     TEMPLATE_HASH_LABEL,
     DeviceProcessSetSpec,
+    ProcessTemplate,
     owned_name,
     selector_matches,
     template_hash,
@@ -75,14 +77,17 @@ class FleetController:
         index: ResourceIndex,
         *,
         acquire: Callable[[], Awaitable[None]],
-        enqueue: Callable[[str], None],
+        enqueue: Callable[..., None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self.processes = processes
         self.tracker = tracker
         self.index = index
         self.acquire = acquire  # one token of the global write budget, before each write
-        self.enqueue = enqueue
+        self.enqueue = enqueue  # (key, delay=0.0)
+        self.clock = clock
+        self._switched: dict[str, float] = {}  # process key -> when it was last written (clock)
         self._created: dict[str, str] = {}  # device -> the session its Device was created for
         self._labels: dict[str, dict[str, str]] = {}  # device -> labels last seen
         self._owned: dict[str, dict[str, str]] = {}  # set uid -> device -> process key
@@ -218,7 +223,7 @@ class FleetController:
         wrote = await self._carry_out(obj, spec, view, plan)
         if wrote:
             return Outcome.WROTE  # the status follows on the pass the writes queue
-        patch = _set_status_patch(obj, plan, rfc3339())
+        patch = _set_status_patch(obj, spec, plan, rfc3339())
         if patch is None:
             return Outcome.DONE
         await self._write(self.fleet.patch_set_status(key, patch))
@@ -233,29 +238,51 @@ class FleetController:
             d.name for d in self.fleet.devices() if selector_matches(spec.selector, d.labels)
         ]
         owned: dict[str, Owned] = {}
+        deadline = spec.update_strategy.rolling_update.progress_deadline_seconds
+        now = self.clock()
+        wake: float | None = None
         for device, pkey in self._owned.get(obj.uid, {}).items():
             process = self.processes.get(pkey)
             if process is None:
                 continue
             status = process.status
+            connected = self._connected(device, process)
+            at_generation = status.get("observedGeneration") == process.generation
+            available = is_available(
+                status.get("phase"), status.get("observedGeneration"), process.generation, connected
+            )
+            since = self._switched.setdefault(pkey, now)  # unknown (a restart): from now on
+            crashing = at_generation and status.get("phase") in CRASHING
+            late = now - since >= deadline
+            if connected and not available and not late and not crashing:
+                left = since + deadline - now
+                wake = left if wake is None else min(wake, left)
             owned[device] = Owned(
                 key=pkey,
                 device=device,
                 template_hash=process.labels.get(TEMPLATE_HASH_LABEL, ""),
-                available=is_available(
-                    status.get("phase"),
-                    status.get("observedGeneration"),
-                    process.generation,
-                    self._connected(device, process),
-                ),
+                available=available,
+                failed=connected and not available and (late or crashing),
             )
+        if wake is not None:  # a deadline to come: look again then
+            self.enqueue(SET_PREFIX + obj.key, delay=max(wake, 0.0) + DEADLINE_SLACK)
         conflicts = [
             d
             for d in selected
             if d not in owned
             and self.processes.get(f"{obj.namespace}/{owned_name(obj.name, d)}") is not None
         ]
-        return SetView(spec, template_hash(spec.template), selected, owned, conflicts)
+        status = obj.status
+        stable, failed = status.get("stableRevision"), status.get("failedRevision")
+        return SetView(
+            spec,
+            template_hash(spec.template),
+            selected,
+            owned,
+            conflicts,
+            stable_hash=stable if isinstance(stable, str) and _template(status) else None,
+            failed_revision=failed if isinstance(failed, str) else None,
+        )
 
     def _connected(self, device: str, process: Resource) -> bool:
         known = self.tracker.get(device)
@@ -269,28 +296,31 @@ class FleetController:
     async def _carry_out(
         self, obj: Resource, spec: DeviceProcessSetSpec, view: SetView, plan: SetPlan
     ) -> bool:
-        labels = {SET_LABEL: obj.name, TEMPLATE_HASH_LABEL: view.template_hash}
+        labels = {SET_LABEL: obj.name, TEMPLATE_HASH_LABEL: plan.target}
         owner = OwnerRef(SET_KIND, obj.name, obj.uid)
+        template = spec.template if plan.target == view.template_hash else _template(obj.status)
+        if template is None:  # pragma: no cover - a stable hash is used only with its template
+            return False
         wrote = False
         for device in plan.create:
             name = owned_name(obj.name, device)
             try:
                 await self._write(
                     self.fleet.create_process(
-                        obj.namespace, name, spec.template.for_device(device), labels, owner
+                        obj.namespace, name, template.for_device(device), labels, owner
                     )
                 )
             except ConflictError:
                 continue  # taken meanwhile: a conflict on the next pass
             wrote = True
+            self._switched[f"{obj.namespace}/{name}"] = self.clock()
             log.info(
                 "process created for %s", device, extra={"resource": obj.key, "device": device}
             )
         for device in plan.update:
             pkey = view.owned[device].key
-            await self._write(
-                self.fleet.update_process(pkey, spec.template.for_device(device), labels)
-            )
+            await self._write(self.fleet.update_process(pkey, template.for_device(device), labels))
+            self._switched[pkey] = self.clock()
             wrote = True
             log.info("process %s switched to the current template", pkey,
                      extra={"resource": obj.key, "device": device})  # fmt: skip
@@ -326,10 +356,34 @@ def _set_owner(resource: Resource) -> OwnerRef | None:
     return next((ref for ref in resource.owners if ref.kind == SET_KIND), None)
 
 
-def _set_status_patch(obj: Resource, plan: SetPlan, now: str) -> dict[str, object] | None:
+def _template(status: Mapping[str, object]) -> ProcessTemplate | None:
+    """The stable template kept in the set's status (for a rollback and `rollout undo`)."""
+    raw = status.get("stableTemplate")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return ProcessTemplate.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _set_status_patch(
+    obj: Resource, spec: DeviceProcessSetSpec, plan: SetPlan, now: str
+) -> dict[str, object] | None:
     stored = obj.status
     want: dict[str, object] = dict(plan.counts)
     want["observedGeneration"] = obj.generation
+    want["updateRevision"] = template_hash(spec.template)
+    if plan.failed_revision is not None:
+        want["failedRevision"] = plan.failed_revision
+    if plan.stable_hash is not None:
+        want["stableRevision"] = plan.stable_hash
+        if plan.stable_hash == want["updateRevision"]:
+            want["stableTemplate"] = spec.template.model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            )
+        elif "stableTemplate" in stored:
+            want["stableTemplate"] = stored["stableTemplate"]
     conditions: list[Condition] = parse_conditions(stored.get("conditions"))
     for ctype, reason in plan.conditions:
         conditions = set_condition(
@@ -343,5 +397,11 @@ def _set_status_patch(obj: Resource, plan: SetPlan, now: str) -> dict[str, objec
             ),
         )
     want["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
-    patch = {k: v for k, v in want.items() if stored.get(k) != v}
+    patch: dict[str, object] = {k: v for k, v in want.items() if stored.get(k) != v}
+    if "failedRevision" in stored and "failedRevision" not in want:
+        patch["failedRevision"] = None  # a new template: the old failure is history
     return patch or None
+
+
+CRASHING: Final = frozenset({"Failed", "CrashLoopBackOff"})
+DEADLINE_SLACK: Final = 0.05  # s past a deadline before looking again

@@ -19,6 +19,14 @@ Rules:
 - A device is available when its process is at the process's own generation (`observedGeneration`)
   in phase Running (or Succeeded) and its agent is connected. A disconnected device counts as
   unavailable and uses up budget; it never blocks the rest beyond that.
+- Failure: a device on the current template that failed (the caller decides: its deadline
+  passed, or it crashes at the new generation) counts; more than `maxFailures` of them fail the
+  rollout for that template, for good (`failed_revision`, kept in the set's status, until the
+  template changes). A failed rollout switches nothing more to the failed template; new devices get
+  the stable template (the last one that completed); with `failurePolicy: Rollback` every device
+  goes back to it, within the same budget (failed devices first: they are down anyway).
+- A rollout that completes (every selected device on the current template and available) makes
+  the current template the stable one.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from devicefabric.config.fleet import (
     DeviceProcessSetSpec,
     SetReason,
     budget,
+    failures_allowed,
 )
 
 AVAILABLE_PHASES = frozenset({"Running", "Succeeded"})
@@ -45,6 +54,7 @@ class Owned:
     device: str
     template_hash: str  # the label it was written with ("" if missing)
     available: bool
+    failed: bool = False  # on its template, past its deadline or crashing (the caller's rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,8 @@ class SetView:
     selected: Collection[str]  # devices whose labels match the selector
     owned: Mapping[str, Owned]  # device -> its owned process (devices selected or not)
     conflicts: Collection[str] = ()  # selected devices whose owned name is taken by another
+    stable_hash: str | None = None  # the last template that completed a rollout
+    failed_revision: str | None = None  # a template whose rollout failed (from the status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,9 @@ class SetPlan:
     counts: dict[str, int] = field(default_factory=dict)  # the status numbers
     progressing: SetReason = SetReason.COMPLETE
     available: SetReason = SetReason.MINIMUM_AVAILABLE
+    target: str = ""  # the template hash creates and updates use (current, or stable)
+    failed_revision: str | None = None  # to keep in the status
+    stable_hash: str | None = None  # to keep in the status (moves when a rollout completes)
 
     @property
     def conditions(self) -> tuple[tuple[str, SetReason], ...]:
@@ -80,22 +95,32 @@ def is_available(phase: object, observed: object, generation: int, connected: bo
 def plan_set(view: SetView) -> SetPlan:
     """What to do now; see the module doc."""
     spec = view.spec
+    rolling = spec.update_strategy.rolling_update
     selected = sorted(set(view.selected))
     conflicts = set(view.conflicts)
     serving = [d for d in selected if d not in conflicts]
     delete = tuple(sorted(o.key for d, o in view.owned.items() if d not in set(selected)))
-    create = tuple(d for d in serving if d not in view.owned)
     present = [d for d in serving if d in view.owned]
     current = view.template_hash
-    outdated = [d for d in present if view.owned[d].template_hash != current]
+    failures = sum(
+        1 for d in present if view.owned[d].template_hash == current and view.owned[d].failed
+    )
+    allowed_failures = failures_allowed(rolling.max_failures, len(serving))
+    failed = view.failed_revision == current or (
+        allowed_failures is not None and failures > allowed_failures
+    )
+    stable = view.stable_hash
+    target = stable if failed and stable is not None else current
+    create = tuple(d for d in serving if d not in view.owned)
+    outdated = [d for d in present if view.owned[d].template_hash != target]
     unavailable = sum(1 for d in serving if d not in view.owned or not view.owned[d].available)
-    allowed = budget(spec.update_strategy.rolling_update.max_unavailable, len(serving))
+    allowed = budget(rolling.max_unavailable, len(serving))
 
     update: list[str] = []
-    strategy = spec.update_strategy
-    if strategy.type == "RollingUpdate" and not spec.paused:
+    rolls = spec.update_strategy.type == "RollingUpdate" and not spec.paused
+    if rolls and (not failed or (rolling.failure_policy == "Rollback" and target != current)):
         order = {d: i for i, d in enumerate(serving)}
-        eligible = [d for d in outdated if order[d] >= strategy.rolling_update.partition]
+        eligible = [d for d in outdated if order[d] >= rolling.partition]
         update = [d for d in eligible if not view.owned[d].available]  # free: already down
         room = allowed - unavailable
         for device in (d for d in eligible if view.owned[d].available):
@@ -111,10 +136,14 @@ def plan_set(view: SetView) -> SetPlan:
         "currentNumber": len(present),
         "updatedNumber": updated,
         "availableNumber": available,
+        "failedNumber": failures,
     }
-    if conflicts:
+    complete = updated == len(selected) and available == len(selected)
+    if failed:
+        progressing = SetReason.ROLLOUT_FAILED
+    elif conflicts:
         progressing = SetReason.NAME_CONFLICT
-    elif updated == len(selected) and available == len(selected):
+    elif complete:
         progressing = SetReason.COMPLETE
     elif spec.paused and outdated:
         progressing = SetReason.PAUSED
@@ -128,4 +157,7 @@ def plan_set(view: SetView) -> SetPlan:
         counts=counts,
         progressing=progressing,
         available=SetReason.MINIMUM_AVAILABLE if enough else SetReason.TOO_FEW_AVAILABLE,
+        target=target,
+        failed_revision=current if failed else None,
+        stable_hash=current if complete and not failed and not conflicts else stable,
     )

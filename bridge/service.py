@@ -390,9 +390,9 @@ class Bridge:
         if outcome is Outcome.WROTE and self.fleet is not None and not is_fleet_key(key):
             self.fleet.on_status_written(key)
 
-    def _enqueue_fleet(self, key: str) -> None:
+    def _enqueue_fleet(self, key: str, delay: float = 0.0) -> None:
         if self.ready.is_set():  # before: the first reconcile (`_resync`) queues every key
-            self.queue.add(key)
+            self.queue.add(key, delay=delay)
 
     # -- control plane ---------------------------------------------------------------------------
     def _on_resource(self, key: str) -> None:

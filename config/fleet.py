@@ -141,9 +141,21 @@ IntOrPercent = (
 )
 
 
+FailureCount = (
+    Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=_PERCENT.pattern)]
+)
+MAX_DEADLINE_S: Final = 7 * 86400
+
+
 class RollingUpdate(_CamelModel):
     max_unavailable: IntOrPercent = 1
     partition: Annotated[int, Field(ge=0)] = 0
+    # s a switched device has to become available before it counts as failed
+    progress_deadline_seconds: Annotated[int, Field(ge=1, le=MAX_DEADLINE_S)] = 600
+    # failed devices a rollout survives (an int, or a percentage of the selected devices rounded
+    # down); None: failures never stop it
+    max_failures: FailureCount | None = None
+    failure_policy: Literal["Stop", "Rollback"] = "Stop"
 
     @field_validator("max_unavailable", mode="before")
     @classmethod
@@ -153,6 +165,17 @@ class RollingUpdate(_CamelModel):
         if not (whole or (isinstance(value, str) and _PERCENT.fullmatch(value))):
             raise PydanticCustomError(
                 "int_or_percent", "must be an integer >= 1 or a percentage such as '25%'", {}
+            )
+        return value
+
+    @field_validator("max_failures", mode="before")
+    @classmethod
+    def _count_or_percent(cls, value: object) -> object:
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ok = value is None or whole or (isinstance(value, str) and _PERCENT.fullmatch(value))
+        if not ok:
+            raise PydanticCustomError(
+                "int_or_percent", "must be an integer >= 0 or a percentage such as '10%'", {}
             )
         return value
 
@@ -184,6 +207,16 @@ def budget(max_unavailable: int | str, total: int) -> int:
     return max(count, 1 if total else 0)
 
 
+def failures_allowed(max_failures: int | str | None, total: int) -> int | None:
+    """How many failed devices a rollout survives: an int as is, a percentage of `total`
+    rounded down (a budget for bad news is not rounded in its favour); None: no limit."""
+    if max_failures is None:
+        return None
+    if isinstance(max_failures, str):
+        return math.floor(total * int(max_failures.removesuffix("%")) / 100)
+    return max_failures
+
+
 def owned_name(set_name: str, device: str) -> str:
     """`<set>-<device>`; a set name too long for that is cut and followed by a digest of itself,
     so the name stays valid, bounded, and distinct per (set, device)."""
@@ -204,6 +237,7 @@ def template_hash(template: ProcessTemplate) -> str:
 
 
 class SetReason(enum.StrEnum):
+    ROLLOUT_FAILED = "RolloutFailed"
     ROLLING_OUT = "RollingOut"
     COMPLETE = "RolloutComplete"
     PAUSED = "Paused"
@@ -213,6 +247,10 @@ class SetReason(enum.StrEnum):
 
 
 SET_MESSAGES: Final[dict[SetReason, str]] = {
+    SetReason.ROLLOUT_FAILED: (
+        "More devices failed on the current template than maxFailures allows: the rollout "
+        "stopped (with failurePolicy Rollback, devices return to the stable template)."
+    ),
     SetReason.ROLLING_OUT: "Devices are being updated to the current template within maxUnavailable.",
     SetReason.COMPLETE: "Every selected device runs the current template.",
     SetReason.PAUSED: "The rollout is paused (spec.paused).",
@@ -222,6 +260,7 @@ SET_MESSAGES: Final[dict[SetReason, str]] = {
 }
 
 SET_CONDITION_STATUS: Final[dict[SetReason, Literal["True", "False"]]] = {
+    SetReason.ROLLOUT_FAILED: "False",
     SetReason.ROLLING_OUT: "True",
     SetReason.COMPLETE: "True",
     SetReason.PAUSED: "False",

@@ -81,7 +81,12 @@ def test_apply_of_three_kinds_goes_to_three_stores(tmp_path: Path, state: Path) 
     assert dpset is not None
     assert dpset.spec["updateStrategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxUnavailable": 1, "partition": 0},
+        "rollingUpdate": {
+            "maxUnavailable": 1,
+            "partition": 0,
+            "progressDeadlineSeconds": 600,
+            "failurePolicy": "Stop",
+        },
     }
     assert LocalStore(state).list_keys() == ["default/z"]
 

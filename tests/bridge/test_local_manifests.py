@@ -196,7 +196,12 @@ def test_devices_and_sets_parse_with_their_keys_and_defaults() -> None:
         },
         "updateStrategy": {
             "type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": 1, "partition": 0},
+            "rollingUpdate": {
+                "maxUnavailable": 1,
+                "partition": 0,
+                "progressDeadlineSeconds": 600,
+                "failurePolicy": "Stop",
+            },
         },
         "paused": False,
     }
@@ -206,7 +211,12 @@ def test_devices_and_sets_parse_with_their_keys_and_defaults() -> None:
     )
     assert percent[0].spec["updateStrategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxUnavailable": "25%", "partition": 0},
+        "rollingUpdate": {
+            "maxUnavailable": "25%",
+            "partition": 0,
+            "progressDeadlineSeconds": 600,
+            "failurePolicy": "Stop",
+        },
     }
     assert parse_manifests(DEVICE + "spec: {}\n", "f.yaml")[0].spec == {}  # empty spec is fine
 

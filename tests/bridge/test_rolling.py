@@ -130,3 +130,82 @@ def test_is_available(
     phase: object, observed: object, generation: int, connected: bool, expected: bool
 ) -> None:
     assert is_available(phase, observed, generation, connected) is expected
+
+
+def failing(
+    max_failures: int | str | None, policy: str = "Stop", **rolling: Any
+) -> DeviceProcessSetSpec:
+    strategy = {
+        "rollingUpdate": {
+            "maxUnavailable": rolling.pop("max_unavailable", 2),
+            "maxFailures": max_failures,
+            "failurePolicy": policy,
+        }
+    }
+    return spec(updateStrategy=strategy, **rolling)
+
+
+def owned_failing(states: str) -> dict[str, Owned]:
+    """Like `owned`, with `x` for failed (unavailable)."""
+    out = {}
+    for item in states.split():
+        device, rest = item.split(":")
+        mark = rest[-1]
+        out[device] = Owned(f"ns/set-{device}", device, rest[:-1], mark == "+", failed=mark == "x")
+    return out
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        # within maxFailures: the rollout goes on (the failed device does not block past budget)
+        (failing(1), "a:newx b:old+ c:old+", False, ("b",), "ROLLING_OUT", None),
+        # past it: stopped, nothing more switched to the failed template
+        (failing(1), "a:newx b:newx c:old+", False, (), "ROLLOUT_FAILED", NEW),
+        # ...and with Rollback every device returns to the stable template, failed ones first
+        (failing(1, "Rollback"), "a:newx b:newx c:old+", False, ("a", "b"), "ROLLOUT_FAILED", NEW),
+        # failed once: it stays failed for that template even when no device is on it any more
+        (failing(1, "Rollback"), "a:old+ b:old+ c:old+", True, (), "ROLLOUT_FAILED", NEW),
+        # no limit: failures never stop it (here the two failed use up the budget of 2)
+        (failing(None), "a:newx b:newx c:old+", False, (), "ROLLING_OUT", None),
+        (
+            failing(None, max_unavailable=3),
+            "a:newx b:newx c:old+",
+            False,
+            ("c",),
+            "ROLLING_OUT",
+            None,
+        ),
+        # a percentage rounds down: 50% of 3 is 1
+        (failing("50%"), "a:newx b:newx c:old+", False, (), "ROLLOUT_FAILED", NEW),
+    ],
+)
+def test_failures_stop_and_roll_back(row: tuple[Any, ...]) -> None:
+    """(spec, owned states, failed before) -> (update, Progressing, failed revision)."""
+    s, states, failed_before, update, progressing, failed_after = row
+    stable = OLD
+    view = SetView(
+        s,
+        NEW,
+        ["a", "b", "c"],
+        owned_failing(states),
+        stable_hash=stable,
+        failed_revision=NEW if failed_before else None,
+    )
+    plan = plan_set(view)
+    assert plan.update == update
+    assert plan.progressing is SetReason[progressing]
+    assert plan.failed_revision == failed_after
+    assert plan.target == (OLD if failed_after else NEW)
+
+
+def test_a_completed_rollout_makes_its_template_stable() -> None:
+    done = plan_set(SetView(rolling(), NEW, ["a"], owned("a:new+"), stable_hash=OLD))
+    assert done.stable_hash == NEW
+    going = plan_set(SetView(rolling(), NEW, ["a", "b"], owned("a:new+ b:old+"), stable_hash=OLD))
+    assert going.stable_hash == OLD
+
+
+def test_a_failed_rollout_creates_new_devices_from_the_stable_template() -> None:
+    plan = plan_set(SetView(failing(0), NEW, ["a", "b"], owned_failing("a:newx"), stable_hash=OLD))
+    assert (plan.create, plan.target) == (("b",), OLD)

@@ -194,7 +194,12 @@ def test_set_accepts_a_count_or_a_percentage_and_fills_the_defaults(
         },
         "updateStrategy": {
             "type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": max_unavailable, "partition": 0},
+            "rollingUpdate": {
+                "maxUnavailable": max_unavailable,
+                "partition": 0,
+                "progressDeadlineSeconds": 600,
+                "failurePolicy": "Stop",
+            },
         },
         "paused": False,
     }
@@ -204,6 +209,8 @@ def test_set_accepts_a_count_or_a_percentage_and_fills_the_defaults(
     assert merged["spec"]["updateStrategy"]["rollingUpdate"] == {
         "maxUnavailable": 3,
         "partition": 0,
+        "progressDeadlineSeconds": 600,
+        "failurePolicy": "Stop",
     }
 
 
