@@ -101,6 +101,7 @@ def register_local_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser
     verbs = importlib.import_module("devicefabric.bridge.verbs")
     verbs.register(sub)
     importlib.import_module("devicefabric.bridge.fleetverbs").register(sub)
+    importlib.import_module("devicefabric.bridge.rollouts").register(sub)
 
 
 def make_control_plane(

@@ -88,6 +88,7 @@ class FleetController:
         self.enqueue = enqueue  # (key, delay=0.0)
         self.clock = clock
         self._switched: dict[str, float] = {}  # process key -> when it was last written (clock)
+        self._failed: dict[str, str] = {}  # set uid -> the template hash whose rollout failed
         self._created: dict[str, str] = {}  # device -> the session its Device was created for
         self._labels: dict[str, dict[str, str]] = {}  # device -> labels last seen
         self._owned: dict[str, dict[str, str]] = {}  # set uid -> device -> process key
@@ -220,18 +221,28 @@ class FleetController:
             return Outcome.DONE
         view = self._view(obj, spec)
         plan = plan_set(view)
+        if plan.failed_revision is None:
+            self._failed.pop(obj.uid, None)  # a new template: the failure is history
+        elif view.failed_revision != plan.failed_revision:
+            # A rollout just failed: that is recorded before anything moves (the failure must
+            # outlive the rollback that takes the failed devices off the template).
+            self._failed[obj.uid] = plan.failed_revision
+            await self._write_status(obj, spec, plan)
         wrote = await self._carry_out(obj, spec, view, plan)
         if wrote:
             return Outcome.WROTE  # the status follows on the pass the writes queue
+        return Outcome.WROTE if await self._write_status(obj, spec, plan) else Outcome.DONE
+
+    async def _write_status(self, obj: Resource, spec: DeviceProcessSetSpec, plan: SetPlan) -> bool:
         patch = _set_status_patch(obj, spec, plan, rfc3339())
         if patch is None:
-            return Outcome.DONE
-        await self._write(self.fleet.patch_set_status(key, patch))
+            return False
+        await self._write(self.fleet.patch_set_status(obj.key, patch))
         log.info(
             "set status written: %s", " ".join(f"{k}={v}" for k, v in plan.counts.items()),
-            extra={"resource": key, "reason": plan.progressing.value},
+            extra={"resource": obj.key, "reason": plan.progressing.value},
         )  # fmt: skip
-        return Outcome.WROTE
+        return True
 
     def _view(self, obj: Resource, spec: DeviceProcessSetSpec) -> SetView:
         selected = [
@@ -274,6 +285,8 @@ class FleetController:
         ]
         status = obj.status
         stable, failed = status.get("stableRevision"), status.get("failedRevision")
+        if not isinstance(failed, str):  # written, but the cache may not show it yet
+            failed = self._failed.get(obj.uid)
         return SetView(
             spec,
             template_hash(spec.template),

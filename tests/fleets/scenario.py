@@ -59,6 +59,10 @@ class World(Protocol):
 
     def mark(self, phase: str) -> None: ...  # a phase ends (the kube world counts its writes)
 
+    def apply_strategy(self, template: dict[str, Any], strategy: dict[str, Any]) -> None: ...
+
+    def rollout(self, action: str) -> tuple[int, str]: ...  # `devicefabric rollout ACTION SET`
+
 
 def template(*argv: str) -> dict[str, Any]:
     return {"command": list(argv), "terminationGracePeriodSeconds": 1}
@@ -113,8 +117,19 @@ def _state(world: World) -> dict[str, tuple[str, bool]]:
     }
 
 
-def _until(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    wait_for(check, timeout, 0.05, what=what)
+def _until(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = WAIT,
+    why: Callable[[], str] | None = None,
+) -> None:
+    """Wait for `check`; on a timeout, `why()` (the state) is in the error."""
+    try:
+        wait_for(check, timeout, 0.05, what=what)
+    except AssertionError as exc:
+        if why is None:
+            raise
+        raise AssertionError(f"{exc}\n{why()}") from None
 
 
 def _all(world: World, devices: set[str], spec: dict[str, Any]) -> Callable[[], bool]:
@@ -216,3 +231,55 @@ def _progressing(world: World) -> str:
         if cond.get("type") == "Progressing":
             return str(cond.get("reason"))
     return ""
+
+
+def tell_rollback(world: World) -> None:
+    """A template that fails on every device: the rollout stops past maxFailures and rolls back
+    within maxUnavailable; `rollout status` says failed; `rollout undo` returns the spec."""
+    world.wait_devices()
+    for device in DEVICES:
+        world.label(device, "collector")
+    world.apply_set(V1, max_unavailable=2, paused=False)
+    everyone = set(DEVICES)
+    _until("every device on V1", _all(world, everyone, V1))
+    _until("the set complete", lambda: _counts(world)[:4] == (5,) * 4)
+    _until("V1 stable", lambda: world.set_object()["status"].get("stableRevision") == digest(V1))
+    assert world.rollout("status") == (
+        0,
+        "rollout complete: 5 of 5 devices on the current template, 5 available\n",
+    )
+    world.mark("set over 5 devices")
+
+    since = len(world.history)
+    world.apply_strategy(
+        BROKEN,
+        {
+            "maxUnavailable": 2,
+            "maxFailures": 1,
+            "failurePolicy": "Rollback",
+            "progressDeadlineSeconds": 30,
+        },
+    )
+    _until(
+        "the rollout failed",
+        lambda: _progressing(world) == "RolloutFailed",
+        why=lambda: f"set {world.set_object()}; processes {world.owned()}",
+    )
+    _until("every device back on V1", _all(world, everyone, V1))
+    broken = digest(BROKEN)
+    tried = {d for snap in world.history[since:] for d, (h, _) in snap.items() if h == broken}
+    assert len(tried) == 2, tried  # maxUnavailable 2; past maxFailures 1 nothing more switched
+    assert worst(world.history, since) <= 2, world.history[since:]
+    status = world.set_object()["status"]
+    assert (status["failedRevision"], status["stableRevision"]) == (broken, digest(V1))
+    code, out = world.rollout("status")
+    assert code == 1, out
+    assert out.startswith("rollout failed")
+    world.mark("broken template: stopped at maxFailures, rolled back")
+
+    assert world.rollout("undo")[0] == 0
+    _until("undone: complete on V1 again", lambda: _progressing(world) == "RolloutComplete")
+    assert "failedRevision" not in world.set_object()["status"]
+    assert world.rollout("status")[0] == 0
+    assert _state(world) == dict.fromkeys(everyone, (digest(V1), True))  # undo moved no device
+    world.mark("rollout undo")

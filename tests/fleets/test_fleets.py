@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -29,10 +31,10 @@ from devicefabric.bridge.controlplane.localfleet import set_store
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.fleet import SET_LABEL
 from tests.bridge.scene import settings
-from tests.fleets.scenario import DEVICES, ROLE, SET_NAME, Snapshot, snapshot, tell
+from tests.fleets.scenario import DEVICES, ROLE, SET_NAME, Snapshot, snapshot, tell, tell_rollback
 from tests.kube.fabric import KubeFabric, audited
 from tests.kube.fakeapi.client import WatchEnded
-from tests.support.cli import run_cli
+from tests.support.cli import cli_argv, run_cli
 from tests.support.waiting import wait_for
 
 API = "/apis/devicefabric.io/v1alpha1"
@@ -41,7 +43,10 @@ PROCESSES = f"{API}/namespaces/default/deviceprocesses"
 
 
 def set_document(
-    spec_template: dict[str, Any], max_unavailable: int, paused: bool
+    spec_template: dict[str, Any],
+    max_unavailable: int,
+    paused: bool,
+    strategy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "devicefabric.io/v1alpha1",
@@ -50,7 +55,7 @@ def set_document(
         "spec": {
             "selector": {"matchLabels": {ROLE: "collector"}},
             "template": spec_template,
-            "updateStrategy": {"rollingUpdate": {"maxUnavailable": max_unavailable}},
+            "updateStrategy": {"rollingUpdate": strategy or {"maxUnavailable": max_unavailable}},
             "paused": paused,
         },
     }
@@ -96,8 +101,25 @@ class KubeWorld:
         resp = self.http.merge(f"{API}/devices/{device}", {"metadata": {"labels": {ROLE: value}}})
         assert resp.status == 200, resp.body
 
+    def apply_strategy(self, template: dict[str, Any], strategy: dict[str, Any]) -> None:
+        self._apply(set_document(template, 1, paused=False, strategy=strategy))
+
+    def rollout(self, action: str) -> tuple[int, str]:
+        env = {**os.environ, "KUBECONFIG": str(self.fabric.admin_kubeconfig)}
+        proc = subprocess.run(
+            cli_argv("rollout", action, SET_NAME, "--control-plane", "kube", "--timeout", "0"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=False,
+        )
+        return proc.returncode, proc.stdout
+
     def apply_set(self, template: dict[str, Any], max_unavailable: int, paused: bool) -> None:
-        doc = set_document(template, max_unavailable, paused)
+        self._apply(set_document(template, max_unavailable, paused))
+
+    def _apply(self, doc: dict[str, Any]) -> None:
         resp = self.http.merge(f"{SETS}/{SET_NAME}", {"spec": doc["spec"]})
         if resp.status == 404:
             resp = self.http.request("POST", SETS, doc)
@@ -135,14 +157,15 @@ class KubeWorld:
         self._since = now
 
 
-def test_fleets_on_kubernetes(tmp_path: Path, secret: bytes) -> None:
+@pytest.mark.parametrize("story", [tell, tell_rollback], ids=["fleet", "rollback"])
+def test_fleets_on_kubernetes(tmp_path: Path, secret: bytes, story: Callable[..., None]) -> None:
     with audited(tmp_path, secret, DEVICES) as fabric:
         fabric.start_bridge("bridge-0")
         for device in DEVICES:
             fabric.start_agent(device)
         world = KubeWorld(fabric)
         try:
-            tell(world)
+            story(world)
         finally:
             world.close()
         print()
@@ -251,9 +274,20 @@ class LocalWorld:
         self._cli("label", "device", device, change, "--overwrite")
 
     def apply_set(self, template: dict[str, Any], max_unavailable: int, paused: bool) -> None:
-        doc = set_document(template, max_unavailable, paused)
+        self._apply(set_document(template, max_unavailable, paused))
+
+    def apply_strategy(self, template: dict[str, Any], strategy: dict[str, Any]) -> None:
+        self._apply(set_document(template, 1, paused=False, strategy=strategy))
+
+    def _apply(self, doc: dict[str, Any]) -> None:
         self.file.write_text(yaml.safe_dump(doc), encoding="utf-8")
         self._cli("apply", "-f", str(self.file))
+
+    def rollout(self, action: str) -> tuple[int, str]:
+        result = run_cli(
+            "rollout", action, SET_NAME, "--state-dir", str(self.state), "--timeout", "0"
+        )
+        return result.code, result.out
 
     def delete_set(self) -> None:
         self._cli("delete", "dpset", SET_NAME)
@@ -280,8 +314,10 @@ class LocalWorld:
         """The local plane's writes are files: nothing counted here (the kube test counts)."""
 
 
-@pytest.mark.usefixtures("secret")
-def test_fleets_on_the_local_control_plane(tmp_path: Path, secret: bytes) -> None:
+@pytest.mark.parametrize("story", [tell, tell_rollback], ids=["fleet", "rollback"])
+def test_fleets_on_the_local_control_plane(
+    tmp_path: Path, secret: bytes, story: Callable[..., None]
+) -> None:
     fabric = KubeFabric(tmp_path, secret, DEVICES)
     try:
         state = tmp_path / "state"
@@ -289,6 +325,6 @@ def test_fleets_on_the_local_control_plane(tmp_path: Path, secret: bytes) -> Non
         with bridge.running():
             for device in DEVICES:
                 fabric.start_agent(device)
-            tell(LocalWorld(fabric, state, bridge))
+            story(LocalWorld(fabric, state, bridge))
     finally:
         fabric.close()
