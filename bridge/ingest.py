@@ -14,7 +14,8 @@ Invariants:
   ACLs make the topic trustworthy; nothing in a payload can name another device).
 - An empty payload is a retained document being cleared: for `desired` it means the broker
   retains nothing for that device; for other kinds it is ignored.
-- Other bridges' sync markers are skipped silently.
+- Other bridges' sync markers are skipped silently, and so are the logs request/reply topics
+  (`config.topics.LOGS_KINDS`): they are not state, and not this module's to decode or count.
 - Every retained document with a valid topic is recorded in the `ledger` (even one that then
   fails to decode: it was delivered, re-reading it would bring the same bytes).
 """
@@ -29,7 +30,7 @@ from devicefabric.bridge.mirroring import Mirror
 from devicefabric.bridge.replaying import ReplayLedger
 from devicefabric.bridge.tracking import NOTHING, Change, DeviceTracker
 from devicefabric.config.errors import PayloadError, TopicError
-from devicefabric.config.topics import DeviceTopic, ParsedTopic, Topics
+from devicefabric.config.topics import LOGS_KINDS, DeviceTopic, ParsedTopic, Topics
 from devicefabric.config.wire import (
     MAX_PAYLOAD_BYTES,
     Report,
@@ -44,7 +45,7 @@ log = logging.getLogger("devicefabric.bridge.ingest")
 LOG_WINDOW: Final = 10.0
 LOG_BURST: Final = 20
 MAX_CACHED_TOPICS: Final = 200_000
-KINDS: Final = tuple(kind.value for kind in DeviceTopic)
+KINDS: Final = tuple(kind.value for kind in DeviceTopic if kind not in LOGS_KINDS)
 INVALID_REASONS: Final = ("topic", "oversized", "invalid_json", "schema", "sequence")
 
 
@@ -91,6 +92,8 @@ class Ingest:
         kind = parsed.kind
         device = parsed.device
         if kind is None or device is None:  # bridge/status is not subscribed; ignore if it comes
+            return NOTHING
+        if kind in LOGS_KINDS:  # request/reply, not state: not this module's to decode
             return NOTHING
         self.stats.messages[kind] += 1
         if retained and self.ledger is not None:

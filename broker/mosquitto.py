@@ -15,7 +15,11 @@ document, so the embedded broker and mosquitto enforce the same rules:
 - ACL entries are generated from `rules_for(...)` filters and never spelled here: publish filters
   become `publishClientSend`; receive filters become `publishClientReceive` plus
   `subscribeLiteral` (a filter without wildcards: only that exact filter may be subscribed, which is
-  what `covers` means for a literal) or `subscribePattern` (a wildcard filter);
+  what `covers` means for a literal) or `subscribePattern` (a wildcard filter); a `deny_receive`
+  filter (the observer's logs) becomes the same two entries with `allow: false` and a higher
+  `priority` (the plugin checks a role's ACLs of one type highest priority first and the first
+  match decides: a delivery on a denied topic is refused, and so is a subscription the denied
+  pattern covers, while a wider one such as `{root}/#` is granted);
 - passwords are the derived fabric passwords (`config.credentials.password_for`), stored as
   mosquitto stores them: base64 PBKDF2-HMAC-SHA512 (64 bytes) with a random 12-byte salt (base64)
   and 101 iterations;
@@ -189,8 +193,19 @@ def _has_wildcard(topic_filter: str) -> bool:
     return "+" in topic_filter or "#" in topic_filter
 
 
+DENY_PRIORITY: Final = 1  # above the allow entries' default 0: a deny is checked first
+
+
 def _acl(acltype: str, topic: str) -> dict[str, Any]:
     return {"acltype": acltype, "topic": topic, "allow": True}
+
+
+def _deny(acltype: str, topic: str) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "allow": False, "priority": DENY_PRIORITY}
+
+
+def _subscribe_type(topic_filter: str) -> str:
+    return "subscribePattern" if _has_wildcard(topic_filter) else "subscribeLiteral"
 
 
 def acls_for(rules: AccessRules) -> list[dict[str, Any]]:
@@ -206,8 +221,10 @@ def acls_for(rules: AccessRules) -> list[dict[str, Any]]:
     entries = [_acl("publishClientSend", f) for f in rules.publish]
     for topic_filter in rules.receive:
         entries.append(_acl("publishClientReceive", topic_filter))
-        kind = "subscribePattern" if _has_wildcard(topic_filter) else "subscribeLiteral"
-        entries.append(_acl(kind, topic_filter))
+        entries.append(_acl(_subscribe_type(topic_filter), topic_filter))
+    for topic_filter in rules.deny_receive:
+        entries.append(_deny("publishClientReceive", topic_filter))
+        entries.append(_deny(_subscribe_type(topic_filter), topic_filter))
     return entries
 
 

@@ -17,13 +17,18 @@ into N node configs (JSON, which the NATS config parser reads), one per node:
 - permissions generated from `rules_for(...)` filters with the MQTT -> subject mapping (`/` -> `.`,
   `+` -> `*`, `#` -> `>`); every user may subscribe to `$MQTT.sub.>` (a QoS 1 subscription needs
   it), and a receive filter `a/#` also grants subject `a` (MQTT's `#` matches the parent level,
-  NATS' `>` does not).
+  NATS' `>` does not); a `deny_receive` filter (the observer's logs) becomes a subscribe `deny`
+  entry, which NATS applies to a wider subscription message by message - at QoS 0 only, so such
+  a user gets no `$MQTT.sub.>` and may not subscribe at QoS 1 (`permissions_of`).
 
 What NATS cannot express (docs/scale.md): a device's client id is not bound to its name, a will is
 checked as an ordinary publish (any topic the user may publish to), and a publish into a forbidden
 subject is acknowledged (PUBACK) and dropped rather than refused, and the MQTT listener does not
-apply `max_payload` (an MQTT PUBLISH over 64 KiB is delivered, measured on 2.9.10). Revoked devices
-are left out.
+apply `max_payload` (an MQTT PUBLISH over 64 KiB is delivered, measured on 2.9.10). The observer,
+whose rules deny it the logs topics, subscribes at QoS 0 only, and a *retained* message on a logs
+topic would still reach its wider subscription (NATS replays retained messages past a subscribe
+deny; the fabric never retains a logs message, and only the bridge and the device itself may
+publish one). Revoked devices are left out.
 
 Everything here is pure except `write_configs`; bcrypt is imported only when hashing.
 """
@@ -77,21 +82,33 @@ def subject_of(topic_filter: str) -> str:
     return ".".join({"+": "*", "#": ">"}.get(level, level) for level in levels)
 
 
-def subscribe_subjects(receive: Iterable[str]) -> list[str]:
-    """The subjects a user may subscribe to for its receive filters (`a/#` also grants `a`)."""
+def _subjects(filters: Iterable[str]) -> list[str]:
+    """The subjects of MQTT filters; `a/#` also names `a` (MQTT's `#` matches the parent)."""
     subjects: list[str] = []
-    for topic_filter in receive:
+    for topic_filter in filters:
         if topic_filter.endswith("/#"):
             subjects.append(subject_of(topic_filter[:-2]))
         subjects.append(subject_of(topic_filter))
-    subjects.append(MQTT_SUB_SUBJECT)
-    return list(dict.fromkeys(subjects))
+    return subjects
+
+
+def subscribe_subjects(receive: Iterable[str]) -> list[str]:
+    """The subjects a user may subscribe to for its receive filters (`a/#` also grants `a`)."""
+    return list(dict.fromkeys([*_subjects(receive), MQTT_SUB_SUBJECT]))
 
 
 def permissions_of(rules: AccessRules) -> dict[str, Any]:
     """A NATS `permissions` block allowing exactly the rules' publish and receive filters."""
     publish = list(dict.fromkeys(subject_of(f) for f in (*rules.publish, *rules.will)))
-    perms: dict[str, Any] = {"subscribe": {"allow": subscribe_subjects(rules.receive)}}
+    subscribe: dict[str, Any] = {"allow": subscribe_subjects(rules.receive)}
+    if rules.deny_receive:
+        # NATS applies a subscribe deny to QoS 0 deliveries only: a QoS 1 subscription is served
+        # by a JetStream consumer delivering on `$MQTT.sub.<id>`, which the deny never sees
+        # (measured on 2.9.10). Without `$MQTT.sub.>` such a user's QoS 1 subscriptions are
+        # refused (fail closed): it reads at QoS 0, where the deny holds message by message.
+        subscribe["allow"].remove(MQTT_SUB_SUBJECT)
+        subscribe["deny"] = list(dict.fromkeys(_subjects(rules.deny_receive)))
+    perms: dict[str, Any] = {"subscribe": subscribe}
     perms["publish"] = {"allow": publish} if publish else {"deny": [">"]}
     return perms
 

@@ -3,7 +3,12 @@
 Layout under a configurable root (default `fabric/v1`):
 
     {root}/devices/{device}/status|heartbeat|report|desired
+    {root}/devices/{device}/logs/request|logs/reply
     {root}/bridge/status
+
+A device topic's kind (`DeviceTopic`) is everything after the device level: one level for the
+state topics, two for the logs request/reply pair (`logs/...`, not retained; `all_logs` is the
+filter over both for every device, which the observer is denied).
 
 `Topics(root)` builds concrete topics and the wildcard filters the bridge and observer use;
 `Topics.parse` is the inverse and raises `TopicError` for anything else. `matches` and `covers`
@@ -27,15 +32,22 @@ SYNC_MARKER_PREFIX: Final = "_sync-"
 _DEVICES: Final = "devices"
 _BRIDGE: Final = "bridge"
 _STATUS: Final = "status"
+_LOGS: Final = "logs"
 
 
 class DeviceTopic(enum.StrEnum):
-    """The kinds of per-device topic; the value is the last topic level."""
+    """The kinds of per-device topic; the value is what follows the device level."""
 
     STATUS = "status"
     HEARTBEAT = "heartbeat"
     REPORT = "report"
     DESIRED = "desired"
+    LOGS_REQUEST = f"{_LOGS}/request"  # bridge -> device, QoS 1, not retained
+    LOGS_REPLY = f"{_LOGS}/reply"  # device -> bridge, chunks of one request, not retained
+
+
+LOGS_KINDS: Final = frozenset({DeviceTopic.LOGS_REQUEST, DeviceTopic.LOGS_REPLY})
+"""The request/reply kinds; the others are the device's state topics (the bridge's ingest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +98,22 @@ class Topics:
     def desired(self, device: str) -> str:
         return self.device(device, DeviceTopic.DESIRED)
 
+    def logs_request(self, device: str) -> str:
+        return self.device(device, DeviceTopic.LOGS_REQUEST)
+
+    def logs_reply(self, device: str) -> str:
+        return self.device(device, DeviceTopic.LOGS_REPLY)
+
     def bridge_status(self) -> str:
         return f"{self.root}/{_BRIDGE}/{_STATUS}"
 
     def all_devices(self, kind: DeviceTopic) -> str:
         """The filter matching `kind` for every device: `{root}/devices/+/{kind}`."""
         return f"{self._device_prefix}+/{kind.value}"
+
+    def all_logs(self) -> str:
+        """The filter matching every device's logs topics, request and reply: `.../+/logs/#`."""
+        return f"{self._device_prefix}+/{_LOGS}/#"
 
     def everything(self) -> str:
         """The filter matching every fabric topic: `{root}/#`."""
@@ -123,13 +145,13 @@ class Topics:
         if not topic.startswith(self._device_prefix):
             raise TopicError(topic, f"not under {self._device_prefix!r}")
         rest = topic[len(self._device_prefix) :]
-        device, sep, last = rest.partition("/")
+        device, sep, last = rest.partition("/")  # `last` may be two levels: `logs/request`
         if not sep:
             raise TopicError(topic, "missing topic kind after the device name")
         try:
             kind = DeviceTopic(last)
         except ValueError:
-            raise TopicError(topic, f"unknown topic kind {last!r}") from None
+            raise TopicError(topic, f"unknown topic kind {last[:40]!r}") from None
         if not is_device_name(device):
             raise TopicError(topic, f"{device!r} is not a valid device name")
         return ParsedTopic(kind=kind, device=device)

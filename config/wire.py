@@ -40,6 +40,15 @@ from devicefabric.config.lean import (
     SESSION_PATTERN,
     canonical_json,
 )
+from devicefabric.config.logcodec import (
+    DEFAULT_LOG_TAIL,
+    LOG_ID_PATTERN,
+    MAX_LOG_ERROR,
+    MAX_LOG_LINE,
+    MAX_LOG_TAIL,
+    LineStream,
+    LogStream,
+)
 from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN, is_object_key
 from devicefabric.config.resource import MAX_MESSAGE, DeviceProcessSpec, PhaseName
 from devicefabric.config.validation import describe
@@ -172,6 +181,45 @@ class BridgeStatus(_Wire):
     session: Session
 
 
+# -- logs (request/reply; the agent's side is `config.logcodec`) ---------------------------------
+LogId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TOKEN, pattern=LOG_ID_PATTERN)
+]
+
+
+class LogRequest(_Wire):
+    """Bridge -> device: the last `tail` lines (of the last `sinceSeconds`) of one process."""
+
+    id: LogId
+    namespace: Namespace
+    name: ObjectName
+    tail: Annotated[int, Field(ge=1, le=MAX_LOG_TAIL)] = DEFAULT_LOG_TAIL
+    since_seconds: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(
+        default=None, alias="sinceSeconds"
+    )
+    stream: LogStream = "both"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class LogLine(_Wire):
+    t: DateTime
+    s: LineStream
+    l: Annotated[str, StringConstraints(max_length=MAX_LOG_LINE)]  # noqa: E741 - the wire name
+
+
+class LogReply(_Wire):
+    """Device -> bridge: chunk `seq` of the answer to request `id`; the last has `end: true`."""
+
+    id: LogId
+    seq: Seq
+    lines: list[LogLine]
+    end: bool
+    error: Annotated[str, StringConstraints(max_length=MAX_LOG_ERROR)] | None = None
+
+
 # -- encoding ----------------------------------------------------------------------------------
 __all__ = ["MAX_PAYLOAD_BYTES", "MAX_PROCESSES", "canonical_json"]
 
@@ -261,3 +309,11 @@ def decode_desired(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Desired:
 
 def decode_bridge_status(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> BridgeStatus:
     return decode("bridge_status", BridgeStatus, payload, limit)
+
+
+def decode_log_request(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> LogRequest:
+    return decode("logs_request", LogRequest, payload, limit)
+
+
+def decode_log_reply(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> LogReply:
+    return decode("logs_reply", LogReply, payload, limit)

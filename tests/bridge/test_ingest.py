@@ -81,6 +81,14 @@ def test_desired_documents_and_their_clearing_update_the_mirror() -> None:
     assert ingest.mirror.observed == {}
 
 
+def test_logs_topics_are_not_state_and_are_skipped_silently() -> None:
+    ingest = make()
+    assert ingest.feed(T.logs_reply("dev-a"), b"not a state document", 0.0) == ()
+    assert ingest.feed(T.logs_request("dev-a"), b"", 0.0) == ()
+    assert sum(ingest.stats.invalid.values()) == 0
+    assert sum(ingest.stats.messages.values()) == 0
+
+
 def test_sync_markers_of_any_bridge_are_skipped_silently() -> None:
     ingest = make()
     assert ingest.feed(T.sync_marker("other.1"), b"", 0.0) == ()

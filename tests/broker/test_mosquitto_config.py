@@ -54,21 +54,30 @@ def _client(doc: dict[str, Any], username: str) -> dict[str, Any]:
     return client
 
 
-def _role_acls(doc: dict[str, Any], rolename: str) -> set[tuple[str, str]]:
+def _role_acls(doc: dict[str, Any], rolename: str) -> set[tuple[str, str, bool, int]]:
+    """(acltype, topic, allow, priority) of each ACL of a role; priority 0 when not given."""
     (role,) = [r for r in doc["roles"] if r["rolename"] == rolename]
-    assert all(acl["allow"] is True for acl in role["acls"])
-    return {(acl["acltype"], acl["topic"]) for acl in role["acls"]}
+    return {
+        (acl["acltype"], acl["topic"], acl["allow"], acl.get("priority", 0)) for acl in role["acls"]
+    }
+
+
+def _subscribe_type(topic_filter: str) -> str:
+    wildcard = "+" in topic_filter or "#" in topic_filter
+    return "subscribePattern" if wildcard else "subscribeLiteral"
 
 
 @pytest.mark.parametrize("root", ["fabric/v1", "site-7/fabric"])
 @pytest.mark.parametrize("user", USERS)
 def test_each_users_acls_are_exactly_its_rules(user: str, root: str) -> None:
     rules = rules_for(user, Topics(root))
-    expected = {("publishClientSend", f) for f in rules.publish}
+    expected = {("publishClientSend", f, True, 0) for f in rules.publish}
     for f in rules.receive:
-        expected.add(("publishClientReceive", f))
-        wildcard = "+" in f or "#" in f
-        expected.add(("subscribePattern" if wildcard else "subscribeLiteral", f))
+        expected.add(("publishClientReceive", f, True, 0))
+        expected.add((_subscribe_type(f), f, True, 0))
+    for f in rules.deny_receive:  # checked before every allow: a higher priority
+        expected.add(("publishClientReceive", f, False, 1))
+        expected.add((_subscribe_type(f), f, False, 1))
     doc = _doc(root)
     assert _role_acls(doc, role_name(user)) == expected
     assert [r["rolename"] for r in _client(doc, user)["roles"]] == [role_name(user)]

@@ -47,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
 
 def _observer(cluster: NatsCluster, node: int) -> Client:
     client = connect(cluster.nodes[node], OBSERVER_USER, client_id=f"observer_{node}")
-    assert not client.subscribe(T.everything()).is_failure
+    assert not client.subscribe(T.everything()).is_failure  # at QoS 0: `connect` knows NATS
     return client
 
 

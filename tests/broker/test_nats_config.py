@@ -56,21 +56,33 @@ def test_a_topic_with_a_dot_is_refused() -> None:
 
 def test_device_permissions_are_the_table() -> None:
     perms = permissions_of(rules_for("dev-a", T))
-    assert perms["publish"] == {
-        "allow": [
-            subject_of(f) for f in (T.status("dev-a"), T.heartbeat("dev-a"), T.report("dev-a"))
-        ]
-    }
+    own = (T.status("dev-a"), T.heartbeat("dev-a"), T.report("dev-a"), T.logs_reply("dev-a"))
+    assert perms["publish"] == {"allow": [subject_of(f) for f in own]}
     allow = perms["subscribe"]["allow"]
     assert subject_of(T.desired("dev-a")) in allow
+    assert subject_of(T.logs_request("dev-a")) in allow
     assert subject_of(T.desired("dev-b")) not in allow
+    assert subject_of(T.logs_request("dev-b")) not in allow
     assert MQTT_SUB_SUBJECT in allow  # a QoS 1 subscription needs it
+    assert "deny" not in perms["subscribe"]
 
 
-def test_observer_reads_everything_including_the_parent_and_publishes_nothing() -> None:
+def test_bridge_requests_logs_and_reads_the_replies() -> None:
+    perms = permissions_of(rules_for("bridge", T))
+    assert "fabric.v1.devices.*.logs.request" in perms["publish"]["allow"]
+    assert "fabric.v1.devices.*.logs.reply" in perms["subscribe"]["allow"]
+    assert "fabric.v1.devices.*.logs.reply" not in perms["publish"]["allow"]
+
+
+def test_observer_reads_everything_but_the_logs_at_qos_0_and_publishes_nothing() -> None:
     perms = permissions_of(rules_for("observer", T))
     assert perms["publish"] == {"deny": [">"]}
-    assert perms["subscribe"]["allow"] == ["fabric.v1", "fabric.v1.>", MQTT_SUB_SUBJECT]
+    # ...except the logs (they can hold secrets): NATS applies a subscribe deny per message, at
+    # QoS 0 only, so the observer gets no QoS 1 subscription (no `$MQTT.sub.>`)
+    assert perms["subscribe"] == {
+        "allow": ["fabric.v1", "fabric.v1.>"],
+        "deny": ["fabric.v1.devices.*.logs", "fabric.v1.devices.*.logs.>"],
+    }
 
 
 def _nodes(count: int) -> list[NatsNode]:

@@ -58,6 +58,25 @@ TABLE = [
     ("observer", "receive", T.report("d1"), True),
     ("observer", "receive", T.bridge_status(), True),
     ("observer", "receive", "other/topic", False),
+    # logs: only the bridge requests, only the device replies on its own topic, no one else reads
+    ("bridge", "publish", T.logs_request("d1"), True),
+    ("bridge", "receive", T.logs_reply("d1"), True),
+    ("bridge", "publish", T.logs_reply("d1"), False),
+    ("bridge", "receive", T.logs_request("d1"), False),
+    ("d1", "publish", T.logs_reply("d1"), True),
+    ("d1", "receive", T.logs_request("d1"), True),
+    ("d1", "publish", T.logs_request("d1"), False),
+    ("d1", "publish", T.logs_request("d2"), False),
+    ("d1", "publish", T.logs_reply("d2"), False),
+    ("d1", "receive", T.logs_request("d2"), False),
+    ("d1", "receive", T.logs_reply("d1"), False),
+    ("d1", "receive", T.logs_reply("d2"), False),
+    ("d1", "will", T.logs_reply("d1"), False),
+    ("observer", "receive", T.logs_request("d1"), False),
+    ("observer", "receive", T.logs_reply("d1"), False),
+    ("observer", "receive", f"{T.root}/devices/d1/logs", False),  # `logs/#` matches its parent
+    ("observer", "receive", f"{T.root}/devices/d1/logsx/reply", True),  # not a logs topic
+    ("observer", "publish", T.logs_request("d1"), False),
     ("Not-A-Device", "receive", T.status("d1"), False),
     ("Not-A-Device", "publish", T.status("d1"), False),
 ]
@@ -80,6 +99,20 @@ def test_rule_table(user: str, action: str, topic: str, allowed: bool) -> None:
         ("observer", "fabric/v1/#", True),
         ("observer", "#", False),
         ("observer", "fabric/v1/#/x", False),
+        # a filter inside the observer's logs deny is refused; a wider one is granted and its
+        # logs deliveries are refused one by one (`may_receive`)
+        ("observer", "fabric/v1/devices/+/logs/reply", False),
+        ("observer", "fabric/v1/devices/d1/logs/request", False),
+        ("observer", "fabric/v1/devices/+/logs/#", False),
+        ("observer", "fabric/v1/devices/+/logs/+", False),
+        ("observer", "fabric/v1/devices/#", True),
+        ("observer", "fabric/v1/devices/d1/+/reply", True),
+        ("bridge", "fabric/v1/devices/+/logs/reply", True),
+        ("bridge", "fabric/v1/devices/+/logs/request", False),
+        ("bridge", "fabric/v1/devices/+/logs/#", False),
+        ("d1", T.logs_request("d1"), True),
+        ("d1", T.logs_request("d2"), False),
+        ("d1", "fabric/v1/devices/+/logs/request", False),
     ],
 )
 def test_subscribe(user: str, flt: str, allowed: bool) -> None:

@@ -76,8 +76,13 @@ def test_builders_spell_the_contract() -> None:
     assert t.heartbeat("tor9-99") == "fabric/v1/devices/tor9-99/heartbeat"
     assert t.report("tor9-99") == "fabric/v1/devices/tor9-99/report"
     assert t.desired("tor9-99") == "fabric/v1/devices/tor9-99/desired"
+    assert t.logs_request("tor9-99") == "fabric/v1/devices/tor9-99/logs/request"
+    assert t.logs_reply("tor9-99") == "fabric/v1/devices/tor9-99/logs/reply"
     assert t.bridge_status() == "fabric/v1/bridge/status"
     assert t.all_devices(DeviceTopic.REPORT) == "fabric/v1/devices/+/report"
+    assert t.all_devices(DeviceTopic.LOGS_REQUEST) == "fabric/v1/devices/+/logs/request"
+    assert t.all_devices(DeviceTopic.LOGS_REPLY) == "fabric/v1/devices/+/logs/reply"
+    assert t.all_logs() == "fabric/v1/devices/+/logs/#"
     assert t.everything() == "fabric/v1/#"
 
 
@@ -85,8 +90,15 @@ def test_builders_spell_the_contract() -> None:
 @pytest.mark.parametrize("kind", list(DeviceTopic))
 def test_round_trip(root: str, kind: DeviceTopic) -> None:
     t = Topics(root)
-    parsed = t.parse(t.device("dev-1", kind))
+    topic = t.device("dev-1", kind)
+    assert validate_publish_topic(topic) == topic
+    parsed = t.parse(topic)
     assert (parsed.kind, parsed.device) == (kind, "dev-1")
+    assert matches(t.all_devices(kind), topic)
+    assert not matches(t.all_devices(kind), t.device("dev-1/x", kind))
+    assert matches(t.everything(), topic)
+    is_logs = kind in (DeviceTopic.LOGS_REQUEST, DeviceTopic.LOGS_REPLY)
+    assert matches(t.all_logs(), topic) is is_logs
     assert t.parse(t.bridge_status()).is_bridge_status
 
 
@@ -98,6 +110,14 @@ def test_round_trip(root: str, kind: DeviceTopic) -> None:
         "fabric/v1/devices/Dev/status",
         "fabric/v1/devices/bridge/status",
         "fabric/v1/devices/a/b/status",
+        "fabric/v1/devices/dev-1/logs",
+        "fabric/v1/devices/dev-1/logs/",
+        "fabric/v1/devices/dev-1/logs/other",
+        "fabric/v1/devices/dev-1/logs/request/x",
+        "fabric/v1/devices/dev-1/request",
+        "fabric/v1/devices/dev-1/status/reply",
+        "fabric/v1/devices/logs/request",
+        "fabric/v1/devices/_sync-x/logs/reply",
         "fabric/v2/devices/dev-1/status",
         "other/devices/dev-1/status",
         "fabric/v1/bridge/other",

@@ -6,7 +6,8 @@ embedded `devicefabric broker run`) while the fabric it attacks is live and watc
 - the victim device `victim-a` is connected with its own will on its status topic, subscribed to
   everything it may receive; if the impostor kicked it off, its will would show up;
 - an observer watches `fabric/v1/#` (and asks for `#`, which the rules do not grant);
-- a bridge watches every device topic.
+- a bridge watches every device topic it may receive (all but the logs requests, which only the
+  device itself reads: the victim watches its own).
 
 The impostor then connects (every attempt carries a retained will on the victim's status) with a
 wrong password, as a revoked device, under a name with `+`, `#`, `/`, uppercase or 300 characters
@@ -123,6 +124,14 @@ def broker(
         yield process
 
 
+# Every per-device filter the bridge may subscribe to.
+BRIDGE_FILTERS: Final = tuple(
+    f
+    for f in (T.all_devices(kind) for kind in DeviceTopic)
+    if rules_for(BRIDGE_USER, T).may_subscribe(f)
+)
+
+
 @dataclass
 class Watchers:
     victim: Client
@@ -141,13 +150,18 @@ def watchers(broker: BrokerProcess) -> Iterator[Watchers]:
         connect(broker, OBSERVER_USER) as observer,
         connect(broker, BRIDGE_USER) as bridge,
     ):
-        for topic in (T.desired(VICTIM), T.status(VICTIM), T.bridge_status()):
+        for topic in (
+            T.desired(VICTIM),
+            T.status(VICTIM),
+            T.bridge_status(),
+            T.logs_request(VICTIM),
+        ):
             assert not victim.subscribe(topic).is_failure
         assert not observer.subscribe(T.everything()).is_failure
         everything = observer.subscribe("#")
         assert everything.is_failure is not rules_for(OBSERVER_USER, T).may_subscribe("#")
-        for kind in DeviceTopic:
-            assert not bridge.subscribe(T.all_devices(kind)).is_failure
+        for topic_filter in BRIDGE_FILTERS:
+            assert not bridge.subscribe(topic_filter).is_failure
         yield Watchers(victim, observer, bridge)
 
 
@@ -181,8 +195,8 @@ def attempt(broker: BrokerProcess, impostor: Impostor, password: str, forged: by
 def assert_nothing_retained(broker: BrokerProcess, forged: bytes) -> None:
     """A fresh bridge reads back every retained device document; none is the forgery."""
     with connect(broker, BRIDGE_USER) as reader:
-        for kind in DeviceTopic:
-            assert not reader.subscribe(T.all_devices(kind)).is_failure
+        for topic_filter in BRIDGE_FILTERS:
+            assert not reader.subscribe(topic_filter).is_failure
         sync = T.sync_marker(uuid.uuid4().hex)
         assert reader.publish(sync, b"")
         reader.inbox.wait_for(sync)

@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from devicefabric.config.names import is_device_name
+from devicefabric.config.names import OBSERVER_USER, is_device_name
 from devicefabric.config.topics import matches
 from tests.support.brokers import BrokerProcess
 
@@ -146,6 +146,7 @@ class Client:
         self.user = user
         self.client_id = client_id
         self.inbox = Collector()
+        self.default_qos = 1  # of `subscribe`; the observer's is 0 on NATS (`connect`)
         self.connack = threading.Event()
         self.connack_code: ReasonCode | None = None
         self.disconnected = threading.Event()
@@ -268,8 +269,12 @@ class Client:
             self.disconnected.wait(max(0.0, deadline - time.monotonic()))
             return False
 
-    def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = TIMEOUT) -> ReasonCode:
-        """Subscribe and return the SUBACK reason code (a failure code when refused)."""
+    def subscribe(
+        self, topic_filter: str, qos: int | None = None, timeout: float = TIMEOUT
+    ) -> ReasonCode:
+        """Subscribe (at `default_qos` unless given) and return the SUBACK reason code (a failure
+        code when refused)."""
+        qos = self.default_qos if qos is None else qos
         result, mid = self.paho.subscribe(topic_filter, qos=qos)
         if result != paho.MQTT_ERR_SUCCESS or mid is None:
             raise AssertionError(f"{self}: subscribe {topic_filter!r} failed locally: {result}")
@@ -351,6 +356,8 @@ def connect(broker: BrokerProcess, user: str, **kwargs: Any) -> Client:
             time.sleep(NATS_FLAPPER_PAUSE)
         else:
             client.inbox.patience = NATS_PATIENCE
+            if user == OBSERVER_USER:  # it may not subscribe at QoS 1 there (broker/nats.py)
+                client.default_qos = 0
             return client
 
 
