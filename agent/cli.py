@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from devicefabric.agent.errors import LoginRefusedError, StateDirError
+from devicefabric.agent.logbuffer import DEFAULT_BUDGET
 from devicefabric.agent.running import Agent
 from devicefabric.agent.settings import HELP, AgentSettings, InvalidSettingError, Secret
 from devicefabric.config.credentials import read_password_file
@@ -38,6 +39,7 @@ FLAGS = {
     "allow_workdir": "--allow-workdir",
     "max_backoff_s": "--max-backoff",
     "max_reconnect_backoff_s": "--max-reconnect-backoff",
+    "log_buffer_bytes": "--log-buffer",
     "root": "--root",
 }
 
@@ -71,6 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=30.0,
         help=_help("max_reconnect_backoff_s"),
     )
+    add_flag(run, "--log-buffer", type=int, default=DEFAULT_BUDGET, help=_help("log_buffer_bytes"))
     add_flag(run, "--root", default=DEFAULT_ROOT, help=_help("root"))
     run.set_defaults(func=_run)
 
@@ -97,6 +100,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
             allow_workdir=tuple(args.allow_workdir),
             max_backoff_s=float(args.max_backoff),
             max_reconnect_backoff_s=float(args.max_reconnect_backoff),
+            log_buffer_bytes=int(args.log_buffer),
             root=args.root,
         )
     except InvalidSettingError as exc:

@@ -21,7 +21,12 @@ Invariants:
   runs, the graceful stop above happens first. A second cancellation while stopping does not
   abandon the child: the stop keeps its bound (grace, then SIGKILL), and no longer.
 - `message` holds at most `MAX_MESSAGE` characters: the exit description and the tail of stderr
-  (the last 1 KiB). stderr is captured for that tail (and logged at DEBUG); stdout is inherited.
+  (the last 1 KiB). stderr is captured for that tail (and logged at DEBUG). With a `LogBuffer`,
+  stdout is captured too (and logged at DEBUG) and both streams feed it line by line; without
+  one, stdout is inherited. A pipe is read in chunks of at most `READ_CHUNK` bytes, each handed
+  on before the next read, so a fast writer costs the agent bounded memory (the pipe's and the
+  stream reader's buffers, then the buffer's budget) and blocks on its own full pipe rather than
+  the agent's loop.
 - Every running child is in the `ChildLedger`, so a successor of a crashed agent stops it. The
   ledger's file writes stay off the change -> report path: a start is recorded one loop turn
   after its report is queued, an exit `LEDGER_LAG_S` later (an entry of a pid that is gone does
@@ -40,12 +45,14 @@ import os
 import random
 import shlex
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.leftovers import ChildLedger
+from devicefabric.agent.logbuffer import LogBuffer, StreamName
 from devicefabric.agent.reconciling import Want
 from devicefabric.config.lean import MAX_MESSAGE, PhaseName, RestartPolicyName
 from devicefabric.runtime.backoff import Backoff
@@ -55,6 +62,7 @@ from devicefabric.runtime.processes import signal_group
 log = logging.getLogger("devicefabric.agent.process")
 
 STDERR_TAIL_BYTES: Final = 1024
+READ_CHUNK: Final = 64 * 1024  # one read of a child's pipe (also the stream reader's limit)
 EOF_GRACE_S: Final = 0.5  # after the leader exits, how long stderr may still drain
 KILL_WAIT_S: Final = 5.0  # after SIGKILL, how long to wait for the kernel to reap
 BACKOFF_BASE_S: Final = 1.0
@@ -144,8 +152,10 @@ class ProcessRunner:
         ledger: ChildLedger,
         after: Sequence[ProcessRunner] = (),
         rand: Callable[[], float] = random.random,
+        logs: LogBuffer | None = None,
     ) -> None:
         self.want = want
+        self.logs = logs
         self.state = ProcessState(generation=want.generation, phase="Pending")
         self.finished = asyncio.Event()
         self._policy = policy
@@ -234,7 +244,7 @@ class ProcessRunner:
             lambda: _ChildProtocol(loop),
             *spec.command,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=None,
+            stdout=None if self.logs is None else asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=spec.working_dir,
             env=env,
@@ -245,9 +255,13 @@ class ProcessRunner:
     async def _watch(self, child: _Child) -> tuple[int, bytes]:
         """Wait for the child to exit (or stop it when cancelled); its returncode and stderr tail."""
         tail = bytearray()
+        key = self.want.key
         try:
             async with asyncio.TaskGroup() as tg:
-                reader = tg.create_task(self._drain(child, tail), name=f"stderr {self.want.key}")
+                readers = {tg.create_task(self._drain(child, "stderr", tail), name=f"stderr {key}")}
+                if child.protocol.stdout is not None:
+                    drain = self._drain(child, "stdout", None)
+                    readers.add(tg.create_task(drain, name=f"stdout {key}"))
                 try:
                     await asyncio.wait({child.exited})
                 except asyncio.CancelledError:
@@ -257,8 +271,9 @@ class ProcessRunner:
                     self._set(phase="Stopped", pid=None, exit_code=stopped)
                     raise
                 signal_group(child.pid, signal.SIGKILL)  # stragglers the leader left behind
-                await asyncio.wait({reader}, timeout=EOF_GRACE_S)
-                reader.cancel()
+                await asyncio.wait(readers, timeout=EOF_GRACE_S)
+                for reader in readers:
+                    reader.cancel()
         finally:
             child.transport.close()
             if child.exited.done():  # after the successor started (a stale entry is harmless)
@@ -266,22 +281,31 @@ class ProcessRunner:
         returncode = child.transport.get_returncode()
         return (returncode if returncode is not None else -signal.SIGKILL), bytes(tail)
 
-    async def _drain(self, child: _Child, tail: bytearray) -> None:
-        stream = child.protocol.stderr
-        if stream is None:  # pragma: no cover - we always pass stderr=PIPE
+    async def _drain(self, child: _Child, name: StreamName, tail: bytearray | None) -> None:
+        """Read one pipe until EOF: into `tail` (its last bytes) and the log buffer."""
+        stream = child.protocol.stderr if name == "stderr" else child.protocol.stdout
+        if stream is None:  # pragma: no cover - _watch drains only the pipes it has
             return
-        while True:
-            try:
-                chunk = await stream.read(4096)
-            except OSError:  # a broken pipe must not stop the process it belongs to
-                return
-            if not chunk:
-                return
-            tail += chunk
-            del tail[:-STDERR_TAIL_BYTES]
-            if log.isEnabledFor(logging.DEBUG):
-                text = chunk.decode("utf-8", "replace").rstrip()
-                log.debug("stderr: %s", text, extra=self._log_extra)
+        logs = self.logs
+        try:
+            while True:
+                try:
+                    chunk = await stream.read(READ_CHUNK)
+                except OSError:  # a broken pipe must not stop the process it belongs to
+                    return
+                if not chunk:
+                    return
+                if tail is not None:
+                    tail += chunk
+                    del tail[:-STDERR_TAIL_BYTES]
+                if logs is not None:
+                    logs.feed(name, chunk, time.time())
+                if log.isEnabledFor(logging.DEBUG):
+                    text = chunk.decode("utf-8", "replace").rstrip()
+                    log.debug("%s: %s", name, text, extra=self._log_extra)
+        finally:
+            if logs is not None:
+                logs.end(name, time.time())
 
     async def _terminate(self, child: _Child) -> None:
         grace = self.want.spec.termination_grace_period_seconds
@@ -331,7 +355,7 @@ class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=64 * 1024, loop=loop)
+        super().__init__(limit=READ_CHUNK, loop=loop)
         self.exited: asyncio.Future[None] = loop.create_future()
 
     def process_exited(self) -> None:

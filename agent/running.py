@@ -34,6 +34,7 @@ from devicefabric.agent import facts
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.agent.leftovers import CHILDREN_FILE, ChildLedger
+from devicefabric.agent.logbuffer import LogLine, StreamChoice
 from devicefabric.agent.persisting import StateStore
 from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.reconciling import RejectedDesiredError, Want, wants_of
@@ -68,6 +69,7 @@ class Agent:
             restart=RestartTiming(cap=settings.max_backoff_s),
             on_change=self._changed.set,
             ledger=self._ledger,
+            log_budget=settings.log_buffer_bytes,
         )
         self._session = Session(
             SessionSettings(
@@ -150,6 +152,17 @@ class Agent:
             len(wants),
             extra=self._extra,
         )
+
+    # -- logs ----------------------------------------------------------------------------------
+    def logs(
+        self,
+        key: str,
+        tail: int | None = None,
+        since_seconds: float | None = None,
+        stream: StreamChoice = "both",
+    ) -> list[LogLine] | None:
+        """The newest lines `key`'s process printed (see `Supervisor.logs`); None if unknown."""
+        return self._supervisor.logs(key, tail, since_seconds, stream)
 
     # -- reports -------------------------------------------------------------------------------
     async def _report_loop(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from devicefabric.agent.logbuffer import DEFAULT_BUDGET, MAX_BUDGET, MIN_BUDGET
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import validate_device
 from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, BrokerURL
@@ -35,6 +36,9 @@ HELP: Final = {
     "symlinks resolved (repeatable; none given: a spec may not set workingDir)",
     "max_backoff_s": "cap in seconds of the crash-restart back-off",
     "max_reconnect_backoff_s": "cap in seconds of the reconnect back-off",
+    "log_buffer_bytes": "bytes of each process's newest stdout/stderr lines kept in memory for "
+    f"`devicefabric logs` ({MIN_BUDGET}-{MAX_BUDGET}; 0: keep none and let stdout go to the "
+    "agent's stdout)",
     "root": "topic root of the fabric",
 }
 MAX_HEARTBEAT_S: Final = 86400
@@ -74,6 +78,16 @@ def _backoff(field: str, value: float) -> None:
         raise InvalidSettingError(field, f"Input should be less than or equal to {MAX_BACKOFF_S:g}")
 
 
+def _log_buffer(value: int) -> None:
+    field = "log_buffer_bytes"
+    if type(value) is not int:
+        raise InvalidSettingError(field, "Input should be a valid integer")
+    if value != 0 and not MIN_BUDGET <= value <= MAX_BUDGET:
+        raise InvalidSettingError(
+            field, f"Input should be 0 or between {MIN_BUDGET} and {MAX_BUDGET}"
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSettings:
     """Everything the agent needs; the CLI builds it from flags (help in `HELP`)."""
@@ -90,6 +104,7 @@ class AgentSettings:
     allow_workdir: tuple[str, ...] = ()
     max_backoff_s: float = 10.0
     max_reconnect_backoff_s: float = 30.0
+    log_buffer_bytes: int = DEFAULT_BUDGET
     root: str = DEFAULT_ROOT
 
     def __post_init__(self) -> None:
@@ -107,6 +122,7 @@ class AgentSettings:
             )
         _backoff("max_backoff_s", self.max_backoff_s)
         _backoff("max_reconnect_backoff_s", self.max_reconnect_backoff_s)
+        _log_buffer(self.log_buffer_bytes)
         try:
             validate_root(self.root)
         except ConfigError as exc:

@@ -15,6 +15,9 @@ Invariants:
   the TaskGroup waits until each has exited or was killed after its own grace period.
 - `apply` before `run()` has started keeps the entries and applies them when it starts; after
   shutdown began it is ignored (nothing new may start while stopping).
+- Each applied key has one `LogBuffer` (unless `log_budget` is 0) shared by its runners: it keeps
+  the output of earlier runs across crash restarts and spec changes, and goes with the key when
+  the key is removed. `logs(key, ...)` reads it; None for a key that is not applied.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.leftovers import ChildLedger
+from devicefabric.agent.logbuffer import DEFAULT_BUDGET, LogBuffer, LogLine, StreamChoice
 from devicefabric.agent.process import ProcessRunner, ProcessState, RestartTiming
 from devicefabric.agent.reconciling import ActionKind, Plan, Want, reconcile
 
@@ -44,12 +49,15 @@ class Supervisor:
         on_change: Callable[[], None],
         ledger: ChildLedger | None = None,
         rand: Callable[[], float] = random.random,
+        log_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self._ledger = ledger if ledger is not None else ChildLedger(None)
         self._policy = policy
         self._restart = restart
         self._on_change = on_change
         self._rand = rand
+        self._log_budget = log_budget  # bytes per key; 0: no capture (stdout inherited)
+        self._logs: dict[str, LogBuffer] = {}
         self._runners: dict[str, ProcessRunner] = {}
         self._tasks: dict[ProcessRunner, asyncio.Task[None]] = {}
         self._draining: dict[str, list[ProcessRunner]] = {}
@@ -83,6 +91,8 @@ class Supervisor:
         for action in plan.actions:
             if action.kind is ActionKind.STOP or action.kind is ActionKind.RESTART:
                 self._stop(action.key)
+            if action.kind is ActionKind.STOP:
+                self._logs.pop(action.key, None)
             if action.want is not None:
                 self._start(action.want)
         if not plan.empty:
@@ -100,6 +110,9 @@ class Supervisor:
         if self._tg is None:  # pragma: no cover - apply() checked it
             raise RuntimeError("supervisor is not running")
         earlier = [r for r in self._draining.get(want.key, []) if not r.finished.is_set()]
+        logs = self._logs.get(want.key)
+        if logs is None and self._log_budget:
+            logs = self._logs[want.key] = LogBuffer(self._log_budget)
         runner = ProcessRunner(
             want,
             policy=self._policy,
@@ -108,6 +121,7 @@ class Supervisor:
             ledger=self._ledger,
             after=earlier,
             rand=self._rand,
+            logs=logs,
         )
         self._runners[want.key] = runner
         task = self._tg.create_task(runner.run(), name=f"process {want.key}")
@@ -138,6 +152,26 @@ class Supervisor:
     def snapshot(self) -> dict[str, ProcessState]:
         """The observed state of every applied entry, by key."""
         return {key: runner.state for key, runner in self._runners.items()}
+
+    def logs(
+        self,
+        key: str,
+        tail: int | None = None,
+        since_seconds: float | None = None,
+        stream: StreamChoice = "both",
+    ) -> list[LogLine] | None:
+        """The newest `tail` lines (all when None) `key`'s process printed, oldest first.
+
+        Only lines of the last `since_seconds` and of `stream` count. None when `key` is not
+        applied; empty when it is but output is not captured (`log_budget` 0).
+        """
+        if key not in self._runners:
+            return None
+        buffer = self._logs.get(key)
+        if buffer is None:
+            return []
+        since = None if since_seconds is None else time.time() - since_seconds
+        return buffer.tail(tail, since, stream)
 
     @property
     def draining(self) -> int:

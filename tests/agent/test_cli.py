@@ -28,6 +28,7 @@ def password_file(tmp_path: Path) -> Path:
         ({"--broker": "http://x:1"}, "--broker"),
         ({"--heartbeat": "0"}, "--heartbeat"),
         ({"--max-backoff": "-1"}, "--max-backoff"),
+        ({"--log-buffer": "100"}, "--log-buffer: Input should be 0 or between 4096 and"),
         ({"--tls-ca": "/etc/ssl/ca.pem"}, "--tls-ca is only used with an mqtts://"),
         ({"--allow-command": "'unbalanced"}, "--allow-command"),
         ({"--allow-env": "TZ"}, "--allow-env only applies together with --allow-command"),
@@ -79,11 +80,13 @@ def test_flags_read_their_environment_variables(
     monkeypatch.setenv("DEVICEFABRIC_ALLOW_COMMAND", "/opt/a/,/usr/bin/env")
     monkeypatch.setenv("DEVICEFABRIC_ALLOW_ENV", "TZ,FLEET_MODE")
     monkeypatch.setenv("DEVICEFABRIC_ALLOW_WORKDIR", "/srv/fleet")
+    monkeypatch.setenv("DEVICEFABRIC_LOG_BUFFER", "0")
     settings = settings_from_args(build_parser().parse_args(["agent", "run"]))
     assert settings.device == DEVICE
     assert settings.heartbeat_s == 7
     assert settings.allow_command == ("/opt/a/", "/usr/bin/env")
     assert settings.allow_env == ("TZ", "FLEET_MODE")
     assert settings.allow_workdir == ("/srv/fleet",)
+    assert settings.log_buffer_bytes == 0
     assert settings.password.get_secret_value() == "secret-password"
     assert "secret-password" not in repr(settings)
