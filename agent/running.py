@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from typing import Final
 
 from devicefabric import __version__
 from devicefabric.agent import facts
@@ -42,10 +44,12 @@ from devicefabric.agent.reporting import ReportBook
 from devicefabric.agent.session import Session, SessionSettings
 from devicefabric.agent.settings import AgentSettings
 from devicefabric.agent.supervising import Supervisor
+from devicefabric.config import logcodec
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.lean import Desired, decode_desired
 from devicefabric.config.topics import Topics
 
+LOGS_PER_S: Final = 10  # logs requests answered a second (the bridge asks at most 2)
 log = logging.getLogger("devicefabric.agent")
 
 
@@ -86,7 +90,9 @@ class Agent:
             on_desired=self.on_desired,
             on_up=self._changed.set,
             facts=facts.gather(),
+            on_logs=self.answer_logs,
         )
+        self._log_requests: list[float] = []  # times of the last answered logs requests
         self._extra = {"device": settings.device}
 
     async def run(self) -> None:
@@ -163,6 +169,28 @@ class Agent:
     ) -> list[LogLine] | None:
         """The newest lines `key`'s process printed (see `Supervisor.logs`); None if unknown."""
         return self._supervisor.logs(key, tail, since_seconds, stream)
+
+    def answer_logs(self, payload: bytes) -> list[bytes]:
+        """A `logs/request` -> its reply chunks (never raises; at most `LOGS_PER_S` a second,
+        more are dropped: only the bridge may ask, and it asks less)."""
+        now = time.monotonic()
+        self._log_requests = [t for t in self._log_requests if now - t < 1.0]
+        if len(self._log_requests) >= LOGS_PER_S:
+            log.info("logs request dropped: more than %d a second", LOGS_PER_S, extra=self._extra)
+            return []
+        self._log_requests.append(now)
+        try:
+            request = logcodec.decode_log_request(payload)
+        except PayloadError as exc:
+            log.info("logs request dropped: %s", exc, extra=self._extra)
+            return []
+        lines = self.logs(request.key, request.tail, request.since_seconds, request.stream)
+        if lines is None:
+            error = f"no process {request.key} on this device"
+            return logcodec.reply_chunks(request.id, [], error=error)
+        wire = [logcodec.LogLine(line.time, "o" if line.stream == "stdout" else "e", line.text)
+                for line in lines]  # fmt: skip
+        return logcodec.reply_chunks(request.id, wire)
 
     # -- reports -------------------------------------------------------------------------------
     async def _report_loop(self) -> None:

@@ -109,11 +109,15 @@ class Session:
         on_up: Callable[[], None],
         rand: Callable[[], float] = random.random,
         facts: lean.BirthFacts | None = None,
+        on_logs: Callable[[bytes], list[bytes]] | None = None,
     ) -> None:
+        """`on_logs(request payload)` answers a `logs/request` with the reply chunks to publish
+        (QoS 1, not retained) on this device's `logs/reply`; None: logs are not served."""
         self._settings = settings
         self._facts: lean.BirthFacts = facts or {}  # in every birth (`agent.facts.gather`)
         self._on_desired = on_desired
         self._on_up = on_up
+        self._on_logs = on_logs
         self._rand = rand
         self._boot = secrets.token_hex(4)
         self._counter = 0
@@ -124,6 +128,8 @@ class Session:
         self._t_desired = topics.desired(device)
         self._t_heartbeat = topics.heartbeat(device)
         self._t_report = topics.report(device)
+        self._t_logs_request = topics.logs_request(device)
+        self._t_logs_reply = topics.logs_reply(device)
         self._failing = False
         self._brokers = (settings.broker, *settings.fallbacks)
         self._at = 0  # index of the broker the next connection tries
@@ -231,7 +237,10 @@ class Session:
         return True
 
     def _subscribe(self, conn: Connection) -> None:
-        conn.client.subscribe([(self._t_desired, 1), (self._t_status, 0)])
+        filters = [(self._t_desired, 1), (self._t_status, 0)]
+        if self._on_logs is not None:
+            filters.append((self._t_logs_request, 1))
+        conn.client.subscribe(filters)
 
     async def _resubscribe(self, conn: Connection) -> None:
         """A refused SUBACK is retried with back-off: a clustered broker refuses while it elects."""
@@ -278,6 +287,9 @@ class Session:
             self._on_desired(bytes(msg.payload))
         elif msg.topic == self._t_status:
             self._check_status(conn, bytes(msg.payload))
+        elif msg.topic == self._t_logs_request and self._on_logs is not None and not msg.retain:
+            for chunk in self._on_logs(bytes(msg.payload)):
+                conn.publish(self._t_logs_reply, chunk, qos=1, retain=False)
 
     def _check_status(self, conn: Connection, payload: bytes) -> None:
         if self._closing:  # our own clean offline coming back must stay the last word

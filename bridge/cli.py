@@ -102,6 +102,7 @@ def register_local_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser
     verbs.register(sub)
     importlib.import_module("devicefabric.bridge.fleetverbs").register(sub)
     importlib.import_module("devicefabric.bridge.rollouts").register(sub)
+    importlib.import_module("devicefabric.bridge.logsclient").register(sub)
 
 
 def make_control_plane(

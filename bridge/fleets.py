@@ -89,6 +89,7 @@ class FleetController:
         self.clock = clock
         self._switched: dict[str, float] = {}  # process key -> when it was last written (clock)
         self._failed: dict[str, str] = {}  # set uid -> the template hash whose rollout failed
+        self._wakeups: dict[str, float] = {}  # set key -> s until a deadline of its passes
         self._created: dict[str, str] = {}  # device -> the session its Device was created for
         self._labels: dict[str, dict[str, str]] = {}  # device -> labels last seen
         self._owned: dict[str, dict[str, str]] = {}  # set uid -> device -> process key
@@ -164,6 +165,12 @@ class FleetController:
         for s in self.fleet.process_sets():  # the process is gone: find its set by uid
             if s.uid == uid:
                 self.enqueue(SET_PREFIX + s.key)
+
+    def wakeup(self, key: str) -> float | None:
+        """After `key`'s pass: in how many seconds to look at it again (a progress deadline),
+        if any. Asked by the service once the pass is done: a key added while in flight would
+        run again at once, not at the deadline."""
+        return self._wakeups.pop(key, None)
 
     # -- reconcile ------------------------------------------------------------------------------
     async def reconcile(self, key: str) -> Outcome:
@@ -275,8 +282,8 @@ class FleetController:
                 available=available,
                 failed=connected and not available and (late or crashing),
             )
-        if wake is not None:  # a deadline to come: look again then
-            self.enqueue(SET_PREFIX + obj.key, delay=max(wake, 0.0) + DEADLINE_SLACK)
+        if wake is not None:  # a deadline to come: look again then (queued once this pass ends)
+            self._wakeups[SET_PREFIX + obj.key] = max(wake, 0.0) + DEADLINE_SLACK
         conflicts = [
             d
             for d in selected

@@ -14,10 +14,11 @@ nothing about the bridge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
@@ -35,6 +36,8 @@ REASONS: Final = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    429: "Too Many Requests",
+    504: "Gateway Timeout",
     503: "Unavailable",
 }
 
@@ -46,18 +49,35 @@ class Response:
     content_type: str = "application/json"
 
 
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A 200 whose body is written as it comes (no Content-Length; it ends when the connection
+    closes): `logs -f`. Each chunk's write is bounded by the read timeout, so a client that stops
+    reading is dropped."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: str = "text/plain; charset=utf-8"
+
+
 Query = Mapping[str, str]
 Route = Callable[[Query], Response | Awaitable[Response]]
+PrefixRoute = Callable[[str, Query], Awaitable[Response | Stream]]
 
 
 class HttpServer:
     """Serves `routes` (path -> handler) on `address`; see the module doc."""
 
     def __init__(
-        self, address: HostPort, routes: Mapping[str, Route], flag: str = "--http"
+        self,
+        address: HostPort,
+        routes: Mapping[str, Route],
+        flag: str = "--http",
+        prefixes: Mapping[str, PrefixRoute] | None = None,
     ) -> None:
+        """`prefixes`: `"/logs/"` -> a handler of the rest of the path (and the query)."""
         self.address = address
         self.routes = dict(routes)
+        self.prefixes = dict(prefixes or {})
         self.flag = flag
         self._server: asyncio.Server | None = None
         self._active = 0
@@ -123,6 +143,9 @@ class HttpServer:
                 head = await reader.readuntil(b"\r\n\r\n")
             method, path = _request_line(head)
             response = await self._respond(method, path)
+            if isinstance(response, Stream):
+                await _stream(writer, response)
+                return
             writer.write(_encode(response, include_body=method != "HEAD"))
             async with asyncio.timeout(READ_TIMEOUT):
                 await writer.drain()
@@ -138,14 +161,19 @@ class HttpServer:
         finally:
             writer.close()
 
-    async def _respond(self, method: str, path: str) -> Response:
+    async def _respond(self, method: str, path: str) -> Response | Stream:
         if method not in ("GET", "HEAD"):
             return Response(405, b"only GET and HEAD\n", "text/plain")
         route_path, _, query = path.partition("?")
         route = self.routes.get(route_path)
-        if route is None:
+        prefix = next((p for p in self.prefixes if route_path.startswith(p)), None)
+        if route is None and prefix is None:
             return Response(404, b"not found\n", "text/plain")
         try:
+            if route is None:
+                assert prefix is not None  # noqa: S101 - one of the two was found
+                rest = route_path.removeprefix(prefix)
+                return await self.prefixes[prefix](rest, dict(parse_qsl(query)))
             answer = route(dict(parse_qsl(query)))
             return await answer if inspect.isawaitable(answer) else answer
         except ValueError as exc:  # a bad query parameter: the handler says which
@@ -153,6 +181,19 @@ class HttpServer:
         except Exception:
             log.exception("HTTP handler for %s failed", path)
             return Response(500, b"internal error\n", "text/plain")
+
+
+async def _stream(writer: asyncio.StreamWriter, response: Stream) -> None:
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: {response.content_type}\r\n"
+        "Connection: close\r\nCache-Control: no-cache\r\n\r\n"
+    ).encode("latin-1")
+    writer.write(head)
+    async with contextlib.aclosing(response.chunks) as chunks:  # type: ignore[type-var]
+        async for chunk in chunks:
+            writer.write(chunk)
+            async with asyncio.timeout(READ_TIMEOUT):
+                await writer.drain()
 
 
 def _request_line(head: bytes) -> tuple[str, str]:

@@ -308,6 +308,7 @@ class MqttLink:
             (topics.all_devices(DeviceTopic.REPORT), 1),
             (topics.all_devices(DeviceTopic.DESIRED), 1),
             (topics.all_devices(DeviceTopic.HEARTBEAT), 0),
+            (topics.all_devices(DeviceTopic.LOGS_REPLY), 1),  # answers to our logs requests
         ]
         rc, _mid = self._client.subscribe(filters)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

@@ -269,3 +269,4 @@ class WorkQueue:
                 log.exception("unexpected error processing a key", extra={"resource": key})
             finally:
                 self.done(key, outcome, retry_after)
+            await asyncio.sleep(0)  # a key that needed no IO must not starve the loop

@@ -74,6 +74,7 @@ from devicefabric.bridge.eventing import EventRecorder
 from devicefabric.bridge.fleets import FleetController, is_fleet_key
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
+from devicefabric.bridge.logrelay import LogRelay, LogServer
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
@@ -90,6 +91,7 @@ from devicefabric.bridge.statuses import write_delay
 from devicefabric.bridge.tracking import Change, DeviceTracker, Transition
 from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
+from devicefabric.config.resource import Reason
 from devicefabric.config.settings import (
     DEFAULT_EVENT_BURST,
     DEFAULT_EVENT_QPS,
@@ -110,6 +112,7 @@ SWEEP_MIN: Final = 0.05  # s: the sweep never wakes more often than this...
 SWEEP_MAX: Final = 0.5  # ...nor sleeps longer (a new short-heartbeat device is found in time)
 LEADERSHIP_POLL: Final = 0.5
 STATUS_SUFFIX: Final = "/status"
+LOGS_REPLY_SUFFIX: Final = "/logs/reply"
 REREAD_SYNC_WAIT: Final = 15.0  # s: re-reading the replay waits this long for the first list
 
 
@@ -194,6 +197,9 @@ class Bridge:
             ),
             self,
         )
+        self.logs = LogRelay(
+            self.topics, lambda topic, payload: self.link.publish(topic, payload, retain=False)
+        )
         self.http = (
             HttpServer(
                 settings.http,
@@ -203,6 +209,7 @@ class Bridge:
                     "/metrics": lambda _query: api.metrics(self.metrics.registry),
                     "/devices": self._devices,
                 },
+                prefixes={"/logs/": LogServer(self.logs, self._log_target)},
             )
             if settings.http is not None
             else None
@@ -387,8 +394,13 @@ class Bridge:
         return await self.writer.reconcile(key)
 
     def _on_outcome(self, key: str, outcome: Outcome) -> None:
-        if outcome is Outcome.WROTE and self.fleet is not None and not is_fleet_key(key):
-            self.fleet.on_status_written(key)
+        if self.fleet is None:
+            return
+        if not is_fleet_key(key):
+            if outcome is Outcome.WROTE:
+                self.fleet.on_status_written(key)
+        elif (delay := self.fleet.wakeup(key)) is not None:
+            self.queue.add(key, delay=delay)
 
     def _enqueue_fleet(self, key: str, delay: float = 0.0) -> None:
         if self.ready.is_set():  # before: the first reconcile (`_resync`) queues every key
@@ -434,6 +446,12 @@ class Bridge:
 
     # -- MQTT (LinkHandler) ----------------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic.endswith(LOGS_REPLY_SUFFIX):  # a device's answer to a logs request of ours
+            with contextlib.suppress(DeviceFabricError):
+                device = self.topics.parse(topic).device
+                if device is not None and not retained:
+                    self.logs.on_reply(device, payload)
+            return
         changes = self.ingest.feed(topic, payload, time.monotonic(), retained=retained)
         if changes:
             self._apply(changes)
@@ -528,6 +546,21 @@ class Bridge:
         return write_delay(resource, known, self.settings.settle)
 
     # -- HTTP ------------------------------------------------------------------------------------
+    def _log_target(self, key: str) -> tuple[str | None, str | None]:
+        """The device to ask for `key`'s logs, or why there is none (`logrelay.LogServer`)."""
+        resource = self.control_plane.get(key)
+        if resource is None:
+            return None, f"deviceprocess {key} not found"
+        device = resource.device
+        known = self.tracker.get(device) if device is not None else None
+        if device is None or known is None or known.reason is not Reason.CONNECTED:
+            state = known.reason.value if known is not None and known.reason else "not seen"
+            return None, (
+                f"device {device} is not connected ({state}): its logs stay on the device "
+                "until it is back"
+            )
+        return device, None
+
     def _healthz(self) -> Response:
         since = self.link.down_since
         down = time.monotonic() - since if since is not None else None
