@@ -54,11 +54,12 @@ from devicefabric.config.fleet import (
     template_hash,
 )
 from devicefabric.config.resource import AGENT_CONNECTED, Condition, Reason, set_condition
-from devicefabric.runtime.clock import rfc3339
+from devicefabric.runtime.clock import parse_rfc3339, rfc3339
 
 log = logging.getLogger("devicefabric.bridge.fleets")
 
 DEVICE_PREFIX: Final = "device:"
+SWITCHED_AT: Final = "devicefabric.io/switched-at"  # annotation: when the set last wrote it
 SET_PREFIX: Final = "set:"
 
 
@@ -78,7 +79,7 @@ class FleetController:
         *,
         acquire: Callable[[], Awaitable[None]],
         enqueue: Callable[..., None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.fleet = fleet
         self.processes = processes
@@ -86,8 +87,7 @@ class FleetController:
         self.index = index
         self.acquire = acquire  # one token of the global write budget, before each write
         self.enqueue = enqueue  # (key, delay=0.0)
-        self.clock = clock
-        self._switched: dict[str, float] = {}  # process key -> when it was last written (clock)
+        self.clock = clock  # wall clock: switch times are stored (SWITCHED_AT) and outlive us
         self._failed: dict[str, str] = {}  # set uid -> the template hash whose rollout failed
         self._wakeups: dict[str, float] = {}  # set key -> s until a deadline of its passes
         self._created: dict[str, str] = {}  # device -> the session its Device was created for
@@ -269,7 +269,7 @@ class FleetController:
             available = is_available(
                 status.get("phase"), status.get("observedGeneration"), process.generation, connected
             )
-            since = self._switched.setdefault(pkey, now)  # unknown (a restart): from now on
+            since = _switched_at(process, now)
             crashing = at_generation and status.get("phase") in CRASHING
             late = now - since >= deadline
             if connected and not available and not late and not crashing:
@@ -327,20 +327,27 @@ class FleetController:
             try:
                 await self._write(
                     self.fleet.create_process(
-                        obj.namespace, name, template.for_device(device), labels, owner
+                        obj.namespace,
+                        name,
+                        template.for_device(device),
+                        labels,
+                        owner=owner,
+                        annotations={SWITCHED_AT: rfc3339()},
                     )
                 )
             except ConflictError:
                 continue  # taken meanwhile: a conflict on the next pass
             wrote = True
-            self._switched[f"{obj.namespace}/{name}"] = self.clock()
             log.info(
                 "process created for %s", device, extra={"resource": obj.key, "device": device}
             )
         for device in plan.update:
             pkey = view.owned[device].key
-            await self._write(self.fleet.update_process(pkey, template.for_device(device), labels))
-            self._switched[pkey] = self.clock()
+            await self._write(
+                self.fleet.update_process(
+                    pkey, template.for_device(device), labels, {SWITCHED_AT: rfc3339()}
+                )
+            )
             wrote = True
             log.info("process %s switched to the current template", pkey,
                      extra={"resource": obj.key, "device": device})  # fmt: skip
@@ -374,6 +381,16 @@ class FleetController:
 
 def _set_owner(resource: Resource) -> OwnerRef | None:
     return next((ref for ref in resource.owners if ref.kind == SET_KIND), None)
+
+
+def _switched_at(process: Resource, now: float) -> float:
+    """When the set last wrote `process` (its SWITCHED_AT annotation; else its creation), as
+    seconds since the epoch: a deadline survives a bridge restart and a leader change."""
+    for text in (process.annotations.get(SWITCHED_AT, ""), process.creation_timestamp):
+        when = parse_rfc3339(text)
+        if when is not None:
+            return when.timestamp()
+    return now
 
 
 def _template(status: Mapping[str, object]) -> ProcessTemplate | None:

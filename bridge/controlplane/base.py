@@ -46,6 +46,7 @@ class Resource:
     creation_timestamp: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     owners: tuple[OwnerRef, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -160,11 +161,19 @@ class FleetPlane(Protocol):
         name: str,
         spec: Mapping[str, object],
         labels: Mapping[str, str],
+        *,
         owner: OwnerRef,
+        annotations: Mapping[str, str],
     ) -> None: ...
 
     async def update_process(
-        self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]
-    ) -> None: ...
+        self,
+        key: str,
+        spec: Mapping[str, object],
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
+    ) -> None:
+        """Replace spec and labels; merge `annotations` into the existing ones."""
+        ...
 
     async def delete_process(self, key: str) -> None: ...

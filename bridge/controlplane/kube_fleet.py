@@ -124,7 +124,9 @@ class KubeFleet:
         name: str,
         spec: Mapping[str, object],
         labels: Mapping[str, str],
+        *,
         owner: OwnerRef,
+        annotations: Mapping[str, str],
     ) -> None:
         body = {
             "apiVersion": API_VERSION,
@@ -133,6 +135,7 @@ class KubeFleet:
                 "name": name,
                 "namespace": namespace,
                 "labels": dict(labels),
+                "annotations": dict(annotations),
                 "ownerReferences": [
                     {
                         "apiVersion": API_VERSION,
@@ -149,12 +152,17 @@ class KubeFleet:
         self._processes.written(f"{namespace}/{name}", answer)
 
     async def update_process(
-        self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]
+        self,
+        key: str,
+        spec: Mapping[str, object],
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
     ) -> None:
         namespace, name = _split(key)
         cached = self._processes.cache.get(key)
         gone = {k: None for k in (cached.spec if cached is not None else {}) if k not in spec}
-        body = {"metadata": {"labels": dict(labels)}, "spec": {**plain(spec), **gone}}
+        meta = {"labels": dict(labels), "annotations": dict(annotations)}
+        body = {"metadata": meta, "spec": {**plain(spec), **gone}}
         answer = await self._client.call(
             "PATCH", f"{collection(PLURAL, namespace)}/{name}", body=body, content_type=MERGE_PATCH
         )

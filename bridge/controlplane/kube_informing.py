@@ -46,6 +46,7 @@ def to_resource(obj: Mapping[str, Any]) -> Resource | None:
     if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(rv, str)):
         return None
     spec, status, labels = obj.get("spec"), obj.get("status"), meta.get("labels")
+    notes = meta.get("annotations")
     owners = meta.get("ownerReferences")
     return Resource(
         namespace=namespace,
@@ -57,6 +58,7 @@ def to_resource(obj: Mapping[str, Any]) -> Resource | None:
         status=status if isinstance(status, dict) else {},
         creation_timestamp=str(meta.get("creationTimestamp", "")),
         labels=labels if isinstance(labels, dict) else {},
+        annotations=notes if isinstance(notes, dict) else {},
         owners=tuple(
             OwnerRef(str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")))
             for ref in (owners if isinstance(owners, list) else ())

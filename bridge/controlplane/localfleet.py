@@ -132,18 +132,30 @@ class LocalFleet:
         name: str,
         spec: Mapping[str, object],
         labels: Mapping[str, str],
+        *,
         owner: OwnerRef,
+        annotations: Mapping[str, str],
     ) -> None:
         manifest = Manifest(
-            namespace, name, dict(spec), dict(labels), kind=KIND, owners=(owner_reference(owner),)
+            namespace,
+            name,
+            dict(spec),
+            dict(labels),
+            dict(annotations),
+            kind=KIND,
+            owners=(owner_reference(owner),),
         )
         await _io(self._processes.store.create, manifest)
         await self._processes.adopt(manifest.key)
 
     async def update_process(
-        self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]
+        self,
+        key: str,
+        spec: Mapping[str, object],
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
     ) -> None:
-        await _io(self._processes.store.update, key, spec, labels)
+        await _io(self._processes.store.update, key, spec, labels, annotations)
         await self._processes.adopt(key)
 
     async def delete_process(self, key: str) -> None:

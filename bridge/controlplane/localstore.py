@@ -150,7 +150,13 @@ class LocalStore:
             metadata["resourceVersion"] = str(rev)
             self._commit([(manifest.key, doc)], rev)
 
-    def update(self, key: str, spec: Mapping[str, object], labels: Mapping[str, str]) -> None:
+    def update(
+        self,
+        key: str,
+        spec: Mapping[str, object],
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
         """Replace the spec and labels of `key`, keeping its other metadata (annotations, owners);
         `NotFoundError` when it does not exist. Unchanged: nothing is written."""
         with self._locked():
@@ -165,7 +171,14 @@ class LocalStore:
                 name,
                 dict(spec),
                 dict(labels),
-                {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {},
+                {
+                    **(
+                        {str(k): str(v) for k, v in notes.items()}
+                        if isinstance(notes, dict)
+                        else {}
+                    ),
+                    **(annotations or {}),
+                },
                 kind=str(old.get("kind", "")),
             )
             doc, outcome = next_document(old, manifest)
@@ -351,6 +364,7 @@ class LocalStore:
             status=status if isinstance(status, dict) else {},
             creation_timestamp=str(meta.get("creationTimestamp", "")),
             labels=_labels(meta.get("labels")),
+            annotations=_labels(meta.get("annotations")),
             owners=_owners(meta.get("ownerReferences")),
         )
 

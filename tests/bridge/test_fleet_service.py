@@ -132,7 +132,9 @@ def test_a_restart_over_settled_state_writes_nothing_and_collects_a_deleted_sets
             plane = LocalControlPlane(state)
             async with running(embedded, plane) as bridge:
                 fleet.beat()
-                set_store(state).apply([set_manifest(selector={})])
+                # simulated devices run nothing: a 1 s deadline ends the wake-ups that wait on it
+                quick = {"rollingUpdate": {"progressDeadlineSeconds": 1}}
+                set_store(state).apply([set_manifest(selector={}, updateStrategy=quick)])
                 await until(lambda: len(owned(plane)) == 3, what="three owned processes")
                 for _ in range(2):
                     await until(lambda: len(bridge.queue) == 0, what="the bridge idle")
