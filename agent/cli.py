@@ -40,6 +40,7 @@ FLAGS = {
     "max_backoff_s": "--max-backoff",
     "max_reconnect_backoff_s": "--max-reconnect-backoff",
     "log_buffer_bytes": "--log-buffer",
+    "log_file_bytes": "--log-file",
     "root": "--root",
 }
 
@@ -74,6 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=_help("max_reconnect_backoff_s"),
     )
     add_flag(run, "--log-buffer", type=int, default=DEFAULT_BUDGET, help=_help("log_buffer_bytes"))
+    add_flag(run, "--log-file", type=int, default=0, help=_help("log_file_bytes"))
     add_flag(run, "--root", default=DEFAULT_ROOT, help=_help("root"))
     run.set_defaults(func=_run)
 
@@ -101,6 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
             max_backoff_s=float(args.max_backoff),
             max_reconnect_backoff_s=float(args.max_reconnect_backoff),
             log_buffer_bytes=int(args.log_buffer),
+            log_file_bytes=int(args.log_file),
             root=args.root,
         )
     except InvalidSettingError as exc:

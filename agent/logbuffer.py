@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from devicefabric.agent.logfiles import RotatingFile
 from devicefabric.runtime.clock import rfc3339
 
 StreamName = Literal["stdout", "stderr"]
@@ -81,6 +82,7 @@ class LogBuffer:
         if budget < MIN_BUDGET:
             raise ValueError(f"budget must be at least {MIN_BUDGET} bytes")
         self.budget = budget
+        self.mirrors: dict[StreamName, RotatingFile] = {}  # `--log-file`: copies on disk
         self.max_line = max(1, min(max_line, budget // 4))
         self.dropped = 0  # lines evicted or skipped since the start
         self._lines: deque[_Entry] = deque()
@@ -90,9 +92,13 @@ class LogBuffer:
 
     # -- writing -------------------------------------------------------------------------------
     def feed(self, stream: StreamName, chunk: bytes, now: float) -> None:
-        """Add what `stream` delivered: complete lines are kept, a last partial one waits."""
+        """Add what `stream` delivered: complete lines are kept, a last partial one waits (and
+        the chunk goes to the stream's on-disk mirror as it is, when there is one)."""
         if not chunk:
             return
+        mirror = self.mirrors.get(stream)
+        if mirror is not None:
+            mirror.write(chunk)
         partial = self._partial[stream]
         *complete, rest = chunk.split(b"\n")
         if complete:

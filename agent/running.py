@@ -49,6 +49,7 @@ from devicefabric.config.errors import PayloadError
 from devicefabric.config.lean import Desired, decode_desired
 from devicefabric.config.topics import Topics
 
+LOG_DIR: Final = "logs"  # under the state dir: `--log-file` copies
 LOGS_PER_S: Final = 10  # logs requests answered a second (the bridge asks at most 2)
 log = logging.getLogger("devicefabric.agent")
 
@@ -74,6 +75,8 @@ class Agent:
             on_change=self._changed.set,
             ledger=self._ledger,
             log_budget=settings.log_buffer_bytes,
+            log_dir=settings.state_dir / LOG_DIR,
+            log_file_bytes=settings.log_file_bytes,
         )
         self._session = Session(
             SessionSettings(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from devicefabric.agent.logbuffer import DEFAULT_BUDGET, MAX_BUDGET, MIN_BUDGET
+from devicefabric.agent.logfiles import MAX_FILE_BYTES, MIN_FILE_BYTES
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import validate_device
 from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, BrokerURL
@@ -39,6 +40,9 @@ HELP: Final = {
     "log_buffer_bytes": "bytes of each process's newest stdout/stderr lines kept in memory for "
     f"`devicefabric logs` ({MIN_BUDGET}-{MAX_BUDGET}; 0: keep none and let stdout go to the "
     "agent's stdout)",
+    "log_file_bytes": "also append each process's stdout and stderr to <state-dir>/logs/"
+    "<namespace>_<name>.stdout.log and .stderr.log, each rotated to .1 past this many bytes "
+    "(65536-1073741824; 0: off)",
     "root": "topic root of the fabric",
 }
 MAX_HEARTBEAT_S: Final = 86400
@@ -88,6 +92,16 @@ def _log_buffer(value: int) -> None:
         )
 
 
+def _log_file(value: int) -> None:
+    field = "log_file_bytes"
+    if type(value) is not int:
+        raise InvalidSettingError(field, "Input should be a valid integer")
+    if value != 0 and not MIN_FILE_BYTES <= value <= MAX_FILE_BYTES:
+        raise InvalidSettingError(
+            field, f"Input should be 0 or between {MIN_FILE_BYTES} and {MAX_FILE_BYTES}"
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSettings:
     """Everything the agent needs; the CLI builds it from flags (help in `HELP`)."""
@@ -105,6 +119,7 @@ class AgentSettings:
     max_backoff_s: float = 10.0
     max_reconnect_backoff_s: float = 30.0
     log_buffer_bytes: int = DEFAULT_BUDGET
+    log_file_bytes: int = 0  # 0: no file; see HELP
     root: str = DEFAULT_ROOT
 
     def __post_init__(self) -> None:
@@ -123,6 +138,7 @@ class AgentSettings:
         _backoff("max_backoff_s", self.max_backoff_s)
         _backoff("max_reconnect_backoff_s", self.max_reconnect_backoff_s)
         _log_buffer(self.log_buffer_bytes)
+        _log_file(self.log_file_bytes)
         try:
             validate_root(self.root)
         except ConfigError as exc:

@@ -28,13 +28,23 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
 
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.leftovers import ChildLedger
-from devicefabric.agent.logbuffer import DEFAULT_BUDGET, LogBuffer, LogLine, StreamChoice
+from devicefabric.agent.logbuffer import (
+    DEFAULT_BUDGET,
+    LogBuffer,
+    LogLine,
+    StreamChoice,
+    StreamName,
+)
+from devicefabric.agent.logfiles import RotatingFile, file_name
 from devicefabric.agent.process import ProcessRunner, ProcessState, RestartTiming
 from devicefabric.agent.reconciling import ActionKind, Plan, Want, reconcile
 
+STREAMS: Final[tuple[StreamName, ...]] = ("stdout", "stderr")
 log = logging.getLogger("devicefabric.agent.supervising")
 
 
@@ -50,6 +60,8 @@ class Supervisor:
         ledger: ChildLedger | None = None,
         rand: Callable[[], float] = random.random,
         log_budget: int = DEFAULT_BUDGET,
+        log_dir: Path | None = None,
+        log_file_bytes: int = 0,
     ) -> None:
         self._ledger = ledger if ledger is not None else ChildLedger(None)
         self._policy = policy
@@ -57,6 +69,8 @@ class Supervisor:
         self._on_change = on_change
         self._rand = rand
         self._log_budget = log_budget  # bytes per key; 0: no capture (stdout inherited)
+        self._log_dir = log_dir  # with `log_file_bytes`: a rotating copy of each key's output
+        self._log_file_bytes = log_file_bytes
         self._logs: dict[str, LogBuffer] = {}
         self._runners: dict[str, ProcessRunner] = {}
         self._tasks: dict[ProcessRunner, asyncio.Task[None]] = {}
@@ -92,7 +106,9 @@ class Supervisor:
             if action.kind is ActionKind.STOP or action.kind is ActionKind.RESTART:
                 self._stop(action.key)
             if action.kind is ActionKind.STOP:
-                self._logs.pop(action.key, None)
+                gone = self._logs.pop(action.key, None)
+                for mirror in gone.mirrors.values() if gone is not None else ():
+                    mirror.close()
             if action.want is not None:
                 self._start(action.want)
         if not plan.empty:
@@ -113,6 +129,10 @@ class Supervisor:
         logs = self._logs.get(want.key)
         if logs is None and self._log_budget:
             logs = self._logs[want.key] = LogBuffer(self._log_budget)
+            if self._log_dir is not None and self._log_file_bytes:
+                for stream in STREAMS:
+                    path = self._log_dir / file_name(want.key, stream)
+                    logs.mirrors[stream] = RotatingFile(path, self._log_file_bytes)
         runner = ProcessRunner(
             want,
             policy=self._policy,
