@@ -283,3 +283,15 @@ def tell_rollback(world: World) -> None:
     assert world.rollout("status")[0] == 0
     assert _state(world) == dict.fromkeys(everyone, (digest(V1), True))  # undo moved no device
     world.mark("rollout undo")
+
+    # pause and resume through the CLI
+    assert world.rollout("pause")[0] == 0
+    _until("spec.paused", lambda: world.set_object()["spec"]["paused"] is True)
+    assert world.rollout("resume")[0] == 0
+    _until("spec.paused false", lambda: world.set_object()["spec"]["paused"] is False)
+    world.apply_set(V2, max_unavailable=2, paused=True)  # a new template, held back
+    _until("the set reads Paused", lambda: _progressing(world) == "Paused")
+    assert _state(world) == dict.fromkeys(everyone, (digest(V1), True))  # nothing moved
+    assert world.rollout("resume")[0] == 0
+    _until("resumed: every device on V2", _all(world, everyone, V2))
+    world.mark("pause, resume")

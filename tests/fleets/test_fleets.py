@@ -302,7 +302,11 @@ class LocalWorld:
     def set_object(self) -> dict[str, Any]:
         res = set_store(self.state).load(f"default/{SET_NAME}")
         assert res is not None
-        return {"metadata": {"generation": res.generation}, "status": dict(res.status)}
+        return {
+            "metadata": {"generation": res.generation},
+            "spec": dict(res.spec),
+            "status": dict(res.status),
+        }
 
     def kill_agent(self, device: str) -> None:
         self.fabric.kill_agent(device)
