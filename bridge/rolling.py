@@ -138,7 +138,11 @@ def plan_set(view: SetView) -> SetPlan:
         "availableNumber": available,
         "failedNumber": failures,
     }
-    complete = updated == len(selected) and available == len(selected)
+    # Done once every device is on the template and available; a template that completed once
+    # stays complete when devices later go away (the Available condition says that), as a
+    # Deployment's Progressing does.
+    everyone = updated == len(selected)
+    complete = everyone and (available == len(selected) or view.stable_hash == current)
     if failed:
         progressing = SetReason.ROLLOUT_FAILED
     elif conflicts:
@@ -159,5 +163,9 @@ def plan_set(view: SetView) -> SetPlan:
         available=SetReason.MINIMUM_AVAILABLE if enough else SetReason.TOO_FEW_AVAILABLE,
         target=target,
         failed_revision=current if failed else None,
-        stable_hash=current if complete and not failed and not conflicts else stable,
+        stable_hash=(
+            current
+            if everyone and available == len(selected) and not failed and not conflicts
+            else stable
+        ),
     )

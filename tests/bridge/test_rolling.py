@@ -199,6 +199,16 @@ def test_failures_stop_and_roll_back(row: tuple[Any, ...]) -> None:
     assert plan.target == (OLD if failed_after else NEW)
 
 
+def test_a_completed_template_stays_complete_when_devices_go_away() -> None:
+    """Progressing says where the rollout is, not how the devices are (Available does)."""
+    away = plan_set(SetView(rolling(), NEW, ["a", "b"], owned("a:new+ b:new-"), stable_hash=NEW))
+    assert (away.progressing, away.available) == (SetReason.COMPLETE, SetReason.MINIMUM_AVAILABLE)
+    rolling_out = plan_set(
+        SetView(rolling(), NEW, ["a", "b"], owned("a:new+ b:new-"), stable_hash=OLD)
+    )
+    assert rolling_out.progressing is SetReason.ROLLING_OUT
+
+
 def test_a_completed_rollout_makes_its_template_stable() -> None:
     done = plan_set(SetView(rolling(), NEW, ["a"], owned("a:new+"), stable_hash=OLD))
     assert done.stable_hash == NEW
