@@ -184,7 +184,7 @@ def render(
     now: datetime | None = None,
 ) -> str:
     """kubectl-style columns of Devices or DeviceProcessSets."""
-    from devicefabric.bridge.verbs import age, condition_status  # noqa: PLC0415
+    from devicefabric.bridge.verbs import age, align, condition_status  # noqa: PLC0415
 
     moment = now or datetime.now(UTC)
     columns = DEVICE_COLUMNS if kind == DEVICE_KIND else SET_COLUMNS
@@ -207,11 +207,7 @@ def render(
                 for f in ("desiredNumber", "currentNumber", "updatedNumber", "availableNumber")
             ]
         rows.append([*row, age(res.creation_timestamp, moment)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return align(rows)
 
 
 def _text(value: object) -> str:

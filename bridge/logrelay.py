@@ -190,14 +190,15 @@ class LogServer:
     """The `/logs/` route: resource -> device -> `LogRelay.fetch`, errors as one-line bodies."""
 
     relay: LogRelay
-    resolve: Callable[[str], tuple[str | None, str | None]]  # key -> (device, why not)
+    resolve: Callable[[str], str]  # key -> the device to ask; LogsError when there is none
     followers: int = 0
 
     async def __call__(self, rest: str, query: Mapping[str, str]) -> Response | Stream:
         namespace, _, name = rest.partition("/")
-        device, why = self.resolve(f"{namespace}/{name}")
-        if device is None:
-            return _text(404 if why and "not found" in why else 503, why or "unavailable")
+        try:
+            device = self.resolve(f"{namespace}/{name}")
+        except LogsError as exc:
+            return _text(exc.status, str(exc))
         try:
             tail = int(query.get("tail", str(DEFAULT_LOG_TAIL)))
             since = int(query["sinceSeconds"]) if "sinceSeconds" in query else None

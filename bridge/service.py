@@ -74,7 +74,7 @@ from devicefabric.bridge.eventing import EventRecorder
 from devicefabric.bridge.fleets import FleetController, is_fleet_key
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
-from devicefabric.bridge.logrelay import LogRelay, LogServer
+from devicefabric.bridge.logrelay import LogRelay, LogsError, LogServer
 from devicefabric.bridge.metrics import BridgeMetrics, StateSource
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
@@ -546,20 +546,21 @@ class Bridge:
         return write_delay(resource, known, self.settings.settle)
 
     # -- HTTP ------------------------------------------------------------------------------------
-    def _log_target(self, key: str) -> tuple[str | None, str | None]:
-        """The device to ask for `key`'s logs, or why there is none (`logrelay.LogServer`)."""
+    def _log_target(self, key: str) -> str:
+        """The device to ask for `key`'s logs; `LogsError` (404, 503) when there is none."""
         resource = self.control_plane.get(key)
         if resource is None:
-            return None, f"deviceprocess {key} not found"
+            raise LogsError(404, f"deviceprocess {key} not found")
         device = resource.device
         known = self.tracker.get(device) if device is not None else None
         if device is None or known is None or known.reason is not Reason.CONNECTED:
             state = known.reason.value if known is not None and known.reason else "not seen"
-            return None, (
+            raise LogsError(
+                503,
                 f"device {device} is not connected ({state}): its logs stay on the device "
-                "until it is back"
+                "until it is back",
             )
-        return device, None
+        return device
 
     def _healthz(self) -> Response:
         since = self.link.down_since

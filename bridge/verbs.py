@@ -356,7 +356,12 @@ def render_table(
         if wide:
             row += _wide_cells(res)
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return align(rows)
+
+
+def align(rows: list[list[str]]) -> str:
+    """kubectl-style columns: each as wide as its widest cell, three spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows

@@ -160,24 +160,24 @@ class RollingUpdate(_CamelModel):
     @field_validator("max_unavailable", mode="before")
     @classmethod
     def _int_or_percent(cls, value: object) -> object:
-        """One clear message instead of one per branch of the union."""
-        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        if not (whole or (isinstance(value, str) and _PERCENT.fullmatch(value))):
-            raise PydanticCustomError(
-                "int_or_percent", "must be an integer >= 1 or a percentage such as '25%'", {}
-            )
-        return value
+        return _int_or_percent(value, 1, "25%")
 
     @field_validator("max_failures", mode="before")
     @classmethod
     def _count_or_percent(cls, value: object) -> object:
-        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        ok = value is None or whole or (isinstance(value, str) and _PERCENT.fullmatch(value))
-        if not ok:
-            raise PydanticCustomError(
-                "int_or_percent", "must be an integer >= 0 or a percentage such as '10%'", {}
-            )
-        return value
+        return value if value is None else _int_or_percent(value, 0, "10%")
+
+
+def _int_or_percent(value: object, minimum: int, example: str) -> object:
+    """One clear message instead of one per branch of the int | str union."""
+    whole = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not (whole or (isinstance(value, str) and _PERCENT.fullmatch(value))):
+        raise PydanticCustomError(
+            "int_or_percent",
+            "must be an integer >= {minimum} or a percentage such as '{example}'",
+            {"minimum": minimum, "example": example},
+        )
+    return value
 
 
 class UpdateStrategy(_CamelModel):

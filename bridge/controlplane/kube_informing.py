@@ -212,34 +212,28 @@ class Informer:
             if fresh is not None:
                 self.cache[key] = fresh
 
-    def adopt_newer(self, key: str, obj: Mapping[str, Any]) -> None:
-        """Cache the answer of a status write of ours unless the cache holds something newer
-        (a watch event of an earlier version must not hide our write: the next reconcile would
-        write it again, a no-op)."""
+    def adopt_newer(self, key: str, obj: Mapping[str, Any]) -> bool:
+        """Cache the answer of a write of ours unless the cache holds something newer (a watch
+        event of an earlier version must not hide our write: the next reconcile would write it
+        again, a no-op); True when the cache changed."""
         fresh = to_resource(obj)
         cached = self.cache.get(key)
-        if fresh is not None and (
-            cached is None or not _newer(cached.resource_version, fresh.resource_version)
-        ):
-            self.cache[key] = fresh
+        if fresh is None or cached == fresh:
+            return False
+        if cached is not None and _newer(cached.resource_version, fresh.resource_version):
+            return False
+        self.cache[key] = fresh
+        return True
 
     def written(self, key: str, obj: Mapping[str, Any] | None) -> None:
         """Cache what a create, update (`obj`: the answer) or delete (None) of ours left, and
         announce it, unless the watch already brought something newer."""
         if obj is None:
-            if self.cache.pop(key, None) is not None:
-                self.notify(key)
-            return
-        fresh = to_resource(obj)
-        if fresh is None:
-            return
-        cached = self.cache.get(key)
-        if cached is not None and _newer(cached.resource_version, fresh.resource_version):
-            return
-        if cached == fresh:
-            return
-        self.cache[key] = fresh
-        self.notify(key)
+            changed = self.cache.pop(key, None) is not None
+        else:
+            changed = self.adopt_newer(key, obj)
+        if changed:
+            self.notify(key)
 
 
 def _newer(a: str, b: str) -> bool:

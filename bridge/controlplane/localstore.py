@@ -129,9 +129,7 @@ class LocalStore:
                 results.append(Applied(manifest.key, outcome))
                 if outcome != "unchanged":
                     rev += 1
-                    metadata = doc["metadata"]
-                    assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
-                    metadata["resourceVersion"] = str(rev)
+                    _stamp(doc, rev)
                     writes.append((manifest.key, doc))
             if writes:
                 self._commit(writes, rev - len(writes) + 1)
@@ -143,12 +141,7 @@ class LocalStore:
         with self._locked():
             if os.path.exists(self._file(self.resources_dir, manifest.key, ".yaml")):  # noqa: PTH110
                 raise ConflictError(f"{self.kind} {manifest.key} already exists")
-            doc, _ = next_document(None, manifest)
-            rev = self.revision() + 1
-            metadata = doc["metadata"]
-            assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
-            metadata["resourceVersion"] = str(rev)
-            self._commit([(manifest.key, doc)], rev)
+            self._write(manifest.key, None, manifest)
 
     def update(
         self,
@@ -157,38 +150,10 @@ class LocalStore:
         labels: Mapping[str, str],
         annotations: Mapping[str, str] | None = None,
     ) -> None:
-        """Replace the spec and labels of `key`, keeping its other metadata (annotations, owners);
-        `NotFoundError` when it does not exist. Unchanged: nothing is written."""
-        with self._locked():
-            old = self._read_yaml(self._resource_path(key))
-            meta = old.get("metadata") if old else None
-            if old is None or not isinstance(meta, dict):
-                raise NotFoundError(f"{self.kind} {key} not found")
-            namespace, _, name = key.rpartition("/")
-            notes = meta.get("annotations")
-            manifest = Manifest(
-                namespace,
-                name,
-                dict(spec),
-                dict(labels),
-                {
-                    **(
-                        {str(k): str(v) for k, v in notes.items()}
-                        if isinstance(notes, dict)
-                        else {}
-                    ),
-                    **(annotations or {}),
-                },
-                kind=str(old.get("kind", "")),
-            )
-            doc, outcome = next_document(old, manifest)
-            if outcome == "unchanged":
-                return
-            rev = self.revision() + 1
-            metadata = doc["metadata"]
-            assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
-            metadata["resourceVersion"] = str(rev)
-            self._commit([(key, doc)], rev)
+        """Replace the spec and labels of `key` and add `annotations`, keeping its other metadata
+        (annotations, owners); `NotFoundError` when it does not exist. Unchanged: nothing is
+        written."""
+        self._rewrite(key, lambda _: dict(labels), spec=spec, annotations=annotations)
 
     def relabel(
         self, key: str, change: Callable[[dict[str, str]], dict[str, str]], *, create: bool
@@ -197,6 +162,19 @@ class LocalStore:
         concurrent `label` is never lost); everything else is kept. A missing object is created
         with them when `create` (a Device labelled before it connects), else `NotFoundError`.
         `change` may raise to refuse; nothing is written then."""
+        return self._rewrite(key, change, create=create)
+
+    def _rewrite(
+        self,
+        key: str,
+        labels: Callable[[dict[str, str]], dict[str, str]],
+        *,
+        spec: Mapping[str, object] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        create: bool = False,
+    ) -> Outcome:
+        """Read `key`, change it (labels from the current ones; `spec` when given; `annotations`
+        added) and write it, all under the lock."""
         with self._locked():
             old = self._read_yaml(self._resource_path(key))
             meta = old.get("metadata") if old else None
@@ -204,28 +182,25 @@ class LocalStore:
                 if not create:
                     raise NotFoundError(f"{self.kind} {key} not found")
                 old, meta = None, {}
-            labels = meta.get("labels")
-            current = (
-                {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-            )
-            notes = meta.get("annotations")
             namespace, _, name = key.rpartition("/")
             manifest = Manifest(
                 namespace,
                 name,
-                _spec(old),
-                change(current),
-                {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {},
+                dict(spec) if spec is not None else _spec(old),
+                labels(_strings(meta.get("labels"))),
+                {**_strings(meta.get("annotations")), **(annotations or {})},
                 kind=str(old.get("kind", "")) if old else self.kind_name,
             )
-            doc, outcome = next_document(old, manifest)
-            if outcome != "unchanged":
-                rev = self.revision() + 1
-                metadata = doc["metadata"]
-                assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
-                metadata["resourceVersion"] = str(rev)
-                self._commit([(key, doc)], rev)
-            return outcome
+            return self._write(key, old, manifest)
+
+    def _write(self, key: str, old: dict[str, object] | None, manifest: Manifest) -> Outcome:
+        """`manifest` over `old` at the next revision, unless nothing changes (under the lock)."""
+        doc, outcome = next_document(old, manifest)
+        if outcome != "unchanged":
+            rev = self.revision() + 1
+            _stamp(doc, rev)
+            self._commit([(key, doc)], rev)
+        return outcome
 
     def _commit(self, writes: Sequence[tuple[str, dict[str, object]]], first_rev: int) -> None:
         """All of `writes` or none: every file is staged (written and synced under a temp name)
@@ -363,8 +338,8 @@ class LocalStore:
             spec=spec,
             status=status if isinstance(status, dict) else {},
             creation_timestamp=str(meta.get("creationTimestamp", "")),
-            labels=_labels(meta.get("labels")),
-            annotations=_labels(meta.get("annotations")),
+            labels=_strings(meta.get("labels")),
+            annotations=_strings(meta.get("annotations")),
             owners=_owners(meta.get("ownerReferences")),
         )
 
@@ -525,7 +500,15 @@ def _read_text(path: Path | str) -> str:
         return fh.read()
 
 
-def _labels(value: object) -> dict[str, str]:
+def _stamp(doc: dict[str, object], rev: int) -> None:
+    """Give a document built by `next_document` its resourceVersion."""
+    metadata = doc["metadata"]
+    assert isinstance(metadata, dict)  # noqa: S101 - built by next_document
+    metadata["resourceVersion"] = str(rev)
+
+
+def _strings(value: object) -> dict[str, str]:
+    """A metadata map (labels, annotations) as strings; anything else as empty."""
     if not isinstance(value, dict):
         return {}
     return {str(k): str(v) for k, v in value.items()}

@@ -8,11 +8,13 @@ bridge restart over settled state writing nothing, and a set deleted while no br
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from devicefabric.bridge.controlplane.local import LocalControlPlane
-from devicefabric.bridge.controlplane.localfleet import device_store, set_store
+from devicefabric.bridge.controlplane.localfleet import LocalFleet, device_store, set_store
 from devicefabric.bridge.controlplane.manifests import Manifest
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, SET_LABEL, DeviceProcessSetSpec
 from tests.bridge.fleet import Fleet
@@ -40,6 +42,24 @@ def revisions(state: Path) -> tuple[int, int, int]:
     )
 
 
+@contextlib.asynccontextmanager
+async def devices_up(
+    broker: BrokerProcess, secret: bytes, state: Path
+) -> AsyncIterator[tuple[LocalControlPlane, LocalFleet, Fleet]]:
+    """A bridge over `state` (with its fleet kinds) and the simulated DEVICES, born and beating."""
+    plane = LocalControlPlane(state)
+    kinds = plane.fleet
+    assert kinds is not None
+    fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=5)
+    try:
+        async with running(broker, plane):
+            await fleet.connect(DEVICES)
+            fleet.beat()
+            yield plane, kinds, fleet
+    finally:
+        await fleet.close()
+
+
 def owned(plane: LocalControlPlane, name: str = "collector") -> dict[str, str]:
     return {r.name: r.device or "" for r in plane.resources() if r.labels.get(SET_LABEL) == name}
 
@@ -50,30 +70,21 @@ def test_devices_are_created_once_per_birth(
     state = tmp_path / "state"
 
     async def story() -> None:
-        plane = LocalControlPlane(state)
-        kinds = plane.fleet
-        assert kinds is not None
-        fleet = Fleet(embedded.host, embedded.port, secret, heartbeat_s=5)
-        try:
-            async with running(embedded, plane):
-                await fleet.connect(DEVICES)
-                fleet.beat()
-                await until(lambda: {d.name for d in kinds.devices()} == set(DEVICES))
-                creates = device_store(state).revision()
-                # the operator deletes d1's Device: it stays deleted while d1 stays connected
-                assert device_store(state).delete("d1")
-                await until(lambda: kinds.device("d1") is None, what="the deletion seen")
-                fleet.beat()
-                marker = Manifest("", "marker", {}, kind=DEVICE_KIND)
-                device_store(state).apply([marker])  # an operator's write after the heartbeats
-                await until(lambda: kinds.device("marker") is not None)
-                assert kinds.device("d1") is None
-                # d1 reconnects (a new session, a new birth): its Device comes back
-                await fleet.reconnect("d1")
-                await until(lambda: kinds.device("d1") is not None, what="d1 recreated")
-                assert device_store(state).revision() > creates
-        finally:
-            await fleet.close()
+        async with devices_up(embedded, secret, state) as (_, kinds, fleet):
+            await until(lambda: {d.name for d in kinds.devices()} == set(DEVICES))
+            creates = device_store(state).revision()
+            # the operator deletes d1's Device: it stays deleted while d1 stays connected
+            assert device_store(state).delete("d1")
+            await until(lambda: kinds.device("d1") is None, what="the deletion seen")
+            fleet.beat()
+            marker = Manifest("", "marker", {}, kind=DEVICE_KIND)
+            device_store(state).apply([marker])  # an operator's write after the heartbeats
+            await until(lambda: kinds.device("marker") is not None)
+            assert kinds.device("d1") is None
+            # d1 reconnects (a new session, a new birth): its Device comes back
+            await fleet.reconnect("d1")
+            await until(lambda: kinds.device("d1") is not None, what="d1 recreated")
+            assert device_store(state).revision() > creates
 
     asyncio.run(story())
 
@@ -88,28 +99,19 @@ def test_a_name_taken_by_another_process_is_a_conflict_not_an_overwrite(
     )
 
     async def story() -> None:
-        plane = LocalControlPlane(state)
-        kinds = plane.fleet
-        assert kinds is not None
-        fleet = Fleet(embedded.host, embedded.port, secret, heartbeat_s=5)
-        try:
-            async with running(embedded, plane):
-                await fleet.connect(DEVICES)
-                fleet.beat()
-                await until(lambda: len(list(kinds.devices())) == len(DEVICES))
-                set_store(state).apply([set_manifest(selector={})])
-                await until(lambda: set(owned(plane).values()) == {"d2", "d3"}, what="d2, d3 owned")
+        async with devices_up(embedded, secret, state) as (plane, kinds, _):
+            await until(lambda: len(list(kinds.devices())) == len(DEVICES))
+            set_store(state).apply([set_manifest(selector={})])
+            await until(lambda: set(owned(plane).values()) == {"d2", "d3"}, what="d2, d3 owned")
 
-                def conflict() -> bool:
-                    obj = kinds.process_set("default/collector")
-                    conds = obj.status.get("conditions") if obj else None
-                    return isinstance(conds, list) and any(
-                        c.get("reason") == "NameConflict" for c in conds
-                    )
+            def conflict() -> bool:
+                obj = kinds.process_set("default/collector")
+                conds = obj.status.get("conditions") if obj else None
+                return isinstance(conds, list) and any(
+                    c.get("reason") == "NameConflict" for c in conds
+                )
 
-                await until(conflict, what="Progressing=False/NameConflict")
-        finally:
-            await fleet.close()
+            await until(conflict, what="Progressing=False/NameConflict")
 
     store.apply([mine])
     before = store.load("default/collector-d1")
