@@ -272,7 +272,7 @@ def _add_privileged(dynsec: Path, secret: bytes, topics: Topics) -> None:
 BRIDGE_VARIANT: Final = """
 import dataclasses, json, os, sys
 from devicefabric.bridge import cli
-from devicefabric.bridge.controlplane.local import LocalControlPlane
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 overrides = json.loads(os.environ.get("BENCH_BRIDGE_OVERRIDES") or "{}")
 shipped = cli.settings_from_args
 cli.settings_from_args = lambda args: dataclasses.replace(shipped(args), **overrides)

@@ -93,7 +93,7 @@ class LocalPlane:
     kind = "local"
 
     def __init__(self, workdir: Path) -> None:
-        from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
 
         self.state_dir = workdir / "state"
         self.store = LocalStore(self.state_dir)
@@ -105,7 +105,7 @@ class LocalPlane:
         return {"control_plane": "local", "state_dir": self.state_dir}
 
     def apply(self, name: str, device: str, command: list[str]) -> int:
-        from devicefabric.bridge.controlplane.manifests import Manifest  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.userfiles import Manifest  # noqa: PLC0415
 
         applied = self.store.apply([Manifest(NAMESPACE, name, _spec(device, command))])
         if applied[0].outcome != "unchanged":
@@ -115,7 +115,7 @@ class LocalPlane:
         return resource.generation
 
     def apply_many(self, items: list[tuple[str, str, list[str]]]) -> None:
-        from devicefabric.bridge.controlplane.manifests import Manifest  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.userfiles import Manifest  # noqa: PLC0415
 
         applied = self.store.apply([Manifest(NAMESPACE, n, _spec(d, c)) for n, d, c in items])
         self._own_writes += sum(1 for a in applied if a.outcome != "unchanged")
@@ -160,7 +160,7 @@ class LocalPlane:
 
     def device_writes(self) -> int:
         """Writes of Devices (creates and status): every one takes a revision of their store."""
-        from devicefabric.bridge.controlplane.localfleet import device_store  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.fleet import device_store  # noqa: PLC0415
 
         return device_store(self.store.root).revision()
 

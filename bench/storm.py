@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Result, count, ms
-from devicefabric.bridge.controlplane.local import LocalControlPlane
-from devicefabric.bridge.controlplane.manifests import Manifest
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
+from devicefabric.bridge.controlplane.local.userfiles import Manifest
 
 
 class _Relists(logging.Handler):
@@ -91,7 +91,7 @@ async def _storm(state: Path, n: int, writes: int) -> dict[str, Any]:
 def _one(n: int, writes: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
         state = Path(tmp) / "state"
-        from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
 
         spec = {"command": ["sleep", "infinity"]}
         LocalStore(state).apply(

@@ -1,25 +1,21 @@
-"""`devicefabric bridge run`, and the hook for the local control plane's verbs.
+"""`devicefabric bridge run`.
 
 `bridge run` builds `BridgeSettings` from flags (each also read from `DEVICEFABRIC_<FLAG>`),
 constructs the control-plane backend named by `--control-plane` (imported lazily: the Kubernetes
 client is only loaded for `kube`), and runs the `Bridge` until SIGTERM/SIGINT. Configuration
 errors (bad URL, unreadable password file, port in use) are one line and exit 2; a broker that
 refuses the bridge's login exits 1.
-
-`register_local_verbs` delegates to `devicefabric.bridge.verbs.register` (apply/delete/get) when
-that module exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devicefabric.bridge.controlplane import kube_settings
 from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane
+from devicefabric.bridge.controlplane.kube import settings as kube_settings
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.lifecycle import run_program
@@ -94,23 +90,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.set_defaults(func=_run)
 
 
-def register_local_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`apply`/`delete`/`get` of the local control plane, when `bridge.verbs` is installed."""
-    if importlib.util.find_spec("devicefabric.bridge.verbs") is None:
-        return
-    verbs = importlib.import_module("devicefabric.bridge.verbs")
-    verbs.register(sub)
-    importlib.import_module("devicefabric.bridge.fleetverbs").register(sub)
-    importlib.import_module("devicefabric.bridge.rollouts").register(sub)
-    importlib.import_module("devicefabric.bridge.logsclient").register(sub)
-
-
 def make_control_plane(
     kind: str, state_dir: Path, namespace: str | None, kube_flags: dict[str, Any] | None = None
 ) -> ControlPlane:
     """The backend named by `--control-plane` (imported lazily)."""
     if kind == "local":
-        from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.plane import LocalControlPlane  # noqa: PLC0415
 
         shards = (kube_flags or {}).get("shards")
         if shards not in (None, 1):
@@ -122,7 +107,7 @@ def make_control_plane(
         return LocalControlPlane(state_dir)
     if kind == "kube":
         try:
-            kube = importlib.import_module("devicefabric.bridge.controlplane.kube")
+            kube = importlib.import_module("devicefabric.bridge.controlplane.kube.plane")
         except ImportError as exc:
             raise ConfigError(
                 f"--control-plane kube: the Kubernetes backend is not available ({exc}); "

@@ -69,14 +69,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return parser
     from devicefabric.bridge import cli as bridge_cli  # noqa: PLC0415
     from devicefabric.broker import cli as broker_cli  # noqa: PLC0415
-    from devicefabric.cli import creds, manifests, status, up  # noqa: PLC0415
+    from devicefabric.cli import (  # noqa: PLC0415
+        creds,
+        fleetverbs,
+        logs,
+        manifests,
+        rollouts,
+        status,
+        up,
+        verbs,
+    )
 
     up.register(sub)
     broker_cli.register(sub)
     bridge_cli.register(sub)
     agent_cli.register(sub)
     creds.register(sub)
-    bridge_cli.register_local_verbs(sub)
+    verbs.register(sub)
+    fleetverbs.register(sub)
+    rollouts.register(sub)
+    logs.register(sub)
     manifests.register(sub)
     status.register(sub)
     return parser

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Final, Self, TextIO
 
 from devicefabric.bridge.controlplane.base import Resource
-from devicefabric.bridge.controlplane.local import LocalControlPlane
-from devicefabric.bridge.controlplane.manifests import DEFAULT_NAMESPACE, Manifest
-from devicefabric.bridge.fleetverbs import render as render_fleet
-from devicefabric.bridge.verbs import render_table, table_row
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
+from devicefabric.bridge.controlplane.local.userfiles import DEFAULT_NAMESPACE, Manifest
+from devicefabric.cli.fleetverbs import render as render_fleet
 from devicefabric.cli.screen import MIN_LOG_ROWS, ScreenLogHandler, SplitScreen
+from devicefabric.cli.verbs import render_table, table_row
 from devicefabric.config.credentials import device_password
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, DeviceProcessSetSpec
 from devicefabric.config.resource import DeviceProcessSpec, RestartPolicyName

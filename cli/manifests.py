@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 from devicefabric.config.settings import add_flag
 
 

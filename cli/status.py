@@ -228,7 +228,7 @@ def fetch(address: HostPort, state_dir: Path | None, timeout: float) -> Observed
     transitions: list[dict[str, object]] = []
     markers = ("resources", "secret", "changes.log")  # what `up` or the local store leave there
     if state_dir is not None and any((state_dir / name).exists() for name in markers):
-        from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
 
         store = LocalStore(state_dir)
         phases = dict(

@@ -53,7 +53,7 @@ from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.tasks import first_error
 
 if TYPE_CHECKING:  # imported lazily at run time: yaml and amqtt are extras
-    from devicefabric.bridge.controlplane.local import LocalControlPlane
+    from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 
 log = logging.getLogger("devicefabric.up")
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(options: UpOptions) -> None:
     """Broker, bridge and front end until cancelled (see the module docstring)."""
-    from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.plane import LocalControlPlane  # noqa: PLC0415
     from devicefabric.bridge.service import (  # noqa: PLC0415
         Bridge,
         BridgeSettings,
@@ -196,12 +196,12 @@ async def _frontend(
 
 
 async def _demo(options: UpOptions, text: str, broker: HostPort, plane: LocalControlPlane) -> None:
-    from devicefabric.bridge.controlplane.localfleet import (  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.fleet import (  # noqa: PLC0415
         device_store,
         set_store,
     )
-    from devicefabric.bridge.verbs import render_table  # noqa: PLC0415
     from devicefabric.cli import demo  # noqa: PLC0415
+    from devicefabric.cli.verbs import render_table  # noqa: PLC0415
 
     applied = await asyncio.to_thread(plane.store.apply, demo.sample_manifests())
     devices, sets = demo.sample_fleet()
@@ -227,7 +227,7 @@ async def _demo(options: UpOptions, text: str, broker: HostPort, plane: LocalCon
 
 async def _settle(plane: LocalControlPlane, devices: tuple[str, ...]) -> None:
     """Give the bridge a moment to record the stopped agents' clean offline (bounded)."""
-    from devicefabric.bridge.verbs import condition_status  # noqa: PLC0415
+    from devicefabric.cli.verbs import condition_status  # noqa: PLC0415
 
     deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
     while asyncio.get_running_loop().time() < deadline:

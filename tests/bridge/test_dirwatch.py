@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devicefabric.bridge.controlplane.dirwatch import DirectoryWatch
+from devicefabric.bridge.controlplane.local.dirwatch import DirectoryWatch
 
 
 def test_a_write_wakes_the_watch_and_silence_times_out(tmp_path: Path) -> None:

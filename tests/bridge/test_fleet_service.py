@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from devicefabric.bridge.controlplane.local import LocalControlPlane
-from devicefabric.bridge.controlplane.localfleet import LocalFleet, device_store, set_store
-from devicefabric.bridge.controlplane.manifests import Manifest
+from devicefabric.bridge.controlplane.local.fleet import LocalFleet, device_store, set_store
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
+from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, SET_LABEL, DeviceProcessSetSpec
 from tests.bridge.fleet import Fleet
 from tests.bridge.scene import running, until
@@ -33,7 +33,7 @@ def set_manifest(name: str = "collector", **spec: Any) -> Manifest:
 
 def revisions(state: Path) -> tuple[int, int, int]:
     """(processes, devices, sets) store revisions: any write moves one."""
-    from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
 
     return (
         LocalStore(state).revision(),

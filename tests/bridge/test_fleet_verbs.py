@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devicefabric.bridge.controlplane.localfleet import device_store, set_store
-from devicefabric.bridge.controlplane.localstore import LocalStore
+from devicefabric.bridge.controlplane.local.fleet import device_store, set_store
+from devicefabric.bridge.controlplane.local.store import LocalStore
 from tests.support.cli import Result, manifest_text, run_cli, write_manifest
 
 HEAD = "apiVersion: devicefabric.io/v1alpha1\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from devicefabric.bridge.controlplane.local import JournalCursor
+from devicefabric.bridge.controlplane.local.plane import JournalCursor
 from devicefabric.runtime.files import atomic_write
 
 

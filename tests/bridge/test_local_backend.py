@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from devicefabric.bridge.controlplane.local import LocalControlPlane
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.errors import NotFoundError
 from tests.support.cli import cli_argv, manifest_text, write_manifest
 from tests.support.waiting import async_wait_for
@@ -133,7 +133,7 @@ def test_events_are_recorded_with_the_resource_uid(tmp_path: Path) -> None:
 def test_a_rotated_journal_is_followed_without_a_relist_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("devicefabric.bridge.controlplane.localstore.JOURNAL_MAX_BYTES", 60)
+    monkeypatch.setattr("devicefabric.bridge.controlplane.local.store.JOURNAL_MAX_BYTES", 60)
     state = tmp_path / "state"
     web = write_manifest(tmp_path / "a.yaml", manifest_text("web", "tor9-99", ["sleep", "9"]))
     api = write_manifest(tmp_path / "b.yaml", manifest_text("api", "tor9-99", ["sleep", "8"]))

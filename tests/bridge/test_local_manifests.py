@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from devicefabric.bridge.controlplane.manifests import parse_manifests
+from devicefabric.bridge.controlplane.local.userfiles import parse_manifests
 from devicefabric.config.errors import ConfigError
 
 HEAD = "apiVersion: devicefabric.io/v1alpha1\nkind: DeviceProcess\n"

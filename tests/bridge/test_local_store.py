@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from devicefabric.bridge.controlplane.base import OwnerRef
-from devicefabric.bridge.controlplane.localfleet import device_store
-from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.controlplane.manifests import Manifest, parse_manifests
+from devicefabric.bridge.controlplane.local.fleet import device_store
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.bridge.controlplane.local.userfiles import Manifest, parse_manifests
 from devicefabric.bridge.errors import ConflictError, NotFoundError
 from devicefabric.runtime.files import atomic_write
 
@@ -137,7 +137,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(
 def test_events_are_appended_and_rotated(
     store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("devicefabric.bridge.controlplane.localstore.EVENTS_MAX_BYTES", 200)
+    monkeypatch.setattr("devicefabric.bridge.controlplane.local.store.EVENTS_MAX_BYTES", 200)
     for i in range(30):
         store.append_event({"reason": "Connected", "n": i})
     events = store.events()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devicefabric.bridge import verbs
-from devicefabric.bridge.controlplane.localstore import LocalStore
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.cli import verbs
 from tests.support.cli import cli_argv, manifest_text, run_cli, write_manifest
 
 WEB = manifest_text("web", "tor9-99", ["sleep", "100"])

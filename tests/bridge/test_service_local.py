@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from devicefabric.bridge.controlplane.local import LocalControlPlane
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.service import Bridge
 from tests.bridge.fleet import Fleet
 from tests.bridge.scene import running, until

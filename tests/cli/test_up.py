@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.verbs import condition_status
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.cli.verbs import condition_status
 from tests.support.cli import (
     SHUTDOWN_BOUND,
     Background,

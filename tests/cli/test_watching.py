@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.watching import changed, deviceprocess_table
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.cli.watching import changed, deviceprocess_table
 from tests.cli.conftest import screen, tmux_argv
 from tests.support.cli import Background, cli_argv, manifest_text, run_cli, write_manifest
 from tests.support.waiting import wait_for

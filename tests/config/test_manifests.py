@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from devicefabric.cli import main
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 from devicefabric.config.fleet import (
     CONNECTED,
     DEVICE_KIND,

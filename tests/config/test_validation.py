@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from devicefabric.bridge.controlplane.manifests import parse_manifests
+from devicefabric.bridge.controlplane.local.userfiles import parse_manifests
 from devicefabric.bridge.mirroring import check_spec
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import DeviceProcessSpec

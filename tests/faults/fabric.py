@@ -36,8 +36,8 @@ from typing import Any, Final, Self
 import yaml
 
 from devicefabric.agent.leftovers import start_time
-from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.controlplane.manifests import Manifest, parse_manifests
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.bridge.controlplane.local.userfiles import Manifest, parse_manifests
 from devicefabric.config.resource import API_VERSION, KIND
 from tests.agent.fabric import AgentProcess
 from tests.faults.processes import (

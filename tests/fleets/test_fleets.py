@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from devicefabric.bridge.controlplane.base import Resource
-from devicefabric.bridge.controlplane.local import LocalControlPlane
-from devicefabric.bridge.controlplane.localfleet import set_store
+from devicefabric.bridge.controlplane.local.fleet import set_store
+from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.fleet import SET_LABEL
 from tests.bridge.scene import settings

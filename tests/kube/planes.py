@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from devicefabric.bridge.controlplane.kube import KubeControlPlane
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
-from devicefabric.config import manifests
+from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
+from devicefabric.config import deploybundle as manifests
 from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer
 from tests.kube.fakeapi.faults import RequestRecord
 from tests.kube.fakeapi.rbac import Authorizer

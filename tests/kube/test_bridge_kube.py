@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 from tests.kube.fabric import KubeFabric, audited, condition, settled
 from tests.kube.fakeapi import Match
 from tests.kube.fakeapi.client import dp_path

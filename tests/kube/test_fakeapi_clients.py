@@ -18,7 +18,7 @@ import kubernetes.watch
 import pytest
 import yaml
 
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer, Match
 from tests.kube.fakeapi.client import (
     LEASES,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 from devicefabric.config.fleet import SET_LABEL, TEMPLATE_HASH_LABEL
 from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer
 from tests.kube.fakeapi.client import (

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from devicefabric.bridge.controlplane.kube import REPORTING_CONTROLLER
+from devicefabric.bridge.controlplane.kube.plane import REPORTING_CONTROLLER
 from devicefabric.bridge.errors import (
     ConflictError,
     ControlPlaneError,
     NotFoundError,
     TransientError,
 )
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 from tests.kube.fakeapi import FakeApiServer, Match
 from tests.kube.fakeapi.client import Http, device_process, dp_path
 from tests.kube.planes import denied, make_plane, running, user_of

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devicefabric.bridge.controlplane.kube import KubeControlPlane
+from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
 from devicefabric.config.errors import ConfigError
 from tests.kube.fakeapi import FakeApiServer, Match
 from tests.kube.fakeapi.client import Http

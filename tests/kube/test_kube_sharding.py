@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from devicefabric.bridge.controlplane.kube import KubeControlPlane
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import TransientError
 from devicefabric.bridge.sharding import member_lease, shard_of
 from devicefabric.config.errors import ConfigError

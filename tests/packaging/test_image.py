@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from devicefabric import __version__
-from devicefabric.config import manifests
+from devicefabric.config import deploybundle as manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -36,7 +36,7 @@ from typing import Any, Literal, Self
 
 import yaml
 
-from devicefabric.config.manifests import CRD, read
+from devicefabric.config.deploybundle import CRD, read
 from devicefabric.config.resource import KIND
 from tests.kube.fakeapi.faults import Match, RequestInfo, RequestLog
 from tests.kube.fakeapi.handler import ApiHTTPServer, Handler

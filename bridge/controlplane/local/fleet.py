@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 from devicefabric.bridge.controlplane.base import OwnerRef, Resource
-from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.controlplane.manifests import Manifest
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.bridge.errors import TransientError
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND
 from devicefabric.config.resource import API_VERSION, KIND
 
 if TYPE_CHECKING:
-    from devicefabric.bridge.controlplane.local import LocalControlPlane
+    from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 
 DEVICES_DIR: Final = "devices"
 SETS_DIR: Final = "sets"
@@ -64,7 +64,7 @@ class LocalFleet:
         poll_interval: float,
         notify: bool,
     ) -> None:
-        from devicefabric.bridge.controlplane.local import LocalControlPlane  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.plane import LocalControlPlane  # noqa: PLC0415
 
         self._processes = processes
         self._devices = LocalControlPlane(

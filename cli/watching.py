@@ -32,8 +32,8 @@ from types import FrameType
 from typing import Final, TextIO
 
 from devicefabric.bridge.controlplane.base import Resource
-from devicefabric.bridge.controlplane.localstore import LocalStore
-from devicefabric.bridge.verbs import _wide_cells, render_table, table_row
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.cli.verbs import _wide_cells, render_table, table_row
 
 POLL_S: Final = 0.2
 REDRAW_S: Final = 1.0

@@ -29,8 +29,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from devicefabric.bridge.controlplane.base import OwnerRef, Resource
-from devicefabric.bridge.controlplane.kube_client import ExpiredError, KubeClient, map_status
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.client import ExpiredError, KubeClient, map_status
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import ControlPlaneError, NotFoundError, TransientError
 
 log = logging.getLogger("devicefabric.bridge.kube")

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Final
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
-from devicefabric.bridge.controlplane.dirwatch import DirectoryWatch
-from devicefabric.bridge.controlplane.localfleet import LocalFleet
-from devicefabric.bridge.controlplane.localstore import LocalStore
+from devicefabric.bridge.controlplane.local.dirwatch import DirectoryWatch
+from devicefabric.bridge.controlplane.local.fleet import LocalFleet
+from devicefabric.bridge.controlplane.local.store import LocalStore
 from devicefabric.bridge.errors import TransientError
 from devicefabric.runtime.clock import rfc3339
 
@@ -135,7 +135,7 @@ class LocalControlPlane:
         fleet: bool = True,
     ) -> None:
         """`notify`: wake on inotify events where available (else, or False: poll). `store`
-        and `fleet` are for the fleet kinds' own informers (`localfleet`), which are planes
+        and `fleet` are for the fleet kinds' own informers (`local.fleet`), which are planes
         of the same kind over their own subdirectory and have no fleet of their own."""
         self.store = store if store is not None else LocalStore(state_dir)
         self.fleet = (

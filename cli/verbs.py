@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from devicefabric.bridge import fleetverbs
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.errors import NotFoundError, StateDirError
-from devicefabric.bridge.fleetverbs import SINGULAR
+from devicefabric.cli import fleetverbs
+from devicefabric.cli.fleetverbs import SINGULAR
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.fleet import DEVICE_KIND
 from devicefabric.config.names import validate_device
@@ -39,8 +39,8 @@ from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
 from devicefabric.runtime.clock import parse_rfc3339
 
 if TYPE_CHECKING:
-    from devicefabric.bridge.controlplane.localstore import LocalStore
-    from devicefabric.bridge.controlplane.manifests import Manifest
+    from devicefabric.bridge.controlplane.local.store import LocalStore
+    from devicefabric.bridge.controlplane.local.userfiles import Manifest
 
 COLUMNS: Final = ("NAME", "DEVICE", "PHASE", "CONNECTED", "RESTARTS", "AGE")
 WIDE_COLUMNS: Final = ("SYNCED", "PID", "EXIT", "GENERATION", "OBSERVED", "MESSAGE")
@@ -112,14 +112,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> LocalStore:
-    from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
 
     return LocalStore(args.state_dir)
 
 
 def _read_manifests(paths: Sequence[str], namespace: str | None) -> list[Manifest]:
     """Every manifest of every file, validated; ConfigError before anything is written."""
-    from devicefabric.bridge.controlplane.manifests import parse_manifests  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import parse_manifests  # noqa: PLC0415
 
     manifests: list[Manifest] = []
     for raw in paths:
@@ -154,7 +154,7 @@ def _read_sources(raw: str) -> list[tuple[str, str]]:
 
 
 def _namespace(args: argparse.Namespace) -> str:
-    from devicefabric.bridge.controlplane.manifests import (  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import (  # noqa: PLC0415
         DEFAULT_NAMESPACE,
         validate_namespace,
     )
@@ -193,7 +193,7 @@ def _reason(exc: OSError) -> str:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import validate_name  # noqa: PLC0415
 
     kind, names = fleetverbs.resolve(args.names)
     if bool(names) == bool(args.filename):
@@ -227,7 +227,7 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_get(args: argparse.Namespace) -> int:
-    from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import validate_name  # noqa: PLC0415
 
     kind, names = fleetverbs.resolve(args.names)
     if kind != KIND:
@@ -271,7 +271,7 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def _get_fleet(args: argparse.Namespace, kind: str, names: list[str]) -> int:
-    from devicefabric.bridge.controlplane.manifests import validate_name  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import validate_name  # noqa: PLC0415
 
     if args.watch:
         raise ConfigError("get: --watch shows DeviceProcesses only")
@@ -295,7 +295,7 @@ def _get_fleet(args: argparse.Namespace, kind: str, names: list[str]) -> int:
 def _watch(
     args: argparse.Namespace, store: LocalStore, keys: list[str] | None, namespace: str | None
 ) -> int:
-    from devicefabric.bridge import watching  # noqa: PLC0415
+    from devicefabric.cli import watching  # noqa: PLC0415
 
     if args.output in ("yaml", "json"):
         raise ConfigError("get: --watch shows a table: use it without -o or with -o wide")

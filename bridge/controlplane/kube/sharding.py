@@ -46,9 +46,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
-from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
-from devicefabric.bridge.controlplane.kube_leasing import JITTER, LEASES
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.client import KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube.leasing import JITTER, LEASES
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import (
     ConflictError,
     ControlPlaneError,

@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from devicefabric.bridge.controlplane.kube_client import KubeClient, micro_time
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.client import KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
 from devicefabric.bridge.sharding import LeaseRecord
 from devicefabric.config.errors import ConfigError

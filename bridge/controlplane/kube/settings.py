@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from devicefabric.bridge.sharding import MAX_SHARDS
+from devicefabric.config.deploybundle import LEASE_NAME, NAMESPACE
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.manifests import LEASE_NAME, NAMESPACE
 from devicefabric.config.settings import add_flag, env_name
 
 SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

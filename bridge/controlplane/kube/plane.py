@@ -1,7 +1,7 @@
 """The Kubernetes control plane: DeviceProcesses from the API server, status and Events back.
 
 `KubeControlPlane` implements `controlplane.base.ControlPlane` over the official client (through
-the one thread seam in `kube_client`; why that client is explained there). `run(on_change)` runs
+the one thread seam in `kube.client`; why that client is explained there). `run(on_change)` runs
 two tasks: the informer and the leader elector (`kube_leasing`; with `--shards` > 1 the shard
 elector, `kube_sharding`); a `ConfigError` from either (a Lease namespace that does not exist)
 ends `run` as itself. `may_write(device)` is `leading`, or with shards whether this replica holds
@@ -20,7 +20,7 @@ Writes: `patch_status` sends `{"status": patch}` as `application/merge-patch+jso
 answer into the cache unless a newer event got there first. A 409 re-reads the resource into the
 cache, then raises `ConflictError` for the work queue to retry on fresh state. `emit_event`
 creates an `events.k8s.io/v1` Event with `reportingController: devicefabric.io/bridge` and
-`reportingInstance` the pod name. Only `bridge/controlplane/kube*.py` import `kubernetes`.
+`reportingInstance` the pod name. Only `bridge/controlplane/kube/` import `kubernetes`.
 
 Invariant: the cache is read and written only on the event loop (threads do HTTP only), so
 `get`/`resources` need no lock and always show one consistent state.
@@ -36,12 +36,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from devicefabric.bridge.controlplane.base import EventType, Resource
-from devicefabric.bridge.controlplane.kube_client import MERGE_PATCH, KubeClient, micro_time
-from devicefabric.bridge.controlplane.kube_fleet import KubeFleet, collection, plain
-from devicefabric.bridge.controlplane.kube_informing import Informer
-from devicefabric.bridge.controlplane.kube_leasing import LeaderElector
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
-from devicefabric.bridge.controlplane.kube_sharding import ShardElector
+from devicefabric.bridge.controlplane.kube.client import MERGE_PATCH, KubeClient, micro_time
+from devicefabric.bridge.controlplane.kube.fleet import KubeFleet, collection, plain
+from devicefabric.bridge.controlplane.kube.informing import Informer
+from devicefabric.bridge.controlplane.kube.leasing import LeaderElector
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.sharding import ShardElector
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import API_VERSION, KIND, PLURAL

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Literal
 
-from devicefabric.bridge.controlplane.manifests import Manifest
+from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.config.resource import API_VERSION
 from devicefabric.runtime.clock import rfc3339
 

@@ -2,7 +2,7 @@
 
 `KubeFleet` implements `controlplane.base.FleetPlane`. `run_fleet` runs two `Informer`s, Devices
 (cluster-scoped) and DeviceProcessSets (all namespaces, or `--namespace`), and sets
-`fleet_synced` once both listed. Writes (each one HTTP request, errors mapped by `kube_client`):
+`fleet_synced` once both listed. Writes (each one HTTP request, errors mapped by `kube.client`):
 
 - `create_device`: POST of a bare Device (the operator's labels come with an operator's create
   or `kubectl label`); 409 AlreadyExists is `ConflictError`.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from devicefabric.bridge.controlplane.base import OwnerRef, Resource
-from devicefabric.bridge.controlplane.kube_client import MERGE_PATCH, KubeClient
-from devicefabric.bridge.controlplane.kube_informing import Informer
-from devicefabric.bridge.controlplane.kube_settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.client import MERGE_PATCH, KubeClient
+from devicefabric.bridge.controlplane.kube.informing import Informer
+from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
 from devicefabric.config.fleet import DEVICE_KIND, DEVICE_PLURAL, SET_KIND, SET_PLURAL
 from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION

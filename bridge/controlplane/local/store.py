@@ -46,8 +46,7 @@ from typing import Final
 import yaml
 
 from devicefabric.bridge.controlplane.base import OwnerRef, Resource
-from devicefabric.bridge.controlplane.manifests import Manifest
-from devicefabric.bridge.controlplane.resourcedoc import (
+from devicefabric.bridge.controlplane.local.resourcedoc import (
     Outcome,
     json_bytes,
     merge_patch,
@@ -55,6 +54,7 @@ from devicefabric.bridge.controlplane.resourcedoc import (
     resource_bytes,
     to_int,
 )
+from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.bridge.errors import ConflictError, NotFoundError
 from devicefabric.config.names import is_device_name, is_object_key
 from devicefabric.runtime.files import atomic_write, fsync_dir, stage

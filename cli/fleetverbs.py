@@ -31,7 +31,7 @@ from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
 
 if TYPE_CHECKING:
     from devicefabric.bridge.controlplane.base import Resource
-    from devicefabric.bridge.controlplane.localstore import LocalStore
+    from devicefabric.bridge.controlplane.local.store import LocalStore
 
 TYPES: Final = {
     "deviceprocesses": KIND,
@@ -79,11 +79,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def stores(state_dir: Path) -> dict[str, LocalStore]:
     """The store of each kind under `state_dir`."""
-    from devicefabric.bridge.controlplane.localfleet import (  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.fleet import (  # noqa: PLC0415
         device_store,
         set_store,
     )
-    from devicefabric.bridge.controlplane.localstore import LocalStore  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
 
     return {
         KIND: LocalStore(state_dir),
@@ -184,7 +184,7 @@ def render(
     now: datetime | None = None,
 ) -> str:
     """kubectl-style columns of Devices or DeviceProcessSets."""
-    from devicefabric.bridge.verbs import age, align, condition_status  # noqa: PLC0415
+    from devicefabric.cli.verbs import age, align, condition_status  # noqa: PLC0415
 
     moment = now or datetime.now(UTC)
     columns = DEVICE_COLUMNS if kind == DEVICE_KIND else SET_COLUMNS

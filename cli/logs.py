@@ -56,7 +56,7 @@ def url_of(address: HostPort, namespace: str, name: str, query: dict[str, str]) 
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from devicefabric.bridge.controlplane.manifests import (  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import (  # noqa: PLC0415
         validate_name,
         validate_namespace,
     )

@@ -64,7 +64,7 @@ def describe(obj: Mapping[str, Any]) -> tuple[str, State]:
 
 class LocalSets:
     def __init__(self, state_dir: Path) -> None:
-        from devicefabric.bridge.controlplane.localfleet import set_store  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.fleet import set_store  # noqa: PLC0415
 
         self.store = set_store(state_dir)
 
@@ -75,7 +75,7 @@ class LocalSets:
         return doc
 
     def patch_spec(self, key: str, patch: Mapping[str, object]) -> None:
-        from devicefabric.bridge.controlplane.resourcedoc import merge_patch  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.local.resourcedoc import merge_patch  # noqa: PLC0415
 
         doc = self.get(key)
         meta = doc.get("metadata") or {}
@@ -86,12 +86,12 @@ class LocalSets:
 
 class KubeSets:
     def __init__(self) -> None:
-        from devicefabric.bridge.controlplane.kube_client import KubeClient  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.kube.client import KubeClient  # noqa: PLC0415
 
         self.client = KubeClient.from_environment(request_timeout=10.0)
 
     def _path(self, key: str) -> str:
-        from devicefabric.bridge.controlplane.kube_fleet import collection  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.kube.fleet import collection  # noqa: PLC0415
 
         namespace, _, name = key.partition("/")
         return f"{collection(SET_RESOURCE, namespace)}/{name}"
@@ -100,7 +100,7 @@ class KubeSets:
         return asyncio.run(self.client.call("GET", self._path(key)))
 
     def patch_spec(self, key: str, patch: Mapping[str, object]) -> None:
-        from devicefabric.bridge.controlplane.kube_client import MERGE_PATCH  # noqa: PLC0415
+        from devicefabric.bridge.controlplane.kube.client import MERGE_PATCH  # noqa: PLC0415
 
         body = {"spec": dict(patch)}
         asyncio.run(self.client.call("PATCH", self._path(key), body=body, content_type=MERGE_PATCH))
@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    from devicefabric.bridge.controlplane.manifests import (  # noqa: PLC0415
+    from devicefabric.bridge.controlplane.local.userfiles import (  # noqa: PLC0415
         validate_name,
         validate_namespace,
     )
