@@ -1,7 +1,7 @@
 """One supervised process: spawn, watch, restart with back-off, stop gracefully.
 
 A `ProcessRunner` runs one desired entry (`Want`) as an asyncio task owned by the supervisor's
-TaskGroup, and keeps its observed `ProcessState`; every change of that state calls `on_change`
+TaskGroup, and keeps its observed `ProcessStatus`; every change of that state calls `on_change`
 once (the agent publishes a report then). Its life:
 
     wait for earlier runners of the same key to finish (a restart never overlaps two copies)
@@ -54,7 +54,7 @@ from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.leftovers import ChildLedger
 from devicefabric.agent.logbuffer import LogBuffer, StreamName
 from devicefabric.agent.reconciling import Want
-from devicefabric.config.lean import MAX_MESSAGE, PhaseName, RestartPolicyName
+from devicefabric.config.lean import MAX_MESSAGE, PhaseName, ProcessStatus, RestartPolicyName
 from devicefabric.runtime.backoff import Backoff
 from devicefabric.runtime.clock import rfc3339
 from devicefabric.runtime.processes import signal_group
@@ -68,19 +68,6 @@ KILL_WAIT_S: Final = 5.0  # after SIGKILL, how long to wait for the kernel to re
 BACKOFF_BASE_S: Final = 1.0
 MIN_STABLE_RUN_S: Final = 10.0
 LEDGER_LAG_S: Final = 0.05  # an exit is recorded this late, off a replacement's start path
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessState:
-    """The observed state of one entry, as reported under its key."""
-
-    generation: int
-    phase: PhaseName
-    pid: int | None = None
-    restarts: int = 0
-    exit_code: int | None = None
-    started_at: str | None = None
-    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +143,7 @@ class ProcessRunner:
     ) -> None:
         self.want = want
         self.logs = logs
-        self.state = ProcessState(generation=want.generation, phase="Pending")
+        self.state = ProcessStatus(generation=want.generation, phase="Pending")
         self.finished = asyncio.Event()
         self._policy = policy
         self._backoff = restart.backoff(rand)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from devicefabric.agent.process import ProcessState
 from devicefabric.config import lean
+from devicefabric.config.lean import ProcessStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,28 +33,16 @@ class Report:
         return lean.encode_report(self.session, self.seq, self.revision, self.processes)
 
 
-def process_report(state: ProcessState) -> dict[str, object]:
-    return lean.process_report(
-        generation=state.generation,
-        phase=state.phase,
-        pid=state.pid,
-        restarts=state.restarts,
-        exit_code=state.exit_code,
-        started_at=state.started_at,
-        message=state.message,
-    )
-
-
 class ReportBook:
     """Remembers the last report of the current session; see the module docstring."""
 
     def __init__(self) -> None:
         self._session: str | None = None
         self._seq = 0
-        self._last: tuple[str, dict[str, ProcessState]] | None = None
+        self._last: tuple[str, dict[str, ProcessStatus]] | None = None
 
     def next(
-        self, session: str, revision: str, states: Mapping[str, ProcessState]
+        self, session: str, revision: str, states: Mapping[str, ProcessStatus]
     ) -> Report | None:
         """The report to publish now, or None when this session already has this picture."""
         if session != self._session:
@@ -68,5 +56,5 @@ class ReportBook:
             session=session,
             seq=self._seq,
             revision=revision,
-            processes={key: process_report(states[key]) for key in sorted(states)},
+            processes={key: states[key].to_wire() for key in sorted(states)},
         )

@@ -41,8 +41,9 @@ from devicefabric.agent.logbuffer import (
     StreamName,
 )
 from devicefabric.agent.logfiles import RotatingFile, file_name
-from devicefabric.agent.process import ProcessRunner, ProcessState, RestartTiming
+from devicefabric.agent.process import ProcessRunner, RestartTiming
 from devicefabric.agent.reconciling import ActionKind, Plan, Want, reconcile
+from devicefabric.config.lean import ProcessStatus
 
 STREAMS: Final[tuple[StreamName, ...]] = ("stdout", "stderr")
 log = logging.getLogger("devicefabric.agent.supervising")
@@ -169,7 +170,7 @@ class Supervisor:
         """What is applied now, by key (including entries that finished or failed)."""
         return {key: runner.want for key, runner in self._runners.items()}
 
-    def snapshot(self) -> dict[str, ProcessState]:
+    def snapshot(self) -> dict[str, ProcessStatus]:
         """The observed state of every applied entry, by key."""
         return {key: runner.state for key, runner in self._runners.items()}
 

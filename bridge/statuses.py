@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from devicefabric.bridge.controlplane.base import EventType, Resource
 from devicefabric.bridge.mirroring import check_spec
 from devicefabric.bridge.tracking import Device
+from devicefabric.config import lean
 from devicefabric.config.resource import (
     AGENT_CONNECTED,
     MESSAGES,
@@ -50,16 +51,8 @@ from devicefabric.config.resource import (
 )
 from devicefabric.config.wire import ProcessReport
 
-# The status fields taken from the report; `conditions` is handled on its own.
-PROCESS_FIELDS: Final = (
-    "observedGeneration",
-    "phase",
-    "pid",
-    "restarts",
-    "exitCode",
-    "startedAt",
-    "message",
-)
+# The status fields taken from the report (`conditions` is handled on its own), by report field.
+PROCESS_FIELDS: Final = {f.name: f.status for f in lean.PROCESS_FIELDS}
 PENDING_PHASE: Final = "Pending"
 OWN_ORDER: Final = {AGENT_CONNECTED: 0, SYNCED: 1}
 
@@ -95,18 +88,10 @@ def parse_conditions(raw: object) -> list[Condition]:
 
 def _process_fields(entry: ProcessReport | None) -> dict[str, object | None]:
     if entry is None:
-        fields: dict[str, object | None] = dict.fromkeys(PROCESS_FIELDS)
-        fields["phase"] = PENDING_PHASE
+        fields: dict[str, object | None] = dict.fromkeys(PROCESS_FIELDS.values())
+        fields[PROCESS_FIELDS["phase"]] = PENDING_PHASE
         return fields
-    return {
-        "observedGeneration": entry.generation,
-        "phase": str(entry.phase),
-        "pid": entry.pid,
-        "restarts": entry.restarts,
-        "exitCode": entry.exit_code,
-        "startedAt": entry.started_at,
-        "message": entry.message,
-    }
+    return {status: getattr(entry, name) for name, status in PROCESS_FIELDS.items()}
 
 
 def desired_fields(
@@ -114,7 +99,7 @@ def desired_fields(
 ) -> dict[str, object | None]:
     """The process fields the status should carry (stored ones when no report is known)."""
     if device is None or device.report is None:
-        return {name: stored.get(name) for name in PROCESS_FIELDS}
+        return {name: stored.get(name) for name in PROCESS_FIELDS.values()}
     return _process_fields(device.report.processes.get(resource.key))
 
 

@@ -5,8 +5,11 @@ so it decodes and encodes its own documents here with plain Python. Invariant: `
 accepts and refuses exactly what `wire.decode_desired` (the pydantic `Desired` model, strict,
 `extra="forbid"`) accepts and refuses, fills in the same defaults, and encodes to the same
 canonical bytes; a property test holds the two to that. Limits and patterns come from
-`config.names` and the constants below, which the pydantic models use too. Errors are
-`PayloadError` (`oversized`, `invalid_json`, `schema`) and nothing else.
+`config.names` and the constants below, which the pydantic models use too; the checks and the
+parser are `config.strictjson`'s. Errors are `PayloadError` (`oversized`, `invalid_json`,
+`schema`) and nothing else.
+
+`ProcessStatus` is the one definition of a process's reported state (see its docstring).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Final, Literal, TypedDict
 
 from devicefabric.config.errors import PayloadError
@@ -23,6 +26,15 @@ from devicefabric.config.names import (
     MAX_OBJECT_NAME,
     OBJECT_NAME_PATTERN,
     RESERVED_NAMES,
+)
+from devicefabric.config.strictjson import (
+    SchemaError,
+    canonical_json,
+    check_int,
+    check_list,
+    check_object,
+    check_str,
+    decode_with,
 )
 
 # -- limits shared with the pydantic models (config.resource, config.wire) ----------------------
@@ -168,11 +180,67 @@ class Desired:
         }
 
 
+# -- the process status: one definition ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    """The observed state of one process, as the agent reports it under its key.
+
+    The one definition of the seven process fields: `PROCESS_FIELDS` derives their spellings from
+    it, the agent keeps it per process and encodes it with `to_wire`, `wire.ProcessReport` (the
+    bridge's strict decoder) is checked against it when imported, `resource.DeviceProcessStatus`
+    is generated from it, and the bridge copies a report entry into a status through the table.
+    """
+
+    generation: int
+    phase: PhaseName
+    pid: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    started_at: str | None = None
+    message: str | None = None
+
+    def to_wire(self) -> dict[str, object]:
+        """One `processes` entry of a report: camelCase, no nulls."""
+        return {
+            f.wire: value for f in PROCESS_FIELDS if (value := getattr(self, f.name)) is not None
+        }
+
+
+def camel(name: str) -> str:
+    """`exit_code` -> `exitCode`: how every camelCase field of the fabric is spelled."""
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessField:
+    """One field of `ProcessStatus` in each of its spellings."""
+
+    name: str  # the attribute of `ProcessStatus` and `wire.ProcessReport`
+    wire: str  # the key in a report's `processes` entry
+    status_name: str  # the attribute of `resource.DeviceProcessStatus`
+    status: str  # the field of a DeviceProcess's `status`
+    required: bool  # in a report (in a status every field is optional)
+    default: object  # in a report, when not required
+
+
+# A status says which generation it observed; a report entry says which generation it runs.
+_STATUS_NAMES: Final = {"generation": "observed_generation"}
+PROCESS_FIELDS: Final = tuple(
+    ProcessField(
+        name=f.name,
+        wire=camel(f.name),
+        status_name=_STATUS_NAMES.get(f.name, f.name),
+        status=camel(_STATUS_NAMES.get(f.name, f.name)),
+        required=f.default is MISSING,
+        default=None if f.default is MISSING else f.default,
+    )
+    for f in fields(ProcessStatus)
+)
+"""The process fields in declaration order, derived from `ProcessStatus`."""
+
+
 # -- encoding ----------------------------------------------------------------------------------
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def encode_desired(doc: Desired) -> bytes:
     return canonical_json(doc.to_wire())
 
@@ -216,23 +284,6 @@ def encode_heartbeat(session: str, seq: int) -> bytes:
     return canonical_json({"session": session, "seq": seq})
 
 
-def process_report(
-    *,
-    generation: int,
-    phase: PhaseName,
-    pid: int | None,
-    restarts: int,
-    exit_code: int | None,
-    started_at: str | None,
-    message: str | None,
-) -> dict[str, object]:
-    """One `processes` entry of a report: camelCase, no nulls."""
-    out: dict[str, object] = {"generation": generation, "phase": phase, "restarts": restarts}
-    optional = {"pid": pid, "exitCode": exit_code, "startedAt": started_at, "message": message}
-    out.update((k, v) for k, v in optional.items() if v is not None)
-    return out
-
-
 def encode_report(
     session: str, seq: int, revision: str, processes: dict[str, dict[str, object]]
 ) -> bytes:
@@ -242,57 +293,6 @@ def encode_report(
 
 
 # -- decoding ----------------------------------------------------------------------------------
-class _SchemaError(Exception):
-    def __init__(self, loc: str, msg: str) -> None:
-        super().__init__(f"{loc}: {msg}")
-
-
-def _obj(
-    value: object, loc: str, fields: dict[str, str], required: tuple[str, ...]
-) -> dict[str, object]:
-    """Map a JSON object's keys (alias or field name) to field names; refuse unknown/missing."""
-    if type(value) is not dict:
-        raise _SchemaError(loc, "Input should be an object")
-    out: dict[str, object] = {}
-    for key, item in value.items():
-        field = fields.get(key)
-        if field is None or field in out:  # an alias and its field name: one is extra
-            raise _SchemaError(f"{loc}.{key}".lstrip("."), "Extra inputs are not permitted")
-        out[field] = item
-    for field in required:
-        if field not in out:
-            raise _SchemaError(f"{loc}.{field}".lstrip("."), "Field required")
-    return out
-
-
-def _str(value: object, loc: str, pattern: re.Pattern[str] | None, lo: int, hi: int) -> str:
-    if type(value) is not str:
-        raise _SchemaError(loc, "Input should be a valid string")
-    if len(value) < lo:
-        raise _SchemaError(loc, f"String should have at least {lo} character")
-    if len(value) > hi:
-        raise _SchemaError(loc, f"String should have at most {hi} characters")
-    if pattern is not None and not pattern.fullmatch(value):
-        raise _SchemaError(loc, f"String should match pattern '{pattern.pattern}'")
-    return value
-
-
-def _int(value: object, loc: str, lo: int, hi: int) -> int:
-    if type(value) is not int:
-        raise _SchemaError(loc, "Input should be a valid integer")
-    if not lo <= value <= hi:
-        raise _SchemaError(loc, f"Input should be between {lo} and {hi}")
-    return value
-
-
-def _list(value: object, loc: str, lo: int, hi: int) -> list[object]:
-    if type(value) is not list:
-        raise _SchemaError(loc, "Input should be a valid list")
-    if not lo <= len(value) <= hi:
-        raise _SchemaError(loc, f"List should have {lo} to {hi} items")
-    return value
-
-
 _SPEC_FIELDS: Final = {
     alias: field
     for field, alias in (
@@ -309,36 +309,39 @@ _SPEC_FIELDS: Final = {
 
 
 def _env(value: object, loc: str) -> EnvVar:
-    raw = _obj(value, loc, {"name": "name", "value": "value"}, ("name",))
-    name = _str(raw["name"], f"{loc}.name", _ENV_NAME_RE, 1, MAX_ENV_NAME)
-    val = _str(raw.get("value", ""), f"{loc}.value", _ARG_RE, 0, MAX_ARG_LENGTH)
+    raw = check_object(value, loc, {"name": "name", "value": "value"}, ("name",))
+    name = check_str(raw["name"], f"{loc}.name", _ENV_NAME_RE, 1, MAX_ENV_NAME)
+    val = check_str(raw.get("value", ""), f"{loc}.value", _ARG_RE, 0, MAX_ARG_LENGTH)
     return EnvVar(name, val)
 
 
 def _spec(value: object, loc: str) -> ProcessSpec:
-    raw = _obj(value, loc, _SPEC_FIELDS, ("device_name", "command"))
-    device = _str(raw["device_name"], f"{loc}.deviceName", _DEVICE_RE, 0, 63)
+    raw = check_object(value, loc, _SPEC_FIELDS, ("device_name", "command"))
+    device = check_str(raw["device_name"], f"{loc}.deviceName", _DEVICE_RE, 0, 63)
     if device in RESERVED_NAMES:
-        raise _SchemaError(
+        raise SchemaError(
             f"{loc}.deviceName", f"'{device}' is reserved for the fabric's own role users"
         )
-    command = _list(raw["command"], f"{loc}.command", 1, MAX_COMMAND_ITEMS)
+    command = check_list(raw["command"], f"{loc}.command", 1, MAX_COMMAND_ITEMS)
     args = tuple(
-        _str(a, f"{loc}.command.{i}", _ARG_RE, 0, MAX_ARG_LENGTH) for i, a in enumerate(command)
+        check_str(a, f"{loc}.command.{i}", _ARG_RE, 0, MAX_ARG_LENGTH)
+        for i, a in enumerate(command)
     )
-    env_raw = _list(raw.get("env", []), f"{loc}.env", 0, MAX_ENV_ITEMS)
+    env_raw = check_list(raw.get("env", []), f"{loc}.env", 0, MAX_ENV_ITEMS)
     env = tuple(_env(e, f"{loc}.env.{i}") for i, e in enumerate(env_raw))
     wd = raw.get("working_dir")
-    working_dir = None if wd is None else _str(wd, f"{loc}.workingDir", _ARG_RE, 0, MAX_ARG_LENGTH)
+    working_dir = (
+        None if wd is None else check_str(wd, f"{loc}.workingDir", _ARG_RE, 0, MAX_ARG_LENGTH)
+    )
     policy = raw.get("restart_policy", "Always")
     if type(policy) is not str or policy not in RESTART_POLICIES:
-        raise _SchemaError(
+        raise SchemaError(
             f"{loc}.restartPolicy", "Input should be 'Always', 'OnFailure' or 'Never'"
         )
     suspend = raw.get("suspend", False)
     if type(suspend) is not bool:
-        raise _SchemaError(f"{loc}.suspend", "Input should be a valid boolean")
-    grace = _int(
+        raise SchemaError(f"{loc}.suspend", "Input should be a valid boolean")
+    grace = check_int(
         raw.get("termination_grace_period_seconds", 10),
         f"{loc}.terminationGracePeriodSeconds",
         0,
@@ -346,7 +349,7 @@ def _spec(value: object, loc: str) -> ProcessSpec:
     )
     size = spec_bytes(args, [(e.name, e.value) for e in env], working_dir)
     if size > MAX_SPEC_BYTES:
-        raise _SchemaError(
+        raise SchemaError(
             loc, f"command, env and workingDir take {size} bytes together; at most {MAX_SPEC_BYTES}"
         )
     return ProcessSpec(device, args, env, working_dir, policy, suspend, grace)  # type: ignore[arg-type]
@@ -356,77 +359,36 @@ _PROCESS_FIELDS: Final = {k: k for k in ("namespace", "name", "uid", "generation
 
 
 def _process(value: object, loc: str) -> DesiredProcess:
-    raw = _obj(value, loc, _PROCESS_FIELDS, tuple(_PROCESS_FIELDS))
+    raw = check_object(value, loc, _PROCESS_FIELDS, tuple(_PROCESS_FIELDS))
     return DesiredProcess(
-        namespace=_str(raw["namespace"], f"{loc}.namespace", _DEVICE_RE, 0, 63),
-        name=_str(raw["name"], f"{loc}.name", _OBJECT_RE, 0, MAX_OBJECT_NAME),
-        uid=_str(raw["uid"], f"{loc}.uid", None, 1, MAX_UID),
-        generation=_int(raw["generation"], f"{loc}.generation", 0, INT63 - 1),
+        namespace=check_str(raw["namespace"], f"{loc}.namespace", _DEVICE_RE, 0, 63),
+        name=check_str(raw["name"], f"{loc}.name", _OBJECT_RE, 0, MAX_OBJECT_NAME),
+        uid=check_str(raw["uid"], f"{loc}.uid", None, 1, MAX_UID),
+        generation=check_int(raw["generation"], f"{loc}.generation", 0, INT63 - 1),
         spec=_spec(raw["spec"], f"{loc}.spec"),
     )
 
 
 def _desired(value: object) -> Desired:
-    raw = _obj(
+    raw = check_object(
         value, "", {"revision": "revision", "processes": "processes"}, ("revision", "processes")
     )
-    revision = _str(raw["revision"], "revision", _REVISION_RE, 1, MAX_TOKEN)
-    items = _list(raw["processes"], "processes", 0, MAX_PROCESSES)
+    revision = check_str(raw["revision"], "revision", _REVISION_RE, 1, MAX_TOKEN)
+    items = check_list(raw["processes"], "processes", 0, MAX_PROCESSES)
     processes = tuple(_process(p, f"processes.{i}") for i, p in enumerate(items))
     seen: set[str] = set()
     for proc in processes:
         if proc.key in seen:
-            raise _SchemaError(
+            raise SchemaError(
                 "<root>", f"Value error, processes: {proc.key} appears more than once"
             )
         seen.add(proc.key)
     return Desired(revision, processes)
 
 
-MAX_JSON_DEPTH: Final = 200  # pydantic-core's JSON parser: a value inside 201 containers fails
-
-
-def _too_deep(doc: object) -> bool:
-    """True when some value sits inside more than `MAX_JSON_DEPTH` containers."""
-    stack: list[tuple[object, int]] = [(doc, 0)]
-    while stack:
-        value, depth = stack.pop()
-        children = value.values() if type(value) is dict else value if type(value) is list else ()
-        for child in children:
-            if depth + 1 > MAX_JSON_DEPTH:
-                return True
-            stack.append((child, depth + 1))
-    return False
-
-
-_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _parse(payload: bytes) -> object:
-    """JSON as pydantic-core reads it: UTF-8 only, NaN and Infinity allowed, no lone surrogate
-    escapes (a pair is one character). Raises ValueError (UnicodeError, JSONDecodeError)."""
-    doc = json.loads(payload.decode())
-    if payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH and _too_deep(doc):
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
-    if _SURROGATE_ESCAPE.search(payload):
-        canonical_json(doc)  # UnicodeEncodeError for a lone surrogate
-    return doc
-
-
 def decode_desired(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Desired:
     """Decode a `desired` document; `PayloadError` (and nothing else) when it is not one."""
-    if len(payload) > limit:
-        raise PayloadError("desired", "oversized", f"{len(payload)} bytes > limit {limit}")
-    try:
-        doc = _parse(payload)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
-        raise PayloadError(
-            "desired", "invalid_json", f"<root>: Invalid JSON: {exc}"[:300]
-        ) from None
-    try:
-        return _desired(doc)
-    except _SchemaError as exc:
-        raise PayloadError("desired", "schema", str(exc)[:300]) from None
+    return decode_with("desired", payload, limit, _desired)
 
 
 _SESSION_RE: Final = re.compile(SESSION_PATTERN)
@@ -438,35 +400,33 @@ _ONLINE_FIELDS: Final = {
 
 def _status(doc: object) -> tuple[str, str]:
     if type(doc) is not dict:
-        raise _SchemaError("<root>", "Input should be an object")
+        raise SchemaError("<root>", "Input should be an object")
     state = doc.get("state")
     if state == "online":
-        raw = _obj(doc, "", _ONLINE_FIELDS, _ONLINE_REQUIRED)
-        _int(raw["heartbeat_s"], "heartbeat_s", 1, 86400)
-        _str(raw["agent"], "agent", None, 0, MAX_TOKEN)
+        raw = check_object(doc, "", _ONLINE_FIELDS, _ONLINE_REQUIRED)
+        check_int(raw["heartbeat_s"], "heartbeat_s", 1, 86400)
+        check_str(raw["agent"], "agent", None, 0, MAX_TOKEN)
         for field, longest in FACT_STRINGS:
             if raw.get(field) is not None:
-                _str(raw[field], field, None, 0, longest)
+                check_str(raw[field], field, None, 0, longest)
         for field, lo, hi in FACT_INTS:
             if raw.get(field) is not None:
-                _int(raw[field], field, lo, hi)
+                check_int(raw[field], field, lo, hi)
     elif state == "offline":
-        raw = _obj(doc, "", {k: k for k in ("state", "session", "reason")}, ("session", "reason"))
+        raw = check_object(
+            doc, "", {k: k for k in ("state", "session", "reason")}, ("session", "reason")
+        )
         if type(raw["reason"]) is not str or raw["reason"] not in ("lost", "shutdown"):
-            raise _SchemaError("reason", "Input should be 'lost' or 'shutdown'")
+            raise SchemaError("reason", "Input should be 'lost' or 'shutdown'")
     else:
-        raise _SchemaError("state", "Input tag does not match 'online' or 'offline'")
-    return state, _str(raw["session"], "session", _SESSION_RE, 1, MAX_TOKEN)
+        raise SchemaError("state", "Input tag does not match 'online' or 'offline'")
+    return state, check_str(raw["session"], "session", _SESSION_RE, 1, MAX_TOKEN)
 
 
 def decode_status(payload: bytes) -> tuple[str, str] | PayloadError:
     """`(state, session)` of a status document (online or offline, as `wire.DeviceStatus`
     checks them), or the `PayloadError` saying why it is not one (returned, not raised)."""
     try:
-        doc = _parse(payload)
-    except (ValueError, RecursionError) as exc:
-        return PayloadError("status", "invalid_json", f"<root>: Invalid JSON: {exc}"[:300])
-    try:
-        return _status(doc)
-    except _SchemaError as exc:
-        return PayloadError("status", "schema", str(exc)[:300])
+        return decode_with("status", payload, len(payload), _status)
+    except PayloadError as exc:
+        return exc

@@ -24,20 +24,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final, Literal
 
-from devicefabric.config.errors import PayloadError
-from devicefabric.config.lean import (
-    INT63,
-    MAX_PAYLOAD_BYTES,
-    MAX_TOKEN,
-    SESSION_PATTERN,
-    _int,
-    _obj,
-    _parse,
-    _SchemaError,
-    _str,
-    canonical_json,
-)
+from devicefabric.config.lean import INT63, MAX_PAYLOAD_BYTES, MAX_TOKEN, SESSION_PATTERN
 from devicefabric.config.names import DEVICE_NAME_PATTERN, MAX_OBJECT_NAME, OBJECT_NAME_PATTERN
+from devicefabric.config.strictjson import (
+    SchemaError,
+    canonical_json,
+    check_int,
+    check_object,
+    check_str,
+    decode_with,
+)
 
 MAX_LOG_TAIL: Final = 10_000
 DEFAULT_LOG_TAIL: Final = 100
@@ -102,35 +98,24 @@ _REQUEST_FIELDS: Final = {
 
 
 def _request(doc: object) -> LogRequest:
-    raw = _obj(doc, "", _REQUEST_FIELDS, ("id", "namespace", "name"))
+    raw = check_object(doc, "", _REQUEST_FIELDS, ("id", "namespace", "name"))
     since = raw.get("since_seconds")
     stream = raw.get("stream", "both")
     if type(stream) is not str or stream not in LOG_STREAMS:
-        raise _SchemaError("stream", "Input should be 'stdout', 'stderr' or 'both'")
+        raise SchemaError("stream", "Input should be 'stdout', 'stderr' or 'both'")
     return LogRequest(
-        id=_str(raw["id"], "id", _ID_RE, 1, MAX_TOKEN),
-        namespace=_str(raw["namespace"], "namespace", _NAMESPACE_RE, 0, 63),
-        name=_str(raw["name"], "name", _NAME_RE, 0, MAX_OBJECT_NAME),
-        tail=_int(raw.get("tail", DEFAULT_LOG_TAIL), "tail", 1, MAX_LOG_TAIL),
-        since_seconds=None if since is None else _int(since, "sinceSeconds", 0, INT63 - 1),
+        id=check_str(raw["id"], "id", _ID_RE, 1, MAX_TOKEN),
+        namespace=check_str(raw["namespace"], "namespace", _NAMESPACE_RE, 0, 63),
+        name=check_str(raw["name"], "name", _NAME_RE, 0, MAX_OBJECT_NAME),
+        tail=check_int(raw.get("tail", DEFAULT_LOG_TAIL), "tail", 1, MAX_LOG_TAIL),
+        since_seconds=None if since is None else check_int(since, "sinceSeconds", 0, INT63 - 1),
         stream=stream,  # type: ignore[arg-type]  # checked against LOG_STREAMS above
     )
 
 
 def decode_log_request(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> LogRequest:
     """Decode a logs request; `PayloadError` (and nothing else) when it is not one."""
-    if len(payload) > limit:
-        raise PayloadError("logs_request", "oversized", f"{len(payload)} bytes > limit {limit}")
-    try:
-        doc = _parse(payload)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
-        raise PayloadError(
-            "logs_request", "invalid_json", f"<root>: Invalid JSON: {exc}"[:300]
-        ) from None
-    try:
-        return _request(doc)
-    except _SchemaError as exc:
-        raise PayloadError("logs_request", "schema", str(exc)[:300]) from None
+    return decode_with("logs_request", payload, limit, _request)
 
 
 def encode_log_request(request: LogRequest) -> bytes:

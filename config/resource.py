@@ -9,13 +9,14 @@ messages are fixed strings per reason (never a clock or an age), and `set_condit
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_type_hints
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -32,7 +33,9 @@ from devicefabric.config.lean import (
     MAX_GRACE_S,
     MAX_MESSAGE,
     MAX_SPEC_BYTES,
+    PROCESS_FIELDS,
     PhaseName,
+    ProcessStatus,
     RestartPolicyName,
     spec_bytes,
 )
@@ -179,20 +182,25 @@ class Condition(_CamelModel):
     last_transition_time: str
 
 
-class DeviceProcessStatus(_CamelModel):
-    """`status` of a DeviceProcess; every field optional, as the API server stores it."""
-
-    observed_generation: int | None = None
-    phase: PhaseName | None = None
-    pid: int | None = None
-    restarts: int | None = None
-    exit_code: int | None = None
-    started_at: str | None = None
-    message: str | None = None
-    conditions: list[Condition] = []
-
+class _StatusModel(_CamelModel):
     def to_wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+_HINTS: Final = get_type_hints(ProcessStatus)
+_STATUS_FIELDS: Final[dict[str, Any]] = {
+    **{f.status_name: (_HINTS[f.name] | None, None) for f in PROCESS_FIELDS},
+    "conditions": (list[Condition], []),
+}
+DeviceProcessStatus: Final = create_model(
+    "DeviceProcessStatus",
+    __base__=_StatusModel,
+    __module__=__name__,
+    __doc__="`status` of a DeviceProcess; every field optional, as the API server stores it. "
+    "Generated from `lean.ProcessStatus` (`lean.PROCESS_FIELDS` spells its fields), plus "
+    "`conditions`.",
+    **_STATUS_FIELDS,
+)
 
 
 def make_condition(ctype: str, reason: Reason, now: str, detail: str | None = None) -> Condition:

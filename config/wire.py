@@ -36,9 +36,9 @@ from devicefabric.config.lean import (
     MAX_PROCESSES,
     MAX_TOKEN,
     MAX_UID,
+    PROCESS_FIELDS,
     REVISION_PATTERN,
     SESSION_PATTERN,
-    canonical_json,
 )
 from devicefabric.config.logcodec import (
     DEFAULT_LOG_TAIL,
@@ -51,6 +51,7 @@ from devicefabric.config.logcodec import (
 )
 from devicefabric.config.names import DEVICE_NAME_PATTERN, OBJECT_NAME_PATTERN, is_object_key
 from devicefabric.config.resource import MAX_MESSAGE, DeviceProcessSpec, PhaseName
+from devicefabric.config.strictjson import canonical_json
 from devicefabric.config.validation import describe
 
 Session = Annotated[
@@ -134,6 +135,8 @@ class Heartbeat(_Wire):
 
 # -- report ------------------------------------------------------------------------------------
 class ProcessReport(_CamelWire):
+    """A report's `processes` entry: `lean.ProcessStatus` with the wire's bounds on each field."""
+
     generation: Count
     phase: PhaseName
     pid: Annotated[int, Field(ge=1, lt=2**63)] | None = None
@@ -141,6 +144,20 @@ class ProcessReport(_CamelWire):
     exit_code: Int64 | None = None
     started_at: DateTime | None = None
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE)] | None = None
+
+
+def _same_fields(model: type[BaseModel]) -> None:
+    """Refuse (at import) a report entry model whose fields are not `lean.PROCESS_FIELDS`."""
+    ours = [(f.name, f.wire, f.required, f.default) for f in PROCESS_FIELDS]
+    theirs = [
+        (name, info.alias, info.is_required(), None if info.is_required() else info.default)
+        for name, info in model.model_fields.items()
+    ]
+    if ours != theirs:
+        raise TypeError(f"{model.__name__} differs from lean.ProcessStatus: {theirs} != {ours}")
+
+
+_same_fields(ProcessReport)
 
 
 class Report(_Wire):

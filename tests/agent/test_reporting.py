@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from devicefabric.agent.process import ProcessState
 from devicefabric.agent.reporting import ReportBook
+from devicefabric.config.lean import ProcessStatus
 from devicefabric.config.wire import decode_report, encode
 
-RUNNING = ProcessState(generation=1, phase="Running", pid=42, started_at="2026-01-01T00:00:00Z")
+RUNNING = ProcessStatus(generation=1, phase="Running", pid=42, started_at="2026-01-01T00:00:00Z")
 
 
 def test_same_picture_twice_is_one_report() -> None:
@@ -22,7 +22,7 @@ def test_same_picture_twice_is_one_report() -> None:
 def test_every_change_is_a_report_with_the_next_seq() -> None:
     book = ReportBook()
     book.next("s-1", "rev1", {"ns/a": RUNNING})
-    crashed = ProcessState(generation=1, phase="CrashLoopBackOff", exit_code=1, message="x")
+    crashed = ProcessStatus(generation=1, phase="CrashLoopBackOff", exit_code=1, message="x")
     second = book.next("s-1", "rev1", {"ns/a": crashed})
     assert second is not None
     assert second.seq == 2
@@ -42,7 +42,7 @@ def test_a_new_session_always_gets_a_report_numbered_from_one() -> None:
 
 def test_wire_form_matches_the_contract() -> None:
     book = ReportBook()
-    report = book.next("abc-1", "r1", {"ns/b": RUNNING, "ns/a": ProcessState(3, "Stopped")})
+    report = book.next("abc-1", "r1", {"ns/b": RUNNING, "ns/a": ProcessStatus(3, "Stopped")})
     assert report is not None
     payload = report.encode()
     doc = json.loads(payload)

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from devicefabric.agent.allowlist import CommandPolicy
-from devicefabric.agent.process import ProcessState, RestartTiming
+from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.reconciling import Want
 from devicefabric.agent.supervising import Supervisor
+from devicefabric.config.lean import ProcessStatus
 from tests.agent.helpers import alive, key, kill_all, want
 from tests.support.waiting import async_wait_for
 
@@ -41,19 +42,19 @@ class Watch:
     def apply(self, *wants: Want) -> None:
         self.sup.apply({w.key: w for w in wants})
 
-    def state(self, name: str) -> ProcessState | None:
+    def state(self, name: str) -> ProcessStatus | None:
         return self.sup.snapshot().get(key(name))
 
     async def until(
-        self, name: str, predicate: Callable[[ProcessState], bool], timeout: float = 5.0
-    ) -> ProcessState:
-        def check() -> ProcessState | None:
+        self, name: str, predicate: Callable[[ProcessStatus], bool], timeout: float = 5.0
+    ) -> ProcessStatus:
+        def check() -> ProcessStatus | None:
             state = self.state(name)
             if state is not None and state.pid is not None:
                 seen_pids.append(state.pid)
             return state if state is not None and predicate(state) else None
 
-        found: ProcessState | None = await async_wait_for(
+        found: ProcessStatus | None = await async_wait_for(
             check, timeout=timeout, what=f"{name}: {predicate}"
         )
         assert found is not None

@@ -212,15 +212,9 @@ def test_encoders_write_what_the_wire_models_write(
     assert lean.encode_heartbeat(hb.session, hb.seq) == wire.encode(hb)
     rep = wire.decode_report(json.dumps(report).encode())
     entries = {
-        key: lean.process_report(
-            generation=p.generation,
-            phase=p.phase,
-            pid=p.pid,
-            restarts=p.restarts,
-            exit_code=p.exit_code,
-            started_at=p.started_at,
-            message=p.message,
-        )
+        key: lean.ProcessStatus(
+            **{f.name: getattr(p, f.name) for f in lean.PROCESS_FIELDS}
+        ).to_wire()
         for key, p in rep.processes.items()
     }
     assert lean.encode_report(rep.session, rep.seq, rep.revision, entries) == wire.encode(rep)
