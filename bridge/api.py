@@ -1,6 +1,7 @@
 """The documents the bridge serves over HTTP (`/healthz`, `/readyz`, `/metrics`, `/devices`).
 
-Pure functions from the service's state to `http.Response`s; `http.HttpServer` does the serving.
+Pure functions from the service's state (a `BridgeSnapshot`, `DeviceView`s) to `http.Response`s;
+`http.HttpServer` does the serving.
 
 - `/healthz`: 200 while the event loop answers and the MQTT link has not been down (not primed)
   for longer than the bound (`BridgeSettings.mqtt_down_limit`, `--mqtt-down-limit`); 503 with
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -53,7 +54,30 @@ def healthz(mqtt_down_for: float | None = None, limit: float | None = None) -> R
 
 
 @dataclass(frozen=True, slots=True)
-class Readiness:
+class DeviceView:
+    """One device's fields, copied on the event loop (the report is an immutable model)."""
+
+    name: str
+    state: str
+    reason: str | None
+    session: str | None
+    last_seen_age: float | None
+    heartbeat_s: int
+    agent: str
+    resources: tuple[str, ...]
+    report: Report | None
+    facts: Facts  # read-only, and replaced (never changed) by the tracker: safe in a thread
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSnapshot:
+    """What one bridge knows and does at one moment (`Bridge.snapshot()`): a copy, never changed.
+
+    `/readyz` and `/healthz` are rendered from it, the metrics collector reads its gauges and the
+    hot-path counters from it at scrape time, and tests wait on it. `devices` holds the views of
+    the devices the snapshot was asked for (none by default: a snapshot is cheap to take).
+    """
+
     mqtt_connected: bool
     mqtt_primed: bool
     session: str
@@ -62,13 +86,21 @@ class Readiness:
     queue_depth: int
     not_leading: str | None = None  # why a standby does not lead (the control plane's reason)
     shards: tuple[int, ...] | None = None  # shards held with --shards > 1 (None: one leader)
+    mqtt_down_for: float | None = None  # s the link has not been primed (None: it is)
+    event_queue_depth: int = 0
+    resyncs: int = 0  # full reconciliations started (each leadership or shard gain)
+    messages: Mapping[str, int] = field(default_factory=dict)  # ingested, by topic kind
+    invalid: Mapping[str, int] = field(default_factory=dict)  # dropped, by reason
+    device_states: Mapping[str, int] = field(default_factory=dict)  # known devices by state
+    desired_read_back: int = 0  # devices whose retained `desired` the bridge has read back
+    devices: Mapping[str, DeviceView] = field(default_factory=dict)  # the views asked for, by name
 
     @property
     def ready(self) -> bool:
         return self.mqtt_primed and self.synced
 
 
-def readyz(state: Readiness) -> Response:
+def readyz(state: BridgeSnapshot) -> Response:
     mqtt = "primed" if state.mqtt_primed else "connected" if state.mqtt_connected else "down"
     doc = {
         "ready": state.ready,
@@ -87,22 +119,6 @@ def readyz(state: Readiness) -> Response:
 
 def metrics(registry: CollectorRegistry) -> Response:
     return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceView:
-    """One device's fields, copied on the event loop (the report is an immutable model)."""
-
-    name: str
-    state: str
-    reason: str | None
-    session: str | None
-    last_seen_age: float | None
-    heartbeat_s: int
-    agent: str
-    resources: tuple[str, ...]
-    report: Report | None
-    facts: Facts  # read-only, and replaced (never changed) by the tracker: safe in a thread
 
 
 def snapshot(

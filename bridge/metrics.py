@@ -3,8 +3,8 @@
 Write-path metrics (transitions, control-plane writes, write latency, desired publishes) are
 ordinary prometheus_client counters and histograms: they change at the rate of writes. Hot-path
 and state metrics (messages by topic kind, invalid messages, devices by state, queue depth,
-connection and leadership) are read from the service's plain counters by a collector at scrape
-time, so ingesting a heartbeat touches no lock and no label lookup.
+connection and leadership) are read from one `api.BridgeSnapshot` of the service by a collector at
+scrape time, so ingesting a heartbeat touches no lock and no label lookup.
 
 | metric | type | labels |
 |---|---|---|
@@ -25,75 +25,50 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from devicefabric.bridge.api import BridgeSnapshot
+
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclass(frozen=True, slots=True)
-class StateSource:
-    """Callables the collector reads at scrape time."""
-
-    messages: Callable[[], Mapping[str, int]]
-    invalid: Callable[[], Mapping[str, int]]
-    devices: Callable[[], Mapping[str, int]]
-    queue_depth: Callable[[], int]
-    event_queue_depth: Callable[[], int]
-    mqtt_connected: Callable[[], bool]
-    leading: Callable[[], bool]
-    ready: Callable[[], bool]
-
-
 class _StateCollector(Collector):
-    def __init__(self, source: StateSource) -> None:
-        self._source = source
+    """The hot-path counters and the state gauges, read from one `BridgeSnapshot` per scrape."""
+
+    def __init__(self, snapshot: Callable[[], BridgeSnapshot]) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        src = self._source
-        messages = CounterMetricFamily(
-            "devicefabric_messages", "MQTT messages received, by topic kind", labels=["kind"]
-        )
-        for kind, count in src.messages().items():
-            messages.add_metric([kind], count)
-        yield messages
-        invalid = CounterMetricFamily(
-            "devicefabric_invalid_messages",
-            "Messages dropped as invalid (unknown topic, oversized, bad JSON, wrong schema)",
-            labels=["reason"],
-        )
-        for reason, count in src.invalid().items():
-            invalid.add_metric([reason], count)
-        yield invalid
-        devices = GaugeMetricFamily(
-            "devicefabric_devices", "Known devices by state", labels=["state"]
-        )
-        for state, count in src.devices().items():
-            devices.add_metric([state], count)
-        yield devices
-        yield GaugeMetricFamily(
-            "devicefabric_queue_depth", "Keys queued or in flight in the write queue",
-            value=src.queue_depth(),
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "devicefabric_event_queue_depth", "Events waiting to be recorded",
-            value=src.event_queue_depth(),
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "devicefabric_mqtt_connected", "1 while connected to the broker",
-            value=int(src.mqtt_connected()),
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "devicefabric_leader", "1 while this replica may write", value=int(src.leading())
-        )
-        yield GaugeMetricFamily(
-            "devicefabric_ready", "1 once subscribed and the control plane is synced",
-            value=int(src.ready()),
-        )  # fmt: skip
+        state = self._snapshot()
+        for family, name, doc, label, values in (
+            (CounterMetricFamily, "devicefabric_messages", "MQTT messages received, by topic kind",
+             "kind", state.messages),
+            (CounterMetricFamily, "devicefabric_invalid_messages",
+             "Messages dropped as invalid (unknown topic, oversized, bad JSON, wrong schema)",
+             "reason", state.invalid),
+            (GaugeMetricFamily, "devicefabric_devices", "Known devices by state", "state",
+             state.device_states),
+        ):  # fmt: skip
+            metric = family(name, doc, labels=[label])
+            for value, count in values.items():
+                metric.add_metric([value], count)
+            yield metric
+        for name, doc, gauge in (
+            ("devicefabric_queue_depth", "Keys queued or in flight in the write queue",
+             state.queue_depth),
+            ("devicefabric_event_queue_depth", "Events waiting to be recorded",
+             state.event_queue_depth),
+            ("devicefabric_mqtt_connected", "1 while connected to the broker",
+             int(state.mqtt_connected)),
+            ("devicefabric_leader", "1 while this replica may write", int(state.leading)),
+            ("devicefabric_ready", "1 once subscribed and the control plane is synced",
+             int(state.ready)),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, doc, value=gauge)
 
 
 class BridgeMetrics:
@@ -101,23 +76,23 @@ class BridgeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.transitions = Counter(
-            "devicefabric_transitions",
-            "Device connection transitions, by new reason",
-            ["reason"],
-            registry=self.registry,
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry)
+
+        self.transitions = counter(
+            "devicefabric_transitions", "Device connection transitions, by new reason", "reason"
         )
-        self.writes = Counter(
+        self.writes = counter(
             "devicefabric_controlplane_writes",
             "Control-plane writes done, by kind (status patch, event)",
-            ["kind"],
-            registry=self.registry,
+            "kind",
         )
-        self.write_errors = Counter(
+        self.write_errors = counter(
             "devicefabric_controlplane_write_errors",
             "Control-plane writes that failed, by kind and error",
-            ["kind", "error"],
-            registry=self.registry,
+            "kind",
+            "error",
         )
         self.write_seconds = Histogram(
             "devicefabric_controlplane_write_seconds",
@@ -126,25 +101,20 @@ class BridgeMetrics:
             buckets=WRITE_BUCKETS,
             registry=self.registry,
         )
-        self.desired_published = Counter(
-            "devicefabric_desired_published",
-            "Desired documents published (retained) to devices",
-            registry=self.registry,
+        self.desired_published = counter(
+            "devicefabric_desired_published", "Desired documents published (retained) to devices"
         )
-        self.replay_reread = Counter(
+        self.replay_reread = counter(
             "devicefabric_replay_reread",
             "Retained documents missing from a replay and re-read by exact subscription",
-            registry=self.registry,
         )
-        self.replay_missing = Counter(
+        self.replay_missing = counter(
             "devicefabric_replay_missing",
             "Retained documents not retained by the broker after all (re-read and not there)",
-            registry=self.registry,
         )
-        self.events_dropped = Counter(
+        self.events_dropped = counter(
             "devicefabric_events_dropped",
             "Events dropped unrecorded because the event log was full",
-            registry=self.registry,
         )
 
     async def timed_call(self, kind: str, call: Awaitable[None], bound: float) -> None:
@@ -160,6 +130,6 @@ class BridgeMetrics:
         self.writes.labels(kind).inc()
         self.write_seconds.labels(kind).observe(time.monotonic() - started)
 
-    def bind(self, source: StateSource) -> None:
-        """Expose the service's state (call once)."""
-        self.registry.register(_StateCollector(source))
+    def bind(self, snapshot: Callable[[], BridgeSnapshot]) -> None:
+        """Expose the service's state, read from `snapshot()` at each scrape (call once)."""
+        self.registry.register(_StateCollector(snapshot))

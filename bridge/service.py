@@ -68,6 +68,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from prometheus_client import CollectorRegistry
+
 from devicefabric.bridge import api
 from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane, Resource
 from devicefabric.bridge.eventing import EventRecorder
@@ -75,7 +77,7 @@ from devicefabric.bridge.fleets import FleetController, is_fleet_key
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.ingest import Ingest
 from devicefabric.bridge.logrelay import LogRelay, LogsError, LogServer
-from devicefabric.bridge.metrics import BridgeMetrics, StateSource
+from devicefabric.bridge.metrics import BridgeMetrics
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.queueing import (
@@ -168,138 +170,160 @@ class Bridge:
     ) -> None:
         """`fleet`: the Devices and DeviceProcessSets of the same control plane (None: the
         bridge serves DeviceProcesses only)."""
-        self.settings = settings
-        self.control_plane = control_plane
-        self.fleet_plane = fleet
-        self.topics = Topics(settings.root)
-        self.tracker = DeviceTracker(settings.stale_multiplier)
-        self.mirror = Mirror(settings.max_payload)
-        self.index = ResourceIndex()
-        self.ledger = ReplayLedger()
+        self._settings = settings
+        self._control_plane = control_plane
+        self._fleet_plane = fleet
+        self._topics = Topics(settings.root)
+        self._tracker = DeviceTracker(settings.stale_multiplier)
+        self._mirror = Mirror(settings.max_payload)
+        self._index = ResourceIndex()
+        self._ledger = ReplayLedger()
         self._rereading: list[tuple[str, DeviceTopic]] = []
-        self.ingest = Ingest(self.topics, self.tracker, self.mirror, ledger=self.ledger)
-        self.metrics = metrics if metrics is not None else BridgeMetrics()
-        self.queue = WorkQueue(
+        self._ingest = Ingest(self._topics, self._tracker, self._mirror, ledger=self._ledger)
+        self._metrics = metrics if metrics is not None else BridgeMetrics()
+        self._queue = WorkQueue(
             KeyedQueue(
                 min_interval=settings.min_write_interval, key_burst=settings.key_write_burst
             ),
             TokenBucket(settings.write_qps, settings.write_burst, time.monotonic()),
             on_outcome=self._on_outcome,
         )
-        self.link = MqttLink(
+        self._link = MqttLink(
             LinkSettings(
                 broker=settings.broker,
                 password=settings.password,
                 client_id=settings.client_id,
-                topics=self.topics,
+                topics=self._topics,
                 tls_ca=settings.tls_ca,
                 keepalive=settings.keepalive,
             ),
             self,
         )
-        self.logs = LogRelay(
-            self.topics, lambda topic, payload: self.link.publish(topic, payload, retain=False)
+        self._logs = LogRelay(
+            self._topics, lambda topic, payload: self._link.publish(topic, payload, retain=False)
         )
-        self.http = (
+        self._http = (
             HttpServer(
                 settings.http,
                 {
                     "/healthz": lambda _query: self._healthz(),
                     "/readyz": lambda _query: self._readyz(),
-                    "/metrics": lambda _query: api.metrics(self.metrics.registry),
+                    "/metrics": lambda _query: api.metrics(self._metrics.registry),
                     "/devices": self._devices,
                 },
-                prefixes={"/logs/": LogServer(self.logs, self._log_target)},
+                prefixes={"/logs/": LogServer(self._logs, self._log_target)},
             )
             if settings.http is not None
             else None
         )
-        self.ready = asyncio.Event()  # latched: synced and primed once
+        self._ready = asyncio.Event()  # latched: synced and primed once
         self._primed = asyncio.Event()
         self._replayed: set[str] = set()  # keys a replay changed, written once it is complete
-        self.events = EventRecorder(
+        self._events = EventRecorder(
             control_plane,
             TokenBucket(settings.event_qps, settings.event_burst, time.monotonic()),
-            self.metrics,
+            self._metrics,
             settings.call_timeout,
         )
-        self.writer = StatusWriter(
+        self._writer = StatusWriter(
             control_plane,
-            self.tracker,
-            self.queue.acquire,
-            events=self.events,
-            rejected=self.mirror.rejected,
-            metrics=self.metrics,
+            self._tracker,
+            self._queue.acquire,
+            events=self._events,
+            rejected=self._mirror.rejected,
+            metrics=self._metrics,
             call_timeout=settings.call_timeout,
         )
-        self.writer.on_slow = lambda: self.queue.bucket.drain(time.monotonic())
-        self.fleet = (
+        self._writer.on_slow = lambda: self._queue.bucket.drain(time.monotonic())
+        self._fleet = (
             FleetController(
                 fleet,
                 control_plane,
-                self.tracker,
-                self.index,
-                acquire=self.queue.acquire,
+                self._tracker,
+                self._index,
+                acquire=self._queue.acquire,
                 enqueue=self._enqueue_fleet,
             )
             if fleet is not None
             else None
         )
         self._task: asyncio.Task[None] | None = None
-        self.resyncs = 0  # full reconciliations started (each leadership gain); tests wait on it
-        self.metrics.bind(
-            StateSource(
-                messages=lambda: self.ingest.stats.messages,
-                invalid=lambda: self.ingest.stats.invalid,
-                devices=self.tracker.counts,
-                queue_depth=lambda: len(self.queue),
-                event_queue_depth=lambda: len(self.events),
-                mqtt_connected=lambda: self.link.connected,
-                leading=self.control_plane.leading.is_set,
-                ready=self.is_ready,
-            )
+        self._resyncs = 0  # full reconciliations started (each leadership gain)
+        self._metrics.bind(self.snapshot)
+
+    # -- what it knows (read-only) ---------------------------------------------------------------
+    def snapshot(self, *devices: str) -> api.BridgeSnapshot:
+        """A copy of the bridge's state now, with the views of `devices` it knows (by name)."""
+        now = time.monotonic()
+        since = self._link.down_since
+        plane = self._control_plane
+        return api.BridgeSnapshot(
+            mqtt_connected=self._link.connected,
+            mqtt_primed=self._link.primed,
+            session=self._link.session,
+            synced=self._synced(),
+            leading=plane.leading.is_set(),
+            queue_depth=len(self._queue),
+            not_leading=plane.not_leading,
+            shards=plane.shards,
+            mqtt_down_for=now - since if since is not None else None,
+            event_queue_depth=len(self._events),
+            resyncs=self._resyncs,
+            messages=dict(self._ingest.stats.messages),
+            invalid=dict(self._ingest.stats.invalid),
+            device_states=self._tracker.counts(),
+            desired_read_back=len(self._mirror.observed),
+            devices={v.name: v for v in api.views_of(self._tracker, self._index, now, devices)},
         )
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry the bridge counts into (served at `/metrics`)."""
+        return self._metrics.registry
+
     @property
     def http_port(self) -> int | None:
-        return self.http.port if self.http is not None else None
+        return self._http.port if self._http is not None else None
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        return self._synced() and self.link.primed
+        return self._synced() and self._link.primed
 
     def _synced(self) -> bool:
         """Every kind listed: DeviceProcesses, and with the fleet kinds Devices and sets (a
         cluster without their CRDs never lists them: not ready, and the informer says why)."""
-        fleet = self.fleet_plane
-        return self.control_plane.synced.is_set() and (fleet is None or fleet.fleet_synced.is_set())
+        fleet = self._fleet_plane
+        return self._control_plane.synced.is_set() and (
+            fleet is None or fleet.fleet_synced.is_set()
+        )
 
     async def run(self) -> None:
         """Run until cancelled (binds HTTP first: a taken port raises `ConfigError` at once)."""
-        if self.http is not None:
-            await self.http.start()
+        if self._http is not None:
+            await self._http.start()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.control_plane.run(self._on_resource), name="controlplane")
-                if self.fleet_plane is not None and self.fleet is not None:
-                    tg.create_task(self.fleet_plane.run_fleet(self.fleet.on_fleet), name="fleet")
-                tg.create_task(self.link.run(), name="mqtt")
+                tg.create_task(self._control_plane.run(self._on_resource), name="controlplane")
+                if self._fleet_plane is not None and self._fleet is not None:
+                    tg.create_task(self._fleet_plane.run_fleet(self._fleet.on_fleet), name="fleet")
+                tg.create_task(self._link.run(), name="mqtt")
                 tg.create_task(self._startup(), name="startup")
                 tg.create_task(self._sweeper(), name="sweep")
                 tg.create_task(self._leadership(), name="leadership")
-                tg.create_task(self.events.run(), name="events")
+                tg.create_task(self._events.run(), name="events")
                 # no more writes in flight than the burst: writes a stalled path held arrive
                 # together when it heals, and must still fit the budget
-                for i in range(min(self.settings.workers, self.settings.write_burst)):
-                    tg.create_task(self.queue.serve(self._reconcile), name=f"writer-{i}")
-                if self.http is not None:
-                    tg.create_task(self.http.serve(), name="http")
+                for i in range(min(self._settings.workers, self._settings.write_burst)):
+                    tg.create_task(self._queue.serve(self._reconcile), name=f"writer-{i}")
+                if self._http is not None:
+                    tg.create_task(self._http.serve(), name="http")
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
     async def __aenter__(self) -> Self:
-        if self.http is not None:
-            await self.http.start()
+        if self._http is not None:
+            await self._http.start()
         self._task = asyncio.create_task(self.run(), name="bridge")
         return self
 
@@ -319,59 +343,59 @@ class Bridge:
     async def wait_ready(self) -> None:
         """Wait until ready; raise the bridge's error if it stopped first (with `async with`)."""
         if self._task is None:
-            await self.ready.wait()
+            await self._ready.wait()
             return
-        waiter = asyncio.ensure_future(self.ready.wait())
+        waiter = asyncio.ensure_future(self._ready.wait())
         try:
             await asyncio.wait([waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-        if not self.ready.is_set():
+        if not self._ready.is_set():
             self._task.result()  # raises the bridge's error
             raise DeviceFabricError("the bridge stopped before it was ready")
 
     async def _startup(self) -> None:
-        await self.control_plane.synced.wait()
-        if self.fleet_plane is not None:
-            await self.fleet_plane.fleet_synced.wait()
+        await self._control_plane.synced.wait()
+        if self._fleet_plane is not None:
+            await self._fleet_plane.fleet_synced.wait()
         await self._primed.wait()
         log.info(
-            "ready: %d resources, %d devices known", sum(1 for _ in self.control_plane.resources()),
-            len(self.tracker),
+            "ready: %d resources, %d devices known", sum(1 for _ in self._control_plane.resources()),
+            len(self._tracker),
         )  # fmt: skip
-        self.ready.set()
+        self._ready.set()
 
     async def _leadership(self) -> None:
-        await self.ready.wait()
-        leading = self.control_plane.leading
+        await self._ready.wait()
+        leading = self._control_plane.leading
         while True:
             await leading.wait()
             log.info("leading: reconciling every resource and device")
-            self.link.publish_birth()
+            self._link.publish_birth()
             self._resync()
-            gains = self.control_plane.gains
+            gains = self._control_plane.gains
             # The interface signals gaining leadership only; losing it is polled (cheap, rare),
             # and so are shards gained while leading (each: everything reconciled again).
             while leading.is_set():
                 await asyncio.sleep(LEADERSHIP_POLL)
-                if self.control_plane.gains != gains:
-                    gains = self.control_plane.gains
-                    self.link.publish_birth()  # over a killed replica's retained will
+                if self._control_plane.gains != gains:
+                    gains = self._control_plane.gains
+                    self._link.publish_birth()  # over a killed replica's retained will
                     self._resync()
             log.info("no longer leading: writes stop")
 
     async def _sweeper(self) -> None:
         while True:
-            deadline = self.tracker.next_deadline()
+            deadline = self._tracker.next_deadline()
             now = time.monotonic()
             delay = SWEEP_MAX if deadline is None else max(SWEEP_MIN, deadline - now)
             await asyncio.sleep(min(SWEEP_MAX, delay))
-            if self.link.primed:  # only up to when our own probe proved the link worked
-                self._apply(self.tracker.sweep(self.link.vouched(time.monotonic())))
+            if self._link.primed:  # only up to when our own probe proved the link worked
+                self._apply(self._tracker.sweep(self._link.vouched(time.monotonic())))
                 self._republish_unechoed()
 
     def _republish_unechoed(self) -> None:
-        for device in self.mirror.expire_sent(time.monotonic(), ECHO_TIMEOUT):
+        for device in self._mirror.expire_sent(time.monotonic(), ECHO_TIMEOUT):
             log.warning(
                 "desired for %s not read back within %.0fs; publishing it again",
                 device, ECHO_TIMEOUT, extra={"device": device},
@@ -379,66 +403,68 @@ class Bridge:
             self._mirror_device(device)
 
     def _resync(self) -> None:
-        self.resyncs += 1
-        for device in set(self.index.devices()) | self.mirror.devices():
+        self._resyncs += 1
+        for device in set(self._index.devices()) | self._mirror.devices():
             self._mirror_device(device)
-        for resource in self.control_plane.resources():
-            self.queue.add(resource.key)
-        if self.fleet is not None:
-            for key in self.fleet.all_keys():
-                self.queue.add(key)
+        for resource in self._control_plane.resources():
+            self._queue.add(resource.key)
+        if self._fleet is not None:
+            for key in self._fleet.all_keys():
+                self._queue.add(key)
 
     async def _reconcile(self, key: str) -> Outcome:
-        if self.fleet is not None and is_fleet_key(key):
-            return await self.fleet.reconcile(key)
-        return await self.writer.reconcile(key)
+        if self._fleet is not None and is_fleet_key(key):
+            return await self._fleet.reconcile(key)
+        return await self._writer.reconcile(key)
 
     def _on_outcome(self, key: str, outcome: Outcome) -> None:
-        if self.fleet is None:
+        if self._fleet is None:
             return
         if not is_fleet_key(key):
             if outcome is Outcome.WROTE:
-                self.fleet.on_status_written(key)
-        elif (delay := self.fleet.wakeup(key)) is not None:
-            self.queue.add(key, delay=delay)
+                self._fleet.on_status_written(key)
+        elif (delay := self._fleet.wakeup(key)) is not None:
+            self._queue.add(key, delay=delay)
 
     def _enqueue_fleet(self, key: str, delay: float = 0.0) -> None:
-        if self.ready.is_set():  # before: the first reconcile (`_resync`) queues every key
-            self.queue.add(key, delay=delay)
+        if self._ready.is_set():  # before: the first reconcile (`_resync`) queues every key
+            self._queue.add(key, delay=delay)
 
     # -- control plane ---------------------------------------------------------------------------
     def _on_resource(self, key: str) -> None:
-        resource = self.control_plane.get(key)
-        devices = self.index.update(key, resource)
+        resource = self._control_plane.get(key)
+        devices = self._index.update(key, resource)
         if resource is None:
-            self.writer.forget(key)
-            self.queue.forget(key)
-        if self.fleet is not None:
-            self.fleet.on_process(key, resource, devices)
-        if not self.ready.is_set():
+            self._writer.forget(key)
+            self._queue.forget(key)
+        if self._fleet is not None:
+            self._fleet.on_process(key, resource, devices)
+        if not self._ready.is_set():
             return
         for device in devices:
             self._mirror_device(device)
         if resource is not None:
-            self.queue.add(key, delay=self._write_delay(resource, resource.device))
+            self._queue.add(key, delay=self._write_delay(resource, resource.device))
 
     def _mirror_device(self, device: str) -> None:
-        if not (self.ready.is_set() and self.link.primed and self.control_plane.may_write(device)):
+        if not (
+            self._ready.is_set() and self._link.primed and self._control_plane.may_write(device)
+        ):
             return
         resources = [
             r
-            for key in self.index.keys_of(device)
-            if (r := self.control_plane.get(key)) is not None
+            for key in self._index.keys_of(device)
+            if (r := self._control_plane.get(key)) is not None
         ]
-        plan = self.mirror.plan(device, resources)
+        plan = self._mirror.plan(device, resources)
         for key in plan.refusals_changed:  # Synced=False/InvalidSpec appears or goes away
-            self.queue.add(key)
+            self._queue.add(key)
         doc = plan.doc
         if doc is None:
             return
-        if self.link.publish(self.topics.desired(device), encode(doc), retain=True):
-            self.mirror.published(device, doc, time.monotonic())
-            self.metrics.desired_published.inc()
+        if self._link.publish(self._topics.desired(device), encode(doc), retain=True):
+            self._mirror.published(device, doc, time.monotonic())
+            self._metrics.desired_published.inc()
             log.info(
                 "published desired revision %s (%d processes)", doc.revision, len(doc.processes),
                 extra={"device": device},
@@ -448,22 +474,22 @@ class Bridge:
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic.endswith(LOGS_REPLY_SUFFIX):  # a device's answer to a logs request of ours
             with contextlib.suppress(DeviceFabricError):
-                device = self.topics.parse(topic).device
+                device = self._topics.parse(topic).device
                 if device is not None and not retained:
-                    self.logs.on_reply(device, payload)
+                    self._logs.on_reply(device, payload)
             return
-        changes = self.ingest.feed(topic, payload, time.monotonic(), retained=retained)
+        changes = self._ingest.feed(topic, payload, time.monotonic(), retained=retained)
         if changes:
             self._apply(changes)
-        if self.fleet is not None and topic.endswith(STATUS_SUFFIX):  # a birth or a will
+        if self._fleet is not None and topic.endswith(STATUS_SUFFIX):  # a birth or a will
             with contextlib.suppress(DeviceFabricError):
-                device = self.topics.parse(topic).device
+                device = self._topics.parse(topic).device
                 if device is not None:
-                    self.fleet.on_device(device, transition=False)
+                    self._fleet.on_device(device, transition=False)
 
     def on_connected(self) -> None:
-        self.mirror.reset_sent()
-        self.ledger.start()
+        self._mirror.reset_sent()
+        self._ledger.start()
         self._rereading = []
 
     async def to_reread(self) -> list[list[str]]:
@@ -471,55 +497,55 @@ class Bridge:
         the control plane has listed (waited for, at most `REREAD_SYNC_WAIT` s)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(REREAD_SYNC_WAIT):
-                await self.control_plane.synced.wait()
-        if not self.control_plane.synced.is_set():
+                await self._control_plane.synced.wait()
+        if not self._control_plane.synced.is_set():
             log.warning(
                 "the control plane has not listed after %.0fs: the retained replay is not checked "
                 "(documents it lacks are published again once it has)", REREAD_SYNC_WAIT,
             )  # fmt: skip
             return []
-        with_resources = frozenset(self.index.devices())
-        expected = Expected(with_resources | self.mirror.devices(), with_resources)
-        self._rereading = self.ledger.unseen(expected)
-        return list(reread_topics(self.topics, self._rereading))
+        with_resources = frozenset(self._index.devices())
+        expected = Expected(with_resources | self._mirror.devices(), with_resources)
+        self._rereading = self._ledger.unseen(expected)
+        return list(reread_topics(self._topics, self._rereading))
 
     def on_primed(self) -> None:
-        self.tracker.resume(time.monotonic())
+        self._tracker.resume(time.monotonic())
         if self._rereading:
-            missing = self.ledger.confirm(self._rereading)
+            missing = self._ledger.confirm(self._rereading)
             for device in missing:  # not retained after all: `plan` publishes it again
-                self.mirror.observe(device, None)
+                self._mirror.observe(device, None)
             log.info(
                 "retained replay checked: %d expected documents had not arrived, %d re-read, "
                 "%d missing (%d desired documents to publish)",
-                len(self._rereading), self.ledger.reread - self.ledger.missing,
-                self.ledger.missing, len(missing),
+                len(self._rereading), self._ledger.reread - self._ledger.missing,
+                self._ledger.missing, len(missing),
             )  # fmt: skip
-            self.metrics.replay_reread.inc(len(self._rereading))
-            self.metrics.replay_missing.inc(self.ledger.missing)
+            self._metrics.replay_reread.inc(len(self._rereading))
+            self._metrics.replay_missing.inc(self._ledger.missing)
             self._rereading = []
         self._primed.set()
         replayed, self._replayed = self._replayed, set()
         for key in replayed:  # what the replay after a reconnect changed, once, all of it read
-            self.queue.add(key)
-        if self.ready.is_set():
-            for device in set(self.index.devices()) | self.mirror.devices():
+            self._queue.add(key)
+        if self._ready.is_set():
+            for device in set(self._index.devices()) | self._mirror.devices():
                 self._mirror_device(device)
 
     def on_lost(self) -> None:
         """Nothing to undo: the sweep pauses (not primed) and the replay reconciles."""
 
     def _apply(self, changes: tuple[Change, ...] | list[Transition]) -> None:
-        ready = self.ready.is_set()
+        ready = self._ready.is_set()
         for change in changes:
-            keys = self.index.keys_of(change.device)
+            keys = self._index.keys_of(change.device)
             if isinstance(change, Transition):
-                if self.fleet is not None:
-                    self.fleet.on_device(change.device, transition=True)
+                if self._fleet is not None:
+                    self._fleet.on_device(change.device, transition=True)
                 # A first sighting (previous None, e.g. the retained replay) is no transition.
                 first = change.previous is None
                 if not first:
-                    self.metrics.transitions.labels(change.reason.value).inc()
+                    self._metrics.transitions.labels(change.reason.value).inc()
                 log.log(
                     logging.DEBUG if first else logging.INFO,
                     "device %s: %s", change.device, change.reason.value,
@@ -528,7 +554,7 @@ class Bridge:
                 )  # fmt: skip
             elif change.keys is not None:
                 keys = keys & change.keys
-            if ready and not self.link.primed:
+            if ready and not self._link.primed:
                 self._replayed.update(keys)  # a replay after a reconnect: one write at its end
             elif ready:
                 transition = isinstance(change, Transition)
@@ -536,23 +562,23 @@ class Bridge:
                     delay = (
                         0.0
                         if transition
-                        else self._write_delay(self.control_plane.get(key), change.device)
+                        else self._write_delay(self._control_plane.get(key), change.device)
                     )
-                    self.queue.add(key, delay=delay)
+                    self._queue.add(key, delay=delay)
 
     def _write_delay(self, resource: Resource | None, device: str | None) -> float:
         """At once when the report completes the change, else after the settle (`statuses`)."""
-        known = self.tracker.get(device) if device is not None else None
-        return write_delay(resource, known, self.settings.settle)
+        known = self._tracker.get(device) if device is not None else None
+        return write_delay(resource, known, self._settings.settle)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _log_target(self, key: str) -> str:
         """The device to ask for `key`'s logs; `LogsError` (404, 503) when there is none."""
-        resource = self.control_plane.get(key)
+        resource = self._control_plane.get(key)
         if resource is None:
             raise LogsError(404, f"deviceprocess {key} not found")
         device = resource.device
-        known = self.tracker.get(device) if device is not None else None
+        known = self._tracker.get(device) if device is not None else None
         if device is None or known is None or known.reason is not Reason.CONNECTED:
             state = known.reason.value if known is not None and known.reason else "not seen"
             raise LogsError(
@@ -563,31 +589,18 @@ class Bridge:
         return device
 
     def _healthz(self) -> Response:
-        since = self.link.down_since
-        down = time.monotonic() - since if since is not None else None
-        return api.healthz(down, self.settings.mqtt_down_limit)
+        return api.healthz(self.snapshot().mqtt_down_for, self._settings.mqtt_down_limit)
 
     async def _devices(self, query: Query) -> Response:
-        names = api.page(self.tracker, query)
+        names = api.page(self._tracker, query)
         now = time.monotonic()
         views: list[api.DeviceView] = []
         for start in range(0, len(names), api.VIEW_CHUNK):  # the loop serves others in between
             views += api.views_of(
-                self.tracker, self.index, now, names[start : start + api.VIEW_CHUNK]
+                self._tracker, self._index, now, names[start : start + api.VIEW_CHUNK]
             )
             await asyncio.sleep(0)
         return await asyncio.to_thread(api.render_devices, views)
 
     def _readyz(self) -> Response:
-        return api.readyz(
-            api.Readiness(
-                mqtt_connected=self.link.connected,
-                mqtt_primed=self.link.primed,
-                session=self.link.session,
-                synced=self._synced(),
-                leading=self.control_plane.leading.is_set(),
-                not_leading=self.control_plane.not_leading,
-                shards=self.control_plane.shards,
-                queue_depth=len(self.queue),
-            )
-        )
+        return api.readyz(self.snapshot())

@@ -28,6 +28,7 @@ import logging
 import shlex
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -172,17 +173,20 @@ async def serve(options: UpOptions) -> None:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(broker.serve_forever(), name="broker")
                 tg.create_task(bridge.run(), name="bridge")
-                await _frontend(options, bridge.ready, address, plane)
+                await _frontend(options, bridge.wait_ready, address, plane)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
 
 async def _frontend(
-    options: UpOptions, ready: asyncio.Event, broker: HostPort, plane: LocalControlPlane
+    options: UpOptions,
+    ready: Callable[[], Awaitable[None]],
+    broker: HostPort,
+    plane: LocalControlPlane,
 ) -> None:
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            await ready.wait()
+            await ready()
     except TimeoutError:
         raise DeviceFabricError(
             f"the bridge did not become ready within {READY_TIMEOUT:.0f} s"

@@ -54,14 +54,15 @@ async def running(
     """A started bridge, ready (subscribed, retained state read, control plane synced)."""
     fleet = getattr(control_plane, "fleet", None)  # the local plane's Devices and sets
     async with Bridge(settings(broker, **overrides), control_plane, fleet=fleet) as bridge:
-        await async_wait_for(bridge.ready.is_set, timeout=15, what="bridge ready")
-        await async_wait_for(lambda: bridge.resyncs > 0, what="the first full reconcile")
+        await async_wait_for(bridge.is_ready, timeout=15, what="bridge ready")
+        await async_wait_for(lambda: bridge.snapshot().resyncs > 0, what="the first full reconcile")
         yield bridge
 
 
 def idle(bridge: Bridge, cp: MemoryControlPlane) -> bool:
     """Nothing queued or in flight, and no write echo on its way back."""
-    return len(bridge.queue) == 0 and len(bridge.events) == 0 and cp.quiet()
+    state = bridge.snapshot()
+    return state.queue_depth == 0 and state.event_queue_depth == 0 and cp.quiet()
 
 
 async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from devicefabric.bridge.api import MAX_PAGE, Readiness, readyz, render_devices, snapshot
+from devicefabric.bridge.api import MAX_PAGE, BridgeSnapshot, readyz, render_devices, snapshot
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.mirroring import ResourceIndex
 from devicefabric.bridge.tracking import DeviceTracker
@@ -128,7 +128,7 @@ def test_a_bad_limit_is_refused_with_a_400(limit: str) -> None:
 def test_readyz_says_why_a_standby_does_not_lead(
     *, leading: bool, reason: str | None, expected: str | None
 ) -> None:
-    state = Readiness(
+    state = BridgeSnapshot(
         mqtt_connected=True,
         mqtt_primed=True,
         session="s",

@@ -139,7 +139,7 @@ def test_a_restart_over_settled_state_writes_nothing_and_collects_a_deleted_sets
                 set_store(state).apply([set_manifest(selector={}, updateStrategy=quick)])
                 await until(lambda: len(owned(plane)) == 3, what="three owned processes")
                 for _ in range(2):
-                    await until(lambda: len(bridge.queue) == 0, what="the bridge idle")
+                    await until(lambda: bridge.snapshot().queue_depth == 0, what="the bridge idle")
             settled = revisions(state)
 
             # Restart: everything is as stored; the devices beat on. Not one write.
@@ -147,9 +147,9 @@ def test_a_restart_over_settled_state_writes_nothing_and_collects_a_deleted_sets
             async with running(embedded, plane) as bridge:
                 fleet.beat()
                 for _ in range(3):
-                    await until(lambda: len(bridge.queue) == 0, what="the bridge idle")
+                    await until(lambda: bridge.snapshot().queue_depth == 0, what="the bridge idle")
                 fleet.beat()
-                await until(lambda: len(bridge.queue) == 0, what="the bridge idle")
+                await until(lambda: bridge.snapshot().queue_depth == 0, what="the bridge idle")
             assert revisions(state) == settled
 
             # The set deleted while no bridge runs: the next one deletes what it owned.

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from devicefabric.bridge.api import Readiness, readyz
+from devicefabric.bridge.api import BridgeSnapshot, readyz
 from devicefabric.bridge.errors import MqttError
 from devicefabric.bridge.mqtt import MqttLink
 from devicefabric.bridge.service import Bridge, default_client_id
@@ -149,7 +149,7 @@ def test_the_default_client_id_is_unique_per_process_and_no_device_name() -> Non
 
 
 def test_readyz_says_why_a_standby_does_not_lead() -> None:
-    state = Readiness(
+    state = BridgeSnapshot(
         mqtt_connected=True,
         mqtt_primed=True,
         session="s",

@@ -39,7 +39,7 @@ def play(story: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def sample(bridge: Bridge, name: str) -> float:
-    value = bridge.metrics.registry.get_sample_value(name, {})
+    value = bridge.registry.get_sample_value(name, {})
     return 0.0 if value is None else value
 
 
@@ -203,7 +203,7 @@ def test_a_replay_the_broker_cut_short_is_reread_and_republishes_nothing(
         async def story() -> None:
             async with running(broker, cp) as bridge:
                 await settle(bridge, cp)
-                assert len(bridge.mirror.observed) == len(devices)
+                assert bridge.snapshot().desired_read_back == len(devices)
                 assert sample(bridge, "devicefabric_desired_published_total") == 0
                 # the re-read asked for the ~120 lost desired and every status (none retained:
                 # no agent ever connected) and found only the status documents missing
@@ -229,11 +229,15 @@ def test_documents_a_restarted_broker_lost_are_published_again(
 
     async def story() -> None:
         async with running(broker, cp) as bridge:
-            await until(lambda: len(bridge.mirror.observed) == 2, 10, "both documents echoed")
+            await until(
+                lambda: bridge.snapshot().desired_read_back == 2, 10, "both documents echoed"
+            )
             assert sample(bridge, "devicefabric_desired_published_total") == 2
-            sessions = bridge.link.session
+            sessions = bridge.snapshot().session
             await asyncio.to_thread(broker.restart)
-            await until(lambda: bridge.link.session != sessions and bridge.link.primed, 20)
+            await until(
+                lambda: bridge.snapshot().session != sessions and bridge.snapshot().mqtt_primed, 20
+            )
             await until(
                 lambda: sample(bridge, "devicefabric_desired_published_total") == 4, 10,
                 "both documents published again",

@@ -36,7 +36,7 @@ def play(story: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def sample(bridge: Bridge, name: str, **labels: str) -> float:
-    value = bridge.metrics.registry.get_sample_value(name, labels)
+    value = bridge.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
 
@@ -63,21 +63,21 @@ def test_heartbeats_write_nothing(mosquitto: BrokerProcess, secret: bytes) -> No
                 await until(lambda: connected(cp, keys), what="all Connected")
                 await settle(bridge, cp)
                 cp.clear_counts()
-                seen = bridge.ingest.stats.messages["heartbeat"]
+                seen = bridge.snapshot().messages["heartbeat"]
                 started = time.monotonic()
                 await until(
-                    lambda: bridge.ingest.stats.messages["heartbeat"] >= seen + 20 * 4,
+                    lambda: bridge.snapshot().messages["heartbeat"] >= seen + 20 * 4,
                     timeout=10,
                     what="4 heartbeats from each device",
                 )
                 await settle(bridge, cp)
                 elapsed = time.monotonic() - started
                 assert elapsed >= 3.0  # longer than the stale window (3 x 1 s)
-                beats = bridge.ingest.stats.messages["heartbeat"] - seen
+                beats = bridge.snapshot().messages["heartbeat"] - seen
                 print(f"\n[figure] {beats} heartbeats from 20 devices over {elapsed:.1f} s: "
                       f"{len(cp.writes)} status writes, {len(cp.events)} events")  # fmt: skip
                 assert (len(cp.writes), len(cp.events)) == (0, 0)
-                assert bridge.tracker.counts()["connected"] == 20
+                assert bridge.snapshot().device_states["connected"] == 20
         finally:
             await fleet.close()
 
@@ -140,13 +140,13 @@ def test_will_sweep_reconnect_and_late_will(mosquitto: BrokerProcess, secret: by
 
                 # a late will of the old session after the reconnect: no write at all
                 cp.clear_counts()
-                statuses = bridge.ingest.stats.messages["status"]
+                statuses = bridge.snapshot().messages["status"]
                 late = f'{{"state":"offline","session":"{old_session}","reason":"lost"}}'
                 await device.publish(fleet.topics.status("dev-a"), late.encode(), retain=True)
-                await until(lambda: bridge.ingest.stats.messages["status"] > statuses)
+                await until(lambda: bridge.snapshot().messages["status"] > statuses)
                 await settle(bridge, cp)
                 assert (cp.writes, cp.events) == ([], [])
-                dev_a = bridge.tracker.get("dev-a")
+                dev_a = bridge.snapshot("dev-a").devices.get("dev-a")
                 assert dev_a is not None
                 assert (dev_a.reason, dev_a.session) == (Reason.CONNECTED, device.session)
         finally:
@@ -224,7 +224,7 @@ def test_mass_disconnect_is_rate_limited(mosquitto: BrokerProcess, secret: bytes
             ) as bridge:
                 # confirm every device (a retained birth alone is not proof of life)
                 fleet.beat()
-                await until(lambda: bridge.tracker.counts()["connected"] == 200, timeout=10)
+                await until(lambda: bridge.snapshot().device_states["connected"] == 200, timeout=10)
                 await settle(bridge, cp)
                 assert cp.writes == []  # statuses were already right: nothing to write
 
@@ -288,14 +288,14 @@ def test_restart_with_everything_healthy_writes_and_publishes_nothing(
                 async with running(broker, cp) as first:
                     await until(lambda: all(cp.reason(k, "Synced") == "Applied" for k in keys))
                     await until(lambda: connected(cp, keys))
-                    await until(lambda: len(first.mirror.observed) == len(FIVE))
+                    await until(lambda: first.snapshot().desired_read_back == len(FIVE))
                     await settle(first, cp)
                     assert sample(first, "devicefabric_desired_published_total") == len(FIVE)
                 cp.clear_counts()
                 received = {d.name: len(desired_publishes(d)) for d in fleet.devices.values()}
 
                 async with running(broker, cp) as second:
-                    await until(lambda: second.tracker.counts()["connected"] == len(FIVE))
+                    await until(lambda: second.snapshot().device_states["connected"] == len(FIVE))
                     await settle(second, cp)
                     assert (cp.writes, cp.events) == ([], [])
                     assert sample(second, "devicefabric_desired_published_total") == 0
@@ -449,14 +449,16 @@ def test_bridge_reconnect_writes_only_what_happened(
                 await until(lambda: connected(cp, ["default/a", "default/b"]))
                 await settle(bridge, cp)
                 cp.clear_counts()
-                first_session = bridge.link.session
-                sock = bridge.link._client.socket()
+                first_session = bridge.snapshot().session
+                sock = bridge._link._client.socket()
                 assert isinstance(sock, socket.socket)
                 sock.shutdown(socket.SHUT_RDWR)  # the network drops the bridge
-                await until(lambda: not bridge.link.connected)
+                await until(lambda: not bridge.snapshot().mqtt_connected)
                 fleet["dev-b"].drop()  # dies while the bridge is away
                 await until(
-                    lambda: bridge.link.primed and bridge.link.session != first_session,
+                    lambda: (
+                        bridge.snapshot().mqtt_primed and bridge.snapshot().session != first_session
+                    ),
                     timeout=10,
                 )
                 await until(lambda: cp.reason("default/b") == "ConnectionLost")

@@ -27,7 +27,7 @@ def reason(plane: LocalControlPlane, key: str, ctype: str = "AgentConnected") ->
 
 async def idle(bridge: Bridge) -> None:
     for _ in range(2):
-        await until(lambda: len(bridge.queue) == 0, what="queue drained")
+        await until(lambda: bridge.snapshot().queue_depth == 0, what="queue drained")
 
 
 def test_local_control_plane_and_embedded_broker(
@@ -73,7 +73,7 @@ def test_local_control_plane_and_embedded_broker(
 
                 second = LocalControlPlane(state, poll_interval=0.02)
                 async with running(broker, second) as bridge:
-                    await until(lambda: bridge.tracker.get("tor9-99") is not None)
+                    await until(lambda: "tor9-99" in bridge.snapshot("tor9-99").devices)
                     await idle(bridge)
                     assert second.store.revision() == revision  # nothing written
                     # Connected, ConnectionLost from the first run: a restart adds none.
