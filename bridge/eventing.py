@@ -31,7 +31,7 @@ from typing import Final
 from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.bridge.errors import NotFoundError, TransientError
 from devicefabric.bridge.metrics import BridgeMetrics
-from devicefabric.bridge.queueing import TokenBucket, wait_until_due
+from devicefabric.bridge.queueing import TokenBucket, pop_when_due
 from devicefabric.bridge.statuses import PlannedEvent
 from devicefabric.config.errors import DeviceFabricError
 
@@ -140,12 +140,7 @@ class EventRecorder:
             await self._record(entry)
 
     async def _next(self) -> PendingEvent:
-        while True:
-            now = self._clock()
-            entry = self.log.pop(now)
-            if entry is not None:
-                return entry
-            await wait_until_due(self._wakeup, self.log.next_due(), now)
+        return await pop_when_due(self.log.pop, self.log.next_due, self._wakeup, self._clock)
 
     async def _record(self, entry: PendingEvent) -> None:
         key, event = entry.key, entry.event

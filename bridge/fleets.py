@@ -42,10 +42,8 @@ from devicefabric.bridge.statuses import parse_conditions
 from devicefabric.bridge.tracking import DeviceTracker
 from devicefabric.config.fleet import (
     DEVICE_KIND,
-    SET_CONDITION_STATUS,
     SET_KIND,
     SET_LABEL,
-    SET_MESSAGES,
     TEMPLATE_HASH_LABEL,
     DeviceProcessSetSpec,
     ProcessTemplate,
@@ -53,7 +51,13 @@ from devicefabric.config.fleet import (
     selector_matches,
     template_hash,
 )
-from devicefabric.config.resource import AGENT_CONNECTED, Condition, Reason, set_condition
+from devicefabric.config.resource import (
+    AGENT_CONNECTED,
+    Condition,
+    Reason,
+    make_condition,
+    set_condition,
+)
 from devicefabric.runtime.clock import parse_rfc3339, rfc3339
 
 log = logging.getLogger("devicefabric.bridge.fleets")
@@ -423,16 +427,7 @@ def _set_status_patch(
             want["stableTemplate"] = stored["stableTemplate"]
     conditions: list[Condition] = parse_conditions(stored.get("conditions"))
     for ctype, reason in plan.conditions:
-        conditions = set_condition(
-            conditions,
-            Condition(
-                type=ctype,
-                status=SET_CONDITION_STATUS[reason],
-                reason=reason.value,
-                message=SET_MESSAGES[reason],
-                last_transition_time=now,
-            ),
-        )
+        conditions = set_condition(conditions, make_condition(ctype, reason, now))
     want["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
     patch: dict[str, object] = {k: v for k, v in want.items() if stored.get(k) != v}
     if "failedRevision" in stored and "failedRevision" not in want:

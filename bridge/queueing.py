@@ -28,19 +28,21 @@ maps the bridge's errors onto outcomes (conflict: retry soon; transient: back of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from devicefabric.bridge.errors import ConflictError, NotFoundError, TransientError
 
 log = logging.getLogger("devicefabric.bridge.queue")
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 DEFAULT_BASE_BACKOFF: Final = 0.1
 DEFAULT_MAX_BACKOFF: Final = 60.0
 DEFAULT_MIN_INTERVAL: Final = 1.0
@@ -190,15 +192,25 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
-async def wait_until_due(wakeup: asyncio.Event, due: float | None, now: float) -> None:
-    """Sleep until `due` (forever when None) or until `wakeup` is set, whichever comes first;
-    `wakeup` is cleared first, so only a set after this call wakes it."""
-    wakeup.clear()
-    try:
-        async with asyncio.timeout(None if due is None else max(0.0, due - now)):
-            await wakeup.wait()
-    except TimeoutError:
-        pass
+async def pop_when_due(
+    pop: Callable[[float], T | None],
+    next_due: Callable[[], float | None],
+    wakeup: asyncio.Event,
+    clock: Clock,
+) -> T:
+    """The first item `pop(now)` gives: between tries, sleep until `next_due()` (forever when
+    None) or until `wakeup` is set, whichever comes first. `wakeup` is cleared before each sleep,
+    so only a set after the failed `pop` wakes it."""
+    while True:
+        now = clock()
+        item = pop(now)
+        if item is not None:
+            return item
+        due = next_due()
+        wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if due is None else max(0.0, due - now)):
+                await wakeup.wait()
 
 
 class WorkQueue:
@@ -230,12 +242,7 @@ class WorkQueue:
 
     async def get(self) -> str:
         """The next due key (in flight until `done`)."""
-        while True:
-            now = self._clock()
-            key = self.core.pop(now)
-            if key is not None:
-                return key
-            await wait_until_due(self._wakeup, self.core.next_due(), now)
+        return await pop_when_due(self.core.pop, self.core.next_due, self._wakeup, self._clock)
 
     def done(self, key: str, outcome: Outcome, retry_after: float | None = None) -> None:
         self.core.done(key, self._clock(), outcome, retry_after)

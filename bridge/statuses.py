@@ -41,7 +41,6 @@ from devicefabric.bridge.tracking import Device
 from devicefabric.config import lean
 from devicefabric.config.resource import (
     AGENT_CONNECTED,
-    MESSAGES,
     SYNCED,
     Condition,
     Reason,
@@ -156,7 +155,7 @@ def _event(before: Condition | None, after: Condition | None) -> PlannedEvent | 
     if before is None and after.status != "True":
         return None  # a new resource of a device already known to be away: nothing transitioned
     kind: EventType = "Normal" if after.status == "True" else "Warning"
-    return PlannedEvent(kind, after.reason, MESSAGES[Reason(after.reason)])
+    return PlannedEvent(kind, after.reason, after.message)  # our own: `make_condition`
 
 
 def plan_status(

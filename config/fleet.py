@@ -15,7 +15,6 @@ always move.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import math
@@ -40,11 +39,7 @@ from devicefabric.config.lean import (
     MAX_GRACE_S,
     RestartPolicyName,
 )
-from devicefabric.config.resource import (
-    Arg,
-    DeviceProcessSpec,
-    EnvVar,
-)
+from devicefabric.config.resource import Arg, ConditionReason, DeviceProcessSpec, EnvVar
 
 DEVICE_KIND: Final = "Device"
 DEVICE_PLURAL: Final = "devices"
@@ -236,38 +231,37 @@ def template_hash(template: ProcessTemplate) -> str:
     return hashlib.sha256(canonical).hexdigest()[:_HASH_CHARS]
 
 
-class SetReason(enum.StrEnum):
-    ROLLOUT_FAILED = "RolloutFailed"
-    ROLLING_OUT = "RollingOut"
-    COMPLETE = "RolloutComplete"
-    PAUSED = "Paused"
-    NAME_CONFLICT = "NameConflict"
-    MINIMUM_AVAILABLE = "MinimumAvailable"
-    TOO_FEW_AVAILABLE = "TooFewAvailable"
-
-
-SET_MESSAGES: Final[dict[SetReason, str]] = {
-    SetReason.ROLLOUT_FAILED: (
-        "More devices failed on the current template than maxFailures allows: the rollout "
-        "stopped (with failurePolicy Rollback, devices return to the stable template)."
-    ),
-    SetReason.ROLLING_OUT: "Devices are being updated to the current template within maxUnavailable.",
-    SetReason.COMPLETE: "Every selected device runs the current template.",
-    SetReason.PAUSED: "The rollout is paused (spec.paused).",
-    SetReason.NAME_CONFLICT: "A DeviceProcess this set would own exists and is not owned by it.",
-    SetReason.MINIMUM_AVAILABLE: "At least the selected devices minus maxUnavailable are available.",
-    SetReason.TOO_FEW_AVAILABLE: "Fewer devices are available than maxUnavailable allows.",
-}
-
-SET_CONDITION_STATUS: Final[dict[SetReason, Literal["True", "False"]]] = {
-    SetReason.ROLLOUT_FAILED: "False",
-    SetReason.ROLLING_OUT: "True",
-    SetReason.COMPLETE: "True",
-    SetReason.PAUSED: "False",
-    SetReason.NAME_CONFLICT: "False",
-    SetReason.MINIMUM_AVAILABLE: "True",
-    SetReason.TOO_FEW_AVAILABLE: "False",
-}
+class SetReason(ConditionReason):
+    ROLLOUT_FAILED = (
+        "RolloutFailed",
+        "False",
+        (
+            "More devices failed on the current template than maxFailures allows: the rollout "
+            "stopped (with failurePolicy Rollback, devices return to the stable template)."
+        ),
+    )
+    ROLLING_OUT = (
+        "RollingOut",
+        "True",
+        "Devices are being updated to the current template within maxUnavailable.",
+    )
+    COMPLETE = "RolloutComplete", "True", "Every selected device runs the current template."
+    PAUSED = "Paused", "False", "The rollout is paused (spec.paused)."
+    NAME_CONFLICT = (
+        "NameConflict",
+        "False",
+        "A DeviceProcess this set would own exists and is not owned by it.",
+    )
+    MINIMUM_AVAILABLE = (
+        "MinimumAvailable",
+        "True",
+        "At least the selected devices minus maxUnavailable are available.",
+    )
+    TOO_FEW_AVAILABLE = (
+        "TooFewAvailable",
+        "False",
+        "Fewer devices are available than maxUnavailable allows.",
+    )
 
 
 # -- the Device's birth facts ---------------------------------------------------------------------

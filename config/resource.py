@@ -9,7 +9,7 @@ messages are fixed strings per reason (never a clock or an age), and `set_condit
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Final, Literal, get_type_hints
+from typing import Annotated, Any, Final, Literal, Self, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -143,35 +143,43 @@ AGENT_CONNECTED: Final = "AgentConnected"
 SYNCED: Final = "Synced"
 
 
-class Reason(enum.StrEnum):
-    CONNECTED = "Connected"
-    CONNECTION_LOST = "ConnectionLost"
-    SHUTDOWN = "Shutdown"
-    HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
-    APPLIED = "Applied"
-    PENDING = "Pending"
-    INVALID_SPEC = "InvalidSpec"
+class ConditionReason(enum.StrEnum):
+    """A condition's reason: its word (the value), the condition `status` it sets and its fixed
+    `message` (never a clock or an age, so a condition computed twice is equal). One table per
+    kind of condition: each member is `WORD = "Word", "True" | "False", "Message."`."""
+
+    _value_: str
+    status: Literal["True", "False"]
+    message: str
+
+    def __new__(cls, word: str, status: Literal["True", "False"], message: str) -> Self:
+        member = str.__new__(cls, word)
+        member._value_ = word
+        member.status = status
+        member.message = message
+        return member
 
 
-MESSAGES: Final[dict[Reason, str]] = {
-    Reason.CONNECTED: "The device agent is connected.",
-    Reason.CONNECTION_LOST: "The device agent's connection was lost (the broker fired its will).",
-    Reason.SHUTDOWN: "The device agent shut down cleanly.",
-    Reason.HEARTBEAT_TIMEOUT: "No heartbeat from the device agent within the stale window.",
-    Reason.APPLIED: "The device runs the current generation of this resource.",
-    Reason.PENDING: "The device has not reported the current generation of this resource yet.",
-    Reason.INVALID_SPEC: "The spec is invalid; it is not sent to the device.",
-}
-
-CONDITION_STATUS: Final[dict[Reason, Literal["True", "False"]]] = {
-    Reason.CONNECTED: "True",
-    Reason.CONNECTION_LOST: "False",
-    Reason.SHUTDOWN: "False",
-    Reason.HEARTBEAT_TIMEOUT: "False",
-    Reason.APPLIED: "True",
-    Reason.PENDING: "False",
-    Reason.INVALID_SPEC: "False",
-}
+class Reason(ConditionReason):
+    CONNECTED = "Connected", "True", "The device agent is connected."
+    CONNECTION_LOST = (
+        "ConnectionLost",
+        "False",
+        "The device agent's connection was lost (the broker fired its will).",
+    )
+    SHUTDOWN = "Shutdown", "False", "The device agent shut down cleanly."
+    HEARTBEAT_TIMEOUT = (
+        "HeartbeatTimeout",
+        "False",
+        "No heartbeat from the device agent within the stale window.",
+    )
+    APPLIED = "Applied", "True", "The device runs the current generation of this resource."
+    PENDING = (
+        "Pending",
+        "False",
+        "The device has not reported the current generation of this resource yet.",
+    )
+    INVALID_SPEC = "InvalidSpec", "False", "The spec is invalid; it is not sent to the device."
 
 
 class Condition(_CamelModel):
@@ -203,12 +211,14 @@ DeviceProcessStatus: Final = create_model(
 )
 
 
-def make_condition(ctype: str, reason: Reason, now: str, detail: str | None = None) -> Condition:
+def make_condition(
+    ctype: str, reason: ConditionReason, now: str, detail: str | None = None
+) -> Condition:
     """A condition with the fixed status and message of `reason` (detail appended if given)."""
-    message = MESSAGES[reason] if detail is None else f"{MESSAGES[reason]} {detail}"
+    message = reason.message if detail is None else f"{reason.message} {detail}"
     return Condition(
         type=ctype,
-        status=CONDITION_STATUS[reason],
+        status=reason.status,
         reason=reason.value,
         message=message[:MAX_MESSAGE],
         last_transition_time=now,

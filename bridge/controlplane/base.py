@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from devicefabric.config.fleet import DEVICE_KIND, SET_KIND
+
 EventType = Literal["Normal", "Warning"]
 
 
@@ -177,3 +179,40 @@ class FleetPlane(Protocol):
         ...
 
     async def delete_process(self, key: str) -> None: ...
+
+
+class Informs(Protocol):
+    """An informer of one kind: what `InformedFleet` runs (`ControlPlane` is one too)."""
+
+    @property
+    def synced(self) -> asyncio.Event: ...
+
+    async def run(self, on_change: Callable[[str], None]) -> None: ...
+
+
+class InformedFleet:
+    """What both `FleetPlane` backends share: a Device and a DeviceProcessSet informer, run
+    together by `run_fleet` (calling `on_change(kind, key)`), and `fleet_synced` set once both
+    have listed."""
+
+    def __init__(self, devices: Informs, sets: Informs, *, plane: str) -> None:
+        self._informers = (devices, sets)
+        self._plane = plane  # names the informer tasks
+        self._synced = asyncio.Event()
+
+    @property
+    def fleet_synced(self) -> asyncio.Event:
+        return self._synced
+
+    async def run_fleet(self, on_change: Callable[[str, str], None]) -> None:
+        devices, sets = self._informers
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                devices.run(lambda key: on_change(DEVICE_KIND, key)), name=f"{self._plane}-devices"
+            )
+            tg.create_task(
+                sets.run(lambda key: on_change(SET_KIND, key)), name=f"{self._plane}-sets"
+            )
+            await devices.synced.wait()
+            await sets.synced.wait()
+            self._synced.set()

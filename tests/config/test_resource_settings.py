@@ -9,7 +9,6 @@ import pytest
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.resource import (
     AGENT_CONNECTED,
-    MESSAGES,
     SYNCED,
     Reason,
     find_condition,
@@ -48,7 +47,7 @@ def test_messages_are_fixed_per_reason() -> None:
     for reason in Reason:
         a = make_condition(AGENT_CONNECTED, reason, "2026-01-01T00:00:00Z")
         b = make_condition(AGENT_CONNECTED, reason, "2027-01-01T00:00:00Z")
-        assert a.message == b.message == MESSAGES[reason]
+        assert a.message == b.message == reason.message
         assert not any(ch.isdigit() for ch in a.message)
 
 

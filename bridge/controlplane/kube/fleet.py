@@ -16,17 +16,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from devicefabric.bridge.controlplane.base import OwnerRef, Resource
+from devicefabric.bridge.controlplane.base import InformedFleet, OwnerRef, Resource
 from devicefabric.bridge.controlplane.kube.client import MERGE_PATCH, KubeClient
 from devicefabric.bridge.controlplane.kube.informing import Informer
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import ConflictError, ControlPlaneError, NotFoundError
-from devicefabric.config.fleet import DEVICE_KIND, DEVICE_PLURAL, SET_KIND, SET_PLURAL
+from devicefabric.config.fleet import DEVICE_KIND, DEVICE_PLURAL, SET_PLURAL
 from devicefabric.config.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 
@@ -41,7 +40,7 @@ def _split(key: str) -> tuple[str, str]:
     return namespace, name
 
 
-class KubeFleet:
+class KubeFleet(InformedFleet):
     """Devices and DeviceProcessSets in a Kubernetes API server; see the module doc."""
 
     def __init__(self, client: KubeClient, settings: KubeSettings, processes: Informer) -> None:
@@ -51,27 +50,11 @@ class KubeFleet:
         self._sets = Informer(
             client, settings, collection(SET_PLURAL, settings.namespace), "deviceprocesssets"
         )
-        self._synced = asyncio.Event()
-
-    @property
-    def fleet_synced(self) -> asyncio.Event:
-        return self._synced
+        super().__init__(self._devices, self._sets, plane="kube")
 
     @property
     def collects_garbage(self) -> bool:
         return True
-
-    async def run_fleet(self, on_change: Callable[[str, str], None]) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                self._devices.run(lambda key: on_change(DEVICE_KIND, key)), name="kube-devices"
-            )
-            tg.create_task(
-                self._sets.run(lambda key: on_change(SET_KIND, key)), name="kube-deviceprocesssets"
-            )
-            await self._devices.synced.wait()
-            await self._sets.synced.wait()
-            self._synced.set()
 
     def device(self, name: str) -> Resource | None:
         return self._devices.cache.get(name)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
-from devicefabric.bridge.controlplane.base import OwnerRef, Resource
+from devicefabric.bridge.controlplane.base import InformedFleet, OwnerRef, Resource
 from devicefabric.bridge.controlplane.local.store import LocalStore
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.bridge.errors import TransientError
@@ -53,7 +53,7 @@ def owner_reference(owner: OwnerRef) -> dict[str, object]:
     }
 
 
-class LocalFleet:
+class LocalFleet(InformedFleet):
     """Devices and DeviceProcessSets in a state directory; see the module doc."""
 
     def __init__(
@@ -66,26 +66,15 @@ class LocalFleet:
     ) -> None:
         from devicefabric.bridge.controlplane.local.plane import LocalControlPlane  # noqa: PLC0415
 
-        self._processes = processes
-        self._devices = LocalControlPlane(
-            state_dir / DEVICES_DIR,
-            store=device_store(state_dir),
-            fleet=False,
-            poll_interval=poll_interval,
-            notify=notify,
-        )
-        self._sets = LocalControlPlane(
-            state_dir / SETS_DIR,
-            store=set_store(state_dir),
-            fleet=False,
-            poll_interval=poll_interval,
-            notify=notify,
-        )
-        self._synced = asyncio.Event()
+        def plane(store: LocalStore) -> LocalControlPlane:
+            return LocalControlPlane(
+                store.root, store=store, fleet=False, poll_interval=poll_interval, notify=notify
+            )
 
-    @property
-    def fleet_synced(self) -> asyncio.Event:
-        return self._synced
+        self._processes = processes
+        self._devices = plane(device_store(state_dir))
+        self._sets = plane(set_store(state_dir))
+        super().__init__(self._devices, self._sets, plane="local")
 
     @property
     def collects_garbage(self) -> bool:
@@ -94,14 +83,7 @@ class LocalFleet:
     async def run_fleet(self, on_change: Callable[[str, str], None]) -> None:
         for store in (self._devices.store, self._sets.store):
             store.root.mkdir(parents=True, exist_ok=True)  # inotify watches the directory
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                self._devices.run(lambda key: on_change(DEVICE_KIND, key)), name="local-devices"
-            )
-            tg.create_task(self._sets.run(lambda key: on_change(SET_KIND, key)), name="local-sets")
-            await self._devices.synced.wait()
-            await self._sets.synced.wait()
-            self._synced.set()
+        await super().run_fleet(on_change)
 
     def device(self, name: str) -> Resource | None:
         return self._devices.get(name)
