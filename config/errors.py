@@ -7,6 +7,11 @@ structured attributes so callers can count or log them without parsing messages.
 from __future__ import annotations
 
 
+def shorten(text: str, longest: int) -> str:
+    """`text` as a message shows it: cut to `longest` characters, ending in `...` when cut."""
+    return text if len(text) <= longest else text[: longest - 3] + "..."
+
+
 class DeviceFabricError(Exception):
     """Root of every devicefabric error."""
 
@@ -21,8 +26,7 @@ class InvalidDeviceNameError(ConfigError):
     def __init__(self, name: str, why: str) -> None:
         self.name = name
         self.why = why
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        super().__init__(f"invalid device name {shown!r}: {why}")
+        super().__init__(f"invalid device name {shorten(name, 80)!r}: {why}")
 
 
 class TopicError(ConfigError):
@@ -31,8 +35,7 @@ class TopicError(ConfigError):
     def __init__(self, topic: str, why: str) -> None:
         self.topic = topic
         self.why = why
-        shown = topic if len(topic) <= 120 else topic[:117] + "..."
-        super().__init__(f"topic {shown!r}: {why}")
+        super().__init__(f"topic {shorten(topic, 120)!r}: {why}")
 
 
 class PayloadError(ConfigError):

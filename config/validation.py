@@ -12,6 +12,8 @@ from typing import Final
 
 from pydantic import ValidationError
 
+from devicefabric.config.errors import shorten
+
 SHOWN: Final = 3  # errors spelled out; the rest are counted
 LIMIT: Final = 300  # characters at most (a condition message, a log line)
 
@@ -26,4 +28,4 @@ def describe(exc: ValidationError, root: str | None = None) -> str:
         parts.append(f"{loc}: {error['msg']}")
     more = f" (+{len(errors) - SHOWN} more)" if len(errors) > SHOWN else ""
     text = "; ".join(parts) + more
-    return text if len(text) <= LIMIT else text[: LIMIT - 3] + "..."
+    return shorten(text, LIMIT)

@@ -25,7 +25,7 @@ from typing import Final
 import yaml
 from pydantic import ValidationError
 
-from devicefabric.config.errors import ConfigError, InvalidDeviceNameError
+from devicefabric.config.errors import ConfigError, InvalidDeviceNameError, shorten
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, DeviceProcessSetSpec
 from devicefabric.config.names import (
     MAX_OBJECT_NAME,
@@ -276,5 +276,4 @@ def _kind(value: object) -> str:
 
 
 def _short(value: object, limit: int = 60) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(str(value), limit)
