@@ -33,13 +33,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from devicefabric.config.lean import (
-    MAX_COMMAND_ITEMS,
-    MAX_ENV_ITEMS,
-    MAX_GRACE_S,
-    RestartPolicyName,
-)
-from devicefabric.config.resource import Arg, ConditionReason, DeviceProcessSpec, EnvVar
+from devicefabric.config.resource import ConditionReason, DeviceProcessSpec, ProcessSpecBase
 
 DEVICE_KIND: Final = "Device"
 DEVICE_PLURAL: Final = "devices"
@@ -114,15 +108,8 @@ def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool
     return True
 
 
-class ProcessTemplate(_CamelModel):
+class ProcessTemplate(ProcessSpecBase):
     """`spec.template`: a DeviceProcess spec without `deviceName` (same defaults and bounds)."""
-
-    command: Annotated[list[Arg], Field(min_length=1, max_length=MAX_COMMAND_ITEMS)]
-    env: Annotated[list[EnvVar], Field(max_length=MAX_ENV_ITEMS)] = []
-    working_dir: Arg | None = None
-    restart_policy: RestartPolicyName = "Always"
-    suspend: bool = False
-    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = 10
 
     def for_device(self, device: str) -> dict[str, object]:
         """The DeviceProcess spec this template gives `device`, as stored (defaults filled in);

@@ -100,16 +100,27 @@ class EnvVar(_CamelModel):
     value: Arg = ""
 
 
-class DeviceProcessSpec(_CamelModel):
-    """`spec` of a DeviceProcess, with the defaults of DESIGN.md."""
+class ProcessSpecBase(_CamelModel):
+    """What a process runs and how: every field of a DeviceProcess `spec` but `deviceName`, with
+    the defaults of DESIGN.md (a DeviceProcessSet's `spec.template` is exactly these)."""
 
-    device_name: Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN, max_length=63)]
     command: Annotated[list[Arg], Field(min_length=1, max_length=MAX_COMMAND_ITEMS)]
     env: Annotated[list[EnvVar], Field(max_length=MAX_ENV_ITEMS)] = []
     working_dir: Arg | None = None
     restart_policy: RestartPolicyName = "Always"
     suspend: bool = False
     termination_grace_period_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = 10
+
+
+class _OnDevice(_CamelModel):
+    device_name: Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN, max_length=63)]
+
+
+# `_OnDevice` last among the bases puts `deviceName` first among the fields (pydantic collects
+# them from the last base to the first), so it is validated, reported and dumped first, as the
+# agent's decoder (`lean`) checks it.
+class DeviceProcessSpec(ProcessSpecBase, _OnDevice):
+    """`spec` of a DeviceProcess: the process, the device that runs it, and its size bound."""
 
     @field_validator("device_name")
     @classmethod
