@@ -32,7 +32,13 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane, OwnerRef, Resource
+from devicefabric.bridge.controlplane.base import (
+    ControlPlane,
+    FleetPlane,
+    OwnedProcess,
+    OwnerRef,
+    Resource,
+)
 from devicefabric.bridge.errors import ConflictError
 from devicefabric.bridge.inventory import plan_device_status, should_create
 from devicefabric.bridge.mirroring import ResourceIndex
@@ -333,10 +339,8 @@ class FleetController:
                     self.fleet.create_process(
                         obj.namespace,
                         name,
-                        template.for_device(device),
-                        labels,
-                        owner=owner,
-                        annotations={SWITCHED_AT: rfc3339()},
+                        OwnedProcess(template.for_device(device), labels, {SWITCHED_AT: rfc3339()}),
+                        owner,
                     )
                 )
             except ConflictError:
@@ -349,7 +353,8 @@ class FleetController:
             pkey = view.owned[device].key
             await self._write(
                 self.fleet.update_process(
-                    pkey, template.for_device(device), labels, {SWITCHED_AT: rfc3339()}
+                    pkey,
+                    OwnedProcess(template.for_device(device), labels, {SWITCHED_AT: rfc3339()}),
                 )
             )
             wrote = True

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND
+from devicefabric.config.resource import API_VERSION
 
 EventType = Literal["Normal", "Warning"]
 
@@ -30,6 +31,26 @@ class OwnerRef:
     kind: str
     name: str
     uid: str
+
+    def to_wire(self) -> dict[str, object]:
+        """The entry as stored: the owner is the controller of what it owns."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedProcess:
+    """What a DeviceProcessSet writes into a DeviceProcess it owns (`FleetPlane.create_process`,
+    `update_process`)."""
+
+    spec: Mapping[str, object]
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,24 +179,11 @@ class FleetPlane(Protocol):
     async def patch_set_status(self, key: str, patch: Mapping[str, object]) -> None: ...
 
     async def create_process(
-        self,
-        namespace: str,
-        name: str,
-        spec: Mapping[str, object],
-        labels: Mapping[str, str],
-        *,
-        owner: OwnerRef,
-        annotations: Mapping[str, str],
+        self, namespace: str, name: str, process: OwnedProcess, owner: OwnerRef
     ) -> None: ...
 
-    async def update_process(
-        self,
-        key: str,
-        spec: Mapping[str, object],
-        labels: Mapping[str, str],
-        annotations: Mapping[str, str],
-    ) -> None:
-        """Replace spec and labels; merge `annotations` into the existing ones."""
+    async def update_process(self, key: str, process: OwnedProcess) -> None:
+        """Replace spec and labels; merge the annotations into the existing ones."""
         ...
 
     async def delete_process(self, key: str) -> None: ...

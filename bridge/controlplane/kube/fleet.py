@@ -20,7 +20,12 @@ import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from devicefabric.bridge.controlplane.base import InformedFleet, OwnerRef, Resource
+from devicefabric.bridge.controlplane.base import (
+    InformedFleet,
+    OwnedProcess,
+    OwnerRef,
+    Resource,
+)
 from devicefabric.bridge.controlplane.kube.client import MERGE_PATCH, KubeClient
 from devicefabric.bridge.controlplane.kube.informing import Informer
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
@@ -102,14 +107,7 @@ class KubeFleet(InformedFleet):
         informer.adopt_newer(key, answer)
 
     async def create_process(
-        self,
-        namespace: str,
-        name: str,
-        spec: Mapping[str, object],
-        labels: Mapping[str, str],
-        *,
-        owner: OwnerRef,
-        annotations: Mapping[str, str],
+        self, namespace: str, name: str, process: OwnedProcess, owner: OwnerRef
     ) -> None:
         body = {
             "apiVersion": API_VERSION,
@@ -117,34 +115,21 @@ class KubeFleet(InformedFleet):
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "labels": dict(labels),
-                "annotations": dict(annotations),
-                "ownerReferences": [
-                    {
-                        "apiVersion": API_VERSION,
-                        "kind": owner.kind,
-                        "name": owner.name,
-                        "uid": owner.uid,
-                        "controller": True,
-                    }
-                ],
+                "labels": dict(process.labels),
+                "annotations": dict(process.annotations),
+                "ownerReferences": [owner.to_wire()],
             },
-            "spec": plain(spec),
+            "spec": plain(process.spec),
         }
         answer = await self._client.call("POST", collection(PLURAL, namespace), body=body)
         self._processes.written(f"{namespace}/{name}", answer)
 
-    async def update_process(
-        self,
-        key: str,
-        spec: Mapping[str, object],
-        labels: Mapping[str, str],
-        annotations: Mapping[str, str],
-    ) -> None:
+    async def update_process(self, key: str, process: OwnedProcess) -> None:
         namespace, name = _split(key)
         cached = self._processes.cache.get(key)
+        spec = process.spec
         gone = {k: None for k in (cached.spec if cached is not None else {}) if k not in spec}
-        meta = {"labels": dict(labels), "annotations": dict(annotations)}
+        meta = {"labels": dict(process.labels), "annotations": dict(process.annotations)}
         body = {"metadata": meta, "spec": {**plain(spec), **gone}}
         answer = await self._client.call(
             "PATCH", f"{collection(PLURAL, namespace)}/{name}", body=body, content_type=MERGE_PATCH

@@ -19,12 +19,17 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
-from devicefabric.bridge.controlplane.base import InformedFleet, OwnerRef, Resource
+from devicefabric.bridge.controlplane.base import (
+    InformedFleet,
+    OwnedProcess,
+    OwnerRef,
+    Resource,
+)
 from devicefabric.bridge.controlplane.local.store import LocalStore
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.bridge.errors import TransientError
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND
-from devicefabric.config.resource import API_VERSION, KIND
+from devicefabric.config.resource import KIND
 
 if TYPE_CHECKING:
     from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
@@ -41,16 +46,6 @@ def device_store(state_dir: Path) -> LocalStore:
 
 def set_store(state_dir: Path) -> LocalStore:
     return LocalStore(state_dir / SETS_DIR, kind="deviceprocessset", kind_name=SET_KIND)
-
-
-def owner_reference(owner: OwnerRef) -> dict[str, object]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": owner.kind,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-    }
 
 
 class LocalFleet(InformedFleet):
@@ -109,35 +104,23 @@ class LocalFleet(InformedFleet):
         await self._sets.patch_status(key, patch)
 
     async def create_process(
-        self,
-        namespace: str,
-        name: str,
-        spec: Mapping[str, object],
-        labels: Mapping[str, str],
-        *,
-        owner: OwnerRef,
-        annotations: Mapping[str, str],
+        self, namespace: str, name: str, process: OwnedProcess, owner: OwnerRef
     ) -> None:
         manifest = Manifest(
             namespace,
             name,
-            dict(spec),
-            dict(labels),
-            dict(annotations),
+            dict(process.spec),
+            dict(process.labels),
+            dict(process.annotations),
             kind=KIND,
-            owners=(owner_reference(owner),),
+            owners=(owner.to_wire(),),
         )
         await _io(self._processes.store.create, manifest)
         await self._processes.adopt(manifest.key)
 
-    async def update_process(
-        self,
-        key: str,
-        spec: Mapping[str, object],
-        labels: Mapping[str, str],
-        annotations: Mapping[str, str],
-    ) -> None:
-        await _io(self._processes.store.update, key, spec, labels, annotations)
+    async def update_process(self, key: str, process: OwnedProcess) -> None:
+        store = self._processes.store
+        await _io(store.update, key, process.spec, process.labels, process.annotations)
         await self._processes.adopt(key)
 
     async def delete_process(self, key: str) -> None:
