@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from devicefabric.config import lean
-from devicefabric.config.lean import ProcessStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +38,10 @@ class ReportBook:
     def __init__(self) -> None:
         self._session: str | None = None
         self._seq = 0
-        self._last: tuple[str, dict[str, ProcessStatus]] | None = None
+        self._last: tuple[str, dict[str, lean.ProcessStatus]] | None = None
 
     def next(
-        self, session: str, revision: str, states: Mapping[str, ProcessStatus]
+        self, session: str, revision: str, states: Mapping[str, lean.ProcessStatus]
     ) -> Report | None:
         """The report to publish now, or None when this session already has this picture."""
         if session != self._session:

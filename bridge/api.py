@@ -121,7 +121,7 @@ def metrics(registry: CollectorRegistry) -> Response:
     return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
 
-def snapshot(
+def page_views(
     tracker: DeviceTracker, index: ResourceIndex, now: float, query: Mapping[str, str]
 ) -> list[DeviceView]:
     """The devices `query` asks for (`limit`, `after`), sorted by name."""

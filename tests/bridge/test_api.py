@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from devicefabric.bridge.api import MAX_PAGE, BridgeSnapshot, readyz, render_devices, snapshot
+from devicefabric.bridge.api import MAX_PAGE, BridgeSnapshot, page_views, readyz, render_devices
 from devicefabric.bridge.http import HttpServer, Query, Response
 from devicefabric.bridge.mirroring import ResourceIndex
 from devicefabric.bridge.tracking import DeviceTracker
@@ -50,7 +50,7 @@ def names_of(body: bytes) -> list[str]:
     ],
 )
 def test_devices_are_sorted_and_paged_by_name(query: dict[str, str], expected: list[str]) -> None:
-    views = snapshot(tracker_of(NAMES), ResourceIndex(), 3.0, query)
+    views = page_views(tracker_of(NAMES), ResourceIndex(), 3.0, query)
     response = render_devices(views)
     assert response.status == 200
     assert names_of(response.body) == expected
@@ -59,7 +59,7 @@ def test_devices_are_sorted_and_paged_by_name(query: dict[str, str], expected: l
 
 
 def test_a_device_document_has_what_it_had() -> None:
-    (view,) = snapshot(tracker_of(("dev-a",)), ResourceIndex(), 3.5, {})
+    (view,) = page_views(tracker_of(("dev-a",)), ResourceIndex(), 3.5, {})
     (doc,) = json.loads(render_devices([view]).body)
     assert doc["state"] == "connected"
     assert doc["session"] == "s0"
@@ -82,7 +82,7 @@ def test_a_device_document_has_the_facts_of_the_latest_birth() -> None:
         memory_bytes=2**32,
     )
     tracker.status("dev-a", birth, 3.0)
-    (view,) = snapshot(tracker, ResourceIndex(), 3.5, {})
+    (view,) = page_views(tracker, ResourceIndex(), 3.5, {})
     (doc,) = json.loads(render_devices([view]).body)
     assert doc["facts"] == {"arch": "aarch64", "cpus": 4, "memoryBytes": 2**32}
     assert doc["state"] == "connected"
@@ -94,7 +94,7 @@ def test_a_bad_limit_is_refused_with_a_400(limit: str) -> None:
         tracker = tracker_of(NAMES)
 
         async def devices(query: Query) -> Response:
-            views = snapshot(tracker, ResourceIndex(), 3.0, query)
+            views = page_views(tracker, ResourceIndex(), 3.0, query)
             return await asyncio.to_thread(render_devices, views)
 
         server = HttpServer(HostPort("127.0.0.1", 0), {"/devices": devices})
