@@ -18,7 +18,7 @@ from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import raise_fd_limit
 from devicefabric.config.logs import setup_logging
-from devicefabric.config.settings import add_flag
+from devicefabric.runtime.settings import add_flag
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,7 +24,7 @@ from typing import Final
 from devicefabric.config.credentials import device_password, load_secret, role_password
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
-from devicefabric.config.settings import add_flag
+from devicefabric.runtime.settings import add_flag
 
 MOSQUITTO_SUB: Final = "mosquitto_sub"  # the file name the clients look for in XDG_CONFIG_HOME
 HEADER: Final = "# devicefabric creds observer: the observer's login for mosquitto_sub"

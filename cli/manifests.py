@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from devicefabric.config import deploybundle as manifests
-from devicefabric.config.settings import add_flag
+from devicefabric.runtime.settings import add_flag
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

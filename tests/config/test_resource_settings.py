@@ -18,12 +18,11 @@ from devicefabric.config.resource import (
 )
 from devicefabric.config.settings import (
     HostPort,
-    add_flag,
-    env_name,
     parse_broker_url,
     parse_broker_urls,
     parse_hostport,
 )
+from devicefabric.runtime.settings import add_flag, env_name
 
 
 def test_transition_time_changes_only_with_status() -> None:
