@@ -99,11 +99,7 @@ class UpOptions:
     def state_dir(self) -> Path:
         return self.up.state_dir
 
-    @property
-    def http(self) -> HostPort:
-        if self.bridge.http is None:  # `--http ""`: the bridge's "no server", not for `up`
-            raise ConfigError("--http: `up` serves the bridge's endpoints; give HOST:PORT")
-        return self.bridge.http
+    http: HostPort  # the bridge's `http`, which `up` always serves
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,22 +121,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     up = from_args(UpSettings, args)
-    try:
-        up.state_dir.mkdir(parents=True, exist_ok=True)
-        secret = load_secret(up.secret_file, up.state_dir, create=True)
-    except OSError as exc:
-        raise ConfigError(f"--state-dir: cannot use {up.state_dir}: {exc.strerror}") from None
-    broker = from_args(BrokerSettings, args, only=BROKER_FIELDS, secret=secret)
+    # Every flag is checked before the state directory and its secret are created.
+    broker = from_args(BrokerSettings, args, only=BROKER_FIELDS, secret=b"")
     bridge = from_args(
         BridgeSettings,
         args,
         only=BRIDGE_FIELDS,
         broker=parse_broker_url(f"mqtt://{_reachable(broker.mqtt)}"),
-        password=role_password(secret, BRIDGE_USER),
+        password="",
         client_id=default_client_id(),  # unique per process: not guessable
     )
-    options = UpOptions(up, secret, broker, bridge)
-    _ = options.http  # a usage error before anything runs
+    http = bridge.http
+    if http is None:  # `--http ""`: the bridge's "no server", not for `up`
+        raise ConfigError("--http: `up` serves the bridge's endpoints; give HOST:PORT")
+    try:
+        up.state_dir.mkdir(parents=True, exist_ok=True)
+        secret = load_secret(up.secret_file, up.state_dir, create=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-dir: cannot use {up.state_dir}: {exc.strerror}") from None
+    broker = replace(broker, secret=secret)
+    bridge = replace(bridge, password=role_password(secret, BRIDGE_USER))
+    options = UpOptions(up, secret, broker, bridge, http)
     if up.demo and sys.stdout.isatty():
         _log_to_file(up.state_dir / "up.log")
     return run_program(lambda: serve(options))
