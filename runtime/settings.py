@@ -190,26 +190,21 @@ def add_settings(
     *,
     only: tuple[str, ...] | None = None,
     helps: Mapping[str, str] | None = None,
+    again: bool = False,
 ) -> None:
     """Add the flags of `cls` (and, as argument groups, of its nested classes) to `parser`.
 
     `only`: just these fields (a command composing another program's settings); `helps`: a
-    field's help as that command words it.
+    field's help as that command words it; `again`: the flags are also accepted here, on a
+    subcommand, after they were added to its parent (`creds --state-dir D device X` and
+    `creds device X --state-dir D`): here they default to "not given", so a value given before
+    the subcommand is kept.
     """
     for f, flag in flags_of(cls):
-        if only is not None and f.name not in only:
-            continue
-        shown = _default_text(f, flag)
-        tail = f"[env {flag.env}" + (f"; default {shown}]" if shown is not None else "]")
-        kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "metavar": flag.metavar}
-        if flag.kind == "switch":
-            kwargs = {"dest": flag.dest, "default": None, "action": "store_true"}
-        elif flag.kind == "list":
-            kwargs["action"] = "append"
-        if flag.choices:
-            kwargs["choices"] = flag.choices
-        help_text = (helps or {}).get(f.name, flag.help)
-        parser.add_argument(flag.flag, help=f"{help_text} {tail}", **kwargs)
+        if only is None or f.name in only:
+            help_text = (helps or {}).get(f.name, flag.help)
+            shape = _shape(flag) | ({"default": argparse.SUPPRESS} if again else {})
+            parser.add_argument(flag.flag, help=f"{help_text} {_tail(f, flag)}", **shape)
     if only is None:
         for _, nested, title in _groups_of(cls):
             target = (
@@ -217,7 +212,27 @@ def add_settings(
                 if isinstance(parser, argparse.ArgumentParser)
                 else parser
             )
-            add_settings(target, nested)
+            add_settings(target, nested, again=again)
+
+
+def _tail(f: Field[Any], flag: Flag) -> str:
+    """`[env DEVICEFABRIC_X; default Y]`, the end of every generated help."""
+    if flag.required:
+        return f"[env {flag.env}; required]"
+    shown = _default_text(f, flag)
+    return f"[env {flag.env}" + (f"; default {shown}]" if shown is not None else "]")
+
+
+def _shape(flag: Flag) -> dict[str, Any]:
+    """argparse's keywords for `flag`; values stay text (parsed by `from_args`), unset is None."""
+    if flag.kind == "switch":
+        return {"dest": flag.dest, "default": None, "action": "store_true"}
+    kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "metavar": flag.metavar}
+    if flag.kind == "list":
+        kwargs["action"] = "append"
+    if flag.choices:
+        kwargs["choices"] = flag.choices
+    return kwargs
 
 
 def _parsed(flag: Flag, raw: str, source: str | None) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from devicefabric.config.errors import ConfigError
@@ -22,7 +20,6 @@ from devicefabric.config.settings import (
     parse_broker_urls,
     parse_hostport,
 )
-from devicefabric.runtime.settings import add_flag, env_name
 
 
 def test_transition_time_changes_only_with_status() -> None:
@@ -119,27 +116,3 @@ def test_a_broker_url_list_keeps_its_order(value: str, ports: list[int]) -> None
 def test_bad_broker_url_lists(value: str, why: str) -> None:
     with pytest.raises(ConfigError, match=why):
         parse_broker_urls(value)
-
-
-def test_flags_read_their_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert env_name("--write-qps") == "DEVICEFABRIC_WRITE_QPS"
-    monkeypatch.setenv("DEVICEFABRIC_BROKER", "mqtt://from-env:1")
-    monkeypatch.setenv("DEVICEFABRIC_DEMO", "true")
-    parser = argparse.ArgumentParser()
-    add_flag(parser, "--broker", default="mqtt://default:1", help="broker")
-    add_flag(parser, "--mqtt", default="127.0.0.1:1883", help="listener")
-    add_flag(parser, "--demo", action="store_true", help="demo")
-    args = parser.parse_args([])
-    assert (args.broker, args.mqtt, args.demo) == ("mqtt://from-env:1", "127.0.0.1:1883", True)
-    assert parser.parse_args(["--broker", "mqtt://flag:2"]).broker == "mqtt://flag:2"
-    assert "DEVICEFABRIC_BROKER" in parser.format_help()
-
-
-def test_a_flag_variable_that_does_not_parse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "fast")
-    with pytest.raises(ConfigError, match=r"DEVICEFABRIC_WRITE_QPS='fast' .* --write-qps"):
-        add_flag(argparse.ArgumentParser(), "--write-qps", type=float, default=20.0, help="qps")
-    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "7.5")
-    parser = argparse.ArgumentParser()
-    add_flag(parser, "--write-qps", type=float, default=20.0, help="qps")
-    assert parser.parse_args([]).write_qps == 7.5

@@ -17,6 +17,7 @@ import pytest
 from devicefabric.config.errors import ConfigError
 from devicefabric.runtime.settings import (
     InvalidSettingError,
+    add_flag,
     add_settings,
     env_name,
     flag_of,
@@ -138,7 +139,7 @@ def test_argparse_still_refuses_a_choice_on_the_command_line() -> None:
 def test_help_shows_each_flag_with_its_variable_and_default() -> None:
     text = " ".join(_parser().format_help().split())
     assert "per second [env DEVICEFABRIC_RATE; default 20]" in text
-    assert "a required name [env DEVICEFABRIC_NAME]" in text
+    assert "a required name [env DEVICEFABRIC_NAME; required]" in text
     assert "a switch [env DEVICEFABRIC_ON]" in text  # a switch shows no default
     assert "library default empty [env DEVICEFABRIC_URL; default x://1]" in text
     assert "inner things:" in text  # the nested class is an argument group
@@ -167,3 +168,49 @@ def test_the_variable_is_derived_from_the_flag() -> None:
     assert env_name("--write-qps") == "DEVICEFABRIC_WRITE_QPS"
     assert flag_of(Example, "tags").env == "DEVICEFABRIC_TAG"
     assert InvalidSettingError("rate", "must be > 0").render("--rate") == "--rate: must be > 0"
+
+
+# -- add_flag: a command's own flags, the variable read when the parser is built -------------
+def test_flags_read_their_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env_name("--write-qps") == "DEVICEFABRIC_WRITE_QPS"
+    monkeypatch.setenv("DEVICEFABRIC_BROKER", "mqtt://from-env:1")
+    monkeypatch.setenv("DEVICEFABRIC_DEMO", "true")
+    parser = argparse.ArgumentParser()
+    add_flag(parser, "--broker", default="mqtt://default:1", help="broker")
+    add_flag(parser, "--mqtt", default="127.0.0.1:1883", help="listener")
+    add_flag(parser, "--demo", action="store_true", help="demo")
+    args = parser.parse_args([])
+    assert (args.broker, args.mqtt, args.demo) == ("mqtt://from-env:1", "127.0.0.1:1883", True)
+    assert parser.parse_args(["--broker", "mqtt://flag:2"]).broker == "mqtt://flag:2"
+    assert "DEVICEFABRIC_BROKER" in parser.format_help()
+
+
+def test_a_flag_variable_that_does_not_parse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "fast")
+    with pytest.raises(ConfigError, match=r"DEVICEFABRIC_WRITE_QPS='fast' .* --write-qps"):
+        add_flag(argparse.ArgumentParser(), "--write-qps", type=float, default=20.0, help="qps")
+    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "7.5")
+    parser = argparse.ArgumentParser()
+    add_flag(parser, "--write-qps", type=float, default=20.0, help="qps")
+    assert parser.parse_args([]).write_qps == 7.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--rate", "2", "sub"], 2.0),  # before the subcommand: kept
+        (["sub", "--rate", "3"], 3.0),  # after it
+        (["--rate", "2", "sub", "--rate", "3"], 3.0),  # both: the later one
+        (["sub"], 20.0),  # neither: the default
+    ],
+)
+def test_again_accepts_a_flag_before_or_after_a_subcommand(
+    argv: list[str], expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEVICEFABRIC_RATE", raising=False)
+    parser = argparse.ArgumentParser()
+    add_settings(parser, Example, only=("rate",))
+    sub = parser.add_subparsers(dest="command", required=True).add_parser("sub")
+    add_settings(sub, Example, only=("rate",), again=True)
+    args = parser.parse_args(argv)
+    assert from_args(Example, args, only=("rate",), name="n").rate == expected
