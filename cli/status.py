@@ -37,6 +37,7 @@ from devicefabric.config.settings import (
     DEFAULT_HTTP,
     DEFAULT_STATE_DIR,
     HostPort,
+    dialable,
     parse_hostport,
 )
 from devicefabric.runtime.settings import add_settings, from_args, number, path, setting
@@ -263,17 +264,8 @@ def fetch(address: HostPort, state_dir: Path | None, timeout: float) -> Observed
     )
 
 
-def reachable(address: HostPort) -> HostPort:
-    """A wildcard listen address (as a pod's `DEVICEFABRIC_HTTP=0.0.0.0:8080`) is dialled on loopback."""
-    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
-        return HostPort("127.0.0.1", address.port)
-    if address.host == "::":
-        return HostPort("::1", address.port)
-    return address
-
-
 def run(args: argparse.Namespace) -> int:
     settings = from_args(StatusSettings, args)
-    report = assess(fetch(reachable(settings.http), settings.state_dir, settings.timeout))
+    report = assess(fetch(dialable(settings.http), settings.state_dir, settings.timeout))
     print(report.text, flush=True)
     return report.code

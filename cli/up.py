@@ -40,7 +40,7 @@ from devicefabric.config.lifecycle import run_program
 from devicefabric.config.logs import JsonFormatter, TextFormatter
 from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.resource import AGENT_CONNECTED
-from devicefabric.config.settings import DEFAULT_STATE_DIR, HostPort, parse_broker_url
+from devicefabric.config.settings import DEFAULT_STATE_DIR, HostPort, dialable, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.settings import add_settings, from_args, optional, path, setting
 from devicefabric.runtime.tasks import first_error
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         BridgeSettings,
         args,
         only=BRIDGE_FIELDS,
-        broker=parse_broker_url(f"mqtt://{_reachable(broker.mqtt)}"),
+        broker=parse_broker_url(f"mqtt://{dialable(broker.mqtt)}"),
         password="",
         client_id=default_client_id(),  # unique per process: not guessable
     )
@@ -156,7 +156,7 @@ async def serve(options: UpOptions) -> None:
     _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
     plane = LocalControlPlane(options.state_dir)
     async with EmbeddedBroker(options.broker) as broker:
-        address = _reachable(broker.address)
+        address = dialable(broker.address)
         settings = replace(options.bridge, broker=parse_broker_url(f"mqtt://{address}"))
         bridge = Bridge(settings, plane, fleet=plane.fleet)
         try:
@@ -287,15 +287,6 @@ def _check_free(address: HostPort, flag: str) -> None:
                     f"{flag}: {address} is already in use; choose another with {flag}"
                 ) from None
             raise ConfigError(f"{flag}: cannot listen on {address}: {exc.strerror}") from None
-
-
-def _reachable(address: HostPort) -> HostPort:
-    """The address a local client dials: a wildcard bind is reached over loopback."""
-    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
-        return HostPort("127.0.0.1", address.port)
-    if address.host == "::":
-        return HostPort("::1", address.port)
-    return address
 
 
 def _log_to_file(path: Path) -> None:

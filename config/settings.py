@@ -38,6 +38,16 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def dialable(address: HostPort) -> HostPort:
+    """The address a local client dials for a listen address: a wildcard is reached on loopback
+    (a pod's `DEVICEFABRIC_HTTP=0.0.0.0:8080`, `up --mqtt 0.0.0.0:1883`)."""
+    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return HostPort("127.0.0.1", address.port)
+    if address.host == "::":
+        return HostPort("::1", address.port)
+    return address
+
+
 def parse_hostport(value: str, flag: str = "--mqtt") -> HostPort:
     """`HOST:PORT` (IPv6 as `[::1]:PORT`); port 0 means "any free port"."""
     host, sep, port_s = value.rpartition(":")

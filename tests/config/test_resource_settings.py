@@ -16,6 +16,7 @@ from devicefabric.config.resource import (
 )
 from devicefabric.config.settings import (
     HostPort,
+    dialable,
     parse_broker_url,
     parse_broker_urls,
     parse_hostport,
@@ -116,3 +117,15 @@ def test_a_broker_url_list_keeps_its_order(value: str, ports: list[int]) -> None
 def test_bad_broker_url_lists(value: str, why: str) -> None:
     with pytest.raises(ConfigError, match=why):
         parse_broker_urls(value)
+
+
+@pytest.mark.parametrize(
+    ("listen", "dialled"),
+    [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("[::]:1883", "[::1]:1883"),
+        ("10.0.0.5:1883", "10.0.0.5:1883"),
+    ],
+)
+def test_a_wildcard_listen_address_is_dialled_on_loopback(listen: str, dialled: str) -> None:
+    assert str(dialable(parse_hostport(listen))) == dialled
