@@ -26,8 +26,8 @@ from devicefabric.runtime.settings import (
     InvalidSettingError,
     integer,
     number,
-    optional,
     path,
+    path_setting,
     setting,
 )
 
@@ -105,11 +105,8 @@ class AgentSettings:
     heartbeat_s: int = setting(
         "--heartbeat", "seconds between heartbeats", default=DEFAULT_HEARTBEAT_S, parse=integer
     )
-    tls_ca: Path | None = setting(
-        "--tls-ca",
-        "CA bundle to verify an mqtts:// broker (default: the system's)",
-        default=None,
-        parse=optional(path),
+    tls_ca: Path | None = path_setting(
+        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
     )
     allow_command: tuple[str, ...] = setting(
         "--allow-command",

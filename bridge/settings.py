@@ -45,8 +45,8 @@ from devicefabric.runtime.settings import (
     group,
     integer,
     number,
-    optional,
     path,
+    path_setting,
     setting,
 )
 
@@ -104,11 +104,8 @@ class BridgeSettings:
     )
     root: str = DEFAULT_ROOT
     """Topic root."""
-    tls_ca: Path | None = setting(
-        "--tls-ca",
-        "CA bundle to verify an mqtts:// broker (default: the system's)",
-        default=None,
-        parse=optional(path),
+    tls_ca: Path | None = path_setting(
+        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
     )
     control_plane: str = setting(
         "--control-plane",

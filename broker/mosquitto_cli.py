@@ -30,7 +30,15 @@ from devicefabric.broker.settings import hostport
 from devicefabric.config.credentials import load_secret
 from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
-from devicefabric.runtime.settings import add_settings, from_args, integer, optional, path, setting
+from devicefabric.runtime.settings import (
+    add_settings,
+    from_args,
+    integer,
+    optional,
+    path,
+    path_setting,
+    setting,
+)
 
 
 def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,11 +119,9 @@ class MosquittoConfigSettings(GeneratorInputs):
         parse=path,
         metavar="PATH",
     )
-    dynsec_path: Path | None = setting(
+    dynsec_path: Path | None = path_setting(
         "--dynsec-path",
         f"absolute path mosquitto reads {DYNSEC_NAME} from, when it is not --out",
-        default=None,
-        parse=optional(path),
         metavar="PATH",
     )
     user: str | None = setting(
@@ -126,26 +132,14 @@ class MosquittoConfigSettings(GeneratorInputs):
         default_factory=default_user,
         metavar="NAME",
     )
-    persistence_dir: Path | None = setting(
-        "--persistence-dir",
-        "turn persistence on, storing it here (off by default)",
-        default=None,
-        parse=optional(path),
-        metavar="DIR",
+    persistence_dir: Path | None = path_setting(
+        "--persistence-dir", "turn persistence on, storing it here (off by default)", metavar="DIR"
     )
-    tls_cert: Path | None = setting(
-        "--tls-cert",
-        "PEM certificate: the listener speaks TLS only",
-        default=None,
-        parse=optional(path),
-        metavar="FILE",
+    tls_cert: Path | None = path_setting(
+        "--tls-cert", "PEM certificate: the listener speaks TLS only", metavar="FILE"
     )
-    tls_key: Path | None = setting(
-        "--tls-key",
-        "PEM private key of --tls-cert",
-        default=None,
-        parse=optional(path),
-        metavar="FILE",
+    tls_key: Path | None = path_setting(
+        "--tls-key", "PEM private key of --tls-cert", metavar="FILE"
     )
     max_payload: int = setting(
         "--max-payload",

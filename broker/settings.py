@@ -20,7 +20,7 @@ from devicefabric.config.errors import TopicError
 from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
-from devicefabric.runtime.settings import flag_of, integer, optional, path, setting
+from devicefabric.runtime.settings import flag_of, integer, path_setting, setting
 
 DEFAULT_MAX_PAYLOAD: Final = MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config)
 MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
@@ -61,22 +61,14 @@ class BrokerSettings:
         shown=DEFAULT_MQTT,
     )
     """Listen address; port 0 binds any free port (see `EmbeddedBroker.port`)."""
-    revoked_file: Path | None = setting(
-        "--revoked-file",
-        "revoked device names, one per line; re-read when it changes",
-        default=None,
-        parse=optional(path),
+    revoked_file: Path | None = path_setting(
+        "--revoked-file", "revoked device names, one per line; re-read when it changes"
     )
-    tls_cert: Path | None = setting(
-        "--tls-cert",
-        "PEM certificate chain: the listener speaks TLS",
-        default=None,
-        parse=optional(path),
+    tls_cert: Path | None = path_setting(
+        "--tls-cert", "PEM certificate chain: the listener speaks TLS"
     )
     """With `tls_key`, the listener speaks only TLS."""
-    tls_key: Path | None = setting(
-        "--tls-key", "PEM private key of --tls-cert", default=None, parse=optional(path)
-    )
+    tls_key: Path | None = path_setting("--tls-key", "PEM private key of --tls-cert")
     root: str = setting("--root", "topic root", default=DEFAULT_ROOT)
     max_payload: int = setting(
         "--max-payload",

@@ -25,7 +25,11 @@ from typing import Final
 from devicefabric.config.credentials import device_password, load_secret, role_password
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
-from devicefabric.runtime.settings import add_settings, from_args, optional, path, setting
+from devicefabric.runtime.settings import (
+    add_settings,
+    from_args,
+    path_setting,
+)
 
 MOSQUITTO_SUB: Final = "mosquitto_sub"  # the file name the clients look for in XDG_CONFIG_HOME
 HEADER: Final = "# devicefabric creds observer: the observer's login for mosquitto_sub"
@@ -54,25 +58,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 class CredsSettings:
     """`creds`' flags: where the secret is, and where the observer's login goes."""
 
-    secret_file: Path | None = setting(
-        "--secret-file",
-        "file holding the fabric secret (before or after USER)",
-        default=None,
-        parse=optional(path),
+    secret_file: Path | None = path_setting(
+        "--secret-file", "file holding the fabric secret (before or after USER)"
     )
-    state_dir: Path | None = setting(
+    state_dir: Path | None = path_setting(
         "--state-dir",
         "read the secret from this state directory, as created by `devicefabric up` (before "
         "or after USER)",
-        default=None,
-        parse=optional(path),
     )
-    mosquitto_options: Path | None = setting(
+    mosquitto_options: Path | None = path_setting(
         "--mosquitto-options",
         "print nothing; write the observer's login to DIR/mosquitto_sub (mode 0600) for "
         "`XDG_CONFIG_HOME=DIR mosquitto_sub ...`, keeping the password out of `ps`",
-        default=None,
-        parse=optional(path),
         metavar="DIR",
     )
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from devicefabric.config import deploybundle as manifests
-from devicefabric.runtime.settings import add_settings, from_args, setting
+from devicefabric.runtime.settings import add_settings, from_args, switch
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,17 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 class ManifestsSettings:
     """`manifests`' switches: which variant of the bundle, or the samples instead."""
 
-    namespaced: bool = setting(
-        "--namespaced",
-        "restrict the bridge to its own namespace (a Role instead of a ClusterRole)",
-        default=False,
-        kind="switch",
+    namespaced: bool = switch(
+        "--namespaced", "restrict the bridge to its own namespace (a Role instead of a ClusterRole)"
     )
-    samples: bool = setting(
-        "--samples",
-        "print the sample DeviceProcesses instead (apply after the CRD is established)",
-        default=False,
-        kind="switch",
+    samples: bool = switch(
+        "--samples", "print the sample DeviceProcesses instead (apply after the CRD is established)"
     )
 
 

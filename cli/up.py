@@ -42,7 +42,14 @@ from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.resource import AGENT_CONNECTED
 from devicefabric.config.settings import DEFAULT_STATE_DIR, HostPort, dialable, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT
-from devicefabric.runtime.settings import add_settings, from_args, optional, path, setting
+from devicefabric.runtime.settings import (
+    add_settings,
+    from_args,
+    path,
+    path_setting,
+    setting,
+    switch,
+)
 from devicefabric.runtime.tasks import first_error
 
 if TYPE_CHECKING:  # imported lazily at run time: yaml and amqtt are extras
@@ -67,17 +74,11 @@ class UpSettings:
         default=DEFAULT_STATE_DIR,
         parse=path,
     )
-    secret_file: Path | None = setting(
-        "--secret-file",
-        "fabric secret file (default: $DEVICEFABRIC_SECRET, else STATE_DIR/secret)",
-        default=None,
-        parse=optional(path),
+    secret_file: Path | None = path_setting(
+        "--secret-file", "fabric secret file (default: $DEVICEFABRIC_SECRET, else STATE_DIR/secret)"
     )
-    demo: bool = setting(
-        "--demo",
-        "also run three local agents with sample processes and show a live table",
-        default=False,
-        kind="switch",
+    demo: bool = switch(
+        "--demo", "also run three local agents with sample processes and show a live table"
     )
 
 

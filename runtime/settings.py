@@ -149,6 +149,16 @@ def setting(
     return field(default=default, metadata=meta, repr=repr)
 
 
+def path_setting(flag: str, help: str, *, metavar: str | None = None) -> Any:  # noqa: A002
+    """A file or directory flag that is unset (None) unless given."""
+    return setting(flag, help, default=None, parse=optional(path), metavar=metavar)
+
+
+def switch(flag: str, help: str) -> Any:  # noqa: A002
+    """An on/off flag, off unless given (its variable: `1`, `true`, `yes` or `on`)."""
+    return setting(flag, help, default=False, kind="switch")
+
+
 def group(cls: type[Any], title: str, *, default: Any = None) -> Any:
     """A field holding a nested settings class, shown as an argument group titled `title`."""
     return field(default=default, metadata={_GROUP: (cls, title)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,9 @@ from devicefabric.runtime.settings import (
     group,
     integer,
     number,
+    path_setting,
     setting,
+    switch,
 )
 
 
@@ -39,7 +42,8 @@ class Inner:
 class Example:
     name: str = setting("--name", "a required name", required=True)
     rate: float = setting("--rate", "per second", default=20.0, parse=number)
-    on: bool = setting("--on", "a switch", default=False, kind="switch")
+    on: bool = switch("--on", "a switch")
+    where: Path | None = path_setting("--where", "a file")
     tags: tuple[str, ...] = setting("--tag", "repeatable", default=(), kind="list")
     mode: str = setting("--mode", "one of two", default="a", choices=("a", "b"))
     url: str = setting("--url", "library default empty", default="", program_default="x://1")
@@ -60,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(argv: list[str], env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Example:
-    for name in ("NAME", "RATE", "ON", "TAG", "MODE", "URL", "DEPTH"):
+    for name in ("NAME", "RATE", "ON", "WHERE", "TAG", "MODE", "URL", "DEPTH"):
         monkeypatch.delenv(f"DEVICEFABRIC_{name}", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -85,6 +89,9 @@ def _build(argv: list[str], env: Mapping[str, str], monkeypatch: pytest.MonkeyPa
         ([], {}, "inner", Inner(depth=2)),  # a nested group is built from its own flags
         (["--depth", "5"], {}, "inner", Inner(depth=5)),
         ([], {"DEVICEFABRIC_DEPTH": "4"}, "inner", Inner(depth=4)),
+        ([], {}, "where", None),
+        (["--where", "a/b"], {}, "where", Path("a/b")),
+        ([], {"DEVICEFABRIC_WHERE": ""}, "where", None),  # an empty variable: unset
         ([], {"DEVICEFABRIC_TUNING": "1"}, "tuning", 7),  # a field without a flag reads nothing
     ],
 )
