@@ -1,9 +1,10 @@
-"""The agent's settings: a frozen dataclass with explicit checks (no pydantic in the agent).
+"""The agent's settings: one frozen dataclass, each field its flag, variable, default and check.
 
-The device agent must stay small, so its settings are checked by hand here with the same rules
-and one-line messages the CLI shows (`--heartbeat: Input should be ...`): an invalid value raises
-`InvalidSettingError` naming the field, which the CLI maps to its flag. `HELP` holds each field's
-description, the source of the flag help. The password is a `Secret` that never prints itself.
+Declared with `runtime.settings.setting` (no pydantic in the agent): `agent run`'s flags are
+generated from the fields, each flag also read from `DEVICEFABRIC_<FLAG>`, and every check lives
+once, in `__post_init__`, with the one-line messages the CLI shows (`--heartbeat: Input should
+be ...`): an invalid value raises `InvalidSettingError` naming the field, which the CLI words
+with its flag. The password is a `Secret` that never prints itself.
 """
 
 from __future__ import annotations
@@ -15,47 +16,25 @@ from typing import Final
 
 from devicefabric.agent.logbuffer import DEFAULT_BUDGET, MAX_BUDGET, MIN_BUDGET
 from devicefabric.agent.logfiles import MAX_FILE_BYTES, MIN_FILE_BYTES
+from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import validate_device
-from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, BrokerURL
+from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, DEFAULT_MQTT, BrokerURL
+from devicefabric.config.settings import parse_broker_urls as _parse_broker_urls
 from devicefabric.config.topics import DEFAULT_ROOT, validate_root
+from devicefabric.runtime.settings import (
+    InvalidSettingError,
+    integer,
+    number,
+    path,
+    path_setting,
+    setting,
+)
 
-HELP: Final = {
-    "device": "this device's name: its MQTT user name, client id and topic level",
-    "broker": "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT; for a clustered broker a "
-    "comma-separated list of its nodes, tried in turn after a failed try or a lost connection",
-    "password": "this device's MQTT password",
-    "state_dir": "directory for the persisted desired document (created, mode 0700)",
-    "heartbeat_s": "seconds between heartbeats",
-    "tls_ca": "CA bundle to verify an mqtts:// broker (default: the system's)",
-    "allow_command": "only run commands starting with this prefix (repeatable; a word ending "
-    "in / allows any program under that directory, symlinks resolved; none given: allow every "
-    "command, variable and directory)",
-    "allow_env": "with --allow-command: an env variable a spec may set (repeatable; none given: "
-    "a spec may set none)",
-    "allow_workdir": "with --allow-command: a directory a spec's workingDir may be or lie in, "
-    "symlinks resolved (repeatable; none given: a spec may not set workingDir)",
-    "max_backoff_s": "cap in seconds of the crash-restart back-off",
-    "max_reconnect_backoff_s": "cap in seconds of the reconnect back-off",
-    "log_buffer_bytes": "bytes of each process's newest stdout/stderr lines kept in memory for "
-    f"`devicefabric logs` ({MIN_BUDGET}-{MAX_BUDGET}; 0: keep none and let stdout go to the "
-    "agent's stdout)",
-    "log_file_bytes": "also append each process's stdout and stderr to <state-dir>/logs/"
-    "<namespace>_<name>.stdout.log and .stderr.log, each rotated to .1 past this many bytes "
-    "(65536-1073741824; 0: off)",
-    "root": "topic root of the fabric",
-}
 MAX_HEARTBEAT_S: Final = 86400
 MAX_BACKOFF_S: Final = 3600.0
 
-
-class InvalidSettingError(ConfigError):
-    """A setting out of its range; `field` names it, `message` says why (one line)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
+__all__ = ["AgentSettings", "InvalidSettingError", "Secret"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +52,14 @@ class Secret:
     __str__ = __repr__
 
 
+def _brokers(value: str, flag: str) -> tuple[BrokerURL, ...]:
+    return tuple(_parse_broker_urls(value, flag))
+
+
+def _password(value: str, flag: str) -> Secret:  # noqa: ARG001
+    return Secret(read_password_file(Path(value)))
+
+
 def _backoff(field: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise InvalidSettingError(field, "Input should be a valid number")
@@ -82,53 +69,113 @@ def _backoff(field: str, value: float) -> None:
         raise InvalidSettingError(field, f"Input should be less than or equal to {MAX_BACKOFF_S:g}")
 
 
-def _log_buffer(value: int) -> None:
-    field = "log_buffer_bytes"
-    if type(value) is not int:
-        raise InvalidSettingError(field, "Input should be a valid integer")
-    if value != 0 and not MIN_BUDGET <= value <= MAX_BUDGET:
-        raise InvalidSettingError(
-            field, f"Input should be 0 or between {MIN_BUDGET} and {MAX_BUDGET}"
-        )
-
-
-def _log_file(value: int) -> None:
-    field = "log_file_bytes"
-    if type(value) is not int:
-        raise InvalidSettingError(field, "Input should be a valid integer")
-    if value != 0 and not MIN_FILE_BYTES <= value <= MAX_FILE_BYTES:
-        raise InvalidSettingError(
-            field, f"Input should be 0 or between {MIN_FILE_BYTES} and {MAX_FILE_BYTES}"
-        )
+def _zero_or_between(field: str, value: int, low: int, high: int) -> None:
+    if value != 0 and not low <= value <= high:
+        raise InvalidSettingError(field, f"Input should be 0 or between {low} and {high}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSettings:
-    """Everything the agent needs; the CLI builds it from flags (help in `HELP`)."""
+    """Everything the agent needs; `agent run`'s flags are these fields."""
 
-    device: str
-    broker: BrokerURL
-    password: Secret
-    fallback_brokers: tuple[BrokerURL, ...] = ()  # the list's other nodes, in order
-    state_dir: Path
-    heartbeat_s: int = DEFAULT_HEARTBEAT_S
-    tls_ca: Path | None = None
-    allow_command: tuple[str, ...] = ()
-    allow_env: tuple[str, ...] = ()
-    allow_workdir: tuple[str, ...] = ()
-    max_backoff_s: float = 10.0
-    max_reconnect_backoff_s: float = 30.0
-    log_buffer_bytes: int = DEFAULT_BUDGET
-    log_file_bytes: int = 0  # 0: no file; see HELP
-    root: str = DEFAULT_ROOT
+    device: str = setting(
+        "--device",
+        "this device's name: its MQTT user name, client id and topic level",
+        required=True,
+    )
+    brokers: tuple[BrokerURL, ...] = setting(
+        "--broker",
+        "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT; for a clustered broker a "
+        "comma-separated list of its nodes, tried in turn after a failed try or a lost connection",
+        parse=_brokers,
+        program_default=f"mqtt://{DEFAULT_MQTT}",
+    )
+    password: Secret = setting(
+        "--password-file",
+        "file holding this device's MQTT password",
+        parse=_password,
+        required=True,
+    )
+    state_dir: Path = setting(
+        "--state-dir",
+        "directory for the persisted desired document (created, mode 0700)",
+        parse=path,
+        required=True,
+    )
+    heartbeat_s: int = setting(
+        "--heartbeat", "seconds between heartbeats", default=DEFAULT_HEARTBEAT_S, parse=integer
+    )
+    tls_ca: Path | None = path_setting(
+        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
+    )
+    allow_command: tuple[str, ...] = setting(
+        "--allow-command",
+        "only run commands starting with this prefix (repeatable; a word ending in / allows any "
+        "program under that directory, symlinks resolved; none given: allow every command, "
+        "variable and directory)",
+        default=(),
+        kind="list",
+    )
+    allow_env: tuple[str, ...] = setting(
+        "--allow-env",
+        "with --allow-command: an env variable a spec may set (repeatable; none given: a spec "
+        "may set none)",
+        default=(),
+        kind="list",
+    )
+    allow_workdir: tuple[str, ...] = setting(
+        "--allow-workdir",
+        "with --allow-command: a directory a spec's workingDir may be or lie in, symlinks "
+        "resolved (repeatable; none given: a spec may not set workingDir)",
+        default=(),
+        kind="list",
+    )
+    max_backoff_s: float = setting(
+        "--max-backoff", "cap in seconds of the crash-restart back-off", default=10.0, parse=number
+    )
+    max_reconnect_backoff_s: float = setting(
+        "--max-reconnect-backoff",
+        "cap in seconds of the reconnect back-off",
+        default=30.0,
+        parse=number,
+    )
+    log_buffer_bytes: int = setting(
+        "--log-buffer",
+        "bytes of each process's newest stdout/stderr lines kept in memory for "
+        f"`devicefabric logs` ({MIN_BUDGET}-{MAX_BUDGET}; 0: keep none and let stdout go to the "
+        "agent's stdout)",
+        default=DEFAULT_BUDGET,
+        parse=integer,
+    )
+    log_file_bytes: int = setting(
+        "--log-file",
+        "also append each process's stdout and stderr to <state-dir>/logs/"
+        "<namespace>_<name>.stdout.log and .stderr.log, each rotated to .1 past this many bytes "
+        f"({MIN_FILE_BYTES}-{MAX_FILE_BYTES}; 0: off)",
+        default=0,
+        parse=integer,
+    )
+    root: str = setting("--root", "topic root of the fabric", default=DEFAULT_ROOT)
+
+    @property
+    def broker(self) -> BrokerURL:
+        """The first node of `--broker`: the one tried first."""
+        return self.brokers[0]
+
+    @property
+    def fallback_brokers(self) -> tuple[BrokerURL, ...]:
+        """The list's other nodes, in order."""
+        return self.brokers[1:]
 
     def __post_init__(self) -> None:
         try:
             validate_device(self.device)
         except ConfigError as exc:
             raise InvalidSettingError("device", str(exc)) from None
-        if type(self.heartbeat_s) is not int:
-            raise InvalidSettingError("heartbeat_s", "Input should be a valid integer")
+        if not self.brokers:
+            raise InvalidSettingError("brokers", "expected at least one broker URL")
+        if self.tls_ca is not None and not self.broker.tls:
+            raise InvalidSettingError("tls_ca", "{flag} is only used with an mqtts:// --broker URL")
         if self.heartbeat_s < 1:
             raise InvalidSettingError("heartbeat_s", "Input should be greater than or equal to 1")
         if self.heartbeat_s > MAX_HEARTBEAT_S:
@@ -137,8 +184,8 @@ class AgentSettings:
             )
         _backoff("max_backoff_s", self.max_backoff_s)
         _backoff("max_reconnect_backoff_s", self.max_reconnect_backoff_s)
-        _log_buffer(self.log_buffer_bytes)
-        _log_file(self.log_file_bytes)
+        _zero_or_between("log_buffer_bytes", self.log_buffer_bytes, MIN_BUDGET, MAX_BUDGET)
+        _zero_or_between("log_file_bytes", self.log_file_bytes, MIN_FILE_BYTES, MAX_FILE_BYTES)
         try:
             validate_root(self.root)
         except ConfigError as exc:

@@ -49,13 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
-import secrets
-import socket
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
@@ -73,28 +67,17 @@ from devicefabric.bridge.metrics import BridgeMetrics
 from devicefabric.bridge.mirroring import Mirror, ResourceIndex
 from devicefabric.bridge.mqtt import LinkSettings, MqttLink
 from devicefabric.bridge.queueing import (
-    DEFAULT_KEY_BURST,
-    DEFAULT_MIN_INTERVAL,
     KeyedQueue,
     TokenBucket,
     WorkQueue,
 )
 from devicefabric.bridge.replaying import ReplayLedger
+from devicefabric.bridge.settings import BridgeSettings, default_client_id
 from devicefabric.bridge.tracking import DeviceTracker
 from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
 from devicefabric.config.resource import Reason
-from devicefabric.config.settings import (
-    DEFAULT_EVENT_BURST,
-    DEFAULT_EVENT_QPS,
-    DEFAULT_STALE_MULTIPLIER,
-    DEFAULT_WRITE_BURST,
-    DEFAULT_WRITE_QPS,
-    BrokerURL,
-    HostPort,
-)
-from devicefabric.config.topics import DEFAULT_ROOT, Topics
-from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+from devicefabric.config.topics import Topics
 from devicefabric.runtime.tasks import first_error
 
 log = logging.getLogger("devicefabric.bridge")
@@ -104,43 +87,7 @@ SWEEP_MAX: Final = 0.5  # ...nor sleeps longer (a new short-heartbeat device is 
 LEADERSHIP_POLL: Final = 0.5
 
 
-def default_client_id() -> str:
-    """`bridge_<POD_NAME or hostname>_<8 random hex>`: unique per process, so nobody can take the
-    bridge's session over by guessing its id; short (the host part is cut to 20 characters of
-    `[A-Za-z0-9-]`) and never a device name (a device name has no `_`)."""
-    host = os.environ.get("POD_NAME") or socket.gethostname()
-    host = re.sub(r"[^A-Za-z0-9-]", "-", host)[:20] or "host"
-    return f"bridge_{host}_{secrets.token_hex(4)}"
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeSettings:
-    """Everything the bridge needs besides its control plane."""
-
-    broker: BrokerURL  # mqtt://host:port or mqtts://host:port (--broker)
-    password: str  # the `bridge` user's password (--password-file)
-    client_id: str  # MQTT client id; distinct per replica, never a device name (--client-id)
-    http: HostPort | None = None  # /healthz /readyz /metrics /devices (--http); None: off
-    root: str = DEFAULT_ROOT  # topic root
-    tls_ca: Path | None = None  # CA bundle for mqtts:// (--tls-ca); None: system CAs
-    write_qps: float = DEFAULT_WRITE_QPS  # sustained status writes per second (--write-qps)
-    write_burst: int = DEFAULT_WRITE_BURST  # status writes at once before the rate applies
-    event_qps: float = DEFAULT_EVENT_QPS  # Events per second, a budget of their own (--event-qps)
-    event_burst: int = DEFAULT_EVENT_BURST  # Events at once before their rate applies
-    stale_multiplier: float = DEFAULT_STALE_MULTIPLIER  # HeartbeatTimeout after this x heartbeat_s
-    min_write_interval: float = DEFAULT_MIN_INTERVAL  # s between writes of one resource, after...
-    key_write_burst: int = DEFAULT_KEY_BURST  # ...this many in quick succession (per resource)
-    workers: int = 4  # concurrent writers (each write still takes a token)
-    # s an intermediate state (Synced=Pending, phase Pending) waits before its write, so a spec
-    # change lands as one write: the report completing it (its generation, no longer Pending) is
-    # written at once and supersedes the wait (`statuses.write_delay`); device transitions
-    # (connect, will, timeout) are written at once.
-    settle: float = 0.05
-    keepalive: int = 30  # MQTT keepalive (s)
-    call_timeout: float = 10.0  # s: bound of one control-plane call
-    # s the MQTT link may stay down (not subscribed and read back) before /healthz fails
-    mqtt_down_limit: float = 120.0  # (--mqtt-down-limit)
-    max_payload: int = MAX_PAYLOAD_BYTES  # bytes of one desired document (the brokers' limit)
+__all__ = ["Bridge", "BridgeSettings", "default_client_id"]
 
 
 class Bridge(Dispatch):

@@ -32,10 +32,8 @@ import asyncio
 import contextlib
 import errno
 import logging
-import resource
 import socket
 import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
@@ -47,77 +45,25 @@ from devicefabric.broker.connection import Limits
 from devicefabric.broker.errors import BrokerConfigError, BrokerError
 from devicefabric.broker.hardening import HardenedBroker
 from devicefabric.broker.plugins import plugin_config
-from devicefabric.config.errors import TopicError
-from devicefabric.config.settings import HostPort, parse_hostport
-from devicefabric.config.topics import DEFAULT_ROOT, Topics
-from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+from devicefabric.broker.settings import BrokerSettings, fd_budget
+from devicefabric.config.settings import HostPort
+from devicefabric.config.topics import Topics
 
 log = logging.getLogger("devicefabric.broker")
 
-DEFAULT_MAX_PAYLOAD: Final = MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config)
-MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
 _LISTENER: Final = "default"
 _DRAIN_TIMEOUT: Final = 5.0
-DEFAULT_MAX_CONNECTIONS: Final = 10_000
-_FD_RESERVE: Final = 64
+
+__all__ = ["BrokerSettings", "EmbeddedBroker", "bind_listener", "limits_of"]
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerSettings:
-    """Everything `devicefabric broker run` can set; each field maps to a flag."""
-
-    secret: bytes = field(repr=False)
-    """The fabric secret every password is derived from (`--secret-file` / DEVICEFABRIC_SECRET)."""
-    mqtt: HostPort = field(default_factory=lambda: parse_hostport("127.0.0.1:1883"))
-    """Listen address (`--mqtt`); port 0 binds any free port (see `EmbeddedBroker.port`)."""
-    revoked_file: Path | None = None
-    """Revoked device names, one per line (`--revoked-file`); re-read when it changes."""
-    tls_cert: Path | None = None
-    """PEM certificate chain (`--tls-cert`); with `tls_key`, the listener speaks only TLS."""
-    tls_key: Path | None = None
-    """PEM private key of `tls_cert` (`--tls-key`)."""
-    root: str = DEFAULT_ROOT
-    """Topic root (`--root`), default `fabric/v1`."""
-    max_payload: int = DEFAULT_MAX_PAYLOAD
-    """Largest PUBLISH/will payload in bytes (`--max-payload`); larger closes the connection."""
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    """Connections the listener holds at once (`--max-connections`); more are closed on accept.
-    Also capped below the process's descriptor limit (`fd_budget`), so the program keeps
-    descriptors for its own files."""
-    connect_timeout: float = 10.0
-    """Seconds from TCP accept to a complete CONNECT (TLS handshake included)."""
-    revocation_poll: float = 1.0
-    """Seconds between checks of the revocation file for changes."""
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise BrokerConfigError("--tls-cert", "--tls-cert and --tls-key must be given together")
-        if not 0 < self.max_payload <= MAX_MQTT_PACKET:
-            raise BrokerConfigError(
-                "--max-payload", f"must be between 1 and {MAX_MQTT_PACKET} bytes"
-            )
-        if self.max_connections < 1:
-            raise BrokerConfigError("--max-connections", "must be at least 1")
-        try:
-            Topics(self.root)
-        except TopicError as exc:
-            raise BrokerConfigError("--root", str(exc)) from exc
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            max_payload=self.max_payload,
-            connect_timeout=self.connect_timeout,
-            max_connections=min(self.max_connections, fd_budget()),
-        )
-
-
-def fd_budget() -> int:
-    """Connections the descriptor limit leaves room for, keeping a reserve for the program."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_MQTT_PACKET
-    return max(1, soft - max(_FD_RESERVE, soft // 10))
+def limits_of(settings: BrokerSettings) -> Limits:
+    """The hardened connections' limits for `settings` (connections kept below `fd_budget`)."""
+    return Limits(
+        max_payload=settings.max_payload,
+        connect_timeout=settings.connect_timeout,
+        max_connections=min(settings.max_connections, fd_budget()),
+    )
 
 
 def bind_listener(address: HostPort) -> socket.socket:
@@ -189,7 +135,7 @@ class EmbeddedBroker:
         }
         try:
             self._broker = HardenedBroker(
-                config, limits=settings.limits, sockets={_LISTENER: (self._sock, context)}
+                config, limits=limits_of(settings), sockets={_LISTENER: (self._sock, context)}
             )
             await self._broker.start()
         except (AmqttBrokerError, OSError) as exc:
@@ -197,7 +143,7 @@ class EmbeddedBroker:
             self._broker = None
             raise BrokerError(f"the embedded broker failed to start: {exc}") from exc
         self._watcher = asyncio.create_task(self._watch_revocations(), name="broker-revocations")
-        cap = settings.limits.max_connections
+        cap = limits_of(settings).max_connections
         if cap < settings.max_connections:
             log.warning(
                 "at most %d connections: the descriptor limit (ulimit -n) leaves no room for %d",

@@ -5,11 +5,15 @@ name per line), the optional revocation list and the fabric secret, and writes `
 and `dynamic-security.json` into `--out` (see `broker.mosquitto` for what they hold). Every
 input error is a `ConfigError` naming the flag, file and line: exit code 2 with one line. Nothing
 here imports amqtt: generating the config needs no embedded broker.
+
+The flags are generated from `MosquittoConfigSettings`; `GeneratorInputs`, the files every
+config generator reads, is shared with `broker.nats_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from devicefabric.broker.mosquitto import (
@@ -22,10 +26,19 @@ from devicefabric.broker.mosquitto import (
     generate,
     read_name_list,
 )
+from devicefabric.broker.settings import hostport
 from devicefabric.config.credentials import load_secret
-from devicefabric.config.errors import ConfigError
-from devicefabric.config.settings import DEFAULT_MQTT, add_flag, env_name, parse_hostport
+from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.settings import (
+    add_settings,
+    from_args,
+    integer,
+    optional,
+    path,
+    path_setting,
+    setting,
+)
 
 
 def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,121 +52,132 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "and observer users). See docs/mosquitto.md."
         ),
     )
-    add_input_flags(parser, revoked="written disabled")
-    add_flag(
-        parser,
-        "--mqtt",
-        default=DEFAULT_MQTT,
-        metavar="HOST:PORT",
-        help="the listener mosquitto opens, HOST:PORT",
-    )
-    add_flag(
-        parser,
-        "--plugin",
-        type=Path,
-        default=DEFAULT_PLUGIN,
-        metavar="PATH",
-        help="dynamic-security plugin path",
-    )
-    add_flag(
-        parser,
-        "--dynsec-path",
-        type=Path,
-        metavar="PATH",
-        help=f"absolute path mosquitto reads {DYNSEC_NAME} from, when it is not --out",
-    )
-    add_flag(
-        parser,
-        "--user",
-        metavar="NAME",
-        help="account mosquitto drops to when started as root (written as `user`; as root, the "
-        "generated files are handed to it so mosquitto can read and update them). Default, as "
-        "root: mosquitto's own account `mosquitto` when it exists; `--user root` keeps root",
-    )
-    add_flag(
-        parser,
-        "--persistence-dir",
-        type=Path,
-        metavar="DIR",
-        help="turn persistence on, storing it here (off by default)",
-    )
-    add_flag(
-        parser,
-        "--tls-cert",
-        type=Path,
-        metavar="FILE",
-        help="PEM certificate: the listener speaks TLS only",
-    )
-    add_flag(parser, "--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
-    add_flag(
-        parser,
-        "--max-payload",
-        type=int,
-        metavar="BYTES",
-        default=DEFAULT_MAX_PAYLOAD,
-        help="largest payload in bytes; mosquitto disconnects a client sending a larger packet",
-    )
-    add_flag(
-        parser,
-        "--max-queued-messages",
-        type=int,
-        metavar="N",
-        help=f"mosquitto's per-client queue bound (default {QUEUE_FLOOR} + "
-        f"{QUEUED_PER_DEVICE} x the number of devices: the bridge must receive a whole burst, "
-        "e.g. every will of a mass disconnect)",
-    )
-    add_flag(parser, "--root", default=DEFAULT_ROOT, help="topic root")
+    add_settings(parser, MosquittoConfigSettings)
     parser.set_defaults(func=run)
 
 
-def add_input_flags(parser: argparse.ArgumentParser, *, revoked: str) -> None:
-    """`--out`, `--devices`, `--secret-file`, `--revoked-file`: what every config generator reads
-    (`revoked` says what becomes of a revoked device in that broker's config)."""
-    add_flag(parser, "--out", type=Path, metavar="DIR", help="directory to write into (created)")
-    add_flag(
-        parser, "--devices", type=Path, metavar="FILE", help="file with one device name per line"
+def _secret_file(value: str, flag: str) -> bytes:  # noqa: ARG001
+    return load_secret(Path(value))
+
+
+def _no_secret_file() -> bytes:
+    return load_secret(None)  # $DEVICEFABRIC_SECRET, else a one-line "no secret" error
+
+
+def _names(value: str, flag: str) -> tuple[str, ...]:  # noqa: ARG001
+    return read_name_list(Path(value)) if value else ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratorInputs:
+    """What every broker config generator reads (`mosquitto-config`, `nats-config`)."""
+
+    out: Path = setting(
+        "--out", "directory to write into (created)", parse=path, metavar="DIR", required=True
     )
-    add_flag(
-        parser, "--secret-file", type=Path, metavar="FILE", help="file holding the fabric secret"
-    )
-    add_flag(
-        parser,
-        "--revoked-file",
-        type=Path,
+    devices: tuple[str, ...] = setting(
+        "--devices",
+        "file with one device name per line",
+        parse=_names,
         metavar="FILE",
-        help=f"file with one revoked device name per line ({revoked})",
+        required=True,
+    )
+    secret: bytes = setting(
+        "--secret-file",
+        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
+        parse=_secret_file,
+        program_default=_no_secret_file,
+        metavar="FILE",
+        repr=False,
+    )
+    revoked: tuple[str, ...] = setting(
+        "--revoked-file",
+        "file with one revoked device name per line (mosquitto: written disabled; NATS: left out)",
+        default=(),
+        parse=_names,
+        metavar="FILE",
     )
 
 
-def required(value: Path | None, flag: str) -> Path:
-    """`--out`/`--devices` are required, but may come from their environment variables."""
-    if value is None:
-        raise ConfigError(f"{flag} is required (or set {env_name(flag)})")
-    return Path(value)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MosquittoConfigSettings(GeneratorInputs):
+    """`broker mosquitto-config`: the inputs, and what `mosquitto.conf` says besides the rules
+    (see `broker.mosquitto.MosquittoSettings` for how each becomes a mosquitto option)."""
+
+    mqtt: HostPort = setting(
+        "--mqtt",
+        "the listener mosquitto opens, HOST:PORT",
+        default_factory=lambda: parse_hostport(DEFAULT_MQTT),
+        parse=hostport,
+        metavar="HOST:PORT",
+        shown=DEFAULT_MQTT,
+    )
+    plugin: Path = setting(
+        "--plugin",
+        "dynamic-security plugin path",
+        default=DEFAULT_PLUGIN,
+        parse=path,
+        metavar="PATH",
+    )
+    dynsec_path: Path | None = path_setting(
+        "--dynsec-path",
+        f"absolute path mosquitto reads {DYNSEC_NAME} from, when it is not --out",
+        metavar="PATH",
+    )
+    user: str | None = setting(
+        "--user",
+        "account mosquitto drops to when started as root (written as `user`; as root, the "
+        "generated files are handed to it so mosquitto can read and update them). Default, as "
+        "root: mosquitto's own account `mosquitto` when it exists; `--user root` keeps root",
+        default_factory=default_user,
+        metavar="NAME",
+    )
+    persistence_dir: Path | None = path_setting(
+        "--persistence-dir", "turn persistence on, storing it here (off by default)", metavar="DIR"
+    )
+    tls_cert: Path | None = path_setting(
+        "--tls-cert", "PEM certificate: the listener speaks TLS only", metavar="FILE"
+    )
+    tls_key: Path | None = path_setting(
+        "--tls-key", "PEM private key of --tls-cert", metavar="FILE"
+    )
+    max_payload: int = setting(
+        "--max-payload",
+        "largest payload in bytes; mosquitto disconnects a client sending a larger packet",
+        default=DEFAULT_MAX_PAYLOAD,
+        parse=integer,
+        metavar="BYTES",
+    )
+    max_queued_messages: int | None = setting(
+        "--max-queued-messages",
+        f"mosquitto's per-client queue bound (default {QUEUE_FLOOR} + "
+        f"{QUEUED_PER_DEVICE} x the number of devices: the bridge must receive a whole burst, "
+        "e.g. every will of a mass disconnect)",
+        default=None,
+        parse=optional(integer),
+        metavar="N",
+    )
+    root: str = setting("--root", "topic root", default=DEFAULT_ROOT)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = required(args.out, "--out")
-    devices = read_name_list(required(args.devices, "--devices"))
-    revoked = read_name_list(Path(args.revoked_file)) if args.revoked_file else ()
-    secret = load_secret(Path(args.secret_file) if args.secret_file else None)
+    settings = from_args(MosquittoConfigSettings, args)
+    devices, revoked = settings.devices, settings.revoked
     written = generate(
-        out,
+        settings.out,
         devices,
-        secret,
-        parse_hostport(str(args.mqtt), "--mqtt"),
-        root=str(args.root),
+        settings.secret,
+        settings.mqtt,
+        root=settings.root,
         revoked=revoked,
-        plugin=Path(args.plugin),
-        dynsec_file=Path(args.dynsec_path) if args.dynsec_path else None,
-        persistence_dir=Path(args.persistence_dir) if args.persistence_dir else None,
-        user=args.user if args.user is not None else default_user(),
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None,
-        max_payload=int(args.max_payload),
-        max_queued_messages=(
-            int(args.max_queued_messages) if args.max_queued_messages is not None else None
-        ),
+        plugin=settings.plugin,
+        dynsec_file=settings.dynsec_path,
+        persistence_dir=settings.persistence_dir,
+        user=settings.user,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        max_payload=settings.max_payload,
+        max_queued_messages=settings.max_queued_messages,
     )
     unknown = sorted(set(revoked) - set(devices))
     disabled = len(set(revoked) & set(devices))

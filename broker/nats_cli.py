@@ -5,15 +5,16 @@ name per line), the optional revocation list and the fabric secret, and writes `
 for each node into `--out` (see `broker.nats` for what they hold). Nodes are either `--hosts`
 (one node per host, the same ports on each) or `--nodes N` on `--host` (ports base + k, for a
 test cluster on one machine). Every input error is a `ConfigError`: exit code 2 with one line.
+The flags are generated from `NatsConfigSettings` (the shared `GeneratorInputs` first).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from devicefabric.broker.mosquitto import read_name_list
-from devicefabric.broker.mosquitto_cli import add_input_flags, required
+from devicefabric.broker.mosquitto_cli import GeneratorInputs
 from devicefabric.broker.nats import (
     CLUSTER_NAME,
     DEFAULT_BCRYPT_ROUNDS,
@@ -21,10 +22,15 @@ from devicefabric.broker.nats import (
     generate,
     plan_nodes,
 )
-from devicefabric.config.credentials import load_secret
-from devicefabric.config.errors import ConfigError
-from devicefabric.config.settings import add_flag
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.settings import (
+    InvalidSettingError,
+    add_settings,
+    from_args,
+    integer,
+    path,
+    setting,
+)
 
 
 def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,59 +43,82 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "device plus the bridge and observer (bcrypt passwords, MQTT only). See docs/scale.md."
         ),
     )
-    add_input_flags(parser, revoked="left out")
-    add_flag(parser, "--hosts", metavar="H1,H2,..", help="one node per host (same ports on each)")
-    add_flag(parser, "--nodes", type=int, default=3, help="node count on --host (no --hosts)")
-    add_flag(parser, "--host", default="127.0.0.1", help="the host of --nodes")
-    add_flag(parser, "--client-port", type=int, default=4222, help="NATS client port (base)")
-    add_flag(parser, "--cluster-port", type=int, default=6222, help="cluster route port (base)")
-    add_flag(parser, "--mqtt-port", type=int, default=1883, help="MQTT port (base)")
-    add_flag(
-        parser,
-        "--store-dir",
-        type=Path,
-        default=Path("/var/lib/nats"),
-        metavar="DIR",
-        help="JetStream store root; node k stores under DIR/nats-<k>",
-    )
-    add_flag(parser, "--bcrypt-rounds", type=int, default=DEFAULT_BCRYPT_ROUNDS, help="bcrypt cost")
-    add_flag(parser, "--root", default=DEFAULT_ROOT, help="topic root")
-    add_flag(
-        parser,
-        "--cluster-name",
-        default=CLUSTER_NAME,
-        help="the NATS cluster's name (routes from a cluster of another name are refused)",
-    )
+    add_settings(parser, NatsConfigSettings)
     parser.set_defaults(func=run)
 
 
+def _hosts(value: str, flag: str) -> tuple[str, ...]:  # noqa: ARG001
+    return tuple(h.strip() for h in value.split(",") if h.strip())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfigSettings(GeneratorInputs):
+    """`broker nats-config`: the inputs, the nodes and their ports, and the server options."""
+
+    hosts: tuple[str, ...] = setting(
+        "--hosts",
+        "one node per host (same ports on each)",
+        default=(),
+        parse=_hosts,
+        metavar="H1,H2,..",
+    )
+    nodes: int = setting("--nodes", "node count on --host (no --hosts)", default=3, parse=integer)
+    host: str = setting("--host", "the host of --nodes", default="127.0.0.1")
+    client_port: int = setting(
+        "--client-port", "NATS client port (base)", default=4222, parse=integer
+    )
+    cluster_port: int = setting(
+        "--cluster-port", "cluster route port (base)", default=6222, parse=integer
+    )
+    mqtt_port: int = setting("--mqtt-port", "MQTT port (base)", default=1883, parse=integer)
+    store_dir: Path = setting(
+        "--store-dir",
+        "JetStream store root; node k stores under DIR/nats-<k>",
+        default=Path("/var/lib/nats"),
+        parse=path,
+        metavar="DIR",
+    )
+    bcrypt_rounds: int = setting(
+        "--bcrypt-rounds", "bcrypt cost", default=DEFAULT_BCRYPT_ROUNDS, parse=integer
+    )
+    root: str = setting("--root", "topic root", default=DEFAULT_ROOT)
+    cluster_name: str = setting(
+        "--cluster-name",
+        "the NATS cluster's name (routes from a cluster of another name are refused)",
+        default=CLUSTER_NAME,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.hosts and self.nodes < 1:
+            raise InvalidSettingError("nodes", f"{{flag}} must be at least 1, not {self.nodes}")
+        if not 4 <= self.bcrypt_rounds <= 31:
+            raise InvalidSettingError(
+                "bcrypt_rounds", f"{{flag}} must be 4..31, not {self.bcrypt_rounds}"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
-    out = required(args.out, "--out")
-    devices = read_name_list(required(args.devices, "--devices"))
-    revoked = read_name_list(Path(args.revoked_file)) if args.revoked_file else ()
-    secret = load_secret(Path(args.secret_file) if args.secret_file else None)
-    if args.hosts:
-        hosts = [h.strip() for h in str(args.hosts).split(",") if h.strip()]
-    else:
-        if int(args.nodes) < 1:
-            raise ConfigError(f"--nodes must be at least 1, not {args.nodes}")
-        hosts = [str(args.host)] * int(args.nodes)
-    if not 4 <= int(args.bcrypt_rounds) <= 31:
-        raise ConfigError(f"--bcrypt-rounds must be 4..31, not {args.bcrypt_rounds}")
-    base = {"client": args.client_port, "cluster": args.cluster_port, "mqtt": args.mqtt_port}
-    nodes = plan_nodes(hosts, base, Path(args.store_dir))
+    settings = from_args(NatsConfigSettings, args)
+    devices, revoked = settings.devices, settings.revoked
+    hosts = settings.hosts or (settings.host,) * settings.nodes
+    base = {
+        "client": settings.client_port,
+        "cluster": settings.cluster_port,
+        "mqtt": settings.mqtt_port,
+    }
+    nodes = plan_nodes(hosts, base, settings.store_dir)
     written = generate(
-        out,
+        settings.out,
         nodes,
         devices,
-        secret,
-        root=str(args.root),
+        settings.secret,
+        root=settings.root,
         revoked=revoked,
-        hasher=bcrypt_hasher(int(args.bcrypt_rounds)),
-        cluster_name=str(args.cluster_name),
+        hasher=bcrypt_hasher(settings.bcrypt_rounds),
+        cluster_name=settings.cluster_name,
     )
     kept = len(set(devices) - set(revoked))
-    for path, node in zip(written, nodes, strict=True):
-        print(f"wrote {path} ({node.name}: mqtt {node.mqtt}, {kept} devices)")
+    for conf, node in zip(written, nodes, strict=True):
+        print(f"wrote {conf} ({node.name}: mqtt {node.mqtt}, {kept} devices)")
     print(f"run on each node: nats-server -c {written[0].parent}/<node>.conf")
     return 0

@@ -12,13 +12,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import raise_fd_limit
 from devicefabric.config.logs import setup_logging
-from devicefabric.config.settings import add_flag
+from devicefabric.runtime.settings import add_settings, flags_of, from_args, setting
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +29,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-_GLOBAL_VALUED: Final = frozenset({"--log-format", "--log-level"})
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogSettings:
+    """The options every command takes, before its name: how the program logs."""
+
+    log_format: str | None = setting(
+        "--log-format",
+        "log line format (text on a terminal, json otherwise)",
+        default=None,
+        choices=("text", "json"),
+    )
+    log_level: str = setting("--log-level", "log level (DEBUG, INFO, WARNING...)", default="INFO")
+
+
+_GLOBAL_VALUED: Final = frozenset(flag.flag for _, flag in flags_of(LogSettings))
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -52,13 +66,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Kubernetes-driven process management for fleets of edge devices over MQTT.",
     )
     parser.add_argument("--version", action="version", version=f"devicefabric {__version__}")
-    add_flag(
-        parser,
-        "--log-format",
-        choices=("text", "json"),
-        help="log line format (text on a terminal, json otherwise)",
-    )
-    add_flag(parser, "--log-level", default="INFO", help="log level (DEBUG, INFO, WARNING...)")
+    add_settings(parser, LogSettings)
     # Subparsers are `_Parser`s too (one-line errors); the registrars only need ArgumentParser.
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
@@ -105,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"devicefabric: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
     try:
+        logging_settings = from_args(LogSettings, args)
+        setup_logging(logging_settings.log_level, logging_settings.log_format)
         code = args.func(args)
     except ConfigError as exc:
         print(f"devicefabric: error: {exc}", file=sys.stderr)

@@ -18,13 +18,18 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from devicefabric.config.credentials import device_password, load_secret, role_password
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
-from devicefabric.config.settings import add_flag
+from devicefabric.runtime.settings import (
+    add_settings,
+    from_args,
+    path_setting,
+)
 
 MOSQUITTO_SUB: Final = "mosquitto_sub"  # the file name the clients look for in XDG_CONFIG_HOME
 HEADER: Final = "# devicefabric creds observer: the observer's login for mosquitto_sub"
@@ -36,49 +41,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print a user's MQTT password derived from the fabric secret",
         description="Print the MQTT password of a device or role user, derived from the secret.",
     )
-    add_flag(parser, "--secret-file", type=Path, help="file holding the fabric secret")
-    add_flag(
-        parser,
-        "--state-dir",
-        type=Path,
-        help="read the secret from this state directory (as created by `devicefabric up`)",
-    )
+    add_settings(parser, CredsSettings, only=SECRET_FIELDS)
     which = parser.add_subparsers(dest="role", metavar="USER", required=True)
     dev = which.add_parser("device", help="a device's password")
     dev.add_argument("name", help="device name (DNS-1123 label)")
     bridge = which.add_parser("bridge", help="the bridge user's password")
     observer = which.add_parser("observer", help="the read-only observer's password")
-    add_flag(
-        observer,
-        "--mosquitto-options",
-        type=Path,
-        help="print nothing; write the observer's login to DIR/mosquitto_sub (mode 0600) for "
-        "`XDG_CONFIG_HOME=DIR mosquitto_sub ...`, keeping the password out of `ps`",
-    )
+    add_settings(observer, CredsSettings, only=("mosquitto_options",))
     for user in (dev, bridge, observer):
-        _secret_flags_after(user)
+        # The secret's flags may also come after USER (`creds device NAME --state-dir DIR`).
+        add_settings(user, CredsSettings, only=SECRET_FIELDS, again=True)
         user.set_defaults(func=_run)
 
 
-def _secret_flags_after(parser: argparse.ArgumentParser) -> None:
-    """Also accept the secret flags after USER (`creds device NAME --state-dir DIR`).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredsSettings:
+    """`creds`' flags: where the secret is, and where the observer's login goes."""
 
-    SUPPRESS keeps the value given before USER (or its env default) when they are not repeated.
-    """
-    parser.add_argument(
-        "--secret-file",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="file holding the fabric secret (may also come before USER) "
-        "[env DEVICEFABRIC_SECRET_FILE]",
+    secret_file: Path | None = path_setting(
+        "--secret-file", "file holding the fabric secret (before or after USER)"
     )
-    parser.add_argument(
+    state_dir: Path | None = path_setting(
         "--state-dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="read the secret from this state directory, as created by `devicefabric up` "
-        "(may also come before USER) [env DEVICEFABRIC_STATE_DIR]",
+        "read the secret from this state directory, as created by `devicefabric up` (before "
+        "or after USER)",
     )
+    mosquitto_options: Path | None = path_setting(
+        "--mosquitto-options",
+        "print nothing; write the observer's login to DIR/mosquitto_sub (mode 0600) for "
+        "`XDG_CONFIG_HOME=DIR mosquitto_sub ...`, keeping the password out of `ps`",
+        metavar="DIR",
+    )
+
+
+SECRET_FIELDS: Final = ("secret_file", "state_dir")
 
 
 def options_text(user: str, password: str) -> str:
@@ -116,13 +112,14 @@ def write_options(directory: Path, text: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    secret = load_secret(args.secret_file, args.state_dir)
+    settings = from_args(CredsSettings, args)
+    secret = load_secret(settings.secret_file, settings.state_dir)
     if args.role == "device":
         print(device_password(secret, args.name))
         return 0
     user = BRIDGE_USER if args.role == "bridge" else OBSERVER_USER
     password = role_password(secret, user)
-    directory = getattr(args, "mosquitto_options", None)
+    directory = settings.mosquitto_options if args.role == "observer" else None
     if directory is None:
         print(password)
         return 0

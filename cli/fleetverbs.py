@@ -27,7 +27,8 @@ from devicefabric.bridge.errors import NotFoundError, StateDirError
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.fleet import CONNECTED, DEVICE_KIND, SET_KIND
 from devicefabric.config.resource import KIND
-from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
+from devicefabric.config.settings import DEFAULT_STATE_DIR
+from devicefabric.runtime.settings import add_flag
 
 if TYPE_CHECKING:
     from devicefabric.bridge.controlplane.base import Resource

@@ -21,10 +21,10 @@ from typing import Final
 from urllib.parse import quote, urlencode
 
 from devicefabric.bridge.errors import BridgeError
-from devicefabric.config.settings import HostPort, add_flag, parse_hostport
+from devicefabric.config.settings import DEFAULT_HTTP, HostPort, parse_hostport
+from devicefabric.runtime.settings import add_flag
 
 READ_TIMEOUT: Final = 30.0  # s without a byte before a one-shot request gives up
-DEFAULT_HTTP: Final = "127.0.0.1:8080"
 
 
 class LogsRefusedError(BridgeError):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 from devicefabric.config import deploybundle as manifests
-from devicefabric.config.settings import add_flag
+from devicefabric.runtime.settings import add_settings, from_args, switch
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,22 +25,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "multi-document YAML stream: devicefabric manifests | kubectl apply -f -"
         ),
     )
-    add_flag(
-        parser,
-        "--namespaced",
-        action="store_true",
-        help="restrict the bridge to its own namespace (a Role instead of a ClusterRole)",
-    )
-    add_flag(
-        parser,
-        "--samples",
-        action="store_true",
-        help="print the sample DeviceProcesses instead (apply after the CRD is established)",
-    )
+    add_settings(parser, ManifestsSettings)
     parser.set_defaults(func=_run)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestsSettings:
+    """`manifests`' switches: which variant of the bundle, or the samples instead."""
+
+    namespaced: bool = switch(
+        "--namespaced", "restrict the bridge to its own namespace (a Role instead of a ClusterRole)"
+    )
+    samples: bool = switch(
+        "--samples", "print the sample DeviceProcesses instead (apply after the CRD is established)"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    text = manifests.samples() if args.samples else manifests.bundle(namespaced=args.namespaced)
+    settings = from_args(ManifestsSettings, args)
+    text = (
+        manifests.samples()
+        if settings.samples
+        else manifests.bundle(namespaced=settings.namespaced)
+    )
     sys.stdout.write(text)
     return 0

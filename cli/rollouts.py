@@ -25,7 +25,8 @@ from typing import Any, Final, Literal, Protocol
 from devicefabric.bridge.errors import NotFoundError
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.fleet import PROGRESSING, ProcessTemplate, SetReason, template_hash
-from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
+from devicefabric.config.settings import DEFAULT_STATE_DIR
+from devicefabric.runtime.settings import add_flag
 
 State = Literal["complete", "failed", "paused", "progressing"]
 POLL_S: Final = 0.25

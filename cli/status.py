@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from devicefabric.config.errors import ConfigError
 from devicefabric.config.settings import (
     DEFAULT_HTTP,
     DEFAULT_STATE_DIR,
     HostPort,
-    add_flag,
+    dialable,
     parse_hostport,
 )
+from devicefabric.runtime.settings import add_settings, from_args, number, path, setting
 
 EXIT_OK: Final = 0
 EXIT_BRIDGE_DOWN: Final = 1
@@ -67,22 +67,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "codes: 0 all up, 1 bridge not answering, 3 bridge not ready (broker or control plane), "
         "4 a device not connected, 2 usage error.",
     )
-    add_flag(parser, "--http", default=DEFAULT_HTTP, help="the bridge's HTTP address HOST:PORT")
-    add_flag(
-        parser,
-        "--state-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR,
-        help="local control plane to read resources and Events from (skipped when absent)",
-    )
-    add_flag(
-        parser,
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help="seconds to wait for each HTTP answer",
-    )
+    add_settings(parser, StatusSettings)
     parser.set_defaults(func=run)
+
+
+def _seconds(value: str, flag: str) -> float:
+    seconds = number(value, flag)
+    if not seconds > 0:
+        raise ValueError(f"expected a number of seconds > 0, got {value}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusSettings:
+    """`status`'s flags: where the bridge and the local control plane are, how long to wait."""
+
+    http: HostPort = setting(
+        "--http",
+        "the bridge's HTTP address HOST:PORT",
+        default_factory=lambda: parse_hostport(DEFAULT_HTTP),
+        parse=parse_hostport,
+        shown=DEFAULT_HTTP,
+    )
+    state_dir: Path = setting(
+        "--state-dir",
+        "local control plane to read resources and Events from (skipped when absent)",
+        default=DEFAULT_STATE_DIR,
+        parse=path,
+    )
+    timeout: float = setting(
+        "--timeout",
+        "seconds to wait for each HTTP answer",
+        default=DEFAULT_TIMEOUT,
+        parse=_seconds,
+    )
 
 
 # -- the pure core --------------------------------------------------------------------------------
@@ -246,19 +264,8 @@ def fetch(address: HostPort, state_dir: Path | None, timeout: float) -> Observed
     )
 
 
-def reachable(address: HostPort) -> HostPort:
-    """A wildcard listen address (as a pod's `DEVICEFABRIC_HTTP=0.0.0.0:8080`) is dialled on loopback."""
-    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
-        return HostPort("127.0.0.1", address.port)
-    if address.host == "::":
-        return HostPort("::1", address.port)
-    return address
-
-
 def run(args: argparse.Namespace) -> int:
-    if not args.timeout > 0:
-        raise ConfigError(f"--timeout: expected a number of seconds > 0, got {args.timeout}")
-    address = reachable(parse_hostport(args.http, "--http"))
-    report = assess(fetch(address, args.state_dir, args.timeout))
+    settings = from_args(StatusSettings, args)
+    report = assess(fetch(dialable(settings.http), settings.state_dir, settings.timeout))
     print(report.text, flush=True)
     return report.code

@@ -29,28 +29,28 @@ import shlex
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from devicefabric.bridge.cli import add_budget_flags, check_budgets
-from devicefabric.broker.cli import add_max_connections
+from devicefabric.bridge.settings import BridgeSettings, default_client_id
+from devicefabric.broker.settings import BrokerSettings
 from devicefabric.config.credentials import load_secret, role_password
 from devicefabric.config.errors import ConfigError, DeviceFabricError
 from devicefabric.config.lifecycle import run_program
 from devicefabric.config.logs import JsonFormatter, TextFormatter
 from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.resource import AGENT_CONNECTED
-from devicefabric.config.settings import (
-    DEFAULT_HTTP,
-    DEFAULT_MQTT,
-    DEFAULT_STATE_DIR,
-    HostPort,
-    add_flag,
-    parse_broker_url,
-    parse_hostport,
-)
+from devicefabric.config.settings import DEFAULT_STATE_DIR, HostPort, dialable, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.settings import (
+    add_settings,
+    from_args,
+    path,
+    path_setting,
+    setting,
+    switch,
+)
 from devicefabric.runtime.tasks import first_error
 
 if TYPE_CHECKING:  # imported lazily at run time: yaml and amqtt are extras
@@ -65,19 +65,43 @@ OBSERVER_CONFIG_DIR: Final = "observer"  # in the state dir, for `creds --mosqui
 OBSERVER_CLIENT_PREFIX: Final = "observer_"  # the client ids the observer may use
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpSettings:
+    """`up`'s own flags; the broker's and the bridge's it exposes come from their settings."""
+
+    state_dir: Path = setting(
+        "--state-dir",
+        "resources, status, events and the fabric secret (created on first run)",
+        default=DEFAULT_STATE_DIR,
+        parse=path,
+    )
+    secret_file: Path | None = path_setting(
+        "--secret-file", "fabric secret file (default: $DEVICEFABRIC_SECRET, else STATE_DIR/secret)"
+    )
+    demo: bool = switch(
+        "--demo", "also run three local agents with sample processes and show a live table"
+    )
+
+
+# The fields of the programs' settings `up` exposes as its own flags (same names and defaults).
+BROKER_FIELDS: Final = ("mqtt", "max_connections")
+BRIDGE_FIELDS: Final = ("http", "write_qps", "write_burst", "event_qps", "event_burst")
+
+
 @dataclass(frozen=True, slots=True)
 class UpOptions:
-    state_dir: Path
-    secret_file: Path | None
+    """What `serve` runs: `up`'s settings, the secret, and the two programs' settings."""
+
+    up: UpSettings
     secret: bytes
-    mqtt: HostPort
-    http: HostPort
-    demo: bool
-    write_qps: float
-    write_burst: int
-    event_qps: float
-    event_burst: int
-    max_connections: int
+    broker: BrokerSettings
+    bridge: BridgeSettings  # its broker URL is replaced by the bound address once listening
+
+    @property
+    def state_dir(self) -> Path:
+        return self.up.state_dir
+
+    http: HostPort  # the bridge's `http`, which `up` always serves
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,84 +111,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the embedded broker and the bridge on this machine, with DeviceProcess "
         "files under --state-dir as the control plane (see `devicefabric apply/get/delete`).",
     )
-    add_flag(
-        parser,
-        "--state-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR,
-        help="resources, status, events and the fabric secret (created on first run)",
+    add_settings(parser, UpSettings)
+    add_settings(
+        parser, BrokerSettings, only=BROKER_FIELDS, helps={"mqtt": "MQTT listen address HOST:PORT"}
     )
-    add_flag(parser, "--mqtt", default=DEFAULT_MQTT, help="MQTT listen address HOST:PORT")
-    add_flag(parser, "--http", default=DEFAULT_HTTP, help="bridge HTTP address HOST:PORT")
-    add_flag(
-        parser,
-        "--secret-file",
-        type=Path,
-        help="fabric secret file (default: $DEVICEFABRIC_SECRET, else STATE_DIR/secret)",
+    add_settings(
+        parser, BridgeSettings, only=BRIDGE_FIELDS, helps={"http": "bridge HTTP address HOST:PORT"}
     )
-    add_flag(
-        parser,
-        "--demo",
-        action="store_true",
-        help="also run three local agents with sample processes and show a live table",
-    )
-    add_budget_flags(parser)
-    add_max_connections(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_budgets(args)
-    try:
-        args.state_dir.mkdir(parents=True, exist_ok=True)
-        secret = load_secret(args.secret_file, args.state_dir, create=True)
-    except OSError as exc:
-        raise ConfigError(f"--state-dir: cannot use {args.state_dir}: {exc.strerror}") from None
-    options = UpOptions(
-        state_dir=args.state_dir,
-        secret_file=args.secret_file,
-        secret=secret,
-        mqtt=parse_hostport(args.mqtt, "--mqtt"),
-        http=parse_hostport(args.http, "--http"),
-        demo=args.demo,
-        write_qps=float(args.write_qps),
-        write_burst=int(args.write_burst),
-        event_qps=float(args.event_qps),
-        event_burst=int(args.event_burst),
-        max_connections=int(args.max_connections),
+    up = from_args(UpSettings, args)
+    # Every flag is checked before the state directory and its secret are created.
+    broker = from_args(BrokerSettings, args, only=BROKER_FIELDS, secret=b"")
+    bridge = from_args(
+        BridgeSettings,
+        args,
+        only=BRIDGE_FIELDS,
+        broker=parse_broker_url(f"mqtt://{dialable(broker.mqtt)}"),
+        password="",
+        client_id=default_client_id(),  # unique per process: not guessable
     )
-    if options.demo and sys.stdout.isatty():
-        _log_to_file(options.state_dir / "up.log")
+    http = bridge.http
+    if http is None:  # `--http ""`: the bridge's "no server", not for `up`
+        raise ConfigError("--http: `up` serves the bridge's endpoints; give HOST:PORT")
+    try:
+        up.state_dir.mkdir(parents=True, exist_ok=True)
+        secret = load_secret(up.secret_file, up.state_dir, create=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-dir: cannot use {up.state_dir}: {exc.strerror}") from None
+    broker = replace(broker, secret=secret)
+    bridge = replace(bridge, password=role_password(secret, BRIDGE_USER))
+    options = UpOptions(up, secret, broker, bridge, http)
+    if up.demo and sys.stdout.isatty():
+        _log_to_file(up.state_dir / "up.log")
     return run_program(lambda: serve(options))
 
 
 async def serve(options: UpOptions) -> None:
     """Broker, bridge and front end until cancelled (see the module docstring)."""
     from devicefabric.bridge.controlplane.local.plane import LocalControlPlane  # noqa: PLC0415
-    from devicefabric.bridge.service import (  # noqa: PLC0415
-        Bridge,
-        BridgeSettings,
-        default_client_id,
-    )
-    from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker  # noqa: PLC0415
+    from devicefabric.bridge.service import Bridge  # noqa: PLC0415
+    from devicefabric.broker.embedded import EmbeddedBroker  # noqa: PLC0415
 
     _check_free(options.http, "--http")  # before the broker logs anything: one line, exit 2
     plane = LocalControlPlane(options.state_dir)
-    broker_settings = BrokerSettings(
-        secret=options.secret, mqtt=options.mqtt, max_connections=options.max_connections
-    )
-    async with EmbeddedBroker(broker_settings) as broker:
-        address = _reachable(broker.address)
-        settings = BridgeSettings(
-            broker=parse_broker_url(f"mqtt://{address}"),
-            password=role_password(options.secret, BRIDGE_USER),
-            client_id=default_client_id(),  # unique per process: not guessable
-            http=options.http,
-            write_qps=options.write_qps,
-            write_burst=options.write_burst,
-            event_qps=options.event_qps,
-            event_burst=options.event_burst,
-        )
+    async with EmbeddedBroker(options.broker) as broker:
+        address = dialable(broker.address)
+        settings = replace(options.bridge, broker=parse_broker_url(f"mqtt://{address}"))
         bridge = Bridge(settings, plane, fleet=plane.fleet)
         try:
             # The front end runs in this task, inside the group: on Ctrl-C it unwinds first (the
@@ -192,7 +187,7 @@ async def _frontend(
             f"the bridge did not become ready within {READY_TIMEOUT:.0f} s"
         ) from None
     text = instructions(options, broker)
-    if options.demo:
+    if options.up.demo:
         await _demo(options, text, broker, plane)
     else:
         print(text, flush=True)
@@ -248,8 +243,8 @@ def instructions(options: UpOptions, broker: HostPort) -> str:
     """What to run next: an agent for a device, a resource for it, and a fabric-wide watch."""
     state = shlex.quote(str(options.state_dir))
     secret = (
-        f"--secret-file {shlex.quote(str(options.secret_file))}"
-        if options.secret_file is not None
+        f"--secret-file {shlex.quote(str(options.up.secret_file))}"
+        if options.up.secret_file is not None
         else f"--state-dir {state}"
     )
     device = EXAMPLE_DEVICE
@@ -297,15 +292,6 @@ def _check_free(address: HostPort, flag: str) -> None:
                     f"{flag}: {address} is already in use; choose another with {flag}"
                 ) from None
             raise ConfigError(f"{flag}: cannot listen on {address}: {exc.strerror}") from None
-
-
-def _reachable(address: HostPort) -> HostPort:
-    """The address a local client dials: a wildcard bind is reached over loopback."""
-    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
-        return HostPort("127.0.0.1", address.port)
-    if address.host == "::":
-        return HostPort("::1", address.port)
-    return address
 
 
 def _log_to_file(path: Path) -> None:

@@ -35,8 +35,9 @@ from devicefabric.config.errors import ConfigError
 from devicefabric.config.fleet import DEVICE_KIND
 from devicefabric.config.names import validate_device
 from devicefabric.config.resource import AGENT_CONNECTED, KIND, SYNCED
-from devicefabric.config.settings import DEFAULT_STATE_DIR, add_flag
+from devicefabric.config.settings import DEFAULT_STATE_DIR
 from devicefabric.runtime.clock import parse_rfc3339
+from devicefabric.runtime.settings import add_flag
 
 if TYPE_CHECKING:
     from devicefabric.bridge.controlplane.local.store import LocalStore

@@ -1,22 +1,19 @@
-"""Shared settings: defaults, address and broker-URL parsing, and env-backed CLI flags.
+"""Shared setting values: contract defaults, and address and broker-URL parsing.
 
-Every flag of every program also reads `DEVICEFABRIC_<FLAG>` (e.g. `--broker` reads
-`DEVICEFABRIC_BROKER`); `add_flag` wires both so a flag, its variable and its help cannot drift.
-Parsing errors are `ConfigError` with the flag's name, which the CLI turns into exit code 2.
+Pure: no environment, no argparse (those are `runtime.settings`). A parsing error is a
+`ConfigError` whose one-line message starts with the flag's name, which the CLI turns into exit
+code 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from devicefabric.config.errors import ConfigError
 
-ENV_PREFIX: Final = "DEVICEFABRIC_"
 DEFAULT_MQTT: Final = "127.0.0.1:1883"
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_STATE_DIR: Final = Path(".devicefabric")
@@ -39,6 +36,16 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def dialable(address: HostPort) -> HostPort:
+    """The address a local client dials for a listen address: a wildcard is reached on loopback
+    (a pod's `DEVICEFABRIC_HTTP=0.0.0.0:8080`, `up --mqtt 0.0.0.0:1883`)."""
+    if address.host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return HostPort("127.0.0.1", address.port)
+    if address.host == "::":
+        return HostPort("::1", address.port)
+    return address
 
 
 def parse_hostport(value: str, flag: str = "--mqtt") -> HostPort:
@@ -102,36 +109,3 @@ def parse_broker_urls(value: str, flag: str = "--broker") -> list[BrokerURL]:
     if len({u.tls for u in urls}) > 1:
         raise ConfigError(f"{flag}: mix of mqtt:// and mqtts:// URLs in {value!r}: use one scheme")
     return urls
-
-
-def env_name(flag: str) -> str:
-    """`--write-qps` -> `DEVICEFABRIC_WRITE_QPS`."""
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def add_flag(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    flag: str,
-    *,
-    help: str,  # noqa: A002 - mirrors argparse's own keyword
-    default: Any = None,
-    **kwargs: Any,
-) -> None:
-    """Add `flag` whose default comes from `DEVICEFABRIC_<FLAG>` when set, else `default`."""
-    env = env_name(flag)
-    raw = os.environ.get(env)
-    action = kwargs.get("action")
-    if raw is not None:
-        if action == "store_true":
-            default = raw.strip().lower() in ("1", "true", "yes", "on")
-        elif action == "append":
-            default = [item for item in raw.split(",") if item]
-        elif "type" in kwargs:
-            try:
-                default = kwargs["type"](raw)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{env}={raw!r} is not a valid value for {flag}") from None
-        else:
-            default = raw
-    shown = f"{help} [env {env}" + (f"; default {default}]" if default not in (None, []) else "]")
-    parser.add_argument(flag, default=default, help=shown, **kwargs)

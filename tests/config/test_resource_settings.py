@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from devicefabric.config.errors import ConfigError
@@ -17,8 +15,7 @@ from devicefabric.config.resource import (
 )
 from devicefabric.config.settings import (
     HostPort,
-    add_flag,
-    env_name,
+    dialable,
     parse_broker_url,
     parse_broker_urls,
     parse_hostport,
@@ -121,25 +118,13 @@ def test_bad_broker_url_lists(value: str, why: str) -> None:
         parse_broker_urls(value)
 
 
-def test_flags_read_their_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert env_name("--write-qps") == "DEVICEFABRIC_WRITE_QPS"
-    monkeypatch.setenv("DEVICEFABRIC_BROKER", "mqtt://from-env:1")
-    monkeypatch.setenv("DEVICEFABRIC_DEMO", "true")
-    parser = argparse.ArgumentParser()
-    add_flag(parser, "--broker", default="mqtt://default:1", help="broker")
-    add_flag(parser, "--mqtt", default="127.0.0.1:1883", help="listener")
-    add_flag(parser, "--demo", action="store_true", help="demo")
-    args = parser.parse_args([])
-    assert (args.broker, args.mqtt, args.demo) == ("mqtt://from-env:1", "127.0.0.1:1883", True)
-    assert parser.parse_args(["--broker", "mqtt://flag:2"]).broker == "mqtt://flag:2"
-    assert "DEVICEFABRIC_BROKER" in parser.format_help()
-
-
-def test_a_flag_variable_that_does_not_parse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "fast")
-    with pytest.raises(ConfigError, match=r"DEVICEFABRIC_WRITE_QPS='fast' .* --write-qps"):
-        add_flag(argparse.ArgumentParser(), "--write-qps", type=float, default=20.0, help="qps")
-    monkeypatch.setenv("DEVICEFABRIC_WRITE_QPS", "7.5")
-    parser = argparse.ArgumentParser()
-    add_flag(parser, "--write-qps", type=float, default=20.0, help="qps")
-    assert parser.parse_args([]).write_qps == 7.5
+@pytest.mark.parametrize(
+    ("listen", "dialled"),
+    [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("[::]:1883", "[::1]:1883"),
+        ("10.0.0.5:1883", "10.0.0.5:1883"),
+    ],
+)
+def test_a_wildcard_listen_address_is_dialled_on_loopback(listen: str, dialled: str) -> None:
+    assert str(dialable(parse_hostport(listen))) == dialled

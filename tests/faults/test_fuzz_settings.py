@@ -22,11 +22,10 @@ from devicefabric.config.errors import ConfigError
 from devicefabric.config.settings import (
     BrokerURL,
     HostPort,
-    add_flag,
-    env_name,
     parse_broker_url,
     parse_hostport,
 )
+from devicefabric.runtime.settings import add_flag, env_name
 from tests.faults.budget import FUZZ, MARKS
 from tests.faults.outcomes import outcome
 from tests.faults.strategies import near_miss

@@ -1,9 +1,10 @@
 """Settings of the Kubernetes control plane: namespace, identity, leader election, timeouts.
 
-Every field documents its unit, default and why. `KubeSettings.from_env(namespace)` reads the
-same `DEVICEFABRIC_<FLAG>` variables that `add_flags` wires to flags (e.g. `--lease-duration` and
-`DEVICEFABRIC_LEASE_DURATION`), so `bridge run` can expose them as flags without the two drifting,
-and a Deployment can set them as env. This module does not import the Kubernetes client: the CLI
+Every field documents its unit, default and why; those with a flag are declared with
+`runtime.settings.setting`, so `bridge run` shows them as the "kube control plane" group of its
+flags (nested in `bridge.settings.BridgeSettings`), and `KubeSettings.from_env(namespace)` reads
+the same `DEVICEFABRIC_<FLAG>` variables (e.g. `--lease-duration` and
+`DEVICEFABRIC_LEASE_DURATION`) for a library user: a Deployment can set either. This module does not import the Kubernetes client: the CLI
 can read settings on a bare install and fail with a one-line `ConfigError` (exit 2).
 
 Invariants checked at construction: `lease_duration > renew_deadline > retry_period > 0`. A
@@ -14,17 +15,17 @@ they lead (up to clock-rate drift between the two machines, as in client-go).
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from devicefabric.bridge.sharding import MAX_SHARDS
 from devicefabric.config.deploybundle import LEASE_NAME, NAMESPACE
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.settings import add_flag, env_name
+from devicefabric.runtime.settings import flag_of, integer, number, setting
+from devicefabric.runtime.settings import from_env as settings_from_env
 
 SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 MAX_IDENTITY: Final = 128  # events.k8s.io reportingInstance limit
@@ -49,30 +50,59 @@ def default_lease_namespace(namespace: str | None) -> str:
     return in_cluster or namespace or NAMESPACE
 
 
-@dataclass(frozen=True, slots=True)
+def _namespace(value: str, flag: str) -> str | None:  # noqa: ARG001
+    return value or None  # "" (an empty variable) means every namespace
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KubeSettings:
     """How the bridge talks to Kubernetes; see the module doc."""
 
-    namespace: str | None = None
-    """Watch only this namespace (`--namespace`); None watches all. Default: all."""
+    namespace: str | None = setting(
+        "--namespace", "watch one namespace (default all)", default=None, parse=_namespace
+    )
+    """None watches all namespaces."""
     identity: str = field(default_factory=default_identity)
     """Lease holder and Event `reportingInstance`: the pod name; unique per replica."""
-    lease_name: str = LEASE_NAME
-    """Name of the leader-election Lease (`--lease-name`). Default `devicefabric-bridge`."""
-    shards: int = 1
-    """Shards the devices are split into (`--shards`), one Lease each (`<lease-name>-<k>`), so N
-    replicas share the writes (`kube_sharding`). Default 1: one Lease named `lease_name`, only its
-    holder writes (unchanged from before sharding). A deployment constant: every replica must use
-    the same value, and changing it moves most devices to another shard."""
-    lease_namespace: str = NAMESPACE
-    """Namespace of the Lease (`--lease-namespace`); see `default_lease_namespace`. It must exist:
-    a missing one is a configuration error (`kube_leasing`), not something to retry."""
-    lease_duration: float = 15.0
-    """s a standby waits after the last renewal it saw before it takes over (client-go: 15)."""
-    renew_deadline: float = 10.0
-    """s the leader keeps trying to renew before it stops writing (client-go: 10)."""
-    retry_period: float = 2.0
-    """s between two acquire or renew attempts (client-go: 2); the leader renews this often."""
+    lease_name: str = setting(
+        "--lease-name", "name of the leader-election Lease", default=LEASE_NAME
+    )
+    shards: int = setting(
+        "--shards",
+        "split the devices into N shards, one Lease each (<lease-name>-<k>), so N replicas share "
+        "the writes (1: one leader)",
+        default=1,
+        parse=integer,
+    )
+    """A deployment constant (`kube.sharding`): every replica must use the same value, and
+    changing it moves most devices to another shard. 1: one Lease named `lease_name`, only its
+    holder writes."""
+    lease_namespace: str = setting(
+        "--lease-namespace",
+        "namespace of the Lease",
+        default="",
+        shown="the pod's namespace",
+    )
+    """See `default_lease_namespace` (used when empty). It must exist: a missing one is a
+    configuration error (`kube.leasing`), not something to retry."""
+    lease_duration: float = setting(
+        "--lease-duration",
+        "seconds a standby waits for the leader's renewal",
+        default=15.0,
+        parse=number,
+    )
+    """After the last renewal it saw, before it takes over (client-go: 15)."""
+    renew_deadline: float = setting(
+        "--renew-deadline",
+        "seconds the leader retries renewing before it stops",
+        default=10.0,
+        parse=number,
+    )
+    """Then it stops writing (client-go: 10)."""
+    retry_period: float = setting(
+        "--retry-period", "seconds between acquire/renew attempts", default=2.0, parse=number
+    )
+    """The leader renews this often (client-go: 2)."""
     request_timeout: float = 10.0
     """s bound of one API call (connect and read), below the core's call timeout."""
     watch_timeout: float = 300.0
@@ -85,75 +115,29 @@ class KubeSettings:
     """s cap of that back-off."""
 
     def __post_init__(self) -> None:
+        if not self.lease_namespace:
+            object.__setattr__(self, "lease_namespace", default_lease_namespace(self.namespace))
+
+        def env(name: str) -> str:
+            return flag_of(KubeSettings, name).env
+
         if not self.retry_period > 0:
-            raise ConfigError(f"{env_name('--retry-period')} must be > 0")
+            raise ConfigError(f"{env('retry_period')} must be > 0")
         if not self.lease_duration > self.renew_deadline > self.retry_period:
             raise ConfigError(
                 "leader election needs lease duration > renew deadline > retry period, got "
-                f"{env_name('--lease-duration')}={self.lease_duration:g}, "
-                f"{env_name('--renew-deadline')}={self.renew_deadline:g}, "
-                f"{env_name('--retry-period')}={self.retry_period:g}"
+                f"{env('lease_duration')}={self.lease_duration:g}, "
+                f"{env('renew_deadline')}={self.renew_deadline:g}, "
+                f"{env('retry_period')}={self.retry_period:g}"
             )
         if not 1 <= self.shards <= MAX_SHARDS:
-            raise ConfigError(f"{env_name('--shards')} must be 1..{MAX_SHARDS}, got {self.shards}")
+            raise ConfigError(f"{env('shards')} must be 1..{MAX_SHARDS}, got {self.shards}")
         if self.request_timeout <= 0 or self.watch_timeout < 1 or self.page_size < 1:
             raise ConfigError("request timeout, watch timeout and page size must be positive")
 
     @classmethod
     def from_env(cls, namespace: str | None = None, **overrides: Any) -> KubeSettings:
-        """Defaults, then `DEVICEFABRIC_<FLAG>` of every flag in `add_flags`, then `overrides`.
-
-        `overrides` that are None are ignored, so parsed flags can be passed as they are.
-        """
-        watched = namespace or None  # "" (an empty env variable) means every namespace
-        values: dict[str, Any] = {
-            "namespace": watched,
-            "lease_namespace": default_lease_namespace(watched),
-        }
-        for flag, name, kind in _FLAGS:
-            raw = os.environ.get(env_name(flag))
-            if not raw:
-                continue
-            try:
-                values[name] = kind(raw)  # int("2.5") and float("x") raise ValueError
-            except ValueError:
-                what = "an integer" if kind is int else "a number"
-                raise ConfigError(f"{env_name(flag)}: expected {what}, got {raw!r}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-_FLAGS: Final[tuple[tuple[str, str, type[int | float | str]], ...]] = (
-    ("--shards", "shards", int),
-    ("--lease-name", "lease_name", str),
-    ("--lease-namespace", "lease_namespace", str),
-    ("--lease-duration", "lease_duration", float),
-    ("--renew-deadline", "renew_deadline", float),
-    ("--retry-period", "retry_period", float),
-)
-_FIELDS: Final = frozenset(f.name for f in fields(KubeSettings))
-if not {name for _, name, _ in _FLAGS} <= _FIELDS:  # pragma: no cover - a typo fails on import
-    raise RuntimeError("a leader-election flag names no KubeSettings field")
-
-
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add the leader-election flags to `bridge run` (each also read from its env variable).
-
-    Then: `KubeSettings.from_env(args.namespace, **flag_values(args))`.
-    """
-    helps = {
-        "shards": "split the devices into N shards, one Lease each (<lease-name>-<k>), so N "
-        "replicas share the writes (default 1: one leader)",
-        "lease_name": "name of the leader-election Lease (default devicefabric-bridge)",
-        "lease_namespace": "namespace of the Lease (default: the pod's namespace)",
-        "lease_duration": "seconds a standby waits for the leader's renewal (default 15)",
-        "renew_deadline": "seconds the leader retries renewing before it stops (default 10)",
-        "retry_period": "seconds between acquire/renew attempts (default 2)",
-    }
-    for flag, name, kind in _FLAGS:
-        add_flag(parser, flag, type=kind, help=helps[name])
-
-
-def flag_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The values of `add_flags`' flags in parsed `args` (None where unset)."""
-    return {name: getattr(args, name, None) for _, name, _ in _FLAGS}
+        """Defaults, then the `DEVICEFABRIC_<FLAG>` variables of the fields, then `overrides`
+        (those that are None are ignored); `namespace` as given ("" means every namespace)."""
+        known = {k: v for k, v in overrides.items() if v is not None}
+        return settings_from_env(cls, namespace=namespace or None, **known)
