@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> Result:
     result = Result("detection", vars(args).copy())
     planes = args.planes.split(",")
     if "kube" in planes and not kube_available():
-        result.note("the Kubernetes fake (tests/kube/fakeapi) is not importable: kube skipped")
+        result.note("the Kubernetes fake (tests/support/fakeapi) is not importable: kube skipped")
         planes.remove("kube")
     args.halfopen_on = planes[-1:]  # the half-open case once, on the last plane
     for kind in planes:

@@ -13,7 +13,7 @@ Both offer the same small surface, as an operator (or `kubectl`) would use them:
 process) and sees the bridge's status writes by tailing the store's journal every millisecond.
 Its write count is the journal lines of status writes plus the lines of `events.jsonl`.
 
-`KubePlane` serves the fake API server from `tests/kube/fakeapi` in this process (real HTTP; run
+`KubePlane` serves the fake API server from `tests/support/fakeapi` in this process (real HTTP; run
 `python -m bench` from the repository root so `tests` imports), with TCP_NODELAY on its sockets
 as a real (Go) API server has, writes as `admin`, and watches
 DeviceProcesses in a thread, timestamping each event on arrival. Its write count is the fake's
@@ -205,8 +205,8 @@ class KubePlane:
     kind = "kube"
 
     def __init__(self, workdir: Path) -> None:
-        from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
-        from tests.kube.fakeapi.client import Http  # noqa: PLC0415
+        from tests.support.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
+        from tests.support.fakeapi.client import Http  # noqa: PLC0415
 
         self.api = FakeApiServer(bookmark_interval=1.0)
         # Like a real API server (Go sets TCP_NODELAY on every connection): without it the fake
@@ -234,12 +234,12 @@ class KubePlane:
         return {"control_plane": "kube", "kubeconfig": self.kubeconfig}
 
     def _path(self, name: str = "") -> str:
-        from tests.kube.fakeapi.client import dp_path  # noqa: PLC0415
+        from tests.support.fakeapi.client import dp_path  # noqa: PLC0415
 
         return dp_path(NAMESPACE, name)
 
     def _watch(self) -> None:
-        from tests.kube.fakeapi.client import WatchEnded  # noqa: PLC0415
+        from tests.support.fakeapi.client import WatchEnded  # noqa: PLC0415
 
         ended = WatchEnded()
         try:
@@ -301,7 +301,7 @@ class KubePlane:
                 self._cond.wait(left)
 
     def writes(self) -> tuple[int, int]:
-        from tests.kube.fakeapi import Match  # noqa: PLC0415
+        from tests.support.fakeapi import Match  # noqa: PLC0415
 
         log = self.api.log
         patches = log.count(Match(verb="patch", resource="deviceprocesses", subresource="status"))
@@ -310,7 +310,7 @@ class KubePlane:
 
     def device_writes(self) -> int:
         """Device creates and status patches the fake served."""
-        from tests.kube.fakeapi import Match  # noqa: PLC0415
+        from tests.support.fakeapi import Match  # noqa: PLC0415
 
         log = self.api.log
         return log.count(Match(verb="create", resource="devices")) + log.count(
@@ -319,7 +319,7 @@ class KubePlane:
 
     def last_write_age(self) -> float:
         """Seconds since the last status patch or Event the fake served."""
-        from tests.kube.fakeapi import Match  # noqa: PLC0415
+        from tests.support.fakeapi import Match  # noqa: PLC0415
 
         writes = [
             r.monotonic
@@ -330,7 +330,7 @@ class KubePlane:
 
     def request_counts(self, since: float = 0.0, until: float = float("inf")) -> dict[str, int]:
         """The bridge's requests per `verb resource[/subresource]` between `since` and `until`."""
-        from tests.kube.fakeapi import BRIDGE_USER  # noqa: PLC0415
+        from tests.support.fakeapi import BRIDGE_USER  # noqa: PLC0415
 
         counts: dict[str, int] = {}
         for record in self.api.log.records():
@@ -359,7 +359,7 @@ def make_plane(kind: str, workdir: Path) -> Plane:
 
 def kube_available() -> bool:
     try:
-        import tests.kube.fakeapi  # noqa: F401, PLC0415
+        import tests.support.fakeapi  # noqa: F401, PLC0415
     except ImportError:
         return False
     return True

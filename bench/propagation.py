@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> Result:
     result = Result("propagation", vars(args).copy())
     planes = args.planes.split(",")
     if "kube" in planes and not kube_available():
-        result.note("the Kubernetes fake (tests/kube/fakeapi) is not importable: kube skipped")
+        result.note("the Kubernetes fake (tests/support/fakeapi) is not importable: kube skipped")
         planes.remove("kube")
     for variant in variants(planes, args.experiments):
         kind = variant.label

@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> Result:
     planes = [p for p in args.planes.split(",") if p]
     if "kube" in planes and not kube_available():
         result.note(
-            "kube plane skipped: tests.kube.fakeapi not importable (run from the repo root)"
+            "kube plane skipped: tests.support.fakeapi not importable (run from the repo root)"
         )
         planes.remove("kube")
     for kind in planes:

@@ -45,7 +45,7 @@ def _held(bridges: list[BridgeProc]) -> bool:
 def replicas_run(
     fab: Fabric, broker: Broker, replicas: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
+    from tests.support.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
 
     with FakeApiServer(bookmark_interval=1.0) as api:
         kubeconfig = api.write_kubeconfig(
