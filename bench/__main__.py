@@ -108,7 +108,7 @@ def markdown(
             + "). Each writes `bench/results/<name>.json` with the machine, "
             "versions, parameters, raw samples, median and p99; the method of each is the module "
             "docstring in `bench/`. Needs mosquitto (`/usr/sbin/mosquitto`); run from the "
-            "repository root (the Kubernetes benchmarks use the API server fake in `tests/kube`)."
+            "repository root (the Kubernetes benchmarks use the API server fake in `tests/support/fakeapi`)."
         ),
         "",
     ]

@@ -13,7 +13,7 @@ Both offer the same small surface, as an operator (or `kubectl`) would use them:
 process) and sees the bridge's status writes by tailing the store's journal every millisecond.
 Its write count is the journal lines of status writes plus the lines of `events.jsonl`.
 
-`KubePlane` serves the fake API server of `tests.kube.fakeapi` in this process (real HTTP), with
+`KubePlane` serves the fake API server of `tests.support.fakeapi` in this process (real HTTP), with
 TCP_NODELAY on its sockets as a real (Go) API server has, writes as `admin`, and watches
 DeviceProcesses in a thread, timestamping each event on arrival. Its write count is the fake's
 request log: `patch .../status` and `create events`.
@@ -31,8 +31,8 @@ from typing import Any, Final, Protocol, cast
 from devicefabric.bridge.controlplane.local.fleet import device_store
 from devicefabric.bridge.controlplane.local.store import LocalStore
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
-from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer, Match
-from tests.kube.fakeapi.client import Http, WatchEnded, dp_path
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer, Match
+from tests.support.fakeapi.client import Http, WatchEnded, dp_path
 from tests.support.waiting import wait_for
 
 NAMESPACE: Final = "bench"

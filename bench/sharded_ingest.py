@@ -6,7 +6,7 @@ handover writes nothing for unchanged devices: see docs/scale.md). This measures
 design costs: each replica's ingest rate and CPU per heartbeat, with the broker fanning every
 heartbeat out to every replica.
 
-For R in `--replicas` (default 1,2,3): a fresh API server fake (tests/kube), R processes of
+For R in `--replicas` (default 1,2,3): a fresh API server fake (tests/support/fakeapi), R processes of
 `devicefabric bridge run --control-plane kube --shards 6`, all ready and holding their shards;
 then the raw-socket load generator of `bench.ingest` offers `--offered` heartbeats/s (QoS 0,
 `--devices` devices, one socket write per round of the fleet) through one mosquitto for
@@ -30,7 +30,7 @@ from bench.clients import RawPublisher
 from bench.fabric import BridgeProc, Broker, Fabric
 from bench.harness import Defaults, Result, count, main
 from bench.ingest import Load
-from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
 from tests.support.waiting import wait_for
 
 SHARDS: Final = 6

@@ -15,7 +15,12 @@ from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.process import ProcessState, RestartTiming
 from devicefabric.agent.reconciling import Want
 from devicefabric.agent.supervising import Supervisor
-from tests.agent.helpers import alive, key, kill_all, want
+from tests.support.desired import want
+from tests.support.processes import (
+    kill_groups,
+)
+from tests.support.procfs import alive
+from tests.support.resources import key
 from tests.support.waiting import async_wait_for
 
 SLEEP = ["/bin/sleep", "60"]
@@ -28,7 +33,7 @@ seen_pids: list[int] = []
 def _kill_leftovers() -> Iterator[None]:
     seen_pids.clear()
     yield
-    kill_all(seen_pids)
+    kill_groups(dict.fromkeys(seen_pids))
 
 
 class Watch:

@@ -23,10 +23,10 @@ import pytest
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import HostPort
-from tests.bridge.fleet import Fleet
-from tests.bridge.memory_cp import MemoryControlPlane, resource
-from tests.bridge.scene import running, settle, settled_status, until
+from tests.support.bridges import running, settle, settled_status, until
 from tests.support.brokers import BrokerProcess
+from tests.support.devices import Fleet
+from tests.support.memoryplane import MemoryControlPlane, resource
 
 TWENTY = tuple(f"dev-{i:02d}" for i in range(20))
 

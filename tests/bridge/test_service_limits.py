@@ -24,10 +24,10 @@ from dataclasses import replace
 import pytest
 
 from devicefabric.config.wire import MAX_PROCESSES
-from tests.bridge.fleet import Fleet
-from tests.bridge.memory_cp import MemoryControlPlane, resource
-from tests.bridge.scene import running, settle, until
+from tests.support.bridges import running, settle, until
 from tests.support.brokers import BrokerProcess
+from tests.support.devices import Fleet
+from tests.support.memoryplane import MemoryControlPlane, resource
 
 
 def desired_docs(fleet: Fleet, name: str) -> list[dict[str, object]]:

@@ -10,10 +10,10 @@ from typing import Any
 
 from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.service import Bridge
-from tests.bridge.fleet import Fleet
-from tests.bridge.scene import running, until
+from tests.support.bridges import running, until
 from tests.support.brokers import BrokerProcess
 from tests.support.cli import manifest_text, run_cli, write_manifest
+from tests.support.devices import Fleet
 
 
 def reason(plane: LocalControlPlane, key: str, ctype: str = "AgentConnected") -> str | None:

@@ -18,8 +18,8 @@ import pytest
 
 from devicefabric.broker.mosquitto import QUEUE_FLOOR, queue_bound
 from devicefabric.config.topics import DeviceTopic, Topics
-from tests.bridge.fleet import Fleet
 from tests.support.brokers import BrokerProcess, mosquitto_broker
+from tests.support.devices import Fleet
 from tests.support.mqtt import connect
 
 pytestmark = pytest.mark.mosquitto

@@ -28,14 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import pytest
 
 from devicefabric.broker.mosquitto import generate
 from devicefabric.config.settings import HostPort
-from tests.agent.fabric import AgentProcess
-from tests.faults.processes import BridgeProcess
 from tests.support.brokers import MOSQUITTO, BrokerProcess, require_mosquitto
 from tests.support.brokers import _current_user as current_user
 from tests.support.ports import free_port
@@ -257,34 +255,3 @@ def broker_at(
     )  # fmt: skip
     broker.host = host
     return broker
-
-
-class NetBridge(BridgeProcess):
-    """`devicefabric bridge run` inside a link's namespace, serving HTTP on the link's address."""
-
-    def __init__(self, link: Link, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.link = link
-        self.http_host = link.address
-        self.prefix = [IP, "netns", "exec", link.name]
-
-
-class NetAgent(AgentProcess):
-    """`devicefabric agent run` inside a link's namespace (`ip netns exec`)."""
-
-    def __init__(self, link: Link, broker: BrokerProcess, workdir: Path, **kwargs: Any) -> None:
-        super().__init__(broker, workdir, **kwargs)
-        self.link = link
-
-    def start(self) -> None:
-        self.runs += 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICEFABRIC_")}
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.link.exec_argv(self.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=self.workdir,
-            )

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from devicefabric.config import deploybundle as manifests
-from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer, Match
-from tests.kube.fakeapi.client import (
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer, Match
+from tests.support.fakeapi.client import (
     LEASES,
     Http,
     created,
@@ -28,7 +28,7 @@ from tests.kube.fakeapi.client import (
     dp_path,
     lease,
 )
-from tests.kube.fakeapi.rbac import Authorizer
+from tests.support.fakeapi.rbac import Authorizer
 
 MERGE = "application/merge-patch+json"
 # The official client's annotations are partial (untyped functions): treat it as Any at this edge.
