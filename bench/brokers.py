@@ -144,7 +144,7 @@ async def connections(fab: Fabric, broker: Broker, args: argparse.Namespace) -> 
         "latency_ms_p99": round(1000 * percentile(latencies, 99), 2),
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "kib_per_connection": round((rss_connected - rss_idle) / len(names), 1),
-        "held": len(names) if broker.alive() else 0,
+        "held": len(names) if broker.alive else 0,
     }
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -105,7 +104,7 @@ def _halfopen_trials(
         time.sleep(random.uniform(0, heartbeat))  # any phase of the heartbeat
         pid = _pid_of(obs, HALFOPEN_DEVICE, HALFOPEN_NAME)
         t0 = time.monotonic()
-        agent.popen.send_signal(signal.SIGSTOP)
+        agent.freeze()
         at = plane.wait_status(HALFOPEN_NAME, connected("False"), since=t0, timeout=60)
         cond = condition(plane.status(HALFOPEN_NAME), "AgentConnected")
         try:

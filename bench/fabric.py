@@ -12,8 +12,11 @@ from /proc without the benchmark in the way) and is stopped when the block ends:
   and `/devices` read over HTTP (`BridgeProc`);
 - `agent(broker, device)`: `devicefabric agent run`; `python(name, code)`: a floor script.
 
-A `Broker` is the kit's `BrokerProcess` with its CPU time and RSS; a `Proc` is any other child,
-its output in a log file. Both are read through `tests.support.procfs`.
+A `Broker` is the kit's `BrokerProcess` with its CPU time and RSS; a `Proc` is the kit's
+`processes.Proc` run with an argv built here, its CPU time and RSS read through
+`tests.support.procfs`. The bench builds its own command lines rather than using the kit's
+`AgentProcess`/`BridgeProcess` because it chooses the log level of what it measures, and runs a
+bridge as an experiment (`BRIDGE_VARIANT`) or under cProfile (`BRIDGE_PROFILED`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -34,7 +36,7 @@ from typing import Any, Final, TypeVar
 from devicefabric.broker.mosquitto import DYNSEC_NAME, hash_password, random_salt
 from devicefabric.config.credentials import new_secret, password_for
 from devicefabric.config.topics import DeviceTopic, Topics
-from tests.support import procfs
+from tests.support import processes, procfs
 from tests.support.brokers import (
     MOSQUITTO,
     BrokerProcess,
@@ -48,7 +50,6 @@ from tests.support.waiting import wait_for
 HOST: Final = "127.0.0.1"
 TOPICS: Final = Topics()
 LOADGEN: Final = "loadgen"  # the bench-only privileged MQTT user (mosquitto only)
-STOP_BOUND: Final = 10.0
 
 
 def kill_orphan(pid: int, argv0: str = "sleep") -> None:
@@ -59,21 +60,7 @@ def kill_orphan(pid: int, argv0: str = "sleep") -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-class Measured:
-    """CPU time and RSS of a process from /proc (its threads included, its children not)."""
-
-    @property
-    def pid(self) -> int:
-        raise NotImplementedError
-
-    def cpu_seconds(self) -> float:
-        return procfs.cpu_seconds(self.pid)
-
-    def rss_kib(self) -> int:
-        return procfs.rss_kib(self.pid)
-
-
-class Broker(Measured):
+class Broker:
     """A started `BrokerProcess` of the test kit, measured."""
 
     def __init__(self, process: BrokerProcess) -> None:
@@ -89,6 +76,13 @@ class Broker(Measured):
             raise RuntimeError(f"{self.process!r} is not running")
         return self.process.pid
 
+    def cpu_seconds(self) -> float:
+        return procfs.cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        return procfs.rss_kib(self.pid)
+
+    @property
     def alive(self) -> bool:
         return self.process.running
 
@@ -100,67 +94,47 @@ class Broker(Measured):
         return self.process.password_file(user)
 
 
-class Proc(Measured):
-    """One child process with its output in a log file; `stop()` is bounded."""
+class Proc(processes.Proc):
+    """One program of the kit's kind, started at once with this `argv`; its CPU time and RSS
+    (threads included, children not) read from /proc."""
 
     def __init__(
         self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
     ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = workdir / f"{name}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("DEVICEFABRIC_", "KUBE"))}
-        with self.log_path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-                env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )
+        super().__init__(name, workdir)
+        self._argv = argv
+        self.env = dict(env or {})
+        self.start()
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def argv(self) -> list[str]:
+        return self._argv
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
+    def cpu_seconds(self) -> float:
+        return procfs.cpu_seconds(self.pid)
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    def rss_kib(self) -> int:
+        return procfs.rss_kib(self.pid)
 
     def check(self) -> None:
-        if not self.alive():
-            raise RuntimeError(
-                f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}"
-            )
-
-    def kill(self) -> None:
-        """kill -9: no clean shutdown."""
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.kill()
-        self.popen.wait(STOP_BOUND)
-
-    def stop(self) -> None:
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGCONT)  # a frozen process cannot handle SIGTERM
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(STOP_BOUND)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Raise, with the tail of its log, if it exited."""
+        if not self.alive:
+            tail = "\n".join(self.log_text().splitlines()[-20:])
+            raise RuntimeError(f"{self.name} exited:\n{tail}")
 
     def said(self, text: bytes) -> bool:
         """Whether the process wrote `text` to its log (raises if it exited meanwhile)."""
         self.check()
         return text in self.log_path.read_bytes()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process and its socket stay, nothing is sent (`stop` thaws it first)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def stop(self, timeout: float = processes.STOP_BOUND) -> int | None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)  # a frozen process cannot handle SIGTERM
+        return super().stop(timeout)
 
 
 P = TypeVar("P", bound=Proc)
