@@ -278,9 +278,8 @@ def test_restart_with_everything_healthy_writes_and_publishes_nothing(
 
     async def story() -> None:
         fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(FIVE)
+        await fleet.connect(FIVE, desired=True)
         for device in fleet.devices.values():
-            await device.subscribe_desired()
             running_ = {"generation": 1, "phase": "Running", "pid": 7, "restarts": 0}
             await device.report({f"default/{device.name}-{i}": running_ for i in range(2)})
         try:
@@ -335,9 +334,8 @@ def test_desired_follows_resources_and_invalid_specs_stay_home(
 
     async def story() -> None:
         fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["tor9-99"])
+        await fleet.connect(["tor9-99"], desired=True)
         device = fleet["tor9-99"]
-        await device.subscribe_desired()
         try:
             async with fleet.beating(), running(broker, cp) as bridge:
                 await until(lambda: len(docs(device)) == 1)

@@ -118,21 +118,14 @@ class Link:
     index: int
     faults: list[list[str]] = field(default_factory=list)  # iptables rules inserted
 
-    @property
-    def outer(self) -> str:
-        return f"{self.name}o"  # our end of the veth pair
+    outer: str = field(init=False)  # our end of the veth pair
+    inner: str = field(init=False)
+    gateway: str = field(init=False)  # our address on the pair
+    address: str = field(init=False)  # the namespace's
 
-    @property
-    def inner(self) -> str:
-        return f"{self.name}i"
-
-    @property
-    def gateway(self) -> str:
-        return f"10.{NET}.{self.index}.1"
-
-    @property
-    def address(self) -> str:
-        return f"10.{NET}.{self.index}.2"
+    def __post_init__(self) -> None:
+        self.outer, self.inner = f"{self.name}o", f"{self.name}i"
+        self.gateway, self.address = f"10.{NET}.{self.index}.1", f"10.{NET}.{self.index}.2"
 
     def create(self) -> None:
         run(IP, "netns", "add", self.name)

@@ -27,8 +27,7 @@ from devicefabric.config.settings import (
     parse_broker_url,
     parse_hostport,
 )
-from tests.faults.budget import FUZZ, MARKS
-from tests.faults.outcomes import outcome
+from tests.faults.budget import FUZZ, MARKS, outcome
 from tests.faults.strategies import near_miss
 
 pytestmark = list(MARKS)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ from tests.support.brokers import BrokerProcess, prepare_mosquitto
 from tests.support.desired import DEVICE
 from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
 from tests.support.fakeapi.client import Http, dp_path
+from tests.support.fakeapi.kubeconfig import kubectl
 from tests.support.inbox import Message
 from tests.support.ledger import Ledger, Marker
 from tests.support.mqtt import Client, connect
@@ -133,38 +133,28 @@ class Fabric:
         stale_multiplier: float | None = None,
         write_qps: float | None = None,
         write_burst: int | None = None,
-        count_tasks: bool = False,
-        prefix: Iterable[str] = (),
-        http_host: str = "127.0.0.1",
-        extra: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
+        **process: Any,
     ) -> BridgeProcess:
-        """A bridge on this fabric's plane, started; a local one is awaited ready (`ready`)."""
+        """A bridge on this fabric's plane, started; a local one is awaited ready (`ready`).
+
+        `process`: more of `BridgeProcess` (`count_tasks`, `prefix`, `http_host`, `extra`).
+        """
         assert self.plane is not None, "a fabric without a control plane has no bridge"
         name = name or f"bridge{len(self.bridges)}"
         given = {"stale_multiplier": stale_multiplier, "write_qps": write_qps}
         given["write_burst"] = write_burst
         if self.plane == "local":
             given = {k: LOCAL_BRIDGE_DEFAULTS[k] if v is None else v for k, v in given.items()}
+            process["state_dir"] = self.state_dir
         options = {f"--{k.replace('_', '-')}": str(v) for k, v in given.items() if v is not None}
-        env = dict(env or {})
+        process["env"] = dict(env or {})
         if self.plane == "kube":
-            kubeconfig = self.api.write_kubeconfig(
-                self.workdir / f"kubeconfig-{name}", user=bridge_user(name)
-            )
-            env = {"KUBECONFIG": str(kubeconfig), "POD_NAME": name, **env}
+            user = bridge_user(name)
+            kubeconfig = self.api.write_kubeconfig(self.workdir / f"kubeconfig-{name}", user=user)
+            process["env"] |= {"KUBECONFIG": str(kubeconfig), "POD_NAME": name}
         bridge = BridgeProcess(
-            self.broker,
-            self.workdir,
-            name=name,
-            plane=self.plane,
-            state_dir=self.state_dir if self.plane == "local" else None,
-            options=options,
-            extra=extra,
-            prefix=prefix,
-            http_host=http_host,
-            count_tasks=count_tasks,
-            env=env,
+            self.broker, self.workdir, name=name, plane=self.plane, options=options, **process
         )
         self.bridges[name] = bridge
         wait = self.plane == "local" if ready is None else ready
@@ -207,16 +197,8 @@ class Fabric:
     def kubectl(
         self, binary: str, *args: str, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig)}
-        return subprocess.run(
-            [binary, *args],
-            input=stdin,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        """kubectl (`binary`) as `admin`."""
+        return kubectl(binary, self.admin_kubeconfig, *args, stdin=stdin)
 
     # -- resources: local plane --------------------------------------------------------------------
     def apply(self, *manifests: Manifest) -> None:
