@@ -34,6 +34,7 @@ from tests.support.packets import CONNACK_ACCEPTED, connect_packet
 __all__ = ["Message", "RawPublisher", "Watcher", "tcp_counters", "watching"]
 
 SUBSCRIBE_TIMEOUT: Final = 10.0
+WAIT_TIMEOUT: Final = 10.0  # the default wait for a message: a restart on a loaded machine
 
 
 class Watcher:
@@ -48,7 +49,7 @@ class Watcher:
         user: str = OBSERVER_USER,
         qos: int = 1,
     ) -> None:
-        self.inbox = Inbox()
+        self.inbox = Inbox(patience=WAIT_TIMEOUT)
         self._subscribed = threading.Event()
         self.filters = list(filters)
         client_id = f"{user}_bench-{os.getpid()}-{id(self):x}"

@@ -2,6 +2,7 @@
 
 Every benchmark module has `run(args, result) -> result`, `options(parser)` and `DEFAULTS` (each
 option's default and its default under `--quick`); `main(module, argv)` parses and runs it.
+
 Every benchmark builds one `Result` (its name, the parameters it ran with, raw samples per series,
 derived metrics) and adds `Row`s for the one summary table `python -m bench` prints. `Result.write`
 puts `bench/results/<name>.json` next to this file with the machine facts and package versions,
