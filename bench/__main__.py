@@ -32,13 +32,13 @@ from typing import Final
 from bench.harness import (
     RESULTS,
     SUMMARY_HEADERS,
-    Result,
     Row,
     machine,
     machine_line,
     summary_table,
     versions,
 )
+from bench.harness import main as run_bench
 
 # In the order of DESIGN.md's "Benchmarks the project keeps".
 BENCHMARKS: Final = (
@@ -63,7 +63,7 @@ def _run_one(name: str, quick: bool) -> tuple[list[Row], str | None]:
     print(f"\n=== {name} {'(quick)' if quick else ''}", flush=True)
     started = time.monotonic()
     try:
-        result: Result = module.main(["--quick"] if quick else [])
+        result = run_bench(module, ["--quick"] if quick else [])
     except Exception as exc:
         traceback.print_exc()
         return [Row(name, "FAILED", f"{type(exc).__name__}: {exc}"[:120], met=False)], str(exc)
@@ -108,7 +108,7 @@ def markdown(
             + "). Each writes `bench/results/<name>.json` with the machine, "
             "versions, parameters, raw samples, median and p99; the method of each is the module "
             "docstring in `bench/`. Needs mosquitto (`/usr/sbin/mosquitto`); run from the "
-            "repository root (the Kubernetes benchmarks use the API server fake in `tests/kube`)."
+            "repository root (the Kubernetes benchmarks use the API server fake in `tests/support/fakeapi`)."
         ),
         "",
     ]

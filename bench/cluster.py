@@ -13,22 +13,22 @@ cluster's routing cost; retained documents and QoS 1 go through JetStream and ar
 docs/scale.md). The clients are Python (paho), so both rates are bounded by them as much as by
 the brokers: the ratio is what this bench shows.
 
-Usage: `python -m bench.cluster [--quick] [--devices N] [--beats N]`. Writes
-`bench/results/cluster.json`. Never part of the test run.
+Usage: `python -m bench.cluster [--quick] [--devices N] [--beats N]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from bench.harness import Result, count, ratio
+from bench.harness import Defaults, Result, count, main, per_s
 from devicefabric.config import lean
 from devicefabric.config.credentials import new_secret
 from devicefabric.config.names import BRIDGE_USER
@@ -37,7 +37,7 @@ from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
 from tests.support.mqtt import Client, connect
 from tests.support.nats import nats_cluster
 
-T = Topics()
+T: Final = Topics()
 
 
 def _names(devices: int) -> list[str]:
@@ -93,8 +93,17 @@ def _brokers(base: Path, secret: bytes, names: list[str]) -> Iterator[dict[str, 
         yield {"mosquitto": ((mosquitto,), mosquitto), "nats": (cluster.nodes, cluster.nodes[-1])}
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("cluster", vars(args).copy())
+DEFAULTS: Final[Defaults] = {"devices": (30, 9), "beats": (2000, 500), "repeat": (3, 1)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, help="device connections")
+    p.add_argument("--beats", type=int, help="heartbeats per device")
+    p.add_argument("--repeat", type=int, help="runs per broker")
+    p.add_argument("--quiet", type=float, default=2.0, help="s without a delivery that ends a run")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
     secret = new_secret().encode()
     found: dict[str, list[dict[str, Any]]] = {"mosquitto": [], "nats": []}
     with (
@@ -117,39 +126,16 @@ def run(args: argparse.Namespace) -> Result:
     }
     for kind, runs in found.items():
         result.series(f"{kind}_heartbeats_per_s", [r["per_s"] for r in runs])
-    result.row(
+    result.versus(
         "heartbeats/s, 3-node NATS cluster vs 1 mosquitto",
-        f"{count(rates['nats'])}/s",
-        floor=f"{count(rates['mosquitto'])}/s",
-        ratio=ratio(rates["nats"], rates["mosquitto"]),
+        rates["nats"],
+        rates["mosquitto"],
+        per_s,
         note=f"{args.devices} devices over 3 nodes, QoS 0; lost {lost['nats']:.1%} "
         f"(mosquitto {lost['mosquitto']:.1%}); paho clients bound both",
     )
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.cluster", description=__doc__.split("\n\n")[0] if __doc__ else ""
-    )
-    p.add_argument("--quick", action="store_true", help="fewer devices and heartbeats")
-    p.add_argument("--devices", type=int, help="device connections (default 30; quick 9)")
-    p.add_argument("--beats", type=int, help="heartbeats per device (default 2000; quick 500)")
-    p.add_argument("--repeat", type=int, help="runs per broker (default 3; quick 1)")
-    p.add_argument("--quiet", type=float, default=2.0, help="s without a delivery that ends a run")
-    return p
-
-
-def configure(args: argparse.Namespace) -> argparse.Namespace:
-    args.devices = args.devices or (9 if args.quick else 30)
-    args.beats = args.beats or (500 if args.quick else 2000)
-    args.repeat = args.repeat or (1 if args.quick else 3)
-    return args
-
-
-def main(argv: list[str] | None = None) -> Result:
-    return run(configure(parser().parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -12,32 +12,31 @@ The goal: CPU linear in the message rate
 and under 20% of a core at 5,000 devices. Before the topic index the broker checked every filter
 (2N + 4 of them) against every message: 10.5% / 37% / 100% of a core at 1k / 3k / 5k.
 
-Usage: `python -m bench.embedded_scale [--quick] [--sizes 1000,5000] [--steady S]`. Writes
-`bench/results/embedded_scale.json`. Never part of the test run.
+Usage: `python -m bench.embedded_scale [--quick] [--sizes 1000,5000] [--steady S]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from typing import Final
 
-from bench.fabric import Fabric, wait_until
-from bench.harness import Result, count
-from bench.scale import FleetProc
+from bench.fabric import Fabric
+from bench.harness import Defaults, Result, count, main
+from bench.simfleet import FleetProc
 from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.topics import DeviceTopic, Topics
-from tests.support.brokers import BrokerProcess
 from tests.support.mqtt import connect
 
-T = Topics()
-GOAL_SHARE = 0.20  # of one core, at 5,000 devices
+T: Final = Topics()
+GOAL_SHARE: Final = 0.20  # of one core, at 5,000 devices
 
 
 def _one(n: int, args: argparse.Namespace) -> dict[str, float]:
     with Fabric("bench-embedded-scale-") as fab:
         broker = fab.embedded()
-        target = BrokerProcess("embedded", [], broker.port, fab.secret, fab.workdir)
-        with connect(target, BRIDGE_USER) as bridge:
+        with connect(broker.process, BRIDGE_USER) as bridge:
             for kind, qos in (
                 (DeviceTopic.STATUS, 1),
                 (DeviceTopic.REPORT, 1),
@@ -48,16 +47,11 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, float]:
             fleet = FleetProc(fab, broker, n)
             fleet.command("connect", "connected")
             # the measurement starts once every birth and report reached the bridge's filters
-            wait_until(
-                lambda: len(bridge.inbox.messages(T.all_devices(DeviceTopic.REPORT))) >= n,
-                120.0,
-                f"{n} reports at the bridge",
-                0.2,
-            )
-            seen0, cpu0, t0 = len(bridge.inbox.messages()), broker.proc.cpu_seconds(), time.time()
+            bridge.inbox.wait_count(n, T.all_devices(DeviceTopic.REPORT), 120.0)
+            seen0, cpu0, t0 = len(bridge.inbox.messages()), broker.cpu_seconds(), time.time()
             time.sleep(args.steady)  # a measurement window, not a wait for a condition
-            seen1, cpu1, t1 = len(bridge.inbox.messages()), broker.proc.cpu_seconds(), time.time()
-            rss = broker.proc.rss_kib()
+            seen1, cpu1, t1 = len(bridge.inbox.messages()), broker.cpu_seconds(), time.time()
+            rss = broker.rss_kib()
     wall = t1 - t0
     return {
         "devices": n,
@@ -67,17 +61,18 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("embedded_scale", vars(args).copy())
-    runs = []
-    for n in (int(s) for s in args.sizes.split(",")):
-        measured = _one(n, args)
-        runs.append(measured)
-        print(
-            f"  {n:,} devices: {measured['core_share']:.1%} of a core for "
-            f"{count(measured['msgs_per_s'])} msg/s, RSS {measured['rss_mib']:.0f} MiB",
-            flush=True,
-        )
+DEFAULTS: Final[Defaults] = {"sizes": ("1000,3000,5000", "500,1500"), "steady": (30.0, 10.0)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", help="comma-separated fleet sizes")
+    p.add_argument("--steady", type=float, help="seconds of steady state measured")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
+    runs = result.over_sizes(args.sizes, lambda n: _one(n, args))
+    for measured in runs:
+        n = measured["devices"]
         result.row(
             f"embedded broker CPU, {n:,} devices (15 s heartbeats)",
             f"{measured['core_share']:.1%} of a core",
@@ -86,7 +81,6 @@ def run(args: argparse.Namespace) -> Result:
             note=f"{count(measured['msgs_per_s'])} msg/s to the bridge's filters; "
             f"RSS {measured['rss_mib']:.0f} MiB",
         )
-    result.metrics["runs"] = runs
     if len(runs) > 1:
         per_msg = [r["core_share"] / max(r["msgs_per_s"], 1e-9) * 1e6 for r in runs]
         result.series("cpu_us_per_msg", per_msg)
@@ -98,26 +92,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.embedded_scale",
-        description=__doc__.split("\n\n")[0] if __doc__ else "",
-    )
-    p.add_argument("--quick", action="store_true", help="smaller fleets, a shorter window")
-    p.add_argument("--sizes", help="comma-separated fleet sizes (default 1000,3000,5000)")
-    p.add_argument("--steady", type=float, help="seconds of steady state measured (default 30)")
-    return p
-
-
-def configure(args: argparse.Namespace) -> argparse.Namespace:
-    args.sizes = args.sizes or ("500,1500" if args.quick else "1000,3000,5000")
-    args.steady = args.steady or (10.0 if args.quick else 30.0)
-    return args
-
-
-def main(argv: list[str] | None = None) -> Result:
-    return run(configure(parser().parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

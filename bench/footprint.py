@@ -13,8 +13,7 @@ and the standard library, which the floor loads, are compiled at install in both
 
 1. Idle window (`--idle` s, default 60; quick 30): both processes' RSS (VmRSS, max of samples),
    CPU (utime+stime from /proc over the window) and the TCP payload bytes each sent (kernel
-   counters from `ss -tinp`), in the same window (the sampler of `bench/agent_latency.py`,
-   reused, one thread per process).
+   counters from `ss -tinp`), in the same window (`idle`, one thread per process).
 2. Bytes on the wire: a heartbeat is the MQTT PUBLISH built from the real topic and payload
    (fixed header + topic + payload, QoS 0); a report is the agent's real report as an observer
    received it (+ packet id, QoS 1; the broker's PUBACK is 4 more bytes the other way); and
@@ -33,24 +32,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 import devicefabric
-from bench import agent_latency
-from bench.fabric import (
-    CLK_TCK,
-    TOPICS,
-    Fabric,
-    Message,
-    publish_size,
-    tcp_counters,
-    wait_until,
-    watching,
-)
-from bench.harness import Result, count, ratio
+from bench.clients import Message, tcp_counters, watching
+from bench.fabric import TOPICS, Fabric
+from bench.harness import Defaults, Result, count, main, ratio
+from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.resource import DeviceProcessSpec
 from devicefabric.config.wire import DesiredProcess, Heartbeat, encode, make_desired
+from tests.support import procfs
+from tests.support.packets import publish_size
+from tests.support.waiting import wait_for
 
 DEVICE: Final = "bench-dev"
 FLOOR: Final = "bench-floor"
@@ -82,7 +77,7 @@ def desired(generation: int) -> bytes:
     return encode(make_desired([proc]))
 
 
-def running(generation: int) -> Any:
+def running(generation: int) -> Callable[[Message], bool]:
     def check(message: Message) -> bool:
         doc = message.json() or {}
         entry = doc.get("processes", {}).get("bench/worker", {})
@@ -134,21 +129,37 @@ def rss_ladder() -> list[tuple[str, int]]:
     return out
 
 
-def memory_kib(pid: int) -> dict[str, int]:
-    """RssAnon (private to the process) and RssFile (mapped files, shareable) of `pid`."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0])
-    return out
+def idle(pid: int, port: int, seconds: float) -> dict[str, Any]:
+    """RSS (sampled every 5 s), CPU and TCP payload bytes sent by `pid` over `seconds` idle."""
+    tcp0 = tcp_counters(pid, port)
+    cpu0, wall0 = procfs.cpu_seconds(pid), time.monotonic()
+    rss: list[int] = []
+    while time.monotonic() - wall0 < seconds:
+        rss.append(procfs.rss_kib(pid))
+        time.sleep(min(5.0, max(0.0, seconds - (time.monotonic() - wall0))))  # sampling period
+    cpu1, wall1 = procfs.cpu_seconds(pid), time.monotonic()
+    tcp1 = tcp_counters(pid, port)
+    rss.append(procfs.rss_kib(pid))
+    wall = wall1 - wall0
+    sent = tcp1.get("bytes_sent", 0) - tcp0.get("bytes_sent", 0)
+    beats = wall / HEARTBEAT_S
+    return {
+        "seconds": round(wall, 1),
+        "rss_kib_max": max(rss),
+        "rss_kib_last": rss[-1],
+        "cpu_seconds": round(cpu1 - cpu0, 3),
+        "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 4),
+        "tcp_payload_bytes_sent": sent,
+        "tcp_data_segments_sent": tcp1.get("data_segs_out", 0) - tcp0.get("data_segs_out", 0),
+        "tcp_payload_bytes_per_heartbeat_interval": round(sent / beats, 1) if beats else None,
+    }
 
 
 def _sample_both(pids: dict[str, int], port: int, seconds: float) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
 
     def one(name: str, pid: int) -> None:
-        found[name] = agent_latency._idle(pid, port, seconds)
+        found[name] = idle(pid, port, seconds)
 
     threads = [threading.Thread(target=one, args=item) for item in pids.items()]
     for thread in threads:
@@ -158,15 +169,22 @@ def _sample_both(pids: dict[str, int], port: int, seconds: float) -> dict[str, d
     return found
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("footprint", vars(args).copy())
+DEFAULTS: Final[Defaults] = {"idle": (60.0, 30.0)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--idle", type=float, help="idle window in seconds")
+    p.add_argument("--changes", type=int, default=10, help="desired changes for bytes per report")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
     compile_agent()
     with Fabric("bench-footprint-") as fab:
         broker = fab.mosquitto([DEVICE, FLOOR])
         keepalive = max(5, 2 * HEARTBEAT_S)
         obs = fab.enter_context(watching(broker, fab.secret, [TOPICS.everything()]))
         pub = fab.enter_context(
-            watching(broker, fab.secret, [TOPICS.bridge_status()], user="bridge")
+            watching(broker, fab.secret, [TOPICS.bridge_status()], user=BRIDGE_USER)
         )
         pub.client.publish(TOPICS.desired(DEVICE), desired(1), qos=1, retain=True)
         agent = fab.agent(broker, DEVICE, heartbeat=HEARTBEAT_S, log_level="WARNING")
@@ -174,12 +192,12 @@ def run(args: argparse.Namespace) -> Result:
             "floor", FLOOR_SCRIPT, FLOOR, fab.password(FLOOR), str(broker.port),
             str(keepalive),
         )  # fmt: skip
-        obs.wait(TOPICS.report(DEVICE), running(1), timeout=30)
-        wait_until(lambda: tcp_counters(floor.pid, broker.port), 10, "the floor's socket")
+        obs.inbox.wait_for(TOPICS.report(DEVICE), running(1), 30)
+        wait_for(lambda: tcp_counters(floor.pid, broker.port), 10, what="the floor's socket")
         time.sleep(2.0)  # both past start-up
         print(f"  idle window {args.idle:.0f} s: agent and floor sampled together")
-        idle = _sample_both({"agent": agent.pid, "floor": floor.pid}, broker.port, args.idle)
-        memory = {"agent": memory_kib(agent.pid), "floor": memory_kib(floor.pid)}
+        idled = _sample_both({"agent": agent.pid, "floor": floor.pid}, broker.port, args.idle)
+        memory = {"agent": procfs.status_kib(agent.pid), "floor": procfs.status_kib(floor.pid)}
         agent.check()
         floor.check()
         # bytes per report: desired changes, the agent's TCP bytes sent / reports seen
@@ -187,13 +205,13 @@ def run(args: argparse.Namespace) -> Result:
         t0 = time.monotonic()
         for generation in range(2, 2 + args.changes):
             pub.client.publish(TOPICS.desired(DEVICE), desired(generation), qos=1, retain=True)
-            obs.wait(TOPICS.report(DEVICE), running(generation), since=t0, timeout=15)
+            obs.inbox.wait_for(TOPICS.report(DEVICE), running(generation), 15, since=t0)
         time.sleep(0.3)
         after = tcp_counters(agent.pid, broker.port)
-        reports = obs.messages(TOPICS.report(DEVICE), since=t0)
-        beats = obs.messages(TOPICS.heartbeat(DEVICE), since=t0)
-    a, f = idle["agent"], idle["floor"]
-    result.metrics["idle"] = idle
+        reports = obs.inbox.messages(TOPICS.report(DEVICE), lambda m: m.at >= t0)
+        beats = obs.inbox.messages(TOPICS.heartbeat(DEVICE), lambda m: m.at >= t0)
+    a, f = idled["agent"], idled["floor"]
+    result.metrics["idle"] = idled
     result.metrics["memory_kib"] = memory
     ladder = rss_ladder()
     result.metrics["rss_ladder_kib"] = dict(ladder)
@@ -217,11 +235,12 @@ def run(args: argparse.Namespace) -> Result:
         "report_example": reports[-1].payload.decode() if reports else "",
     }
     rss_mib, floor_mib = a["rss_kib_max"] / 1024, f["rss_kib_max"] / 1024
-    result.row(
+    mib = "{:.1f} MiB".format
+    result.versus(
         "agent RSS, one supervised process (max over idle window)",
-        f"{rss_mib:.1f} MiB",
-        floor=f"{floor_mib:.1f} MiB",
-        ratio=ratio(rss_mib, floor_mib),
+        rss_mib,
+        floor_mib,
+        mib,
         goal=f"<= {RSS_GOAL_MIB:.0f} MiB and <= {RSS_GOAL_RATIO}x floor",
         met=rss_mib <= RSS_GOAL_MIB and rss_mib <= RSS_GOAL_RATIO * floor_mib,
         note=f"floor: bare python + paho holding one connection; private (RssAnon) "
@@ -231,14 +250,14 @@ def run(args: argparse.Namespace) -> Result:
         "as an install does",
     )
     deps = ladder[2][1] / 1024
-    result.row(
+    result.versus(
         "RSS of the agent's dependencies alone (paho, asyncio, json, subprocess imported)",
-        f"{deps:.1f} MiB",
-        floor=f"{floor_mib:.1f} MiB",
-        ratio=ratio(deps, floor_mib),
+        deps,
+        floor_mib,
+        mib,
         note="a fresh interpreter, none of our code: what any agent on these dependencies costs",
     )
-    tick_pct = 100 / CLK_TCK / a["seconds"]  # one clock tick over the window
+    tick_pct = 100 / procfs.CLK_TCK / a["seconds"]  # one clock tick over the window
 
     def pct(value: float) -> str:
         return f"{value:.3f} %" if value > 0 else f"< {tick_pct:.3f} %"
@@ -250,7 +269,7 @@ def run(args: argparse.Namespace) -> Result:
         ratio=ratio(a["cpu_percent"], f["cpu_percent"]) if a["cpu_percent"] > 0 else "",
         goal=f"< {CPU_GOAL_PCT} %",
         met=a["cpu_percent"] < CPU_GOAL_PCT,
-        note=f"CPU time {a['cpu_seconds']} s vs {f['cpu_seconds']} s ({1000 / CLK_TCK:.0f} ms "
+        note=f"CPU time {a['cpu_seconds']} s vs {f['cpu_seconds']} s ({1000 / procfs.CLK_TCK:.0f} ms "
         "clock ticks: '<' is less than one tick in the window)",
     )
     per_interval = a["tcp_payload_bytes_per_heartbeat_interval"]
@@ -269,24 +288,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.footprint", description=__doc__.split("\n\n")[0] if __doc__ else ""
-    )
-    p.add_argument("--quick", action="store_true", help="a 30 s idle window")
-    p.add_argument("--idle", type=float, help="idle window in seconds (default 60; quick 30)")
-    p.add_argument("--changes", type=int, default=10, help="desired changes for bytes per report")
-    return p
-
-
-def configure(args: argparse.Namespace) -> argparse.Namespace:
-    args.idle = args.idle or (30.0 if args.quick else 60.0)
-    return args
-
-
-def main(argv: list[str] | None = None) -> Result:
-    return run(configure(parser().parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -1,5 +1,8 @@
 """The shared harness: machine facts, percentiles, result files, tables and summary rows.
 
+Every benchmark module has `run(args, result) -> result`, `options(parser)` and `DEFAULTS` (each
+option's default and its default under `--quick`); `main(module, argv)` parses and runs it.
+
 Every benchmark builds one `Result` (its name, the parameters it ran with, raw samples per series,
 derived metrics) and adds `Row`s for the one summary table `python -m bench` prints. `Result.write`
 puts `bench/results/<name>.json` next to this file with the machine facts and package versions,
@@ -15,6 +18,7 @@ p99 is always a value that was measured.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -23,12 +27,15 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
+
+from tests.support.brokers import MOSQUITTO
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 PACKAGES: Final = (
@@ -40,7 +47,6 @@ PACKAGES: Final = (
     "kubernetes",
     "prometheus-client",
 )
-MOSQUITTO: Final = Path(os.environ.get("DEVICEFABRIC_BENCH_MOSQUITTO", "/usr/sbin/mosquitto"))
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -166,6 +172,28 @@ class Result:
     def row(self, metric: str, value: str, **kwargs: Any) -> None:
         self.rows.append(Row(self.name, metric, value, **kwargs))
 
+    def versus(
+        self, metric: str, value: float, floor: float, show: Callable[[float], str], **kwargs: Any
+    ) -> None:
+        """A row comparing `value` with its `floor`, both shown by `show`, and their ratio."""
+        self.row(metric, show(value), floor=show(floor), ratio=ratio(value, floor), **kwargs)
+
+    def over_sizes(
+        self, sizes: str, measure: Callable[[int], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """`measure(n)` for each of the comma-separated `sizes` in turn, each printed as it ends;
+        all of them are recorded as the metric `runs`."""
+        runs = []
+        for n in (int(s) for s in sizes.split(",")):
+            found = measure(n)
+            runs.append(found)
+            shown = (
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found.items()
+            )
+            print(f"  N={n:,}: {', '.join(shown)}", flush=True)
+        self.metrics["runs"] = runs
+        return runs
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"  note: {text}")
@@ -234,6 +262,10 @@ def count(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def per_s(value: float) -> str:
+    return f"{count(value)}/s"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A plain text table (also valid Markdown) with left-aligned columns."""
     body = [list(map(str, r)) for r in rows]
@@ -263,3 +295,32 @@ def summary_table(rows: Iterable[Row]) -> str:
 def print_rows(rows: Sequence[Row]) -> None:
     if rows:
         print(summary_table(rows))
+
+
+# -- command line ----------------------------------------------------------------------------------
+Defaults = dict[str, tuple[Any, Any]]  # option -> (default, default under --quick)
+
+
+def main(bench: ModuleType, argv: list[str] | None = None) -> Result:
+    """Run the benchmark module `bench` (`run(args, result)`, `options(parser)`, `DEFAULTS`) with
+    `argv`: `python -m bench.<name>` calls it as its `__main__`, `python -m bench` for each.
+
+    Its command line is `--quick` and what `options` adds; an option in `DEFAULTS` that was not
+    given takes its default, or its quick one under `--quick`.
+    """
+    name = bench.__spec__.name if bench.__spec__ else bench.__name__
+    defaults: Defaults = bench.DEFAULTS
+    shown = (f"--{k.replace('_', '-')} {d} (quick {q})" for k, (d, q) in defaults.items())
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {name}",
+        description=(bench.__doc__ or "").split("\n\n")[0],
+        epilog=f"when not given: {', '.join(shown)}" if defaults else None,
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller and shorter: a smoke run")
+    bench.options(parser)
+    args = parser.parse_args(argv)
+    for key, (default, quick) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else default)
+    result: Result = bench.run(args, Result(name.rpartition(".")[2], vars(args).copy()))
+    return result

@@ -4,23 +4,27 @@ Setup: mosquitto from our generated config plus the bench-only `loadgen` user (o
 connection that may publish any device's heartbeat), `--devices` simulated devices (born first,
 so the bridge knows them), and one consumer at a time subscribed to `devices/+/heartbeat`:
 `devicefabric bridge run --control-plane local` (no resources: heartbeats never write anything
-anyway, see `bench.writes`), or the floor, a bare paho subscriber that only counts
-(`bench/bridge_ingest.py`'s, reused).
+anyway, see `bench.writes`), or the floor, a bare paho subscriber (`observer`, counting in
+`on_message`, no decoding) that prints its count with its monotonic clock every 0.1 s (`FLOOR`).
 
-The load generator offers a rate in small paced chunks (`--chunk` messages per write, so bursts
-never exceed mosquitto's default 1,000-message queue per subscriber) for `--step` s, stepping
-the rate up by `--factor` from `--start` until the consumer fails. A step passes when the
-consumer counted at least 99.9% of what was sent (no loss) and had counted all of it within 0.3 s
-of the last send (no backlog: the bridge's /metrics counter polled every 10 ms; the floor's
-count, which it prints with its clock every 0.1 s) and, for the bridge, every device's `lastSeenAgeSeconds` on `/devices` is within one round of the fleet
-plus 0.25 s of the time its last heartbeat was sent (lastSeen correct, and no backlog that was
-still being worked off when the step ended). The sustained rate is
-the highest passing step; the ratio is bridge / floor. The bridge's CPU per heartbeat at that step
-gives the fleet one bridge serves at a 15 s heartbeat with half a core:
-0.5 / (CPU s per heartbeat) x 15, an extrapolation (said so in the table), not a measurement.
+The load generator (`Load`) offers a rate in small paced chunks (`--chunk` messages per write, so
+bursts never exceed mosquitto's default 1,000-message queue per subscriber) for `--step` s,
+stepping the rate up by `--factor` from `--start` until the consumer fails. A step passes when
+the consumer counted at least 99.9% of what was sent (no loss) and had counted all of it within
+0.3 s of the last send (no backlog: the bridge's /metrics counter polled every 10 ms; the
+floor's printed count) and, for the bridge, every device's `lastSeenAgeSeconds` on `/devices` is
+within one round of the fleet plus 0.25 s of the time its last heartbeat was sent (lastSeen
+correct, and no backlog still being worked off when the step ended). The sustained rate is the
+highest passing step; the ratio is bridge / floor. The consumer's CPU per heartbeat at that step
+(from /proc over the step) gives the fleet one bridge serves at a 15 s heartbeat with half a
+core: 0.5 / (CPU s per heartbeat) x 15, an extrapolation (said so in the table), not a
+measurement.
+
 One connection carrying every heartbeat in large writes is the cheapest case for the bridge: an
-upper bound. The figure the project's goal rests on is measured end to end by `scale` (N real
-device connections through mosquitto, each heartbeating every second).
+upper bound. The figures the project's goals rest on are measured end to end by `scale` (N real
+device connections through mosquitto, each heartbeating every second; also the bridge's CPU, RSS
+and writes with a fleet at rest), and `writes` counts the control-plane writes per heartbeat.
+`sharded_ingest` reuses `Load` for its replicas.
 
 The load generator runs in this process and shares the machine's cores with mosquitto and the
 consumer, so both consumers are measured under the same contention.
@@ -34,23 +38,17 @@ import argparse
 import json
 import math
 import os
+import re
+import sys
 import time
 from typing import Any, Final, Protocol
 
-from bench.bridge_ingest import _COUNT, FLOOR
-from bench.fabric import (
-    TOPICS,
-    BridgeProc,
-    Broker,
-    Fabric,
-    Proc,
-    RawPublisher,
-    metric,
-    publish_packet,
-    wait_until,
-)
-from bench.harness import Result, count, ratio
+from bench.clients import RawPublisher
+from bench.fabric import TOPICS, BridgeProc, Broker, Fabric, Proc, metric
+from bench.harness import Defaults, Result, count, main, ratio
 from devicefabric.config.topics import DeviceTopic
+from tests.support.packets import publish_packet
+from tests.support.waiting import wait_for
 
 HEARTBEAT_S: Final = 15
 HALF_CORE: Final = 0.5
@@ -58,13 +56,44 @@ DELIVERED: Final = 0.999
 LAST_SEEN_SLACK: Final = 0.25  # s: more means the bridge was still working off a backlog
 DRAIN_SLACK: Final = 0.3  # s from the last message sent until all were counted (0.1 s resolution)
 
+FLOOR: Final = r"""
+import sys, threading, time
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+port, password, topic_filter = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+count = 0
+
+def on_message(_c, _u, _m):
+    global count
+    count += 1
+
+client = paho.Client(CallbackAPIVersion.VERSION2, client_id="observer_bench-floor")
+client.username_pw_set("observer", password)
+client.on_message = on_message
+client.on_connect = lambda c, *_a: c.subscribe(topic_filter, 0)
+client.on_subscribe = lambda *_a: print("subscribed", flush=True)
+client.connect("127.0.0.1", port, 60)
+
+def report():
+    while True:
+        print(f"count {count} {time.monotonic():.6f}", flush=True)
+        time.sleep(0.1)
+
+threading.Thread(target=report, daemon=True).start()
+client.loop_forever()
+"""
+_COUNT: Final = re.compile(rb"^count (\d+) ([0-9.]+)$", re.MULTILINE)
+
 
 class Load:
     """Heartbeats of `devices` simulated devices, offered at a rate in paced chunks."""
 
-    def __init__(self, publisher: RawPublisher, devices: int, chunk: int) -> None:
+    def __init__(
+        self, publisher: RawPublisher, devices: int, chunk: int, prefix: str = "in"
+    ) -> None:
         self.publisher = publisher
-        self.names = [f"in-{i:05d}" for i in range(devices)]
+        self.names = [f"{prefix}-{i:05d}" for i in range(devices)]
         self.chunk = chunk
         self.seq = 0
         self.sent = 0
@@ -120,7 +149,7 @@ class BridgeCounter:
         self.bridge = bridge
 
     def read(self) -> int:
-        return int(metric(self.bridge.metrics(), "devicefabric_messages_total", kind="heartbeat"))
+        return self.bridge.heartbeats()
 
     def reached(self, target: int, deadline: float) -> float | None:
         while time.monotonic() < deadline:
@@ -227,13 +256,13 @@ def _bridge_run(
     bridge = fab.bridge(broker, state_dir=fab.workdir / "state-ingest", log_level="WARNING")
     bridge.wait_ready()
     load.births()
-    wait_until(
+    wait_for(
         lambda: (
             metric(bridge.metrics(), "devicefabric_devices", state="connected") >= len(load.names)
         ),
         60,
-        "the bridge to know every device",
         0.2,
+        "the bridge to know every device",
     )
     out = _ramp("bridge", load, BridgeCounter(bridge), bridge, args, bridge=bridge)
     out["rss_kib"] = bridge.rss_kib()
@@ -245,20 +274,26 @@ def _bridge_run(
 def _floor_run(fab: Fabric, broker: Broker, load: Load, args: argparse.Namespace) -> dict[str, Any]:
     argv = [str(broker.port), fab.password("observer"), TOPICS.all_devices(DeviceTopic.HEARTBEAT)]
     floor = fab.python("floor", FLOOR, *argv)
-
-    def subscribed() -> bool:
-        floor.check()
-        return b"subscribed" in floor.log_path.read_bytes()
-
-    wait_until(subscribed, 10, "the floor to subscribe")
+    wait_for(lambda: floor.said(b"subscribed"), 10, what="the floor to subscribe")
     out = _ramp("floor", load, FloorCounter(floor), floor, args, bridge=None)
     out["rss_kib"] = floor.rss_kib()
     floor.stop()
     return out
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("ingest", vars(args).copy())
+DEFAULTS: Final[Defaults] = {"factor": (1.4, 2.0), "step": (2.5, 2.0)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=2000, help="simulated devices (default 2000)")
+    p.add_argument("--start", type=float, default=10_000.0, help="first offered rate (msg/s)")
+    p.add_argument("--factor", type=float, help="rate factor per step")
+    p.add_argument("--step", type=float, help="seconds per step")
+    p.add_argument("--max-rate", type=float, default=200_000.0, help="stop stepping here")
+    p.add_argument("--chunk", type=int, default=50, help="messages per socket write")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
     with Fabric("bench-ingest-") as fab:
         broker = fab.mosquitto([], privileged=True)
         publisher = RawPublisher(broker, fab.secret)
@@ -290,11 +325,11 @@ def run(args: argparse.Namespace) -> Result:
         cpu = b["cpu_us_per_msg"] / 1e6
         fleet = HALF_CORE / cpu * HEARTBEAT_S
         f_cpu = f["cpu_us_per_msg"] if f else math.nan
-        result.row(
+        result.versus(
             "one raw connection: CPU per heartbeat (bridge vs bare paho), an upper bound",
-            f"{b['cpu_us_per_msg']:.1f} us",
-            floor=f"{f_cpu:.1f} us",
-            ratio=ratio(b["cpu_us_per_msg"], f_cpu),
+            b["cpu_us_per_msg"],
+            f_cpu,
+            "{:.1f} us".format,
             note=f"at the highest passing step; bridge RSS {runs['bridge']['rss_kib'] / 1024:.0f} MiB",
         )
         result.row(
@@ -307,29 +342,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.ingest", description=__doc__.split("\n\n")[0] if __doc__ else ""
-    )
-    p.add_argument("--quick", action="store_true", help="2 s steps, x2 per step")
-    p.add_argument("--devices", type=int, default=2000, help="simulated devices (default 2000)")
-    p.add_argument("--start", type=float, default=10_000.0, help="first offered rate (msg/s)")
-    p.add_argument("--factor", type=float, help="rate factor per step (default 1.4; quick 2)")
-    p.add_argument("--step", type=float, help="seconds per step (default 2.5; quick 2)")
-    p.add_argument("--max-rate", type=float, default=200_000.0, help="stop stepping here")
-    p.add_argument("--chunk", type=int, default=50, help="messages per socket write")
-    return p
-
-
-def configure(args: argparse.Namespace) -> argparse.Namespace:
-    args.factor = args.factor or (2.0 if args.quick else 1.4)
-    args.step = args.step or (2.0 if args.quick else 2.5)
-    return args
-
-
-def main(argv: list[str] | None = None) -> Result:
-    return run(configure(parser().parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -13,9 +13,8 @@ Both offer the same small surface, as an operator (or `kubectl`) would use them:
 process) and sees the bridge's status writes by tailing the store's journal every millisecond.
 Its write count is the journal lines of status writes plus the lines of `events.jsonl`.
 
-`KubePlane` serves the fake API server from `tests/kube/fakeapi` in this process (real HTTP; run
-`python -m bench` from the repository root so `tests` imports), with TCP_NODELAY on its sockets
-as a real (Go) API server has, writes as `admin`, and watches
+`KubePlane` serves the fake API server of `tests.support.fakeapi` in this process (real HTTP), with
+TCP_NODELAY on its sockets as a real (Go) API server has, writes as `admin`, and watches
 DeviceProcesses in a thread, timestamping each event on arrival. Its write count is the fake's
 request log: `patch .../status` and `create events`.
 """
@@ -29,7 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
-from bench.fabric import wait_until
+from devicefabric.bridge.controlplane.local.fleet import device_store
+from devicefabric.bridge.controlplane.local.store import LocalStore
+from devicefabric.bridge.controlplane.local.userfiles import Manifest
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer, Match
+from tests.support.fakeapi.client import Http, WatchEnded, dp_path
+from tests.support.waiting import wait_for
 
 NAMESPACE: Final = "bench"
 Status = dict[str, Any]
@@ -93,8 +97,6 @@ class LocalPlane:
     kind = "local"
 
     def __init__(self, workdir: Path) -> None:
-        from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
-
         self.state_dir = workdir / "state"
         self.store = LocalStore(self.state_dir)
         self._own_writes = 0  # store revisions taken by our applies and deletes
@@ -105,8 +107,6 @@ class LocalPlane:
         return {"control_plane": "local", "state_dir": self.state_dir}
 
     def apply(self, name: str, device: str, command: list[str]) -> int:
-        from devicefabric.bridge.controlplane.local.userfiles import Manifest  # noqa: PLC0415
-
         applied = self.store.apply([Manifest(NAMESPACE, name, _spec(device, command))])
         if applied[0].outcome != "unchanged":
             self._own_writes += 1
@@ -115,8 +115,6 @@ class LocalPlane:
         return resource.generation
 
     def apply_many(self, items: list[tuple[str, str, list[str]]]) -> None:
-        from devicefabric.bridge.controlplane.local.userfiles import Manifest  # noqa: PLC0415
-
         applied = self.store.apply([Manifest(NAMESPACE, n, _spec(d, c)) for n, d, c in items])
         self._own_writes += sum(1 for a in applied if a.outcome != "unchanged")
 
@@ -160,8 +158,6 @@ class LocalPlane:
 
     def device_writes(self) -> int:
         """Writes of Devices (creates and status): every one takes a revision of their store."""
-        from devicefabric.bridge.controlplane.local.fleet import device_store  # noqa: PLC0415
-
         return device_store(self.store.root).revision()
 
     def _count_events(self) -> int:
@@ -205,9 +201,6 @@ class KubePlane:
     kind = "kube"
 
     def __init__(self, workdir: Path) -> None:
-        from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
-        from tests.kube.fakeapi.client import Http  # noqa: PLC0415
-
         self.api = FakeApiServer(bookmark_interval=1.0)
         # Like a real API server (Go sets TCP_NODELAY on every connection): without it the fake
         # answers a kept-alive request in two segments, and Nagle holds the second back until
@@ -228,19 +221,15 @@ class KubePlane:
         self._watch_error = ""
         self._watcher = threading.Thread(target=self._watch, name="kube-watch", daemon=True)
         self._watcher.start()
-        wait_until(lambda: self.api.active_watches("deviceprocesses") >= 1, 10, "the bench watch")
+        wait_for(lambda: self.api.active_watches("deviceprocesses") >= 1, 10, what="the watch")
 
     def bridge_args(self) -> dict[str, Any]:
         return {"control_plane": "kube", "kubeconfig": self.kubeconfig}
 
     def _path(self, name: str = "") -> str:
-        from tests.kube.fakeapi.client import dp_path  # noqa: PLC0415
-
         return dp_path(NAMESPACE, name)
 
     def _watch(self) -> None:
-        from tests.kube.fakeapi.client import WatchEnded  # noqa: PLC0415
-
         ended = WatchEnded()
         try:
             for event in self.http.watch(self._path(), ended, timeout=3600, timeoutSeconds="3600"):
@@ -301,8 +290,6 @@ class KubePlane:
                 self._cond.wait(left)
 
     def writes(self) -> tuple[int, int]:
-        from tests.kube.fakeapi import Match  # noqa: PLC0415
-
         log = self.api.log
         patches = log.count(Match(verb="patch", resource="deviceprocesses", subresource="status"))
         events = log.count(Match(verb="create", resource="events"))
@@ -310,8 +297,6 @@ class KubePlane:
 
     def device_writes(self) -> int:
         """Device creates and status patches the fake served."""
-        from tests.kube.fakeapi import Match  # noqa: PLC0415
-
         log = self.api.log
         return log.count(Match(verb="create", resource="devices")) + log.count(
             Match(verb="patch", resource="devices", subresource="status")
@@ -319,8 +304,6 @@ class KubePlane:
 
     def last_write_age(self) -> float:
         """Seconds since the last status patch or Event the fake served."""
-        from tests.kube.fakeapi import Match  # noqa: PLC0415
-
         writes = [
             r.monotonic
             for m in (Match(verb="patch", subresource="status"), Match(verb="create"))
@@ -330,8 +313,6 @@ class KubePlane:
 
     def request_counts(self, since: float = 0.0, until: float = float("inf")) -> dict[str, int]:
         """The bridge's requests per `verb resource[/subresource]` between `since` and `until`."""
-        from tests.kube.fakeapi import BRIDGE_USER  # noqa: PLC0415
-
         counts: dict[str, int] = {}
         for record in self.api.log.records():
             if not (since <= record.monotonic < until and record.user.startswith(BRIDGE_USER)):
@@ -355,11 +336,3 @@ def make_plane(kind: str, workdir: Path) -> Plane:
     if kind == "kube":
         return KubePlane(workdir)
     raise ValueError(f"unknown control plane {kind!r}")
-
-
-def kube_available() -> bool:
-    try:
-        import tests.kube.fakeapi  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True

@@ -42,7 +42,9 @@ import argparse
 import random
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -50,9 +52,11 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.fabric import HOST, TOPICS, Broker, Fabric, Message, Watcher, wait_until, watching
-from bench.harness import Result, ms, percentile, ratio
-from bench.planes import Plane, kube_available, make_plane, running_at
+from bench.clients import Message, Watcher, watching
+from bench.fabric import HOST, TOPICS, Broker, Fabric
+from bench.harness import Defaults, Result, main, ms, percentile, ratio
+from bench.planes import Plane, make_plane, running_at
+from tests.support.waiting import wait_for
 
 DEVICE: Final = "bench-dev"
 FLOOR_DEVICE: Final = "bench-floor"
@@ -66,7 +70,7 @@ def command(i: int) -> list[str]:
     return ["/bin/sleep", str(100_000 + i)]
 
 
-def _report_running(generation: int, name: str = NAME) -> Any:
+def _report_running(generation: int, name: str = NAME) -> Callable[[Message], bool]:
     def check(message: Message) -> bool:
         doc = message.json() or {}
         entry = doc.get("processes", {}).get(f"bench/{name}", {})
@@ -75,7 +79,7 @@ def _report_running(generation: int, name: str = NAME) -> Any:
     return check
 
 
-def _desired_at(generation: int, name: str = NAME) -> Any:
+def _desired_at(generation: int, name: str = NAME) -> Callable[[Message], bool]:
     def check(message: Message) -> bool:
         doc = message.json() or {}
         return any(
@@ -118,7 +122,7 @@ class Floor:
         marker = f"floor-{self._n}".encode()
         t0 = time.monotonic()
         self.client.publish(self.topic, marker, qos=1)
-        got = self.observer.wait(self.topic, lambda m: m.payload == marker, since=t0, timeout=5)
+        got = self.observer.inbox.wait_for(self.topic, marker, 5, since=t0)
         self.hops.append(got.at - t0)
         argv = command(900_000 + self._n)
         t0 = time.monotonic()
@@ -200,7 +204,7 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
         for name in names:
             generation = plane.apply(name, DEVICE, command(0))
             plane.wait_status(name, running_at(generation), since=0, timeout=60)
-        wait_until(lambda: plane.last_write_age() >= QUIET_S, 30, "the initial statuses written")
+        wait_for(lambda: plane.last_write_age() >= QUIET_S, 30, what="the initial statuses written")
         before = plane.writes()
         for i in range(1, args.changes + 1):
             name = names[i % len(names)]
@@ -208,8 +212,12 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.monotonic()
             generation = plane.apply(name, DEVICE, argv)
             applied = time.monotonic()
-            desired = obs.wait(TOPICS.desired(DEVICE), _desired_at(generation, name), since=t0)
-            report = obs.wait(TOPICS.report(DEVICE), _report_running(generation, name), since=t0)
+            desired = obs.inbox.wait_for(
+                TOPICS.desired(DEVICE), _desired_at(generation, name), since=t0
+            )
+            report = obs.inbox.wait_for(
+                TOPICS.report(DEVICE), _report_running(generation, name), since=t0
+            )
             pid_ok += _pid_runs(report.json(), argv, name)
             written = plane.wait_status(name, running_at(generation), since=t0, timeout=10)
             stages["applied"].append(applied - t0)
@@ -219,7 +227,7 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
             floor.sample()
             time.sleep(random.uniform(0.5, 1.5) * args.pause)  # no phase lock with a poll
         # Past the settle, so that a held-back intermediate write would be counted too.
-        wait_until(lambda: plane.last_write_age() >= QUIET_S, 30, "no status write for a while")
+        wait_for(lambda: plane.last_write_age() >= QUIET_S, 30, what="no status write for a while")
         bridge.check()
         after = plane.writes()
         writes = (after[0] - before[0], after[1] - before[1])
@@ -232,13 +240,24 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("propagation", vars(args).copy())
-    planes = args.planes.split(",")
-    if "kube" in planes and not kube_available():
-        result.note("the Kubernetes fake (tests/kube/fakeapi) is not importable: kube skipped")
-        planes.remove("kube")
-    for variant in variants(planes, args.experiments):
+DEFAULTS: Final[Defaults] = {"changes": (30, 15)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--changes", type=int, help="changes per control plane")
+    p.add_argument("--planes", default="local,kube", help="control planes (local,kube)")
+    p.add_argument("--pause", type=float, default=0.1, help="mean seconds between samples")
+    p.add_argument("--resources", type=int, default=8, help="DeviceProcesses changes rotate over")
+    p.add_argument(
+        "--no-experiments",
+        dest="experiments",
+        action="store_false",
+        help="skip the variants that change a bridge setting (to show where the time goes)",
+    )
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
+    for variant in variants(args.planes.split(","), args.experiments):
         kind = variant.label
         print(f"  {kind}: {args.changes} changes", flush=True)
         data = _one_plane(variant, args)
@@ -269,21 +288,21 @@ def run(args: argparse.Namespace) -> Result:
                 note=f"experiment, not the shipped setting; {stage_note}",
             )
             continue
-        result.row(
+        result.versus(
             f"{kind}: change -> status Running, p50",
-            ms(p50),
-            floor=ms(floor_p50),
-            ratio=ratio(p50, floor_p50),
+            p50,
+            floor_p50,
+            ms,
             goal=f"<= {P50_FACTOR:.0f}x floor",
             met=p50 <= P50_FACTOR * floor_p50,
             note=f"floor = MQTT hop {ms(float(hop['median']))} + fork/exec "
             f"{ms(float(exe['median']))}; {stage_note}",
         )
-        result.row(
+        result.versus(
             f"{kind}: change -> status Running, p99",
-            ms(p99),
-            floor=ms(floor_p99),
-            ratio=ratio(p99, floor_p99),
+            p99,
+            floor_p99,
+            ms,
             goal=f"< {P99_GOAL_S * 1000:.0f} ms",
             met=p99 < P99_GOAL_S,
         )
@@ -298,11 +317,11 @@ def run(args: argparse.Namespace) -> Result:
             note=f"{status_writes} status writes and {events} Events for {args.changes} changes, "
             f"counted until {QUIET_S:g} s without a write",
         )
-        result.row(
+        result.versus(
             f"{kind}: change -> process running (report), p50",
-            ms(percentile(running, 50)),
-            floor=ms(floor_p50),
-            ratio=ratio(percentile(running, 50), floor_p50),
+            percentile(running, 50),
+            floor_p50,
+            ms,
             note=f"p99 {ms(percentile(running, 99))}",
         )
         result.row(
@@ -315,38 +334,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.propagation",
-        description=__doc__.split("\n\n")[0] if __doc__ else "",
-    )
-    p.add_argument("--quick", action="store_true", help="15 changes per control plane")
-    p.add_argument("--changes", type=int, help="changes per control plane (default 30)")
-    p.add_argument("--planes", default="local,kube", help="control planes (local,kube)")
-    p.add_argument("--pause", type=float, default=0.1, help="mean seconds between samples")
-    p.add_argument(
-        "--resources",
-        type=int,
-        default=8,
-        help="DeviceProcesses the changes rotate over (1: one resource edited ~10 times a second)",
-    )
-    p.add_argument(
-        "--no-experiments",
-        dest="experiments",
-        action="store_false",
-        help="skip the variants that change a bridge setting (to show where the time goes)",
-    )
-    return p
-
-
-def configure(args: argparse.Namespace) -> argparse.Namespace:
-    args.changes = args.changes or (15 if args.quick else 30)
-    return args
-
-
-def main(argv: list[str] | None = None) -> Result:
-    return run(configure(parser().parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

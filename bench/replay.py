@@ -15,13 +15,13 @@ Measured: `devicefabric bridge run` started on that state: time until `/readyz` 
 reading the replay back), then, after `--settle` s, the bridge's own counters: desired documents
 published (goal 0: every one was retained), documents re-read and confirmed missing.
 
-Usage: `python -m bench.replay [--quick] [--sizes 5000,10000] [--queue 1000]`. Writes
-`bench/results/replay.json`. Never part of the test run.
+Usage: `python -m bench.replay [--quick] [--sizes 5000,10000] [--queue 1000]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
 from typing import Any, Final
@@ -30,7 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.fabric import HOST, Fabric, metric
-from bench.harness import Result, count, ms
+from bench.harness import Defaults, Result, count, main, ms
 from bench.planes import LocalPlane
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.mirroring import build_desired, device_of
@@ -68,7 +68,7 @@ def _seed(port: int, password: str, resources: list[Resource]) -> None:
 def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     names = [f"rp-{i:05d}" for i in range(n)]
     with Fabric(prefix="bench-replay-") as fab:
-        broker = fab.mosquitto(names, extra_conf=[f"max_queued_messages {args.queue}"])
+        broker = fab.mosquitto(names, max_queued_messages=args.queue)
         plane = LocalPlane(fab.workdir)
         fab.callback(plane.close)
         plane.apply_many([(name, name, COMMAND) for name in names])
@@ -88,36 +88,27 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("replay", vars(args).copy())
-    runs = []
-    for n in (int(s) for s in args.sizes.split(",")):
-        m = _one(n, args)
-        runs.append(m)
-        print(f"  N={n}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()), flush=True)
+DEFAULTS: Final[Defaults] = {"sizes": ("5000,10000", "2000")}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", help="comma-separated fleet sizes")
+    p.add_argument("--queue", type=int, default=1000, help="mosquitto max_queued_messages")
+    p.add_argument("--settle", type=float, default=5.0, help="s watched for publishes")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
+    for m in result.over_sizes(args.sizes, lambda n: _one(n, args)):
         result.row(
-            f"N={n:,}, queue {args.queue:,}: bridge restart -> ready / desired republished",
+            f"N={m['devices']:,}, queue {args.queue:,}: bridge restart -> ready / desired republished",
             f"{ms(m['ready_s'])} / {count(m['desired_published'])}",
             goal="0 republished",
             met=m["desired_published"] == 0,
             note=f"{count(m['reread'])} documents re-read, {count(m['missing'])} missing "
             "(the status of devices no agent ever ran on)",
         )
-    result.metrics["runs"] = runs
     return result.finish()
 
 
-def main(argv: list[str] | None = None) -> Result:
-    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=2,000 only")
-    parser.add_argument("--sizes", default="5000,10000", help="comma-separated fleet sizes")
-    parser.add_argument("--queue", type=int, default=1000, help="mosquitto max_queued_messages")
-    parser.add_argument("--settle", type=float, default=5.0, help="s watched for publishes")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes = "2000"
-    return run(args)
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -39,17 +39,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from bench.fabric import BridgeProc, Broker, Fabric, cpu_seconds, cpu_split, metric, wait_until
-from bench.harness import Result, count, ms
-from bench.planes import (
-    NAMESPACE,
-    LocalPlane,
-    Plane,
-    Status,
-    condition,
-    kube_available,
-    make_plane,
-)
+from bench.fabric import BridgeProc, Broker, Fabric
+from bench.harness import Defaults, Result, count, main, ms
+from bench.planes import NAMESPACE, LocalPlane, Plane, Status, condition, make_plane
+from bench.simfleet import FleetProc
+from tests.support import procfs
+from tests.support.waiting import wait_for
 
 PREFIX: Final = "sc"
 HEARTBEAT_S: Final = 15
@@ -83,42 +78,6 @@ def _cli(fab: Fabric, *args: str, timeout: float = 600) -> float:
     return time.monotonic() - started
 
 
-class FleetProc:
-    """`python -m bench.simfleet`, driven line by line over its stdin; stopped with the fabric."""
-
-    def __init__(self, fab: Fabric, broker: Broker, n: int) -> None:
-        secret = fab.workdir / "fleet.secret"
-        secret.write_bytes(fab.secret + b"\n")
-        argv = [sys.executable, "-m", "bench.simfleet", "--port", str(broker.port)]
-        argv += ["--secret-file", str(secret), "--devices", str(n), "--prefix", PREFIX]
-        self.log_path = fab.workdir / "simfleet.log"
-        with self.log_path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        fab.callback(self.stop)
-        self._expect("fleet ready")
-
-    def _expect(self, prefix: str) -> str:
-        assert self.popen.stdout is not None
-        line = self.popen.stdout.readline().strip()
-        if not line.startswith(prefix):
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"simfleet said {line!r}, expected {prefix!r}:\n{tail}")
-        return line
-
-    def command(self, word: str, answer: str) -> str:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(word + "\n")
-        self.popen.stdin.flush()
-        return self._expect(answer)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(10)
-
-
 def _all(
     plane: Plane, names: list[str], check: Callable[[Status], bool], timeout: float, what: str
 ) -> float:
@@ -131,7 +90,7 @@ def _all(
         pending = [n for n in pending if not check(plane.status(n))]
         return not pending
 
-    wait_until(done, timeout, what, 0.1)
+    wait_for(done, timeout, 0.1, what)
     return time.monotonic() - started
 
 
@@ -185,16 +144,16 @@ def _ingest(
     fleet.command(f"beat {args.fast_heartbeat:g}", "beating")
     time.sleep(2 * args.fast_heartbeat)  # every device has switched to the fast pace
     sent0 = int(fleet.command("sent", "sent").split()[1])
-    got0 = metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat")
-    procs = (bridge.pid, fleet.popen.pid, broker.proc.pid)
+    got0 = bridge.heartbeats()
+    procs = (bridge.pid, fleet.popen.pid, broker.pid)
     bridge.profile(on=True)  # with BENCH_BRIDGE_PROFILE only
-    kernel0 = cpu_split(bridge.pid)[1]
-    cpu0, t0 = [cpu_seconds(p) for p in procs], time.monotonic()
+    kernel0 = procfs.cpu_split(bridge.pid)[1]
+    cpu0, t0 = [procfs.cpu_seconds(p) for p in procs], time.monotonic()
     time.sleep(args.ingest_window)  # a measurement window, not a wait for a condition
-    cpu1, t1 = [cpu_seconds(p) for p in procs], time.monotonic()
-    kernel1 = cpu_split(bridge.pid)[1]
+    cpu1, t1 = [procfs.cpu_seconds(p) for p in procs], time.monotonic()
+    kernel1 = procfs.cpu_split(bridge.pid)[1]
     bridge.profile(on=False)
-    got1 = metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat")
+    got1 = bridge.heartbeats()
     sent1 = int(fleet.command("sent", "sent").split()[1])
     fleet.command(f"beat {HEARTBEAT_S}", "beating")
     received, took = got1 - got0, t1 - t0
@@ -244,7 +203,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
 
         bridge, out["bridge_first_ready_s"] = start_bridge()
         out["bridge_rss_base_kib"] = bridge.rss_kib()
-        fleet = FleetProc(fab, broker, n)
+        fleet = FleetProc(fab, broker, n, PREFIX)
         began = time.monotonic()
         fleet.command("connect", "connected")
         out["fleet_connect_s"] = time.monotonic() - began
@@ -258,7 +217,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
             )
             + out["fleet_connect_s"]
         )
-        wait_until(lambda: plane.last_write_age() >= 2.0, 600, "writes to stop", 0.2)
+        wait_for(lambda: plane.last_write_age() >= 2.0, 600, 0.2, "writes to stop")
         if args.phases == "ingest":  # onboarding, then only the ingest phase
             out.update(_ingest(bridge, broker, fleet, args))
             fleet.stop()
@@ -299,9 +258,9 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
             samples.append((time.monotonic(), plane.writes()[0] - patches0))
             return all(_reason(plane.status(nm)) == "ConnectionLost" for nm in names)
 
-        wait_until(all_lost, 1200, "every resource ConnectionLost", 0.1)
+        wait_for(all_lost, 1200, 0.1, "every resource ConnectionLost")
         out["disconnect_all_false_s"] = time.monotonic() - began
-        wait_until(lambda: plane.last_write_age() >= 2.0, 1200, "writes to stop", 0.2)
+        wait_for(lambda: plane.last_write_age() >= 2.0, 1200, 0.2, "writes to stop")
         patches1, events1 = plane.writes()
         out["disconnect_status_writes"] = patches1 - patches0
         out["disconnect_events"] = events1 - events0
@@ -373,14 +332,33 @@ def _rows(result: Result, kind: str, n: int, m: dict[str, Any], qps: float) -> N
     result.row(f"{kind} N={n:,}: config generation + mosquitto start", ms(m["mosquitto_start_s"]))
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("scale", vars(args).copy())
+DEFAULTS: Final[Defaults] = {"sizes": ("1000,5000", "1000"), "steady": (30.0, 10.0)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", help="comma-separated fleet sizes")
+    p.add_argument("--planes", default="local,kube")
+    p.add_argument("--steady", type=float, help="s of steady state measured")
+    p.add_argument("--settle", type=float, default=5.0, help="s watched for needless writes")
+    p.add_argument("--write-qps", type=int, default=200, help="bridge status and Event QPS")
+    p.add_argument(
+        "--fast-heartbeat",
+        type=float,
+        default=1.0,
+        help="s between heartbeats of every device in the ingest phase",
+    )
+    p.add_argument(
+        "--phases",
+        choices=("all", "ingest"),
+        default="all",
+        help="ingest: onboarding, then only the ingest phase (minutes less per size)",
+    )
+    p.add_argument("--ingest-window", type=float, default=20.0,
+                   help="s of the ingest phase measured")  # fmt: skip
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
     planes = [p for p in args.planes.split(",") if p]
-    if "kube" in planes and not kube_available():
-        result.note(
-            "kube plane skipped: tests.kube.fakeapi not importable (run from the repo root)"
-        )
-        planes.remove("kube")
     for kind in planes:
         for n in (int(s) for s in args.sizes.split(",")):
             try:
@@ -392,33 +370,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def main(argv: list[str] | None = None) -> Result:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=1,000 only, 10 s steady state")
-    parser.add_argument("--sizes", default="1000,5000", help="comma-separated fleet sizes")
-    parser.add_argument("--planes", default="local,kube")
-    parser.add_argument("--steady", type=float, default=30.0, help="s of steady state measured")
-    parser.add_argument("--settle", type=float, default=5.0, help="s watched for needless writes")
-    parser.add_argument("--write-qps", type=int, default=200, help="bridge status and Event QPS")
-    parser.add_argument(
-        "--fast-heartbeat",
-        type=float,
-        default=1.0,
-        help="s between heartbeats of every device in the ingest phase",
-    )
-    parser.add_argument(
-        "--phases",
-        choices=("all", "ingest"),
-        default="all",
-        help="ingest: onboarding, then only the ingest phase (minutes less per size)",
-    )
-    parser.add_argument("--ingest-window", type=float, default=20.0,
-                        help="s of the ingest phase measured")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.steady = "1000", 10.0
-    return run(args)
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

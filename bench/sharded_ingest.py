@@ -1,4 +1,4 @@
-"""Sharded bridge ingest: heartbeats/s and CPU per replica with 1, 2 and 3 replicas, same run.
+"""Benchmark 10, sharded bridge ingest: heartbeats/s and CPU per replica with 1, 2 and 3 replicas, same run.
 
 The sharded bridge (`--shards`) spreads the *writes* over replicas; every replica still
 subscribes to every device's messages and tracks every device (a warm standby per shard, so a
@@ -6,47 +6,46 @@ handover writes nothing for unchanged devices: see docs/scale.md). This measures
 design costs: each replica's ingest rate and CPU per heartbeat, with the broker fanning every
 heartbeat out to every replica.
 
-For R in `--replicas` (default 1,2,3): a fresh API server fake (tests/kube), R processes of
+For R in `--replicas` (default 1,2,3): a fresh API server fake (tests/support/fakeapi), R processes of
 `devicefabric bridge run --control-plane kube --shards 6`, all ready and holding their shards;
-then a raw-socket load generator offers `--offered` heartbeats/s (QoS 0, `--devices` devices)
-through one mosquitto for `--warmup` + `--window` s. Per replica over the window: heartbeats
+then the raw-socket load generator of `bench.ingest` offers `--offered` heartbeats/s (QoS 0,
+`--devices` devices, one socket write per round of the fleet) through one mosquitto for
+`--warmup` + `--window` s. Per replica over the window: heartbeats
 ingested/s (`devicefabric_messages_total{kind="heartbeat"}`), CPU % of one core, CPU us per
 heartbeat; and the broker's CPU. On a 2-core machine the replicas share the cores with the broker
 and the load generator: the per-replica figure with 3 replicas is a lower bound.
 
-Usage: `python -m bench.sharded_ingest [--quick] [--offered N] [--replicas 1,2,3]`. Writes
-`bench/results/sharded_ingest.json`. Never part of the test run.
+Usage: `python -m bench.sharded_ingest [--quick] [--offered N] [--replicas 1,2,3]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any, Final
 
-from bench.bridge_ingest import Offer, heartbeat_blob
-from bench.fabric import BridgeProc, Broker, Fabric, RawPublisher, metric, wait_until
-from bench.harness import Result, count
+from bench.clients import RawPublisher
+from bench.fabric import BridgeProc, Broker, Fabric
+from bench.harness import Defaults, Result, count, main
+from bench.ingest import Load
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.waiting import wait_for
 
 SHARDS: Final = 6
 LEASE_ARGS: Final = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
 
 
 def _held(bridges: list[BridgeProc]) -> bool:
-    roles = []
     for bridge in bridges:
         bridge.check()
-        status, body = bridge.get("/readyz", timeout=2)
-        roles.append(status == 200 and json.loads(body).get("role") == "leader")
-    return all(roles)
+    return all(bridge.readyz().get("role") == "leader" for bridge in bridges)
 
 
 def replicas_run(
     fab: Fabric, broker: Broker, replicas: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer  # noqa: PLC0415
-
     with FakeApiServer(bookmark_interval=1.0) as api:
         kubeconfig = api.write_kubeconfig(
             fab.workdir / f"kubeconfig-{replicas}", user=f"{BRIDGE_USER}#bench"
@@ -63,24 +62,18 @@ def replicas_run(
         ]
         for bridge in bridges:
             bridge.wait_ready()
-        wait_until(lambda: _held(bridges), 30, "every replica holding a shard", 0.1)
+        wait_for(lambda: _held(bridges), 30, 0.1, "every replica holding a shard")
         publisher = RawPublisher(broker, fab.secret)
-        offer = Offer(publisher, heartbeat_blob(args.devices), args.devices, args.offered)
-        offer.run_for(args.warmup)
-        broker_cpu0 = broker.proc.cpu_seconds()
-        before = [
-            (metric(b.metrics(), "devicefabric_messages_total", kind="heartbeat"), b.cpu_seconds())
-            for b in bridges
-        ]
+        load = Load(publisher, args.devices, chunk=args.devices, prefix="hb")
+        load.offer(args.offered, args.warmup)
+        broker_cpu0 = broker.cpu_seconds()
+        before = [(b.heartbeats(), b.cpu_seconds()) for b in bridges]
         t0 = time.monotonic()
-        achieved = offer.run_for(args.window)
+        _, achieved = load.offer(args.offered, args.window)
         wall = time.monotonic() - t0
-        time.sleep(0.2)  # let the last blobs through the broker before reading the counters
-        after = [
-            (metric(b.metrics(), "devicefabric_messages_total", kind="heartbeat"), b.cpu_seconds())
-            for b in bridges
-        ]
-        broker_cpu = broker.proc.cpu_seconds() - broker_cpu0
+        time.sleep(0.2)  # let the last writes through the broker before reading the counters
+        after = [(b.heartbeats(), b.cpu_seconds()) for b in bridges]
+        broker_cpu = broker.cpu_seconds() - broker_cpu0
         publisher.close()
         per = []
         for (n0, c0), (n1, c1) in zip(before, after, strict=True):
@@ -103,8 +96,23 @@ def replicas_run(
     }
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("sharded_ingest", vars(args).copy())
+DEFAULTS: Final[Defaults] = {"warmup": (3.0, 2.0), "window": (8.0, 4.0)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offered", type=int, default=10_000, help="heartbeats/s offered")
+    p.add_argument("--devices", type=int, default=1000, help="devices the load comes from")
+    p.add_argument(
+        "--replicas",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2, 3],
+        help="replica counts to run, comma-separated (default 1,2,3)",
+    )
+    p.add_argument("--warmup", type=float, help="seconds before the window")
+    p.add_argument("--window", type=float, help="measured seconds")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
     runs = []
     with Fabric("bench-sharded-") as fab:
         broker = fab.mosquitto([], privileged=True)
@@ -129,31 +137,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.sharded_ingest",
-        description=__doc__.split("\n\n")[0] if __doc__ else "",
-    )
-    p.add_argument("--quick", action="store_true", help="shorter windows")
-    p.add_argument("--offered", type=int, default=10_000, help="heartbeats/s offered")
-    p.add_argument("--devices", type=int, default=1000, help="devices the load comes from")
-    p.add_argument(
-        "--replicas",
-        type=lambda s: [int(x) for x in s.split(",")],
-        default=[1, 2, 3],
-        help="replica counts to run, comma-separated (default 1,2,3)",
-    )
-    p.add_argument("--warmup", type=float, help="seconds before the window (default 3; quick 2)")
-    p.add_argument("--window", type=float, help="measured seconds (default 8; quick 4)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> Result:
-    args = parser().parse_args(argv)
-    args.warmup = args.warmup or (2.0 if args.quick else 3.0)
-    args.window = args.window or (4.0 if args.quick else 8.0)
-    return run(args)
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

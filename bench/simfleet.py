@@ -17,7 +17,8 @@ connects nothing until told. Commands on stdin, one per line; each answers one l
 
 What a device receives (its retained desired, the bridge's status) is read and acknowledged
 (QoS 1) and otherwise discarded. Connections are opened `--parallel` at a time. Nothing here
-imports paho: ~10,000 connections fit in one loop with little memory.
+imports paho: ~10,000 connections fit in one loop with little memory. `FleetProc` starts this
+module as a child of a `Fabric` and drives it line by line.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ import asyncio
 import contextlib
 import json
 import secrets
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
-from bench.fabric import TOPICS, connect_packet, publish_packet, subscribe_packet
+from bench.fabric import TOPICS, Broker, Fabric
 from devicefabric.config.credentials import device_password
+from tests.support.packets import connect_packet, publish_packet, subscribe_packet
 
-NAMESPACE = "bench"
+NAMESPACE: Final = "bench"
 
 
 def _j(doc: object) -> bytes:
@@ -73,7 +77,12 @@ class Device:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
             connect_packet(
-                self.name, self.name, self.password, 60, (TOPICS.status(self.name), will)
+                self.name,
+                self.name,
+                self.password,
+                keepalive=60,
+                will=(TOPICS.status(self.name), will),
+                will_retain=True,
             )
         )
         kind, body = await _read_packet(reader)
@@ -92,10 +101,10 @@ class Device:
         }
         writer.write(
             publish_packet(
-                TOPICS.status(self.name), _j({**birth, "agent": "sim"}), retain=True, packet_id=1
+                TOPICS.status(self.name), _j({**birth, "agent": "sim"}), 1, 1, retain=True
             )
-            + publish_packet(TOPICS.report(self.name), _j(report), retain=True, packet_id=2)
-            + subscribe_packet(3, TOPICS.desired(self.name))
+            + publish_packet(TOPICS.report(self.name), _j(report), 1, 2, retain=True)
+            + subscribe_packet(TOPICS.desired(self.name), 1, 3)
         )
         self.task = asyncio.create_task(self._serve(reader, phase), name=f"device-{self.name}")
 
@@ -194,6 +203,42 @@ async def main(args: argparse.Namespace, secret: bytes) -> None:  # noqa: C901 -
             device.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await device.task
+
+
+class FleetProc:
+    """`python -m bench.simfleet`, driven line by line over its stdin; stopped with the fabric."""
+
+    def __init__(self, fab: Fabric, broker: Broker, n: int, prefix: str = "sc") -> None:
+        secret = fab.workdir / "fleet.secret"
+        secret.write_bytes(fab.secret + b"\n")
+        argv = [sys.executable, "-m", "bench.simfleet", "--port", str(broker.port)]
+        argv += ["--secret-file", str(secret), "--devices", str(n), "--prefix", prefix]
+        self.log_path = fab.workdir / "simfleet.log"
+        with self.log_path.open("wb") as log:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        fab.callback(self.stop)
+        self._expect("fleet ready")
+
+    def _expect(self, prefix: str) -> str:
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline().strip()
+        if not line.startswith(prefix):
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"simfleet said {line!r}, expected {prefix!r}:\n{tail}")
+        return line
+
+    def command(self, word: str, answer: str) -> str:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(word + "\n")
+        self.popen.stdin.flush()
+        return self._expect(answer)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

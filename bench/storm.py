@@ -14,8 +14,7 @@ wall time and CPU time of the storm (until the informer has caught up with the l
 relists of the whole directory the informer made (counted from its log), and resource files
 parsed (where the store counts them).
 
-Usage: `python -m bench.storm [--quick] [--sizes 5000,10000] [--writes 20000]`. Writes
-`bench/results/storm.json`. Never part of the test run.
+Usage: `python -m bench.storm [--quick] [--sizes 5000,10000] [--writes 20000]`.
 """
 
 from __future__ import annotations
@@ -23,13 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from bench.harness import Result, count, ms
+from bench.harness import Defaults, Result, count, main, ms
 from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
+from devicefabric.bridge.controlplane.local.store import LocalStore
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
 
 
@@ -91,8 +92,6 @@ async def _storm(state: Path, n: int, writes: int) -> dict[str, Any]:
 def _one(n: int, writes: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
         state = Path(tmp) / "state"
-        from devicefabric.bridge.controlplane.local.store import LocalStore  # noqa: PLC0415
-
         spec = {"command": ["sleep", "infinity"]}
         LocalStore(state).apply(
             [Manifest("default", f"st-{i:05d}", {"deviceName": f"st-{i:05d}", **spec})
@@ -110,38 +109,27 @@ def _one(n: int, writes: int) -> dict[str, Any]:
         return out
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("storm", vars(args).copy())
-    runs = []
-    for n in (int(s) for s in args.sizes.split(",")):
-        m = _one(n, args.writes)
-        runs.append(m)
-        print(f"  N={n}: " + ", ".join(f"{k}={v}" for k, v in m.items()), flush=True)
+DEFAULTS: Final[Defaults] = {"sizes": ("5000,10000", "2000"), "writes": (20_000, 12_000)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", help="comma-separated numbers of resources")
+    p.add_argument("--writes", type=int, help="status patches in the storm")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
+    for m in result.over_sizes(args.sizes, lambda n: _one(n, args.writes)):
         per_write_us = m["cpu_s"] / m["writes"] * 1e6
+        cpu = f"CPU {m['cpu_s']:.2f} s ({per_write_us:.0f} us per write)"
         result.row(
-            f"local N={n:,}: {m['writes']:,} status writes -> informer caught up (relists)",
+            f"local N={m['devices']:,}: {m['writes']:,} status writes -> informer caught up (relists)",
             f"{ms(m['wall_s'])} ({count(m['relists'])})",
             goal="0 relists",
             met=m["relists"] == 0,
-            note=f"CPU {m['cpu_s']:.2f} s ({per_write_us:.0f} us per write); "
-            f"resource files parsed: {m['parses']}",
+            note=f"{cpu}; resource files parsed: {m['parses']}",
         )
-    result.metrics["runs"] = runs
     return result.finish()
 
 
-def main(argv: list[str] | None = None) -> Result:
-    parser = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=2,000, 12,000 writes")
-    parser.add_argument(
-        "--sizes", default="5000,10000", help="comma-separated numbers of resources"
-    )
-    parser.add_argument("--writes", type=int, default=20_000, help="status patches in the storm")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.writes = "2000", 12_000
-    return run(args)
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

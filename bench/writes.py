@@ -29,12 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from typing import Any, Final
 
-from bench.fabric import TOPICS, Fabric, RawPublisher, metric, publish_packet, wait_until
-from bench.harness import Result, count, ratio
-from bench.planes import NAMESPACE, Plane, condition, kube_available, make_plane
+from bench.clients import RawPublisher
+from bench.fabric import TOPICS, Fabric
+from bench.harness import Defaults, Result, count, main, ratio
+from bench.planes import NAMESPACE, KubePlane, Plane, condition, make_plane
+from tests.support.packets import publish_packet
+from tests.support.waiting import wait_for
 
 HEARTBEAT_S: Final = 15  # what the births announce (the beats below come faster: counts only)
 OLD_TICK_S: Final = 15.0
@@ -131,16 +135,24 @@ def _settle(plane: Plane, fleet: Fleet, devices: list[str], want: str, what: str
                     return False
         return plane.last_write_age() >= 1.5
 
-    wait_until(done, 120, what, 0.2)
+    wait_for(done, 120, 0.2, what)
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result("writes", vars(args).copy())
+DEFAULTS: Final[Defaults] = {"devices": (100, 30), "seconds": (20.0, 8.0), "transitions": (20, 10)}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, help="simulated devices N")
+    p.add_argument("--resources", type=int, default=3, help="DeviceProcesses per device M")
+    p.add_argument("--seconds", type=float, help="heartbeat window T")
+    p.add_argument("--beat", type=float, default=0.5, help="seconds between heartbeats")
+    p.add_argument("--transitions", type=int, help="devices lost and back K (at most N)")
+    p.add_argument("--plane", default="kube", choices=("kube", "local"), help="control plane")
+
+
+def run(args: argparse.Namespace, result: Result) -> Result:
     kind = args.plane
-    if kind == "kube" and not kube_available():
-        result.note("the Kubernetes fake is not importable: counting on the local control plane")
-        kind = "local"
-    n, m, k = args.devices, args.resources, args.transitions
+    n, m, k = args.devices, args.resources, min(args.transitions, args.devices)
     phases: dict[str, dict[str, Any]] = {}
     with Fabric("bench-writes-") as fab:
         broker = fab.mosquitto([], privileged=True)
@@ -159,7 +171,7 @@ def run(args: argparse.Namespace) -> Result:
             log_level="WARNING",
         )
         bridge.wait_ready(timeout=60)
-        wait_until(lambda: plane.last_write_age() >= 1.5, 60, "the bridge's first writes")
+        wait_for(lambda: plane.last_write_age() >= 1.5, 60, what="the bridge's first writes")
         w0 = plane.writes()
 
         print(f"  connect: {n} devices x {m} resources", flush=True)
@@ -169,7 +181,7 @@ def run(args: argparse.Namespace) -> Result:
         phases["connect"] = {"status": w1[0] - w0[0], "events": w1[1] - w0[1]}
 
         print(f"  heartbeats: every {args.beat} s for {args.seconds} s", flush=True)
-        m0 = bridge.metrics()
+        ingested0 = bridge.heartbeats()
         t0 = time.monotonic()
         beats = 0
         while time.monotonic() - t0 < args.seconds:
@@ -178,10 +190,8 @@ def run(args: argparse.Namespace) -> Result:
         time.sleep(1.0)
         t1 = time.monotonic()
         w2 = plane.writes()
-        ingested = metric(bridge.metrics(), "devicefabric_messages_total", kind="heartbeat") - (
-            metric(m0, "devicefabric_messages_total", kind="heartbeat")
-        )
-        requests = plane.request_counts(t0, t1) if hasattr(plane, "request_counts") else {}
+        ingested = bridge.heartbeats() - ingested0
+        requests = plane.request_counts(t0, t1) if isinstance(plane, KubePlane) else {}
         phases["heartbeats"] = {
             "status": w2[0] - w1[0],
             "events": w2[1] - w1[1],
@@ -199,7 +209,7 @@ def run(args: argparse.Namespace) -> Result:
         fleet.born(down)
         _settle(plane, fleet, down, "True", "the devices back and written Connected")
         w4 = plane.writes()
-        wait_until(lambda: plane.device_writes() - d2 >= 2 * k, 30, "the Devices written both ways")
+        wait_for(lambda: plane.device_writes() - d2 >= 2 * k, 30, what="the Devices both ways")
         time.sleep(1.5)  # a duplicate Device write, held by the per-key interval, lands too
         phases["devices"] = {"transitions": plane.device_writes() - d2}
         phases["lost"] = {"status": w3[0] - w2[0], "events": w3[1] - w2[1]}
@@ -273,32 +283,5 @@ def run(args: argparse.Namespace) -> Result:
     return result.finish()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.writes", description=__doc__.split("\n\n")[0] if __doc__ else ""
-    )
-    p.add_argument("--quick", action="store_true", help="a smaller fleet, a shorter window")
-    p.add_argument("--devices", type=int, help="simulated devices N (default 100; quick 30)")
-    p.add_argument("--resources", type=int, default=3, help="DeviceProcesses per device M")
-    p.add_argument("--seconds", type=float, help="heartbeat window T (default 20; quick 8)")
-    p.add_argument("--beat", type=float, default=0.5, help="seconds between heartbeats")
-    p.add_argument("--transitions", type=int, help="devices lost and back K (default 20; quick 10)")
-    p.add_argument("--plane", default="kube", choices=("kube", "local"), help="control plane")
-    return p
-
-
-def configure(args: argparse.Namespace) -> argparse.Namespace:
-    quick = args.quick
-    args.devices = args.devices or (30 if quick else 100)
-    args.seconds = args.seconds or (8.0 if quick else 20.0)
-    args.transitions = args.transitions or (10 if quick else 20)
-    args.transitions = min(args.transitions, args.devices)
-    return args
-
-
-def main(argv: list[str] | None = None) -> Result:
-    return run(configure(parser().parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -18,11 +18,18 @@ import pytest
 
 from devicefabric.config.resource import EnvVar
 from devicefabric.config.wire import StatusOnline, decode_report, decode_status
-from tests.agent.fabric import Doc, Fabric, fabric, running_pids, wait_gone
-from tests.agent.helpers import DEVICE, alive, desired_process, document, key
 from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
+from tests.support.desired import DEVICE, desired_process, document
+from tests.support.fabric import Fabric
 from tests.support.mqtt import connect
 from tests.support.ports import free_port
+from tests.support.processes import (
+    Doc,
+    running_pids,
+    wait_gone,
+)
+from tests.support.procfs import alive
+from tests.support.resources import key
 from tests.support.waiting import wait_for
 
 SLEEP = ["/bin/sleep", "60"]
@@ -30,13 +37,13 @@ SLEEP = ["/bin/sleep", "60"]
 
 @pytest.fixture
 def fab(mosquitto: BrokerProcess, tmp_path: Path) -> Iterator[Fabric]:
-    with fabric(mosquitto, tmp_path) as f:
+    with Fabric(tmp_path, mosquitto) as f:
         yield f
 
 
 @pytest.fixture
 def any_fab(any_broker: BrokerProcess, tmp_path: Path) -> Iterator[Fabric]:
-    with fabric(any_broker, tmp_path) as f:
+    with Fabric(tmp_path, any_broker) as f:
         yield f
 
 
@@ -92,8 +99,10 @@ def test_desired_runs_changes_only_what_changed_suspends_and_empties(any_fab: Fa
 
     # heartbeats flow on their own timer and never cause a report
     reports_before = len(any_fab.messages("report"))
-    first = any_fab.wait("heartbeat", lambda h: h["session"] == session)
-    any_fab.wait("heartbeat", lambda h: h["session"] == session and h["seq"] >= first["seq"] + 2)
+    first = any_fab.wait_doc("heartbeat", lambda h: h["session"] == session)
+    any_fab.wait_doc(
+        "heartbeat", lambda h: h["session"] == session and h["seq"] >= first["seq"] + 2
+    )
     assert len(any_fab.messages("report")) == reports_before
     assert all(not m.retain for m in any_fab.messages("heartbeat"))
 
@@ -111,7 +120,7 @@ def test_kill_9_fires_the_will_with_the_right_session_within_a_second(any_fab: F
     session = any_fab.wait_online()
     start = time.monotonic()
     agent.kill()
-    will = any_fab.wait(
+    will = any_fab.wait_doc(
         "status", lambda s: s["state"] == "offline" and s["session"] == session, timeout=2.0
     )
     took = time.monotonic() - start
@@ -156,7 +165,7 @@ def test_sigterm_stops_children_publishes_shutdown_and_exits_0(fab: Fabric, tmp_
     took = time.monotonic() - start
     assert code == 0
     assert not any(alive(p) for p in pids)
-    offline = fab.wait("status", lambda s: s["state"] == "offline")
+    offline = fab.wait_doc("status", lambda s: s["state"] == "offline")
     assert offline == {"state": "offline", "session": session, "reason": "shutdown"}
     assert took < 1 + 3.0  # the longest grace period plus a small bound
     last = fab.docs("report")[-1]
@@ -322,7 +331,7 @@ def test_bad_desired_is_logged_once_and_ignored(fab: Fabric, payload: bytes) -> 
 def test_a_refused_login_exits_2_with_a_one_line_reason(
     any_broker: BrokerProcess, tmp_path: Path, case: str
 ) -> None:
-    with fabric(any_broker, tmp_path) as fab:
+    with Fabric(tmp_path, any_broker) as fab:
         if case == "bad-password":
             wrong = tmp_path / "wrong.password"
             wrong.write_text("not-the-password\n")
@@ -344,7 +353,7 @@ def test_over_tls_with_a_private_ca(tmp_path: Path, secret: bytes) -> None:
 
     tls = make_ca_and_server(tmp_path)
     broker = prepare_mosquitto(tmp_path, secret, [DEVICE], tls=tls)
-    with running(broker), fabric(broker, tmp_path) as fab:
+    with running(broker), Fabric(tmp_path, broker) as fab:
         assert broker.url.startswith("mqtts://")
         agent = fab.agent(extra=("--tls-ca", str(tls[0])))
         agent.start()
@@ -354,7 +363,7 @@ def test_over_tls_with_a_private_ca(tmp_path: Path, secret: bytes) -> None:
         agent.pids += running_pids(report).values()
         assert report["session"] == session
         assert agent.terminate() == 0
-        assert fab.wait("status", lambda s: s["state"] == "offline")["reason"] == "shutdown"
+        assert fab.wait_doc("status", lambda s: s["state"] == "offline")["reason"] == "shutdown"
 
 
 def test_after_a_crash_the_next_run_stops_the_orphans_before_running_again(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from devicefabric.cli import main
-from tests.agent.helpers import DEVICE
+from tests.support.desired import DEVICE
 
 
 @pytest.fixture

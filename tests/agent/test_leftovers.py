@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from devicefabric.agent.leftovers import CHILDREN_FILE, ChildLedger, start_time
-from tests.agent.helpers import alive
+from tests.support.procfs import alive
 
 IGNORE_TERM = "trap '' TERM; while :; do sleep 0.05; done"
 

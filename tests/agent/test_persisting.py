@@ -13,7 +13,7 @@ from devicefabric.agent.persisting import CORRUPT_SUFFIX, DESIRED_FILE, StateSto
 from devicefabric.config.lean import Desired, encode_desired
 from devicefabric.config.resource import DeviceProcessSpec
 from devicefabric.config.wire import DesiredProcess, make_desired
-from tests.agent.helpers import lean_of
+from tests.support.desired import lean_of
 
 DEVICE = "tor9-99"
 

@@ -11,7 +11,6 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,9 @@ from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.logbuffer import CUT_MARKER, LogLine
 from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.supervising import Supervisor
-from tests.agent.helpers import key, want
+from tests.support.desired import want
+from tests.support.procfs import rss_kib
+from tests.support.resources import key
 from tests.support.waiting import async_wait_for
 
 SH = "/bin/sh"
@@ -66,10 +67,7 @@ async def lines_of(
 
 
 def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")  # pragma: no cover
+    return rss_kib("self") * 1024
 
 
 def test_both_streams_are_captured_line_by_line_with_their_stream() -> None:

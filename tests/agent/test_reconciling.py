@@ -16,7 +16,7 @@ from devicefabric.agent.reconciling import (
 from devicefabric.config import lean
 from devicefabric.config.resource import DeviceProcessSpec
 from devicefabric.config.wire import DesiredProcess, make_desired
-from tests.agent.helpers import lean_of, lean_spec
+from tests.support.desired import lean_of, lean_spec
 
 DEVICE = "tor9-99"
 

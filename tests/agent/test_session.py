@@ -12,9 +12,10 @@ from paho.mqtt.client import MQTTMessage
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.agent.session import Session, SessionSettings
 from devicefabric.config.settings import BrokerURL
-from tests.agent.helpers import DEVICE
 from tests.support.brokers import BrokerProcess
-from tests.support.mqtt import Client, Message, connect
+from tests.support.desired import DEVICE
+from tests.support.inbox import Message
+from tests.support.mqtt import Client, connect
 from tests.support.waiting import async_wait_for
 
 

@@ -16,7 +16,12 @@ from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.reconciling import Want
 from devicefabric.agent.supervising import Supervisor
 from devicefabric.config.lean import ProcessStatus
-from tests.agent.helpers import alive, key, kill_all, want
+from tests.support.desired import want
+from tests.support.processes import (
+    kill_groups,
+)
+from tests.support.procfs import alive
+from tests.support.resources import key
 from tests.support.waiting import async_wait_for
 
 SLEEP = ["/bin/sleep", "60"]
@@ -29,7 +34,7 @@ seen_pids: list[int] = []
 def _kill_leftovers() -> Iterator[None]:
     seen_pids.clear()
     yield
-    kill_all(seen_pids)
+    kill_groups(dict.fromkeys(seen_pids))
 
 
 class Watch:

@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 from devicefabric.bridge.buffering import CHUNK, FAST_BATCH, BufferedClient, qos0_publish_at
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
-from tests.bridge import scene
-from tests.bridge.scene import until
+from tests.support import bridges as scene
+from tests.support.bridges import until
 from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
 
 T = Topics(DEFAULT_ROOT)

@@ -17,9 +17,9 @@ from devicefabric.bridge.controlplane.local.fleet import LocalFleet, device_stor
 from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.config.fleet import DEVICE_KIND, SET_KIND, SET_LABEL, DeviceProcessSetSpec
-from tests.bridge.fleet import Fleet
-from tests.bridge.scene import running, until
+from tests.support.bridges import running, until
 from tests.support.brokers import BrokerProcess
+from tests.support.devices import Fleet
 
 DEVICES = ("d1", "d2", "d3")
 

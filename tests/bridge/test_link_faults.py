@@ -25,9 +25,9 @@ from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import HostPort, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
-from tests.bridge.memory_cp import MemoryControlPlane
-from tests.bridge.scene import link, settings, until
+from tests.support.bridges import link, settings, until
 from tests.support.brokers import BrokerProcess
+from tests.support.memoryplane import MemoryControlPlane
 from tests.support.ports import free_port
 
 T = Topics(DEFAULT_ROOT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from devicefabric.bridge.mirroring import EMPTY_REVISION, Mirror, ResourceIndex, build_desired
-from tests.bridge.memory_cp import resource
+from tests.support.memoryplane import resource
 
 
 def test_build_groups_by_device_fills_defaults_and_skips_invalid_specs() -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.mirroring import Mirror, check_spec
 from devicefabric.config.wire import MAX_PROCESSES, encode
-from tests.bridge.memory_cp import resource
+from tests.support.memoryplane import resource
 
 DEV = "tor9-99"
 

@@ -22,11 +22,17 @@ from devicefabric.bridge.replaying import Expected, ReplayLedger, reread_topics
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.topics import DEFAULT_ROOT, DeviceTopic, Topics
 from devicefabric.config.wire import encode
-from tests.bridge import scene
-from tests.bridge.memory_cp import MemoryControlPlane, resource
-from tests.bridge.scene import running, settle, until
-from tests.support.brokers import KIND_PARAMS, BrokerKind, BrokerProcess, prepare_mosquitto
+from tests.support import bridges as scene
+from tests.support.bridges import running, settle, until
+from tests.support.brokers import (
+    KIND_PARAMS,
+    BrokerKind,
+    BrokerProcess,
+    prepare,
+    prepare_mosquitto,
+)
 from tests.support.brokers import running as broker_running
+from tests.support.memoryplane import MemoryControlPlane, resource
 from tests.support.mqtt import connect
 from tests.support.nats import nats_cluster
 
@@ -144,9 +150,7 @@ def replay_broker(
         with nats_cluster(tmp_path / "nats", secret, devices) as cluster:
             yield cluster.nodes[0]
         return
-    from tests.support.brokers import any_broker  # noqa: PLC0415 - the context manager, not the fixture
-
-    with any_broker(kind, tmp_path, secret, devices) as broker:
+    with broker_running(prepare(kind, tmp_path, secret, devices)) as broker:
         yield broker
 
 

@@ -23,10 +23,10 @@ import pytest
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import HostPort
-from tests.bridge.fleet import Fleet
-from tests.bridge.memory_cp import MemoryControlPlane, resource
-from tests.bridge.scene import running, settle, settled_status, until
+from tests.support.bridges import running, settle, settled_status, until
 from tests.support.brokers import BrokerProcess
+from tests.support.devices import Fleet
+from tests.support.memoryplane import MemoryControlPlane, resource
 
 TWENTY = tuple(f"dev-{i:02d}" for i in range(20))
 
@@ -278,9 +278,8 @@ def test_restart_with_everything_healthy_writes_and_publishes_nothing(
 
     async def story() -> None:
         fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(FIVE)
+        await fleet.connect(FIVE, desired=True)
         for device in fleet.devices.values():
-            await device.subscribe_desired()
             running_ = {"generation": 1, "phase": "Running", "pid": 7, "restarts": 0}
             await device.report({f"default/{device.name}-{i}": running_ for i in range(2)})
         try:
@@ -335,9 +334,8 @@ def test_desired_follows_resources_and_invalid_specs_stay_home(
 
     async def story() -> None:
         fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["tor9-99"])
+        await fleet.connect(["tor9-99"], desired=True)
         device = fleet["tor9-99"]
-        await device.subscribe_desired()
         try:
             async with fleet.beating(), running(broker, cp) as bridge:
                 await until(lambda: len(docs(device)) == 1)

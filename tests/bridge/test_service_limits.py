@@ -24,10 +24,10 @@ from dataclasses import replace
 import pytest
 
 from devicefabric.config.wire import MAX_PROCESSES
-from tests.bridge.fleet import Fleet
-from tests.bridge.memory_cp import MemoryControlPlane, resource
-from tests.bridge.scene import running, settle, until
+from tests.support.bridges import running, settle, until
 from tests.support.brokers import BrokerProcess
+from tests.support.devices import Fleet
+from tests.support.memoryplane import MemoryControlPlane, resource
 
 
 def desired_docs(fleet: Fleet, name: str) -> list[dict[str, object]]:
@@ -50,8 +50,7 @@ def test_257_processes_on_one_device_do_not_stop_the_bridge(
 
     async def story() -> None:
         fleet = Fleet(any_broker.host, any_broker.port, secret)
-        await fleet.connect(["dev-a"])
-        await fleet["dev-a"].subscribe_desired()
+        await fleet.connect(["dev-a"], desired=True)
         try:
             async with running(any_broker, cp) as bridge:
                 await until(lambda: bool(desired_docs(fleet, "dev-a")), timeout=10)
@@ -91,9 +90,7 @@ def test_a_document_over_the_limit_is_refused_and_the_bridge_serves_on(
 
     async def story() -> None:
         fleet = Fleet(any_broker.host, any_broker.port, secret)
-        await fleet.connect(["dev-a", "dev-b"])
-        for name in ("dev-a", "dev-b"):
-            await fleet[name].subscribe_desired()
+        await fleet.connect(["dev-a", "dev-b"], desired=True)
         try:
             async with running(any_broker, cp) as bridge:
                 await until(lambda: len(desired_docs(fleet, "dev-a")) == 1, timeout=10)

@@ -10,10 +10,10 @@ from typing import Any
 
 from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.service import Bridge
-from tests.bridge.fleet import Fleet
-from tests.bridge.scene import running, until
+from tests.support.bridges import running, until
 from tests.support.brokers import BrokerProcess
 from tests.support.cli import manifest_text, run_cli, write_manifest
+from tests.support.devices import Fleet
 
 
 def reason(plane: LocalControlPlane, key: str, ctype: str = "AgentConnected") -> str | None:
@@ -45,9 +45,8 @@ def test_local_control_plane_and_embedded_broker(
 
     async def story() -> None:
         fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["tor9-99"])
+        await fleet.connect(["tor9-99"], desired=True)
         device = fleet["tor9-99"]
-        await device.subscribe_desired()
         try:
             async with fleet.beating():
                 plane = LocalControlPlane(state, poll_interval=0.02)
@@ -121,9 +120,8 @@ def test_a_spec_change_is_one_status_write_at_once_on_the_local_plane(
 
     async def story() -> None:
         fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["tor9-99"])
+        await fleet.connect(["tor9-99"], desired=True)
         device = fleet["tor9-99"]
-        await device.subscribe_desired()
         entries: dict[str, dict[str, object]] = {}
 
         async def report(key: str, phase: str, generation: int) -> None:

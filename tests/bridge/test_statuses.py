@@ -16,7 +16,7 @@ from devicefabric.bridge.statuses import (
 from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
 from devicefabric.config.wire import ProcessReport, Report
-from tests.bridge.memory_cp import resource
+from tests.support.memoryplane import resource
 
 KEY = "default/web"
 T0 = "2024-01-01T00:00:00Z"

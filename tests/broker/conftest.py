@@ -18,7 +18,7 @@ import pytest
 from devicefabric.broker.auth import Gatekeeper
 from devicefabric.broker.embedded import BrokerSettings
 from devicefabric.config.settings import HostPort
-from tests.broker.harness import BrokerThread, Peer, RawPeer
+from tests.support.inproc import BrokerThread, Peer, RawPeer
 
 MakeBroker = Callable[..., BrokerThread]
 MakePeer = Callable[..., Peer]

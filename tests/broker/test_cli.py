@@ -23,7 +23,7 @@ import pytest
 
 from devicefabric.config.credentials import password_for
 from devicefabric.config.topics import Topics
-from tests.broker.harness import connect_packet, publish_packet
+from tests.support.packets import connect_packet, publish_packet
 
 T = Topics()
 READY_TIMEOUT: Final = 20.0

@@ -31,7 +31,8 @@ from tests.support.brokers import (
     KIND_PARAMS,
     BrokerKind,
     BrokerProcess,
-    any_broker,
+    prepare,
+    running,
 )
 from tests.support.mqtt import Client, ConnectRefusedError, Will, barrier, connack, connect
 from tests.support.nats import nats_cluster
@@ -81,7 +82,7 @@ def broker(
         with nats_cluster(base, SECRET, DEVICES, revoked=[REVOKED]) as cluster:
             yield cluster.nodes[0]
         return
-    with any_broker(kind, base, SECRET, DEVICES, revoked=[REVOKED]) as process:
+    with running(prepare(kind, base, SECRET, DEVICES, revoked=[REVOKED])) as process:
         yield process
 
 

@@ -21,7 +21,8 @@ from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import DeviceTopic, Topics
 from tests.broker.conftest import MakeBroker, MakePeer, MakeRaw
-from tests.broker.harness import BrokerThread, Peer, publish_packet
+from tests.support.inproc import BrokerThread, Peer
+from tests.support.packets import publish_packet
 
 T = Topics()
 NOT_AUTHORIZED = 5

@@ -18,14 +18,8 @@ from devicefabric.broker.auth import Gatekeeper, Refusal
 from devicefabric.config.access import AccessRules
 from devicefabric.config.topics import DeviceTopic, Topics
 from tests.broker.conftest import MakeBroker, MakePeer, MakeRaw
-from tests.broker.harness import (
-    Peer,
-    RawPeer,
-    connect_packet,
-    packet,
-    publish_packet,
-    subscribe_packet,
-)
+from tests.support.inproc import Peer, RawPeer
+from tests.support.packets import connect_packet, packet, publish_packet, subscribe_packet
 
 T = Topics()
 NOT_AUTHORIZED = 5

@@ -19,10 +19,11 @@ from typing import Final
 import pytest
 
 from devicefabric.config.topics import Topics
-from tests.broker.harness import connect_packet, publish_packet, subscribe_packet
 from tests.support.brokers import BrokerProcess, prepare_embedded, running
 from tests.support.mqtt import Client, connect
+from tests.support.packets import connect_packet, publish_packet, subscribe_packet
 from tests.support.ports import closed_by_peer
+from tests.support.procfs import rss_kib
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -34,10 +35,7 @@ FD_LIMIT: Final = 256
 
 def _rss_mb(pid: int | None) -> float:
     assert pid is not None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return rss_kib(pid) / 1024
 
 
 @contextlib.contextmanager

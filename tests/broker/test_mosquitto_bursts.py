@@ -18,8 +18,8 @@ import pytest
 
 from devicefabric.broker.mosquitto import QUEUE_FLOOR, queue_bound
 from devicefabric.config.topics import DeviceTopic, Topics
-from tests.bridge.fleet import Fleet
-from tests.support.brokers import BrokerProcess, mosquitto_broker
+from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
+from tests.support.devices import Fleet
 from tests.support.mqtt import connect
 
 pytestmark = pytest.mark.mosquitto
@@ -37,7 +37,7 @@ def test_the_queue_bound_grows_with_the_fleet() -> None:
 
 def test_the_generated_conf_carries_the_bound(tmp_path: Path) -> None:
     names = [f"g-{i}" for i in range(10)]
-    with mosquitto_broker(tmp_path, SECRET, names) as broker:
+    with running(prepare_mosquitto(tmp_path, SECRET, names)) as broker:
         conf = next(broker.workdir.rglob("mosquitto.conf")).read_text(encoding="utf-8")
     assert f"max_queued_messages {queue_bound(10)}" in conf.splitlines()
 
@@ -56,7 +56,7 @@ def _drop_all(broker: BrokerProcess, names: list[str]) -> None:
 def test_a_mass_disconnect_delivers_every_will(tmp_path: Path) -> None:
     names = [f"b-{i:04d}" for i in range(FLEET)]
     status = T.all_devices(DeviceTopic.STATUS)
-    with mosquitto_broker(tmp_path, SECRET, names) as broker:
+    with running(prepare_mosquitto(tmp_path, SECRET, names)) as broker:
         # The bridge's persistent session goes offline: its queue must hold the whole burst.
         bridge = connect(broker, "bridge", client_id="bridge_burst", clean=False)
         bridge.subscribe(status, qos=1)

@@ -19,14 +19,8 @@ from devicefabric.broker.embedded import EmbeddedBroker
 from devicefabric.broker.hardening import HardenedBroker
 from devicefabric.config.topics import Topics
 from tests.broker.conftest import MakePeer, MakeRaw
-from tests.broker.harness import (
-    BrokerThread,
-    Peer,
-    RawPeer,
-    connect_packet,
-    packet,
-    publish_packet,
-)
+from tests.support.inproc import BrokerThread, Peer, RawPeer
+from tests.support.packets import connect_packet, packet, publish_packet
 from tests.support.waiting import wait_for
 
 T = Topics()

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from devicefabric.config.credentials import role_password
 from tests.support.brokers import BrokerProcess, which_mosquitto_clients
-from tests.support.cli import run_cli
+from tests.support.cli import run_cli, sh
 from tests.support.mqtt import connect
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -61,30 +60,16 @@ def test_the_readme_watch_example_works_verbatim_with_no_password_in_argv(
     assert password not in creds + watch
     assert " -I observer_ " in watch
     here = f"{shlex.quote(sys.executable)} -m devicefabric"
-    made = subprocess.run(
-        ["sh", "-c", creds.replace(".venv/bin/devicefabric", here)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    assert made.stdout == ""  # the password is not printed either
+    made = sh(creds.replace(".venv/bin/devicefabric", here), tmp_path, timeout=30)
+    assert made.code == 0, made.err
+    assert made.out == ""  # the password is not printed either
     options = tmp_path / ".devicefabric" / "observer" / "mosquitto_sub"
     assert stat.S_IMODE(options.stat().st_mode) == 0o600
     assert password in options.read_text(encoding="utf-8")
 
-    watched = subprocess.run(
-        ["sh", "-c", watch.replace("-p 11883", f"-p {any_broker.port}") + " -C 1 -W 10"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
-    )
-    assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.strip() == f"{any_broker.topics.status('tor9-99')} {STATUS.decode()}"
+    watched = sh(watch.replace("-p 11883", f"-p {any_broker.port}") + " -C 1 -W 10", tmp_path)
+    assert watched.code == 0, watched.err
+    assert watched.out.strip() == f"{any_broker.topics.status('tor9-99')} {STATUS.decode()}"
 
 
 def test_an_options_file_devicefabric_did_not_write_is_never_replaced(tmp_path: Path) -> None:

@@ -18,8 +18,7 @@ from devicefabric.cli.demo import REFRESH_S as REDRAW_S
 from devicefabric.cli.screen import panel_sequence, region_sequence
 from tests.cli.conftest import screen as _screen
 from tests.cli.conftest import tmux_argv
-from tests.support.cli import cli_argv
-from tests.support.ports import free_port
+from tests.support.cli import cli_argv, up_args
 from tests.support.waiting import wait_for
 
 ROWS = 24
@@ -54,20 +53,7 @@ def test_up_demo_keeps_the_table_on_top_while_the_log_scrolls_below(
 ) -> None:
     tmux = demo_tmux
     state = tmp_path / "state"
-    argv = cli_argv(
-        "--log-level",
-        "DEBUG",
-        "--log-format",
-        "text",
-        "up",
-        "--demo",
-        "--state-dir",
-        str(state),
-        "--mqtt",
-        f"127.0.0.1:{free_port()}",
-        "--http",
-        f"127.0.0.1:{free_port()}",
-    )
+    argv = cli_argv("--log-level", "DEBUG", "--log-format", "text", *up_args(state, "--demo"))
     command = " ".join(argv) + "; sleep 60"
     size = ["-x", "150", "-y", str(ROWS)]
     subprocess.run(tmux_argv(tmux, "new-session", "-d", "-s", tmux, *size, command), check=True)

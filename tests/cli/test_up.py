@@ -27,12 +27,13 @@ from tests.support.cli import (
     Background,
     cli_argv,
     manifest_text,
-    pid_alive,
     run_cli,
+    sh,
     start_up,
     write_manifest,
 )
 from tests.support.ports import free_port
+from tests.support.procfs import alive
 
 
 def printed(up: Background, prefix: str) -> list[str]:
@@ -57,16 +58,9 @@ def watch_as_printed(up: Background, cwd: Path, state: Path) -> None:
     assert (made.returncode, made.stdout) == (0, ""), made.stderr
     if shutil.which("mosquitto_sub") is None:
         return  # the shape above is all that can be checked (test_observer_login needs it)
-    watched = subprocess.run(
-        ["sh", "-c", shlex.join(watch) + " -C 1 -W 10"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
-    )
-    assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.startswith("fabric/v1/")
+    watched = sh(shlex.join(watch) + " -C 1 -W 10", cwd)
+    assert watched.code == 0, watched.err
+    assert watched.out.startswith("fabric/v1/")
 
 
 def test_apply_runs_on_the_agent_get_shows_it_delete_stops_it(
@@ -117,7 +111,7 @@ def test_apply_runs_on_the_agent_get_shows_it_delete_stops_it(
 
     deleted = run_cli("delete", "sleeper", "--state-dir", str(state))
     assert deleted.out == "deviceprocess/sleeper deleted\n"
-    up.wait_for(lambda: not pid_alive(pid), timeout=10, what="the process to stop after delete")
+    up.wait_for(lambda: not alive(pid), timeout=10, what="the process to stop after delete")
 
     started = time.monotonic()
     assert up.stop(signal.SIGINT, timeout=SHUTDOWN_BOUND) == 0

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from devicefabric.cli.demo import DEMO_DEVICES
-from tests.support.cli import SHUTDOWN_BOUND, Background, pid_alive, run_cli, start_up
+from tests.support.cli import SHUTDOWN_BOUND, Background, run_cli, start_up
+from tests.support.procfs import alive
 
 
 def last_table(out: str) -> dict[str, list[str]]:
@@ -60,19 +61,19 @@ def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
     assert len(agents) == 3
     ticker = json.loads(run_cli("get", "ticker", "-o", "json", "--state-dir", str(state)).out)
     sample_pid = ticker["status"]["pid"]
-    assert pid_alive(sample_pid)
+    assert alive(sample_pid)
     owned = json.loads(
         run_cli("get", "sampler-demo-2", "-o", "json", "--state-dir", str(state)).out
     )
     owned_pid = owned["status"]["pid"]
-    assert pid_alive(owned_pid)
+    assert alive(owned_pid)
     sets = run_cli("get", "dpset", "--state-dir", str(state)).out.splitlines()
     assert sets[1].split()[:5] == ["sampler", "3", "3", "3", "3"]
 
     started = time.monotonic()
     assert up.ctrl_c(timeout=SHUTDOWN_BOUND) == 0  # SIGINT to the group, as a terminal does
     assert time.monotonic() - started < SHUTDOWN_BOUND
-    assert [pid for pid in [*agents, sample_pid, owned_pid] if pid_alive(pid)] == []
+    assert [pid for pid in [*agents, sample_pid, owned_pid] if alive(pid)] == []
 
     # Each agent got one SIGTERM from `up` and said a clean offline, which the bridge recorded.
     listing = json.loads(run_cli("get", "-o", "json", "--state-dir", str(state)).out)

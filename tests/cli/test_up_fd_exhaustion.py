@@ -18,8 +18,8 @@ from typing import Final
 import pytest
 
 from devicefabric.config.credentials import password_for, read_secret_file
-from tests.broker.harness import connect_packet
 from tests.support.cli import UP_START_TIMEOUT, Background, cli_argv
+from tests.support.packets import connect_packet
 from tests.support.ports import closed_by_peer, free_port
 from tests.support.waiting import wait_for
 

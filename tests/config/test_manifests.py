@@ -49,7 +49,7 @@ from devicefabric.config.resource import (
     Phase,
     RestartPolicy,
 )
-from tests.kube.fakeapi.schema import StructuralSchema
+from tests.support.fakeapi.schema import StructuralSchema
 
 # The oldest Kubernetes we support (CEL validation rules are GA from 1.29) and the newest known.
 K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())

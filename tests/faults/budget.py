@@ -12,12 +12,19 @@ failing example is printed with its reproduction blob and stored in hypothesis' 
 
 `MARKS` goes into every fuzz module's `pytestmark`: the `faults` marker, and in the long mode a
 per-test timeout that fits 10,000 examples (the project-wide 120 s would cut a long run short).
+
+`outcome(call, error)`: a call's value, or the expected error it raised, as a value. Property
+tests check both branches of a validator: what it refuses (the error and its reason) and what it
+accepts (a value that is usable). Taking the error out of its `except` block keeps those
+assertions in plain sight, and any *other* exception still escapes and fails the test, which is
+the invariant being fuzzed ("no exception other than the module's documented error").
 """
 
 from __future__ import annotations
 
 import os
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -44,3 +51,14 @@ MARKS: Final = (
     pytest.mark.faults,
     *((pytest.mark.timeout(3600),) if EXAMPLES > SHORT_EXAMPLES else ()),
 )
+
+
+R = TypeVar("R")
+E = TypeVar("E", bound=BaseException)
+
+
+def outcome(call: Callable[[], R], error: type[E]) -> R | E:
+    try:
+        return call()
+    except error as exc:
+        return exc

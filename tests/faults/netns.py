@@ -28,14 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import pytest
 
 from devicefabric.broker.mosquitto import generate
 from devicefabric.config.settings import HostPort
-from tests.agent.fabric import AgentProcess
-from tests.faults.processes import BridgeProcess
 from tests.support.brokers import MOSQUITTO, BrokerProcess, require_mosquitto
 from tests.support.brokers import _current_user as current_user
 from tests.support.ports import free_port
@@ -120,21 +118,14 @@ class Link:
     index: int
     faults: list[list[str]] = field(default_factory=list)  # iptables rules inserted
 
-    @property
-    def outer(self) -> str:
-        return f"{self.name}o"  # our end of the veth pair
+    outer: str = field(init=False)  # our end of the veth pair
+    inner: str = field(init=False)
+    gateway: str = field(init=False)  # our address on the pair
+    address: str = field(init=False)  # the namespace's
 
-    @property
-    def inner(self) -> str:
-        return f"{self.name}i"
-
-    @property
-    def gateway(self) -> str:
-        return f"10.{NET}.{self.index}.1"
-
-    @property
-    def address(self) -> str:
-        return f"10.{NET}.{self.index}.2"
+    def __post_init__(self) -> None:
+        self.outer, self.inner = f"{self.name}o", f"{self.name}i"
+        self.gateway, self.address = f"10.{NET}.{self.index}.1", f"10.{NET}.{self.index}.2"
 
     def create(self) -> None:
         run(IP, "netns", "add", self.name)
@@ -257,34 +248,3 @@ def broker_at(
     )  # fmt: skip
     broker.host = host
     return broker
-
-
-class NetBridge(BridgeProcess):
-    """`devicefabric bridge run` inside a link's namespace, serving HTTP on the link's address."""
-
-    def __init__(self, link: Link, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.link = link
-        self.http_host = link.address
-        self.prefix = [IP, "netns", "exec", link.name]
-
-
-class NetAgent(AgentProcess):
-    """`devicefabric agent run` inside a link's namespace (`ip netns exec`)."""
-
-    def __init__(self, link: Link, broker: BrokerProcess, workdir: Path, **kwargs: Any) -> None:
-        super().__init__(broker, workdir, **kwargs)
-        self.link = link
-
-    def start(self) -> None:
-        self.runs += 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICEFABRIC_")}
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.link.exec_argv(self.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=self.workdir,
-            )

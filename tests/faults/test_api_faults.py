@@ -1,6 +1,6 @@
 """Fault scenario 4: the Kubernetes API server fails every call, then throttles, then heals.
 
-The whole fabric as on a cluster (`tests.kube.fabric.KubeFabric`): the API server fake over real
+The whole fabric as on a cluster (`tests.kube.fabric.Fabric`): the API server fake over real
 HTTP, a real mosquitto, `devicefabric bridge run --control-plane kube` and one `devicefabric agent
 run` per device. Every request of the bridge (lists, watches, Lease renewals, status patches,
 Events) is answered 500 for a while (3 s by default, the issue's 60 s with `FAULTS_LONG=1`), then
@@ -27,10 +27,14 @@ from typing import Any, Final
 import pytest
 
 from tests.faults.budget import LONG
-from tests.faults.processes import rss_kib
-from tests.kube.fabric import BridgeProc, KubeFabric, bridge_user, condition, settled
-from tests.kube.fakeapi import Match
-from tests.kube.fakeapi.faults import RequestRecord
+from tests.support.fabric import Fabric, bridge_user
+from tests.support.fakeapi import Match
+from tests.support.fakeapi.faults import RequestRecord
+from tests.support.processes import (
+    BridgeProcess,
+)
+from tests.support.procfs import rss_kib
+from tests.support.resources import condition, settled
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
@@ -46,8 +50,8 @@ def name_of(device: str) -> str:
 
 
 @pytest.fixture
-def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
-    fab = KubeFabric(tmp_path, secret, DEVICES)
+def fabric(tmp_path: Path, secret: bytes) -> Iterator[Fabric]:
+    fab = Fabric.mosquitto(tmp_path, secret, DEVICES, plane="kube")
     try:
         yield fab
     finally:
@@ -55,7 +59,7 @@ def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
     assert fab.api.errors == [], "the fake API server failed while serving"
 
 
-def bridge_records(fabric: KubeFabric, since: float) -> list[RequestRecord]:
+def bridge_records(fabric: Fabric, since: float) -> list[RequestRecord]:
     user = bridge_user(POD)
     return [r for r in fabric.api.log.records() if r.user == user and r.monotonic >= since]
 
@@ -85,15 +89,15 @@ def retry_gaps(records: list[RequestRecord]) -> list[float]:
     return gaps
 
 
-def reason_of(fabric: KubeFabric, device: str) -> Any:
+def reason_of(fabric: Fabric, device: str) -> Any:
     return condition(fabric.get(name_of(device)), "AgentConnected").get("reason")
 
 
 @pytest.mark.timeout(300 if LONG else 120)
 def test_api_server_500s_then_429s_then_healthy_converges_without_a_crash_or_a_storm(
-    fabric: KubeFabric,
+    fabric: Fabric,
 ) -> None:
-    bridge: BridgeProc = fabric.start_bridge(POD)
+    bridge: BridgeProcess = fabric.start_bridge(POD)
     for device in DEVICES:
         fabric.create(name_of(device), device)
     for device in DEVICES[:3]:
@@ -114,12 +118,12 @@ def test_api_server_500s_then_429s_then_healthy_converges_without_a_crash_or_a_s
 
     wait_for(evented, 10, 0.05, what="the Connected Events recorded")
     steady = fabric.get(name_of("dev-a"))
-    baseline = rss_kib(bridge.proc.pid)
+    baseline = rss_kib(bridge.pid)
     rss = [baseline]
 
     def sample() -> dict[str, Any]:
-        assert bridge.alive(), bridge.log[-3000:]
-        rss.append(rss_kib(bridge.proc.pid))
+        assert bridge.alive, bridge.log_text()[-3000:]
+        rss.append(rss_kib(bridge.pid))
         return bridge.readyz()
 
     # Every call of the bridge fails; devices change meanwhile.
@@ -170,7 +174,7 @@ def test_api_server_500s_then_429s_then_healthy_converges_without_a_crash_or_a_s
     wait_for(converged_now, 90 if LONG else 30, 0.1, "every resource converged")
     converged = time.monotonic() - healthy_from
     wait_for(lambda: sample().get("queueDepth") == 0, 10, 0.05, what="the bridge idle")
-    assert bridge.alive()
+    assert bridge.alive
 
     records = bridge_records(fabric, failing_from)
     served = [r for r in status_patches(records) if not r.injected]

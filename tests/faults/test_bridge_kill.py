@@ -31,10 +31,14 @@ from typing import Final
 
 import pytest
 
-from tests.agent.fabric import running_pids
 from tests.faults.budget import LONG
-from tests.faults.fabric import LocalFabric, key, manifest, reason
-from tests.support.mqtt import Message, connect
+from tests.support.fabric import Fabric
+from tests.support.inbox import Message
+from tests.support.mqtt import connect
+from tests.support.processes import (
+    running_pids,
+)
+from tests.support.resources import key, manifest, reason
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -57,7 +61,7 @@ def test_bridge_kill_9_and_restart_writes_exactly_what_changed_meanwhile(
     tmp_path: Path, secret: bytes
 ) -> None:
     devices = (*STEADY, *CHANGING)
-    with LocalFabric(tmp_path, secret, [*devices, "marker"]) as fab:
+    with Fabric.mosquitto(tmp_path, secret, [*devices, "marker"], plane="local") as fab:
         fab.apply(
             *(
                 manifest(

@@ -21,17 +21,13 @@ from typing import Final
 
 import pytest
 
-from tests.agent.helpers import alive
 from tests.faults.budget import LONG
-from tests.faults.fabric import (
+from tests.support.fabric import Fabric
+from tests.support.processes import (
     BridgeProcess,
-    LocalFabric,
-    key,
-    logged,
-    manifest,
-    reason,
-    running,
 )
+from tests.support.procfs import alive
+from tests.support.resources import key, manifest, reason
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -76,7 +72,7 @@ def test_broker_restart_reconnects_everyone_and_writes_only_real_transitions(
     devices = [f"node-{i:03d}" for i in range(AGENTS)]
     dead = devices[-1]  # killed -9 while the broker is down: the one transition sure to happen
     names = {d: f"{d}-sleep" for d in devices}
-    with LocalFabric(tmp_path, secret, [*devices, MARKER]) as fab:
+    with Fabric.mosquitto(tmp_path, secret, [*devices, MARKER], plane="local") as fab:
         fab.apply(
             *(manifest(names[d], d, SLEEP, terminationGracePeriodSeconds=2) for d in devices),
         )
@@ -96,7 +92,7 @@ def test_broker_restart_reconnects_everyone_and_writes_only_real_transitions(
         agents[dead].kill()
         live = [d for d in devices if d != dead]
         fab.wait(
-            lambda: all(logged(agents[d], msg="cannot connect") for d in live),
+            lambda: all(agents[d].logged(msg="cannot connect") for d in live),
             15,
             "every live agent retrying",
         )
@@ -106,11 +102,11 @@ def test_broker_restart_reconnects_everyone_and_writes_only_real_transitions(
 
         # Every live agent reconnects (its second "connected" line), on its own schedule.
         fab.wait(
-            lambda: all(len(logged(agents[d], msg="connected to")) >= 2 for d in live),
+            lambda: all(len(agents[d].logged(msg="connected to")) >= 2 for d in live),
             30 if LONG else 15,
             "every live agent reconnected",
         )
-        back = {d: logged(agents[d], msg="connected to")[-1] for d in live}
+        back = {d: agents[d].logged(msg="connected to")[-1] for d in live}
         delays = [float(line["ts"]) - restarted for line in back.values()]
         spread, crowd = reconnect_spread(delays)
         print(
@@ -166,7 +162,7 @@ def test_broker_restart_reconnects_everyone_and_writes_only_real_transitions(
         for d in live:
             assert fab.settled(names[d]), fab.status(names[d])
             agent_pid, child_pid = before[d]
-            assert running(agents[d])
+            assert agents[d].alive
             assert agents[d].pid == agent_pid
             status = fab.status(names[d])
             assert (status["pid"], status["restarts"]) == (child_pid, 0)

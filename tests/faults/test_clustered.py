@@ -25,9 +25,10 @@ from typing import Final
 
 import pytest
 
-from tests.agent.helpers import alive
-from tests.faults.fabric import LocalFabric, key, manifest
+from tests.support.fabric import Fabric
 from tests.support.nats import NatsCluster, nats_cluster
+from tests.support.procfs import alive
+from tests.support.resources import key, manifest
 
 pytestmark = [pytest.mark.faults, pytest.mark.nats]
 
@@ -55,15 +56,14 @@ def test_kill_9_of_a_node_moves_its_devices_and_loses_nothing(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:
     victim, _, bridge_node = cluster.nodes
-    with LocalFabric(tmp_path / "fabric", SECRET, DEVICES, broker=bridge_node) as fab:
+    with Fabric(tmp_path / "fabric", bridge_node, plane="local") as fab:
         fab.apply(*(manifest(f"p-{d}", d, SLEEP) for d in DEVICES))
-        fab.start_bridge(stale_multiplier=STALE_MULTIPLIER)
+        bridge = fab.start_bridge(stale_multiplier=STALE_MULTIPLIER)
         for device in DEVICES:
             fab.start_agent(device, heartbeat=HEARTBEAT, broker_urls=_urls(cluster, START[device]))
         names = [f"p-{d}" for d in DEVICES]
         fab.wait_settled(*names, timeout=40.0)
         pids = {name: fab.status(name)["pid"] for name in names}
-        bridge = fab.bridges[0]
         moved = ("ca", "cc")
         view = bridge.devices()
         before = {d: view[d]["session"] for d in moved}  # the sessions the bridge knows now

@@ -33,21 +33,16 @@ import pytest
 
 from devicefabric.agent.persisting import CORRUPT_SUFFIX, DESIRED_FILE
 from devicefabric.config.wire import decode_desired
-from tests.agent.helpers import alive
 from tests.conftest import TEST_SECRET
 from tests.faults.budget import LONG
-from tests.faults.fabric import (
-    BridgeProcess,
-    LocalFabric,
-    Marker,
-    group_members,
-    key,
-    logged,
-    manifest,
-    reason,
-    running,
-)
+from tests.support.fabric import Fabric
+from tests.support.ledger import Marker
 from tests.support.mqtt import connect
+from tests.support.processes import (
+    BridgeProcess,
+)
+from tests.support.procfs import alive, group_members
+from tests.support.resources import key, manifest, reason
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -68,32 +63,34 @@ SIGTERM_IGNORED: Final = 1 << 14  # bit of SIGTERM (15) in /proc/<pid>/status Si
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFabric, BridgeProcess]]:
-    with LocalFabric(tmp_path_factory.mktemp("device-faults"), TEST_SECRET, DEVICES) as fab:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, BridgeProcess]]:
+    with Fabric.mosquitto(
+        tmp_path_factory.mktemp("device-faults"), TEST_SECRET, DEVICES, plane="local"
+    ) as fab:
         fab.marker()
         yield fab, fab.start_bridge()
 
 
 @pytest.fixture
-def fab(site: tuple[LocalFabric, BridgeProcess]) -> Iterator[LocalFabric]:
+def fab(site: tuple[Fabric, BridgeProcess]) -> Iterator[Fabric]:
     """The module's fabric; the agents a test starts are stopped when it ends."""
     fabric, _ = site
-    started = len(fabric.agents)
+    started = set(fabric.agents)
     yield fabric
-    for agent in fabric.agents[started:]:
-        agent.close()
+    for name in set(fabric.agents) - started:
+        fabric.agents.pop(name).close()
 
 
 @pytest.fixture
-def bridge(site: tuple[LocalFabric, BridgeProcess]) -> BridgeProcess:
+def bridge(site: tuple[Fabric, BridgeProcess]) -> BridgeProcess:
     return site[1]
 
 
-def marker_of(fab: LocalFabric) -> Marker:
+def marker_of(fab: Fabric) -> Marker:
     return fab.markers[0]
 
 
-def settle(fab: LocalFabric, bridge: BridgeProcess, *names: str) -> None:
+def settle(fab: Fabric, bridge: BridgeProcess, *names: str) -> None:
     fab.wait_settled(*names)
     bridge.wait_idle()
 
@@ -126,7 +123,7 @@ def immutable(path: Path) -> Iterator[None]:
 # -- the state directory ----------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["full", "readonly"])
 def test_an_unwritable_state_directory_is_reported_and_everything_keeps_running(
-    fab: LocalFabric, bridge: BridgeProcess, fault: str, tmp_path: Path
+    fab: Fabric, bridge: BridgeProcess, fault: str, tmp_path: Path
 ) -> None:
     if fault == "readonly" and not immutable_supported(tmp_path / "probe"):
         pytest.skip("chattr +i is not supported here (file system or capabilities)")
@@ -147,11 +144,11 @@ def test_an_unwritable_state_directory_is_reported_and_everything_keeps_running(
         fab.apply(manifest(name, fault, ["sleep", "601"], env=padding))
         fab.wait_settled(name)
         fab.wait(
-            lambda: logged(agent, msg="cannot persist", reason="persist_failed"),
+            lambda: agent.logged(msg="cannot persist", reason="persist_failed"),
             10,
             "the agent to report the failed write",
         )
-        assert running(agent)
+        assert agent.alive
         status = fab.status(name)
         assert alive(status["pid"])
         assert status["observedGeneration"] == 2
@@ -161,13 +158,13 @@ def test_an_unwritable_state_directory_is_reported_and_everything_keeps_running(
     view = bridge.devices()[fault]
     assert view["state"] == "connected"
     assert view["lastSeenAgeSeconds"] < 3 * HEARTBEAT
-    line = logged(agent, msg="cannot persist")[0]
+    line = agent.logged(msg="cannot persist")[0]
     print(f"\n[scenario 7, {fault}] the agent said: {line['msg']}")
 
 
 @pytest.mark.parametrize("corruption", ["torn", "foreign"])
 def test_a_corrupt_persisted_document_is_set_aside_and_the_broker_s_one_runs(
-    fab: LocalFabric, bridge: BridgeProcess, corruption: str
+    fab: Fabric, bridge: BridgeProcess, corruption: str
 ) -> None:
     device = corruption
     name = f"{device}-proc"
@@ -185,11 +182,11 @@ def test_a_corrupt_persisted_document_is_set_aside_and_the_broker_s_one_runs(
     (agent.state_dir / DESIRED_FILE).write_bytes(bad)
     agent.start()
     settle(fab, bridge, name)
-    assert logged(agent, msg="persisted desired state unusable", reason="corrupt_state")
+    assert agent.logged(msg="persisted desired state unusable", reason="corrupt_state")
     assert (agent.state_dir / (DESIRED_FILE + CORRUPT_SUFFIX)).read_bytes() == bad
     persisted = decode_desired((agent.state_dir / DESIRED_FILE).read_bytes())
     assert [p.key for p in persisted.processes] == [key(name)]
-    assert running(agent)
+    assert agent.alive
 
 
 # -- children -------------------------------------------------------------------------------------
@@ -201,7 +198,7 @@ def sigterm_ignored(pid: int) -> bool:
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_its_grace_period(
-    fab: LocalFabric, bridge: BridgeProcess
+    fab: Fabric, bridge: BridgeProcess
 ) -> None:
     name = "stubborn-proc"
     stubborn = [
@@ -222,8 +219,8 @@ def test_a_child_ignoring_sigterm_is_killed_after_its_grace_period(
     fab.wait_settled(name, phase="Stopped")
     print(f"\n[scenario 7, stubborn] SIGTERM ignored; gone {took:.2f}s after the suspend")
     assert took >= 1.0  # the grace period was honoured...
-    assert logged(agent, reason="grace_expired")  # ...then SIGKILL, and the agent says so
-    assert running(agent)
+    assert agent.logged(reason="grace_expired")  # ...then SIGKILL, and the agent says so
+    assert agent.alive
 
 
 def sleepers_when(pgid: int, count: int) -> set[int] | None:
@@ -243,7 +240,7 @@ def sleepers(pgid: int) -> set[int]:
 
 
 def test_a_fork_bomb_in_the_process_group_is_killed_whole(
-    fab: LocalFabric, bridge: BridgeProcess, tmp_path: Path
+    fab: Fabric, bridge: BridgeProcess, tmp_path: Path
 ) -> None:
     """`bomb` is stopped (suspended) with its grandchildren running; `leaver`'s leader exits and
     leaves its grandchildren behind. Either way every process of the group is killed."""
@@ -278,7 +275,7 @@ def test_a_fork_bomb_in_the_process_group_is_killed_whole(
 
 # -- the clock ------------------------------------------------------------------------------------
 def test_a_device_clock_hours_off_changes_nothing_the_bridge_decides(
-    fab: LocalFabric, bridge: BridgeProcess
+    fab: Fabric, bridge: BridgeProcess
 ) -> None:
     name = "skewed-proc"
     fab.apply(manifest(name, "skewed", ["sleep", "600"]))
@@ -319,4 +316,4 @@ def test_a_device_clock_hours_off_changes_nothing_the_bridge_decides(
         f"{real_start:%H:%M:%SZ}); bridge lastTransitionTime {connected:%H:%M:%SZ}, "
         f"lastSeen {view['lastSeenAgeSeconds']}s ago"
     )
-    assert running(agent)
+    assert agent.alive

@@ -25,9 +25,13 @@ import pytest
 
 from devicefabric.bridge.queueing import DEFAULT_KEY_BURST, DEFAULT_MIN_INTERVAL
 from tests.faults.budget import LONG
-from tests.faults.fabric import Doc, LocalFabric, key, manifest, reason, release
 from tests.support.brokers import BrokerProcess
+from tests.support.fabric import Fabric
 from tests.support.mqtt import Client, Will, connect
+from tests.support.processes import (
+    Doc,
+)
+from tests.support.resources import key, manifest, reason
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -58,26 +62,26 @@ class Flapper:
         client = connect(self.broker, self.device, will=Will(self.topic, json.dumps(will)))
         if previous is not None:  # the broker closed it when `client` connected
             self.takeovers += 1
-            release(previous)
+            previous.close()
         birth: Doc = {"state": "online", "session": session, "heartbeat_s": 3600, "agent": "t"}
         assert client.publish(self.topic, birth, retain=True)
         if stay or (not last and self.flaps % TAKEOVER_EVERY == 0):
             self.current = client
         else:
             client.drop()
-            release(client)
+            client.close()
             self.current = None
 
     def close(self) -> None:
         if self.current is not None:
-            release(self.current)
+            self.current.close()
 
 
 @pytest.mark.timeout(180 if LONG else 90)
 def test_a_flapping_device_is_written_at_the_per_key_rate_not_the_flap_rate(
     tmp_path: Path, secret: bytes
 ) -> None:
-    with LocalFabric(tmp_path, secret, [*DEVICES, "marker"]) as fab:
+    with Fabric.mosquitto(tmp_path, secret, [*DEVICES, "marker"], plane="local") as fab:
         fab.apply(*(manifest(n, d, ["sleep", "600"]) for d in DEVICES for n in RESOURCES[d]))
         marker = fab.marker()
         bridge = fab.start_bridge()

@@ -55,8 +55,7 @@ from devicefabric.config.wire import (
     make_desired,
     revision_of,
 )
-from tests.faults.budget import FUZZ, MARKS
-from tests.faults.outcomes import outcome
+from tests.faults.budget import FUZZ, MARKS, outcome
 from tests.faults.strategies import (
     bridge_status_docs,
     desired_docs,

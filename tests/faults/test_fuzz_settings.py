@@ -26,8 +26,7 @@ from devicefabric.config.settings import (
     parse_hostport,
 )
 from devicefabric.runtime.settings import add_flag, env_name
-from tests.faults.budget import FUZZ, MARKS
-from tests.faults.outcomes import outcome
+from tests.faults.budget import FUZZ, MARKS, outcome
 from tests.faults.strategies import near_miss
 
 pytestmark = list(MARKS)

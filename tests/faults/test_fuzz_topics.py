@@ -39,8 +39,7 @@ from devicefabric.config.topics import (
     validate_publish_topic,
     validate_root,
 )
-from tests.faults.budget import FUZZ, MARKS
-from tests.faults.outcomes import outcome
+from tests.faults.budget import FUZZ, MARKS, outcome
 from tests.faults.strategies import (
     device_names,
     hostile_names,

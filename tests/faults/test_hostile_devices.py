@@ -31,8 +31,13 @@ import pytest
 from devicefabric.bridge.ingest import LOG_BURST, LOG_WINDOW
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES, MAX_PROCESSES
 from tests.faults.budget import LONG
-from tests.faults.fabric import BridgeProcess, Doc, LocalFabric, key, manifest, reason, release
+from tests.support.fabric import Fabric
 from tests.support.mqtt import Will, connect
+from tests.support.processes import (
+    BridgeProcess,
+    Doc,
+)
+from tests.support.resources import key, manifest, reason
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -56,7 +61,7 @@ def entry(phase: str = "Running", pid: int | None = EVIL_PID) -> Doc:
 class Evil:
     """The `evil` device: connected with its will, born under `session`, its process Running."""
 
-    def __init__(self, fab: LocalFabric, device: str = "evil") -> None:
+    def __init__(self, fab: Fabric, device: str = "evil") -> None:
         self.topics = fab.broker.topics
         self.device = device
         self.session = f"{device}-1"
@@ -115,7 +120,7 @@ class Evil:
         yield t.heartbeat(d), json.dumps({"session": victim_session, "seq": 1}).encode(), None
 
     def close(self) -> None:
-        release(self.client)
+        self.client.close()
 
 
 def invalid(bridge: BridgeProcess) -> dict[str, float]:
@@ -126,7 +131,7 @@ def invalid(bridge: BridgeProcess) -> dict[str, float]:
 def test_hostile_devices_are_dropped_and_counted_and_write_nothing_false(
     tmp_path: Path, secret: bytes
 ) -> None:
-    with LocalFabric(tmp_path, secret, DEVICES) as fab:
+    with Fabric.mosquitto(tmp_path, secret, DEVICES, plane="local") as fab:
         fab.apply(
             manifest("victim-proc", "victim", ["sleep", "600"]),
             manifest("evil-proc", "evil", ["sleep", "600"]),
@@ -177,8 +182,8 @@ def test_hostile_devices_are_dropped_and_counted_and_write_nothing_false(
             attacker.join(timeout=60)
             assert not attacker.is_alive()
         finally:
-            release(spammer)
-            release(good)
+            spammer.close()
+            good.close()
         marker.flip(bridge)  # after every hostile message: the counts are final
         counted = invalid(bridge)
         writes = fab.ledger.writes(mark)
@@ -222,7 +227,7 @@ def test_a_report_going_back_in_sequence_is_dropped(tmp_path: Path, secret: byte
     """Within one session an agent's reports only move forward (`seq` counts them from 1, and the
     broker keeps one connection's messages in order), so an older `seq` after a newer one is a
     replay: the bridge must drop and count it, not write the old state back."""
-    with LocalFabric(tmp_path, secret, ["evil", "marker"]) as fab:
+    with Fabric.mosquitto(tmp_path, secret, ["evil", "marker"], plane="local") as fab:
         fab.apply(manifest("evil-proc", "evil", ["sleep", "600"]))
         marker = fab.marker()
         bridge = fab.start_bridge()

@@ -38,12 +38,13 @@ import pytest
 from devicefabric.config.access import rules_for
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
 from devicefabric.config.topics import DeviceTopic, Topics
-from tests.faults.outcomes import outcome
+from tests.faults.budget import outcome
 from tests.support.brokers import (
     KIND_PARAMS,
     BrokerKind,
     BrokerProcess,
-    any_broker,
+    prepare,
+    running,
 )
 from tests.support.mqtt import Client, ConnectRefusedError, Will, barrier, connect
 
@@ -120,7 +121,7 @@ def broker(
 ) -> Iterator[BrokerProcess]:
     kind: BrokerKind = request.param
     base = tmp_path_factory.mktemp(f"impostors-{kind}")
-    with any_broker(kind, base, SECRET, DEVICES, revoked=[REVOKED]) as process:
+    with running(prepare(kind, base, SECRET, DEVICES, revoked=[REVOKED])) as process:
         yield process
 
 

@@ -24,8 +24,9 @@ from typing import Final
 import pytest
 
 from tests.conftest import TEST_SECRET
-from tests.faults.fabric import LocalFabric, key, manifest
 from tests.faults.mqttproxy import MqttProxy
+from tests.support.fabric import Fabric
+from tests.support.resources import key, manifest
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -34,12 +35,12 @@ MAX_WRITES_PER_CHANGE: Final = 4  # the apply, then at most three status writes 
 
 
 @pytest.fixture
-def fab(tmp_path: Path) -> Iterator[LocalFabric]:
-    with LocalFabric(tmp_path, TEST_SECRET, ("ro", "marker")) as fabric:
+def fab(tmp_path: Path) -> Iterator[Fabric]:
+    with Fabric.mosquitto(tmp_path, TEST_SECRET, ("ro", "marker"), plane="local") as fabric:
         yield fabric
 
 
-def test_duplicated_and_reordered_reports_are_applied_in_order_once(fab: LocalFabric) -> None:
+def test_duplicated_and_reordered_reports_are_applied_in_order_once(fab: Fabric) -> None:
     proxy = MqttProxy(fab.broker.host, fab.broker.port)
     try:
         fab.apply(manifest("job", "ro", ["sleep", "600"]))

@@ -20,19 +20,19 @@ from typing import Final
 
 import pytest
 
-from tests.agent.helpers import alive
 from tests.conftest import TEST_SECRET
 from tests.faults.budget import LONG
-from tests.faults.fabric import LocalFabric, key, logged, manifest, reason
 from tests.faults.netns import (
-    NetAgent,
-    NetBridge,
     Network,
     broker_at,
     netem_available,
     require_netns,
 )
+from tests.support.fabric import Fabric
 from tests.support.mqtt import connect
+from tests.support.processes import AgentProcess
+from tests.support.procfs import alive
+from tests.support.resources import key, manifest, reason
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
 
@@ -60,19 +60,15 @@ def network() -> Iterator[Network]:
         net.close()
 
 
-def fabric(tmp_path: Path, net: Network, kind: str, devices: tuple[str, ...]) -> LocalFabric:
-    fab = LocalFabric(tmp_path, TEST_SECRET, (*devices, "marker"))
-    fab.broker = broker_at(net.broker_host, kind, tmp_path, TEST_SECRET, (*devices, "marker"))
-    return fab
+def fabric(tmp_path: Path, net: Network, kind: str, devices: tuple[str, ...]) -> Fabric:
+    broker = broker_at(net.broker_host, kind, tmp_path, TEST_SECRET, (*devices, "marker"))
+    return Fabric(tmp_path, broker, plane="local")
 
 
-def net_agent(fab: LocalFabric, net: Network, device: str) -> NetAgent:
-    agent = NetAgent(
-        net.device(device), fab.broker, fab.workdir, device=device, heartbeat=HEARTBEAT
-    )
-    fab.agents.append(agent)
-    agent.start()
-    return agent
+def net_agent(fab: Fabric, net: Network, device: str) -> AgentProcess:
+    """The agent of `device` inside its link's namespace."""
+    prefix = net.device(device).exec_argv([])
+    return fab.start_agent(device, heartbeat=HEARTBEAT, prefix=prefix)
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
@@ -99,12 +95,12 @@ def test_half_open_device(tmp_path: Path, network: Network, kind: str) -> None:
         assert detected <= STALE * HEARTBEAT + SWEEP + 2.0, detected  # +2 s: a loaded machine
         # the broker's keepalive fires the will of the silent session; it must write nothing
         will = watcher.inbox.wait_for(
-            predicate=lambda m: m.json().get("reason") == "lost", timeout=PARTITION + 10
+            match=lambda m: m.json().get("reason") == "lost", timeout=PARTITION + 10
         )
         will_after = time.monotonic() - cut
         # the agent notices its dead connection by itself: no PINGRESP within its keepalive
         fab.wait(
-            lambda: logged(agent, msg="connection lost"),
+            lambda: agent.logged(msg="connection lost"),
             max(1.0, NOTICE - (time.monotonic() - cut)),
             "the agent noticing its dead connection",
         )
@@ -245,11 +241,11 @@ def test_bridge_partitioned_from_the_broker(tmp_path: Path, network: Network, ki
     with fabric(tmp_path, network, kind, devices) as fab:
         fab.apply(*(manifest(f"job-{d}", d, ["sleep", "600"]) for d in devices))
         bridge_link = network.device("bridge")
-        bridge = NetBridge(
-            bridge_link, fab.broker, fab.workdir, fab.state_dir, stale_multiplier=STALE
+        bridge = fab.start_bridge(
+            stale_multiplier=STALE,
+            prefix=bridge_link.exec_argv([]),
+            http_host=bridge_link.address,
         )
-        fab.bridges.append(bridge)
-        bridge.start()
         marker = fab.marker()
         agents = {d: net_agent(fab, network, d) for d in devices}
         fab.wait_settled(*(f"job-{d}" for d in devices), timeout=30)

@@ -23,7 +23,8 @@ import pytest
 
 from tests.conftest import TEST_SECRET
 from tests.faults.netns import Network, broker_at, require_netns
-from tests.kube.fabric import KubeFabric, condition
+from tests.support.fabric import Fabric
+from tests.support.resources import condition
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.mosquitto]
@@ -44,7 +45,7 @@ def network() -> Iterator[Network]:
         net.close()
 
 
-def _status_writes(fab: KubeFabric, since: float) -> list[tuple[float, str]]:
+def _status_writes(fab: Fabric, since: float) -> list[tuple[float, str]]:
     return [
         (r.monotonic, r.info.name or "")
         for r in fab.api.log.records()
@@ -64,13 +65,14 @@ def _busiest_second(times: list[float]) -> int:
 def test_bridge_partitioned_from_the_api_server(tmp_path: Path, network: Network) -> None:
     link = network.device("bridge")
     broker = broker_at(network.broker_host, "mosquitto", tmp_path, TEST_SECRET, DEVICES)
-    fab = KubeFabric(tmp_path, TEST_SECRET, DEVICES, api_host=link.gateway, broker=broker)
+    fab = Fabric(tmp_path, broker, plane="kube", api_host=link.gateway)
     try:
         bridge = fab.start_bridge(
             "bridge-net",
             prefix=link.exec_argv([]),
             http_host=link.address,
-            extra=("--write-qps", str(QPS), "--write-burst", str(BURST)),
+            write_qps=QPS,
+            write_burst=BURST,
         )
         for device in DEVICES:
             fab.create(f"job-{device}", device, ["sleep", "600"])

@@ -1,6 +1,6 @@
 """Fault scenario 9 (`FAULTS_LONG=1` only): a long quiet day with a thousand devices.
 
-1,000 simulated devices (`tests.bridge.fleet`: real MQTT connections with the agent's will, one
+1,000 simulated devices (`tests.support.devices`: real MQTT connections with the agent's will, one
 asyncio loop in a thread of the test process) against a real mosquitto and `devicefabric bridge
 run` on the local control plane, one DeviceProcess each. After everything is written once, the
 fleet only heartbeats (every 2 s: 500 messages/s) for 10 minutes, and the bridge is sampled every
@@ -27,17 +27,14 @@ from typing import Any, Final, TypeVar
 
 import pytest
 
-from tests.bridge.fleet import Fleet
 from tests.faults.budget import LONG
-from tests.faults.fabric import (
+from tests.support.devices import Fleet
+from tests.support.fabric import Fabric
+from tests.support.processes import (
     BridgeProcess,
-    LocalFabric,
-    manifest,
-    open_fds,
-    reason,
-    rss_kib,
-    threads,
 )
+from tests.support.procfs import open_fds, rss_kib, threads
+from tests.support.resources import manifest, reason
 
 pytestmark = [
     pytest.mark.faults,
@@ -74,7 +71,7 @@ class LoopThread:
 
 
 @contextlib.contextmanager
-def fleet_running(fab: LocalFabric, names: list[str]) -> Iterator[tuple[LoopThread, Fleet]]:
+def fleet_running(fab: Fabric, names: list[str]) -> Iterator[tuple[LoopThread, Fleet]]:
     runner = LoopThread()
     beats: list[asyncio.Task[None]] = []
 
@@ -141,7 +138,7 @@ def test_a_thousand_quiet_devices_for_ten_minutes_write_nothing_and_leak_nothing
     tmp_path: Path, secret: bytes
 ) -> None:
     names = [f"soak-{i:04d}" for i in range(DEVICES)]
-    with LocalFabric(tmp_path, secret, [*names, "marker"]) as fab:
+    with Fabric.mosquitto(tmp_path, secret, [*names, "marker"], plane="local") as fab:
         fab.apply(*(manifest(f"{n}-job", n, ["sleep", "600"]) for n in names))
         marker = fab.marker()
         bridge = fab.start_bridge(write_qps=200.0, write_burst=200, count_tasks=True)

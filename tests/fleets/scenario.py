@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from devicefabric.config.fleet import SET_LABEL, TEMPLATE_HASH_LABEL, ProcessTemplate, template_hash
-from tests.support.cli import pid_alive
+from tests.support.procfs import alive
 from tests.support.waiting import wait_for
 
 DEVICES: Final = ("d1", "d2", "d3", "d4", "d5")
@@ -154,7 +154,7 @@ def tell(world: World) -> None:
     world.label("d3", None)
     world.label("d4", "collector")
     _until("d4 in, d3 out", _all(world, {"d1", "d2", "d4"}, V1))
-    _until("d3's process gone from the device", lambda: not pid_alive(d3_pid))
+    _until("d3's process gone from the device", lambda: not alive(d3_pid))
     _settle(world)
     world.mark("relabel: one device out, one in")
 
@@ -204,7 +204,7 @@ def tell(world: World) -> None:
     pids = [o["status"]["pid"] for o in world.owned().values()]
     world.delete_set()
     _until("the set's processes deleted", lambda: world.owned() == {})
-    _until("their processes gone from the devices", lambda: not any(map(pid_alive, pids)))
+    _until("their processes gone from the devices", lambda: not any(map(alive, pids)))
     world.mark("set deleted")
 
 

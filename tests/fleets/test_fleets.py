@@ -30,11 +30,11 @@ from devicefabric.bridge.controlplane.local.fleet import set_store
 from devicefabric.bridge.controlplane.local.plane import LocalControlPlane
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.fleet import SET_LABEL
-from tests.bridge.scene import settings
 from tests.fleets.scenario import DEVICES, ROLE, SET_NAME, Snapshot, snapshot, tell, tell_rollback
-from tests.kube.fabric import KubeFabric, audited
-from tests.kube.fakeapi.client import WatchEnded
+from tests.support.bridges import settings
 from tests.support.cli import cli_argv, run_cli
+from tests.support.fabric import Fabric, audited
+from tests.support.fakeapi.client import WatchEnded
 from tests.support.waiting import wait_for
 
 API = "/apis/devicefabric.io/v1alpha1"
@@ -63,7 +63,7 @@ def set_document(
 
 # -- Kubernetes --------------------------------------------------------------------------------
 class KubeWorld:
-    def __init__(self, fabric: KubeFabric) -> None:
+    def __init__(self, fabric: Fabric) -> None:
         self.fabric = fabric
         self.http = fabric.http
         self.history: list[Snapshot] = []
@@ -202,7 +202,7 @@ def _document(res: Resource) -> dict[str, Any]:
 class BridgeThread:
     """The bridge in-process, on its own loop in a thread, for the block."""
 
-    def __init__(self, fabric: KubeFabric, state: Path) -> None:
+    def __init__(self, fabric: Fabric, state: Path) -> None:
         self.plane = RecordingPlane(state)
         self._fabric = fabric
         self._ready = threading.Event()
@@ -241,7 +241,7 @@ class BridgeThread:
 
 
 class LocalWorld:
-    def __init__(self, fabric: KubeFabric, state: Path, bridge: BridgeThread) -> None:
+    def __init__(self, fabric: Fabric, state: Path, bridge: BridgeThread) -> None:
         self.fabric = fabric
         self.state = state
         self.plane = bridge.plane
@@ -322,7 +322,7 @@ class LocalWorld:
 def test_fleets_on_the_local_control_plane(
     tmp_path: Path, secret: bytes, story: Callable[..., None]
 ) -> None:
-    fabric = KubeFabric(tmp_path, secret, DEVICES)
+    fabric = Fabric.mosquitto(tmp_path, secret, DEVICES, plane="kube")
     try:
         state = tmp_path / "state"
         bridge = BridgeThread(fabric, state)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.fakeapi import ADMIN_USER, FakeApiServer
-from tests.kube.fakeapi.client import Http
+from tests.support.fakeapi import ADMIN_USER, FakeApiServer
+from tests.support.fakeapi.client import Http
 
 
 @pytest.fixture

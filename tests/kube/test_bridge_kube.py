@@ -19,24 +19,25 @@ from typing import Any
 import pytest
 
 from devicefabric.config import deploybundle as manifests
-from tests.kube.fabric import KubeFabric, audited, condition, settled
-from tests.kube.fakeapi import Match
-from tests.kube.fakeapi.client import dp_path
-from tests.kube.fakeapi.faults import RequestRecord
+from tests.support.fabric import Fabric, audited
+from tests.support.fakeapi import Match
+from tests.support.fakeapi.client import dp_path
+from tests.support.fakeapi.faults import RequestRecord
 from tests.support.mqtt import connect
+from tests.support.resources import condition, settled
 from tests.support.waiting import wait_for
 
 DEVICES = ("tor9-99", "dev-a", "dev-b", "dev-c", "dev-d", "dev-e", "dev-f")
 
 
 @pytest.fixture
-def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
+def fabric(tmp_path: Path, secret: bytes) -> Iterator[Fabric]:
     with audited(tmp_path, secret, DEVICES) as fab:
         yield fab
 
 
 def writes(
-    fabric: KubeFabric,
+    fabric: Fabric,
     since: float = 0.0,
     pod: str | None = None,
     resource: str = "deviceprocesses",
@@ -59,12 +60,12 @@ def keys(records: list[RequestRecord], verb: str) -> list[str]:
     return sorted(f"{r.info.namespace}/{r.info.name}" for r in records if r.info.verb == verb)
 
 
-def events_since(fabric: KubeFabric, since_rv: int) -> list[dict[str, Any]]:
+def events_since(fabric: Fabric, since_rv: int) -> list[dict[str, Any]]:
     items = fabric.http.get("/apis/events.k8s.io/v1/namespaces/default/events").body["items"]
     return [e for e in items if int(e["metadata"]["resourceVersion"]) > since_rv]
 
 
-def marker(fabric: KubeFabric, name: str, device: str, *, settle: bool = True) -> None:
+def marker(fabric: Fabric, name: str, device: str, *, settle: bool = True) -> None:
     """A change the bridge must write; once written, every earlier write has happened.
 
     `settle` waits for the whole status (two writes at least `min_write_interval` apart), so a
@@ -87,16 +88,16 @@ BRIDGE_A = "system:serviceaccount:devicefabric-system:devicefabric-bridge#bridge
 BRIDGE_B = "system:serviceaccount:devicefabric-system:devicefabric-bridge#bridge-b"
 
 
-def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubectl: str) -> None:
+def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: Fabric, kubectl: str) -> None:
     """apply -> Running; heartbeats write nothing; kill -9 an agent; watch cut and compacted;
     the leader killed -> the standby leads within the lease, with no redundant write."""
     started = time.monotonic()
-    leader = fabric.start_bridge("bridge-a", **LEASE_ENV)
+    leader = fabric.start_bridge("bridge-a", env=LEASE_ENV)
     agents = ("tor9-99", "dev-a", "dev-b", "dev-c", "dev-d")
     for device in agents:
         fabric.start_agent(device)
     wait_for(lambda: fabric.leader() == "bridge-a", 10, 0.02, what="bridge-a leading")
-    standby = fabric.start_bridge("bridge-b", **LEASE_ENV)
+    standby = fabric.start_bridge("bridge-b", env=LEASE_ENV)
     sample = next(d for d in manifests.samples().split("---\n") if "name: tor9-99-clock" in d)
     applied = fabric.kubectl(kubectl, "apply", "--validate=false", "-f", "-", stdin=sample)
     assert applied.returncode == 0, applied.stderr
@@ -221,19 +222,21 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: KubeFabric, kubec
     )
 
 
-def generation_applied(fabric: KubeFabric, name: str, generation: int) -> bool:
+def generation_applied(fabric: Fabric, name: str, generation: int) -> bool:
     obj = fabric.get(name)
     return settled(obj) and obj["status"]["observedGeneration"] == generation
 
 
-def test_faults_during_a_mass_disconnect_respect_the_write_rate(fabric: KubeFabric) -> None:
+def test_faults_during_a_mass_disconnect_respect_the_write_rate(fabric: Fabric) -> None:
     qps, burst, event_qps, event_burst = 20.0, 5, 10.0, 5
     fabric.start_bridge(
         "bridge-a",
-        DEVICEFABRIC_WRITE_QPS=str(qps),
-        DEVICEFABRIC_WRITE_BURST=str(burst),
-        DEVICEFABRIC_EVENT_QPS=str(event_qps),
-        DEVICEFABRIC_EVENT_BURST=str(event_burst),
+        env={
+            "DEVICEFABRIC_WRITE_QPS": str(qps),
+            "DEVICEFABRIC_WRITE_BURST": str(burst),
+            "DEVICEFABRIC_EVENT_QPS": str(event_qps),
+            "DEVICEFABRIC_EVENT_BURST": str(event_burst),
+        },
     )
     devices = ("dev-a", "dev-b", "dev-c", "dev-d", "dev-e", "dev-f")
     names = [f"{d}-{i}" for d in devices for i in (1, 2)]
@@ -300,7 +303,7 @@ def _retry_gaps(records: list[RequestRecord]) -> list[float]:
     return gaps
 
 
-def test_each_spec_change_is_exactly_one_status_write(fabric: KubeFabric) -> None:
+def test_each_spec_change_is_exactly_one_status_write(fabric: Fabric) -> None:
     """Real agent, real processes: each spec change (stop the old process, start the new one) is
     one status PATCH, the completing one, and no Event; its intermediate states are not written."""
     bridge = fabric.start_bridge("bridge-a")

@@ -2,7 +2,7 @@
 
 Real bridge processes (`bridge run --shards 12`, each with its own bearer token, so the fake's
 request log names the writer of every request), a real mosquitto, 30 simulated devices (raw MQTT
-connections with their retained births and wills, `tests/bridge/fleet.py`), the fake API server
+connections with their retained births and wills, `tests/support/devices.py`), the fake API server
 over HTTP. Timings are scaled down (lease 2 s, renew deadline 1.5 s, retry 0.25 s).
 
 What is checked, from the request log the way an audit log would show it:
@@ -26,11 +26,12 @@ import pytest
 
 from devicefabric.bridge.sharding import shard_of
 from devicefabric.config.topics import Topics
-from tests.bridge.fleet import Fleet
-from tests.kube.fabric import KubeFabric, audited, condition
-from tests.kube.fakeapi.client import LEASES
-from tests.kube.fakeapi.faults import RequestRecord
+from tests.support.devices import Fleet
+from tests.support.fabric import Fabric, audited
+from tests.support.fakeapi.client import LEASES
+from tests.support.fakeapi.faults import RequestRecord
 from tests.support.mqtt import connect
+from tests.support.resources import condition
 from tests.support.waiting import async_wait_for
 
 TOPICS: Final = Topics()
@@ -49,7 +50,7 @@ LEASE_PREFIX: Final = "devicefabric-bridge-"
 
 
 @pytest.fixture
-def fabric(tmp_path: Path, secret: bytes) -> Iterator[KubeFabric]:
+def fabric(tmp_path: Path, secret: bytes) -> Iterator[Fabric]:
     with audited(tmp_path, secret, DEVICES) as fab:
         yield fab
 
@@ -58,7 +59,7 @@ def pod_of(record: RequestRecord) -> str:
     return record.user.rpartition("#")[2]
 
 
-def device_writes(fabric: KubeFabric, since: float = 0.0) -> list[tuple[RequestRecord, str]]:
+def device_writes(fabric: Fabric, since: float = 0.0) -> list[tuple[RequestRecord, str]]:
     """(request, device) of every status PATCH and Event POST by a bridge after `since`."""
     found = []
     for r in fabric.api.log.records():
@@ -78,7 +79,7 @@ def device_of_resource(name: str) -> str:
     return name.removesuffix("-job")
 
 
-def lease_writes(fabric: KubeFabric) -> dict[int, list[tuple[float, str]]]:
+def lease_writes(fabric: Fabric) -> dict[int, list[tuple[float, str]]]:
     """shard -> [(when, holder after)] of every successful write of its Lease, in order."""
     out: dict[int, list[tuple[float, str]]] = {k: [] for k in range(SHARDS)}
     for r in fabric.api.log.records():
@@ -95,7 +96,7 @@ def lease_writes(fabric: KubeFabric) -> dict[int, list[tuple[float, str]]]:
     return out
 
 
-def double_writers(fabric: KubeFabric) -> list[str]:
+def double_writers(fabric: Fabric) -> list[str]:
     """Writes by a replica that was not the shard's last written holder at that moment."""
     leases = lease_writes(fabric)
     wrong = []
@@ -108,7 +109,7 @@ def double_writers(fabric: KubeFabric) -> list[str]:
     return wrong
 
 
-def release_gaps(fabric: KubeFabric, since: float) -> list[float]:
+def release_gaps(fabric: Fabric, since: float) -> list[float]:
     """Seconds from each release (empty holder) after `since` to the shard's next claim."""
     gaps = []
     for history in lease_writes(fabric).values():
@@ -124,7 +125,7 @@ def release_gaps(fabric: KubeFabric, since: float) -> list[float]:
     return gaps
 
 
-def holders(fabric: KubeFabric) -> dict[int, str]:
+def holders(fabric: Fabric) -> dict[int, str]:
     """shard -> holder as stored now (empty when released or never created)."""
     items = fabric.http.get(LEASES).body.get("items") or []
     found: dict[int, str] = {}
@@ -135,18 +136,18 @@ def holders(fabric: KubeFabric) -> dict[int, str]:
     return found
 
 
-def spread(fabric: KubeFabric) -> dict[str, int]:
+def spread(fabric: Fabric) -> dict[str, int]:
     counts: dict[str, int] = {}
     for holder in holders(fabric).values():
         counts[holder] = counts.get(holder, 0) + 1
     return counts
 
 
-def connected(fabric: KubeFabric, device: str) -> str:
+def connected(fabric: Fabric, device: str) -> str:
     return str(condition(fabric.get(f"{device}-job"), "AgentConnected").get("reason", ""))
 
 
-def bridge_status(fabric: KubeFabric) -> dict[str, Any]:
+def bridge_status(fabric: Fabric) -> dict[str, Any]:
     """The retained `bridge/status`, as an observer reads it."""
     observer = connect(fabric.broker, "observer")
     try:
@@ -158,7 +159,7 @@ def bridge_status(fabric: KubeFabric) -> dict[str, Any]:
         observer.close()
 
 
-async def wait_spread(fabric: KubeFabric, pods: set[str], what: str, timeout: float) -> float:
+async def wait_spread(fabric: Fabric, pods: set[str], what: str, timeout: float) -> float:
     """Wait until exactly `pods` hold every shard, each at most its fair share; the time taken."""
     started = time.monotonic()
     share = -(-SHARDS // len(pods))
@@ -173,7 +174,7 @@ async def wait_spread(fabric: KubeFabric, pods: set[str], what: str, timeout: fl
     return time.monotonic() - started
 
 
-async def marker(fleet: Fleet, fabric: KubeFabric, device: str) -> None:
+async def marker(fleet: Fleet, fabric: Fabric, device: str) -> None:
     """`device` drops its connection (its will fires): its shard's holder must write that, a
     status PATCH and then a Warning Event (recorded on its own budget, after the status)."""
     dropped = time.monotonic()
@@ -188,7 +189,7 @@ async def marker(fleet: Fleet, fabric: KubeFabric, device: str) -> None:
 
 
 def test_three_replicas_share_the_writes_hand_over_on_kill_and_rebalance_to_a_fourth(
-    fabric: KubeFabric, secret: bytes
+    fabric: Fabric, secret: bytes
 ) -> None:
     async def story() -> None:
         # Births say a 600 s heartbeat: the devices stay quiet, nothing about them changes.
@@ -202,12 +203,12 @@ def test_three_replicas_share_the_writes_hand_over_on_kill_and_rebalance_to_a_fo
     asyncio.run(story())
 
 
-async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
+async def sharing(fabric: Fabric, fleet: Fleet) -> None:
     await fleet.connect(DEVICES)
     for device in DEVICES:
         fabric.create(f"{device}-job", device)
     for pod in ("bridge-a", "bridge-b", "bridge-c"):
-        fabric.start_bridge(pod, **ENV)
+        fabric.start_bridge(pod, env=ENV)
     await wait_spread(fabric, {"bridge-a", "bridge-b", "bridge-c"}, "start", 30)
 
     # Retained births replayed to a starting bridge are no liveness: one heartbeat confirms each.
@@ -251,7 +252,7 @@ async def sharing(fabric: KubeFabric, fleet: Fleet) -> None:
 
     # A fourth replica: it takes a fair share, again without a needless write.
     joined_at = time.monotonic()
-    fabric.start_bridge("bridge-d", **ENV)
+    fabric.start_bridge("bridge-d", env=ENV)
     took = await wait_spread(fabric, {*survivors, "bridge-d"}, "after the join", 20)
     gaps = release_gaps(fabric, joined_at)
     print(f"[join] bridge-d took shards in {took:.2f}s: {spread(fabric)}; {len(gaps)} released")

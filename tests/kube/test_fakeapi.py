@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.kube.fakeapi import FakeApiServer, Match
-from tests.kube.fakeapi.client import (
+from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi.client import (
     Http,
     created,
     device_process,

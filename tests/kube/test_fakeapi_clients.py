@@ -7,8 +7,6 @@ raises (so the bridge runs its own list-then-watch loop).
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ import pytest
 import yaml
 
 from devicefabric.config import deploybundle as manifests
-from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer, Match
-from tests.kube.fakeapi.client import (
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer, Match
+from tests.support.fakeapi.client import (
     LEASES,
     Http,
     created,
@@ -28,7 +26,8 @@ from tests.kube.fakeapi.client import (
     dp_path,
     lease,
 )
-from tests.kube.fakeapi.rbac import Authorizer
+from tests.support.fakeapi.kubeconfig import kubectl as run_kubectl
+from tests.support.fakeapi.rbac import Authorizer
 
 MERGE = "application/merge-patch+json"
 # The official client's annotations are partial (untyped functions): treat it as Any at this edge.
@@ -217,25 +216,10 @@ def test_official_client_merge_patches_status_and_watch_raises_410_after_one_ret
         client.close()
 
 
-def _kubectl(
-    kubectl: str, kubeconfig: Path, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    return subprocess.run(
-        [kubectl, *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_kubectl_applies_samples_and_prints_our_printer_columns(
     http: Http, api: FakeApiServer, kubeconfig: Path, kubectl: str
 ) -> None:
-    applied = _kubectl(
+    applied = run_kubectl(
         kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
     )
     assert applied.returncode == 0, applied.stderr
@@ -258,24 +242,26 @@ def test_kubectl_applies_samples_and_prints_our_printer_columns(
             }
         },
     )
-    table = _kubectl(kubectl, kubeconfig, "get", "dproc")
+    table = run_kubectl(kubectl, kubeconfig, "get", "dproc")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split() == ["NAME", "DEVICE", "PHASE", "CONNECTED", "RESTARTS", "AGE"]
     clock = next(r.split() for r in rows if r.startswith("tor9-99-clock"))
     assert clock[1:5] == ["tor9-99", "Running", "True", "2"]
-    devices = _kubectl(kubectl, kubeconfig, "get", "dev").stdout.splitlines()
+    devices = run_kubectl(kubectl, kubeconfig, "get", "dev").stdout.splitlines()
     assert devices[0].split() == ["NAME", "CONNECTED", "AGENT", "ARCH", "PROCESSES", "AGE"]
     assert devices[1].split()[0] == "tor9-99"
-    sets = _kubectl(kubectl, kubeconfig, "get", "dpset").stdout.splitlines()
+    sets = run_kubectl(kubectl, kubeconfig, "get", "dpset").stdout.splitlines()
     assert sets[0].split() == ["NAME", "DESIRED", "CURRENT", "UPDATED", "AVAILABLE", "AGE"]
     assert sets[1].split()[0] == "collector"
-    again = _kubectl(
+    again = run_kubectl(
         kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=manifests.samples()
     )
     assert again.stdout.count("unchanged") == 5
     changed = manifests.samples().replace("restartPolicy: Never", "restartPolicy: OnFailure")
-    patched = _kubectl(kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=changed)
+    patched = run_kubectl(
+        kubectl, kubeconfig, "apply", "--validate=false", "-f", "-", stdin=changed
+    )
     assert patched.stdout.count("configured") == 1, patched.stderr
     assert api.log.records(Match(verb="patch", user="admin"))[-1].content_type == MERGE
     backup = http.get(dp_path(name="gw-eu-1-backup")).body

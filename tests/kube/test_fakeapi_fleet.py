@@ -17,8 +17,8 @@ import yaml
 
 from devicefabric.config import deploybundle as manifests
 from devicefabric.config.fleet import SET_LABEL, TEMPLATE_HASH_LABEL
-from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer
-from tests.kube.fakeapi.client import (
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.fakeapi.client import (
     DEVICES,
     Http,
     device,
@@ -30,7 +30,7 @@ from tests.kube.fakeapi.client import (
     set_path,
     take,
 )
-from tests.kube.fakeapi.rbac import Authorizer, used
+from tests.support.fakeapi.rbac import Authorizer, used
 
 SYSTEM = "devicefabric-system"
 SERVICE_ACCOUNT = f"{SYSTEM}/devicefabric-bridge"

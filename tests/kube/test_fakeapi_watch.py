@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tests.kube.fakeapi import FakeApiServer
-from tests.kube.fakeapi.client import (
+from tests.support.fakeapi import FakeApiServer
+from tests.support.fakeapi.client import (
     LEASES,
     Http,
     Response,

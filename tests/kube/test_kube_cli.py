@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi import FakeApiServer, Match
 from tests.support.ports import free_port
 
 

@@ -24,9 +24,9 @@ from devicefabric.bridge.errors import (
     TransientError,
 )
 from devicefabric.config import deploybundle as manifests
-from tests.kube.fakeapi import FakeApiServer, Match
-from tests.kube.fakeapi.client import Http, device_process, dp_path
-from tests.kube.planes import denied, make_plane, running, user_of
+from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi.client import Http, device_process, dp_path
+from tests.support.kubeplane import denied, make_plane, running, user_of
 from tests.support.waiting import async_wait_for
 
 BRIDGE = user_of("bridge-0")

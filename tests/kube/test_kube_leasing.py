@@ -17,9 +17,9 @@ import pytest
 
 from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
 from devicefabric.config.errors import ConfigError
-from tests.kube.fakeapi import FakeApiServer, Match
-from tests.kube.fakeapi.client import Http
-from tests.kube.planes import FAST, denied, make_plane, running, user_of
+from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi.client import Http
+from tests.support.kubeplane import FAST, denied, make_plane, running, user_of
 from tests.support.waiting import async_wait_for
 
 SLACK = 1.0  # s: request latency and scheduling on a loaded two-core machine

@@ -22,9 +22,9 @@ from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import TransientError
 from devicefabric.bridge.sharding import member_lease, shard_of
 from devicefabric.config.errors import ConfigError
-from tests.kube.fakeapi import FakeApiServer, Match
-from tests.kube.fakeapi.client import LEASES, Http
-from tests.kube.planes import FAST, denied, make_plane, running, user_of
+from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi.client import LEASES, Http
+from tests.support.kubeplane import FAST, denied, make_plane, running, user_of
 from tests.support.waiting import async_wait_for
 
 SHARDS = 4

@@ -3,15 +3,16 @@
 Both are separate processes started from what a user would run, so a test exercises the shipped
 entry points:
 
-- `mosquitto_broker(...)`: our generator (`broker.mosquitto.generate`) writes `mosquitto.conf` and
+- `prepare_mosquitto(...)`: our generator (`broker.mosquitto.generate`) writes `mosquitto.conf` and
   the dynamic-security JSON, then `/usr/sbin/mosquitto -c mosquitto.conf` runs them. mosquitto
   knows only the devices it was generated for, so a test names its devices up front.
-- `embedded_broker(...)`: `python -m devicefabric broker run --mqtt 127.0.0.1:PORT --secret-file F
+- `prepare_embedded(...)`: `python -m devicefabric broker run --mqtt 127.0.0.1:PORT --secret-file F
   [--revoked-file F]`. It accepts any valid device name.
+- `prepare(kind, ...)`: either by name.
 
-Each context manager yields a `BrokerProcess` (`host`, `port`, `url`, `secret`, `kind`,
-`password(user)`, `stop()`, `start()`, `restart()`, `kill()`), and always stops the process on exit.
-A restart keeps the port, so clients under test can reconnect to the same address. A broker that
+Each returns a `BrokerProcess` (`host`, `port`, `url`, `secret`, `kind`, `password(user)`,
+`start()`, `stop()`, `restart()`, `kill()`), not started: `running(broker)` runs it for a block and
+always stops it. A restart keeps the port, so clients under test can reconnect to the same address. A broker that
 exits or never opens its port raises `BrokerStartError` with the tail of its log.
 
 mosquitto missing: `require_mosquitto()` skips, except under `CI=true`, where it fails loudly: CI
@@ -325,54 +326,19 @@ def running(broker: BrokerProcess) -> Iterator[BrokerProcess]:
         broker.stop()
 
 
-@contextlib.contextmanager
-def mosquitto_broker(
-    tmp_path: Path,
-    secret: bytes,
-    devices: Iterable[str],
-    *,
-    revoked: Iterable[str] = (),
-    root: str = DEFAULT_ROOT,
-    port: int | None = None,
-) -> Iterator[BrokerProcess]:
-    """A real mosquitto running our generated config for `devices`."""
-    broker = prepare_mosquitto(tmp_path, secret, devices, revoked=revoked, root=root, port=port)
-    with running(broker):
-        yield broker
-
-
-@contextlib.contextmanager
-def embedded_broker(
-    tmp_path: Path,
-    secret: bytes,
-    *,
-    revoked: Iterable[str] = (),
-    port: int | None = None,
-    extra_args: Iterable[str] = (),
-) -> Iterator[BrokerProcess]:
-    """`devicefabric broker run` as a subprocess."""
-    broker = prepare_embedded(tmp_path, secret, revoked=revoked, port=port, extra_args=extra_args)
-    with running(broker):
-        yield broker
-
-
-@contextlib.contextmanager
-def any_broker(
+def prepare(
     kind: BrokerKind,
-    tmp_path: Path,
+    base: Path,
     secret: bytes,
     devices: Iterable[str],
     *,
     revoked: Iterable[str] = (),
     port: int | None = None,
-) -> Iterator[BrokerProcess]:
-    """Either broker by name; `devices` matter only to mosquitto."""
+) -> BrokerProcess:
+    """Either broker by name, not started; `devices` matter only to mosquitto."""
     if kind == "mosquitto":
-        with mosquitto_broker(tmp_path, secret, devices, revoked=revoked, port=port) as broker:
-            yield broker
-    else:
-        with embedded_broker(tmp_path, secret, revoked=revoked, port=port) as broker:
-            yield broker
+        return prepare_mosquitto(base, secret, devices, revoked=revoked, port=port)
+    return prepare_embedded(base, secret, revoked=revoked, port=port)
 
 
 def which_mosquitto_clients() -> tuple[str | None, str | None]:

@@ -1,7 +1,7 @@
 """Running the real `devicefabric` CLI as a subprocess (`python -m devicefabric ...`).
 
 `run_cli` runs a short command to completion (with a deadline) and returns what a user sees:
-exit code, stdout, stderr. `Background` runs a long-lived one (`up`, `agent run`) with its output
+exit code, stdout, stderr (`run` any argv, `sh` a shell line). `Background` runs a long-lived one (`up`, `agent run`) with its output
 in files, and stops it with a signal and a bound. `manifest_text`/`write_manifest` write
 DeviceProcess YAML for a test to apply.
 """
@@ -38,9 +38,19 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "devicefabric", *args]
 
 
-def run_cli(*args: str, stdin: str | None = None, timeout: float = CLI_TIMEOUT) -> Result:
+def run(
+    argv: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = CLI_TIMEOUT,
+) -> Result:
+    """Run `argv` to completion (within `timeout`); what a user sees, whatever the exit code."""
     proc = subprocess.run(
-        cli_argv(*args),
+        argv,
+        cwd=cwd,
+        env=env,
         input=stdin,
         capture_output=True,
         text=True,
@@ -48,6 +58,15 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = CLI_TIMEOUT) 
         check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = CLI_TIMEOUT) -> Result:
+    return run(cli_argv(*args), stdin=stdin, timeout=timeout)
+
+
+def sh(command: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> Result:
+    """A shell command line, as a user pastes one, run in `cwd`."""
+    return run(["sh", "-c", command], cwd=cwd, timeout=timeout)
 
 
 def manifest_text(
@@ -133,31 +152,16 @@ class Background:
         return self.proc.returncode
 
 
-def pid_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def up_args(state: Path, *extra: str) -> list[str]:
+    """`up` with its state in `state`, on free loopback ports."""
+    mqtt, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    return ["up", "--state-dir", str(state), "--mqtt", mqtt, "--http", http, *extra]
 
 
 def start_up(tmp_path: Path, procs: list[Background], *extra: str) -> tuple[Background, Path]:
     """`devicefabric up` on free loopback ports, once it printed its instructions."""
     state = tmp_path / "state"
-    argv = [
-        "--log-format",
-        "json",
-        "up",
-        "--state-dir",
-        str(state),
-        "--mqtt",
-        f"127.0.0.1:{free_port()}",
-        "--http",
-        f"127.0.0.1:{free_port()}",
-        *extra,
-    ]
-    up = Background("up", cli_argv(*argv), tmp_path)
+    up = Background("up", cli_argv("--log-format", "json", *up_args(state, *extra)), tmp_path)
     procs.append(up)
     up.wait_for(
         lambda: "mosquitto_sub" in up.out or not up.alive(),

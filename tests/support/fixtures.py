@@ -22,8 +22,7 @@ from tests.support.brokers import (
     KIND_PARAMS,
     BrokerKind,
     BrokerProcess,
-    prepare_embedded,
-    prepare_mosquitto,
+    prepare,
 )
 
 DEFAULT_DEVICES: Final = (
@@ -71,10 +70,7 @@ def broker_factory(tmp_path: Path, secret: bytes) -> Iterator[BrokerFactory]:
         port: int | None = None,
     ) -> BrokerProcess:
         names = DEFAULT_DEVICES if devices is None else tuple(devices)
-        if kind == "mosquitto":
-            broker = prepare_mosquitto(tmp_path, secret, names, revoked=revoked, port=port)
-        else:
-            broker = prepare_embedded(tmp_path, secret, revoked=revoked, port=port)
+        broker = prepare(kind, tmp_path, secret, names, revoked=revoked, port=port)
         started.append(broker)
         broker.start()
         return broker

@@ -6,8 +6,8 @@ code (None when the broker closed the socket without a CONNACK). The loop is our
 `loop_start`, because paho's loop reconnects forever, even after a refused login; ours never
 reconnects: a test that wants a new connection makes one.
 
-Every message a client receives lands in its `inbox` (a thread-safe `Collector` with deadline-based
-`wait_for`). To show that something was *not* delivered without sleeping, publish a marker on a
+Every message a client receives lands in its `inbox` (`tests.support.inbox.Inbox`, with
+deadline-based `wait_for`). To show that something was *not* delivered without sleeping, publish a marker on a
 topic the watcher may receive after the forbidden act and wait for the marker (`barrier`): the
 brokers deliver one connection's messages in order, so once the marker is in, anything routed
 before it would be too.
@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Self
 
@@ -33,26 +33,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devicefabric.config.names import OBSERVER_USER, is_device_name
-from devicefabric.config.topics import matches
 from tests.support.brokers import BrokerProcess
+from tests.support.inbox import TIMEOUT, Inbox, Message
 
-TIMEOUT: Final = 5.0
 _LOOP_TICK: Final = 0.02
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-    @property
-    def text(self) -> str:
-        return self.payload.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,66 +56,6 @@ class ConnectRefusedError(AssertionError):
         super().__init__(f"connect as {who} refused: {said}")
 
 
-class Collector:
-    """Thread-safe record of received messages with deadline-based waits."""
-
-    def __init__(self, patience: float = TIMEOUT) -> None:
-        self._cond = threading.Condition()
-        self._messages: list[Message] = []
-        self.patience = patience  # the default wait: longer on a broker whose delivery may lag
-
-    def add(self, message: Message) -> None:
-        with self._cond:
-            self._messages.append(message)
-            self._cond.notify_all()
-
-    def messages(self, topic_filter: str = "#") -> list[Message]:
-        with self._cond:
-            return [m for m in self._messages if matches(topic_filter, m.topic)]
-
-    def topics(self) -> list[str]:
-        with self._cond:
-            return [m.topic for m in self._messages]
-
-    def clear(self) -> None:
-        with self._cond:
-            self._messages.clear()
-
-    def wait_for(
-        self,
-        topic_filter: str = "#",
-        predicate: Callable[[Message], bool] | None = None,
-        timeout: float | None = None,
-    ) -> Message:
-        """The first message (already received or arriving) on `topic_filter` passing `predicate`."""
-        timeout = self.patience if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for message in self._messages:
-                    if matches(topic_filter, message.topic) and (
-                        predicate is None or predicate(message)
-                    ):
-                        return message
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    seen = [m.topic for m in self._messages][-20:]
-                    raise AssertionError(
-                        f"no message on {topic_filter!r} within {timeout}s; last topics: {seen}"
-                    )
-                self._cond.wait(left)
-
-    def wait_count(self, count: int, topic_filter: str = "#", timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (self.patience if timeout is None else timeout)
-        with self._cond:
-            while sum(1 for m in self._messages if matches(topic_filter, m.topic)) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    got = len(self.messages(topic_filter))
-                    raise AssertionError(f"{got} of {count} messages on {topic_filter!r}")
-                self._cond.wait(left)
-
-
 def _payload(payload: bytes | str | dict[str, Any]) -> bytes:
     if isinstance(payload, dict):
         return json.dumps(payload).encode()
@@ -145,7 +69,7 @@ class Client:
         self.paho = paho_client
         self.user = user
         self.client_id = client_id
-        self.inbox = Collector()
+        self.inbox = Inbox()
         self.default_qos = 1  # of `subscribe`; the observer's is 0 on NATS (`connect`)
         self.connack = threading.Event()
         self.connack_code: ReasonCode | None = None

@@ -21,9 +21,9 @@ import yaml
 from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.config import deploybundle as manifests
-from tests.kube.fakeapi import BRIDGE_USER, FakeApiServer
-from tests.kube.fakeapi.faults import RequestRecord
-from tests.kube.fakeapi.rbac import Authorizer
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.fakeapi.faults import RequestRecord
+from tests.support.fakeapi.rbac import Authorizer
 from tests.support.waiting import async_wait_for
 
 FAST = {

@@ -1,10 +1,10 @@
-"""Test harness for the embedded broker: the broker in a thread, paho clients, raw MQTT sockets.
+"""The embedded broker in-process, for its own tests: the broker in a thread, clients, raw sockets.
 
 - `BrokerThread` runs an `EmbeddedBroker` on its own event loop in a background thread, bound to
   port 0 (the OS picks a free port, so there is no race with other tests), and always stops it.
 - `Peer` is a paho-mqtt 2.x client (`CallbackAPIVersion.VERSION2`) that records what it receives
-  in an `Inbox` with deadline-based waits; it never reconnects on its own.
-- `RawPeer` speaks MQTT with bytes built by the `*_packet` helpers, for what paho refuses to do:
+  in an `Inbox` (`tests.support.inbox`) with deadline-based waits; it never reconnects on its own.
+- `RawPeer` speaks MQTT with bytes built by `tests.support.packets`, for what paho refuses to do:
   go silent mid-keepalive, stall mid-packet, send malformed packets.
 
 To show that something was *not* delivered without sleeping, tests publish a marker after the
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -33,7 +31,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devicefabric.broker.auth import Gatekeeper
 from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker
 from devicefabric.config.credentials import password_for
-from devicefabric.config.topics import matches
+from tests.support.inbox import Inbox, Message
+from tests.support.packets import connect_packet
 
 T = TypeVar("T")
 TIMEOUT: Final = 5.0
@@ -113,52 +112,6 @@ class BrokerThread:
 
         self._loop.call_soon_threadsafe(run)
         return result.result(TIMEOUT)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-class Inbox:
-    """Thread-safe list of received messages with deadline-based waits."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._messages: list[Message] = []
-
-    def add(self, message: Message) -> None:
-        with self._cond:
-            self._messages.append(message)
-            self._cond.notify_all()
-
-    def messages(self, topic_filter: str = "#") -> list[Message]:
-        with self._cond:
-            return [m for m in self._messages if matches(topic_filter, m.topic)]
-
-    def wait_for(self, topic: str, payload: bytes | None = None, timeout: float = TIMEOUT) -> None:
-        def found() -> bool:
-            return any(
-                matches(topic, m.topic) and (payload is None or m.payload == payload)
-                for m in self._messages
-            )
-
-        with self._cond:
-            if not self._cond.wait_for(found, timeout):
-                seen = [(m.topic, m.payload[:40]) for m in self._messages[-10:]]
-                raise AssertionError(f"no {topic!r} {payload!r} within {timeout}s; last: {seen}")
-
-    def wait_count(self, count: int, topic_filter: str = "#", timeout: float = TIMEOUT) -> None:
-        with self._cond:
-            if not self._cond.wait_for(
-                lambda: sum(matches(topic_filter, m.topic) for m in self._messages) >= count,
-                timeout,
-            ):
-                got = sum(matches(topic_filter, m.topic) for m in self._messages)
-                raise AssertionError(f"{got} of {count} messages on {topic_filter!r}")
 
 
 class Peer:
@@ -281,58 +234,6 @@ def _password(broker: BrokerThread, user: str) -> str:
         return broker.password(user)
     except Exception:  # no derivable password for a malformed name: send a plausible one
         return "x" * 43
-
-
-# -- raw MQTT ----------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + _varint(len(body)) + body
-
-
-def connect_packet(
-    client_id: str,
-    username: str | None = None,
-    password: str | None = None,
-    *,
-    keepalive: int = 60,
-    will: tuple[str, bytes] | None = None,
-    clean: bool = True,
-) -> bytes:
-    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
-    flags |= 0x40 if password is not None else 0
-    payload = _string(client_id)
-    if will is not None:
-        flags |= 0x04 | (1 << 3)  # will flag, will QoS 1
-        payload += _string(will[0]) + _string(will[1])
-    if username is not None:
-        payload += _string(username)
-    if password is not None:
-        payload += _string(password)
-    return packet(
-        0x10, _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
-    )
-
-
-def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1) -> bytes:
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return packet(0x30 | (qos << 1), body)
-
-
-def subscribe_packet(topic_filter: str, qos: int = 0, packet_id: int = 1, flags: int = 2) -> bytes:
-    return packet(0x80 | flags, struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos]))
 
 
 class RawPeer:

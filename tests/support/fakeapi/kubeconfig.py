@@ -3,10 +3,13 @@
 The user is a bearer token whose text is the user's name (the fake logs it as the requester), so
 a test can give the bridge the ServiceAccount's identity and kubectl an admin one, and the RBAC
 check can tell their requests apart. Plain HTTP on loopback: no TLS material is written.
+`kubectl(binary, kubeconfig, *args)` runs a kubectl with one.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Final
 
@@ -38,3 +41,19 @@ def write_kubeconfig(
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     path.chmod(0o600)
     return path
+
+
+def kubectl(
+    binary: str, kubeconfig: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`binary args...` with `KUBECONFIG=kubeconfig`, its output captured (never raises)."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    return subprocess.run(
+        [binary, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

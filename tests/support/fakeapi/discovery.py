@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from tests.kube.fakeapi.kinds import ResourceType
+from tests.support.fakeapi.kinds import ResourceType
 
 if TYPE_CHECKING:
-    from tests.kube.fakeapi.faults import RequestInfo
-    from tests.kube.fakeapi.server import FakeApiServer
+    from tests.support.fakeapi.faults import RequestInfo
+    from tests.support.fakeapi.server import FakeApiServer
 
 VERSION: Final = {
     "major": "1",

@@ -38,11 +38,11 @@ import yaml
 
 from devicefabric.config.deploybundle import CRD, read
 from devicefabric.config.resource import KIND
-from tests.kube.fakeapi.faults import Match, RequestInfo, RequestLog
-from tests.kube.fakeapi.handler import ApiHTTPServer, Handler
-from tests.kube.fakeapi.kinds import BUILT_IN, ResourceType, from_crd
-from tests.kube.fakeapi.kubeconfig import write_kubeconfig
-from tests.kube.fakeapi.store import ApiError, Store
+from tests.support.fakeapi.faults import Match, RequestInfo, RequestLog
+from tests.support.fakeapi.handler import ApiHTTPServer, Handler
+from tests.support.fakeapi.kinds import BUILT_IN, ResourceType, from_crd
+from tests.support.fakeapi.kubeconfig import write_kubeconfig
+from tests.support.fakeapi.store import ApiError, Store
 
 
 class FakeApiServer:

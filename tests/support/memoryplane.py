@@ -46,15 +46,9 @@ def resource(
     status: dict[str, object] | None = None,
 ) -> Resource:
     """A DeviceProcess as a control plane would store it."""
-    return Resource(
-        namespace=namespace,
-        name=name,
-        uid=f"uid-{namespace}-{name}",
-        generation=generation,
-        resource_version="1",
-        spec=spec if spec is not None else {"deviceName": device, "command": command or ["true"]},
-        status=status or {},
-    )
+    spec = spec if spec is not None else {"deviceName": device, "command": command or ["true"]}
+    uid = f"uid-{namespace}-{name}"
+    return Resource(namespace, name, uid, generation, "1", spec, status or {})
 
 
 @dataclass

@@ -1,21 +1,16 @@
-"""Helpers for the agent's tests: desired entries and documents, and "is this pid alive"."""
+"""Desired documents as the bridge sends them and the agent reads them, for the agent's tests."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from devicefabric.agent.reconciling import Want
 from devicefabric.config import lean
 from devicefabric.config.resource import DeviceProcessSpec
 from devicefabric.config.wire import Desired, DesiredProcess, encode, make_desired
+from tests.support.resources import NAMESPACE, key
 
 DEVICE = "tor9-99"
-NAMESPACE = "default"
 
 
 def spec(command: list[str], device: str = DEVICE, **fields: Any) -> DeviceProcessSpec:
@@ -34,8 +29,7 @@ def lean_spec(model: DeviceProcessSpec) -> lean.ProcessSpec:
 
 
 def want(name: str, command: list[str], generation: int = 1, **fields: Any) -> Want:
-    key = f"{NAMESPACE}/{name}"
-    return Want(key, f"uid-{name}", generation, lean_spec(spec(command, **fields)))
+    return Want(key(name), f"uid-{name}", generation, lean_spec(spec(command, **fields)))
 
 
 def desired_process(
@@ -52,24 +46,3 @@ def desired_process(
 
 def document(*processes: DesiredProcess) -> Desired:
     return make_desired(list(processes))
-
-
-def key(name: str) -> str:
-    return f"{NAMESPACE}/{name}"
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (PID 1 here may be slow to reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def kill_all(pids: Iterable[int]) -> None:
-    """Teardown: SIGKILL every pid (and its group) a test saw; gone ones are ignored."""
-    for pid in set(pids):
-        for send in (os.killpg, os.kill):
-            with contextlib.suppress(OSError):
-                send(pid, signal.SIGKILL)

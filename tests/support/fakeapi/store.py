@@ -43,9 +43,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from tests.kube.fakeapi.kinds import ResourceType
-from tests.kube.fakeapi.patching import apply_patch
-from tests.kube.fakeapi.schema import FieldError
+from tests.support.fakeapi.kinds import ResourceType
+from tests.support.fakeapi.patching import apply_patch
+from tests.support.fakeapi.schema import FieldError
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Propagation = Literal["Orphan", "Background", "Foreground"]

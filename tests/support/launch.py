@@ -1,12 +1,13 @@
-"""`python tests/faults/launch.py <devicefabric args>`: the real CLI with two test instruments.
+"""`python tests/support/launch.py <devicefabric args>`: the real CLI with two test instruments.
 
-The fault tests start this file instead of `python -m devicefabric` when they need to see or bend
-something a real process does not expose; everything else is the shipped CLI, unchanged:
+The kit (`tests.support.processes`) starts this file instead of `python -m devicefabric` when a
+test needs to see or bend something a real process does not expose; everything else is the shipped
+CLI, unchanged:
 
 - `FAULTS_CLOCK_OFFSET=<seconds>`: the process's wall clock is that far off (`time.time`,
   `time.time_ns` and `datetime.now`/`utcnow`), like a device whose RTC is hours wrong. The
   monotonic clock is untouched, as on a real device (it counts from boot). This is the one mock
-  the fault tests allow: a clock. It must be installed before `devicefabric` is imported, since
+  the tests allow: a clock. It must be installed before `devicefabric` is imported, since
   modules take `datetime` by name at import time.
 - `FAULTS_TASKS_FILE=<path>`: every second, the number of asyncio tasks of the running program is
   written to that file (atomically), so a soak can compare task counts before and after.

@@ -27,14 +27,14 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from tests.kube.fakeapi import discovery, selectors, tables
-from tests.kube.fakeapi.faults import RequestInfo, RequestRecord, parse_request, stamp
-from tests.kube.fakeapi.kinds import ResourceType
-from tests.kube.fakeapi.patching import PatchError
-from tests.kube.fakeapi.store import ApiError, Propagation, Watcher
+from tests.support.fakeapi import discovery, selectors, tables
+from tests.support.fakeapi.faults import RequestInfo, RequestRecord, parse_request, stamp
+from tests.support.fakeapi.kinds import ResourceType
+from tests.support.fakeapi.patching import PatchError
+from tests.support.fakeapi.store import ApiError, Propagation, Watcher
 
 if TYPE_CHECKING:
-    from tests.kube.fakeapi.server import FakeApiServer
+    from tests.support.fakeapi.server import FakeApiServer
 
 
 def status_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:

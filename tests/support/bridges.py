@@ -15,8 +15,8 @@ from devicefabric.bridge.tracking import Device
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
-from tests.bridge.memory_cp import MemoryControlPlane
 from tests.support.brokers import BrokerProcess
+from tests.support.memoryplane import MemoryControlPlane
 from tests.support.waiting import async_wait_for
 
 

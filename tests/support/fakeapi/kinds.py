@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tests.kube.fakeapi.schema import FieldError, StructuralSchema
+from tests.support.fakeapi.schema import FieldError, StructuralSchema
 
 Validator = Callable[[Mapping[str, Any]], list[FieldError]]
 

@@ -6,8 +6,9 @@ name, its derived password) with the agent's retained will, so the broker fires 
 running event loop (paho's `loop_read`/`loop_write`/`loop_misc`), so hundreds of devices cost no
 threads and share the loop with the bridge under test.
 
-`Fleet` makes and tracks them: `connect(names)` (births, optional reports), `beat()` (one heartbeat
-from every live device), `beating()` (a heartbeat task for a block), `drop`/`shutdown`/`reconnect`.
+`Fleet` makes and tracks them: `connect(names)` (births; `desired=True` subscribes them to their
+desired documents), `beat()` (one heartbeat from every live device), `beating()` (a heartbeat task
+for a block), `drop`/`shutdown`/`reconnect`.
 """
 
 from __future__ import annotations
@@ -176,7 +177,11 @@ class Fleet:
     def __getitem__(self, name: str) -> SimDevice:
         return self.devices[name]
 
-    async def connect(self, names: Iterable[str], *, birth: bool = True) -> None:
+    async def connect(
+        self, names: Iterable[str], *, birth: bool = True, desired: bool = False
+    ) -> None:
+        """Connect `names` (with their births unless `birth` is false; subscribed to their
+        desired documents with `desired`)."""
         if self._misc is None:
             self._misc = asyncio.create_task(self._keepalive(), name="fleet-keepalive")
         new = [
@@ -195,6 +200,8 @@ class Fleet:
         await asyncio.gather(*(d.connect() for d in new))
         if birth:
             await asyncio.gather(*(d.birth() for d in new))
+        if desired:
+            await asyncio.gather(*(d.subscribe_desired() for d in new))
 
     async def reconnect(self, name: str) -> SimDevice:
         """A new connection (new session) for `name`, with its birth."""

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tests.kube.fakeapi.faults import RequestInfo, RequestRecord
+from tests.support.fakeapi.faults import RequestInfo, RequestRecord
 
 _DISCOVERY: Final = ("/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz")
 

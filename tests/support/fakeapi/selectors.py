@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tests.kube.fakeapi.store import ApiError
+from tests.support.fakeapi.store import ApiError
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 _SET: Final = re.compile(r"^\s*([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")

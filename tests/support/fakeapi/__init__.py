@@ -12,9 +12,9 @@ injection), `selectors`, `tables`, `discovery`, `kubeconfig`, `client` (a plain-
 tests), and `rbac` (checks the log against our shipped Roles).
 """
 
-from tests.kube.fakeapi.faults import Match, RequestLog, RequestRecord
-from tests.kube.fakeapi.kubeconfig import ADMIN_USER, BRIDGE_USER, write_kubeconfig
-from tests.kube.fakeapi.server import FakeApiServer
+from tests.support.fakeapi.faults import Match, RequestLog, RequestRecord
+from tests.support.fakeapi.kubeconfig import ADMIN_USER, BRIDGE_USER, write_kubeconfig
+from tests.support.fakeapi.server import FakeApiServer
 
 __all__ = [
     "ADMIN_USER",

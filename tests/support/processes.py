@@ -1,0 +1,423 @@
+"""The fabric's programs as subprocesses: agents and bridges started from the shipped CLI.
+
+- `Proc`: one program run after run (`start()` again after a stop or a kill), its output in a
+  log file per run (`<name>-<run>.log`), an environment without our `DEVICEFABRIC_*`,
+  `KUBECONFIG` or `POD_*` variables (a test passes what it means). `kill()` is kill -9 (no clean
+  shutdown: the broker fires the will); `stop()` is SIGTERM with a bound, then SIGKILL (None).
+  `wait(...)` is `waiting.wait_for` failing with the tail of the log.
+- `AgentProcess`: `devicefabric agent run` for one device against a `BrokerProcess`; through
+  `launch.py` when its clock is skewed (`clock_offset`) or its log goes through a pipe
+  (`pipe_log`, so a file-size limit on the agent cannot silence it). `close()` is the teardown:
+  a clean stop (the agent stops its children), then every child the test saw (`pids`) or the
+  agent's ledger still records, by process group.
+- `BridgeProcess`: `devicefabric bridge run --control-plane local|kube` (through `launch.py`
+  when its asyncio tasks are counted); what it serves: `/readyz`, `/devices`, `/metrics`
+  (parsed into `Metrics`).
+- `kill_groups({pid: start time})`: teardown of processes agents left (a reused pid is skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final, Literal
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from devicefabric.agent.leftovers import CHILDREN_FILE, start_time
+from tests.support.brokers import BrokerProcess
+from tests.support.desired import DEVICE
+from tests.support.ports import free_port
+from tests.support.procfs import alive
+from tests.support.waiting import ConditionTimeoutError, wait_for
+
+LAUNCHER: Final = Path(__file__).with_name("launch.py")
+STOP_BOUND: Final = 15.0
+READY_TIMEOUT: Final = 20.0
+Doc = dict[str, Any]
+Plane = Literal["local", "kube"]
+
+
+def clean_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """This process's environment without ours (`DEVICEFABRIC_*`, `KUBECONFIG`, `POD_*`)."""
+    ours = ("DEVICEFABRIC_", "KUBECONFIG", "POD_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    return {**base, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def json_lines(path: Path) -> list[Doc]:
+    """The JSON objects of a log file, one per line (other lines skipped)."""
+    lines: list[Doc] = []
+    with contextlib.suppress(FileNotFoundError):
+        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(raw)
+                if isinstance(doc, dict):
+                    lines.append(doc)
+    return lines
+
+
+def kill_groups(seen: Mapping[int, int | None]) -> None:
+    """Teardown: SIGKILL each process group (and pid) `{pid: start time}` still names.
+
+    The start time (`leftovers.start_time`) tells a process we saw from one that reused its pid;
+    None kills whatever runs under that pid (the caller checked it).
+    """
+    for pid, started in seen.items():
+        if started is not None and start_time(pid) != started:
+            continue
+        for send in (os.killpg, os.kill):
+            with contextlib.suppress(OSError):
+                send(pid, signal.SIGKILL)
+
+
+class Proc:
+    """One CLI program, started with `start()`, possibly many times; see the module doc."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        self.env: dict[str, str] = {}  # extra environment of every run
+        self.pipe_log = False
+        self._pump: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} run {self.runs}>"
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_of(self.runs)
+
+    def log_of(self, run: int) -> Path:
+        return self.workdir / f"{self.name}-{run}.log"
+
+    def start(self) -> None:
+        self.close_pipe()
+        self.runs += 1
+        argv, env = self.argv(), clean_env(self.env)
+        common: dict[str, Any] = {"stdin": subprocess.DEVNULL, "env": env, "cwd": self.workdir}
+        if not self.pipe_log:
+            with self.log_path.open("wb") as log:
+                self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **common)
+            return
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **common
+        )
+        assert self.proc.stdout is not None
+        self._pump = threading.Thread(
+            target=_pump, args=(self.proc.stdout, self.log_path), name="log-pump", daemon=True
+        )
+        self._pump.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self} was never started"
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """It runs (never exited since it was last started)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, no offline message; the broker fires the will."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(STOP_BOUND)
+
+    def stop(self, timeout: float = STOP_BOUND) -> int | None:
+        """SIGTERM and wait (SIGKILL past the bound); the exit code, None when it was killed."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_BOUND)
+            return None
+
+    def wait_exit(self, timeout: float = STOP_BOUND) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_lines(self, run: int | None = None) -> list[Doc]:
+        """The json log lines of one run (default: the current one)."""
+        return json_lines(self.log_of(run or self.runs))
+
+    def logged(self, msg: str = "", **fields: str) -> list[Doc]:
+        """Log lines of the current run containing `msg` and carrying `fields` (`reason=...`)."""
+        return [
+            line
+            for line in self.log_lines()
+            if msg in str(line.get("msg", "")) and all(line.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """`waiting.wait_for`, failing with the tail of this program's log."""
+        try:
+            return wait_for(predicate, timeout, 0.02, what)
+        except ConditionTimeoutError as exc:
+            tail = "\n".join(self.log_text().splitlines()[-30:])
+            raise ConditionTimeoutError(f"{exc}\n--- {self.name} log (tail) ---\n{tail}") from None
+
+    def close_pipe(self) -> None:
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+            self._pump = None
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _pump(source: IO[bytes], path: Path) -> None:
+    with path.open("ab") as sink:
+        for line in source:
+            sink.write(line)
+            sink.flush()
+
+
+def _launcher(launch: bool) -> list[str]:
+    """How to run the CLI: `python -m devicefabric`, or through `launch.py` (its instruments)."""
+    return [sys.executable, str(LAUNCHER)] if launch else [sys.executable, "-m", "devicefabric"]
+
+
+class AgentProcess(Proc):
+    """`devicefabric agent run` for one device; see the module doc."""
+
+    def __init__(
+        self,
+        broker: BrokerProcess,
+        workdir: Path,
+        *,
+        device: str = DEVICE,
+        heartbeat: int = 1,
+        extra: Sequence[str] = (),
+        password_file: Path | None = None,
+        broker_urls: str | None = None,
+        clock_offset: float = 0.0,
+        pipe_log: bool = False,
+        prefix: Iterable[str] = (),
+    ) -> None:
+        """`prefix` runs the command elsewhere (`ip netns exec NS`)."""
+        super().__init__(f"agent-{device}", workdir)
+        self.prefix = list(prefix)
+        self.broker = broker
+        self.device = device
+        self.state_dir = workdir / f"state-{device}"
+        self.pipe_log = pipe_log
+        self.clock_offset = clock_offset
+        if clock_offset:
+            self.env["FAULTS_CLOCK_OFFSET"] = str(clock_offset)
+        self.options = [
+            "--device",
+            device,
+            "--broker",
+            broker.url if broker_urls is None else broker_urls,
+            "--password-file",
+            str(password_file or broker.password_file(device)),
+            "--state-dir",
+            str(self.state_dir),
+            "--heartbeat",
+            str(heartbeat),
+            "--max-reconnect-backoff",
+            "0.5",
+            *extra,
+        ]
+        self.pids: list[int] = []  # children seen by the test, killed at teardown
+
+    def argv(self) -> list[str]:
+        launcher = _launcher(bool(self.clock_offset or self.pipe_log))
+        return [*self.prefix, *launcher, "--log-format", "json", "agent", "run", *self.options]
+
+    def terminate(self, timeout: float = STOP_BOUND) -> int:
+        """SIGTERM and wait for the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def limit_file_size(self, limit: int) -> None:
+        """RLIMIT_FSIZE of the running agent: any write past `limit` bytes of a file fails with
+        EFBIG (Python ignores SIGXFSZ), as on a full disk, which needs no privilege to simulate."""
+        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (limit, limit))
+
+    def signal_stop(self) -> None:
+        """SIGTERM without waiting (a fabric stops all its agents at once, then waits)."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Teardown: a clean stop if possible (the agent stops its children), then SIGKILL, then
+        every child pid the test saw or the agent's ledger still records."""
+        self.stop()
+        self.close_pipe()
+        recorded: dict[int, int | None] = dict.fromkeys(self.pids)
+        with contextlib.suppress(OSError, ValueError):
+            ledger = json.loads((self.state_dir / CHILDREN_FILE).read_text())
+            recorded.update({int(p): int(t) for p, t in ledger.items()})
+        kill_groups(recorded)
+
+
+class Metrics:
+    """One scrape of `/metrics`: `value(name, **labels)` sums the matching samples."""
+
+    def __init__(self, text: str) -> None:
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(
+            v
+            for n, lab, v in self.samples
+            if n == name and all(lab.get(k) == want for k, want in labels.items())
+        )
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        return {lab[label]: v for n, lab, v in self.samples if n == name and label in lab}
+
+
+class BridgeProcess(Proc):
+    """`devicefabric bridge run` on either control plane; see the module doc.
+
+    `options` are flags with values (`{"--write-qps": "20"}`), `extra` more argv; `prefix` runs
+    the command elsewhere (`ip netns exec NS`), serving HTTP on `http_host`. Each run gets a new
+    HTTP port.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerProcess,
+        workdir: Path,
+        *,
+        name: str = "bridge",
+        plane: Plane = "local",
+        state_dir: Path | None = None,
+        options: Mapping[str, str] = {},
+        extra: Iterable[str] = (),
+        prefix: Iterable[str] = (),
+        http_host: str = "127.0.0.1",
+        count_tasks: bool = False,
+        env: Mapping[str, str] = {},
+    ) -> None:
+        super().__init__(name, workdir)
+        self.broker = broker
+        self.plane = plane
+        self.state_dir = state_dir
+        self.options = dict(options)
+        self.extra = list(extra)
+        self.prefix = list(prefix)
+        self.http_host = http_host
+        self.port = 0
+        self.env = dict(env)
+        self.tasks_path = workdir / f"{name}.tasks" if count_tasks else None
+        if self.tasks_path is not None:
+            self.env["FAULTS_TASKS_FILE"] = str(self.tasks_path)
+
+    def argv(self) -> list[str]:
+        argv = [*self.prefix, *_launcher(self.tasks_path is not None), "--log-format", "json"]
+        argv += ["bridge", "run", "--broker", self.broker.url, "--control-plane", self.plane]
+        argv += ["--password-file", str(self.broker.password_file("bridge"))]
+        argv += ["--client-id", f"bridge_{self.name}", "--http", f"{self.http_host}:{self.port}"]
+        if self.state_dir is not None:
+            argv += ["--state-dir", str(self.state_dir)]
+        return [*argv, *(item for pair in self.options.items() for item in pair), *self.extra]
+
+    def start(self, timeout: float | None = READY_TIMEOUT) -> None:
+        """Start on a new HTTP port; wait until `/readyz` says ready (unless `timeout` is None)."""
+        self.port = free_port()
+        super().start()
+        if timeout is not None:
+            self.wait(lambda: self.readyz().get("ready") is True, timeout, "the bridge ready")
+
+    # -- what it serves ----------------------------------------------------------------------------
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            url = f"http://{self.http_host}:{self.port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    def readyz(self) -> Doc:
+        """The `/readyz` document (whatever its status code); {} when nothing answers."""
+        status, body = self.get("/readyz")
+        try:
+            doc: Doc = json.loads(body) if status else {}
+        except ValueError:
+            return {}
+        return doc
+
+    def devices(self) -> dict[str, Doc]:
+        """The bridge's view of every device it knows, by name (`/devices`)."""
+        status, body = self.get("/devices")
+        assert status == 200, f"/devices answered {status}"
+        return {d["device"]: d for d in json.loads(body)}
+
+    def metrics(self) -> Metrics:
+        status, body = self.get("/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        return Metrics(body.decode())
+
+    def idle(self) -> bool:
+        """Primed and nothing queued or in flight in the write queue."""
+        doc = self.readyz()
+        return doc.get("mqtt") == "primed" and doc.get("queueDepth") == 0
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Idle twice, a local poll interval apart (a write's echo may queue a key once more)."""
+        for _ in range(2):
+            self.wait(self.idle, timeout, "the bridge idle")
+            time.sleep(0.15)  # longer than a journal poll of the local control plane
+        self.wait(self.idle, timeout, "the bridge idle")
+
+    def tasks(self) -> int:
+        """The bridge's asyncio tasks, counted (by `launch.py`) after this call began."""
+        path = self.tasks_path
+        assert path is not None, "start the bridge with count_tasks=True"
+        asked = time.time()
+        self.wait(lambda: path.stat().st_mtime >= asked, 5, "a fresh count of tasks")
+        return int(path.read_text())
+
+
+def running_pids(report: Doc) -> dict[str, int]:
+    """`{key: pid}` of the processes an agent's report shows Running."""
+    return {
+        key: int(proc["pid"])
+        for key, proc in report["processes"].items()
+        if proc.get("phase") == "Running" and "pid" in proc
+    }
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 5.0) -> None:
+    """Until none of `pids` runs (exists and is not a zombie)."""
+    pids = list(pids)
+    wait_for(lambda: not any(alive(p) for p in pids), timeout, 0.02, f"{pids} gone")
