@@ -31,9 +31,10 @@ from typing import Final
 from devicefabric.bridge.controlplane.base import ControlPlane
 from devicefabric.bridge.errors import NotFoundError, TransientError
 from devicefabric.bridge.metrics import BridgeMetrics
-from devicefabric.bridge.queueing import TokenBucket, wait_until_due
+from devicefabric.bridge.queueing import TokenBucket, pop_when_due
 from devicefabric.bridge.statuses import PlannedEvent
 from devicefabric.config.errors import DeviceFabricError
+from devicefabric.runtime.backoff import retry_delay
 
 log = logging.getLogger("devicefabric.bridge.events")
 
@@ -82,11 +83,9 @@ class EventLog:
 
     def fail(self, entry: PendingEvent, now: float, retry_after: float | None = None) -> None:
         """Recording `entry` failed transiently: back at the head, after its back-off."""
-        backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2**entry.failures)
-        if retry_after is not None:
-            backoff = max(backoff, retry_after)
+        delay = retry_delay(BASE_BACKOFF, MAX_BACKOFF, entry.failures, retry_after)
         entry.failures += 1
-        entry.not_before = now + backoff
+        entry.not_before = now + delay
         self._entries.appendleft(entry)
 
     def forget(self, key: str) -> None:
@@ -140,12 +139,7 @@ class EventRecorder:
             await self._record(entry)
 
     async def _next(self) -> PendingEvent:
-        while True:
-            now = self._clock()
-            entry = self.log.pop(now)
-            if entry is not None:
-                return entry
-            await wait_until_due(self._wakeup, self.log.next_due(), now)
+        return await pop_when_due(self.log.pop, self.log.next_due, self._wakeup, self._clock)
 
     async def _record(self, entry: PendingEvent) -> None:
         key, event = entry.key, entry.event

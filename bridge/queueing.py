@@ -12,8 +12,9 @@ still ends at the right value.
 - `done(key, outcome)`: `WROTE` spends one of the key's write credits: a key may write `key_burst`
   times in quick succession (a new resource goes Pending -> Running at once), then at most once
   per `min_interval` (a per-key token bucket), which bounds a flapping device to one write per
-  resource per interval; a run is not started before the key has a credit. `RETRY` backs off exponentially per key (`base_backoff x 2^failures`, capped), or
-  `retry_after` when the control plane said so; `DROP` forgets the key (it is gone).
+  resource per interval; a run is not started before the key has a credit. `RETRY` backs off
+  exponentially per key (`runtime.backoff.retry_delay`: `base_backoff x 2^failures`, capped),
+  never sooner than the `retry_after` the control plane gave; `DROP` forgets the key (it is gone).
 - Stale heap entries (a key re-added earlier) are skipped lazily by comparing due times.
 
 `TokenBucket` is the global write budget (`--write-qps`, `--write-burst`): `reserve(now)` takes a
@@ -28,17 +29,20 @@ maps the bridge's errors onto outcomes (conflict: retry soon; transient: back of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from devicefabric.bridge.errors import ConflictError, NotFoundError, TransientError
+from devicefabric.runtime.backoff import retry_delay
 
 log = logging.getLogger("devicefabric.bridge.queue")
+T = TypeVar("T")
 
 Clock = Callable[[], float]
 DEFAULT_BASE_BACKOFF: Final = 0.1
@@ -133,10 +137,8 @@ class KeyedQueue:
         if outcome is Outcome.RETRY:
             failures = self._failures.get(key, 0)
             self._failures[key] = failures + 1
-            backoff = min(self.max_backoff, self.base_backoff * 2**failures)
-            if retry_after is not None:
-                backoff = max(backoff, retry_after)
-            self._not_before[key] = now + backoff
+            delay = retry_delay(self.base_backoff, self.max_backoff, failures, retry_after)
+            self._not_before[key] = now + delay
             self.add(key, now)
             return
         self._failures.pop(key, None)
@@ -190,15 +192,25 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
-async def wait_until_due(wakeup: asyncio.Event, due: float | None, now: float) -> None:
-    """Sleep until `due` (forever when None) or until `wakeup` is set, whichever comes first;
-    `wakeup` is cleared first, so only a set after this call wakes it."""
-    wakeup.clear()
-    try:
-        async with asyncio.timeout(None if due is None else max(0.0, due - now)):
-            await wakeup.wait()
-    except TimeoutError:
-        pass
+async def pop_when_due(
+    pop: Callable[[float], T | None],
+    next_due: Callable[[], float | None],
+    wakeup: asyncio.Event,
+    clock: Callable[[], float],
+) -> T:
+    """The first item `pop(now)` gives: between tries, sleep until `next_due()` (forever when
+    None) or until `wakeup` is set. `wakeup` is cleared before each sleep, so only a set after
+    the last try wakes it (something was added or finished)."""
+    while True:
+        now = clock()
+        item = pop(now)
+        if item is not None:
+            return item
+        due = next_due()
+        wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if due is None else max(0.0, due - now)):
+                await wakeup.wait()
 
 
 class WorkQueue:
@@ -230,12 +242,7 @@ class WorkQueue:
 
     async def get(self) -> str:
         """The next due key (in flight until `done`)."""
-        while True:
-            now = self._clock()
-            key = self.core.pop(now)
-            if key is not None:
-                return key
-            await wait_until_due(self._wakeup, self.core.next_due(), now)
+        return await pop_when_due(self.core.pop, self.core.next_due, self._wakeup, self._clock)
 
     def done(self, key: str, outcome: Outcome, retry_after: float | None = None) -> None:
         self.core.done(key, self._clock(), outcome, retry_after)

@@ -42,13 +42,11 @@ import contextlib
 import copy
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, Final
 
-from devicefabric.bridge.controlplane.kube.client import KubeClient, micro_time
-from devicefabric.bridge.controlplane.kube.leasing import JITTER, LEASES
-from devicefabric.bridge.controlplane.kube.settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.client import micro_time
+from devicefabric.bridge.controlplane.kube.leasing import JITTER, LEASES, Elector
 from devicefabric.bridge.errors import (
     ConflictError,
     ControlPlaneError,
@@ -78,20 +76,11 @@ GC_AFTER: Final = 5  # x lease duration nobody held a membership Lease before it
 GC_BATCH: Final = 10  # membership Leases deleted per round at most
 
 
-class ShardElector:
+class ShardElector(Elector):
     """Holds a fair share of the shard Leases; see the module doc."""
 
-    def __init__(
-        self,
-        client: KubeClient,
-        settings: KubeSettings,
-        leading: asyncio.Event,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
-        self._settings = settings
-        self._leading = leading
-        self._clock = clock
+    def _prepare(self) -> None:
+        settings = self._settings
         self.shards = settings.shards
         self._collection = LEASES.format(namespace=settings.lease_namespace)
         self._names = [shard_lease(settings.lease_name, k) for k in range(self.shards)]
@@ -104,10 +93,6 @@ class ShardElector:
         self.not_leading: str | None = "no attempt to acquire a shard yet"
         """Why this replica holds no shard (for `/readyz`); None while it holds one."""
         self._trouble: str | None = None  # the last failure of the current round
-
-    @property
-    def identity(self) -> str:
-        return self._settings.identity
 
     # -- the write gate (event loop only) -------------------------------------------------------
     def shard(self, device: str | None) -> int:
