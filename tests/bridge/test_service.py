@@ -450,7 +450,8 @@ def test_bridge_reconnect_writes_only_what_happened(
                 await settle(bridge, cp)
                 cp.clear_counts()
                 first_session = bridge.link.session
-                sock = bridge.link._client.socket()
+                assert bridge.link.connection is not None
+                sock = bridge.link.connection.client.socket()
                 assert isinstance(sock, socket.socket)
                 sock.shutdown(socket.SHUT_RDWR)  # the network drops the bridge
                 await until(lambda: not bridge.link.connected)
