@@ -17,7 +17,6 @@ from devicefabric.agent.running import Agent
 from devicefabric.agent.settings import HELP, AgentSettings, InvalidSettingError, Secret
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.lifecycle import run_program
 from devicefabric.config.settings import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_MQTT,
@@ -25,6 +24,7 @@ from devicefabric.config.settings import (
     parse_broker_urls,
 )
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.lifecycle import run_program
 
 # settings field -> flag
 FLAGS = {

@@ -18,7 +18,6 @@ from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane
 from devicefabric.bridge.controlplane.kube import settings as kube_settings
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.lifecycle import run_program
 from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import (
     DEFAULT_EVENT_BURST,
@@ -31,6 +30,7 @@ from devicefabric.config.settings import (
     parse_broker_url,
     parse_hostport,
 )
+from devicefabric.runtime.lifecycle import run_program
 
 if TYPE_CHECKING:  # the service (paho, prometheus) loads only when `bridge run` runs
     from devicefabric.bridge.service import BridgeSettings

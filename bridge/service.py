@@ -65,7 +65,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
 
 from devicefabric.bridge import api
@@ -103,6 +102,7 @@ from devicefabric.config.settings import (
 )
 from devicefabric.config.topics import DEFAULT_ROOT, DeviceTopic, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES, encode
+from devicefabric.runtime.lifecycle import Closing, stop_task
 from devicefabric.runtime.tasks import first_error
 
 log = logging.getLogger("devicefabric.bridge")
@@ -155,7 +155,7 @@ class BridgeSettings:
     max_payload: int = MAX_PAYLOAD_BYTES  # bytes of one desired document (the brokers' limit)
 
 
-class Bridge:
+class Bridge(Closing):
     """The bridge service; see the module doc for how to run it."""
 
     def __init__(
@@ -303,18 +303,10 @@ class Bridge:
         self._task = asyncio.create_task(self.run(), name="bridge")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop the bridge `__aenter__` started (it says offline and disconnects)."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
     async def wait_ready(self) -> None:
         """Wait until ready; raise the bridge's error if it stopped first (with `async with`)."""

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.config.credentials import load_secret
-from devicefabric.config.lifecycle import run_program
 from devicefabric.config.settings import DEFAULT_MQTT, add_flag, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+from devicefabric.runtime.lifecycle import run_program
 
 _EXTENSIONS = ("devicefabric.broker.mosquitto_cli", "devicefabric.broker.nats_cli")
 

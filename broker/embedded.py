@@ -29,7 +29,6 @@ every connection to end, and cancels the watcher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import resource
@@ -37,7 +36,6 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
 
 from amqtt.errors import BrokerError as AmqttBrokerError
@@ -51,6 +49,7 @@ from devicefabric.config.errors import TopicError
 from devicefabric.config.settings import HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+from devicefabric.runtime.lifecycle import Closing, stop_task
 
 log = logging.getLogger("devicefabric.broker")
 
@@ -150,7 +149,7 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Closing):
     """The hardened amqtt broker with the fabric's auth and ACL, as an async context manager."""
 
     def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
@@ -208,21 +207,10 @@ class EmbeddedBroker:
         log.info("broker listening on %s", self.url)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Stop accepting, drop every connection, and wait until they have all ended."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        watcher, self._watcher = self._watcher, None
+        await stop_task(watcher)
         broker, self._broker = self._broker, None
         if broker is None:
             return

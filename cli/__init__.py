@@ -16,9 +16,9 @@ from typing import Final, NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
-from devicefabric.config.lifecycle import raise_fd_limit
 from devicefabric.config.logs import setup_logging
 from devicefabric.config.settings import add_flag
+from devicefabric.runtime.lifecycle import raise_fd_limit
 
 
 class _Parser(argparse.ArgumentParser):

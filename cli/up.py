@@ -36,7 +36,6 @@ from devicefabric.bridge.cli import add_budget_flags, check_budgets
 from devicefabric.broker.cli import add_max_connections
 from devicefabric.config.credentials import load_secret, role_password
 from devicefabric.config.errors import ConfigError, DeviceFabricError
-from devicefabric.config.lifecycle import run_program
 from devicefabric.config.logs import JsonFormatter, TextFormatter
 from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.resource import AGENT_CONNECTED
@@ -50,6 +49,7 @@ from devicefabric.config.settings import (
     parse_hostport,
 )
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.lifecycle import run_program
 from devicefabric.runtime.tasks import first_error
 
 if TYPE_CHECKING:  # imported lazily at run time: yaml and amqtt are extras

@@ -75,6 +75,22 @@ class Elector:
     def identity(self) -> str:
         return self._settings.identity
 
+    def _claim(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `lease` rewritten to say we hold it as of now (a new holder: acquired now,
+        one more transition if the Lease existed)."""
+        now = micro_time()
+        claimed = copy.deepcopy(lease)
+        spec = claimed.setdefault("spec", {})
+        record = LeaseRecord.of(lease)
+        if record.holder != self.identity:
+            spec["acquireTime"] = now
+            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
+            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
+        spec["holderIdentity"] = self.identity
+        spec["leaseDurationSeconds"] = max(1, round(self._settings.lease_duration))
+        spec["renewTime"] = now
+        return claimed
+
 
 class LeaderElector(Elector):
     """Runs the election loop; `leading` is set exactly while this replica may write."""
@@ -105,21 +121,6 @@ class LeaderElector(Elector):
         record = LeaseRecord.of(self._lease)
         valid = self._observed_at + record.duration > self._clock()
         return bool(record.holder) and record.holder != self.identity and valid
-
-    def _claim(self, lease: dict[str, Any]) -> dict[str, Any]:
-        """`lease` rewritten to say we hold it as of now."""
-        now = micro_time()
-        claimed = copy.deepcopy(lease)
-        spec = claimed.setdefault("spec", {})
-        record = LeaseRecord.of(lease)
-        if record.holder != self.identity:
-            spec["acquireTime"] = now
-            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
-            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
-        spec["holderIdentity"] = self.identity
-        spec["leaseDurationSeconds"] = round(self._settings.lease_duration)
-        spec["renewTime"] = now
-        return claimed
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt; True when we hold the Lease afterwards. API errors propagate."""

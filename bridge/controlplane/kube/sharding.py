@@ -119,8 +119,8 @@ class ShardElector(Elector):
         return self.tenure.held()
 
     # -- Lease documents ------------------------------------------------------------------------
-    def _claim(self, name: str, lease: dict[str, Any] | None) -> dict[str, Any]:
-        now = micro_time()
+    def _claim_shard(self, name: str, lease: dict[str, Any] | None) -> dict[str, Any]:
+        """`Elector._claim` of Lease `name` (a new one when None), labelled as ours."""
         if lease is None:
             lease = {
                 "apiVersion": "coordination.k8s.io/v1",
@@ -128,18 +128,9 @@ class ShardElector(Elector):
                 "metadata": {"name": name},
                 "spec": {},
             }
-        claimed = copy.deepcopy(lease)
+        claimed = self._claim(lease)
         labels = claimed.setdefault("metadata", {}).setdefault("labels", {})
         labels.update({LABEL: self._settings.lease_name, SHARDS_LABEL: str(self.shards)})
-        spec = claimed.setdefault("spec", {})
-        record = LeaseRecord.of(lease)
-        if record.holder != self.identity:
-            spec["acquireTime"] = now
-            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
-            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
-        spec["holderIdentity"] = self.identity
-        spec["leaseDurationSeconds"] = max(1, round(self._settings.lease_duration))
-        spec["renewTime"] = now
         return claimed
 
     async def _put(self, name: str, body: dict[str, Any]) -> bool:
@@ -179,7 +170,9 @@ class ShardElector(Elector):
     async def _renew(self) -> None:
         await self._try(
             "membership renewal",
-            self._put(self._member, self._claim(self._member, self._leases.get(self._member))),
+            self._put(
+                self._member, self._claim_shard(self._member, self._leases.get(self._member))
+            ),
         )
         for shard in self.tenure.held():
             name = self._names[shard]
@@ -188,7 +181,9 @@ class ShardElector(Elector):
                 self._lose(shard, "its Lease changed under us")
                 continue
             sent = self._clock()
-            ok = await self._try(f"renewing {name}", self._put(name, self._claim(name, lease)))
+            ok = await self._try(
+                f"renewing {name}", self._put(name, self._claim_shard(name, lease))
+            )
             if ok:
                 self.tenure.renewed(shard, sent)
             elif ok is False:
@@ -296,7 +291,8 @@ class ShardElector(Elector):
             name = self._names[shard]
             sent = self._clock()
             ok = await self._try(
-                f"acquiring {name}", self._put(name, self._claim(name, self._leases.get(name)))
+                f"acquiring {name}",
+                self._put(name, self._claim_shard(name, self._leases.get(name))),
             )
             if ok:
                 self.tenure.renewed(shard, sent)
