@@ -39,13 +39,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devicefabric.config.settings import BrokerURL
+
+C = TypeVar("C", bound=paho.Client)
 
 READ_BATCH: Final = 256  # packets read per readable event before the loop gets a turn
 # CONNACK refusals that retrying cannot fix (MQTT 3.1.1 codes 1, 2, 4, 5 as paho reports them):
@@ -101,14 +103,8 @@ def code_of(reason: ReasonCode | int) -> int:
     return reason if isinstance(reason, int) else int(reason.value)
 
 
-def make_client(endpoint: Endpoint, will: Will | None, *, buffered: bool = False) -> paho.Client:
-    """A paho client set up as the module doc says, not connected."""
-    cls: type[paho.Client] = paho.Client
-    if buffered:
-        # The bridge's read path; the agent never loads it.
-        from devicefabric.runtime.mqttbuffer import BufferedClient  # noqa: PLC0415
-
-        cls = BufferedClient
+def make_client(endpoint: Endpoint, will: Will | None, cls: type[C]) -> C:
+    """A `cls` client set up as the module doc says, not connected."""
     client = cls(
         CallbackAPIVersion.VERSION2,
         client_id=endpoint.client_id,
@@ -138,16 +134,23 @@ class Channel:
         self.on_message: Callable[[str, bytes, bool], None] = _ignore
         self._reactor = reactor
         self._fd: int | None = None
-        client = make_client(endpoint, will, buffered=buffered)
+        self._more: Callable[[], bool] = self._tls_pending
+        client: paho.Client
+        if buffered:
+            # The bridge's read path; the agent never loads it.
+            from devicefabric.runtime.mqttbuffer import BufferedClient  # noqa: PLC0415
+
+            fast = make_client(endpoint, will, BufferedClient)
+            fast.on_qos0_publish = self._on_qos0
+            self._more = fast.buffered
+            client = fast
+        else:
+            client = make_client(endpoint, will, paho.Client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        self._more: Callable[[], bool] = self._tls_pending
-        if buffered:
-            client.on_qos0_publish = self._on_qos0  # type: ignore[attr-defined]
-            self._more = client.buffered  # type: ignore[attr-defined]
         self.client = client
 
     # -- hooks (loop thread): what the owner learns ----------------------------------------------
