@@ -38,7 +38,7 @@ for `probe_timeout` is ended and reconnected (a silent partition that TCP and th
 would notice only after a minute).
 
 Reads are batched: the socket is read 64 KiB at a time (`runtime.mqttbuffer`), and one readable
-event parses up to `READ_BATCH` packets from that buffer, so a burst of heartbeats costs one
+event parses up to `runtime.mqtt.READ_BATCH` packets from that buffer, so a burst of heartbeats costs one
 system call and one selector wake-up per batch rather than several per message.
 """
 

@@ -102,17 +102,24 @@ def test_nothing_listening_fails_open_and_leaves_nothing_behind() -> None:
     play(story)
 
 
-def test_a_loss_fails_every_pending_acknowledgement() -> None:
-    async def connack_then_close(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+class ConnackThenClose:
+    """An `asyncio.start_server` handler: a broker that accepts the CONNECT (CONNACK 0) and is
+    gone before anything else; `accepted` counts the connections."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         await reader.read(2)  # the start of CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted, then gone before any SUBACK
         await writer.drain()
         writer.close()
 
+
+def test_a_loss_fails_every_pending_acknowledgement() -> None:
     async def story() -> None:
-        server = await asyncio.start_server(connack_then_close, "127.0.0.1", 0)
+        server = await asyncio.start_server(ConnackThenClose(), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             conn = Connection(endpoint(f"mqtt://127.0.0.1:{port}", "x"), None)
