@@ -4,7 +4,6 @@
     settings     AgentSettings: a dataclass with explicit checks and one-line errors
     running      Agent: composes everything below; shutdown order; applies `desired`
     session      birth / will / heartbeat / status watch / reconnect back-off
-    connection   one paho client driven by the asyncio loop (the only paho code)
     supervising  one runner task per entry, applied from reconcile plans
     process      one child: spawn, watch, restart policy, crash back-off, graceful stop
     reconciling  pure: desired + running -> start / restart / stop
@@ -13,8 +12,8 @@
     persisting   the last applied document, written atomically
     leftovers    children of a crashed run, stopped by the next one
 
-Shared with the other programs, from `runtime`: back-off, atomic files, timestamps, process
-groups. A bare install is enough: import-linter keeps broker, bridge and Kubernetes libraries out of
+Shared with the other programs, from `runtime`: the MQTT transport (`mqtt`, `mqttloop`: the only
+paho code), back-off, atomic files, timestamps, process groups. A bare install is enough: import-linter keeps broker, bridge and Kubernetes libraries out of
 this package, and pydantic out of the agent process (it decodes and encodes with `config.lean`,
 held equal to the pydantic wire models by a property test), which keeps its RSS near paho's.
 """

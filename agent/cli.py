@@ -14,7 +14,7 @@ from devicefabric.agent.errors import LoginRefusedError, StateDirError
 from devicefabric.agent.running import Agent
 from devicefabric.agent.settings import AgentSettings
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.lifecycle import run_program
+from devicefabric.runtime.lifecycle import run_program
 from devicefabric.runtime.settings import add_settings, from_args
 
 

@@ -36,7 +36,6 @@ from devicefabric.agent import facts
 from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.agent.leftovers import CHILDREN_FILE, ChildLedger
-from devicefabric.agent.logbuffer import LogLine, StreamChoice
 from devicefabric.agent.persisting import StateStore
 from devicefabric.agent.process import RestartTiming
 from devicefabric.agent.reconciling import RejectedDesiredError, Want, wants_of
@@ -163,16 +162,6 @@ class Agent:
         )
 
     # -- logs ----------------------------------------------------------------------------------
-    def logs(
-        self,
-        key: str,
-        tail: int | None = None,
-        since_seconds: float | None = None,
-        stream: StreamChoice = "both",
-    ) -> list[LogLine] | None:
-        """The newest lines `key`'s process printed (see `Supervisor.logs`); None if unknown."""
-        return self._supervisor.logs(key, tail, since_seconds, stream)
-
     def answer_logs(self, payload: bytes) -> list[bytes]:
         """A `logs/request` -> its reply chunks (never raises; at most `LOGS_PER_S` a second,
         more are dropped: only the bridge may ask, and it asks less)."""
@@ -187,7 +176,9 @@ class Agent:
         except PayloadError as exc:
             log.info("logs request dropped: %s", exc, extra=self._extra)
             return []
-        lines = self.logs(request.key, request.tail, request.since_seconds, request.stream)
+        lines = self._supervisor.logs(
+            request.key, request.tail, request.since_seconds, request.stream
+        )
         if lines is None:
             error = f"no process {request.key} on this device"
             return logcodec.reply_chunks(request.id, [], error=error)

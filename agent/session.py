@@ -1,8 +1,9 @@
 """The agent's MQTT session: birth, will, heartbeat, status watch, reconnect with back-off.
 
-The session protocol of DESIGN.md on top of `connection.Connection` (one paho client on the
-event loop). One connection per session, and one `session` id per connection
-(`<boot id>-<counter>`, the boot id random per agent process):
+The session protocol of DESIGN.md on top of `runtime.mqttloop` (the fabric's one MQTT transport:
+one paho client per connection, on the event loop); nothing here touches paho. One connection per
+session, and one `session` id per connection (`<boot id>-<counter>`, the boot id random per agent
+process):
 
 - the will (retained `offline`, reason `lost`, this session) is set before connecting;
 - after CONNACK: retained birth (`online`, session, `heartbeat_s`, agent version and the device
@@ -23,7 +24,8 @@ gets a first report (see `reporting`), so nothing has to be queued across connec
 logins (bad user name or
 password, not authorized, client id rejected) raise `LoginRefusedError`; every other failure
 reconnects after exponential back-off with full jitter above a 1.2 s floor (NATS jails a client
-id that returns within about a second), reset once a connection held for a while.
+id that returns within about a second), reset once a connection held for a while
+(`runtime.mqttloop.reconnecting`).
 `close()` publishes the retained `offline` (reason `shutdown`), waits for its PUBACK (bounded)
 and disconnects, so the broker discards the will.
 
@@ -37,7 +39,6 @@ JetStream re-elects its stream leaders after a node died) is retried on the same
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
@@ -46,15 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from paho.mqtt import client as mqtt
-
-from devicefabric.agent.connection import Connection, ConnectionLostError, Endpoint, WillMessage
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.config import lean
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.settings import BrokerURL
 from devicefabric.config.topics import Topics
 from devicefabric.runtime.backoff import Backoff
+from devicefabric.runtime.mqtt import PERMANENT_REFUSALS, Endpoint, Will, code_of
+from devicefabric.runtime.mqttloop import Connection, ConnectionLostError, reconnecting
 
 log = logging.getLogger("devicefabric.agent.session")
 
@@ -65,15 +65,6 @@ RECONNECT_BASE_S: Final = 0.5
 RECONNECT_FLOOR_S: Final = 1.2
 RESUBSCRIBE_FIRST_S: Final = 1.0  # first retry of a refused subscription, doubled up to keepalive
 HELD_FOR_RESET_S: Final = 10.0  # a connection that held this long resets the back-off
-# CONNACK refusals that retrying cannot fix (MQTT 3.1.1 return codes 1, 2, 4, 5).
-PERMANENT_REFUSALS: Final = frozenset(
-    {
-        "Unsupported protocol version",
-        "Client identifier not valid",
-        "Bad user name or password",
-        "Not authorized",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +122,7 @@ class Session:
         self._t_logs_request = topics.logs_request(device)
         self._t_logs_reply = topics.logs_reply(device)
         self._failing = False
+        self._live_desired = False  # a desired document arrived live (not replayed) on this link
         self._brokers = (settings.broker, *settings.fallbacks)
         self._at = 0  # index of the broker the next connection tries
 
@@ -166,8 +158,8 @@ class Session:
             keepalive=conf.keepalive,
             tls_ca=conf.tls_ca,
         )
-        will = lean.encode_offline(session, "lost")
-        return Connection(endpoint, WillMessage(self._t_status, will), session)
+        will = Will(self._t_status, lean.encode_offline(session, "lost"))
+        return Connection(endpoint, will, session=session)
 
     async def run(self) -> None:
         cap = self._settings.max_reconnect_backoff
@@ -178,25 +170,31 @@ class Session:
             rand=self._rand,
             floor=min(RECONNECT_FLOOR_S, cap),
         )
+        if self._closing:
+            return
         loop = asyncio.get_running_loop()
-        while not self._closing:
-            self._counter += 1
-            conn = self._connection(f"{self._boot}-{self._counter}")
-            started = loop.time()
-            try:
-                connected = await self._hold(conn)
-            finally:
-                self._conn = None
-                conn.abandon()
-            if self._closing:
-                return
-            if connected and loop.time() - started >= HELD_FOR_RESET_S:
-                backoff.reset()
-            if len(self._brokers) > 1:  # a failed try or a lost link: the next node in turn
-                self._at = (self._at + 1) % len(self._brokers)
-            delay = backoff.next_delay()
-            log.debug("reconnecting in %.2fs", delay, extra=self._extra())
-            await asyncio.sleep(delay)
+        await reconnecting(
+            self._attempt,
+            backoff,
+            reset_after=HELD_FOR_RESET_S,
+            retry=self._retrying,
+            stop=lambda: self._closing,
+            clock=loop.time,
+        )
+
+    async def _attempt(self) -> bool:
+        self._counter += 1
+        conn = self._connection(f"{self._boot}-{self._counter}")
+        try:
+            return await self._hold(conn)
+        finally:
+            self._conn = None
+            conn.abandon()
+
+    def _retrying(self, _established: bool, delay: float) -> None:
+        if len(self._brokers) > 1:  # a failed try or a lost link: the next node in turn
+            self._at = (self._at + 1) % len(self._brokers)
+        log.debug("reconnecting in %.2fs", delay, extra=self._extra())
 
     async def _hold(self, conn: Connection) -> bool:
         """Connect `conn` and keep it until it is lost; True when it was established."""
@@ -210,48 +208,55 @@ class Session:
             self._failing = True
             return False
         if reason.is_failure:
-            if str(reason) in PERMANENT_REFUSALS:
+            if code_of(reason) in PERMANENT_REFUSALS:
                 raise LoginRefusedError(self._settings.device, str(broker), str(reason))
             level = logging.DEBUG if self._failing else logging.WARNING
             log.log(level, "broker %s refused: %s (retrying)", broker, reason, extra=self._extra())
             self._failing = True
             return False
         self._failing = False
+        self._live_desired = False
         self._birth(conn)
-        conn.client.on_message = self._on_message
-        self._subscribe(conn)
+        conn.on_message = self._on_message
         self._conn = conn
         log.info("connected to %s", broker, extra=self._extra(reason="connected"))
         self._on_up()
         async with asyncio.TaskGroup() as tg:
+            subscribe = tg.create_task(self._subscribe(conn), name="mqtt subscribe")
             heartbeats = tg.create_task(self._heartbeats(conn), name="heartbeat")
             keepalive = tg.create_task(self._keepalive(conn), name="mqtt keepalive")
-            resubscribe = tg.create_task(self._resubscribe(conn), name="mqtt resubscribe")
             why = await conn.lost
+            subscribe.cancel()
             heartbeats.cancel()
             keepalive.cancel()
-            resubscribe.cancel()
         if not self._closing:
             lost = {"device": self._settings.device, "session": conn.session, "reason": "lost"}
             log.warning("connection lost: %s", why, extra=lost)
         return True
 
-    def _subscribe(self, conn: Connection) -> None:
+    async def _subscribe(self, conn: Connection) -> None:
+        """Subscribe until granted: a SUBACK with a failure code (a clustered broker refuses
+        while it elects) is retried with back-off, 1 s doubled up to the keepalive."""
         filters = [(self._t_desired, 1), (self._t_status, 0)]
         if self._on_logs is not None:
             filters.append((self._t_logs_request, 1))
-        conn.client.subscribe(filters)
-
-    async def _resubscribe(self, conn: Connection) -> None:
-        """A refused SUBACK is retried with back-off: a clustered broker refuses while it elects."""
         delay = RESUBSCRIBE_FIRST_S
         while True:
-            await conn.subscribe_refused.wait()
-            conn.subscribe_refused.clear()
+            try:
+                reasons = await conn.subscribe_acked(filters)
+            except ConnectionLostError:
+                return  # `_hold` ends with the connection
+            refused = [str(r) for r in reasons if r.is_failure]
+            if not refused:
+                return
+            log.warning(
+                "broker refused a subscription (%s): check the broker's access rules",
+                ", ".join(refused),
+                extra=self._extra(),
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, float(self._settings.keepalive))
             log.info("subscribing again", extra=self._extra())
-            self._subscribe(conn)
 
     def _birth(self, conn: Connection) -> None:
         birth = lean.encode_online(
@@ -272,23 +277,23 @@ class Session:
         interval = self._settings.keepalive / 4
         while True:
             await asyncio.sleep(interval)
-            conn.client.loop_misc()
+            conn.loop_misc()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         conn = self._conn
         if conn is None:
             return
-        if msg.topic == self._t_desired:
-            if not msg.retain:
-                conn.live_desired = True
-            elif conn.live_desired:  # a replay is never newer than a live message after it
+        if topic == self._t_desired:
+            if not retained:
+                self._live_desired = True
+            elif self._live_desired:  # a replay is never newer than a live message after it
                 log.info("ignoring a replayed desired document older than the live one")
                 return
-            self._on_desired(bytes(msg.payload))
-        elif msg.topic == self._t_status:
-            self._check_status(conn, bytes(msg.payload))
-        elif msg.topic == self._t_logs_request and self._on_logs is not None and not msg.retain:
-            for chunk in self._on_logs(bytes(msg.payload)):
+            self._on_desired(payload)
+        elif topic == self._t_status:
+            self._check_status(conn, payload)
+        elif topic == self._t_logs_request and self._on_logs is not None and not retained:
+            for chunk in self._on_logs(payload):
                 conn.publish(self._t_logs_reply, chunk, qos=1, retain=False)
 
     def _check_status(self, conn: Connection, payload: bytes) -> None:
@@ -312,14 +317,7 @@ class Session:
         conn = self._conn
         if conn is None or conn.lost.done():
             return
-        offline = lean.encode_offline(conn.session, "shutdown")
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await conn.publish_acked(self._t_status, offline)
-        except (TimeoutError, ConnectionLostError) as exc:
-            log.warning("clean offline not acknowledged: %s", exc or "timeout", extra=self._extra())
-        conn.client.disconnect()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await asyncio.shield(conn.lost)
+        offline = Will(self._t_status, lean.encode_offline(conn.session, "shutdown"))
+        if not await conn.close(offline, CLOSE_TIMEOUT_S):
+            log.warning("clean offline not acknowledged", extra=self._extra())
         log.info("disconnected", extra=self._extra(reason="shutdown"))

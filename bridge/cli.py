@@ -17,7 +17,7 @@ from devicefabric.bridge.controlplane.base import ControlPlane, FleetPlane
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.settings import BridgeSettings
 from devicefabric.config.errors import ConfigError
-from devicefabric.config.lifecycle import run_program
+from devicefabric.runtime.lifecycle import run_program
 from devicefabric.runtime.settings import add_settings, flag_of, from_args
 
 

@@ -34,6 +34,7 @@ from devicefabric.bridge.metrics import BridgeMetrics
 from devicefabric.bridge.queueing import TokenBucket, pop_when_due
 from devicefabric.bridge.statuses import PlannedEvent
 from devicefabric.config.errors import DeviceFabricError
+from devicefabric.runtime.backoff import retry_delay
 
 log = logging.getLogger("devicefabric.bridge.events")
 
@@ -82,11 +83,9 @@ class EventLog:
 
     def fail(self, entry: PendingEvent, now: float, retry_after: float | None = None) -> None:
         """Recording `entry` failed transiently: back at the head, after its back-off."""
-        backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2**entry.failures)
-        if retry_after is not None:
-            backoff = max(backoff, retry_after)
+        delay = retry_delay(BASE_BACKOFF, MAX_BACKOFF, entry.failures, retry_after)
         entry.failures += 1
-        entry.not_before = now + backoff
+        entry.not_before = now + delay
         self._entries.appendleft(entry)
 
     def forget(self, key: str) -> None:

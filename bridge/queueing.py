@@ -12,8 +12,9 @@ still ends at the right value.
 - `done(key, outcome)`: `WROTE` spends one of the key's write credits: a key may write `key_burst`
   times in quick succession (a new resource goes Pending -> Running at once), then at most once
   per `min_interval` (a per-key token bucket), which bounds a flapping device to one write per
-  resource per interval; a run is not started before the key has a credit. `RETRY` backs off exponentially per key (`base_backoff x 2^failures`, capped), or
-  `retry_after` when the control plane said so; `DROP` forgets the key (it is gone).
+  resource per interval; a run is not started before the key has a credit. `RETRY` backs off
+  exponentially per key (`runtime.backoff.retry_delay`: `base_backoff x 2^failures`, capped),
+  never sooner than the `retry_after` the control plane gave; `DROP` forgets the key (it is gone).
 - Stale heap entries (a key re-added earlier) are skipped lazily by comparing due times.
 
 `TokenBucket` is the global write budget (`--write-qps`, `--write-burst`): `reserve(now)` takes a
@@ -38,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 from devicefabric.bridge.errors import ConflictError, NotFoundError, TransientError
+from devicefabric.runtime.backoff import retry_delay
 
 log = logging.getLogger("devicefabric.bridge.queue")
 
@@ -135,10 +137,8 @@ class KeyedQueue:
         if outcome is Outcome.RETRY:
             failures = self._failures.get(key, 0)
             self._failures[key] = failures + 1
-            backoff = min(self.max_backoff, self.base_backoff * 2**failures)
-            if retry_after is not None:
-                backoff = max(backoff, retry_after)
-            self._not_before[key] = now + backoff
+            delay = retry_delay(self.base_backoff, self.max_backoff, failures, retry_after)
+            self._not_before[key] = now + delay
             self.add(key, now)
             return
         self._failures.pop(key, None)

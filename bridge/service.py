@@ -47,10 +47,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from types import TracebackType
 from typing import Final, Self
 
 from prometheus_client import CollectorRegistry
@@ -78,6 +76,7 @@ from devicefabric.bridge.writing import StatusWriter
 from devicefabric.config.errors import DeviceFabricError
 from devicefabric.config.resource import Reason
 from devicefabric.config.topics import Topics
+from devicefabric.runtime.lifecycle import Closing, stop_task
 from devicefabric.runtime.tasks import first_error
 
 log = logging.getLogger("devicefabric.bridge")
@@ -90,7 +89,7 @@ LEADERSHIP_POLL: Final = 0.5
 __all__ = ["Bridge", "BridgeSettings", "default_client_id"]
 
 
-class Bridge(Dispatch):
+class Bridge(Dispatch, Closing):
     """The bridge service; see the module doc for how to run it."""
 
     def __init__(
@@ -260,18 +259,10 @@ class Bridge(Dispatch):
         self._task = asyncio.create_task(self.run(), name="bridge")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop the bridge `__aenter__` started (it says offline and disconnects)."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
     async def wait_ready(self) -> None:
         """Wait until ready; raise the bridge's error if it stopped first (with `async with`)."""

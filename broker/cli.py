@@ -20,7 +20,7 @@ import importlib.util
 
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.broker.settings import BrokerSettings
-from devicefabric.config.lifecycle import run_program
+from devicefabric.runtime.lifecycle import run_program
 from devicefabric.runtime.settings import add_settings, from_args
 
 _EXTENSIONS = ("devicefabric.broker.mosquitto_cli", "devicefabric.broker.nats_cli")

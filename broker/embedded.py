@@ -29,13 +29,11 @@ every connection to end, and cancels the watcher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import socket
 import ssl
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
 
 from amqtt.errors import BrokerError as AmqttBrokerError
@@ -48,6 +46,7 @@ from devicefabric.broker.plugins import plugin_config
 from devicefabric.broker.settings import BrokerSettings, fd_budget
 from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import Topics
+from devicefabric.runtime.lifecycle import Closing, stop_task
 
 log = logging.getLogger("devicefabric.broker")
 
@@ -96,7 +95,7 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Closing):
     """The hardened amqtt broker with the fabric's auth and ACL, as an async context manager."""
 
     def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
@@ -154,21 +153,10 @@ class EmbeddedBroker:
         log.info("broker listening on %s", self.url)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Stop accepting, drop every connection, and wait until they have all ended."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        watcher, self._watcher = self._watcher, None
+        await stop_task(watcher)
         broker, self._broker = self._broker, None
         if broker is None:
             return

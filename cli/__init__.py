@@ -17,8 +17,8 @@ from typing import Final, NoReturn, cast
 
 from devicefabric import __version__
 from devicefabric.config.errors import ConfigError, DeviceFabricError
-from devicefabric.config.lifecycle import raise_fd_limit
 from devicefabric.config.logs import setup_logging
+from devicefabric.runtime.lifecycle import raise_fd_limit
 from devicefabric.runtime.settings import add_settings, flags_of, from_args, setting
 
 

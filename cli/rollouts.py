@@ -76,7 +76,7 @@ class LocalSets:
         return doc
 
     def patch_spec(self, key: str, patch: Mapping[str, object]) -> None:
-        from devicefabric.bridge.controlplane.local.resourcedoc import merge_patch  # noqa: PLC0415
+        from devicefabric.config.mergepatch import merge_patch  # noqa: PLC0415
 
         doc = self.get(key)
         meta = doc.get("metadata") or {}

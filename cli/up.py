@@ -37,12 +37,12 @@ from devicefabric.bridge.settings import BridgeSettings, default_client_id
 from devicefabric.broker.settings import BrokerSettings
 from devicefabric.config.credentials import load_secret, role_password
 from devicefabric.config.errors import ConfigError, DeviceFabricError
-from devicefabric.config.lifecycle import run_program
 from devicefabric.config.logs import JsonFormatter, TextFormatter
 from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.resource import AGENT_CONNECTED
 from devicefabric.config.settings import DEFAULT_STATE_DIR, HostPort, dialable, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT
+from devicefabric.runtime.lifecycle import run_program
 from devicefabric.runtime.settings import (
     add_settings,
     from_args,

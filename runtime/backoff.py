@@ -11,6 +11,10 @@ With a `floor`, every delay is shifted up by it (`floor + jitter`, still at most
 keeps the spread of the jitter: a broker that jails a client id reconnecting too soon (NATS holds
 one back for about a second) is never hit, and a fleet does not bunch up at the floor.
 
+Without jitter (a work queue's per-key retries, an informer's reopened watch): `ceiling(base,
+cap, failures)` is the same capped doubling as a pure function, and `retry_delay` adds the one
+rule a server's answer brings: never sooner than its `Retry-After`.
+
 Invariants: every delay is in `[min(floor, cap), cap]`; the ceiling never decreases until
 `reset()`; no clock and no sleeping here (callers wait, cancellably).
 """
@@ -23,6 +27,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Jitter = Literal["full", "equal"]
+
+
+def ceiling(base: float, cap: float, attempt: int, factor: float = 2.0) -> float:
+    """`min(cap, base * factor**attempt)`: the delay before retry `attempt` (0 for the first)."""
+    # Past ~64 doublings the product is pointless (and may overflow): stop growing early.
+    return min(cap, base * factor ** min(attempt, 64))
+
+
+def retry_delay(base: float, cap: float, failures: int, retry_after: float | None = None) -> float:
+    """The un-jittered delay after `failures` failures in a row (0 for the first), never less
+    than the server's `retry_after` (which may exceed `cap`: the server knows best)."""
+    delay = ceiling(base, cap, failures)
+    return delay if retry_after is None else max(delay, retry_after)
 
 
 @dataclass(slots=True)
@@ -47,9 +64,7 @@ class Backoff:
 
     def ceiling(self) -> float:
         """The largest delay the next attempt may get."""
-        # Past ~64 doublings the product overflows nothing but is pointless; stop growing early.
-        exponent = min(self.attempt, 64)
-        return min(self.cap, self.base * self.factor**exponent)
+        return ceiling(self.base, self.cap, self.attempt, self.factor)
 
     def next_delay(self) -> float:
         """The delay before the next attempt; advances the attempt counter."""

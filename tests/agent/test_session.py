@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from paho.mqtt.client import MQTTMessage
 
 from devicefabric.agent.errors import LoginRefusedError
 from devicefabric.agent.session import Session, SessionSettings
@@ -54,10 +53,8 @@ def run(test: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
 
 
 def deliver(session: Session, topic: str, payload: bytes) -> None:
-    """What paho does when the broker delivers a message to the session's connection."""
-    message = MQTTMessage(topic=topic.encode())
-    message.payload = payload
-    session._on_message(None, None, message)  # type: ignore[arg-type]
+    """What the transport does when the broker delivers a message to the session's connection."""
+    session._on_message(topic, payload, retained=False)
 
 
 def watch_status(broker: BrokerProcess) -> Client:

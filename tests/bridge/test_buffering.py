@@ -1,4 +1,4 @@
-"""Buffered socket reads (`bridge.buffering`): many packets per `recv`, nothing stranded.
+"""Buffered socket reads (`runtime.mqttbuffer`): many packets per `recv`, nothing stranded.
 
 A burst of small messages arrives in few large segments, packets cross the 64 KiB chunk
 boundaries, and the last message of the burst must be delivered without any later traffic to
@@ -23,8 +23,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from devicefabric.bridge.buffering import CHUNK, FAST_BATCH, BufferedClient, qos0_publish_at
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
+from devicefabric.runtime.mqttbuffer import CHUNK, FAST_BATCH, BufferedClient, qos0_publish_at
 from tests.support import bridges as scene
 from tests.support.bridges import until
 from tests.support.brokers import BrokerProcess, prepare_mosquitto, running
@@ -119,7 +119,7 @@ def test_a_burst_is_delivered_whole_in_order_and_nothing_waits_in_the_buffer(
 ) -> None:
     # one packet per read leaves hundreds in the buffer after a readable event's batch: they
     # must still be delivered though the socket has nothing more to say
-    monkeypatch.setattr("devicefabric.bridge.buffering.FAST_BATCH", fast_batch)
+    monkeypatch.setattr("devicefabric.runtime.mqttbuffer.FAST_BATCH", fast_batch)
     files = None
     if tls:
         from tests.broker.test_mosquitto_tls import make_ca_and_server  # noqa: PLC0415
@@ -200,7 +200,7 @@ def test_every_packet_comes_out_whole_and_in_order_however_the_stream_is_cut(cut
     try:
         for piece in _pieces(wire, cut):
             peer.sendall(piece)
-            # as MqttLink does: read while the socket is readable or bytes are buffered
+            # as `mqtt.Channel` does: read while the socket is readable or bytes are buffered
             while True:
                 rc = client.loop_read()
                 assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS

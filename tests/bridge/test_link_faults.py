@@ -25,6 +25,7 @@ from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import HostPort, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
+from tests.runtime.test_mqtt import ConnackThenClose
 from tests.support.bridges import link, settings, until
 from tests.support.brokers import BrokerProcess
 from tests.support.memoryplane import MemoryControlPlane
@@ -86,25 +87,15 @@ def test_a_refused_publish_is_not_resent_on_reconnect(any_broker: BrokerProcess)
 
 
 def test_a_loss_right_after_connack_ends_in_a_reconnect() -> None:
-    accepted = 0
-
-    async def connack_then_close(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        nonlocal accepted
-        accepted += 1
-        await reader.read(2)  # the start of CONNECT
-        writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted, then gone before any SUBACK
-        await writer.drain()
-        writer.close()
+    broker = ConnackThenClose()
 
     async def story() -> None:
-        server = await asyncio.start_server(connack_then_close, "127.0.0.1", 0)
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         link = _link(f"mqtt://127.0.0.1:{port}", "x", _Collect())
         task = asyncio.create_task(link.run())
         try:
-            await until(lambda: accepted >= 3, 10, "three connections")
+            await until(lambda: broker.accepted >= 3, 10, "three connections")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -448,7 +448,8 @@ def test_bridge_reconnect_writes_only_what_happened(
                 await settle(bridge, cp)
                 cp.clear_counts()
                 first_session = bridge.snapshot().session
-                sock = bridge._link._client.socket()
+                assert bridge._link.connection is not None
+                sock = bridge._link.connection.client.socket()
                 assert isinstance(sock, socket.socket)
                 sock.shutdown(socket.SHUT_RDWR)  # the network drops the bridge
                 await until(lambda: not bridge.snapshot().mqtt_connected)

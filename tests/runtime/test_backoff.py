@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devicefabric.runtime.backoff import Backoff
+from devicefabric.runtime.backoff import Backoff, ceiling, retry_delay
 
 
 def delays(backoff: Backoff, n: int) -> list[float]:
@@ -76,3 +76,22 @@ def test_a_floor_shifts_every_delay(
 def test_a_negative_floor_is_refused() -> None:
     with pytest.raises(ValueError, match="floor"):
         Backoff(base=1.0, cap=2.0, floor=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("failures", "retry_after", "expected"),
+    [
+        (0, None, 0.1),
+        (3, None, 0.8),
+        (20, None, 60.0),  # capped
+        (10_000, None, 60.0),  # no overflow however long it failed
+        (0, 5.0, 5.0),  # the server's Retry-After wins when it asks for longer...
+        (20, 90.0, 90.0),  # ...even past the cap
+        (3, 0.2, 0.8),  # ...and never shortens the back-off
+    ],
+)
+def test_retry_delay_doubles_to_the_cap_and_honours_retry_after(
+    failures: int, retry_after: float | None, expected: float
+) -> None:
+    assert retry_delay(0.1, 60.0, failures, retry_after) == pytest.approx(expected)
+    assert ceiling(0.1, 60.0, failures) <= 60.0

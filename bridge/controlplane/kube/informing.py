@@ -32,6 +32,7 @@ from devicefabric.bridge.controlplane.base import OwnerRef, Resource
 from devicefabric.bridge.controlplane.kube.client import ExpiredError, KubeClient, map_status
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import ControlPlaneError, NotFoundError, TransientError
+from devicefabric.runtime.backoff import retry_delay
 
 log = logging.getLogger("devicefabric.bridge.kube")
 
@@ -115,9 +116,12 @@ class Informer:
             if retry_after is None and (events or time.monotonic() - started >= MIN_PRODUCTIVE):
                 failures = 0  # a stream that worked for a while: reopen it at once
                 continue
-            delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2**failures)
+            settings = self.settings
+            delay = retry_delay(
+                settings.backoff_initial, settings.backoff_max, failures, retry_after
+            )
             failures += 1
-            await asyncio.sleep(max(delay, retry_after or 0.0))
+            await asyncio.sleep(delay)
 
     def notify(self, key: str) -> None:
         if self.on_change is None:

@@ -50,8 +50,10 @@ LEASES: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 JITTER: Final = 0.2  # standbys spread their attempts by up to 20% of the retry period
 
 
-class LeaderElector:
-    """Runs the election loop; `leading` is set exactly while this replica may write."""
+class Elector:
+    """What a Lease holder is made of (the leader's and the shards' electors): the API client,
+    the settings (identity, Lease name and timings), the event it sets while this replica may
+    write, and the monotonic clock Lease ages are measured with."""
 
     def __init__(
         self,
@@ -64,15 +66,42 @@ class LeaderElector:
         self._settings = settings
         self._leading = leading
         self._clock = clock
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """The elector's own state (called last by `__init__`)."""
+
+    @property
+    def identity(self) -> str:
+        return self._settings.identity
+
+    def _claim(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `lease` rewritten to say we hold it as of now (a new holder: acquired now,
+        one more transition if the Lease existed)."""
+        now = micro_time()
+        claimed = copy.deepcopy(lease)
+        spec = claimed.setdefault("spec", {})
+        record = LeaseRecord.of(lease)
+        if record.holder != self.identity:
+            spec["acquireTime"] = now
+            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
+            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
+        spec["holderIdentity"] = self.identity
+        spec["leaseDurationSeconds"] = max(1, round(self._settings.lease_duration))
+        spec["renewTime"] = now
+        return claimed
+
+
+class LeaderElector(Elector):
+    """Runs the election loop; `leading` is set exactly while this replica may write."""
+
+    def _prepare(self) -> None:
+        settings = self._settings
         self._path = LEASES.format(namespace=settings.lease_namespace) + f"/{settings.lease_name}"
         self._lease: dict[str, Any] | None = None  # the Lease as we last saw it
         self._observed_at = 0.0  # our monotonic time when its record last changed
         self.not_leading: str | None = "no attempt to acquire the lease yet"
         """Why this replica does not lead (the last attempt's outcome); None once it leads."""
-
-    @property
-    def identity(self) -> str:
-        return self._settings.identity
 
     @property
     def lease(self) -> str:
@@ -92,21 +121,6 @@ class LeaderElector:
         record = LeaseRecord.of(self._lease)
         valid = self._observed_at + record.duration > self._clock()
         return bool(record.holder) and record.holder != self.identity and valid
-
-    def _claim(self, lease: dict[str, Any]) -> dict[str, Any]:
-        """`lease` rewritten to say we hold it as of now."""
-        now = micro_time()
-        claimed = copy.deepcopy(lease)
-        spec = claimed.setdefault("spec", {})
-        record = LeaseRecord.of(lease)
-        if record.holder != self.identity:
-            spec["acquireTime"] = now
-            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
-            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
-        spec["holderIdentity"] = self.identity
-        spec["leaseDurationSeconds"] = round(self._settings.lease_duration)
-        spec["renewTime"] = now
-        return claimed
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt; True when we hold the Lease afterwards. API errors propagate."""

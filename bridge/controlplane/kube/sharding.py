@@ -42,13 +42,11 @@ import contextlib
 import copy
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, Final
 
-from devicefabric.bridge.controlplane.kube.client import KubeClient, micro_time
-from devicefabric.bridge.controlplane.kube.leasing import JITTER, LEASES
-from devicefabric.bridge.controlplane.kube.settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.client import micro_time
+from devicefabric.bridge.controlplane.kube.leasing import JITTER, LEASES, Elector
 from devicefabric.bridge.errors import (
     ConflictError,
     ControlPlaneError,
@@ -78,20 +76,11 @@ GC_AFTER: Final = 5  # x lease duration nobody held a membership Lease before it
 GC_BATCH: Final = 10  # membership Leases deleted per round at most
 
 
-class ShardElector:
+class ShardElector(Elector):
     """Holds a fair share of the shard Leases; see the module doc."""
 
-    def __init__(
-        self,
-        client: KubeClient,
-        settings: KubeSettings,
-        leading: asyncio.Event,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
-        self._settings = settings
-        self._leading = leading
-        self._clock = clock
+    def _prepare(self) -> None:
+        settings = self._settings
         self.shards = settings.shards
         self._collection = LEASES.format(namespace=settings.lease_namespace)
         self._names = [shard_lease(settings.lease_name, k) for k in range(self.shards)]
@@ -104,10 +93,6 @@ class ShardElector:
         self.not_leading: str | None = "no attempt to acquire a shard yet"
         """Why this replica holds no shard (for `/readyz`); None while it holds one."""
         self._trouble: str | None = None  # the last failure of the current round
-
-    @property
-    def identity(self) -> str:
-        return self._settings.identity
 
     # -- the write gate (event loop only) -------------------------------------------------------
     def shard(self, device: str | None) -> int:
@@ -134,8 +119,8 @@ class ShardElector:
         return self.tenure.held()
 
     # -- Lease documents ------------------------------------------------------------------------
-    def _claim(self, name: str, lease: dict[str, Any] | None) -> dict[str, Any]:
-        now = micro_time()
+    def _claim_shard(self, name: str, lease: dict[str, Any] | None) -> dict[str, Any]:
+        """`Elector._claim` of Lease `name` (a new one when None), labelled as ours."""
         if lease is None:
             lease = {
                 "apiVersion": "coordination.k8s.io/v1",
@@ -143,18 +128,9 @@ class ShardElector:
                 "metadata": {"name": name},
                 "spec": {},
             }
-        claimed = copy.deepcopy(lease)
+        claimed = self._claim(lease)
         labels = claimed.setdefault("metadata", {}).setdefault("labels", {})
         labels.update({LABEL: self._settings.lease_name, SHARDS_LABEL: str(self.shards)})
-        spec = claimed.setdefault("spec", {})
-        record = LeaseRecord.of(lease)
-        if record.holder != self.identity:
-            spec["acquireTime"] = now
-            exists = bool((lease.get("metadata") or {}).get("resourceVersion"))
-            spec["leaseTransitions"] = record.transitions + 1 if exists else 0
-        spec["holderIdentity"] = self.identity
-        spec["leaseDurationSeconds"] = max(1, round(self._settings.lease_duration))
-        spec["renewTime"] = now
         return claimed
 
     async def _put(self, name: str, body: dict[str, Any]) -> bool:
@@ -194,7 +170,9 @@ class ShardElector:
     async def _renew(self) -> None:
         await self._try(
             "membership renewal",
-            self._put(self._member, self._claim(self._member, self._leases.get(self._member))),
+            self._put(
+                self._member, self._claim_shard(self._member, self._leases.get(self._member))
+            ),
         )
         for shard in self.tenure.held():
             name = self._names[shard]
@@ -203,7 +181,9 @@ class ShardElector:
                 self._lose(shard, "its Lease changed under us")
                 continue
             sent = self._clock()
-            ok = await self._try(f"renewing {name}", self._put(name, self._claim(name, lease)))
+            ok = await self._try(
+                f"renewing {name}", self._put(name, self._claim_shard(name, lease))
+            )
             if ok:
                 self.tenure.renewed(shard, sent)
             elif ok is False:
@@ -311,7 +291,8 @@ class ShardElector:
             name = self._names[shard]
             sent = self._clock()
             ok = await self._try(
-                f"acquiring {name}", self._put(name, self._claim(name, self._leases.get(name)))
+                f"acquiring {name}",
+                self._put(name, self._claim_shard(name, self._leases.get(name))),
             )
             if ok:
                 self.tenure.renewed(shard, sent)

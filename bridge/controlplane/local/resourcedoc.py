@@ -2,8 +2,8 @@
 
 `next_document` is what `apply` does to a stored document (create with a new uid and generation 1,
 or update: generation bumps only when the spec changes; labels and annotations replaced);
-`merge_patch` is the RFC 7386 status merge-patch; `resource_bytes`/`json_bytes` are the bytes the
-store writes (JSON, which is YAML too).
+`resource_bytes`/`json_bytes` are the bytes the store writes (JSON, which is YAML too). A status
+patch is merged with `config.mergepatch` (RFC 7386, as the API server does).
 """
 
 from __future__ import annotations
@@ -18,20 +18,6 @@ from devicefabric.config.resource import API_VERSION
 from devicefabric.runtime.clock import rfc3339
 
 Outcome = Literal["created", "configured", "unchanged"]
-
-
-def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> dict[str, object]:
-    """RFC 7386 JSON merge-patch of mappings: None deletes, nested mappings merge, lists replace."""
-    out = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping):
-            old = out.get(key)
-            out[key] = merge_patch(old if isinstance(old, Mapping) else {}, value)
-        else:
-            out[key] = value
-    return out
 
 
 def next_document(

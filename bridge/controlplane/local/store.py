@@ -49,13 +49,13 @@ from devicefabric.bridge.controlplane.base import OwnerRef, Resource
 from devicefabric.bridge.controlplane.local.resourcedoc import (
     Outcome,
     json_bytes,
-    merge_patch,
     next_document,
     resource_bytes,
     to_int,
 )
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
 from devicefabric.bridge.errors import ConflictError, NotFoundError
+from devicefabric.config.mergepatch import merge_patch
 from devicefabric.config.names import is_device_name, is_object_key
 from devicefabric.runtime.files import atomic_write, fsync_dir, stage
 

@@ -1,7 +1,7 @@
 """PATCH bodies as the API server applies them: JSON merge patch and JSON patch, by content type.
 
 - `application/merge-patch+json` (RFC 7386): objects merge recursively, `null` deletes, anything
-  else (lists included) replaces.
+  else (lists included) replaces: `devicefabric.config.mergepatch`, the one the local plane uses.
 - `application/json-patch+json` (RFC 6902): `add`, `remove`, `replace`, `move`, `copy`, `test` with
   JSON pointers (`~0`/`~1` escapes, `-` appends).
 - `application/strategic-merge-patch+json`: the API server refuses it for custom resources with 415
@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any, Final
+
+from devicefabric.config.mergepatch import merge_patch
 
 MERGE: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
@@ -64,22 +66,7 @@ def apply_patch(
         return json_patch(obj, patch)
     if not isinstance(patch, dict):
         raise PatchError(400, "BadRequest", "merge patch must be a JSON object")
-    merged = merge_patch(obj, patch)
-    assert isinstance(merged, dict)  # an object patched by an object stays an object
-    return merged
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 on copies."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
+    return merge_patch(obj, patch)
 
 
 def _tokens(pointer: str) -> list[str]:

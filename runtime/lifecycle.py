@@ -1,8 +1,13 @@
-"""Running an asyncio program under signals: first SIGTERM/SIGINT graceful, second forceful.
+"""Lifecycles: a program under signals, a component as an async context manager, a task stopped.
 
-`run_program(main)` runs `main()` in a fresh event loop. The first signal (SIGINT, SIGTERM, SIGHUP) cancels the main task, so
-every `async with` and TaskGroup unwinds (children stopped, offline published, sockets closed);
-a second signal exits at once with code 130 (SIGINT) or 143 (SIGTERM).
+`run_program(main)` runs `main()` in a fresh event loop. The first signal (SIGINT, SIGTERM,
+SIGHUP) cancels the main task, so every `async with` and TaskGroup unwinds (children stopped,
+offline published, sockets closed); a second signal exits at once with code 130 (SIGINT) or 143
+(SIGTERM).
+
+`Closing` is the exit half of a component used as `async with`: leaving the block is
+`await aclose()`, whatever happened in it. `stop_task(task)` cancels a task and waits until it
+has ended (its cancellation is not an error; any other error is raised).
 
 `raise_fd_limit()` raises the soft descriptor limit (RLIMIT_NOFILE) to the hard limit; the
 console script calls it first, for every program: systemd's default soft limit (1024) is far
@@ -19,6 +24,7 @@ import os
 import resource
 import signal
 from collections.abc import Callable, Coroutine
+from types import TracebackType
 from typing import Any
 
 log = logging.getLogger("devicefabric.lifecycle")
@@ -61,6 +67,30 @@ def run_program(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
         return 0 if result is None else result
 
     return asyncio.run(runner())
+
+
+class Closing:
+    """An async context manager whose exit is `aclose()` (see the module doc)."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel `task` (None: nothing) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def raise_fd_limit() -> int:

@@ -12,10 +12,11 @@ packet split across reads, a malformed one) goes through paho's own reader and `
 Invariants:
 - Bytes already taken off the socket are not seen by the event loop's selector. So whoever drives
   the client must call `loop_read` again while `buffered()` is true, not only when the socket is
-  readable (`MqttLink._readable` does). `buffered()` also counts bytes a TLS socket has already
+  readable (`mqtt.Channel` does). `buffered()` also counts bytes a TLS socket has already
   decrypted (`pending()`), for the same reason.
-- The buffer belongs to one connection: it is emptied when paho closes the socket and before each
-  new connection, so no byte of an old connection is ever parsed as part of a new one.
+- The buffer belongs to one connection: it is emptied when paho closes the socket (and `Channel`
+  uses a new client for each connection), so no byte of an old connection is ever parsed as part
+  of a new one.
 - End of stream and errors pass through unchanged: an empty buffer and an empty `recv` return
   b"" (paho: connection lost). `BlockingIOError`, TLS want-read/write and the rest are paho's own
   `_sock_recv` handling.
