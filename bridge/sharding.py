@@ -1,7 +1,7 @@
 """Shard ownership: which device belongs to which shard, and which shards a replica should hold.
 
 The pure core of the sharded bridge (`--shards N`); the Lease IO around it is
-`controlplane.kube_sharding`. Nothing here reads a clock: `now` is passed in (the replica's
+`controlplane.kube.sharding`. Nothing here reads a clock: `now` is passed in (the replica's
 monotonic clock), so every rule is a table-driven test.
 
 - `shard_of(device, n)`: the first 8 bytes of SHA-256 of the device name (UTF-8), big-endian,
@@ -17,7 +17,7 @@ monotonic clock), so every rule is a table-driven test.
   try different ones; a race is settled by the Lease's resourceVersion (one 409).
 - `LeaseClock`: when each Lease's record last changed *by our clock*; a holder is valid for the
   Lease's duration after that (we never compare another machine's timestamps with our clock),
-  exactly as `kube_leasing` does for the single Lease.
+  exactly as `kube.leasing` does for the single Lease.
 - `collectable(...)`: membership Leases left behind by replicas that are gone (nobody holds them
   and they have not changed for a while), for deletion: pods get new names, so without it every
   rollout would leave Leases behind for ever.

@@ -8,7 +8,7 @@ They read and write the state directory through `LocalStore` (the same files `de
                                                `deviceprocess/<name> created|configured|unchanged`
     devicefabric delete NAME... | -f FILE      prints `deviceprocess/<name> deleted`
     devicefabric get [NAME...] [-o wide|yaml|json] [-n NS | -A] [-w]   `-w`/`--watch`: keep the
-                                               table up to date (`bridge.watching`)
+                                               table up to date (`cli.watching`)
 
 Exit codes: 0 done; 2 invalid input, with the file, document and field in one line, and nothing
 written (every file is validated before the first write); 1 a named resource does not exist.

@@ -2,17 +2,17 @@
 
 `KubeControlPlane` implements `controlplane.base.ControlPlane` over the official client (through
 the one thread seam in `kube.client`; why that client is explained there). `run(on_change)` runs
-two tasks: the informer and the leader elector (`kube_leasing`; with `--shards` > 1 the shard
-elector, `kube_sharding`); a `ConfigError` from either (a Lease namespace that does not exist)
+two tasks: the informer and the leader elector (`leasing`; with `--shards` > 1 the shard
+elector, `sharding`); a `ConfigError` from either (a Lease namespace that does not exist)
 ends `run` as itself. `may_write(device)` is `leading`, or with shards whether this replica holds
 the device's shard; with shards, `patch_status` and `emit_event` count as writes under way of
 their shard (a release waits for them), a status patch for a shard not held is refused
 (`TransientError`: the queue retries, and the writer then finds it may not write) and an Event
 for one is dropped (best effort, and retrying it would hold up the Events behind it).
 
-The informer (`kube_informing`) lists DeviceProcesses (all namespaces, or `--namespace`) and
+The informer (`informing`) lists DeviceProcesses (all namespaces, or `--namespace`) and
 watches them: level-based, no duplicates, 410 relists that diff, back-off honouring Retry-After.
-`fleet` (`kube_fleet`) informs Devices and DeviceProcessSets the same way and makes the writes of
+`fleet` (`fleet`) informs Devices and DeviceProcessSets the same way and makes the writes of
 the fleet controller.
 
 Writes: `patch_status` sends `{"status": patch}` as `application/merge-patch+json` to the
