@@ -12,7 +12,7 @@ for one is dropped (best effort, and retrying it would hold up the Events behind
 
 The informer (`informing`) lists DeviceProcesses (all namespaces, or `--namespace`) and
 watches them: level-based, no duplicates, 410 relists that diff, back-off honouring Retry-After.
-`fleet` (`fleet`) informs Devices and DeviceProcessSets the same way and makes the writes of
+`fleet` informs Devices and DeviceProcessSets the same way and makes the writes of
 the fleet controller.
 
 Writes: `patch_status` sends `{"status": patch}` as `application/merge-patch+json` to the
