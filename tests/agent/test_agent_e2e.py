@@ -23,12 +23,8 @@ from tests.support.desired import DEVICE, desired_process, document
 from tests.support.fabric import Fabric
 from tests.support.mqtt import connect
 from tests.support.ports import free_port
-from tests.support.processes import (
-    Doc,
-    running_pids,
-    wait_gone,
-)
-from tests.support.procfs import alive
+from tests.support.processes import Doc, running_pids
+from tests.support.procfs import alive, wait_gone
 from tests.support.resources import key
 from tests.support.waiting import wait_for
 

@@ -29,8 +29,7 @@ NOT_AUTHORIZED = 5
 
 
 def test_a_device_reads_and_writes_only_its_own_topics(peer: MakePeer) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     alpha = peer("alpha")
     assert alpha.subscribe(T.desired("alpha")) == 1
     assert alpha.subscribe(T.status("alpha")) == 1
@@ -62,8 +61,7 @@ def test_bridge_replicas_publish_desired_and_read_device_topics(peer: MakePeer) 
     two = peer("bridge", client_id="bridge_pod-b")
     assert one.subscribe(T.all_devices(DeviceTopic.STATUS)) == 1
     assert one.subscribe(T.everything()) == 0x80
-    alpha = peer("alpha")
-    alpha.subscribe(T.desired("alpha"))
+    alpha = peer("alpha", watch=T.desired("alpha"))
     two.publish(T.desired("alpha"), b'{"revision":"r1"}', retain=True)
     alpha.inbox.wait_for(T.desired("alpha"), b'{"revision":"r1"}')
     alpha.publish(T.status("alpha"), b"online", retain=True)
@@ -99,8 +97,7 @@ def test_qos2_is_routed_once(peer: MakePeer) -> None:
 def test_a_clean_disconnect_routes_everything_sent_and_publishes_no_will(
     peer: MakePeer, raw: MakeRaw
 ) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     client = raw()
     assert client.connect("alpha", will=(T.status("alpha"), b"lost")) == 0
     burst = b"".join(publish_packet(T.heartbeat("alpha"), str(i).encode()) for i in range(500))

@@ -35,6 +35,7 @@ from tests.support.processes import (
 )
 from tests.support.procfs import open_fds, rss_kib, threads
 from tests.support.resources import manifest, reason
+from tests.support.waiting import stop_task
 
 pytestmark = [
     pytest.mark.faults,
@@ -90,9 +91,7 @@ def fleet_running(fab: Fabric, names: list[str]) -> Iterator[tuple[LoopThread, F
 
     async def stop(fleet: Fleet) -> None:
         for task in beats:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         await fleet.close()
 
     fleet = runner.run(start())

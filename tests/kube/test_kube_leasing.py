@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,11 @@ from tests.support.fakeapi import FakeApiServer, Match
 from tests.support.fakeapi.client import Http
 from tests.support.kubeplane import FAST, denied, make_plane, running, user_of
 from tests.support.waiting import async_wait_for
+from tests.support.waiting import run_bounded as run
 
 SLACK = 1.0  # s: request latency and scheduling on a loaded two-core machine
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/devicefabric-system/leases/devicefabric-bridge"
 LEASE_NAME = "devicefabric-system/devicefabric-bridge"
-
-
-def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario()
-
-    asyncio.run(bounded())
 
 
 class Timeline:

@@ -25,7 +25,7 @@ from devicefabric.config.errors import ConfigError
 from tests.support.fakeapi import FakeApiServer, Match
 from tests.support.fakeapi.client import LEASES, Http
 from tests.support.kubeplane import FAST, denied, make_plane, running, user_of
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, run_bounded
 
 SHARDS = 4
 # One device per shard, found by the pure function itself.
@@ -34,11 +34,7 @@ SLACK = 1.0
 
 
 def run(scenario: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario()
-
-    asyncio.run(bounded())
+    run_bounded(scenario, timeout)
 
 
 def holders(http: Http) -> dict[int, str]:

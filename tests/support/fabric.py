@@ -45,7 +45,7 @@ from tests.support.ledger import Ledger, Marker
 from tests.support.mqtt import Client, connect
 from tests.support.processes import AgentProcess, BridgeProcess, Doc, Plane, kill_groups
 from tests.support.procfs import cmdline
-from tests.support.resources import document, key, reason, settled
+from tests.support.resources import condition, document, key, reason, settled
 from tests.support.waiting import ConditionTimeoutError, wait_for
 
 START_TIMEOUT: Final = 10.0
@@ -260,7 +260,11 @@ class Fabric:
         DeviceProcesses (the bridge's Device writes have all landed)."""
         items = self.http.get(DEVICES_PATH).body["items"]
         seen = {d["metadata"]["name"]: (d.get("status") or {}).get("processes") for d in items}
-        connected = {d["metadata"]["name"] for d in items if _connected(d)}
+        connected = {
+            d["metadata"]["name"]
+            for d in items
+            if condition(d, "Connected").get("status") == "True"
+        }
         return all(seen.get(n) == count and n in connected for n, count in processes.items())
 
     def leader(self) -> str:
@@ -375,11 +379,6 @@ class Fabric:
             self._api.stop()
         if self._owns_broker:
             self.broker.stop()
-
-
-def _connected(device: Doc) -> bool:
-    conds = (device.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Connected" and c.get("status") == "True" for c in conds)
 
 
 def _is_our_child(pid: int) -> bool:

@@ -24,7 +24,7 @@ from devicefabric.config import deploybundle as manifests
 from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
 from tests.support.fakeapi.faults import RequestRecord
 from tests.support.fakeapi.rbac import Authorizer
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, stop_task
 
 FAST = {
     "lease_duration": 1.5,
@@ -93,9 +93,7 @@ async def running(
             await async_wait_for(lambda: api.active_watches("deviceprocesses") >= 1, what="a watch")
         yield changes
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
 
 def denied(records: Iterable[RequestRecord], rbac: str = manifests.RBAC) -> list[RequestRecord]:
