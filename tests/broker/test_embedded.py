@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import os
 import socket
 from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker, bind_listener
 from devicefabric.broker.errors import BrokerConfigError
@@ -23,6 +17,7 @@ from devicefabric.config.topics import DeviceTopic, Topics
 from tests.broker.conftest import MakeBroker, MakePeer, MakeRaw
 from tests.support.inproc import BrokerThread, Peer
 from tests.support.packets import publish_packet
+from tests.support.tls import make_ca_and_server
 
 T = Topics()
 NOT_AUTHORIZED = 5
@@ -148,7 +143,7 @@ def test_a_revoked_device_is_refused_and_a_newly_revoked_one_is_dropped(
 
 
 def test_tls_listener(make_inproc_broker: MakeBroker, stack: ExitStack, tmp_path: Path) -> None:
-    ca, cert, key = _make_ca_and_server_cert(tmp_path)
+    ca, cert, key = make_ca_and_server(tmp_path)
     broker = make_inproc_broker(tls_cert=cert, tls_key=key)
     assert broker.broker is not None
     assert broker.broker.url.startswith("mqtts://")
@@ -208,48 +203,3 @@ def test_port_zero_binds_a_free_port_and_reports_it(inproc_broker: BrokerThread)
     assert inproc_broker.port > 0
     with socket.create_connection(("127.0.0.1", inproc_broker.port), timeout=5):
         pass
-
-
-def _make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devicefabric test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
