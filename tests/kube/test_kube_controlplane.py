@@ -23,13 +23,13 @@ from devicefabric.bridge.errors import (
     TransientError,
 )
 from devicefabric.config import deploybundle as manifests
-from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi import FakeApiServer, Match, bridge_user
 from tests.support.fakeapi.client import Http, device_process, dp_path
-from tests.support.kubeplane import denied, make_plane, running, user_of
+from tests.support.kubeplane import denied, make_plane, running
 from tests.support.waiting import async_wait_for, stop_task
 from tests.support.waiting import run_bounded as run
 
-BRIDGE = user_of("bridge-0")
+BRIDGE = bridge_user("bridge-0")
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,7 @@ from devicefabric.config.topics import DeviceTopic
 from devicefabric.config.wire import Desired, encode
 from tests.support.brokers import BrokerProcess, prepare_mosquitto
 from tests.support.desired import DEVICE
-from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.fakeapi import FakeApiServer, bridge_user
 from tests.support.fakeapi.client import Http, dp_path
 from tests.support.fakeapi.kubeconfig import kubectl
 from tests.support.inbox import Message
@@ -54,11 +54,6 @@ LEASE: Final = (
 )
 DEVICES_PATH: Final = "/apis/devicefabric.io/v1alpha1/devices"
 LOCAL_BRIDGE_DEFAULTS: Final = {"stale_multiplier": 3.0, "write_qps": 20.0, "write_burst": 30}
-
-
-def bridge_user(pod: str) -> str:
-    """The bearer token of replica `pod`: the bridge ServiceAccount, tagged per pod."""
-    return f"{BRIDGE_USER}#{pod}"
 
 
 class Fabric:
