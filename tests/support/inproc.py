@@ -1,7 +1,8 @@
-"""The embedded broker in-process, for its own tests: the broker in a thread, clients, raw sockets.
+"""In-process components for their own tests: a broker or bridge in a thread, clients, raw sockets.
 
-- `BrokerThread` runs an `EmbeddedBroker` on its own event loop in a background thread, bound to
-  port 0 (the OS picks a free port, so there is no race with other tests), and always stops it.
+- `LoopThread` enters an async component (a broker, a bridge) on its own event loop in a
+  background thread for a block; `BrokerThread` is one for an `EmbeddedBroker`, bound to port 0
+  (the OS picks a free port, so there is no race with other tests).
 - `Peer` is the kit's MQTT test client (`tests.support.mqtt.Client`: what it receives lands in
   an `Inbox` with deadline-based waits; it never reconnects) made before it connects, so a test
   can set a will first and read the CONNACK.
@@ -19,10 +20,10 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Generic, Self, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -36,58 +37,96 @@ from tests.support.mqtt import Client, password_of
 from tests.support.packets import connect_packet
 
 T = TypeVar("T")
+R = TypeVar("R")
 HOST: Final = "127.0.0.1"
 
 
-class BrokerThread:
-    """An `EmbeddedBroker` on its own loop in a daemon thread; a context manager."""
+class LoopThread(Generic[T]):
+    """An async context manager (`make()`) entered on its own event loop in a daemon thread.
 
-    def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
-        self.settings = settings
-        self.secret = settings.secret
-        self._gatekeeper = gatekeeper
+    A context manager itself: `__enter__` returns once it is entered (and `ready(value)` awaited),
+    `__exit__` leaves it on its loop and joins the thread; a failure on either side is raised in
+    the test's thread. `value` is what it entered; `call(fn)` runs `fn(value)` on its loop.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], AbstractAsyncContextManager[T]],
+        *,
+        ready: Callable[[T], Awaitable[object]] | None = None,
+        name: str = "loop-thread",
+        timeout: float = 2 * TIMEOUT,
+    ) -> None:
+        self._make, self._wait_ready, self._timeout = make, ready, timeout
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="embedded-broker", daemon=True)
-        self.broker: EmbeddedBroker | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.value: T | None = None
 
     def __enter__(self) -> Self:
         self._thread.start()
-        if not self._ready.wait(TIMEOUT * 2):
-            raise AssertionError("embedded broker did not start")
+        if not self._ready.wait(self._timeout):
+            raise AssertionError(f"{self._thread.name} did not start in {self._timeout}s")
         if self._error is not None:
             raise self._error
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(TIMEOUT * 2)
+        self._thread.join(self._timeout)
         if self._thread.is_alive():
-            raise AssertionError("embedded broker did not stop")
+            raise AssertionError(f"{self._thread.name} did not stop")
+        if self._error is not None:
+            raise self._error
 
     def _main(self) -> None:
         async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            async with EmbeddedBroker(self.settings, self._gatekeeper) as broker:
-                self.broker = broker
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            async with self._make() as value:
+                self.value = value
+                if self._wait_ready is not None:
+                    await self._wait_ready(value)
                 self._ready.set()
                 await self._stop.wait()
 
         try:
             asyncio.run(serve())
-        except BaseException as exc:  # reported by __enter__
+        except BaseException as exc:  # raised in the test's thread
             self._error = exc
         finally:
             self._ready.set()
+
+    def call(self, fn: Callable[[T], R]) -> R:
+        """Run `fn(value)` on the loop and return its result."""
+        assert self._loop is not None
+        assert self.value is not None
+        value = self.value
+        result: Future[R] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn(value))
+            except Exception as exc:
+                result.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return result.result(TIMEOUT)
+
+
+class BrokerThread(LoopThread[EmbeddedBroker]):
+    """An `EmbeddedBroker` on its own loop in a daemon thread; a context manager."""
+
+    def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
+        super().__init__(lambda: EmbeddedBroker(settings, gatekeeper), name="embedded-broker")
+        self.settings = settings
+        self.secret = settings.secret
+
+    @property
+    def broker(self) -> EmbeddedBroker | None:
+        return self.value
 
     @property
     def port(self) -> int:
@@ -96,22 +135,6 @@ class BrokerThread:
 
     def password(self, user: str) -> str:
         return password_for(self.secret, user)
-
-    def call(self, fn: Callable[[EmbeddedBroker], T]) -> T:
-        """Run `fn(broker)` on the broker's loop and return its result."""
-        assert self._loop is not None
-        assert self.broker is not None
-        broker = self.broker
-        result: Future[T] = Future()
-
-        def run() -> None:
-            try:
-                result.set_result(fn(broker))
-            except Exception as exc:
-                result.set_exception(exc)
-
-        self._loop.call_soon_threadsafe(run)
-        return result.result(TIMEOUT)
 
 
 class Peer(Client):
