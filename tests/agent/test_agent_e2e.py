@@ -23,12 +23,8 @@ from tests.support.desired import DEVICE, desired_process, document
 from tests.support.fabric import Fabric
 from tests.support.mqtt import connect
 from tests.support.ports import free_port
-from tests.support.processes import (
-    Doc,
-    running_pids,
-    wait_gone,
-)
-from tests.support.procfs import alive
+from tests.support.processes import Doc, running_pids
+from tests.support.procfs import alive, wait_gone
 from tests.support.resources import key
 from tests.support.waiting import wait_for
 
@@ -349,7 +345,7 @@ def test_a_refused_login_exits_2_with_a_one_line_reason(
 
 @pytest.mark.mosquitto
 def test_over_tls_with_a_private_ca(tmp_path: Path, secret: bytes) -> None:
-    from tests.broker.test_mosquitto_tls import make_ca_and_server  # noqa: PLC0415
+    from tests.support.tls import make_ca_and_server  # noqa: PLC0415
 
     tls = make_ca_and_server(tmp_path)
     broker = prepare_mosquitto(tmp_path, secret, [DEVICE], tls=tls)

@@ -21,7 +21,7 @@ from devicefabric.agent.supervising import Supervisor
 from tests.support.desired import want
 from tests.support.procfs import rss_kib
 from tests.support.resources import key
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, run_bounded, stop_task
 
 SH = "/bin/sh"
 MiB = 1024 * 1024
@@ -39,17 +39,11 @@ async def supervisor(log_budget: int = 64 * 1024) -> AsyncIterator[Supervisor]:
     try:
         yield sup
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
 
-def run(test: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await test()
-
-    asyncio.run(bounded())
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
+    run_bounded(scenario, timeout)
 
 
 async def lines_of(

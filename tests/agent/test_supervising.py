@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from tests.support.processes import (
 )
 from tests.support.procfs import alive
 from tests.support.resources import key
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, stop_task
+from tests.support.waiting import run_bounded as run
 
 SLEEP = ["/bin/sleep", "60"]
 FAST = RestartTiming(cap=0.2)
@@ -86,17 +87,7 @@ async def supervisor(
     try:
         yield watch
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def run(test: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await test()
-
-    asyncio.run(bounded())
+        await stop_task(task)
 
 
 async def gone(pid: int, timeout: float = 5.0) -> None:

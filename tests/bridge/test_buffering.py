@@ -122,7 +122,7 @@ def test_a_burst_is_delivered_whole_in_order_and_nothing_waits_in_the_buffer(
     monkeypatch.setattr("devicefabric.runtime.mqttbuffer.FAST_BATCH", fast_batch)
     files = None
     if tls:
-        from tests.broker.test_mosquitto_tls import make_ca_and_server  # noqa: PLC0415
+        from tests.support.tls import make_ca_and_server  # noqa: PLC0415
 
         files = make_ca_and_server(tmp_path)
     broker = prepare_mosquitto(tmp_path, secret, ["buf-a"], tls=files)

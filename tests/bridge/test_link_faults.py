@@ -105,7 +105,7 @@ def test_a_loss_right_after_connack_ends_in_a_reconnect() -> None:
 
 
 def test_healthz_fails_once_mqtt_has_been_down_past_the_bound(embedded: BrokerProcess) -> None:
-    from tests.bridge.test_service import http_get  # noqa: PLC0415 - one HTTP client for tier 2
+    from tests.support.bridges import http_get  # noqa: PLC0415 - one HTTP client for tier 2
 
     limit = 1.0
     closed = parse_broker_url(f"mqtt://127.0.0.1:{free_port()}")

@@ -12,6 +12,7 @@ import pytest
 
 from devicefabric.bridge.controlplane.local.userfiles import parse_manifests
 from devicefabric.config.errors import ConfigError
+from tests.support.resources import rolling_update, set_template
 
 HEAD = "apiVersion: devicefabric.io/v1alpha1\nkind: DeviceProcess\n"
 
@@ -187,37 +188,15 @@ def test_devices_and_sets_parse_with_their_keys_and_defaults() -> None:
     assert (dpset.kind, dpset.key) == ("DeviceProcessSet", "lab/fleet")
     assert dpset.spec == {
         "selector": {"matchLabels": {"role": "a"}, "matchExpressions": []},
-        "template": {
-            "command": ["sleep", "100"],
-            "env": [],
-            "restartPolicy": "Always",
-            "suspend": False,
-            "terminationGracePeriodSeconds": 10,
-        },
-        "updateStrategy": {
-            "type": "RollingUpdate",
-            "rollingUpdate": {
-                "maxUnavailable": 1,
-                "partition": 0,
-                "progressDeadlineSeconds": 600,
-                "failurePolicy": "Stop",
-            },
-        },
+        "template": set_template(["sleep", "100"]),
+        "updateStrategy": rolling_update(1),
         "paused": False,
     }
     assert (process.kind, process.key) == ("DeviceProcess", "lab/web")
     percent = parse_manifests(
         SET + "  updateStrategy: {rollingUpdate: {maxUnavailable: 25%}}\n", "f.yaml"
     )
-    assert percent[0].spec["updateStrategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {
-            "maxUnavailable": "25%",
-            "partition": 0,
-            "progressDeadlineSeconds": 600,
-            "failurePolicy": "Stop",
-        },
-    }
+    assert percent[0].spec["updateStrategy"] == rolling_update("25%")
     assert parse_manifests(DEVICE + "spec: {}\n", "f.yaml")[0].spec == {}  # empty spec is fine
 
 

@@ -23,7 +23,7 @@ import pytest
 from devicefabric.bridge.service import Bridge
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import HostPort
-from tests.support.bridges import running, settle, settled_status, until
+from tests.support.bridges import http_get, running, settle, settled_status, until
 from tests.support.brokers import BrokerProcess
 from tests.support.devices import Fleet
 from tests.support.memoryplane import MemoryControlPlane, resource
@@ -356,17 +356,6 @@ def test_desired_follows_resources_and_invalid_specs_stay_home(
             await fleet.close()
 
     play(story)
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    async with asyncio.timeout(5):
-        raw = await reader.read()
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
 
 
 @pytest.mark.fabric_devices("dev-a")

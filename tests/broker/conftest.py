@@ -53,14 +53,17 @@ def inproc_broker(make_inproc_broker: MakeBroker) -> BrokerThread:
 
 @pytest.fixture
 def peer(inproc_broker: BrokerThread, stack: ExitStack) -> MakePeer:
-    """`peer(user, connect=True, **kwargs)`: a `Peer`, connected and accepted unless told not."""
+    """`peer(user, connect=True, watch=None, **kwargs)`: a `Peer`, connected and accepted unless
+    told not, subscribed to `watch` when given."""
 
-    def make(user: str, *, connect: bool = True, **kwargs: Any) -> Peer:
+    def make(user: str, *, connect: bool = True, watch: str | None = None, **kwargs: Any) -> Peer:
         client = Peer(inproc_broker, user, **kwargs)
         stack.callback(client.close)
         if connect:
             reason = client.connect()
             assert client.accepted, f"{user} refused: {reason}"
+        if watch is not None:
+            client.subscribe(watch)
         return client
 
     return make

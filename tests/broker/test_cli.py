@@ -8,7 +8,6 @@ comes from `devicefabric creds observer`, the watcher is the real `mosquitto_sub
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 from devicefabric.config.credentials import password_for
 from devicefabric.config.topics import Topics
 from tests.support.packets import connect_packet, publish_packet
+from tests.support.requires import require_tool
 
 T = Topics()
 READY_TIMEOUT: Final = 20.0
@@ -116,12 +116,7 @@ def test_run_prints_a_ready_line_and_accepts_devices(running: RunningBroker) -> 
 
 @pytest.mark.mosquitto
 def test_mosquitto_sub_as_observer_prints_retained_device_status(running: RunningBroker) -> None:
-    mosquitto_sub = shutil.which("mosquitto_sub")
-    if mosquitto_sub is None:
-        message = "mosquitto_sub not found: install mosquitto-clients"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    mosquitto_sub = require_tool("mosquitto_sub", "install mosquitto-clients")
     status = b'{"state":"online","session":"s1","heartbeat_s":15,"agent":"0.1.0"}'
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as device:
         device.sendall(

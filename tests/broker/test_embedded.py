@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import os
 import socket
 from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker, bind_listener
 from devicefabric.broker.errors import BrokerConfigError
@@ -23,14 +17,14 @@ from devicefabric.config.topics import DeviceTopic, Topics
 from tests.broker.conftest import MakeBroker, MakePeer, MakeRaw
 from tests.support.inproc import BrokerThread, Peer
 from tests.support.packets import publish_packet
+from tests.support.tls import make_ca_and_server
 
 T = Topics()
 NOT_AUTHORIZED = 5
 
 
 def test_a_device_reads_and_writes_only_its_own_topics(peer: MakePeer) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     alpha = peer("alpha")
     assert alpha.subscribe(T.desired("alpha")) == 1
     assert alpha.subscribe(T.status("alpha")) == 1
@@ -62,8 +56,7 @@ def test_bridge_replicas_publish_desired_and_read_device_topics(peer: MakePeer) 
     two = peer("bridge", client_id="bridge_pod-b")
     assert one.subscribe(T.all_devices(DeviceTopic.STATUS)) == 1
     assert one.subscribe(T.everything()) == 0x80
-    alpha = peer("alpha")
-    alpha.subscribe(T.desired("alpha"))
+    alpha = peer("alpha", watch=T.desired("alpha"))
     two.publish(T.desired("alpha"), b'{"revision":"r1"}', retain=True)
     alpha.inbox.wait_for(T.desired("alpha"), b'{"revision":"r1"}')
     alpha.publish(T.status("alpha"), b"online", retain=True)
@@ -99,8 +92,7 @@ def test_qos2_is_routed_once(peer: MakePeer) -> None:
 def test_a_clean_disconnect_routes_everything_sent_and_publishes_no_will(
     peer: MakePeer, raw: MakeRaw
 ) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     client = raw()
     assert client.connect("alpha", will=(T.status("alpha"), b"lost")) == 0
     burst = b"".join(publish_packet(T.heartbeat("alpha"), str(i).encode()) for i in range(500))
@@ -151,7 +143,7 @@ def test_a_revoked_device_is_refused_and_a_newly_revoked_one_is_dropped(
 
 
 def test_tls_listener(make_inproc_broker: MakeBroker, stack: ExitStack, tmp_path: Path) -> None:
-    ca, cert, key = _make_ca_and_server_cert(tmp_path)
+    ca, cert, key = make_ca_and_server(tmp_path)
     broker = make_inproc_broker(tls_cert=cert, tls_key=key)
     assert broker.broker is not None
     assert broker.broker.url.startswith("mqtts://")
@@ -211,48 +203,3 @@ def test_port_zero_binds_a_free_port_and_reports_it(inproc_broker: BrokerThread)
     assert inproc_broker.port > 0
     with socket.create_connection(("127.0.0.1", inproc_broker.port), timeout=5):
         pass
-
-
-def _make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devicefabric test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths

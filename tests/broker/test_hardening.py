@@ -56,8 +56,7 @@ def test_retained_replay_on_subscribe_is_limited_to_what_the_user_may_receive(
 
 
 def test_2_a_will_on_another_devices_topic_is_refused(peer: MakePeer) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     forger = peer("alpha", connect=False).will(T.status("beta"), b'{"state":"offline"}')
     assert forger.connect() is not None
     assert not forger.accepted
@@ -104,8 +103,7 @@ def test_2_a_will_the_acl_denies_at_publication_is_dropped(
 
 
 def test_3_keepalive_is_enforced_and_the_will_fires(peer: MakePeer, raw: MakeRaw) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.status("alpha"))
+    observer = peer("observer", watch=T.status("alpha"))
     frozen = raw()
     assert frozen.connect("alpha", keepalive=1, will=(T.status("alpha"), b"lost")) == 0
     silent_since = time.monotonic()
@@ -114,8 +112,7 @@ def test_3_keepalive_is_enforced_and_the_will_fires(peer: MakePeer, raw: MakeRaw
 
 
 def test_3_a_client_stalling_mid_packet_is_dropped(peer: MakePeer, raw: MakeRaw) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.status("alpha"))
+    observer = peer("observer", watch=T.status("alpha"))
     staller = raw()
     assert staller.connect("alpha", keepalive=1, will=(T.status("alpha"), b"lost")) == 0
     staller.send(publish_packet(T.report("alpha"), b"x" * 100)[:5])  # header, then nothing
@@ -130,8 +127,7 @@ def test_3_a_connection_that_never_sends_connect_is_closed(raw: MakeRaw) -> None
 
 
 def test_keepalive_zero_is_never_timed_out(peer: MakePeer, raw: MakeRaw) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.status("alpha"))
+    observer = peer("observer", watch=T.status("alpha"))
     idle = raw()
     assert idle.connect("alpha", keepalive=0, will=(T.status("alpha"), b"lost")) == 0
     assert idle.closed_within(2.0) is None  # idle for longer than any 1 s keepalive would allow
@@ -178,8 +174,7 @@ def test_4_a_paho_publisher_loses_nothing_it_got_acknowledged(peer: MakePeer) ->
 def test_4_messages_sent_before_a_disconnect_are_routed_before_the_will(
     peer: MakePeer, raw: MakeRaw
 ) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     client = raw()
     assert client.connect("alpha", will=(T.status("alpha"), b"lost")) == 0
     burst = b"".join(publish_packet(T.report("alpha"), str(i).encode()) for i in range(300))
@@ -198,8 +193,7 @@ def test_4_messages_sent_before_a_disconnect_are_routed_before_the_will(
 def test_5_a_refused_connect_with_the_victims_client_id_leaves_the_victim_alone(
     peer: MakePeer, username: str, password: str | None
 ) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.everything())
+    observer = peer("observer", watch=T.everything())
     victim = peer("alpha", connect=False).will(T.status("alpha"), b"forged?")
     victim.connect()
     victim.subscribe(T.desired("alpha"))
@@ -217,8 +211,7 @@ def test_5_a_refused_connect_with_the_victims_client_id_leaves_the_victim_alone(
 
 
 def test_6_a_takeover_closes_the_old_connection(peer: MakePeer, raw: MakeRaw) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.status("alpha"))
+    observer = peer("observer", watch=T.status("alpha"))
     old = raw()
     assert old.connect("alpha", will=(T.status("alpha"), b"old will")) == 0
     new = peer("alpha")
@@ -283,8 +276,7 @@ def test_8_a_malformed_packet_closes_the_connection(raw: MakeRaw, data: bytes) -
 
 
 def test_8_a_closed_malformed_client_fires_its_will(peer: MakePeer, raw: MakeRaw) -> None:
-    observer = peer("observer")
-    observer.subscribe(T.status("alpha"))
+    observer = peer("observer", watch=T.status("alpha"))
     client = raw()
     assert client.connect("alpha", will=(T.status("alpha"), b"lost")) == 0
     client.send(publish_packet("fabric/v1/+/x", b"x"))

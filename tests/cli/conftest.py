@@ -9,8 +9,6 @@ where it fails: CI must run those stories.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import Background
+from tests.support.requires import require_tool
 
 
 @pytest.fixture
@@ -31,10 +30,7 @@ def procs() -> Iterator[list[Background]]:
 
 @pytest.fixture
 def tmux() -> Iterator[str]:
-    if shutil.which("tmux") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("tmux is not installed (CI must read the terminal screens)")
-        pytest.skip("tmux is not installed")
+    require_tool("tmux", "install tmux (CI must read the terminal screens)")
     session = f"df-{uuid.uuid4().hex[:8]}"
     yield session
     socket_path = subprocess.run(

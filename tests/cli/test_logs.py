@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from devicefabric.cli.demo import DEMO_DEVICES
-from tests.cli.test_up_demo import demo_agent_pids
 from tests.support.cli import (
     Background,
     cli_argv,
+    demo_agent_pids,
     manifest_text,
     run_cli,
     start_up,

@@ -8,19 +8,17 @@ verbatim (only the program path and the port substituted) through `sh` with the 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import stat
 import sys
 from pathlib import Path
 
-import pytest
-
 from devicefabric.config.credentials import role_password
-from tests.support.brokers import BrokerProcess, which_mosquitto_clients
+from tests.support.brokers import BrokerProcess
 from tests.support.cli import run_cli, sh
 from tests.support.mqtt import connect
+from tests.support.requires import require_tool
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 STATUS = b'{"state":"online","session":"s1","heartbeat_s":15,"agent":"0.1.0"}'
@@ -36,13 +34,7 @@ def readme_watch_lines() -> list[str]:
 
 
 def mosquitto_sub() -> str:
-    sub, _ = which_mosquitto_clients()
-    if sub is None:
-        message = "mosquitto_sub not found: install mosquitto-clients"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return sub
+    return require_tool("mosquitto_sub", "install mosquitto-clients")
 
 
 def test_the_readme_watch_example_works_verbatim_with_no_password_in_argv(

@@ -25,8 +25,14 @@ from devicefabric.cli.status import (
     assess,
     parse_metrics,
 )
-from tests.cli.test_up_demo import demo_agent_pids, last_table
-from tests.support.cli import SHUTDOWN_BOUND, Background, run_cli, start_up
+from tests.support.cli import (
+    SHUTDOWN_BOUND,
+    Background,
+    demo_agent_pids,
+    last_table,
+    run_cli,
+    start_up,
+)
 from tests.support.ports import free_port
 
 READY = {"ready": True, "mqtt": "primed", "session": "s1", "controlPlaneSynced": True}

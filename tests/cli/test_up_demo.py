@@ -10,34 +10,19 @@ recorded (Connected False).
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 from devicefabric.cli.demo import DEMO_DEVICES
-from tests.support.cli import SHUTDOWN_BOUND, Background, run_cli, start_up
+from tests.support.cli import (
+    SHUTDOWN_BOUND,
+    Background,
+    demo_agent_pids,
+    last_table,
+    run_cli,
+    start_up,
+)
 from tests.support.procfs import alive
-
-
-def last_table(out: str) -> dict[str, list[str]]:
-    """NAME -> row of the last DeviceProcess table `up --demo` printed (not the sets' table)."""
-    tables = [
-        block
-        for block in out.split("\n\n")
-        if block.startswith("NAME ") and block.split()[1] == "DEVICE"
-    ]
-    if not tables:
-        return {}
-    return {row.split()[0]: row.split() for row in tables[-1].splitlines()[1:]}
-
-
-def demo_agent_pids(err: str) -> list[int]:
-    pids = []
-    for line in err.splitlines():
-        if line.startswith("{") and (m := re.search(r"demo agent started \(pid (\d+)\)", line)):
-            pids.append(int(m.group(1)))
-            assert json.loads(line)["device"].startswith("demo-")
-    return pids
 
 
 def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(

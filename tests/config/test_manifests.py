@@ -50,6 +50,7 @@ from devicefabric.config.resource import (
     RestartPolicy,
 )
 from tests.support.fakeapi.schema import StructuralSchema
+from tests.support.resources import rolling_update
 
 # The oldest Kubernetes we support (CEL validation rules are GA from 1.29) and the newest known.
 K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
@@ -496,12 +497,4 @@ def test_max_unavailable_takes_a_count_or_a_percentage(max_unavailable: int | st
     jsonschema.validate(doc, crd_schema(SET_KIND))
     stored = structural.default(doc)["spec"]
     assert stored == DeviceProcessSetSpec.model_validate_json(json.dumps(spec)).to_wire()
-    assert stored["updateStrategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {
-            "maxUnavailable": max_unavailable,
-            "partition": 0,
-            "progressDeadlineSeconds": 600,
-            "failurePolicy": "Stop",
-        },
-    }
+    assert stored["updateStrategy"] == rolling_update(max_unavailable)

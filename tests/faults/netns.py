@@ -30,13 +30,12 @@ from functools import cache
 from pathlib import Path
 from typing import Final, Self
 
-import pytest
-
 from devicefabric.broker.mosquitto import generate
 from devicefabric.config.settings import HostPort
 from tests.support.brokers import MOSQUITTO, BrokerProcess, require_mosquitto
 from tests.support.brokers import _current_user as current_user
 from tests.support.ports import free_port
+from tests.support.requires import missing
 
 CMD_TIMEOUT: Final = 10.0
 IP: Final = shutil.which("ip") or "/usr/sbin/ip"
@@ -105,9 +104,7 @@ def require_netns() -> None:
     why = unavailable()
     if why is None:
         return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(why)
-    pytest.skip(why)
+    missing(why)
 
 
 @dataclass(slots=True)

@@ -27,8 +27,8 @@ from typing import Any, Final
 import pytest
 
 from tests.faults.budget import LONG
-from tests.support.fabric import Fabric, bridge_user
-from tests.support.fakeapi import Match
+from tests.support.fabric import Fabric
+from tests.support.fakeapi import Match, bridge_user
 from tests.support.fakeapi.faults import RequestRecord
 from tests.support.processes import (
     BridgeProcess,

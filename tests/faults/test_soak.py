@@ -14,22 +14,20 @@ soak for a quick look; the issue's figures come from the defaults.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import pytest
 
 from tests.faults.budget import LONG
 from tests.support.devices import Fleet
 from tests.support.fabric import Fabric
+from tests.support.inproc import LoopThread
 from tests.support.processes import (
     BridgeProcess,
 )
@@ -49,58 +47,19 @@ HEARTBEAT: Final = 2
 SAMPLE_EVERY: Final = 10.0
 WARM_UP: Final = 0.2  # the first fifth of the samples is left out of the slope
 SLOPE_BOUND_KIB_PER_MIN: Final = 100.0
-T = TypeVar("T")
 
 
-class LoopThread:
-    """An asyncio loop in a thread of its own, so the fleet keeps beating while the test waits."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fleet", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-
-@contextlib.contextmanager
-def fleet_running(fab: Fabric, names: list[str]) -> Iterator[tuple[LoopThread, Fleet]]:
-    runner = LoopThread()
-    beats: list[asyncio.Task[None]] = []
-
-    async def start() -> Fleet:
-        fleet = Fleet(fab.broker.host, fab.broker.port, fab.broker.secret, heartbeat_s=HEARTBEAT)
-        for first in range(0, len(names), 100):  # connect in batches: no thundering herd
-            await fleet.connect(names[first : first + 100])
-
-        async def beat() -> None:
-            while True:
-                fleet.beat()
-                await asyncio.sleep(HEARTBEAT)
-
-        beats.append(asyncio.get_running_loop().create_task(beat(), name="heartbeats"))
-        return fleet
-
-    async def stop(fleet: Fleet) -> None:
-        for task in beats:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await fleet.close()
-
-    fleet = runner.run(start())
+@contextlib.asynccontextmanager
+async def beating_fleet(fab: Fabric, names: list[str]) -> AsyncIterator[Fleet]:
+    """`names` connected (in batches of 100: no thundering herd) and beating, for the block."""
+    fleet = Fleet(fab.broker.host, fab.broker.port, fab.broker.secret, heartbeat_s=HEARTBEAT)
     try:
-        yield runner, fleet
+        for first in range(0, len(names), 100):
+            await fleet.connect(names[first : first + 100])
+        async with fleet.beating():
+            yield fleet
     finally:
-        runner.run(stop(fleet))
-        runner.close()
+        await fleet.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +101,7 @@ def test_a_thousand_quiet_devices_for_ten_minutes_write_nothing_and_leak_nothing
         fab.apply(*(manifest(f"{n}-job", n, ["sleep", "600"]) for n in names))
         marker = fab.marker()
         bridge = fab.start_bridge(write_qps=200.0, write_burst=200, count_tasks=True)
-        with fleet_running(fab, names):
+        with LoopThread(lambda: beating_fleet(fab, names), name="fleet", timeout=120):
             fab.wait(
                 lambda: (
                     bridge.metrics().value("devicefabric_devices", state="connected") == DEVICES

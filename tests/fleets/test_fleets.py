@@ -3,22 +3,20 @@
 Kubernetes: the bridge is a real `bridge run --control-plane kube` subprocess against the fake
 API server; history is a watch of DeviceProcesses (every version, in order), and the bridge's
 writes per phase are counted on the request log (printed: the issue asks for the figures). Local:
-the bridge runs in-process over a state directory (a thread with its own loop) and history is
-every state its cache went through (all writes to processes are the bridge's own and are adopted
-at once); the operator's side is the real CLI (`label`, `apply`, `delete`).
+the bridge runs in-process over a state directory (a `LoopThread`: its own loop in a thread) and
+history is every state its cache went through (all writes to processes are the bridge's own and
+are adopted at once); the operator's side is the real CLI (`label`, `apply`, `delete`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from tests.support.bridges import settings
 from tests.support.cli import cli_argv, run_cli
 from tests.support.fabric import Fabric, audited
 from tests.support.fakeapi.client import WatchEnded
+from tests.support.inproc import LoopThread
 from tests.support.waiting import wait_for
 
 API = "/apis/devicefabric.io/v1alpha1"
@@ -199,52 +198,11 @@ def _document(res: Resource) -> dict[str, Any]:
     }
 
 
-class BridgeThread:
-    """The bridge in-process, on its own loop in a thread, for the block."""
-
-    def __init__(self, fabric: Fabric, state: Path) -> None:
-        self.plane = RecordingPlane(state)
-        self._fabric = fabric
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
-        config = settings(self._fabric.broker)
-        async with Bridge(config, self.plane, fleet=self.plane.fleet) as bridge:
-            await bridge.wait_ready()
-            self._ready.set()
-            await self._done.wait()
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        self._thread.start()
-        assert self._ready.wait(30), "the bridge did not get ready"
-        assert self._error is None, self._error
-        try:
-            yield
-        finally:
-            if self._loop is not None and self._done is not None:
-                self._loop.call_soon_threadsafe(self._done.set)
-            self._thread.join(15)
-            assert self._error is None, self._error
-
-
 class LocalWorld:
-    def __init__(self, fabric: Fabric, state: Path, bridge: BridgeThread) -> None:
+    def __init__(self, fabric: Fabric, state: Path, plane: RecordingPlane) -> None:
         self.fabric = fabric
         self.state = state
-        self.plane = bridge.plane
+        self.plane = plane
         self.file = state.parent / "set.yaml"
 
     @property
@@ -322,13 +280,17 @@ class LocalWorld:
 def test_fleets_on_the_local_control_plane(
     tmp_path: Path, secret: bytes, story: Callable[..., None]
 ) -> None:
-    fabric = Fabric.mosquitto(tmp_path, secret, DEVICES, plane="kube")
-    try:
-        state = tmp_path / "state"
-        bridge = BridgeThread(fabric, state)
-        with bridge.running():
+    state = tmp_path / "state"
+    plane = RecordingPlane(state)
+    with Fabric.mosquitto(tmp_path, secret, DEVICES) as fabric:
+        config = settings(fabric.broker)
+        bridge = LoopThread(
+            lambda: Bridge(config, plane, fleet=plane.fleet),
+            ready=lambda bridge: bridge.wait_ready(),
+            name="bridge",
+            timeout=30,
+        )
+        with bridge:
             for device in DEVICES:
                 fabric.start_agent(device)
-            story(LocalWorld(fabric, state, bridge))
-    finally:
-        fabric.close()
+            story(LocalWorld(fabric, state, plane))

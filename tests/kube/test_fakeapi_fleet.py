@@ -31,6 +31,7 @@ from tests.support.fakeapi.client import (
     take,
 )
 from tests.support.fakeapi.rbac import Authorizer, used
+from tests.support.resources import rolling_update, set_template
 
 SYSTEM = "devicefabric-system"
 SERVICE_ACCOUNT = f"{SYSTEM}/devicefabric-bridge"
@@ -185,22 +186,8 @@ def test_set_accepts_a_count_or_a_percentage_and_fills_the_defaults(
             "matchLabels": {},
             "matchExpressions": [{"key": "role", "operator": "Exists", "values": []}],
         },
-        "template": {
-            "command": ["sleep", "60"],
-            "env": [],
-            "restartPolicy": "Always",
-            "suspend": False,
-            "terminationGracePeriodSeconds": 10,
-        },
-        "updateStrategy": {
-            "type": "RollingUpdate",
-            "rollingUpdate": {
-                "maxUnavailable": max_unavailable,
-                "partition": 0,
-                "progressDeadlineSeconds": 600,
-                "failurePolicy": "Stop",
-            },
-        },
+        "template": set_template(["sleep", "60"]),
+        "updateStrategy": rolling_update(max_unavailable),
         "paused": False,
     }
     merged = http.merge(

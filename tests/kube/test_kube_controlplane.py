@@ -9,8 +9,7 @@ control plane made is granted by our shipped RBAC.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,13 @@ from devicefabric.bridge.errors import (
     TransientError,
 )
 from devicefabric.config import deploybundle as manifests
-from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi import FakeApiServer, Match, bridge_user
 from tests.support.fakeapi.client import Http, device_process, dp_path
-from tests.support.kubeplane import denied, make_plane, running, user_of
-from tests.support.waiting import async_wait_for
+from tests.support.kubeplane import denied, make_plane, running
+from tests.support.waiting import async_wait_for, stop_task
+from tests.support.waiting import run_bounded as run
 
-BRIDGE = user_of("bridge-0")
-
-
-def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario()
-
-    asyncio.run(bounded())
+BRIDGE = bridge_user("bridge-0")
 
 
 @pytest.fixture(autouse=True)
@@ -360,9 +352,7 @@ def test_without_the_fleet_crds_the_fleet_never_syncs_and_says_why(
                     assert plane.synced.is_set()
                     assert not plane.fleet.fleet_synced.is_set()
             finally:
-                fleet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fleet_task
+                await stop_task(fleet_task)
 
         with caplog.at_level("WARNING", logger="devicefabric.bridge.kube"):
             asyncio.run(story())

@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
 from devicefabric.config.errors import ConfigError
-from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi import FakeApiServer, Match, bridge_user
 from tests.support.fakeapi.client import Http
-from tests.support.kubeplane import FAST, denied, make_plane, running, user_of
+from tests.support.kubeplane import FAST, denied, make_plane, running
 from tests.support.waiting import async_wait_for
+from tests.support.waiting import run_bounded as run
 
 SLACK = 1.0  # s: request latency and scheduling on a loaded two-core machine
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/devicefabric-system/leases/devicefabric-bridge"
 LEASE_NAME = "devicefabric-system/devicefabric-bridge"
-
-
-def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario()
-
-    asyncio.run(bounded())
 
 
 class Timeline:
@@ -77,14 +69,15 @@ def test_one_replica_leads_the_other_waits_without_writing(
             async with running(b):
                 await async_wait_for(
                     lambda: (
-                        api.log.count(Match(verb="get", resource="leases", user=user_of("b"))) >= 3
+                        api.log.count(Match(verb="get", resource="leases", user=bridge_user("b")))
+                        >= 3
                     )
                 )
                 assert not b.leading.is_set()
                 assert holder(http) == "a"
                 assert a.not_leading is None
                 assert b.not_leading == f"lease {LEASE_NAME} is held by a"
-                api.inject(403, 3, user=user_of("b"))  # e.g. RBAC not applied yet
+                api.inject(403, 3, user=bridge_user("b"))  # e.g. RBAC not applied yet
                 await async_wait_for(
                     lambda: "HTTP 403" in (b.not_leading or ""), what="b saying why"
                 )
@@ -92,13 +85,15 @@ def test_one_replica_leads_the_other_waits_without_writing(
     run(scenario)
     b_writes = [
         r
-        for r in api.log.records(Match(user=user_of("b"), resource="leases"))
+        for r in api.log.records(Match(user=bridge_user("b"), resource="leases"))
         if r.info.verb != "get"
     ]
     assert b_writes == []
-    a_renewals = api.log.records(Match(verb="update", resource="leases", user=user_of("a")))
+    a_renewals = api.log.records(Match(verb="update", resource="leases", user=bridge_user("a")))
     assert a_renewals  # the leader renews with PUTs...
-    assert api.log.count(Match(verb="get", resource="leases", user=user_of("a"))) == 1  # ...no GETs
+    assert (
+        api.log.count(Match(verb="get", resource="leases", user=bridge_user("a"))) == 1
+    )  # ...no GETs
     assert denied(api.log.records()) == []
 
 
@@ -114,7 +109,7 @@ def test_graceful_stop_releases_the_lease_and_the_standby_leads_at_once(
             await asyncio.wait_for(a.leading.wait(), 5)
         finally:
             async with running(b):
-                b_reads = Match(verb="get", resource="leases", user=user_of("b"))
+                b_reads = Match(verb="get", resource="leases", user=bridge_user("b"))
                 await async_wait_for(lambda: api.log.count(b_reads) >= 2, what="b standing by")
                 assert not b.leading.is_set()
                 await first.__aexit__(None, None, None)  # SIGTERM: a releases its lease
@@ -142,10 +137,10 @@ def test_a_cut_off_leader_steps_down_before_the_standby_takes_over(
                 await cut_off_a_and_wait_for_b()
 
     async def cut_off_a_and_wait_for_b() -> None:
-        b_reads = Match(verb="get", resource="leases", user=user_of("b"))
+        b_reads = Match(verb="get", resource="leases", user=bridge_user("b"))
         await async_wait_for(lambda: api.log.count(b_reads) >= 1, what="b observing the lease")
         followers = [asyncio.create_task(timeline.follow(n, p)) for n, p in (("a", a), ("b", b))]
-        api.inject(503, 100_000, user=user_of("a"))  # to everyone else, a is dead
+        api.inject(503, 100_000, user=bridge_user("a"))  # to everyone else, a is dead
         cut = time.monotonic()
         await asyncio.wait_for(b.leading.wait(), 10)
         took = time.monotonic() - cut

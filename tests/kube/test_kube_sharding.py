@@ -22,10 +22,10 @@ from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.errors import TransientError
 from devicefabric.bridge.sharding import member_lease, shard_of
 from devicefabric.config.errors import ConfigError
-from tests.support.fakeapi import FakeApiServer, Match
+from tests.support.fakeapi import FakeApiServer, Match, bridge_user
 from tests.support.fakeapi.client import LEASES, Http
-from tests.support.kubeplane import FAST, denied, make_plane, running, user_of
-from tests.support.waiting import async_wait_for
+from tests.support.kubeplane import FAST, denied, make_plane, running
+from tests.support.waiting import async_wait_for, run_bounded
 
 SHARDS = 4
 # One device per shard, found by the pure function itself.
@@ -34,11 +34,7 @@ SLACK = 1.0
 
 
 def run(scenario: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario()
-
-    asyncio.run(bounded())
+    run_bounded(scenario, timeout)
 
 
 def holders(http: Http) -> dict[int, str]:
@@ -133,7 +129,7 @@ def test_a_cut_off_replica_stops_writing_before_its_shards_are_taken(
         async with running(a), running(b):
             await async_wait_for(lambda: counts(writers.planes) == {"a": 2, "b": 2}, 10, what="2+2")
             follower = asyncio.create_task(writers.follow())
-            api.inject(503, 100_000, user=user_of("a"))  # to everyone else, a is dead
+            api.inject(503, 100_000, user=bridge_user("a"))  # to everyone else, a is dead
             cut = time.monotonic()
             await async_wait_for(lambda: counts({"b": b})["b"] == SHARDS, 10, what="b: all")
             took = time.monotonic() - cut
@@ -231,7 +227,7 @@ def test_a_replica_with_another_shard_count_writes_nothing_and_says_why(
                     5,
                     what="b refusing",
                 )
-                rounds = Match(verb="list", resource="leases", user=user_of("b"))
+                rounds = Match(verb="list", resource="leases", user=bridge_user("b"))
                 marker = api.log.count(rounds)
                 await async_wait_for(lambda: api.log.count(rounds) >= marker + 3, what="rounds")
                 assert not b.leading.is_set()
@@ -242,7 +238,7 @@ def test_a_replica_with_another_shard_count_writes_nothing_and_says_why(
     run(scenario)
     b_claims = [
         r
-        for r in api.log.records(Match(resource="leases", user=user_of("b")))
+        for r in api.log.records(Match(resource="leases", user=bridge_user("b")))
         if r.info.verb in ("create", "update")
         and "-member-" not in str(r.info.name or "")
         and "-member-" not in (r.json() or {}).get("metadata", {}).get("name", "")
@@ -261,13 +257,13 @@ def test_the_membership_lease_of_a_replica_that_is_gone_is_deleted_and_comes_bac
     async def scenario() -> None:
         async with running(a), running(b):
             await async_wait_for(lambda: members(http) == {"a", "b"}, 10, what="two members")
-            api.inject(503, 100_000, user=user_of("a"))  # a is gone, to everyone else
+            api.inject(503, 100_000, user=bridge_user("a"))  # a is gone, to everyone else
             cut = time.monotonic()
             await async_wait_for(lambda: members(http) == {"b"}, 15, what="a's Lease deleted")
             took = time.monotonic() - cut
             assert took >= 5 * quick["lease_duration"], took  # GC_AFTER lease durations idle
             (deleted,) = api.log.records(deletes)
-            assert deleted.user == user_of("b")
+            assert deleted.user == bridge_user("b")
             assert (deleted.json() or {}).get("preconditions", {}).get("resourceVersion")
             api.log.clear_faults()  # a is back: it creates its membership again, takes a share
             await async_wait_for(lambda: members(http) == {"a", "b"}, 10, what="a back")

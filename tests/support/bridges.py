@@ -1,7 +1,9 @@
-"""Arranging a bridge under test: settings for a test broker, a running bridge, settle waits."""
+"""Arranging a bridge under test: settings for a test broker, a running bridge, settle waits, and
+`http_get` of what it serves."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -79,3 +81,14 @@ def settled_status(resource: Resource, reason: Reason) -> dict[str, object]:
     """The status the bridge would have written for a device in `reason` with no report."""
     plan = plan_status(resource, Device("x", session="s", reason=reason), "2024-01-01T00:00:00Z")
     return {} if plan is None else apply_patch({}, plan.patch)
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    async with asyncio.timeout(5):
+        raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body

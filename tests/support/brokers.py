@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from devicefabric.config.credentials import password_for
 from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from tests.support.ports import free_port, port_open
+from tests.support.requires import missing
 
 BrokerKind = Literal["embedded", "mosquitto", "nats"]  # nats: tests/support/nats.py
 KINDS: Final[tuple[BrokerKind, ...]] = ("mosquitto", "embedded")
@@ -72,9 +72,7 @@ def require_mosquitto() -> None:
         f"mosquitto not found at {MOSQUITTO}: install `mosquitto mosquitto-clients` "
         "(or set DEVICEFABRIC_TEST_MOSQUITTO)"
     )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing(message)
 
 
 class BrokerProcess:
@@ -339,8 +337,3 @@ def prepare(
     if kind == "mosquitto":
         return prepare_mosquitto(base, secret, devices, revoked=revoked, port=port)
     return prepare_embedded(base, secret, revoked=revoked, port=port)
-
-
-def which_mosquitto_clients() -> tuple[str | None, str | None]:
-    """Paths of `mosquitto_sub` and `mosquitto_pub`, for tests that act as a user would."""
-    return shutil.which("mosquitto_sub"), shutil.which("mosquitto_pub")

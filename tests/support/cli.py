@@ -1,21 +1,24 @@
 """Running the real `devicefabric` CLI as a subprocess (`python -m devicefabric ...`).
 
 `run_cli` runs a short command to completion (with a deadline) and returns what a user sees:
-exit code, stdout, stderr (`run` any argv, `sh` a shell line). `Background` runs a long-lived one (`up`, `agent run`) with its output
-in files, and stops it with a signal and a bound. `manifest_text`/`write_manifest` write
-DeviceProcess YAML for a test to apply.
+exit code, stdout, stderr (`run` any argv, `sh` a shell line). `Background` runs a long-lived one
+(`up`, `agent run`) with its output in files, and stops it with a signal and a bound. `start_up`
+starts `devicefabric up`; `last_table` and `demo_agent_pids` read what it printed.
+`manifest_text`/`write_manifest` write DeviceProcess YAML for a test to apply.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from tests.support.ports import free_port
 from tests.support.waiting import ConditionTimeoutError, wait_for
@@ -47,16 +50,8 @@ def run(
     timeout: float = CLI_TIMEOUT,
 ) -> Result:
     """Run `argv` to completion (within `timeout`); what a user sees, whatever the exit code."""
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    where: dict[str, Any] = {"cwd": cwd, "env": env, "input": stdin, "timeout": timeout}
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **where)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -170,3 +165,24 @@ def start_up(tmp_path: Path, procs: list[Background], *extra: str) -> tuple[Back
     )
     assert up.alive(), up.err
     return up, state
+
+
+def last_table(out: str) -> dict[str, list[str]]:
+    """NAME -> row of the last DeviceProcess table `up --demo` printed (not the sets' table)."""
+    tables = [
+        block
+        for block in out.split("\n\n")
+        if block.startswith("NAME ") and block.split()[1] == "DEVICE"
+    ]
+    if not tables:
+        return {}
+    return {row.split()[0]: row.split() for row in tables[-1].splitlines()[1:]}
+
+
+def demo_agent_pids(err: str) -> list[int]:
+    pids = []
+    for line in err.splitlines():
+        if line.startswith("{") and (m := re.search(r"demo agent started \(pid (\d+)\)", line)):
+            pids.append(int(m.group(1)))
+            assert json.loads(line)["device"].startswith("demo-")
+    return pids

@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 from devicefabric.config.credentials import device_password
 from devicefabric.config.topics import Topics
+from tests.support.waiting import stop_task
 
 
 def _j(obj: object) -> bytes:
@@ -233,18 +234,14 @@ class Fleet:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     async def close(self) -> None:
         for device in self.devices.values():
             if device.connected:
                 device.drop()
         if self._misc is not None:
-            self._misc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._misc
+            await stop_task(self._misc)
 
     async def _keepalive(self) -> None:
         while True:

@@ -37,7 +37,7 @@ from devicefabric.config.topics import DeviceTopic
 from devicefabric.config.wire import Desired, encode
 from tests.support.brokers import BrokerProcess, prepare_mosquitto
 from tests.support.desired import DEVICE
-from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.fakeapi import FakeApiServer, bridge_user
 from tests.support.fakeapi.client import Http, dp_path
 from tests.support.fakeapi.kubeconfig import kubectl
 from tests.support.inbox import Message
@@ -45,7 +45,7 @@ from tests.support.ledger import Ledger, Marker
 from tests.support.mqtt import Client, connect
 from tests.support.processes import AgentProcess, BridgeProcess, Doc, Plane, kill_groups
 from tests.support.procfs import cmdline
-from tests.support.resources import document, key, reason, settled
+from tests.support.resources import condition, document, key, reason, settled
 from tests.support.waiting import ConditionTimeoutError, wait_for
 
 START_TIMEOUT: Final = 10.0
@@ -54,11 +54,6 @@ LEASE: Final = (
 )
 DEVICES_PATH: Final = "/apis/devicefabric.io/v1alpha1/devices"
 LOCAL_BRIDGE_DEFAULTS: Final = {"stale_multiplier": 3.0, "write_qps": 20.0, "write_burst": 30}
-
-
-def bridge_user(pod: str) -> str:
-    """The bearer token of replica `pod`: the bridge ServiceAccount, tagged per pod."""
-    return f"{BRIDGE_USER}#{pod}"
 
 
 class Fabric:
@@ -260,7 +255,11 @@ class Fabric:
         DeviceProcesses (the bridge's Device writes have all landed)."""
         items = self.http.get(DEVICES_PATH).body["items"]
         seen = {d["metadata"]["name"]: (d.get("status") or {}).get("processes") for d in items}
-        connected = {d["metadata"]["name"] for d in items if _connected(d)}
+        connected = {
+            d["metadata"]["name"]
+            for d in items
+            if condition(d, "Connected").get("status") == "True"
+        }
         return all(seen.get(n) == count and n in connected for n, count in processes.items())
 
     def leader(self) -> str:
@@ -375,11 +374,6 @@ class Fabric:
             self._api.stop()
         if self._owns_broker:
             self.broker.stop()
-
-
-def _connected(device: Doc) -> bool:
-    conds = (device.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Connected" and c.get("status") == "True" for c in conds)
 
 
 def _is_our_child(pid: int) -> bool:

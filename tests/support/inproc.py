@@ -1,9 +1,11 @@
-"""The embedded broker in-process, for its own tests: the broker in a thread, clients, raw sockets.
+"""In-process components for their own tests: a broker or bridge in a thread, clients, raw sockets.
 
-- `BrokerThread` runs an `EmbeddedBroker` on its own event loop in a background thread, bound to
-  port 0 (the OS picks a free port, so there is no race with other tests), and always stops it.
-- `Peer` is a paho-mqtt 2.x client (`CallbackAPIVersion.VERSION2`) that records what it receives
-  in an `Inbox` (`tests.support.inbox`) with deadline-based waits; it never reconnects on its own.
+- `LoopThread` enters an async component (a broker, a bridge) on its own event loop in a
+  background thread for a block; `BrokerThread` is one for an `EmbeddedBroker`, bound to port 0
+  (the OS picks a free port, so there is no race with other tests).
+- `Peer` is the kit's MQTT test client (`tests.support.mqtt.Client`: what it receives lands in
+  an `Inbox` with deadline-based waits; it never reconnects) made before it connects, so a test
+  can set a will first and read the CONNACK.
 - `RawPeer` speaks MQTT with bytes built by `tests.support.packets`, for what paho refuses to do:
   go silent mid-keepalive, stall mid-packet, send malformed packets.
 
@@ -18,76 +20,113 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Generic, Self, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devicefabric.broker.auth import Gatekeeper
 from devicefabric.broker.embedded import BrokerSettings, EmbeddedBroker
 from devicefabric.config.credentials import password_for
-from tests.support.inbox import Inbox, Message
+from tests.support.inbox import TIMEOUT
+from tests.support.mqtt import Client, password_of
 from tests.support.packets import connect_packet
 
 T = TypeVar("T")
-TIMEOUT: Final = 5.0
+R = TypeVar("R")
 HOST: Final = "127.0.0.1"
 
 
-class BrokerThread:
-    """An `EmbeddedBroker` on its own loop in a daemon thread; a context manager."""
+class LoopThread(Generic[T]):
+    """An async context manager (`make()`) entered on its own event loop in a daemon thread.
 
-    def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
-        self.settings = settings
-        self.secret = settings.secret
-        self._gatekeeper = gatekeeper
+    A context manager itself: `__enter__` returns once it is entered (and `ready(value)` awaited),
+    `__exit__` leaves it on its loop and joins the thread; a failure on either side is raised in
+    the test's thread. `value` is what it entered; `call(fn)` runs `fn(value)` on its loop.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], AbstractAsyncContextManager[T]],
+        *,
+        ready: Callable[[T], Awaitable[object]] | None = None,
+        name: str = "loop-thread",
+        timeout: float = 2 * TIMEOUT,
+    ) -> None:
+        self._make, self._wait_ready, self._timeout = make, ready, timeout
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="embedded-broker", daemon=True)
-        self.broker: EmbeddedBroker | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.value: T | None = None
 
     def __enter__(self) -> Self:
         self._thread.start()
-        if not self._ready.wait(TIMEOUT * 2):
-            raise AssertionError("embedded broker did not start")
+        if not self._ready.wait(self._timeout):
+            raise AssertionError(f"{self._thread.name} did not start in {self._timeout}s")
         if self._error is not None:
             raise self._error
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(TIMEOUT * 2)
+        self._thread.join(self._timeout)
         if self._thread.is_alive():
-            raise AssertionError("embedded broker did not stop")
+            raise AssertionError(f"{self._thread.name} did not stop")
+        if self._error is not None:
+            raise self._error
 
     def _main(self) -> None:
         async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            async with EmbeddedBroker(self.settings, self._gatekeeper) as broker:
-                self.broker = broker
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            async with self._make() as value:
+                self.value = value
+                if self._wait_ready is not None:
+                    await self._wait_ready(value)
                 self._ready.set()
                 await self._stop.wait()
 
         try:
             asyncio.run(serve())
-        except BaseException as exc:  # reported by __enter__
+        except BaseException as exc:  # raised in the test's thread
             self._error = exc
         finally:
             self._ready.set()
+
+    def call(self, fn: Callable[[T], R]) -> R:
+        """Run `fn(value)` on the loop and return its result."""
+        assert self._loop is not None
+        assert self.value is not None
+        value = self.value
+        result: Future[R] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn(value))
+            except Exception as exc:
+                result.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return result.result(TIMEOUT)
+
+
+class BrokerThread(LoopThread[EmbeddedBroker]):
+    """An `EmbeddedBroker` on its own loop in a daemon thread; a context manager."""
+
+    def __init__(self, settings: BrokerSettings, gatekeeper: Gatekeeper | None = None) -> None:
+        super().__init__(lambda: EmbeddedBroker(settings, gatekeeper), name="embedded-broker")
+        self.settings = settings
+        self.secret = settings.secret
+
+    @property
+    def broker(self) -> EmbeddedBroker | None:
+        return self.value
 
     @property
     def port(self) -> int:
@@ -97,25 +136,14 @@ class BrokerThread:
     def password(self, user: str) -> str:
         return password_for(self.secret, user)
 
-    def call(self, fn: Callable[[EmbeddedBroker], T]) -> T:
-        """Run `fn(broker)` on the broker's loop and return its result."""
-        assert self._loop is not None
-        assert self.broker is not None
-        broker = self.broker
-        result: Future[T] = Future()
 
-        def run() -> None:
-            try:
-                result.set_result(fn(broker))
-            except Exception as exc:
-                result.set_exception(exc)
+class Peer(Client):
+    """A `tests.support.mqtt.Client` of the in-process broker, made before it connects.
 
-        self._loop.call_soon_threadsafe(run)
-        return result.result(TIMEOUT)
-
-
-class Peer:
-    """A paho client for one fabric user; `connect()` returns the CONNACK reason code."""
+    `will(...)` may be set first; `connect()` returns the CONNACK reason code (None when the
+    broker closed without one); `subscribe` returns the granted QoS (0x80 when refused) and
+    `publish` raises unless the broker acknowledged.
+    """
 
     def __init__(
         self,
@@ -128,55 +156,16 @@ class Peer:
         keepalive: int = 60,
         tls_ca: str | None = None,
     ) -> None:
-        self.user = user
-        self.client_id = client_id if client_id is not None else _default_id(user)
-        self.inbox = Inbox()
-        self.connack = threading.Event()
-        self.reason: ReasonCode | None = None
-        self.session_present: bool | None = None
-        self.disconnected = threading.Event()
-        self._keepalive = keepalive
-        self._broker = broker
-        self._subacks: dict[int, list[ReasonCode]] = {}
-        self._cond = threading.Condition()
-        self.paho = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=clean,
-            reconnect_on_failure=False,
-        )
-        self.paho.username_pw_set(
-            user, password if password is not None else _password(broker, user)
+        cid = client_id if client_id is not None else _default_id(user)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=clean)
+        client.username_pw_set(
+            user, password if password is not None else password_of(broker, user)
         )
         if tls_ca is not None:
-            self.paho.tls_set(ca_certs=tls_ca)
-        self.paho.on_connect = self._on_connect
-        self.paho.on_disconnect = self._on_disconnect
-        self.paho.on_message = self._on_message
-        self.paho.on_subscribe = self._on_subscribe
-
-    def _on_connect(
-        self, _c: Any, _u: Any, flags: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        self.reason = reason
-        self.session_present = bool(flags.session_present)
-        self.connack.set()
-
-    def _on_disconnect(
-        self, _c: Any, _u: Any, _f: Any, _reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        self.disconnected.set()
-        self.connack.set()
-
-    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-        self.inbox.add(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
-
-    def _on_subscribe(
-        self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        with self._cond:
-            self._subacks[mid] = codes
-            self._cond.notify_all()
+            client.tls_set(ca_certs=tls_ca)
+        super().__init__(client, user, cid)
+        self._keepalive = keepalive
+        self._broker = broker
 
     def will(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Self:
         self.paho.will_set(topic, payload, qos=qos, retain=retain)
@@ -185,55 +174,35 @@ class Peer:
     def connect(self, host: str = HOST) -> ReasonCode | None:
         """Connect and wait for the CONNACK; None when the broker closed without one."""
         self.paho.connect(host, self._broker.port, keepalive=self._keepalive)
-        self.paho.loop_start()
+        self.start_loop()
         if not self.connack.wait(TIMEOUT):
             raise AssertionError(f"{self.user}: no CONNACK within {TIMEOUT}s")
-        return self.reason
+        return self.connack_code
+
+    @property
+    def reason(self) -> ReasonCode | None:
+        return self.connack_code
 
     @property
     def accepted(self) -> bool:
         return self.reason is not None and not self.reason.is_failure
 
-    def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+    def subscribe(  # type: ignore[override]  # the granted QoS, as an int
+        self, topic_filter: str, qos: int | None = 1, timeout: float = TIMEOUT
+    ) -> int:
         """Subscribe; the granted QoS, or 0x80 when refused."""
-        _, mid = self.paho.subscribe(topic_filter, qos=qos)
-        assert mid is not None
-        with self._cond:
-            if not self._cond.wait_for(lambda: mid in self._subacks, TIMEOUT):
-                raise AssertionError(f"{self.user}: no SUBACK for {topic_filter!r}")
-            return int(self._subacks.pop(mid)[0].value)
+        return int(super().subscribe(topic_filter, qos, timeout).value)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        info = self.paho.publish(topic, payload, qos=qos, retain=retain)
-        info.wait_for_publish(TIMEOUT)
-        if not info.is_published():
-            raise AssertionError(f"{self.user}: publish to {topic!r} not completed")
-
-    def drop(self) -> None:
-        """Close the socket under paho, without a DISCONNECT: the broker must publish the will."""
-        sock = self.paho.socket()
-        assert isinstance(sock, socket.socket)
-        sock.close()
-
-    def close(self) -> None:
-        if self.paho.is_connected():
-            self.paho.disconnect()
-        self.paho.loop_stop()
-        sock = self.paho.socket()
-        if isinstance(sock, socket.socket):
-            sock.close()
+    def publish(self, *args: Any, **kwargs: Any) -> bool:
+        """`Client.publish`, failing unless the broker acknowledged it."""
+        if not super().publish(*args, **kwargs):
+            raise AssertionError(f"{self.user}: publish {args[:1]} not completed")
+        return True
 
 
 def _default_id(user: str) -> str:
     """A device uses its name; a role user an id that can never be a device name."""
     return f"{user}_test" if user in ("bridge", "observer") else user
-
-
-def _password(broker: BrokerThread, user: str) -> str:
-    try:
-        return broker.password(user)
-    except Exception:  # no derivable password for a malformed name: send a plausible one
-        return "x" * 43
 
 
 class RawPeer:
@@ -255,7 +224,7 @@ class RawPeer:
     def connect(self, user: str, client_id: str | None = None, **kwargs: Any) -> int:
         """Send a CONNECT as `user` (derived password) and return the CONNACK return code."""
         cid = client_id if client_id is not None else _default_id(user)
-        self.send(connect_packet(cid, user, _password(self.broker, user), **kwargs))
+        self.send(connect_packet(cid, user, password_of(self.broker, user), **kwargs))
         connack = self.recv_exactly(4)
         assert connack[0] == 0x20, connack
         return connack[3]

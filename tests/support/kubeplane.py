@@ -21,10 +21,10 @@ import yaml
 from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.config import deploybundle as manifests
-from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.fakeapi import BRIDGE_USER, FakeApiServer, bridge_user
 from tests.support.fakeapi.faults import RequestRecord
 from tests.support.fakeapi.rbac import Authorizer
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, stop_task
 
 FAST = {
     "lease_duration": 1.5,
@@ -36,15 +36,12 @@ FAST = {
 }
 
 
-def user_of(identity: str) -> str:
-    """The bearer token of replica `identity`: the bridge ServiceAccount, tagged per pod."""
-    return f"{BRIDGE_USER}#{identity}"
-
-
 def make_plane(
     api: FakeApiServer, tmp_path: Path, identity: str = "bridge-0", **settings: Any
 ) -> KubeControlPlane:
-    kubeconfig = api.write_kubeconfig(tmp_path / f"kubeconfig-{identity}", user=user_of(identity))
+    kubeconfig = api.write_kubeconfig(
+        tmp_path / f"kubeconfig-{identity}", user=bridge_user(identity)
+    )
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
     try:
@@ -93,9 +90,7 @@ async def running(
             await async_wait_for(lambda: api.active_watches("deviceprocesses") >= 1, what="a watch")
         yield changes
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
 
 def denied(records: Iterable[RequestRecord], rbac: str = manifests.RBAC) -> list[RequestRecord]:

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -73,6 +73,7 @@ class Client:
         self.default_qos = 1  # of `subscribe`; the observer's is 0 on NATS (`connect`)
         self.connack = threading.Event()
         self.connack_code: ReasonCode | None = None
+        self.session_present: bool | None = None
         self.disconnected = threading.Event()
         self.disconnect_code: ReasonCode | None = None
         self._subacks: dict[int, list[ReasonCode]] = {}
@@ -98,11 +99,12 @@ class Client:
         self,
         _client: paho.Client,
         _userdata: Any,
-        _flags: paho.ConnectFlags,
+        flags: paho.ConnectFlags,
         reason_code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
         self.connack_code = reason_code
+        self.session_present = bool(flags.session_present)
         self.connack.set()
 
     def _on_disconnect(
@@ -250,6 +252,18 @@ class Client:
         self.paho._reset_sockets()
 
 
+class HasPasswords(Protocol):
+    def password(self, user: str) -> str: ...
+
+
+def password_of(broker: HasPasswords, user: str) -> str:
+    """`user`'s derived password; a plausible one for a name that has none (a malformed one)."""
+    try:
+        return broker.password(user)
+    except Exception:  # an invalid name has no derived password
+        return "x" * 43
+
+
 def default_client_id(user: str) -> str:
     """A device's own name; a role user gets a unique id that is not a device name."""
     return user if is_device_name(user) else f"{user}_{uuid.uuid4().hex[:8]}"
@@ -305,13 +319,7 @@ def _connect(
         protocol=protocol,
         clean_session=clean if protocol != MQTTProtocolVersion.MQTTv5 else None,
     )
-    pw = password
-    if pw is None:
-        try:
-            pw = broker.password(user)
-        except Exception:  # an invalid name has no derived password: send a plausible one
-            pw = "x" * 43
-    client.username_pw_set(user, pw)
+    client.username_pw_set(user, password if password is not None else password_of(broker, user))
     if broker.tls_ca is not None:
         client.tls_set(ca_certs=str(broker.tls_ca))
     if will is not None:

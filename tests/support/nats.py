@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import pytest
-
 from devicefabric.broker.nats import NatsNode, bcrypt_hasher, generate
 from devicefabric.config.names import OBSERVER_USER
 from devicefabric.config.settings import HostPort
 from tests.support.brokers import HOST, BrokerProcess
 from tests.support.mqtt import connect
 from tests.support.ports import free_port
+from tests.support.requires import missing
 
 NATS_SERVER: Final = Path(os.environ.get("DEVICEFABRIC_TEST_NATS", "/usr/sbin/nats-server"))
 NODES: Final = 3
@@ -44,9 +43,7 @@ def require_nats() -> None:
     if nats_available():
         return
     message = f"nats-server not found at {NATS_SERVER}: install `nats-server`"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@
   when its asyncio tasks are counted); what it serves: `/readyz`, `/devices`, `/metrics`
   (parsed into `Metrics`).
 - `kill_groups({pid: start time})`: teardown of processes agents left (a reused pid is skipped).
+- `running_pids(report)`: the pids an agent's report shows Running.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from devicefabric.agent.leftovers import CHILDREN_FILE, start_time
 from tests.support.brokers import BrokerProcess
 from tests.support.desired import DEVICE
 from tests.support.ports import free_port
-from tests.support.procfs import alive
 from tests.support.waiting import ConditionTimeoutError, wait_for
 
 LAUNCHER: Final = Path(__file__).with_name("launch.py")
@@ -415,9 +415,3 @@ def running_pids(report: Doc) -> dict[str, int]:
         for key, proc in report["processes"].items()
         if proc.get("phase") == "Running" and "pid" in proc
     }
-
-
-def wait_gone(pids: Iterable[int], timeout: float = 5.0) -> None:
-    """Until none of `pids` runs (exists and is not a zombie)."""
-    pids = list(pids)
-    wait_for(lambda: not any(alive(p) for p in pids), timeout, 0.02, f"{pids} gone")

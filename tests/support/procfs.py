@@ -9,7 +9,7 @@ function takes a pid (`"self"` works where a path component is enough: `status_k
 - `cpu_split(pid)`: (utime, stime) in seconds, threads included, children not; `cpu_seconds` sums.
 - `threads(pid)`, `open_fds(pid)`, `cmdline(pid)`.
 - `state(pid)`: the one-letter state (None when gone); `alive(pid)`: exists and is not a zombie.
-- `group_members(pgid)`: the live processes of a process group.
+- `group_members(pgid)`: the live processes of a process group; `wait_gone(pids)`.
 
 Every read is of one file at one moment: a pid that is gone raises `ProcfsError` (an
 `AssertionError`, so a test fails with the pid named) except in `state`/`alive`/`cmdline`, whose
@@ -19,8 +19,11 @@ answer for a gone process is a value.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
+
+from tests.support.waiting import wait_for
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PROC: Final = Path("/proc")
@@ -123,3 +126,9 @@ def group_members(pgid: int) -> set[int]:
         if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             members.add(int(entry.name))
     return members
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 5.0) -> None:
+    """Until none of `pids` runs (exists and is not a zombie)."""
+    pids = list(pids)
+    wait_for(lambda: not any(alive(p) for p in pids), timeout, 0.02, f"{pids} gone")

@@ -7,6 +7,8 @@
   local plane's) or from a whole object (the Kubernetes API's `{"metadata", "status"}`).
 - `settled(obj, phase)`: a Kubernetes object Running (or `phase`), AgentConnected=True,
   Synced=True at its current generation.
+- `set_template(command)`, `rolling_update(max_unavailable)`: a DeviceProcessSet's template and
+  update strategy as stored, every default filled in (what both planes must store).
 """
 
 from __future__ import annotations
@@ -65,3 +67,20 @@ def settled(obj: Doc, phase: str = "Running") -> bool:
         and condition(obj, "Synced").get("status") == "True"
         and status.get("observedGeneration") == obj["metadata"]["generation"]
     )
+
+
+def set_template(command: list[str]) -> Doc:
+    """A DeviceProcessSet's template with `command` and every default filled in."""
+    return {
+        "command": command,
+        "env": [],
+        "restartPolicy": "Always",
+        "suspend": False,
+        "terminationGracePeriodSeconds": 10,
+    }
+
+
+def rolling_update(max_unavailable: int | str = 1) -> Doc:
+    """A DeviceProcessSet's update strategy with every default filled in."""
+    rolling = {"maxUnavailable": max_unavailable, "partition": 0, "progressDeadlineSeconds": 600}
+    return {"type": "RollingUpdate", "rollingUpdate": {**rolling, "failurePolicy": "Stop"}}

@@ -13,7 +13,7 @@ tests), and `rbac` (checks the log against our shipped Roles).
 """
 
 from tests.support.fakeapi.faults import Match, RequestLog, RequestRecord
-from tests.support.fakeapi.kubeconfig import ADMIN_USER, BRIDGE_USER, write_kubeconfig
+from tests.support.fakeapi.kubeconfig import ADMIN_USER, BRIDGE_USER, bridge_user, write_kubeconfig
 from tests.support.fakeapi.server import FakeApiServer
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "Match",
     "RequestLog",
     "RequestRecord",
+    "bridge_user",
     "write_kubeconfig",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from tests.support.fakeapi.schema import FieldError, StructuralSchema
@@ -187,18 +187,10 @@ def validate_lease(obj: Mapping[str, Any]) -> list[FieldError]:
     return errors
 
 
-EVENTS_V1: Final = ResourceType(
-    group="events.k8s.io",
-    version="v1",
-    plural="events",
-    kind="Event",
-    singular="event",
-    short_names=("ev",),
-    validator=validate_event_v1,
-)
 CORE_EVENTS: Final = ResourceType(
     group="", version="v1", plural="events", kind="Event", singular="event", short_names=("ev",)
 )
+EVENTS_V1: Final = replace(CORE_EVENTS, group="events.k8s.io", validator=validate_event_v1)
 LEASES: Final = ResourceType(
     group="coordination.k8s.io",
     version="v1",

@@ -19,6 +19,11 @@ BRIDGE_USER: Final = "system:serviceaccount:devicefabric-system:devicefabric-bri
 ADMIN_USER: Final = "admin"
 
 
+def bridge_user(pod: str) -> str:
+    """The bearer token of bridge replica `pod`: the bridge ServiceAccount, tagged per pod."""
+    return f"{BRIDGE_USER}#{pod}"
+
+
 def write_kubeconfig(
     path: Path, server: str, *, user: str = ADMIN_USER, namespace: str = "default"
 ) -> Path:

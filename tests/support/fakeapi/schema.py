@@ -325,19 +325,16 @@ class StructuralSchema:
     def _validate_array(
         self, value: list[Any], node: Mapping[str, Any], path: str
     ) -> Iterator[FieldError]:
-        if "maxItems" in node and len(value) > node["maxItems"]:
+        count = len(value)
+        if "maxItems" in node and count > node["maxItems"]:
+            most = node["maxItems"]
             yield FieldError(
-                path,
-                "FieldValueTooMany",
-                f"Too many: {len(value)}: must have at most {node['maxItems']} items",
+                path, "FieldValueTooMany", f"Too many: {count}: must have at most {most} items"
             )
-        if "minItems" in node and len(value) < node["minItems"]:
-            yield FieldError(
-                path,
-                "FieldValueInvalid",
-                f"Invalid value: {len(value)}: {path} in body should have at least "
-                f"{node['minItems']} items",
-            )
+        if "minItems" in node and count < node["minItems"]:
+            least = node["minItems"]
+            why = f"Invalid value: {count}: {path} in body should have at least {least} items"
+            yield FieldError(path, "FieldValueInvalid", why)
         if node.get("x-kubernetes-list-type") == "map":
             keys = node.get("x-kubernetes-list-map-keys", ())
             seen: set[tuple[object, ...]] = set()
