@@ -25,10 +25,10 @@ from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import HostPort, parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
-from tests.runtime.test_mqtt import ConnackThenClose
 from tests.support.bridges import link, settings, until
 from tests.support.brokers import BrokerProcess
 from tests.support.memoryplane import MemoryControlPlane
+from tests.support.packets import ConnackThenClose
 from tests.support.ports import free_port
 
 T = Topics(DEFAULT_ROOT)

@@ -20,6 +20,7 @@ from devicefabric.runtime.backoff import Backoff
 from devicefabric.runtime.mqtt import PERMANENT_REFUSALS, Channel, Endpoint, Will, code_of
 from devicefabric.runtime.mqttloop import Connection, ConnectionLostError, reconnecting
 from tests.support.brokers import BrokerProcess
+from tests.support.packets import ConnackThenClose
 from tests.support.ports import free_port
 from tests.support.waiting import async_wait_for
 
@@ -100,21 +101,6 @@ def test_nothing_listening_fails_open_and_leaves_nothing_behind() -> None:
         assert conn.client.socket() is None or conn.client.socket().fileno() == -1  # type: ignore[union-attr]
 
     play(story)
-
-
-class ConnackThenClose:
-    """An `asyncio.start_server` handler: a broker that accepts the CONNECT (CONNACK 0) and is
-    gone before anything else; `accepted` counts the connections."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        await reader.read(2)  # the start of CONNECT
-        writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted, then gone before any SUBACK
-        await writer.drain()
-        writer.close()
 
 
 def test_a_loss_fails_every_pending_acknowledgement() -> None:

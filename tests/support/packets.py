@@ -14,6 +14,7 @@ send are built here (CONNECT, PUBLISH, SUBSCRIBE); what comes back is read by th
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
@@ -77,3 +78,18 @@ def publish_size(topic: str, payload: bytes, qos: int = 0) -> int:
     """Bytes of the PUBLISH on the wire: fixed header, topic, packet id (QoS>0), payload."""
     body = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
     return 1 + len(varint(body)) + body
+
+
+class ConnackThenClose:
+    """An `asyncio.start_server` handler: a broker that accepts the CONNECT (CONNACK 0) and is
+    gone before anything else; `accepted` counts the connections."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        await reader.read(2)  # the start of CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted, then gone before any SUBACK
+        await writer.drain()
+        writer.close()
