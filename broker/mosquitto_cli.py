@@ -31,8 +31,7 @@ from devicefabric.config.credentials import load_secret
 from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.settings import (
-    add_settings,
-    from_args,
+    add_command,
     integer,
     optional,
     path,
@@ -42,8 +41,11 @@ from devicefabric.runtime.settings import (
 
 
 def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = broker_subparsers.add_parser(
+    add_command(
+        broker_subparsers,
         "mosquitto-config",
+        MosquittoConfigSettings,
+        run,
         help="write mosquitto.conf and its dynamic-security JSON for a real mosquitto",
         description=(
             "Generate a production mosquitto configuration from the fabric's access rules: "
@@ -52,8 +54,6 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "and observer users). See docs/mosquitto.md."
         ),
     )
-    add_settings(parser, MosquittoConfigSettings)
-    parser.set_defaults(func=run)
 
 
 def _secret_file(value: str, flag: str) -> bytes:  # noqa: ARG001
@@ -160,8 +160,7 @@ class MosquittoConfigSettings(GeneratorInputs):
     root: str = setting("--root", "topic root", default=DEFAULT_ROOT)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = from_args(MosquittoConfigSettings, args)
+def run(settings: MosquittoConfigSettings) -> int:
     devices, revoked = settings.devices, settings.revoked
     written = generate(
         settings.out,

@@ -22,6 +22,9 @@ whose library default differs from the program's, e.g. the bridge's HTTP server 
 every message is one line. This module imports only the standard library: it is on the agent's
 start path.
 
+`add_command(sub, name, cls, main, ...)` is a whole command: its parser, the flags of `cls`, and
+`main` run on the settings built from them.
+
 `add_flag` is the older shape for a command's own flags that belong to no program's settings
 (`get --watch`): the variable's value becomes the argparse default when the parser is built.
 """
@@ -333,6 +336,22 @@ def from_args(
 def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **known: Any) -> T:
     """`cls` from the environment and defaults only (no command line)."""
     return _build(cls, {}, os.environ if environ is None else environ, None, known)
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    cls: type[T],
+    main: Callable[[T], int],
+    *,
+    help: str,  # noqa: A002 - mirrors argparse's own keyword
+    description: str,
+) -> argparse.ArgumentParser:
+    """Add command `name` to `sub`: the flags of `cls`, running `main(from_args(cls, args))`."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_settings(parser, cls)
+    parser.set_defaults(func=lambda args: main(from_args(cls, args)))
+    return parser
 
 
 def add_flag(
