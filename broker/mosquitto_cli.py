@@ -26,8 +26,7 @@ from devicefabric.broker.mosquitto import (
     generate,
     read_name_list,
 )
-from devicefabric.broker.settings import hostport
-from devicefabric.config.credentials import load_secret
+from devicefabric.broker.settings import hostport, secret_setting
 from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.settings import (
@@ -56,14 +55,6 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
 
 
-def _secret_file(value: str, flag: str) -> bytes:  # noqa: ARG001
-    return load_secret(Path(value))
-
-
-def _no_secret_file() -> bytes:
-    return load_secret(None)  # $DEVICEFABRIC_SECRET, else a one-line "no secret" error
-
-
 def _names(value: str, flag: str) -> tuple[str, ...]:  # noqa: ARG001
     return read_name_list(Path(value)) if value else ()
 
@@ -82,14 +73,7 @@ class GeneratorInputs:
         metavar="FILE",
         required=True,
     )
-    secret: bytes = setting(
-        "--secret-file",
-        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
-        parse=_secret_file,
-        program_default=_no_secret_file,
-        metavar="FILE",
-        repr=False,
-    )
+    secret: bytes = secret_setting(metavar="FILE")
     revoked: tuple[str, ...] = setting(
         "--revoked-file",
         "file with one revoked device name per line (mosquitto: written disabled; NATS: left out)",

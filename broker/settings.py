@@ -12,7 +12,7 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.config.credentials import load_secret
@@ -25,6 +25,7 @@ from devicefabric.runtime.settings import flag_of, integer, path_setting, settin
 DEFAULT_MAX_PAYLOAD: Final = MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config)
 MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _FD_RESERVE: Final = 64
 
 
@@ -36,6 +37,19 @@ def _no_secret_file() -> bytes:
     return load_secret(None)  # $DEVICEFABRIC_SECRET, else a one-line "no secret" error
 
 
+def secret_setting(*, metavar: str | None = None) -> Any:
+    """`--secret-file`, the fabric secret every password is derived from, as the programs that
+    derive passwords declare it (`broker run`, the config generators)."""
+    return setting(
+        "--secret-file",
+        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
+        parse=_secret_file,
+        program_default=_no_secret_file,
+        metavar=metavar,
+        repr=False,
+    )
+
+
 def hostport(value: str, flag: str) -> HostPort:
     """A `HOST:PORT` setting (its errors name `flag`)."""
     return parse_hostport(value, flag)
@@ -45,13 +59,7 @@ def hostport(value: str, flag: str) -> HostPort:
 class BrokerSettings:
     """Everything `devicefabric broker run` can set; each field with a flag is one."""
 
-    secret: bytes = setting(
-        "--secret-file",
-        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
-        parse=_secret_file,
-        program_default=_no_secret_file,
-        repr=False,
-    )
+    secret: bytes = secret_setting()
     """The fabric secret every password is derived from."""
     mqtt: HostPort = setting(
         "--mqtt",
@@ -86,7 +94,7 @@ class BrokerSettings:
     )
     """Capped below the process's descriptor limit (`fd_budget`), so the program keeps
     descriptors for its own files."""
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     """Seconds from TCP accept to a complete CONNECT (TLS handshake included)."""
     revocation_poll: float = 1.0
     """Seconds between checks of the revocation file for changes."""

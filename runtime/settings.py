@@ -157,6 +157,14 @@ def path_setting(flag: str, help: str, *, metavar: str | None = None) -> Any:  #
     return setting(flag, help, default=None, parse=optional(path), metavar=metavar)
 
 
+def tls_ca_setting() -> Any:
+    """`--tls-ca`, the CA bundle an MQTT client verifies an mqtts:// broker with (None: the
+    system's), as the agent and the bridge declare it."""
+    return path_setting(
+        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
+    )
+
+
 def switch(flag: str, help: str) -> Any:  # noqa: A002
     """An on/off flag, off unless given (its variable: `1`, `true`, `yes` or `on`)."""
     return setting(flag, help, default=False, kind="switch")
