@@ -21,18 +21,18 @@ import importlib.util
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.broker.settings import BrokerSettings
 from devicefabric.runtime.lifecycle import run_program
-from devicefabric.runtime.settings import add_command
+from devicefabric.runtime.settings import add_command, add_command_group
 
 _EXTENSIONS = ("devicefabric.broker.mosquitto_cli", "devicefabric.broker.nats_cli")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    broker = sub.add_parser(
+    commands = add_command_group(
+        sub,
         "broker",
         help="the embedded MQTT broker and mosquitto config generator",
         description="The embedded MQTT broker, and config for a production mosquitto.",
     )
-    commands = broker.add_subparsers(dest="broker_command", metavar="COMMAND", required=True)
     register_run(commands)
     for name in _EXTENSIONS:
         if importlib.util.find_spec(name) is not None:

@@ -23,7 +23,8 @@ every message is one line. This module imports only the standard library: it is 
 start path.
 
 `add_command(sub, name, cls, main, ...)` is a whole command: its parser, the flags of `cls`, and
-`main` run on the settings built from them.
+`main` run on the settings built from them; `add_command_group` is a command whose subcommands
+(`agent run`, `broker mosquitto-config`) are added to what it returns.
 
 `add_flag` is the older shape for a command's own flags that belong to no program's settings
 (`get --watch`): the variable's value becomes the argparse default when the parser is built.
@@ -360,6 +361,18 @@ def add_command(
     add_settings(parser, cls)
     parser.set_defaults(func=lambda args: main(from_args(cls, args)))
     return parser
+
+
+def add_command_group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,  # noqa: A002 - mirrors argparse's own keyword
+    description: str | None = None,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add command `name` whose subcommand is required and lands in `args.<name>_command`."""
+    parser = sub.add_parser(name, help=help, description=description)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
 
 def add_flag(
