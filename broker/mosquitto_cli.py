@@ -26,11 +26,12 @@ from devicefabric.broker.mosquitto import (
     generate,
     read_name_list,
 )
-from devicefabric.broker.settings import hostport, secret_setting
-from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
+from devicefabric.broker.settings import secret_setting
+from devicefabric.config.settings import DEFAULT_MQTT, HostPort
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.settings import (
     add_command,
+    address_setting,
     integer,
     optional,
     path,
@@ -88,13 +89,11 @@ class MosquittoConfigSettings(GeneratorInputs):
     """`broker mosquitto-config`: the inputs, and what `mosquitto.conf` says besides the rules
     (see `broker.mosquitto.MosquittoSettings` for how each becomes a mosquitto option)."""
 
-    mqtt: HostPort = setting(
+    mqtt: HostPort = address_setting(
         "--mqtt",
         "the listener mosquitto opens, HOST:PORT",
-        default_factory=lambda: parse_hostport(DEFAULT_MQTT),
-        parse=hostport,
+        default=DEFAULT_MQTT,
         metavar="HOST:PORT",
-        shown=DEFAULT_MQTT,
     )
     plugin: Path = setting(
         "--plugin",

@@ -17,10 +17,10 @@ from typing import Any, Final
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.config.credentials import load_secret
 from devicefabric.config.errors import TopicError
-from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
+from devicefabric.config.settings import DEFAULT_MQTT, HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
-from devicefabric.runtime.settings import flag_of, integer, path_setting, setting
+from devicefabric.runtime.settings import address_setting, flag_of, integer, path_setting, setting
 
 DEFAULT_MAX_PAYLOAD: Final = MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config)
 MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
@@ -50,23 +50,14 @@ def secret_setting(*, metavar: str | None = None) -> Any:
     )
 
 
-def hostport(value: str, flag: str) -> HostPort:
-    """A `HOST:PORT` setting (its errors name `flag`)."""
-    return parse_hostport(value, flag)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerSettings:
     """Everything `devicefabric broker run` can set; each field with a flag is one."""
 
     secret: bytes = secret_setting()
     """The fabric secret every password is derived from."""
-    mqtt: HostPort = setting(
-        "--mqtt",
-        "listen address HOST:PORT (port 0: any)",
-        default_factory=lambda: parse_hostport(DEFAULT_MQTT),
-        parse=hostport,
-        shown=DEFAULT_MQTT,
+    mqtt: HostPort = address_setting(
+        "--mqtt", "listen address HOST:PORT (port 0: any)", default=DEFAULT_MQTT
     )
     """Listen address; port 0 binds any free port (see `EmbeddedBroker.port`)."""
     revoked_file: Path | None = path_setting(

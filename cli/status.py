@@ -38,9 +38,8 @@ from devicefabric.config.settings import (
     DEFAULT_STATE_DIR,
     HostPort,
     dialable,
-    parse_hostport,
 )
-from devicefabric.runtime.settings import add_command, number, path, setting
+from devicefabric.runtime.settings import add_command, address_setting, number, path, setting
 
 EXIT_OK: Final = 0
 EXIT_BRIDGE_DOWN: Final = 1
@@ -83,12 +82,8 @@ def _seconds(value: str, flag: str) -> float:
 class StatusSettings:
     """`status`'s flags: where the bridge and the local control plane are, how long to wait."""
 
-    http: HostPort = setting(
-        "--http",
-        "the bridge's HTTP address HOST:PORT",
-        default_factory=lambda: parse_hostport(DEFAULT_HTTP),
-        parse=parse_hostport,
-        shown=DEFAULT_HTTP,
+    http: HostPort = address_setting(
+        "--http", "the bridge's HTTP address HOST:PORT", default=DEFAULT_HTTP
     )
     state_dir: Path = setting(
         "--state-dir",

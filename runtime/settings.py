@@ -19,8 +19,8 @@ Range and cross-field checks live once, in the class's `__post_init__`, as
 Invariants: a variable's name is derived from its flag (`env_name`), never spelled by hand; a
 field's default is written once, in the class (`program_default` is only for the rare field
 whose library default differs from the program's, e.g. the bridge's HTTP server off vs on);
-every message is one line. This module imports only the standard library: it is on the agent's
-start path.
+every message is one line. This module imports only the standard library and `config` (its
+errors, `HOST:PORT` parsing), which the agent loads anyway: it is on the agent's start path.
 
 `add_command(sub, name, cls, main, ...)` is a whole command: its parser, the flags of `cls`, and
 `main` run on the settings built from them; `add_command_group` is a command whose subcommands
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from devicefabric.config.errors import ConfigError
+from devicefabric.config.settings import parse_hostport
 
 ENV_PREFIX: Final = "DEVICEFABRIC_"
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
@@ -163,6 +164,24 @@ def tls_ca_setting() -> Any:
     system's), as the agent and the bridge declare it."""
     return path_setting(
         "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
+    )
+
+
+def address_setting(
+    flag: str,
+    help: str,  # noqa: A002
+    *,
+    default: str,
+    metavar: str | None = None,
+) -> Any:
+    """A `HOST:PORT` flag whose default is written once, as its text (`DEFAULT_MQTT`)."""
+    return setting(
+        flag,
+        help,
+        default_factory=lambda: parse_hostport(default),
+        parse=parse_hostport,
+        metavar=metavar,
+        shown=default,
     )
 
 
