@@ -15,19 +15,19 @@ from devicefabric.agent.running import Agent
 from devicefabric.agent.settings import AgentSettings
 from devicefabric.config.errors import ConfigError
 from devicefabric.runtime.lifecycle import run_program
-from devicefabric.runtime.settings import add_settings, from_args
+from devicefabric.runtime.settings import add_command, add_command_group, from_args
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    agent = sub.add_parser("agent", help="the device agent")
-    verbs = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
-    run = verbs.add_parser(
+    verbs = add_command_group(sub, "agent", help="the device agent")
+    add_command(
+        verbs,
         "run",
+        AgentSettings,
+        _run,
         help="run the device agent",
         description="Connect to the fabric's broker as one device and run its desired processes.",
     )
-    add_settings(run, AgentSettings)
-    run.set_defaults(func=_run)
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
@@ -35,8 +35,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return from_args(AgentSettings, args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+def _run(settings: AgentSettings) -> int:
     agent = Agent(settings)
     try:
         return run_program(agent.run)

@@ -88,6 +88,17 @@ class SessionSettings:
         heartbeat up, 10-12.5 s at the 5 s floor (measured 9.9-10.1 s, docs/networks.md)."""
         return max(5, min(2 * self.heartbeat_s, 65535))
 
+    def endpoint(self, broker: BrokerURL) -> Endpoint:
+        """How this device logs in to `broker` (its name is its client id and user name)."""
+        return Endpoint(
+            broker=broker,
+            client_id=self.device,
+            username=self.device,
+            password=self.password,
+            keepalive=self.keepalive,
+            tls_ca=self.tls_ca,
+        )
+
 
 class Session:
     """The agent's MQTT presence; `run()` blocks until cancelled or a login is refused."""
@@ -149,17 +160,8 @@ class Session:
 
     # -- the connection loop -------------------------------------------------------------------
     def _connection(self, session: str) -> Connection:
-        conf = self._settings
-        endpoint = Endpoint(
-            broker=self.broker,
-            client_id=conf.device,
-            username=conf.device,
-            password=conf.password,
-            keepalive=conf.keepalive,
-            tls_ca=conf.tls_ca,
-        )
         will = Will(self._t_status, lean.encode_offline(session, "lost"))
-        return Connection(endpoint, will, session=session)
+        return Connection(self._settings.endpoint(self.broker), will, session=session)
 
     async def run(self) -> None:
         cap = self._settings.max_reconnect_backoff

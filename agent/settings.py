@@ -19,7 +19,7 @@ from devicefabric.agent.logfiles import MAX_FILE_BYTES, MIN_FILE_BYTES
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.errors import ConfigError
 from devicefabric.config.names import validate_device
-from devicefabric.config.settings import DEFAULT_HEARTBEAT_S, DEFAULT_MQTT, BrokerURL
+from devicefabric.config.settings import DEFAULT_BROKER, DEFAULT_HEARTBEAT_S, BrokerURL
 from devicefabric.config.settings import parse_broker_urls as _parse_broker_urls
 from devicefabric.config.topics import DEFAULT_ROOT, validate_root
 from devicefabric.runtime.settings import (
@@ -27,8 +27,8 @@ from devicefabric.runtime.settings import (
     integer,
     number,
     path,
-    path_setting,
     setting,
+    tls_ca_setting,
 )
 
 MAX_HEARTBEAT_S: Final = 86400
@@ -88,7 +88,7 @@ class AgentSettings:
         "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT; for a clustered broker a "
         "comma-separated list of its nodes, tried in turn after a failed try or a lost connection",
         parse=_brokers,
-        program_default=f"mqtt://{DEFAULT_MQTT}",
+        program_default=DEFAULT_BROKER,
     )
     password: Secret = setting(
         "--password-file",
@@ -105,9 +105,7 @@ class AgentSettings:
     heartbeat_s: int = setting(
         "--heartbeat", "seconds between heartbeats", default=DEFAULT_HEARTBEAT_S, parse=integer
     )
-    tls_ca: Path | None = path_setting(
-        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
-    )
+    tls_ca: Path | None = tls_ca_setting()
     allow_command: tuple[str, ...] = setting(
         "--allow-command",
         "only run commands starting with this prefix (repeatable; a word ending in / allows any "

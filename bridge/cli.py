@@ -18,12 +18,11 @@ from devicefabric.bridge.controlplane.kube.settings import KubeSettings
 from devicefabric.bridge.settings import BridgeSettings
 from devicefabric.config.errors import ConfigError
 from devicefabric.runtime.lifecycle import run_program
-from devicefabric.runtime.settings import add_settings, flag_of, from_args
+from devicefabric.runtime.settings import add_command_group, add_settings, flag_of, from_args
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bridge = sub.add_parser("bridge", help="the bridge service")
-    verbs = bridge.add_subparsers(dest="bridge_command", metavar="COMMAND", required=True)
+    verbs = add_command_group(sub, "bridge", help="the bridge service")
     run = verbs.add_parser(
         "run",
         help="run the bridge (MQTT <-> control plane)",

@@ -25,10 +25,10 @@ from devicefabric.bridge.queueing import DEFAULT_KEY_BURST, DEFAULT_MIN_INTERVAL
 from devicefabric.config.credentials import read_password_file
 from devicefabric.config.names import is_device_name
 from devicefabric.config.settings import (
+    DEFAULT_BROKER,
     DEFAULT_EVENT_BURST,
     DEFAULT_EVENT_QPS,
     DEFAULT_HTTP,
-    DEFAULT_MQTT,
     DEFAULT_STALE_MULTIPLIER,
     DEFAULT_STATE_DIR,
     DEFAULT_WRITE_BURST,
@@ -46,8 +46,8 @@ from devicefabric.runtime.settings import (
     integer,
     number,
     path,
-    path_setting,
     setting,
+    tls_ca_setting,
 )
 
 
@@ -80,7 +80,7 @@ class BridgeSettings:
         "--broker",
         "broker URL (mqtt:// or mqtts://)",
         parse=_broker,
-        program_default=f"mqtt://{DEFAULT_MQTT}",
+        program_default=DEFAULT_BROKER,
     )
     password: str = setting(
         "--password-file",
@@ -104,9 +104,7 @@ class BridgeSettings:
     )
     root: str = DEFAULT_ROOT
     """Topic root."""
-    tls_ca: Path | None = path_setting(
-        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
-    )
+    tls_ca: Path | None = tls_ca_setting()
     control_plane: str = setting(
         "--control-plane",
         "where DeviceProcess resources live",

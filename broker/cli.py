@@ -21,18 +21,18 @@ import importlib.util
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.broker.settings import BrokerSettings
 from devicefabric.runtime.lifecycle import run_program
-from devicefabric.runtime.settings import add_settings, from_args
+from devicefabric.runtime.settings import add_command, add_command_group
 
 _EXTENSIONS = ("devicefabric.broker.mosquitto_cli", "devicefabric.broker.nats_cli")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    broker = sub.add_parser(
+    commands = add_command_group(
+        sub,
         "broker",
         help="the embedded MQTT broker and mosquitto config generator",
         description="The embedded MQTT broker, and config for a production mosquitto.",
     )
-    commands = broker.add_subparsers(dest="broker_command", metavar="COMMAND", required=True)
     register_run(commands)
     for name in _EXTENSIONS:
         if importlib.util.find_spec(name) is not None:
@@ -40,8 +40,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = commands.add_parser(
+    add_command(
+        commands,
         "run",
+        BrokerSettings,
+        _run,
         help="run the embedded broker (device auth + ACL, hardened amqtt)",
         description=(
             "Run the embedded MQTT 3.1.1 broker: device passwords are recomputed from the fabric "
@@ -49,18 +52,15 @@ def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "every delivery. Prints 'broker listening on URL' once ready."
         ),
     )
-    add_settings(run, BrokerSettings)
-    run.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(settings: BrokerSettings) -> int:
     try:
         from devicefabric.broker.embedded import EmbeddedBroker  # noqa: PLC0415
     except ImportError as exc:
         raise BrokerConfigError(
             "broker run", f"needs amqtt: pip install 'devicefabric[broker]' ({exc})"
         ) from exc
-    settings = from_args(BrokerSettings, args)
 
     async def main() -> None:
         async with EmbeddedBroker(settings) as broker:

@@ -65,6 +65,7 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.session import IncomingApplicationMessage
 from typing_extensions import override
 
+from devicefabric.broker.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("devicefabric.broker")
@@ -93,7 +94,7 @@ class Limits:
 
     max_payload: int = MAX_PAYLOAD_BYTES
     """Largest PUBLISH (and will) payload in bytes; a larger PUBLISH closes the connection."""
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     """From TCP accept (TLS handshake included) to a complete CONNECT; then the socket is aborted."""
     keepalive_factor: float = 1.5
     """Silence allowed, in keepalive periods, before the connection is dropped (MQTT-3.1.2-24)."""
@@ -103,7 +104,7 @@ class Limits:
     """Time to flush a refusal CONNACK before the socket is aborted."""
     takeover_timeout: float = 5.0
     """How long a takeover waits for the old connection to finish (will included)."""
-    max_connections: int = 10_000
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Connections per listener (`--max-connections`); more are closed at once on accept."""
     max_connect: int = 8 * 1024
     """Largest CONNECT packet in bytes: all a client may send before it is authenticated."""

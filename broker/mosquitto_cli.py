@@ -26,13 +26,12 @@ from devicefabric.broker.mosquitto import (
     generate,
     read_name_list,
 )
-from devicefabric.broker.settings import hostport
-from devicefabric.config.credentials import load_secret
-from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
+from devicefabric.broker.settings import secret_setting
+from devicefabric.config.settings import DEFAULT_MQTT, HostPort
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.settings import (
-    add_settings,
-    from_args,
+    add_command,
+    address_setting,
     integer,
     optional,
     path,
@@ -42,8 +41,11 @@ from devicefabric.runtime.settings import (
 
 
 def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = broker_subparsers.add_parser(
+    add_command(
+        broker_subparsers,
         "mosquitto-config",
+        MosquittoConfigSettings,
+        run,
         help="write mosquitto.conf and its dynamic-security JSON for a real mosquitto",
         description=(
             "Generate a production mosquitto configuration from the fabric's access rules: "
@@ -52,16 +54,6 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "and observer users). See docs/mosquitto.md."
         ),
     )
-    add_settings(parser, MosquittoConfigSettings)
-    parser.set_defaults(func=run)
-
-
-def _secret_file(value: str, flag: str) -> bytes:  # noqa: ARG001
-    return load_secret(Path(value))
-
-
-def _no_secret_file() -> bytes:
-    return load_secret(None)  # $DEVICEFABRIC_SECRET, else a one-line "no secret" error
 
 
 def _names(value: str, flag: str) -> tuple[str, ...]:  # noqa: ARG001
@@ -82,14 +74,7 @@ class GeneratorInputs:
         metavar="FILE",
         required=True,
     )
-    secret: bytes = setting(
-        "--secret-file",
-        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
-        parse=_secret_file,
-        program_default=_no_secret_file,
-        metavar="FILE",
-        repr=False,
-    )
+    secret: bytes = secret_setting(metavar="FILE")
     revoked: tuple[str, ...] = setting(
         "--revoked-file",
         "file with one revoked device name per line (mosquitto: written disabled; NATS: left out)",
@@ -104,13 +89,11 @@ class MosquittoConfigSettings(GeneratorInputs):
     """`broker mosquitto-config`: the inputs, and what `mosquitto.conf` says besides the rules
     (see `broker.mosquitto.MosquittoSettings` for how each becomes a mosquitto option)."""
 
-    mqtt: HostPort = setting(
+    mqtt: HostPort = address_setting(
         "--mqtt",
         "the listener mosquitto opens, HOST:PORT",
-        default_factory=lambda: parse_hostport(DEFAULT_MQTT),
-        parse=hostport,
+        default=DEFAULT_MQTT,
         metavar="HOST:PORT",
-        shown=DEFAULT_MQTT,
     )
     plugin: Path = setting(
         "--plugin",
@@ -160,8 +143,7 @@ class MosquittoConfigSettings(GeneratorInputs):
     root: str = setting("--root", "topic root", default=DEFAULT_ROOT)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = from_args(MosquittoConfigSettings, args)
+def run(settings: MosquittoConfigSettings) -> int:
     devices, revoked = settings.devices, settings.revoked
     written = generate(
         settings.out,

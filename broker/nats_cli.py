@@ -25,8 +25,7 @@ from devicefabric.broker.nats import (
 from devicefabric.config.topics import DEFAULT_ROOT
 from devicefabric.runtime.settings import (
     InvalidSettingError,
-    add_settings,
-    from_args,
+    add_command,
     integer,
     path,
     setting,
@@ -34,8 +33,11 @@ from devicefabric.runtime.settings import (
 
 
 def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = broker_subparsers.add_parser(
+    add_command(
+        broker_subparsers,
         "nats-config",
+        NatsConfigSettings,
+        run,
         help="write NATS server configs (MQTT over JetStream) for a cluster",
         description=(
             "Generate one NATS server config per cluster node from the fabric's access rules: "
@@ -43,8 +45,6 @@ def register(broker_subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "device plus the bridge and observer (bcrypt passwords, MQTT only). See docs/scale.md."
         ),
     )
-    add_settings(parser, NatsConfigSettings)
-    parser.set_defaults(func=run)
 
 
 def _hosts(value: str, flag: str) -> tuple[str, ...]:  # noqa: ARG001
@@ -97,8 +97,7 @@ class NatsConfigSettings(GeneratorInputs):
             )
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = from_args(NatsConfigSettings, args)
+def run(settings: NatsConfigSettings) -> int:
     devices, revoked = settings.devices, settings.revoked
     hosts = settings.hosts or (settings.host,) * settings.nodes
     base = {

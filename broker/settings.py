@@ -12,19 +12,20 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from devicefabric.broker.errors import BrokerConfigError
 from devicefabric.config.credentials import load_secret
 from devicefabric.config.errors import TopicError
-from devicefabric.config.settings import DEFAULT_MQTT, HostPort, parse_hostport
+from devicefabric.config.settings import DEFAULT_MQTT, HostPort
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
 from devicefabric.config.wire import MAX_PAYLOAD_BYTES
-from devicefabric.runtime.settings import flag_of, integer, path_setting, setting
+from devicefabric.runtime.settings import address_setting, flag_of, integer, path_setting, setting
 
 DEFAULT_MAX_PAYLOAD: Final = MAX_PAYLOAD_BYTES  # DESIGN.md's payload limit (config)
 MAX_MQTT_PACKET: Final = 268_435_455  # MQTT 3.1.1's largest remaining length
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _FD_RESERVE: Final = 64
 
 
@@ -36,29 +37,27 @@ def _no_secret_file() -> bytes:
     return load_secret(None)  # $DEVICEFABRIC_SECRET, else a one-line "no secret" error
 
 
-def hostport(value: str, flag: str) -> HostPort:
-    """A `HOST:PORT` setting (its errors name `flag`)."""
-    return parse_hostport(value, flag)
+def secret_setting(*, metavar: str | None = None) -> Any:
+    """`--secret-file`, the fabric secret every password is derived from, as the programs that
+    derive passwords declare it (`broker run`, the config generators)."""
+    return setting(
+        "--secret-file",
+        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
+        parse=_secret_file,
+        program_default=_no_secret_file,
+        metavar=metavar,
+        repr=False,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerSettings:
     """Everything `devicefabric broker run` can set; each field with a flag is one."""
 
-    secret: bytes = setting(
-        "--secret-file",
-        "file holding the fabric secret (else $DEVICEFABRIC_SECRET, the secret itself)",
-        parse=_secret_file,
-        program_default=_no_secret_file,
-        repr=False,
-    )
+    secret: bytes = secret_setting()
     """The fabric secret every password is derived from."""
-    mqtt: HostPort = setting(
-        "--mqtt",
-        "listen address HOST:PORT (port 0: any)",
-        default_factory=lambda: parse_hostport(DEFAULT_MQTT),
-        parse=hostport,
-        shown=DEFAULT_MQTT,
+    mqtt: HostPort = address_setting(
+        "--mqtt", "listen address HOST:PORT (port 0: any)", default=DEFAULT_MQTT
     )
     """Listen address; port 0 binds any free port (see `EmbeddedBroker.port`)."""
     revoked_file: Path | None = path_setting(
@@ -86,7 +85,7 @@ class BrokerSettings:
     )
     """Capped below the process's descriptor limit (`fd_budget`), so the program keeps
     descriptors for its own files."""
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     """Seconds from TCP accept to a complete CONNECT (TLS handshake included)."""
     revocation_poll: float = 1.0
     """Seconds between checks of the revocation file for changes."""

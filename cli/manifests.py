@@ -13,20 +13,21 @@ import sys
 from dataclasses import dataclass
 
 from devicefabric.config import deploybundle as manifests
-from devicefabric.runtime.settings import add_settings, from_args, switch
+from devicefabric.runtime.settings import add_command, switch
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "manifests",
+        ManifestsSettings,
+        _run,
         help="print the Kubernetes manifests (CRD, RBAC, bridge Deployment)",
         description=(
             "Print the DeviceProcess CRD, the bridge's RBAC and its Deployment as one "
             "multi-document YAML stream: devicefabric manifests | kubectl apply -f -"
         ),
     )
-    add_settings(parser, ManifestsSettings)
-    parser.set_defaults(func=_run)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,8 +42,7 @@ class ManifestsSettings:
     )
 
 
-def _run(args: argparse.Namespace) -> int:
-    settings = from_args(ManifestsSettings, args)
+def _run(settings: ManifestsSettings) -> int:
     text = (
         manifests.samples()
         if settings.samples

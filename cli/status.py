@@ -38,9 +38,8 @@ from devicefabric.config.settings import (
     DEFAULT_STATE_DIR,
     HostPort,
     dialable,
-    parse_hostport,
 )
-from devicefabric.runtime.settings import add_settings, from_args, number, path, setting
+from devicefabric.runtime.settings import add_command, address_setting, number, path, setting
 
 EXIT_OK: Final = 0
 EXIT_BRIDGE_DOWN: Final = 1
@@ -60,15 +59,16 @@ PHASE_ORDER: Final = (
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "status",
+        StatusSettings,
+        run,
         help="one screen for the whole fabric; exit code 0 only when everything is up",
         description="Show broker, bridge, devices, resources and the last transitions. Exit "
         "codes: 0 all up, 1 bridge not answering, 3 bridge not ready (broker or control plane), "
         "4 a device not connected, 2 usage error.",
     )
-    add_settings(parser, StatusSettings)
-    parser.set_defaults(func=run)
 
 
 def _seconds(value: str, flag: str) -> float:
@@ -82,12 +82,8 @@ def _seconds(value: str, flag: str) -> float:
 class StatusSettings:
     """`status`'s flags: where the bridge and the local control plane are, how long to wait."""
 
-    http: HostPort = setting(
-        "--http",
-        "the bridge's HTTP address HOST:PORT",
-        default_factory=lambda: parse_hostport(DEFAULT_HTTP),
-        parse=parse_hostport,
-        shown=DEFAULT_HTTP,
+    http: HostPort = address_setting(
+        "--http", "the bridge's HTTP address HOST:PORT", default=DEFAULT_HTTP
     )
     state_dir: Path = setting(
         "--state-dir",
@@ -264,8 +260,7 @@ def fetch(address: HostPort, state_dir: Path | None, timeout: float) -> Observed
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = from_args(StatusSettings, args)
+def run(settings: StatusSettings) -> int:
     report = assess(fetch(dialable(settings.http), settings.state_dir, settings.timeout))
     print(report.text, flush=True)
     return report.code

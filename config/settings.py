@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from devicefabric.config.errors import ConfigError
 
 DEFAULT_MQTT: Final = "127.0.0.1:1883"
+DEFAULT_BROKER: Final = f"mqtt://{DEFAULT_MQTT}"  # what an MQTT client dials by default
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_STATE_DIR: Final = Path(".devicefabric")
 DEFAULT_HEARTBEAT_S: Final = 15

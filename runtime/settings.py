@@ -19,8 +19,12 @@ Range and cross-field checks live once, in the class's `__post_init__`, as
 Invariants: a variable's name is derived from its flag (`env_name`), never spelled by hand; a
 field's default is written once, in the class (`program_default` is only for the rare field
 whose library default differs from the program's, e.g. the bridge's HTTP server off vs on);
-every message is one line. This module imports only the standard library: it is on the agent's
-start path.
+every message is one line. This module imports only the standard library and `config` (its
+errors, `HOST:PORT` parsing), which the agent loads anyway: it is on the agent's start path.
+
+`add_command(sub, name, cls, main, ...)` is a whole command: its parser, the flags of `cls`, and
+`main` run on the settings built from them; `add_command_group` is a command whose subcommands
+(`agent run`, `broker mosquitto-config`) are added to what it returns.
 
 `add_flag` is the older shape for a command's own flags that belong to no program's settings
 (`get --watch`): the variable's value becomes the argparse default when the parser is built.
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from devicefabric.config.errors import ConfigError
+from devicefabric.config.settings import parse_hostport
 
 ENV_PREFIX: Final = "DEVICEFABRIC_"
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
@@ -152,6 +157,32 @@ def setting(
 def path_setting(flag: str, help: str, *, metavar: str | None = None) -> Any:  # noqa: A002
     """A file or directory flag that is unset (None) unless given."""
     return setting(flag, help, default=None, parse=optional(path), metavar=metavar)
+
+
+def tls_ca_setting() -> Any:
+    """`--tls-ca`, the CA bundle an MQTT client verifies an mqtts:// broker with (None: the
+    system's), as the agent and the bridge declare it."""
+    return path_setting(
+        "--tls-ca", "CA bundle to verify an mqtts:// broker (default: the system's)"
+    )
+
+
+def address_setting(
+    flag: str,
+    help: str,  # noqa: A002
+    *,
+    default: str,
+    metavar: str | None = None,
+) -> Any:
+    """A `HOST:PORT` flag whose default is written once, as its text (`DEFAULT_MQTT`)."""
+    return setting(
+        flag,
+        help,
+        default_factory=lambda: parse_hostport(default),
+        parse=parse_hostport,
+        metavar=metavar,
+        shown=default,
+    )
 
 
 def switch(flag: str, help: str) -> Any:  # noqa: A002
@@ -333,6 +364,34 @@ def from_args(
 def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **known: Any) -> T:
     """`cls` from the environment and defaults only (no command line)."""
     return _build(cls, {}, os.environ if environ is None else environ, None, known)
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    cls: type[T],
+    main: Callable[[T], int],
+    *,
+    help: str,  # noqa: A002 - mirrors argparse's own keyword
+    description: str,
+) -> argparse.ArgumentParser:
+    """Add command `name` to `sub`: the flags of `cls`, running `main(from_args(cls, args))`."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_settings(parser, cls)
+    parser.set_defaults(func=lambda args: main(from_args(cls, args)))
+    return parser
+
+
+def add_command_group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,  # noqa: A002 - mirrors argparse's own keyword
+    description: str | None = None,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add command `name` whose subcommand is required and lands in `args.<name>_command`."""
+    parser = sub.add_parser(name, help=help, description=description)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
 
 def add_flag(

@@ -141,6 +141,37 @@ class ControlPlane(Protocol):
         ...
 
 
+class SingleWriter:
+    """The write-access half of `ControlPlane` for a plane that alone writes its store.
+
+    No lease and no shards: the plane leads while `_leading` is set (always, unless a test
+    withholds it), may then write every device, and never gains a shard. The subclass owns
+    `_synced` and `_leading` and says itself why it would not lead (`not_leading`).
+    """
+
+    _synced: asyncio.Event
+    _leading: asyncio.Event
+
+    @property
+    def synced(self) -> asyncio.Event:
+        return self._synced
+
+    @property
+    def leading(self) -> asyncio.Event:
+        return self._leading
+
+    def may_write(self, device: str | None) -> bool:  # noqa: ARG002 - one writer, every device
+        return self._leading.is_set()
+
+    @property
+    def gains(self) -> int:
+        return 0
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return None
+
+
 class FleetPlane(Protocol):
     """What the fleet controller (`bridge.fleets`) needs besides `ControlPlane`: Devices
     (cluster-scoped, keyed by name) and DeviceProcessSets (keyed `<namespace>/<name>`), and the

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from devicefabric.bridge.controlplane.base import EventType, Resource
+from devicefabric.bridge.controlplane.base import EventType, Resource, SingleWriter
 from devicefabric.bridge.errors import NotFoundError, TransientError
 
 
@@ -52,7 +52,7 @@ def resource(
 
 
 @dataclass
-class MemoryControlPlane:
+class MemoryControlPlane(SingleWriter):
     """The test double; see the module doc."""
 
     echo_delay: float = 0.01
@@ -71,26 +71,7 @@ class MemoryControlPlane:
     def __post_init__(self) -> None:
         self._leading.set()
 
-    # -- the ControlPlane protocol ---------------------------------------------------------------
-    @property
-    def synced(self) -> asyncio.Event:
-        return self._synced
-
-    @property
-    def leading(self) -> asyncio.Event:
-        return self._leading
-
-    def may_write(self, device: str | None) -> bool:  # noqa: ARG002 - one writer, every device
-        return self._leading.is_set()
-
-    @property
-    def gains(self) -> int:
-        return 0
-
-    @property
-    def shards(self) -> tuple[int, ...] | None:
-        return None
-
+    # -- the ControlPlane protocol (synced, leading, may_write, gains, shards: SingleWriter) ----
     @property
     def not_leading(self) -> str | None:
         return None if self._leading.is_set() else "leadership withheld by the test"

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
-from devicefabric.bridge.controlplane.base import EventType, Resource
+from devicefabric.bridge.controlplane.base import EventType, Resource, SingleWriter
 from devicefabric.bridge.controlplane.local.dirwatch import DirectoryWatch
 from devicefabric.bridge.controlplane.local.fleet import LocalFleet
 from devicefabric.bridge.controlplane.local.store import LocalStore
@@ -122,7 +122,7 @@ class JournalCursor:
         return entries, offset + len(complete)
 
 
-class LocalControlPlane:
+class LocalControlPlane(SingleWriter):
     """`ControlPlane` over a state directory (see module docstring)."""
 
     def __init__(
@@ -151,25 +151,6 @@ class LocalControlPlane:
         self._leading.set()
         self._on_change: Callable[[str], None] | None = None
         self.relists = 0  # full re-reads of the directory after the first (tests, metrics)
-
-    @property
-    def synced(self) -> asyncio.Event:
-        return self._synced
-
-    @property
-    def leading(self) -> asyncio.Event:
-        return self._leading
-
-    def may_write(self, device: str | None) -> bool:  # noqa: ARG002 - one writer, every device
-        return self._leading.is_set()
-
-    @property
-    def gains(self) -> int:
-        return 0
-
-    @property
-    def shards(self) -> tuple[int, ...] | None:
-        return None
 
     @property
     def not_leading(self) -> str | None:
