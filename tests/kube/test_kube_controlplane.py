@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from devicefabric.bridge.controlplane.kube.plane import REPORTING_CONTROLLER
+from devicefabric.bridge.controlplane.kube.plane import REPORTING_CONTROLLER, KubeControlPlane
 from devicefabric.bridge.errors import (
     ConflictError,
     ControlPlaneError,
@@ -37,6 +37,13 @@ def rbac_granted(api: FakeApiServer) -> Iterator[None]:
     """After each test: every request the control plane made is granted by rbac.yaml."""
     yield
     assert denied(api.log.records()) == []
+
+
+@pytest.fixture
+def plane(api: FakeApiServer, http: Http, tmp_path: Path) -> KubeControlPlane:
+    """The control plane under test, over a fake API server that holds DeviceProcess p1."""
+    http.create(device_process("p1"))
+    return make_plane(api, tmp_path)
 
 
 def rv_of(http: Http, name: str) -> str:
@@ -82,10 +89,8 @@ def test_lists_then_watches_and_reports_each_change_once(
 
 
 def test_status_patch_is_a_merge_patch_to_status_and_is_adopted(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
 
     async def scenario() -> None:
         async with running(plane, api) as changes:
@@ -110,10 +115,8 @@ def test_status_patch_is_a_merge_patch_to_status_and_is_adopted(
 
 
 def test_dropped_watch_resumes_from_the_last_revision_without_a_relist(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
 
     async def scenario() -> None:
         async with running(plane, api) as changes:
@@ -180,11 +183,9 @@ def test_expired_history_relists_and_notifies_only_what_changed(
     ],
 )
 def test_write_errors_map_onto_the_bridge_hierarchy(
-    api: FakeApiServer, http: Http, tmp_path: Path, case: tuple[int, type[Exception], float | None]
+    api: FakeApiServer, plane: KubeControlPlane, case: tuple[int, type[Exception], float | None]
 ) -> None:
     status, error, retry_after = case
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
 
     async def scenario() -> None:
         async with running(plane, api):
@@ -204,10 +205,8 @@ def test_write_errors_map_onto_the_bridge_hierarchy(
 
 
 def test_conflict_rereads_the_resource_into_the_cache(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
 
     async def scenario() -> None:
         async with running(plane, api):
@@ -287,10 +286,8 @@ def test_unreachable_api_server_is_transient(api: FakeApiServer, tmp_path: Path)
 
 
 def test_bookmarks_move_the_resume_point_past_other_kinds(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
     lease: dict[str, Any] = {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
