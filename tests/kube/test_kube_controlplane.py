@@ -46,6 +46,15 @@ def plane(api: FakeApiServer, http: Http, tmp_path: Path) -> KubeControlPlane:
     return make_plane(api, tmp_path)
 
 
+async def both_writes_raise(plane: KubeControlPlane, error: type[Exception]) -> Exception:
+    """A status patch and an event for p1 both raise `error`; returns the patch's exception."""
+    with pytest.raises(error) as caught:
+        await plane.patch_status("default/p1", {"phase": "Running"})
+    with pytest.raises(error):
+        await plane.emit_event("default/p1", "Normal", "Connected", "m")
+    return caught.value
+
+
 def rv_of(http: Http, name: str) -> str:
     return str(http.get(dp_path(name=name)).body["metadata"]["resourceVersion"])
 
@@ -91,7 +100,6 @@ def test_lists_then_watches_and_reports_each_change_once(
 def test_status_patch_is_a_merge_patch_to_status_and_is_adopted(
     api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-
     async def scenario() -> None:
         async with running(plane, api) as changes:
             await plane.patch_status("default/p1", {"phase": "Running", "pid": 42})
@@ -117,7 +125,6 @@ def test_status_patch_is_a_merge_patch_to_status_and_is_adopted(
 def test_dropped_watch_resumes_from_the_last_revision_without_a_relist(
     api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-
     async def scenario() -> None:
         async with running(plane, api) as changes:
             http.create(device_process("p2"))
@@ -192,14 +199,11 @@ def test_write_errors_map_onto_the_bridge_hierarchy(
             api.inject(
                 status, 1, retry_after=int(retry_after) if retry_after else None, verb="patch"
             )
-            with pytest.raises(error) as caught:
-                await plane.patch_status("default/p1", {"phase": "Running"})
-            assert type(caught.value) is error
-            if isinstance(caught.value, TransientError):
-                assert caught.value.retry_after == retry_after
             api.inject(status, 1, verb="create", resource="events")
-            with pytest.raises(error):
-                await plane.emit_event("default/p1", "Normal", "Connected", "m")
+            caught = await both_writes_raise(plane, error)
+            assert type(caught) is error
+            if isinstance(caught, TransientError):
+                assert caught.retry_after == retry_after
 
     run(scenario)
 
@@ -207,7 +211,6 @@ def test_write_errors_map_onto_the_bridge_hierarchy(
 def test_conflict_rereads_the_resource_into_the_cache(
     api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-
     async def scenario() -> None:
         async with running(plane, api):
             api.inject(503, 1000, verb="watch")
@@ -277,10 +280,7 @@ def test_unreachable_api_server_is_transient(api: FakeApiServer, tmp_path: Path)
     api.stop()
 
     async def scenario() -> None:
-        with pytest.raises(TransientError):
-            await plane.patch_status("default/p1", {"phase": "Running"})
-        with pytest.raises(TransientError):
-            await plane.emit_event("default/p1", "Normal", "Connected", "m")
+        await both_writes_raise(plane, TransientError)
 
     run(scenario)
 
