@@ -187,17 +187,8 @@ def test_encoders_write_what_the_wire_models_write(
 ) -> None:
     model = wire.decode_status(json.dumps(status).encode())
     if isinstance(model, wire.StatusOnline):
-        ours = lean.encode_online(
-            model.session,
-            model.heartbeat_s,
-            model.agent,
-            os=model.os,
-            arch=model.arch,
-            kernel=model.kernel,
-            hostname=model.hostname,
-            cpus=model.cpus,
-            memory_bytes=model.memory_bytes,
-        )
+        facts = {field: getattr(model, field) for field in FACTS}  # os, arch, ... memory_bytes
+        ours = lean.encode_online(model.session, model.heartbeat_s, model.agent, **facts)
     else:
         ours = lean.encode_offline(model.session, model.reason)
     assert ours == wire.encode(model)
