@@ -23,7 +23,7 @@ from tests.support.desired import DEVICE, desired_process, document
 from tests.support.fabric import Fabric
 from tests.support.mqtt import connect
 from tests.support.ports import free_port
-from tests.support.processes import Doc, running_pids
+from tests.support.processes import AgentProcess, Doc, running_pids
 from tests.support.procfs import alive, wait_gone
 from tests.support.resources import key
 from tests.support.waiting import wait_for
@@ -254,17 +254,23 @@ def test_a_broker_list_skips_a_dead_node_and_moves_on_when_its_node_goes(
         assert all(alive(p) for p in pids.values())  # a lost broker never stops processes
 
 
+def running_one(fab: Fabric, command: list[str]) -> tuple[AgentProcess, dict[str, int]]:
+    """A started agent, online, running process "a" (`command`); returns it and the pids."""
+    agent = fab.agent()
+    agent.start()
+    fab.wait_online()
+    fab.publish_desired(document(desired_process("a", command)))
+    pids = running_pids(fab.wait_report(lambda r: len(running_pids(r)) == 1))
+    agent.pids += pids.values()
+    return agent, pids
+
+
 def test_agent_restart_without_a_broker_runs_the_persisted_document(
     fab: Fabric, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "child.pid"
     command = ["/bin/sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]
-    agent = fab.agent()
-    agent.start()
-    fab.wait_online()
-    fab.publish_desired(document(desired_process("a", command)))
-    first = running_pids(fab.wait_report(lambda r: len(running_pids(r)) == 1))
-    agent.pids += first.values()
+    agent, first = running_one(fab, command)
     assert agent.terminate() == 0
     wait_gone(list(first.values()))
 
@@ -302,12 +308,7 @@ def test_bad_desired_is_logged_once_and_ignored(fab: Fabric, payload: bytes) -> 
             .model_dump_json(by_alias=True)
             .encode()
         )
-    agent = fab.agent()
-    agent.start()
-    fab.wait_online()
-    fab.publish_desired(document(desired_process("a", SLEEP)))
-    before = running_pids(fab.wait_report(lambda r: len(running_pids(r)) == 1))
-    agent.pids += before.values()
+    agent, before = running_one(fab, SLEEP)
 
     fab.publish_desired(payload)
     fab.publish_desired(payload)  # the same bad document again: not logged twice

@@ -10,6 +10,15 @@ from devicefabric.agent.allowlist import CommandPolicy
 from devicefabric.config.errors import ConfigError
 
 
+def assert_decision(refusal: str | None, allowed: bool, flag: str) -> None:
+    """`refusal` is None when `allowed`; otherwise it says "refused" and names `flag`."""
+    assert (refusal is None) is allowed
+    if not allowed:
+        assert refusal is not None
+        assert "refused" in refusal
+        assert flag in refusal
+
+
 @pytest.mark.parametrize(
     ("prefixes", "command", "allowed"),
     [
@@ -35,11 +44,7 @@ from devicefabric.config.errors import ConfigError
 )
 def test_policy(prefixes: list[str], command: list[str], allowed: bool) -> None:
     refusal = CommandPolicy.parse(prefixes).refusal(command)
-    assert (refusal is None) is allowed
-    if not allowed:
-        assert refusal is not None
-        assert "refused" in refusal
-        assert "--allow-command" in refusal
+    assert_decision(refusal, allowed, "--allow-command")
 
 
 def test_refusal_message_is_bounded() -> None:
@@ -77,11 +82,8 @@ ALLOW = ["/bin/"]
 def test_env_is_denied_unless_named(allow_env: list[str], env: list[str], allowed: bool) -> None:
     policy = CommandPolicy.parse(ALLOW, env=allow_env)
     refusal = policy.refusal(["/bin/true"], env=env)
-    assert (refusal is None) is allowed
-    if not allowed:
-        assert refusal is not None
-        assert "refused" in refusal
-        assert "--allow-env" in refusal
+    assert_decision(refusal, allowed, "--allow-env")
+    if refusal is not None:
         assert all(name in refusal for name in env if name not in allow_env)
 
 
@@ -106,11 +108,7 @@ def test_working_dir_is_denied_unless_inside_an_allowed_directory(
 ) -> None:
     policy = CommandPolicy.parse(ALLOW, workdirs=allow_workdir)
     refusal = policy.refusal(["/bin/true"], working_dir=working_dir)
-    assert (refusal is None) is allowed
-    if not allowed:
-        assert refusal is not None
-        assert "refused" in refusal
-        assert "--allow-workdir" in refusal
+    assert_decision(refusal, allowed, "--allow-workdir")
 
 
 def test_without_allow_command_everything_still_runs() -> None:

@@ -38,6 +38,18 @@ def _kill_leftovers() -> Iterator[None]:
     kill_groups(dict.fromkeys(seen_pids))
 
 
+def with_grandchild(pidfile: Path, then: str) -> str:
+    """A shell script that starts a `sleep 60` grandchild, writes its pid to `pidfile`, then `then`."""
+    return f"sleep 60 & echo $! > {pidfile}; {then}"
+
+
+def recorded_pid(pidfile: Path) -> int:
+    """The pid in `pidfile`, recorded so the test's clean-up kills it if it outlives the test."""
+    pid = int(pidfile.read_text())
+    seen_pids.append(pid)
+    return pid
+
+
 class Watch:
     """A running supervisor plus what a test asks of it."""
 
@@ -65,6 +77,11 @@ class Watch:
         )
         assert found is not None
         return found
+
+    async def shell(self, script: str, **fields: Any) -> int:
+        """Run `script` under /bin/sh as the only process "a"; returns its pid once Running."""
+        self.apply(want("a", [SH, "-c", script], **fields))
+        return await self.running("a")
 
     async def running(self, name: str, timeout: float = 5.0) -> int:
         state = await self.until(name, lambda s: s.phase == "Running", timeout)
@@ -274,8 +291,7 @@ def test_stop_is_graceful_first(tmp_path: Path) -> None:
 
     async def story() -> None:
         async with supervisor() as w:
-            w.apply(want("a", [SH, "-c", script]))
-            pid = await w.running("a")
+            pid = await w.shell(script)
             w.apply()
             await gone(pid)
             assert marker.read_text().strip() == "bye"
@@ -288,8 +304,7 @@ def test_a_child_ignoring_sigterm_is_killed_after_its_grace_period() -> None:
 
     async def story() -> None:
         async with supervisor() as w:
-            w.apply(want("a", [SH, "-c", script], termination_grace_period_seconds=1))
-            pid = await w.running("a")
+            pid = await w.shell(script, termination_grace_period_seconds=1)
             start = time.monotonic()
             w.apply()
             await gone(pid)
@@ -301,15 +316,12 @@ def test_a_child_ignoring_sigterm_is_killed_after_its_grace_period() -> None:
 
 def test_stop_reaches_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
-    script = f"sleep 60 & echo $! > {pidfile}; wait"
 
     async def story() -> None:
         async with supervisor() as w:
-            w.apply(want("a", [SH, "-c", script]))
-            pid = await w.running("a")
+            pid = await w.shell(with_grandchild(pidfile, then="wait"))
             await async_wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
-            grandchild = int(pidfile.read_text())
-            seen_pids.append(grandchild)
+            grandchild = recorded_pid(pidfile)
             assert alive(grandchild)
             w.apply()
             await gone(pid)
@@ -320,15 +332,13 @@ def test_stop_reaches_the_whole_process_group(tmp_path: Path) -> None:
 
 def test_stragglers_die_with_their_leader(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
-    script = f"sleep 60 & echo $! > {pidfile}; exit 0"
+    script = with_grandchild(pidfile, then="exit 0")
 
     async def story() -> None:
         async with supervisor() as w:
             w.apply(want("a", [SH, "-c", script], restart_policy="Never"))
             await w.until("a", lambda s: s.phase == "Succeeded")
-            grandchild = int(pidfile.read_text())
-            seen_pids.append(grandchild)
-            await gone(grandchild)
+            await gone(recorded_pid(pidfile))
 
     run(story)
 

@@ -120,9 +120,15 @@ def test_a_bad_limit_is_refused_with_a_400(limit: str) -> None:
 @pytest.mark.parametrize(
     ("leading", "reason", "expected"),
     [
-        (True, None, None),
-        (False, "lease devicefabric-system/devicefabric-bridge is held by bridge-0", "held by"),
-        (False, None, "not elected"),
+        pytest.param(True, None, None, id="leader"),
+        pytest.param(
+            False,
+            "lease devicefabric-system/devicefabric-bridge is held by bridge-0",
+            "held by",
+            id="standby-says-who-holds-the-lease",
+        ),
+        pytest.param(False, None, "not elected", id="standby-not-elected"),
+        pytest.param(True, "lease x is held by bridge-0", None, id="leader-hides-a-stale-reason"),
     ],
 )
 def test_readyz_says_why_a_standby_does_not_lead(
@@ -143,3 +149,5 @@ def test_readyz_says_why_a_standby_does_not_lead(
         assert "notLeading" not in doc
     else:
         assert expected in doc["notLeading"]
+    if reason is not None and not leading:
+        assert doc["notLeading"] == reason  # the elector's reason, word for word

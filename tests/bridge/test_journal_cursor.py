@@ -23,11 +23,18 @@ def _rotate(path: Path) -> None:
     atomic_write(path, b"")
 
 
-def test_new_lines_are_read_once_and_a_partial_line_waits(tmp_path: Path) -> None:
-    journal = tmp_path / "changes.log"
-    _append(journal, "1 default/a")
+def _following(journal: Path, *lines: str) -> JournalCursor:
+    """A cursor at the end of `journal` after `lines` were written to it (none: as it is)."""
+    if lines:
+        _append(journal, *lines)
     cursor = JournalCursor(journal)
     cursor.seek_end()
+    return cursor
+
+
+def test_new_lines_are_read_once_and_a_partial_line_waits(tmp_path: Path) -> None:
+    journal = tmp_path / "changes.log"
+    cursor = _following(journal, "1 default/a")
     assert cursor.poll() == []
     _append(journal, "2 default/b", "3 default/c")
     with journal.open("a", encoding="utf-8") as fh:
@@ -40,9 +47,7 @@ def test_new_lines_are_read_once_and_a_partial_line_waits(tmp_path: Path) -> Non
 
 def test_one_rotation_is_followed_into_the_new_file(tmp_path: Path) -> None:
     journal = tmp_path / "changes.log"
-    _append(journal, "1 default/a")
-    cursor = JournalCursor(journal)
-    cursor.seek_end()
+    cursor = _following(journal, "1 default/a")
     _append(journal, "2 default/b")  # written before the rotation, not read yet
     _rotate(journal)
     _append(journal, "3 default/c")
@@ -53,9 +58,7 @@ def test_one_rotation_is_followed_into_the_new_file(tmp_path: Path) -> None:
 
 def test_two_rotations_behind_or_a_replaced_file_means_relist(tmp_path: Path) -> None:
     journal = tmp_path / "changes.log"
-    _append(journal, "1 default/a")
-    cursor = JournalCursor(journal)
-    cursor.seek_end()
+    cursor = _following(journal, "1 default/a")
     _rotate(journal)
     _append(journal, "2 default/b")
     _rotate(journal)
@@ -67,9 +70,7 @@ def test_two_rotations_behind_or_a_replaced_file_means_relist(tmp_path: Path) ->
 
 def test_a_journal_shrunk_in_place_means_relist(tmp_path: Path) -> None:
     journal = tmp_path / "changes.log"
-    _append(journal, "1 default/a", "2 default/b")
-    cursor = JournalCursor(journal)
-    cursor.seek_end()
+    cursor = _following(journal, "1 default/a", "2 default/b")
     with journal.open("r+b") as fh:
         fh.truncate(3)
     assert cursor.poll() is None
@@ -79,8 +80,7 @@ def test_a_journal_that_appears_after_the_start_is_read_from_its_beginning(
     tmp_path: Path,
 ) -> None:
     journal = tmp_path / "changes.log"
-    cursor = JournalCursor(journal)
-    cursor.seek_end()
+    cursor = _following(journal)
     assert cursor.poll() == []
     _append(journal, "1 default/a")
     assert cursor.poll() == [(1, "default/a")]

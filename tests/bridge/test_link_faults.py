@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -17,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from devicefabric.bridge.api import BridgeSnapshot, readyz
 from devicefabric.bridge.errors import MqttError
 from devicefabric.bridge.mqtt import MqttLink
 from devicefabric.bridge.service import Bridge, default_client_id
@@ -137,22 +135,6 @@ def test_the_default_client_id_is_unique_per_process_and_no_device_name() -> Non
         assert cid.startswith("bridge_")
         assert not is_device_name(cid)
         assert len(cid) <= 36
-
-
-def test_readyz_says_why_a_standby_does_not_lead() -> None:
-    state = BridgeSnapshot(
-        mqtt_connected=True,
-        mqtt_primed=True,
-        session="s",
-        synced=True,
-        leading=False,
-        queue_depth=0,
-        not_leading="lease x is held by bridge-0",
-    )
-    doc = json.loads(readyz(state).body)
-    assert doc["role"] == "standby"
-    assert doc["notLeading"] == "lease x is held by bridge-0"
-    assert "notLeading" not in json.loads(readyz(replace(state, leading=True)).body)
 
 
 def test_subscriptions_refused_on_every_connection_end_the_link_with_a_clear_error(

@@ -21,6 +21,15 @@ def doc(body: str) -> str:
     return HEAD + textwrap.dedent(body)
 
 
+def refusal(text: str) -> str:
+    """The one-line message `parse_manifests` refuses `text` (read as f.yaml) with."""
+    with pytest.raises(ConfigError) as caught:
+        parse_manifests(text, "f.yaml")
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
 GOOD = doc("""\
     metadata: {name: web}
     spec: {deviceName: tor9-99, command: [sleep, "100"]}
@@ -73,12 +82,9 @@ GOOD = doc("""\
     ],
 )
 def test_invalid_manifest_is_refused_naming_the_field(text: str, expected: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        parse_manifests(text, "f.yaml")
-    message = str(caught.value)
+    message = refusal(text)
     assert expected in message
     assert message.startswith("f.yaml: ")
-    assert "\n" not in message
 
 
 def test_defaults_are_filled_in_and_server_fields_ignored() -> None:
@@ -171,12 +177,9 @@ SET = API + textwrap.dedent("""\
     ],
 )
 def test_invalid_device_or_set_is_refused_naming_the_field(text: str, expected: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        parse_manifests(text, "f.yaml")
-    message = str(caught.value)
+    message = refusal(text)
     assert expected in message
     assert message.startswith("f.yaml: document ")
-    assert "\n" not in message
 
 
 def test_devices_and_sets_parse_with_their_keys_and_defaults() -> None:

@@ -38,12 +38,18 @@ async def ask(relay: LogRelay, device: str = "d1", **kw: Any) -> list[LogLine]:
     return await relay.fetch(device, "default", "p", tail=kw.pop("tail", 10), **kw)
 
 
+async def asking(timeout: float) -> tuple[Wire, LogRelay, asyncio.Task[list[LogLine]]]:
+    """A relay on a fresh wire with one request for d1 sent (its task still waiting)."""
+    wire = Wire()
+    relay = LogRelay(T, wire.publish, timeout=timeout)
+    task = asyncio.create_task(ask(relay))
+    await asyncio.sleep(0)  # one turn of the loop: the request goes out
+    return wire, relay, task
+
+
 def test_a_request_collects_its_chunks_in_order_from_its_device_only() -> None:
     async def story() -> None:
-        wire = Wire()
-        relay = LogRelay(T, wire.publish, timeout=2)
-        task = asyncio.create_task(ask(relay))
-        await asyncio.sleep(0)
+        wire, relay, task = await asking(timeout=2)
         ((topic, request),) = wire.sent
         assert topic == T.logs_request("d1")
         assert request == {"id": request["id"], "namespace": "default", "name": "p", "tail": 10,
@@ -119,10 +125,7 @@ def test_requests_per_device_and_in_flight_are_bounded() -> None:
 
 def test_a_device_replying_forever_cannot_grow_the_bridge() -> None:
     async def story() -> None:
-        wire = Wire()
-        relay = LogRelay(T, wire.publish, timeout=0.3)
-        task = asyncio.create_task(ask(relay))
-        await asyncio.sleep(0)
+        wire, relay, task = await asking(timeout=0.3)
         request_id = wire.sent[-1][1]["id"]
         chunk = json.dumps({"id": request_id, "seq": 0, "lines": [], "end": False}).encode()
         for _ in range(10_000):  # never `end`

@@ -25,8 +25,8 @@ from devicefabric.config.resource import Reason
 from devicefabric.config.settings import HostPort
 from tests.support.bridges import http_get, running, settle, settled_status, until
 from tests.support.brokers import BrokerProcess
-from tests.support.devices import Fleet
 from tests.support.memoryplane import MemoryControlPlane, resource
+from tests.support.simfleet import connected_fleet
 
 TWENTY = tuple(f"dev-{i:02d}" for i in range(20))
 
@@ -56,30 +56,29 @@ def test_heartbeats_write_nothing(mosquitto: BrokerProcess, secret: bytes) -> No
         keys.append(res.key)
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(TWENTY)
-        try:
-            async with fleet.beating(), running(broker, cp) as bridge:
-                await until(lambda: connected(cp, keys), what="all Connected")
-                await settle(bridge, cp)
-                cp.clear_counts()
-                seen = bridge.snapshot().messages["heartbeat"]
-                started = time.monotonic()
-                await until(
-                    lambda: bridge.snapshot().messages["heartbeat"] >= seen + 20 * 4,
-                    timeout=10,
-                    what="4 heartbeats from each device",
-                )
-                await settle(bridge, cp)
-                elapsed = time.monotonic() - started
-                assert elapsed >= 3.0  # longer than the stale window (3 x 1 s)
-                beats = bridge.snapshot().messages["heartbeat"] - seen
-                print(f"\n[figure] {beats} heartbeats from 20 devices over {elapsed:.1f} s: "
-                      f"{len(cp.writes)} status writes, {len(cp.events)} events")  # fmt: skip
-                assert (len(cp.writes), len(cp.events)) == (0, 0)
-                assert bridge.snapshot().device_states["connected"] == 20
-        finally:
-            await fleet.close()
+        async with (
+            connected_fleet(broker, secret, TWENTY) as fleet,
+            fleet.beating(),
+            running(broker, cp) as bridge,
+        ):
+            await until(lambda: connected(cp, keys), what="all Connected")
+            await settle(bridge, cp)
+            cp.clear_counts()
+            seen = bridge.snapshot().messages["heartbeat"]
+            started = time.monotonic()
+            await until(
+                lambda: bridge.snapshot().messages["heartbeat"] >= seen + 20 * 4,
+                timeout=10,
+                what="4 heartbeats from each device",
+            )
+            await settle(bridge, cp)
+            elapsed = time.monotonic() - started
+            assert elapsed >= 3.0  # longer than the stale window (3 x 1 s)
+            beats = bridge.snapshot().messages["heartbeat"] - seen
+            print(f"\n[figure] {beats} heartbeats from 20 devices over {elapsed:.1f} s: "
+                  f"{len(cp.writes)} status writes, {len(cp.events)} events")  # fmt: skip
+            assert (len(cp.writes), len(cp.events)) == (0, 0)
+            assert bridge.snapshot().device_states["connected"] == 20
 
     play(story)
 
@@ -100,57 +99,56 @@ def test_will_sweep_reconnect_and_late_will(mosquitto: BrokerProcess, secret: by
     cp.apply(resource("c0", "dev-c"))
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(names)
-        try:
-            async with fleet.beating(), running(broker, cp) as bridge:
-                await until(lambda: connected(cp, [*a_keys, "default/b0", "default/c0"]))
-                await settle(bridge, cp)
-                cp.clear_counts()
-                old_session = fleet["dev-a"].session
+        async with (
+            connected_fleet(broker, secret, names) as fleet,
+            fleet.beating(),
+            running(broker, cp) as bridge,
+        ):
+            await until(lambda: connected(cp, [*a_keys, "default/b0", "default/c0"]))
+            await settle(bridge, cp)
+            cp.clear_counts()
+            old_session = fleet["dev-a"].session
 
-                # kill -9 of dev-a's agent, and dev-b goes silent at the same moment
-                fleet.silent.add("dev-b")
-                killed = time.monotonic()
-                fleet["dev-a"].drop()
-                await until(lambda: connected(cp, a_keys, "ConnectionLost"), timeout=2)
-                latency = max(w.at for w in cp.writes) - killed
-                print(f"\n[figure] kill -9 -> ConnectionLost written for 2 resources in "
-                      f"{latency * 1000:.0f} ms; {len(cp.writes)} writes, {len(cp.events)} events")  # fmt: skip
-                assert latency < 1.0
-                assert sorted(w.key for w in cp.writes) == a_keys
-                assert [
-                    (e.key, e.type, e.reason) for e in sorted(cp.events, key=lambda e: e.key)
-                ] == [(k, "Warning", "ConnectionLost") for k in a_keys]
+            # kill -9 of dev-a's agent, and dev-b goes silent at the same moment
+            fleet.silent.add("dev-b")
+            killed = time.monotonic()
+            fleet["dev-a"].drop()
+            await until(lambda: connected(cp, a_keys, "ConnectionLost"), timeout=2)
+            latency = max(w.at for w in cp.writes) - killed
+            print(f"\n[figure] kill -9 -> ConnectionLost written for 2 resources in "
+                  f"{latency * 1000:.0f} ms; {len(cp.writes)} writes, {len(cp.events)} events")  # fmt: skip
+            assert latency < 1.0
+            assert sorted(w.key for w in cp.writes) == a_keys
+            assert [(e.key, e.type, e.reason) for e in sorted(cp.events, key=lambda e: e.key)] == [
+                (k, "Warning", "ConnectionLost") for k in a_keys
+            ]
 
-                # dev-b's HeartbeatTimeout proves the sweep ran past dev-a's stale window
-                await until(lambda: cp.reason("default/b0") == "HeartbeatTimeout", timeout=6)
-                await settle(bridge, cp)
-                assert len([w for w in cp.writes if w.key in a_keys]) == 2
-                assert cp.reason(a_keys[0]) == "ConnectionLost"
+            # dev-b's HeartbeatTimeout proves the sweep ran past dev-a's stale window
+            await until(lambda: cp.reason("default/b0") == "HeartbeatTimeout", timeout=6)
+            await settle(bridge, cp)
+            assert len([w for w in cp.writes if w.key in a_keys]) == 2
+            assert cp.reason(a_keys[0]) == "ConnectionLost"
 
-                # restart the agent: exactly one write per resource back to Connected
-                cp.clear_counts()
-                device = await fleet.reconnect("dev-a")
-                await until(lambda: connected(cp, a_keys), timeout=3)
-                await settle(bridge, cp)
-                assert sorted(w.key for w in cp.writes) == a_keys
-                assert {(e.type, e.reason) for e in cp.events} == {("Normal", "Connected")}
-                assert len(cp.events) == 2
+            # restart the agent: exactly one write per resource back to Connected
+            cp.clear_counts()
+            device = await fleet.reconnect("dev-a")
+            await until(lambda: connected(cp, a_keys), timeout=3)
+            await settle(bridge, cp)
+            assert sorted(w.key for w in cp.writes) == a_keys
+            assert {(e.type, e.reason) for e in cp.events} == {("Normal", "Connected")}
+            assert len(cp.events) == 2
 
-                # a late will of the old session after the reconnect: no write at all
-                cp.clear_counts()
-                statuses = bridge.snapshot().messages["status"]
-                late = f'{{"state":"offline","session":"{old_session}","reason":"lost"}}'
-                await device.publish(fleet.topics.status("dev-a"), late.encode(), retain=True)
-                await until(lambda: bridge.snapshot().messages["status"] > statuses)
-                await settle(bridge, cp)
-                assert (cp.writes, cp.events) == ([], [])
-                dev_a = bridge.snapshot("dev-a").devices.get("dev-a")
-                assert dev_a is not None
-                assert (dev_a.reason, dev_a.session) == (Reason.CONNECTED, device.session)
-        finally:
-            await fleet.close()
+            # a late will of the old session after the reconnect: no write at all
+            cp.clear_counts()
+            statuses = bridge.snapshot().messages["status"]
+            late = f'{{"state":"offline","session":"{old_session}","reason":"lost"}}'
+            await device.publish(fleet.topics.status("dev-a"), late.encode(), retain=True)
+            await until(lambda: bridge.snapshot().messages["status"] > statuses)
+            await settle(bridge, cp)
+            assert (cp.writes, cp.events) == ([], [])
+            dev_a = bridge.snapshot("dev-a").devices.get("dev-a")
+            assert dev_a is not None
+            assert (dev_a.reason, dev_a.session) == (Reason.CONNECTED, device.session)
 
     play(story)
 
@@ -169,24 +167,23 @@ def test_a_failed_event_is_retried_until_recorded_once(
     key = "default/w0"
 
     async def story() -> None:
-        fleet = Fleet(mosquitto.host, mosquitto.port, secret, heartbeat_s=1)
-        await fleet.connect(["dev-a"])
-        try:
-            async with fleet.beating(), running(mosquitto, cp) as bridge:
-                await until(lambda: connected(cp, [key]))
-                await settle(bridge, cp)
-                cp.clear_counts()
-                cp.event_failures = 2
-                fleet["dev-a"].drop()
-                await until(lambda: len(cp.events) == 1, timeout=5)
-                await settle(bridge, cp)
-                assert cp.event_failures == 0  # both injected failures were hit
-                assert [(e.key, e.type, e.reason) for e in cp.events] == [
-                    (key, "Warning", "ConnectionLost")
-                ]
-                assert [w.key for w in cp.writes] == [key]
-        finally:
-            await fleet.close()
+        async with (
+            connected_fleet(mosquitto, secret, ["dev-a"]) as fleet,
+            fleet.beating(),
+            running(mosquitto, cp) as bridge,
+        ):
+            await until(lambda: connected(cp, [key]))
+            await settle(bridge, cp)
+            cp.clear_counts()
+            cp.event_failures = 2
+            fleet["dev-a"].drop()
+            await until(lambda: len(cp.events) == 1, timeout=5)
+            await settle(bridge, cp)
+            assert cp.event_failures == 0  # both injected failures were hit
+            assert [(e.key, e.type, e.reason) for e in cp.events] == [
+                (key, "Warning", "ConnectionLost")
+            ]
+            assert [w.key for w in cp.writes] == [key]
 
     play(story)
 
@@ -211,31 +208,29 @@ def test_mass_disconnect_is_rate_limited(mosquitto: BrokerProcess, secret: bytes
         keys.append(res.key)
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=30)
-        await fleet.connect(MANY)
-        try:
-            async with running(
+        async with (
+            connected_fleet(broker, secret, MANY, heartbeat_s=30) as fleet,
+            running(
                 broker,
                 cp,
                 write_qps=qps,
                 write_burst=burst,
                 event_qps=event_qps,
                 event_burst=event_burst,
-            ) as bridge:
-                # confirm every device (a retained birth alone is not proof of life)
-                fleet.beat()
-                await until(lambda: bridge.snapshot().device_states["connected"] == 200, timeout=10)
-                await settle(bridge, cp)
-                assert cp.writes == []  # statuses were already right: nothing to write
+            ) as bridge,
+        ):
+            # confirm every device (a retained birth alone is not proof of life)
+            fleet.beat()
+            await until(lambda: bridge.snapshot().device_states["connected"] == 200, timeout=10)
+            await settle(bridge, cp)
+            assert cp.writes == []  # statuses were already right: nothing to write
 
-                started = time.monotonic()
-                for device in fleet.devices.values():
-                    device.drop()
-                await until(lambda: connected(cp, keys, "ConnectionLost"), timeout=15)
-                await until(lambda: len(cp.events) == 200, timeout=15)
-                await settle(bridge, cp)
-        finally:
-            await fleet.close()
+            started = time.monotonic()
+            for device in fleet.devices.values():
+                device.drop()
+            await until(lambda: connected(cp, keys, "ConnectionLost"), timeout=15)
+            await until(lambda: len(cp.events) == 200, timeout=15)
+            await settle(bridge, cp)
         patches = sorted(w.at for w in cp.writes)
         events = sorted(e.at for e in cp.events)
         assert (len(patches), len(events)) == (200, 200)
@@ -277,12 +272,10 @@ def test_restart_with_everything_healthy_writes_and_publishes_nothing(
             keys.append(res.key)
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(FIVE, desired=True)
-        for device in fleet.devices.values():
-            running_ = {"generation": 1, "phase": "Running", "pid": 7, "restarts": 0}
-            await device.report({f"default/{device.name}-{i}": running_ for i in range(2)})
-        try:
+        async with connected_fleet(broker, secret, FIVE, desired=True) as fleet:
+            for device in fleet.devices.values():
+                running_ = {"generation": 1, "phase": "Running", "pid": 7, "restarts": 0}
+                await device.report({f"default/{device.name}-{i}": running_ for i in range(2)})
             async with fleet.beating():
                 async with running(broker, cp) as first:
                     await until(lambda: all(cp.reason(k, "Synced") == "Applied" for k in keys))
@@ -314,8 +307,6 @@ def test_restart_with_everything_healthy_writes_and_publishes_nothing(
                     for device in fleet.devices.values():
                         extra = 1 if device.name == "dev-a" else 0
                         assert len(desired_publishes(device)) == received[device.name] + extra
-        finally:
-            await fleet.close()
 
     play(story)
 
@@ -333,10 +324,8 @@ def test_desired_follows_resources_and_invalid_specs_stay_home(
         return [json.loads(p) for _, p, _ in desired_publishes(device) if p]
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["tor9-99"], desired=True)
-        device = fleet["tor9-99"]
-        try:
+        async with connected_fleet(broker, secret, ["tor9-99"], desired=True) as fleet:
+            device = fleet["tor9-99"]
             async with fleet.beating(), running(broker, cp) as bridge:
                 await until(lambda: len(docs(device)) == 1)
                 (doc,) = docs(device)
@@ -352,8 +341,6 @@ def test_desired_follows_resources_and_invalid_specs_stay_home(
                 cp.delete(web.key)
                 await until(lambda: len(docs(device)) == 2)
                 assert docs(device)[-1]["processes"] == []  # stop everything
-        finally:
-            await fleet.close()
 
     play(story)
 
@@ -369,10 +356,8 @@ def test_invalid_messages_are_dropped_counted_and_served(
     cp.apply(resource("web", "dev-a"))
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["dev-a"])
-        device = fleet["dev-a"]
-        try:
+        async with connected_fleet(broker, secret, ["dev-a"]) as fleet:
+            device = fleet["dev-a"]
             async with running(broker, cp, http=HostPort("127.0.0.1", 0)) as bridge:
                 port = bridge.http_port
                 assert port is not None
@@ -411,8 +396,6 @@ def test_invalid_messages_are_dropped_counted_and_served(
                 assert entry["resources"] == ["default/web"]
                 assert 0 <= entry["lastSeenAgeSeconds"] < 5
                 assert (await http_get(port, "/nope"))[0] == 404
-        finally:
-            await fleet.close()
 
     play(story)
 
@@ -429,31 +412,30 @@ def test_bridge_reconnect_writes_only_what_happened(
     cp.apply(resource("b", "dev-b"))
 
     async def story() -> None:
-        fleet = Fleet(broker.host, broker.port, secret, heartbeat_s=1)
-        await fleet.connect(["dev-a", "dev-b"])
-        try:
-            async with fleet.beating(), running(broker, cp) as bridge:
-                await until(lambda: connected(cp, ["default/a", "default/b"]))
-                await settle(bridge, cp)
-                cp.clear_counts()
-                first_session = bridge.snapshot().session
-                assert bridge._link.connection is not None
-                sock = bridge._link.connection.client.socket()
-                assert isinstance(sock, socket.socket)
-                sock.shutdown(socket.SHUT_RDWR)  # the network drops the bridge
-                await until(lambda: not bridge.snapshot().mqtt_connected)
-                fleet["dev-b"].drop()  # dies while the bridge is away
-                await until(
-                    lambda: (
-                        bridge.snapshot().mqtt_primed and bridge.snapshot().session != first_session
-                    ),
-                    timeout=10,
-                )
-                await until(lambda: cp.reason("default/b") == "ConnectionLost")
-                await settle(bridge, cp)
-                assert [w.key for w in cp.writes] == ["default/b"]
-                assert cp.reason("default/a") == "Connected"
-        finally:
-            await fleet.close()
+        async with (
+            connected_fleet(broker, secret, ["dev-a", "dev-b"]) as fleet,
+            fleet.beating(),
+            running(broker, cp) as bridge,
+        ):
+            await until(lambda: connected(cp, ["default/a", "default/b"]))
+            await settle(bridge, cp)
+            cp.clear_counts()
+            first_session = bridge.snapshot().session
+            assert bridge._link.connection is not None
+            sock = bridge._link.connection.client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(socket.SHUT_RDWR)  # the network drops the bridge
+            await until(lambda: not bridge.snapshot().mqtt_connected)
+            fleet["dev-b"].drop()  # dies while the bridge is away
+            await until(
+                lambda: (
+                    bridge.snapshot().mqtt_primed and bridge.snapshot().session != first_session
+                ),
+                timeout=10,
+            )
+            await until(lambda: cp.reason("default/b") == "ConnectionLost")
+            await settle(bridge, cp)
+            assert [w.key for w in cp.writes] == ["default/b"]
+            assert cp.reason("default/a") == "Connected"
 
     play(story)

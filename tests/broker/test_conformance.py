@@ -196,10 +196,10 @@ def test_observer_reads_everything_and_writes_nothing(
 ) -> None:
     device_name = "obs-a"
     with connect(broker, device_name) as device, connect(broker, BRIDGE_USER) as bridge:
-        assert not device.subscribe(T.desired(device_name)).is_failure
         assert device.publish(T.status(device_name), b"online", retain=True)
         assert device.publish(T.heartbeat(device_name), b"beat", qos=0)
         assert device.publish(T.report(device_name), b"report")
+        assert not device.subscribe(T.desired(device_name)).is_failure
         assert bridge.publish(T.desired(device_name), b"desired")
         assert bridge.publish(T.bridge_status(), b"bridge-online")
         for topic in (

@@ -16,8 +16,8 @@ from devicefabric.config.settings import HostPort
 from devicefabric.config.topics import DeviceTopic, Topics
 from tests.broker.conftest import MakeBroker, MakePeer, MakeRaw
 from tests.support.inproc import BrokerThread, Peer
-from tests.support.packets import publish_packet
 from tests.support.tls import make_ca_and_server
+from tests.support.wills import numbered_burst, watched_peer_with_will, watched_with_will
 
 T = Topics()
 NOT_AUTHORIZED = 5
@@ -92,11 +92,8 @@ def test_qos2_is_routed_once(peer: MakePeer) -> None:
 def test_a_clean_disconnect_routes_everything_sent_and_publishes_no_will(
     peer: MakePeer, raw: MakeRaw
 ) -> None:
-    observer = peer("observer", watch=T.everything())
-    client = raw()
-    assert client.connect("alpha", will=(T.status("alpha"), b"lost")) == 0
-    burst = b"".join(publish_packet(T.heartbeat("alpha"), str(i).encode()) for i in range(500))
-    client.send(burst + bytes([0xE0, 0]))  # QoS 0 burst, then DISCONNECT
+    observer, client = watched_with_will(peer, raw)
+    client.send(numbered_burst(T.heartbeat("alpha"), 500) + bytes([0xE0, 0]))  # then DISCONNECT
     observer.inbox.wait_count(500)
     peer("alpha").publish(T.status("alpha"), b"marker")
     observer.inbox.wait_for(T.status("alpha"), b"marker")
@@ -127,12 +124,7 @@ def test_a_revoked_device_is_refused_and_a_newly_revoked_one_is_dropped(
     gone = stack.enter_context(closing(Peer(broker, "gone")))
     assert gone.connect() is not None
     assert not gone.accepted
-    observer = stack.enter_context(closing(Peer(broker, "observer")))
-    observer.connect()
-    observer.subscribe(T.everything())
-    alpha = stack.enter_context(closing(Peer(broker, "alpha")))
-    alpha.will(T.status("alpha"), b"lost").connect()
-    assert alpha.accepted
+    observer, alpha = watched_peer_with_will(broker, stack, b"lost")
     revoked.write_text("gone\nalpha\n")
     os.utime(revoked, ns=(3, 3))
     assert alpha.disconnected.wait(5)

@@ -20,6 +20,7 @@ from devicefabric.config.topics import DeviceTopic, Topics
 from tests.broker.conftest import MakeBroker, MakePeer, MakeRaw
 from tests.support.inproc import Peer, RawPeer
 from tests.support.packets import connect_packet, packet, publish_packet, subscribe_packet
+from tests.support.wills import numbered_burst, watched_peer_with_will, watched_with_will
 
 T = Topics()
 NOT_AUTHORIZED = 5
@@ -87,12 +88,7 @@ def test_2_a_will_the_acl_denies_at_publication_is_dropped(
 ) -> None:
     gatekeeper = WillRevokingGatekeeper(secret, T)
     broker = make_inproc_broker(gatekeeper)
-    observer = stack.enter_context(closing(Peer(broker, "observer")))
-    observer.connect()
-    observer.subscribe(T.everything())
-    alpha = stack.enter_context(closing(Peer(broker, "alpha")))
-    alpha.will(T.status("alpha"), b"will").connect()
-    assert alpha.accepted
+    observer, alpha = watched_peer_with_will(broker, stack, b"will")
     gatekeeper.wills_allowed = False
     alpha.drop()  # abrupt: the will would be published now
     again = stack.enter_context(closing(Peer(broker, "alpha")))
@@ -174,11 +170,8 @@ def test_4_a_paho_publisher_loses_nothing_it_got_acknowledged(peer: MakePeer) ->
 def test_4_messages_sent_before_a_disconnect_are_routed_before_the_will(
     peer: MakePeer, raw: MakeRaw
 ) -> None:
-    observer = peer("observer", watch=T.everything())
-    client = raw()
-    assert client.connect("alpha", will=(T.status("alpha"), b"lost")) == 0
-    burst = b"".join(publish_packet(T.report("alpha"), str(i).encode()) for i in range(300))
-    client.send(burst)
+    observer, client = watched_with_will(peer, raw)
+    client.send(numbered_burst(T.report("alpha"), 300))
     client.sock.close()
     observer.inbox.wait_for(T.status("alpha"), b"lost")
     topics = [m.topic for m in observer.inbox.messages()]

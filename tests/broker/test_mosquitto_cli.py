@@ -20,7 +20,7 @@ import pytest
 
 from devicefabric.config.topics import Topics
 from tests.support.brokers import MOSQUITTO, BrokerProcess, require_mosquitto, running
-from tests.support.cli import run_cli
+from tests.support.cli import mosquitto_config_args, run_cli
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.mosquitto
@@ -51,23 +51,29 @@ def _creds(secret_file: Path, *user: str) -> str:
     return result.out.strip()
 
 
-def _generate(out: Path, devices: Path, secret_file: Path, port: int, user: str | None) -> None:
-    """`broker mosquitto-config`, with `--user USER` unless None (the README's command)."""
+def _generate(out: Path, operator_files: tuple[Path, Path], user: str | None) -> int:
+    """`broker mosquitto-config` on a free port, with `--user USER` unless None (the README's
+    command); returns the port."""
+    devices, secret_file = operator_files
+    port = free_port()
     result = run_cli(
-        "broker",
-        "mosquitto-config",
-        "--out",
-        str(out),
-        "--devices",
-        str(devices),
-        "--secret-file",
-        str(secret_file),
+        *mosquitto_config_args(out, devices, secret_file),
         "--mqtt",
         f"127.0.0.1:{port}",
         *(["--user", user] if user is not None else []),
     )
     assert result.code == 0, result.err
     assert f"run: mosquitto -c {out / 'mosquitto.conf'}" in result.out
+    return port
+
+
+@pytest.fixture
+def mosquitto_account() -> pwd.struct_passwd:
+    """The `mosquitto` account mosquitto drops to as root (the test is skipped without one)."""
+    try:
+        return pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no `mosquitto` account")
 
 
 def _publish_and_watch(
@@ -96,10 +102,9 @@ def _mosquitto(workdir: Path, conf: Path, port: int, secret: bytes) -> BrokerPro
 def test_generate_run_publish_and_watch(
     tmp_path: Path, secret: bytes, operator_files: tuple[Path, Path]
 ) -> None:
-    devices, secret_file = operator_files
-    port = free_port()
+    _, secret_file = operator_files
     out = tmp_path / "mosquitto"
-    _generate(out, devices, secret_file, port, pwd.getpwuid(os.geteuid()).pw_name)
+    port = _generate(out, operator_files, pwd.getpwuid(os.geteuid()).pw_name)
     with running(_mosquitto(tmp_path, out / "mosquitto.conf", port, secret)) as broker:
         watched = _publish_and_watch(broker, secret_file, "tor9-99")
     assert watched.returncode == 0, watched.stderr
@@ -118,44 +123,36 @@ def shared_dir() -> Iterator[Path]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to another account")
+@pytest.mark.parametrize(
+    "user",
+    [
+        pytest.param("mosquitto", id="with-user-mosquitto"),
+        pytest.param(None, id="without-user-as-the-readme-says"),
+    ],
+)
 def test_as_root_the_files_go_to_the_account_mosquitto_drops_to(
-    tmp_path: Path, secret: bytes, operator_files: tuple[Path, Path], shared_dir: Path
+    tmp_path: Path,
+    secret: bytes,
+    operator_files: tuple[Path, Path],
+    shared_dir: Path,
+    *,
+    mosquitto_account: pwd.struct_passwd,
+    user: str | None,
 ) -> None:
-    try:
-        account = pwd.getpwnam("mosquitto")
-    except KeyError:
-        pytest.skip("no `mosquitto` account")
-    devices, secret_file = operator_files
-    port = free_port()
+    """As root, with `--user mosquitto` or without `--user` (the README's path, how systemd
+    starts it): mosquitto drops to its own `mosquitto` account, so the files go to that account
+    (before: root's 0600 JSON, unreadable to it, every login refused)."""
+    _, secret_file = operator_files
     out = shared_dir / "fabric"
-    _generate(out, devices, secret_file, port, "mosquitto")
+    port = _generate(out, operator_files, user)
+    assert "user mosquitto" in (out / "mosquitto.conf").read_text().splitlines()
     dynsec = out / "dynamic-security.json"
-    assert (dynsec.stat().st_uid, out.stat().st_uid) == (account.pw_uid, account.pw_uid)
+    uid = mosquitto_account.pw_uid
+    assert (dynsec.stat().st_uid, out.stat().st_uid) == (uid, uid)
     assert dynsec.stat().st_mode & 0o777 == 0o600
     with running(_mosquitto(tmp_path, out / "mosquitto.conf", port, secret)) as broker:
         watched = _publish_and_watch(broker, secret_file, "tor9-100")
         assert "File is not readable" not in broker.log_text()
-    assert watched.stdout.strip() == f"{T.status('tor9-100')} online"
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the README's path as root (how systemd starts it)")
-def test_as_root_without_user_mosquitto_can_read_what_was_generated(
-    tmp_path: Path, secret: bytes, operator_files: tuple[Path, Path], shared_dir: Path
-) -> None:
-    """Without `--user`, as root: mosquitto drops to its own `mosquitto` account, so the files
-    go to that account (before: root's 0600 JSON, unreadable to it, every login refused)."""
-    try:
-        account = pwd.getpwnam("mosquitto")
-    except KeyError:
-        pytest.skip("no `mosquitto` account")
-    devices, secret_file = operator_files
-    port = free_port()
-    out = shared_dir / "fabric"
-    _generate(out, devices, secret_file, port, None)
-    assert "user mosquitto" in (out / "mosquitto.conf").read_text().splitlines()
-    assert (out / "dynamic-security.json").stat().st_uid == account.pw_uid
-    with running(_mosquitto(tmp_path, out / "mosquitto.conf", port, secret)) as broker:
-        watched = _publish_and_watch(broker, secret_file, "tor9-100")
     assert watched.stdout.strip() == f"{T.status('tor9-100')} online"
 
 

@@ -14,24 +14,17 @@ import time
 from pathlib import Path
 
 from devicefabric.cli.demo import DEMO_DEVICES
-from tests.support.cli import (
-    SHUTDOWN_BOUND,
-    Background,
-    demo_agent_pids,
-    last_table,
-    run_cli,
-    start_up,
-)
+from tests.support import cli
 from tests.support.procfs import alive
 
 
 def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
-    tmp_path: Path, procs: list[Background]
+    tmp_path: Path, procs: list[cli.Background]
 ) -> None:
-    up, state = start_up(tmp_path, procs, "--demo")
+    up, state = cli.start_up(tmp_path, procs, "--demo")
 
     def lives() -> bool:
-        table = last_table(up.out)
+        table = cli.last_table(up.out)
         phases = {name: row[2] for name, row in table.items()}
         connected = {row[3] for row in table.values()}
         return phases == {
@@ -42,26 +35,26 @@ def test_demo_shows_three_lives_and_ctrl_c_leaves_nothing_behind(
         } and connected == {"True"}
 
     up.wait_for(lives, timeout=25, what="the table to show Running, CrashLoopBackOff, Succeeded")
-    agents = demo_agent_pids(up.err)
+    agents = cli.demo_agent_pids(up.err)
     assert len(agents) == 3
-    ticker = json.loads(run_cli("get", "ticker", "-o", "json", "--state-dir", str(state)).out)
+    ticker = json.loads(cli.run_cli("get", "ticker", "-o", "json", "--state-dir", str(state)).out)
     sample_pid = ticker["status"]["pid"]
     assert alive(sample_pid)
     owned = json.loads(
-        run_cli("get", "sampler-demo-2", "-o", "json", "--state-dir", str(state)).out
+        cli.run_cli("get", "sampler-demo-2", "-o", "json", "--state-dir", str(state)).out
     )
     owned_pid = owned["status"]["pid"]
     assert alive(owned_pid)
-    sets = run_cli("get", "dpset", "--state-dir", str(state)).out.splitlines()
+    sets = cli.run_cli("get", "dpset", "--state-dir", str(state)).out.splitlines()
     assert sets[1].split()[:5] == ["sampler", "3", "3", "3", "3"]
 
     started = time.monotonic()
-    assert up.ctrl_c(timeout=SHUTDOWN_BOUND) == 0  # SIGINT to the group, as a terminal does
-    assert time.monotonic() - started < SHUTDOWN_BOUND
+    assert up.ctrl_c(timeout=cli.SHUTDOWN_BOUND) == 0  # SIGINT to the group, as a terminal does
+    assert time.monotonic() - started < cli.SHUTDOWN_BOUND
     assert [pid for pid in [*agents, sample_pid, owned_pid] if alive(pid)] == []
 
     # Each agent got one SIGTERM from `up` and said a clean offline, which the bridge recorded.
-    listing = json.loads(run_cli("get", "-o", "json", "--state-dir", str(state)).out)
+    listing = json.loads(cli.run_cli("get", "-o", "json", "--state-dir", str(state)).out)
     reasons = {
         item["metadata"]["name"]: [
             (c["status"], c["reason"])

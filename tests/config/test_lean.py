@@ -19,24 +19,31 @@ from devicefabric.config import lean, wire
 from devicefabric.config.errors import PayloadError
 from tests.faults import strategies as fs
 from tests.faults.budget import FUZZ
+from tests.support.codecs import reencoded
 
 
 def _pydantic(payload: bytes) -> bytes | str:
-    try:
-        return wire.encode(wire.decode_desired(payload))
-    except PayloadError as exc:
-        return exc.reason
+    return reencoded(wire.decode_desired, wire.encode, payload)
 
 
 def _lean(payload: bytes) -> bytes | str:
-    try:
-        return lean.encode_desired(lean.decode_desired(payload))
-    except PayloadError as exc:
-        return exc.reason
+    return reencoded(lean.decode_desired, lean.encode_desired, payload)
 
 
 def _agree(payload: bytes) -> None:
     assert _lean(payload) == _pydantic(payload), payload[:400]
+
+
+def _status_agrees(payload: bytes) -> None:
+    """Both codecs read the same (state, session) from a status payload, or refuse it alike."""
+    try:
+        model = wire.decode_status(payload)
+    except PayloadError as exc:
+        expected: tuple[str, str] | str = exc.reason
+    else:
+        expected = (model.state, model.session)
+    ours = lean.decode_status(payload)
+    assert (ours.reason if isinstance(ours, PayloadError) else ours) == expected
 
 
 def _spec(**fields: Any) -> bytes:
@@ -117,14 +124,7 @@ def test_mutated_documents_are_refused_or_accepted_alike(payload: bytes) -> None
 def test_any_json_and_status_documents_agree(value: Any) -> None:
     payload = fs.json_bytes(value)
     _agree(payload)
-    try:
-        model = wire.decode_status(payload)
-    except PayloadError as exc:
-        expected: tuple[str, str] | str = exc.reason
-    else:
-        expected = (model.state, model.session)
-    ours = lean.decode_status(payload)
-    assert (ours.reason if isinstance(ours, PayloadError) else ours) == expected
+    _status_agrees(payload)
 
 
 def _birth(**facts: object) -> bytes:
@@ -163,14 +163,7 @@ BIRTHS = [
 
 @pytest.mark.parametrize("payload", BIRTHS)
 def test_births_with_facts_agree(payload: bytes) -> None:
-    try:
-        model = wire.decode_status(payload)
-    except PayloadError as exc:
-        expected: tuple[str, str] | str = exc.reason
-    else:
-        expected = (model.state, model.session)
-    ours = lean.decode_status(payload)
-    assert (ours.reason if isinstance(ours, PayloadError) else ours) == expected
+    _status_agrees(payload)
 
 
 def test_a_birth_without_facts_encodes_as_before() -> None:
@@ -194,17 +187,8 @@ def test_encoders_write_what_the_wire_models_write(
 ) -> None:
     model = wire.decode_status(json.dumps(status).encode())
     if isinstance(model, wire.StatusOnline):
-        ours = lean.encode_online(
-            model.session,
-            model.heartbeat_s,
-            model.agent,
-            os=model.os,
-            arch=model.arch,
-            kernel=model.kernel,
-            hostname=model.hostname,
-            cpus=model.cpus,
-            memory_bytes=model.memory_bytes,
-        )
+        facts = {field: getattr(model, field) for field in FACTS}  # os, arch, ... memory_bytes
+        ours = lean.encode_online(model.session, model.heartbeat_s, model.agent, **facts)
     else:
         ours = lean.encode_offline(model.session, model.reason)
     assert ours == wire.encode(model)

@@ -27,21 +27,16 @@ from devicefabric.config.logcodec import (
 )
 from tests.faults import strategies as fs
 from tests.faults.budget import FUZZ
+from tests.support.codecs import reencoded
 
 
 # -- requests: the agent's decoder agrees with the pydantic model ---------------------------------
 def _pydantic(payload: bytes) -> bytes | str:
-    try:
-        return wire.encode(wire.decode_log_request(payload))
-    except PayloadError as exc:
-        return exc.reason
+    return reencoded(wire.decode_log_request, wire.encode, payload)
 
 
 def _lean(payload: bytes) -> bytes | str:
-    try:
-        return logcodec.encode_log_request(logcodec.decode_log_request(payload))
-    except PayloadError as exc:
-        return exc.reason
+    return reencoded(logcodec.decode_log_request, logcodec.encode_log_request, payload)
 
 
 def _request(**fields: Any) -> bytes:

@@ -24,7 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -217,6 +217,14 @@ class Network:
             with contextlib.suppress(NetnsError):
                 link.remove()
         self.links.clear()
+
+
+def scenario_network(tag: str) -> Iterator[Network]:
+    """A test's `Network` (the test is skipped where namespaces cannot be made), closed after it;
+    a fixture yields from it."""
+    require_netns()
+    with Network(tag) as net:
+        yield net
 
 
 # -- the fabric's parts on these links --------------------------------------------------------------

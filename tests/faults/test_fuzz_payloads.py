@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from devicefabric.config import wire
 from devicefabric.config.errors import PayloadError
 from devicefabric.config.names import is_device_name
 from devicefabric.config.resource import (
@@ -37,7 +38,6 @@ from devicefabric.config.resource import (
     EnvVar,
 )
 from devicefabric.config.wire import (
-    MAX_PAYLOAD_BYTES,
     BridgeStatus,
     Desired,
     DesiredProcess,
@@ -46,14 +46,6 @@ from devicefabric.config.wire import (
     Report,
     StatusOffline,
     StatusOnline,
-    decode_bridge_status,
-    decode_desired,
-    decode_heartbeat,
-    decode_report,
-    decode_status,
-    encode,
-    make_desired,
-    revision_of,
 )
 from tests.faults.budget import FUZZ, MARKS, outcome
 from tests.faults.strategies import (
@@ -77,11 +69,13 @@ INT64: Final = range(-(2**63), 2**63)
 
 # kind (as PayloadError.kind names it), decoder, strategy of valid documents
 TARGETS: Final = (
-    pytest.param("status", decode_status, status_docs(), id="status"),
-    pytest.param("heartbeat", decode_heartbeat, heartbeat_docs(), id="heartbeat"),
-    pytest.param("report", decode_report, report_docs(), id="report"),
-    pytest.param("desired", decode_desired, desired_docs(), id="desired"),
-    pytest.param("bridge_status", decode_bridge_status, bridge_status_docs(), id="bridge_status"),
+    pytest.param("status", wire.decode_status, status_docs(), id="status"),
+    pytest.param("heartbeat", wire.decode_heartbeat, heartbeat_docs(), id="heartbeat"),
+    pytest.param("report", wire.decode_report, report_docs(), id="report"),
+    pytest.param("desired", wire.decode_desired, desired_docs(), id="desired"),
+    pytest.param(
+        "bridge_status", wire.decode_bridge_status, bridge_status_docs(), id="bridge_status"
+    ),
 )
 
 
@@ -98,7 +92,7 @@ def _ints(value: Any) -> list[int]:
 
 
 def check_decode(
-    kind: str, decoder: Decoder, payload: bytes, limit: int = MAX_PAYLOAD_BYTES
+    kind: str, decoder: Decoder, payload: bytes, limit: int = wire.MAX_PAYLOAD_BYTES
 ) -> str:
     """Decode `payload`; assert the invariants either way; return the outcome (reason or "ok")."""
     model = outcome(lambda: decoder(payload, limit), PayloadError)
@@ -110,10 +104,10 @@ def check_decode(
         assert str(model), "a rejection without a message"
         return model.reason
     assert len(payload) <= limit
-    again = decoder(encode(model))
+    again = decoder(wire.encode(model))
     assert again == model, "an accepted document does not survive encode -> decode"
-    wire = model.model_dump(mode="json", by_alias=True)
-    assert all(i in INT64 for i in _ints(wire)), "an integer Kubernetes cannot store was accepted"
+    dumped = model.model_dump(mode="json", by_alias=True)
+    assert all(i in INT64 for i in _ints(dumped)), "an integer Kubernetes cannot store was accepted"
     if isinstance(model, Report):
         for entry in model.processes.values():
             assert entry.started_at is None or _is_date_time(entry.started_at), entry.started_at
@@ -130,11 +124,11 @@ def _is_date_time(text: str) -> bool:
 
 
 DECODERS: Final = (
-    ("status", decode_status),
-    ("heartbeat", decode_heartbeat),
-    ("report", decode_report),
-    ("desired", decode_desired),
-    ("bridge_status", decode_bridge_status),
+    ("status", wire.decode_status),
+    ("heartbeat", wire.decode_heartbeat),
+    ("report", wire.decode_report),
+    ("desired", wire.decode_desired),
+    ("bridge_status", wire.decode_bridge_status),
 )
 MODELS: Final = (
     DeviceProcessSpec,
@@ -166,7 +160,7 @@ def check_model(model: type[BaseModel], data: Any) -> BaseModel | None:
 
 
 @FUZZ
-@given(payload=st.binary(max_size=256), limit=st.sampled_from([MAX_PAYLOAD_BYTES, 16]))
+@given(payload=st.binary(max_size=256), limit=st.sampled_from([wire.MAX_PAYLOAD_BYTES, 16]))
 def test_arbitrary_bytes_are_rejected_with_a_reason(payload: bytes, limit: int) -> None:
     for kind, decoder in DECODERS:
         check_decode(kind, decoder, payload, limit)
@@ -235,9 +229,10 @@ def test_device_process_spec_on_mutated_specs(spec: dict[str, Any], mutated: st.
 def test_the_desired_revision_is_a_digest_of_the_process_set(
     doc: dict[str, Any], order: Any
 ) -> None:
-    processes = decode_desired(json_bytes(doc)).processes
+    processes = wire.decode_desired(json_bytes(doc)).processes
     shuffled = list(processes)
     order.shuffle(shuffled)
-    assert revision_of(list(processes)) == revision_of(shuffled)
-    assert make_desired(shuffled) == make_desired(list(processes))
-    assert decode_desired(encode(make_desired(shuffled))) == make_desired(list(processes))
+    assert wire.revision_of(list(processes)) == wire.revision_of(shuffled)
+    assert wire.make_desired(shuffled) == wire.make_desired(list(processes))
+    again = wire.decode_desired(wire.encode(wire.make_desired(shuffled)))
+    assert again == wire.make_desired(list(processes))

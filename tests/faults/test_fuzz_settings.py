@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -48,21 +48,29 @@ def _usable(host: str) -> bool:
     return bool(host) and all(ch.isprintable() and not ch.isspace() for ch in host)
 
 
+def _check_address(
+    parse: Callable[..., HostPort | BrokerURL], value: str, flag: str, kind: type[object]
+) -> None:
+    """`parse(value, flag)` refuses in one line naming `flag`, or gives a `kind` with a usable
+    host and port that parses back to itself from its own spelling."""
+    parsed = outcome(lambda: parse(value, flag), ConfigError)
+    if isinstance(parsed, ConfigError):
+        assert str(parsed).startswith(f"{flag}: ")
+        assert "\n" not in str(parsed)
+        return
+    assert isinstance(parsed, kind)
+    assert 0 <= parsed.port <= 65535
+    assert _usable(parsed.host), parsed
+    assert parse(str(parsed)) == parsed
+
+
 @FUZZ
 @given(value=st.text(max_size=40) | st.builds(lambda h, p: f"{h}:{p}", HOSTS, PORTS))
 @example(value="h:\u00b2")
 @example(value="h:" + "9" * 5000)
 @example(value="h\x00:1883")
 def test_parse_hostport(value: str) -> None:
-    parsed = outcome(lambda: parse_hostport(value, "--mqtt"), ConfigError)
-    if isinstance(parsed, ConfigError):
-        assert str(parsed).startswith("--mqtt: ")
-        assert "\n" not in str(parsed)
-        return
-    assert isinstance(parsed, HostPort)
-    assert 0 <= parsed.port <= 65535
-    assert _usable(parsed.host), parsed
-    assert parse_hostport(str(parsed)) == parsed
+    _check_address(parse_hostport, value, "--mqtt", HostPort)
 
 
 @FUZZ
@@ -79,15 +87,7 @@ def test_parse_hostport(value: str) -> None:
 @example(value="mqtt://h\x00:1883")
 @example(value="mqtt://user:pw@h:1883")
 def test_parse_broker_url(value: str) -> None:
-    parsed = outcome(lambda: parse_broker_url(value, "--broker"), ConfigError)
-    if isinstance(parsed, ConfigError):
-        assert str(parsed).startswith("--broker: ")
-        assert "\n" not in str(parsed)
-        return
-    assert isinstance(parsed, BrokerURL)
-    assert 0 <= parsed.port <= 65535
-    assert _usable(parsed.host), parsed
-    assert parse_broker_url(str(parsed)) == parsed
+    _check_address(parse_broker_url, value, "--broker", BrokerURL)
 
 
 @contextmanager

@@ -23,7 +23,14 @@ import pytest
 
 from devicefabric.cli import main
 from devicefabric.config.names import BRIDGE_USER, OBSERVER_USER
-from tests.support.cli import CLI_TIMEOUT, Result, cli_argv, manifest_text, write_manifest
+from tests.support.cli import (
+    CLI_TIMEOUT,
+    Result,
+    cli_argv,
+    manifest_text,
+    mosquitto_config_args,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -111,16 +118,7 @@ def agent_args(tmp_path: Path, name: str, state: Path) -> list[str]:
 
 
 def mosquitto_args(secret_file: Path, devices: Path, out: Path) -> list[str]:
-    return [
-        "broker",
-        "mosquitto-config",
-        "--out",
-        str(out),
-        "--devices",
-        str(devices),
-        "--secret-file",
-        str(secret_file),
-    ]
+    return mosquitto_config_args(out, devices, secret_file)
 
 
 def apply_args(tmp_path: Path, name: str, state: Path) -> list[str]:

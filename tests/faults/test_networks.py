@@ -26,7 +26,7 @@ from tests.faults.netns import (
     Network,
     broker_at,
     netem_available,
-    require_netns,
+    scenario_network,
 )
 from tests.support.fabric import Fabric
 from tests.support.mqtt import connect
@@ -52,12 +52,7 @@ QUIET: Final = 30.0 if LONG else 5.0  # s of heartbeats over loss without a fals
 
 @pytest.fixture
 def network() -> Iterator[Network]:
-    require_netns()
-    net = Network("net")
-    try:
-        yield net
-    finally:
-        net.close()
+    yield from scenario_network("net")
 
 
 def fabric(tmp_path: Path, net: Network, kind: str, devices: tuple[str, ...]) -> Fabric:

@@ -22,7 +22,7 @@ from typing import Final
 import pytest
 
 from tests.conftest import TEST_SECRET
-from tests.faults.netns import Network, broker_at, require_netns
+from tests.faults.netns import Network, broker_at, scenario_network
 from tests.support.fabric import Fabric
 from tests.support.resources import condition
 from tests.support.waiting import wait_for
@@ -37,12 +37,7 @@ CUT: Final = 6.0  # s the API server is unreachable (within the Lease's renew de
 
 @pytest.fixture
 def network() -> Iterator[Network]:
-    require_netns()
-    net = Network("api")
-    try:
-        yield net
-    finally:
-        net.close()
+    yield from scenario_network("api")
 
 
 def _status_writes(fab: Fabric, since: float) -> list[tuple[float, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,21 @@ def keys(records: list[RequestRecord], verb: str) -> list[str]:
 def events_since(fabric: Fabric, since_rv: int) -> list[dict[str, Any]]:
     items = fabric.http.get("/apis/events.k8s.io/v1/namespaces/default/events").body["items"]
     return [e for e in items if int(e["metadata"]["resourceVersion"]) > since_rv]
+
+
+def wait_connection_lost(
+    fabric: Fabric, names: Iterable[str], timeout: float, interval: float
+) -> None:
+    """Wait until every resource in `names` has AgentConnected=False for ConnectionLost."""
+    wait_for(
+        lambda: all(
+            condition(fabric.get(n), "AgentConnected").get("reason") == "ConnectionLost"
+            for n in names
+        ),
+        timeout,
+        interval,
+        what="every resource ConnectionLost",
+    )
 
 
 def marker(fabric: Fabric, name: str, device: str, *, settle: bool = True) -> None:
@@ -143,14 +158,7 @@ def test_a_day_in_the_life_of_the_bridge_on_kubernetes(fabric: Fabric, kubectl: 
     killed_at, killed_rv = time.monotonic(), fabric.api.store.resource_version
     fabric.kill_agent("tor9-99")
     lost = ("tor9-99-clock", "tor9-99-second")
-    wait_for(
-        lambda: all(
-            condition(fabric.get(n), "AgentConnected").get("reason") == "ConnectionLost"
-            for n in lost
-        ),
-        10,
-        0.02,
-    )
+    wait_connection_lost(fabric, lost, 10, 0.02)
     detected = time.monotonic() - killed_at
     marker(fabric, "marker-2", "dev-b")
     after = writes(fabric, killed_at)
@@ -252,15 +260,7 @@ def test_faults_during_a_mass_disconnect_respect_the_write_rate(fabric: Fabric) 
     killed_at = time.monotonic()
     for device in devices:
         fabric.kill_agent(device)
-    wait_for(
-        lambda: all(
-            condition(fabric.get(n), "AgentConnected").get("reason") == "ConnectionLost"
-            for n in names
-        ),
-        30,
-        0.1,
-        what="every resource ConnectionLost",
-    )
+    wait_connection_lost(fabric, names, 30, 0.1)
     took = time.monotonic() - killed_at
     injected = fabric.api.log.count(injected=True)
     assert injected == 50

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from devicefabric.bridge.controlplane.kube.plane import REPORTING_CONTROLLER
+from devicefabric.bridge.controlplane.kube.plane import REPORTING_CONTROLLER, KubeControlPlane
 from devicefabric.bridge.errors import (
     ConflictError,
     ControlPlaneError,
@@ -37,6 +37,22 @@ def rbac_granted(api: FakeApiServer) -> Iterator[None]:
     """After each test: every request the control plane made is granted by rbac.yaml."""
     yield
     assert denied(api.log.records()) == []
+
+
+@pytest.fixture
+def plane(api: FakeApiServer, http: Http, tmp_path: Path) -> KubeControlPlane:
+    """The control plane under test, over a fake API server that holds DeviceProcess p1."""
+    http.create(device_process("p1"))
+    return make_plane(api, tmp_path)
+
+
+async def both_writes_raise(plane: KubeControlPlane, error: type[Exception]) -> Exception:
+    """A status patch and an event for p1 both raise `error`; returns the patch's exception."""
+    with pytest.raises(error) as caught:
+        await plane.patch_status("default/p1", {"phase": "Running"})
+    with pytest.raises(error):
+        await plane.emit_event("default/p1", "Normal", "Connected", "m")
+    return caught.value
 
 
 def rv_of(http: Http, name: str) -> str:
@@ -82,11 +98,8 @@ def test_lists_then_watches_and_reports_each_change_once(
 
 
 def test_status_patch_is_a_merge_patch_to_status_and_is_adopted(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
-
     async def scenario() -> None:
         async with running(plane, api) as changes:
             await plane.patch_status("default/p1", {"phase": "Running", "pid": 42})
@@ -110,11 +123,8 @@ def test_status_patch_is_a_merge_patch_to_status_and_is_adopted(
 
 
 def test_dropped_watch_resumes_from_the_last_revision_without_a_relist(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
-
     async def scenario() -> None:
         async with running(plane, api) as changes:
             http.create(device_process("p2"))
@@ -180,35 +190,27 @@ def test_expired_history_relists_and_notifies_only_what_changed(
     ],
 )
 def test_write_errors_map_onto_the_bridge_hierarchy(
-    api: FakeApiServer, http: Http, tmp_path: Path, case: tuple[int, type[Exception], float | None]
+    api: FakeApiServer, plane: KubeControlPlane, case: tuple[int, type[Exception], float | None]
 ) -> None:
     status, error, retry_after = case
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
 
     async def scenario() -> None:
         async with running(plane, api):
             api.inject(
                 status, 1, retry_after=int(retry_after) if retry_after else None, verb="patch"
             )
-            with pytest.raises(error) as caught:
-                await plane.patch_status("default/p1", {"phase": "Running"})
-            assert type(caught.value) is error
-            if isinstance(caught.value, TransientError):
-                assert caught.value.retry_after == retry_after
             api.inject(status, 1, verb="create", resource="events")
-            with pytest.raises(error):
-                await plane.emit_event("default/p1", "Normal", "Connected", "m")
+            caught = await both_writes_raise(plane, error)
+            assert type(caught) is error
+            if isinstance(caught, TransientError):
+                assert caught.retry_after == retry_after
 
     run(scenario)
 
 
 def test_conflict_rereads_the_resource_into_the_cache(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
-
     async def scenario() -> None:
         async with running(plane, api):
             api.inject(503, 1000, verb="watch")
@@ -278,19 +280,14 @@ def test_unreachable_api_server_is_transient(api: FakeApiServer, tmp_path: Path)
     api.stop()
 
     async def scenario() -> None:
-        with pytest.raises(TransientError):
-            await plane.patch_status("default/p1", {"phase": "Running"})
-        with pytest.raises(TransientError):
-            await plane.emit_event("default/p1", "Normal", "Connected", "m")
+        await both_writes_raise(plane, TransientError)
 
     run(scenario)
 
 
 def test_bookmarks_move_the_resume_point_past_other_kinds(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, plane: KubeControlPlane
 ) -> None:
-    http.create(device_process("p1"))
-    plane = make_plane(api, tmp_path)
     lease: dict[str, Any] = {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",

@@ -19,6 +19,7 @@ import pytest
 
 from devicefabric.bridge.controlplane.kube.plane import KubeControlPlane
 from devicefabric.bridge.controlplane.kube.settings import KubeSettings
+from devicefabric.bridge.controlplane.kube.sharding import ShardElector
 from devicefabric.bridge.errors import TransientError
 from devicefabric.bridge.sharding import member_lease, shard_of
 from devicefabric.config.errors import ConfigError
@@ -80,13 +81,22 @@ class Writers:
             self.samples += 1
             await asyncio.sleep(0.002)
 
+    def assert_never_overlapped(self) -> None:
+        """Enough samples were taken, and no shard ever had two writers."""
+        assert self.samples > 100
+        assert self.overlaps == []
+
+
+@pytest.fixture
+def writers(api: FakeApiServer, tmp_path: Path) -> Writers:
+    """Replicas "a" and "b" (not yet running) over the same fake API server, sampled together."""
+    return Writers({name: make_plane(api, tmp_path, name, shards=SHARDS) for name in "ab"})
+
 
 def test_two_replicas_split_the_shards_and_a_stopped_one_hands_over_at_once(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, writers: Writers
 ) -> None:
-    a = make_plane(api, tmp_path, "a", shards=SHARDS)
-    b = make_plane(api, tmp_path, "b", shards=SHARDS)
-    writers = Writers({"a": a, "b": b})
+    a, b = writers.planes["a"], writers.planes["b"]
 
     async def scenario() -> None:
         follower = asyncio.create_task(writers.follow())
@@ -113,17 +123,14 @@ def test_two_replicas_split_the_shards_and_a_stopped_one_hands_over_at_once(
             follower.cancel()
 
     run(scenario)
-    assert writers.samples > 100
-    assert writers.overlaps == []
+    writers.assert_never_overlapped()
     assert denied(api.log.records()) == []
 
 
 def test_a_cut_off_replica_stops_writing_before_its_shards_are_taken(
-    api: FakeApiServer, http: Http, tmp_path: Path
+    api: FakeApiServer, http: Http, writers: Writers
 ) -> None:
-    a = make_plane(api, tmp_path, "a", shards=SHARDS)
-    b = make_plane(api, tmp_path, "b", shards=SHARDS)
-    writers = Writers({"a": a, "b": b})
+    a, b = writers.planes["a"], writers.planes["b"]
 
     async def scenario() -> None:
         async with running(a), running(b):
@@ -142,16 +149,27 @@ def test_a_cut_off_replica_stops_writing_before_its_shards_are_taken(
             api.log.clear_faults()
 
     run(scenario)
-    assert writers.samples > 100
-    assert writers.overlaps == []
+    writers.assert_never_overlapped()
+
+
+def lone_replica(api: FakeApiServer, tmp_path: Path) -> tuple[KubeControlPlane, ShardElector]:
+    """Replica "a", sharded, with its shard elector."""
+    a = make_plane(api, tmp_path, "a", shards=SHARDS)
+    assert a.shard_elector is not None
+    return a, a.shard_elector
+
+
+async def holding_every_shard(a: KubeControlPlane) -> asyncio.Task[None]:
+    """Start `a` alone; return its task once it holds every shard."""
+    task = asyncio.create_task(a.run(lambda _key: None))
+    await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a: all")
+    return task
 
 
 def test_a_release_waits_for_the_writes_under_way(
     api: FakeApiServer, http: Http, tmp_path: Path
 ) -> None:
-    a = make_plane(api, tmp_path, "a", shards=SHARDS)
-    elector = a.shard_elector
-    assert elector is not None
+    a, elector = lone_replica(api, tmp_path)
     device = DEVICE_OF[0]
     # No valid device name (an InvalidSpec resource), however spelled: shard 0, for the writer's
     # check (`device_of`: None) and the write gate (the raw `spec.deviceName`) alike.
@@ -159,8 +177,7 @@ def test_a_release_waits_for_the_writes_under_way(
     releases = Match(verb="update", resource="leases", name="devicefabric-bridge-0")
 
     async def scenario() -> None:
-        task = asyncio.create_task(a.run(lambda _key: None))
-        await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a: all")
+        task = await holding_every_shard(a)
         with elector.writing(device):  # a status PATCH under way
             marker = api.log.count(releases)
             task.cancel()  # SIGTERM
@@ -179,13 +196,10 @@ def test_a_release_waits_for_the_writes_under_way(
 def test_a_hung_write_leaves_its_shard_to_expire_instead_of_releasing_it(
     api: FakeApiServer, http: Http, tmp_path: Path
 ) -> None:
-    a = make_plane(api, tmp_path, "a", shards=SHARDS)
-    elector = a.shard_elector
-    assert elector is not None
+    a, elector = lone_replica(api, tmp_path)
 
     async def scenario() -> None:
-        task = asyncio.create_task(a.run(lambda _key: None))
-        await async_wait_for(lambda: counts({"a": a})["a"] == SHARDS, 5, what="a: all")
+        task = await holding_every_shard(a)
         with elector.writing(DEVICE_OF[0]):  # never finishes while a stops
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

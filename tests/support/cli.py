@@ -4,7 +4,8 @@
 exit code, stdout, stderr (`run` any argv, `sh` a shell line). `Background` runs a long-lived one
 (`up`, `agent run`) with its output in files, and stops it with a signal and a bound. `start_up`
 starts `devicefabric up`; `last_table` and `demo_agent_pids` read what it printed.
-`manifest_text`/`write_manifest` write DeviceProcess YAML for a test to apply.
+`manifest_text`/`write_manifest` write DeviceProcess YAML for a test to apply;
+`mosquitto_config_args` is the argv of `broker mosquitto-config` as an operator types it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = CLI_TIMEOUT) 
 def sh(command: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> Result:
     """A shell command line, as a user pastes one, run in `cwd`."""
     return run(["sh", "-c", command], cwd=cwd, timeout=timeout)
+
+
+def mosquitto_config_args(out: Path, devices: Path, secret_file: Path) -> list[str]:
+    """`broker mosquitto-config` writing into `out` for the devices file and the secret file."""
+    return [
+        "broker",
+        "mosquitto-config",
+        "--out",
+        str(out),
+        "--devices",
+        str(devices),
+        "--secret-file",
+        str(secret_file),
+    ]
 
 
 def manifest_text(
