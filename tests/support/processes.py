@@ -3,8 +3,11 @@
 - `Proc`: one program run after run (`start()` again after a stop or a kill), its output in a
   log file per run (`<name>-<run>.log`), an environment without our `DEVICEFABRIC_*`,
   `KUBECONFIG` or `POD_*` variables (a test passes what it means). `kill()` is kill -9 (no clean
-  shutdown: the broker fires the will); `stop()` is SIGTERM with a bound, then SIGKILL (None).
-  `wait(...)` is `waiting.wait_for` failing with the tail of the log.
+  shutdown: the broker fires the will); `freeze()` is SIGSTOP (its sockets stay, nothing is
+  sent); `stop()` thaws it, then SIGTERM with a bound, then SIGKILL (None). `wait(...)` is
+  `waiting.wait_for` failing with the tail of the log; `check()` raises with that tail once it
+  exited. Its CPU time and RSS (threads included, children not) are read from /proc.
+- `Command`: a `Proc` of a fixed argv (a script, a load generator).
 - `AgentProcess`: `devicefabric agent run` for one device against a `BrokerProcess`; through
   `launch.py` when its clock is skewed (`clock_offset`) or its log goes through a pipe
   (`pipe_log`, so a file-size limit on the agent cannot silence it). `close()` is the teardown:
@@ -13,6 +16,10 @@
 - `BridgeProcess`: `devicefabric bridge run --control-plane local|kube` (through `launch.py`
   when its asyncio tasks are counted); what it serves: `/readyz`, `/devices`, `/metrics`
   (parsed into `Metrics`).
+
+Both CLI programs take `log_level` (`--log-level`, the CLI's default when None) and `launcher`:
+the argv that replaces `python -m devicefabric` (an experiment on the shipped CLI, a profiler);
+it must end up calling `devicefabric.cli.main` with the arguments it is given.
 - `kill_groups({pid: start time})`: teardown of processes agents left (a reused pid is skipped).
 - `running_pids(report)`: the pids an agent's report shows Running.
 """
@@ -37,6 +44,7 @@ from typing import IO, Any, Final, Literal
 from prometheus_client.parser import text_string_to_metric_families
 
 from devicefabric.agent.leftovers import CHILDREN_FILE, start_time
+from tests.support import procfs
 from tests.support.brokers import BrokerProcess
 from tests.support.desired import DEVICE
 from tests.support.ports import free_port
@@ -135,6 +143,12 @@ class Proc:
         """It runs (never exited since it was last started)."""
         return self.proc is not None and self.proc.poll() is None
 
+    def cpu_seconds(self) -> float:
+        return procfs.cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        return procfs.rss_kib(self.pid)
+
     def kill(self) -> None:
         """kill -9: no clean shutdown, no offline message; the broker fires the will."""
         assert self.proc is not None
@@ -142,11 +156,17 @@ class Proc:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(STOP_BOUND)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process and its sockets stay, nothing is sent (`stop` thaws it first)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
     def stop(self, timeout: float = STOP_BOUND) -> int | None:
         """SIGTERM and wait (SIGKILL past the bound); the exit code, None when it was killed."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return None if proc is None else proc.returncode
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)  # a frozen process cannot handle SIGTERM
         proc.send_signal(signal.SIGTERM)
         try:
             return proc.wait(timeout)
@@ -164,6 +184,17 @@ class Proc:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+    def check(self) -> None:
+        """Raise, with the tail of its log, if it exited."""
+        if not self.alive:
+            tail = "\n".join(self.log_text().splitlines()[-20:])
+            raise RuntimeError(f"{self.name} exited:\n{tail}")
+
+    def said(self, text: str) -> bool:
+        """Whether the current run wrote `text` to its log (raises if it exited meanwhile)."""
+        self.check()
+        return text in self.log_text()
 
     def log_lines(self, run: int | None = None) -> list[Doc]:
         """The json log lines of one run (default: the current one)."""
@@ -200,9 +231,28 @@ def _pump(source: IO[bytes], path: Path) -> None:
             sink.flush()
 
 
-def _launcher(launch: bool) -> list[str]:
-    """How to run the CLI: `python -m devicefabric`, or through `launch.py` (its instruments)."""
-    return [sys.executable, str(LAUNCHER)] if launch else [sys.executable, "-m", "devicefabric"]
+class Command(Proc):
+    """A `Proc` of a fixed `argv` (not started)."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str] = {}
+    ) -> None:
+        super().__init__(name, workdir)
+        self._argv = list(argv)
+        self.env = dict(env)
+
+    def argv(self) -> list[str]:
+        return list(self._argv)
+
+
+def _cli(launcher: Sequence[str], instruments: bool, log_level: str | None) -> list[str]:
+    """How to run the CLI, up to the command's name: `launcher`, or `python -m devicefabric`,
+    or `launch.py` (its instruments); the log options every command takes."""
+    if not launcher:
+        launch = [sys.executable, "-m", "devicefabric"]
+        launcher = [sys.executable, str(LAUNCHER)] if instruments else launch
+    level = ["--log-level", log_level] if log_level else []
+    return [*launcher, "--log-format", "json", *level]
 
 
 class AgentProcess(Proc):
@@ -221,13 +271,18 @@ class AgentProcess(Proc):
         clock_offset: float = 0.0,
         pipe_log: bool = False,
         prefix: Iterable[str] = (),
+        launcher: Sequence[str] = (),
+        log_level: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """`prefix` runs the command elsewhere (`ip netns exec NS`)."""
         super().__init__(f"agent-{device}", workdir)
         self.prefix = list(prefix)
+        self.launcher = list(launcher)
+        self.log_level = log_level
         self.broker = broker
         self.device = device
-        self.state_dir = workdir / f"state-{device}"
+        self.state_dir = state_dir or workdir / f"state-{device}"
         self.pipe_log = pipe_log
         self.clock_offset = clock_offset
         if clock_offset:
@@ -250,8 +305,8 @@ class AgentProcess(Proc):
         self.pids: list[int] = []  # children seen by the test, killed at teardown
 
     def argv(self) -> list[str]:
-        launcher = _launcher(bool(self.clock_offset or self.pipe_log))
-        return [*self.prefix, *launcher, "--log-format", "json", "agent", "run", *self.options]
+        cli = _cli(self.launcher, bool(self.clock_offset or self.pipe_log), self.log_level)
+        return [*self.prefix, *cli, "agent", "run", *self.options]
 
     def terminate(self, timeout: float = STOP_BOUND) -> int:
         """SIGTERM and wait for the exit code."""
@@ -325,8 +380,12 @@ class BridgeProcess(Proc):
         http_host: str = "127.0.0.1",
         count_tasks: bool = False,
         env: Mapping[str, str] = {},
+        launcher: Sequence[str] = (),
+        log_level: str | None = None,
     ) -> None:
         super().__init__(name, workdir)
+        self.launcher = list(launcher)
+        self.log_level = log_level
         self.broker = broker
         self.plane = plane
         self.state_dir = state_dir
@@ -341,7 +400,7 @@ class BridgeProcess(Proc):
             self.env["FAULTS_TASKS_FILE"] = str(self.tasks_path)
 
     def argv(self) -> list[str]:
-        argv = [*self.prefix, *_launcher(self.tasks_path is not None), "--log-format", "json"]
+        argv = [*self.prefix, *_cli(self.launcher, self.tasks_path is not None, self.log_level)]
         argv += ["bridge", "run", "--broker", self.broker.url, "--control-plane", self.plane]
         argv += ["--password-file", str(self.broker.password_file("bridge"))]
         argv += ["--client-id", f"bridge_{self.name}", "--http", f"{self.http_host}:{self.port}"]
@@ -354,13 +413,22 @@ class BridgeProcess(Proc):
         self.port = free_port()
         super().start()
         if timeout is not None:
-            self.wait(lambda: self.readyz().get("ready") is True, timeout, "the bridge ready")
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until `/readyz` says ready; raises at once if the bridge exited."""
+
+        def ready() -> bool:
+            self.check()
+            return self.readyz().get("ready") is True
+
+        self.wait(ready, timeout, "the bridge ready")
 
     # -- what it serves ----------------------------------------------------------------------------
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         try:
             url = f"http://{self.http_host}:{self.port}{path}"
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -376,9 +444,9 @@ class BridgeProcess(Proc):
             return {}
         return doc
 
-    def devices(self) -> dict[str, Doc]:
+    def devices(self, timeout: float = 5.0) -> dict[str, Doc]:
         """The bridge's view of every device it knows, by name (`/devices`)."""
-        status, body = self.get("/devices")
+        status, body = self.get("/devices", timeout)
         assert status == 200, f"/devices answered {status}"
         return {d["device"]: d for d in json.loads(body)}
 
@@ -386,6 +454,10 @@ class BridgeProcess(Proc):
         status, body = self.get("/metrics")
         assert status == 200, f"/metrics answered {status}"
         return Metrics(body.decode())
+
+    def heartbeats(self) -> int:
+        """Heartbeats the bridge has ingested (`devicefabric_messages_total{kind="heartbeat"}`)."""
+        return int(self.metrics().value("devicefabric_messages_total", kind="heartbeat"))
 
     def idle(self) -> bool:
         """Primed and nothing queued or in flight in the write queue."""
