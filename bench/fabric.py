@@ -10,7 +10,9 @@ the broker last); the programs are the kit's (`tests.support.processes`):
   writes); `privileged=True` adds one bench-only user, `loadgen`, allowed to publish every
   device's status/heartbeat/report, so one connection can stand in for a fleet;
 - `embedded()`: the kit's `devicefabric broker run`, logging warnings only;
-- `bridge(broker, ...)`: a `BridgeProcess` on the local or kube control plane (`bench.planes`),
+- `plane(broker, kind)`: the kit's local or kube control plane for that broker, measured
+  (`bench.planes`);
+- `bridge(broker, ...)`: a `BridgeProcess` on the local or kube control plane,
   possibly an experiment (`BRIDGE_VARIANT`) or profiled (`BRIDGE_PROFILED`), both given to the
   kit as the bridge's `launcher`;
 - `agent(broker, device)`: an `AgentProcess`; `python(name, code)`: a floor script (`Command`).
@@ -30,8 +32,9 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from bench import planes
 from devicefabric.broker.mosquitto import DYNSEC_NAME, hash_password, random_salt
 from devicefabric.config.credentials import new_secret, password_for
 from devicefabric.config.topics import DeviceTopic, Topics
@@ -149,13 +152,30 @@ class Fabric(contextlib.ExitStack):
 
     # -- brokers -----------------------------------------------------------------------------------
     def _started(self, process: BrokerProcess) -> Broker:
-        kit = fabric.Fabric(self.workdir, process)  # starts it; `close` stops it last
-        self._fabrics.append(kit)
-        self.callback(kit.close)
+        self.callback(process.stop)
+        process.start()
         return process
 
-    def _kit(self, broker: Broker) -> fabric.Fabric:
-        return next(kit for kit in self._fabrics if kit.broker is broker)
+    def _kit(self, broker: Broker, plane: Plane | None = None) -> fabric.Fabric:
+        """The kit's fabric on `broker` (made on first use; it leaves the broker to us)."""
+        for kit in self._fabrics:
+            if kit.broker is broker:
+                return kit
+        api = planes.fake_api() if plane == "kube" else None
+        kit = fabric.Fabric(self.workdir, broker, plane=plane, api=api)
+        self._fabrics.append(kit)
+        self.callback(kit.close)
+        return kit
+
+    def plane(self, broker: Broker, kind: str) -> planes.Plane:
+        """A `kind` control plane for the bridges on `broker` (before any program runs on it)."""
+        if kind not in ("local", "kube"):
+            raise ValueError(f"unknown control plane {kind!r}")
+        if any(kit.broker is broker for kit in self._fabrics):
+            raise RuntimeError(f"programs already run on {broker!r} without a control plane")
+        plane = planes.make_plane(self._kit(broker, cast("Plane", kind)))
+        self.callback(plane.close)
+        return plane
 
     def mosquitto(
         self,

@@ -69,8 +69,8 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     names = [f"rp-{i:05d}" for i in range(n)]
     with Fabric(prefix="bench-replay-") as fab:
         broker = fab.mosquitto(names, max_queued_messages=args.queue)
-        plane = LocalPlane(fab.workdir)
-        fab.callback(plane.close)
+        plane = fab.plane(broker, "local")
+        assert isinstance(plane, LocalPlane)
         plane.apply_many([(name, name, COMMAND) for name in names])
         _seed(broker.port, fab.password(BRIDGE_USER), list(plane.store.load_all().values()))
         started = time.monotonic()

@@ -41,7 +41,7 @@ from typing import Any, Final, cast
 
 from bench.fabric import Broker, Fabric, pid_of, profile
 from bench.harness import Defaults, Result, count, main, ms
-from bench.planes import NAMESPACE, LocalPlane, Plane, Status, condition, make_plane
+from bench.planes import NAMESPACE, LocalPlane, Plane, Status, condition
 from bench.simfleet import FleetProc
 from tests.support import procfs
 from tests.support.processes import BridgeProcess
@@ -178,8 +178,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
         started = time.monotonic()
         broker = fab.mosquitto(names)
         out["mosquitto_start_s"] = time.monotonic() - started
-        plane = make_plane(kind, fab.workdir)
-        fab.callback(plane.close)
+        plane = fab.plane(broker, kind)
         if kind == "local":
             manifests = fab.workdir / "fleet.yaml"
             manifests.write_text(_manifests(names), encoding="utf-8")
