@@ -46,7 +46,8 @@ from tests.support.brokers import (
     prepare_embedded,
     prepare_mosquitto,
 )
-from tests.support.processes import AgentProcess, BridgeProcess, Command, Plane
+from tests.support.proc import Command
+from tests.support.processes import AgentProcess, BridgeProcess, Plane
 
 HOST: Final = "127.0.0.1"
 TOPICS: Final = Topics()
@@ -220,29 +221,19 @@ class Fabric(contextlib.ExitStack):
         can be profiled (BRIDGE_PROFILED; CPU figures measured meanwhile are then cProfile's)."""
         name = f"bridge{next(self._bridges)}"
         env = {"POD_NAME": f"bench-{name}"}
-        launcher: list[str] = []
+        options: dict[str, Any] = {"extra": args, "env": env, "log_level": log_level}
         if overrides or local_poll:
-            launcher = [sys.executable, "-c", BRIDGE_VARIANT]
+            options["launcher"] = [sys.executable, "-c", BRIDGE_VARIANT]
             env["BENCH_BRIDGE_OVERRIDES"] = json.dumps(overrides or {})
             env["BENCH_LOCAL_POLL"] = str(local_poll or "")
         elif os.environ.get("BENCH_BRIDGE_PROFILE"):
-            launcher = [sys.executable, "-c", BRIDGE_PROFILED]
+            options["launcher"] = [sys.executable, "-c", BRIDGE_PROFILED]
             env["BENCH_BRIDGE_PROFILE"] = os.environ["BENCH_BRIDGE_PROFILE"]
         if kubeconfig is not None:
             env["KUBECONFIG"] = str(kubeconfig)
         if control_plane == "local":
-            state_dir = state_dir or self.workdir / "state"
-        bridge = BridgeProcess(
-            broker,
-            self.workdir,
-            name=name,
-            plane=control_plane,
-            state_dir=state_dir,
-            extra=args,
-            env=env,
-            launcher=launcher,
-            log_level=log_level,
-        )
+            options["state_dir"] = state_dir or self.workdir / "state"
+        bridge = BridgeProcess(broker, self.workdir, name=name, plane=control_plane, **options)
         self._kit(broker).adopt(bridge)
         self.callback(bridge.stop)  # before what was set up for it (its control plane)
         bridge.start(timeout=None)

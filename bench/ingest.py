@@ -48,7 +48,8 @@ from bench.fabric import TOPICS, Broker, Fabric
 from bench.harness import Defaults, Result, count, main, ratio
 from devicefabric.config.topics import DeviceTopic
 from tests.support.packets import publish_packet
-from tests.support.processes import BridgeProcess, Proc
+from tests.support.proc import Proc
+from tests.support.processes import BridgeProcess
 from tests.support.waiting import wait_for
 
 HEARTBEAT_S: Final = 15
