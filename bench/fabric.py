@@ -2,9 +2,10 @@
 
 `Fabric` is an `ExitStack` over one temporary work directory and one fabric secret. Everything it
 starts is a separate process started the way a user would (so its CPU time and RSS can be read
-from /proc without the benchmark in the way) and is stopped when the block ends. Each broker is
-owned by a `tests.support.fabric.Fabric` (it starts the broker, and stops its agents, bridges and
-the broker last); the programs are the kit's (`tests.support.processes`):
+from /proc without the benchmark in the way) and is stopped when the block ends (in reverse: a
+bridge before its control plane, the broker last). The programs on one broker belong to one
+`tests.support.fabric.Fabric` (its control plane, if any, and the teardown of its agents and
+bridges); the programs are the kit's (`tests.support.processes`):
 
 - `mosquitto(devices)`: the kit's mosquitto (`/usr/sbin/mosquitto -c` the files our generator
   writes); `privileged=True` adds one bench-only user, `loadgen`, allowed to publish every
