@@ -182,9 +182,10 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
         if kind == "local":
             manifests = fab.workdir / "fleet.yaml"
             manifests.write_text(_manifests(names), encoding="utf-8")
-            state = str(fab.workdir / "state")
+            local = cast("LocalPlane", plane)
+            state = str(local.state_dir)
             out["apply_s"] = _cli(fab, "apply", "-f", str(manifests), "--state-dir", state)
-            cast("LocalPlane", plane).own_writes(n)
+            local.own_writes(n)
             out["get_s"] = _cli(fab, "get", "-n", NAMESPACE, "--state-dir", state)
         else:
             started = time.monotonic()
