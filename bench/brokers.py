@@ -35,7 +35,7 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.fabric import HOST, TOPICS, Broker, Fabric
+from bench.fabric import HOST, TOPICS, Broker, Fabric, cpu_seconds, rss_kib
 from bench.harness import Defaults, Result, main, per_s, percentile
 from devicefabric.config.names import BRIDGE_USER
 from devicefabric.config.topics import DeviceTopic
@@ -83,7 +83,7 @@ def throughput(fab: Fabric, broker: Broker, qos: int, args: argparse.Namespace) 
         raise RuntimeError("no SUBACK")
     pub = _paho(broker, fab, DEVICE, DEVICE)
     topic, payload = TOPICS.report(DEVICE), b"x" * args.payload
-    cpu0, start = broker.cpu_seconds(), time.perf_counter()
+    cpu0, start = cpu_seconds(broker), time.perf_counter()
     infos = []
     for _ in range(args.messages):
         if not in_flight.acquire(timeout=10):
@@ -91,7 +91,7 @@ def throughput(fab: Fabric, broker: Broker, qos: int, args: argparse.Namespace) 
         infos.append(pub.publish(topic, payload, qos=qos))
     complete = done.wait(10)
     elapsed = time.perf_counter() - start
-    cpu = broker.cpu_seconds() - cpu0
+    cpu = cpu_seconds(broker) - cpu0
     if qos:
         for info in infos:
             info.wait_for_publish(5)
@@ -127,13 +127,13 @@ async def connections(fab: Fabric, broker: Broker, args: argparse.Namespace) -> 
             if connack != CONNACK_ACCEPTED:
                 raise RuntimeError(f"{name}: CONNACK {connack!r}")
 
-    rss_idle = broker.rss_kib()
+    rss_idle = rss_kib(broker)
     start = time.perf_counter()
     try:
         await asyncio.gather(*(one(name) for name in names))
         total = time.perf_counter() - start
         await asyncio.sleep(1.0)  # a measurement pause before reading RSS, not a wait to settle
-        rss_connected = broker.rss_kib()
+        rss_connected = rss_kib(broker)
     finally:
         for writer in writers:
             writer.close()
@@ -144,7 +144,7 @@ async def connections(fab: Fabric, broker: Broker, args: argparse.Namespace) -> 
         "latency_ms_p99": round(1000 * percentile(latencies, 99), 2),
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "kib_per_connection": round((rss_connected - rss_idle) / len(names), 1),
-        "held": len(names) if broker.alive else 0,
+        "held": len(names) if broker.running else 0,
     }
 
 
@@ -155,7 +155,7 @@ def _one_broker(fab: Fabric, kind: str, args: argparse.Namespace) -> dict[str, A
         return fab.mosquitto([DEVICE, *names]) if kind == "mosquitto" else fab.embedded()
 
     broker = start()
-    out: dict[str, Any] = {"kind": kind, "rss_start_kib": broker.rss_kib()}
+    out: dict[str, Any] = {"kind": kind, "rss_start_kib": rss_kib(broker)}
     for qos in (0, 1):
         out[f"qos{qos}"] = [throughput(fab, broker, qos, args) for _ in range(args.repeat)]
     broker.stop()

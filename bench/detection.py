@@ -29,9 +29,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from bench.clients import Message, Watcher, watching
-from bench.fabric import TOPICS, Broker, Fabric, Proc, kill_orphan
+from bench.fabric import TOPICS, Broker, Fabric, kill_orphan
 from bench.harness import Defaults, Result, main, ms, percentile, ratio
-from bench.planes import Plane, condition, connected, make_plane, running_at
+from bench.planes import Plane, condition, connected, running_at
+from tests.support.processes import AgentProcess
 from tests.support.waiting import wait_for
 
 DEVICE: Final = "bench-dev"
@@ -61,7 +62,7 @@ def _pid_of(obs: Watcher, device: str = DEVICE, name: str = NAME) -> int | None:
 
 def _start_agent(
     fab: Fabric, broker: Broker, plane: Plane, *, device: str, heartbeat: int, settle: float
-) -> Proc:
+) -> AgentProcess:
     """A fresh agent, connected and running, with no status write for `settle` seconds."""
     name = NAME if device == DEVICE else HALFOPEN_NAME
     t0 = time.monotonic()
@@ -129,8 +130,7 @@ def _halfopen_trials(
 def _one_plane(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     with Fabric(f"bench-detection-{kind}-") as fab:
         broker = fab.mosquitto([DEVICE, HALFOPEN_DEVICE])
-        plane = make_plane(kind, fab.workdir)
-        fab.callback(plane.close)
+        plane = fab.plane(broker, kind)
         obs = fab.enter_context(watching(broker, fab.secret, [TOPICS.everything()]))
         bridge = fab.bridge(broker, **plane.bridge_args())
         bridge.wait_ready()

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Final
 
-from bench.fabric import Fabric
+from bench.fabric import Fabric, cpu_seconds, rss_kib
 from bench.harness import Defaults, Result, count, main
 from bench.simfleet import FleetProc
 from devicefabric.config.names import BRIDGE_USER
@@ -36,7 +36,7 @@ GOAL_SHARE: Final = 0.20  # of one core, at 5,000 devices
 def _one(n: int, args: argparse.Namespace) -> dict[str, float]:
     with Fabric("bench-embedded-scale-") as fab:
         broker = fab.embedded()
-        with connect(broker.process, BRIDGE_USER) as bridge:
+        with connect(broker, BRIDGE_USER) as bridge:
             for kind, qos in (
                 (DeviceTopic.STATUS, 1),
                 (DeviceTopic.REPORT, 1),
@@ -48,10 +48,10 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, float]:
             fleet.command("connect", "connected")
             # the measurement starts once every birth and report reached the bridge's filters
             bridge.inbox.wait_count(n, T.all_devices(DeviceTopic.REPORT), 120.0)
-            seen0, cpu0, t0 = len(bridge.inbox.messages()), broker.cpu_seconds(), time.time()
+            seen0, cpu0, t0 = len(bridge.inbox.messages()), cpu_seconds(broker), time.time()
             time.sleep(args.steady)  # a measurement window, not a wait for a condition
-            seen1, cpu1, t1 = len(bridge.inbox.messages()), broker.cpu_seconds(), time.time()
-            rss = broker.rss_kib()
+            seen1, cpu1, t1 = len(bridge.inbox.messages()), cpu_seconds(broker), time.time()
+            rss = rss_kib(broker)
     wall = t1 - t0
     return {
         "devices": n,

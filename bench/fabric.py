@@ -1,42 +1,45 @@
-"""The fabric a benchmark runs: real processes on free loopback ports, always stopped.
+"""The fabric a benchmark runs: the test kit's fabric in a temporary directory, always stopped.
 
 `Fabric` is an `ExitStack` over one temporary work directory and one fabric secret. Everything it
 starts is a separate process started the way a user would (so its CPU time and RSS can be read
-from /proc without the benchmark in the way) and is stopped when the block ends:
+from /proc without the benchmark in the way) and is stopped when the block ends (in reverse: a
+bridge before its control plane, the broker last). The programs on one broker belong to one
+`tests.support.fabric.Fabric` (its control plane, if any, and the teardown of its agents and
+bridges); the programs are the kit's (`tests.support.processes`):
 
-- `mosquitto(devices)`: the test kit's mosquitto (`/usr/sbin/mosquitto -c` the files our
-  generator writes); `privileged=True` adds one bench-only user, `loadgen`, allowed to publish
-  every device's status/heartbeat/report, so one connection can stand in for a fleet;
-- `embedded()`: the test kit's `devicefabric broker run`, logging warnings only;
-- `bridge(broker, ...)`: `devicefabric bridge run --control-plane local|kube`, with `/metrics`
-  and `/devices` read over HTTP (`BridgeProc`);
-- `agent(broker, device)`: `devicefabric agent run`; `python(name, code)`: a floor script.
+- `mosquitto(devices)`: the kit's mosquitto (`/usr/sbin/mosquitto -c` the files our generator
+  writes); `privileged=True` adds one bench-only user, `loadgen`, allowed to publish every
+  device's status/heartbeat/report, so one connection can stand in for a fleet;
+- `embedded()`: the kit's `devicefabric broker run`, logging warnings only;
+- `plane(broker, kind)`: the kit's local or kube control plane for that broker, measured
+  (`bench.planes`);
+- `bridge(broker, ...)`: a `BridgeProcess` on the local or kube control plane,
+  possibly an experiment (`BRIDGE_VARIANT`) or profiled (`BRIDGE_PROFILED`), both given to the
+  kit as the bridge's `launcher`;
+- `agent(broker, device)`: an `AgentProcess`; `python(name, code)`: a floor script (`Command`).
 
-A `Broker` is the kit's `BrokerProcess` with its CPU time and RSS; a `Proc` is the kit's
-`processes.Proc` run with an argv built here, its CPU time and RSS read through
-`tests.support.procfs`. The bench builds its own command lines rather than using the kit's
-`AgentProcess`/`BridgeProcess` because it chooses the log level of what it measures, and runs a
-bridge as an experiment (`BRIDGE_VARIANT`) or under cProfile (`BRIDGE_PROFILED`).
+What is bench-only stays here: the privileged load generator's account, the two launchers, and
+reading a broker's CPU time and RSS.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, cast
 
+from bench import planes
 from devicefabric.broker.mosquitto import DYNSEC_NAME, hash_password, random_salt
 from devicefabric.config.credentials import new_secret, password_for
 from devicefabric.config.topics import DeviceTopic, Topics
-from tests.support import processes, procfs
+from tests.support import fabric, procfs
 from tests.support.brokers import (
     MOSQUITTO,
     BrokerProcess,
@@ -44,12 +47,13 @@ from tests.support.brokers import (
     prepare_embedded,
     prepare_mosquitto,
 )
-from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from tests.support.proc import Command
+from tests.support.processes import AgentProcess, BridgeProcess, Plane
 
 HOST: Final = "127.0.0.1"
 TOPICS: Final = Topics()
 LOADGEN: Final = "loadgen"  # the bench-only privileged MQTT user (mosquitto only)
+Broker = BrokerProcess
 
 
 def kill_orphan(pid: int, argv0: str = "sleep") -> None:
@@ -60,149 +64,24 @@ def kill_orphan(pid: int, argv0: str = "sleep") -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-class Broker:
-    """A started `BrokerProcess` of the test kit, measured."""
-
-    def __init__(self, process: BrokerProcess) -> None:
-        self.process = process
-        self.kind = process.kind
-        self.port = process.port
-        self.url = process.url
-        self.log_path = process.log_path
-
-    @property
-    def pid(self) -> int:
-        if self.process.pid is None:
-            raise RuntimeError(f"{self.process!r} is not running")
-        return self.process.pid
-
-    def cpu_seconds(self) -> float:
-        return procfs.cpu_seconds(self.pid)
-
-    def rss_kib(self) -> int:
-        return procfs.rss_kib(self.pid)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.running
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def password_file(self, user: str) -> Path:
-        """A 0600 file in the broker's directory holding `user`'s password."""
-        return self.process.password_file(user)
+def pid_of(broker: Broker) -> int:
+    if broker.pid is None:
+        raise RuntimeError(f"{broker!r} is not running")
+    return broker.pid
 
 
-class Proc(processes.Proc):
-    """One program of the kit's kind, started at once with this `argv`; its CPU time and RSS
-    (threads included, children not) read from /proc."""
-
-    def __init__(
-        self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(name, workdir)
-        self._argv = argv
-        self.env = dict(env or {})
-        self.start()
-
-    def argv(self) -> list[str]:
-        return self._argv
-
-    def cpu_seconds(self) -> float:
-        return procfs.cpu_seconds(self.pid)
-
-    def rss_kib(self) -> int:
-        return procfs.rss_kib(self.pid)
-
-    def check(self) -> None:
-        """Raise, with the tail of its log, if it exited."""
-        if not self.alive:
-            tail = "\n".join(self.log_text().splitlines()[-20:])
-            raise RuntimeError(f"{self.name} exited:\n{tail}")
-
-    def said(self, text: bytes) -> bool:
-        """Whether the process wrote `text` to its log (raises if it exited meanwhile)."""
-        self.check()
-        return text in self.log_path.read_bytes()
-
-    def freeze(self) -> None:
-        """SIGSTOP: the process and its socket stay, nothing is sent (`stop` thaws it first)."""
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def stop(self, timeout: float = processes.STOP_BOUND) -> int | None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGCONT)  # a frozen process cannot handle SIGTERM
-        return super().stop(timeout)
+def cpu_seconds(broker: Broker) -> float:
+    return procfs.cpu_seconds(pid_of(broker))
 
 
-P = TypeVar("P", bound=Proc)
+def rss_kib(broker: Broker) -> int:
+    return procfs.rss_kib(pid_of(broker))
 
 
-class BridgeProc(Proc):
-    """`devicefabric bridge run` with its HTTP API on `http_port`."""
-
-    def __init__(self, argv: list[str], workdir: Path, env: dict[str, str], http_port: int) -> None:
-        super().__init__("bridge", argv, workdir, env)
-        self.http_port = http_port
-
-    def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-        url = f"http://{HOST}:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return int(resp.status), bytes(resp.read())
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), bytes(exc.read())
-
-    def profile(self, *, on: bool) -> None:
-        """Switch cProfile on or off (off writes the file) when run with BENCH_BRIDGE_PROFILE."""
-        if os.environ.get("BENCH_BRIDGE_PROFILE"):
-            os.kill(self.pid, signal.SIGUSR1 if on else signal.SIGUSR2)
-
-    def readyz(self) -> dict[str, Any]:
-        """`/readyz` as a document ({} while it does not answer 200)."""
-        with contextlib.suppress(OSError, ValueError):
-            status, body = self.get("/readyz", timeout=2)
-            if status == 200:
-                doc: dict[str, Any] = json.loads(body)
-                return doc
-        return {}
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ok() -> bool:
-            self.check()
-            return bool(self.readyz().get("ready"))
-
-        wait_for(ok, timeout, 0.05, "the bridge to be ready")
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics as `name{labels}` -> value."""
-        _, body = self.get("/metrics")
-        out: dict[str, float] = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[name] = float(value)
-        return out
-
-    def heartbeats(self) -> int:
-        """Heartbeats the bridge has ingested (`devicefabric_messages_total{kind="heartbeat"}`)."""
-        return int(metric(self.metrics(), "devicefabric_messages_total", kind="heartbeat"))
-
-    def devices(self) -> list[dict[str, Any]]:
-        _, body = self.get("/devices", timeout=60)
-        doc: list[dict[str, Any]] = json.loads(body)
-        return doc
-
-
-def metric(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """One sample of `BridgeProc.metrics()`, 0 when absent."""
-    if labels:
-        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        return metrics.get(f"{name}{{{inner}}}", 0.0)
-    return metrics.get(name, 0.0)
+def profile(bridge: BridgeProcess, *, on: bool) -> None:
+    """Switch cProfile on or off (off writes the file) when run with BENCH_BRIDGE_PROFILE."""
+    if os.environ.get("BENCH_BRIDGE_PROFILE"):
+        os.kill(bridge.pid, signal.SIGUSR1 if on else signal.SIGUSR2)
 
 
 def _add_privileged(dynsec: Path, secret: bytes) -> None:
@@ -267,19 +146,38 @@ class Fabric(contextlib.ExitStack):
         self.workdir = Path(self._tmp.name)
         self.secret = new_secret().encode()
         self.callback(self._tmp.cleanup)
+        self._fabrics: list[fabric.Fabric] = []
+        self._bridges = itertools.count()
 
     def password(self, user: str) -> str:
         return password_for(self.secret, user)
-
-    def start(self, proc: P) -> P:
-        self.callback(proc.stop)
-        return proc
 
     # -- brokers -----------------------------------------------------------------------------------
     def _started(self, process: BrokerProcess) -> Broker:
         self.callback(process.stop)
         process.start()
-        return Broker(process)
+        return process
+
+    def _kit(self, broker: Broker, plane: Plane | None = None) -> fabric.Fabric:
+        """The kit's fabric on `broker` (made on first use; it leaves the broker to us)."""
+        for kit in self._fabrics:
+            if kit.broker is broker:
+                return kit
+        api = planes.fake_api() if plane == "kube" else None
+        kit = fabric.Fabric(self.workdir, broker, plane=plane, api=api)
+        self._fabrics.append(kit)
+        self.callback(kit.close)
+        return kit
+
+    def plane(self, broker: Broker, kind: str) -> planes.Plane:
+        """A `kind` control plane for the bridges on `broker` (before any program runs on it)."""
+        if kind not in ("local", "kube"):
+            raise ValueError(f"unknown control plane {kind!r}")
+        if any(kit.broker is broker for kit in self._fabrics):
+            raise RuntimeError(f"programs already run on {broker!r} without a control plane")
+        plane = planes.make_plane(self._kit(broker, cast("Plane", kind)))
+        self.callback(plane.close)
+        return plane
 
     def mosquitto(
         self,
@@ -311,36 +209,36 @@ class Fabric(contextlib.ExitStack):
         self,
         broker: Broker,
         *,
-        control_plane: str = "local",
+        control_plane: Plane = "local",
         state_dir: Path | None = None,
         kubeconfig: Path | None = None,
         args: Iterable[str] = (),
         log_level: str = "INFO",
         overrides: dict[str, Any] | None = None,
         local_poll: float | None = None,
-    ) -> BridgeProc:
-        """The shipped bridge; `overrides`/`local_poll` run an experiment (see BRIDGE_VARIANT);
-        with `BENCH_BRIDGE_PROFILE=FILE` in the environment it can be profiled (BRIDGE_PROFILED;
-        CPU figures measured meanwhile are then cProfile's, not the bridge's)."""
-        http_port = free_port()
-        env: dict[str, str] = {"POD_NAME": f"bench-{http_port}"}
+    ) -> BridgeProcess:
+        """The shipped bridge, started (not awaited ready); `overrides`/`local_poll` run an
+        experiment (see BRIDGE_VARIANT); with `BENCH_BRIDGE_PROFILE=FILE` in the environment it
+        can be profiled (BRIDGE_PROFILED; CPU figures measured meanwhile are then cProfile's)."""
+        name = f"bridge{next(self._bridges)}"
+        env = {"POD_NAME": f"bench-{name}"}
+        options: dict[str, Any] = {"extra": args, "env": env, "log_level": log_level}
         if overrides or local_poll:
-            argv = [sys.executable, "-c", BRIDGE_VARIANT]
+            options["launcher"] = [sys.executable, "-c", BRIDGE_VARIANT]
             env["BENCH_BRIDGE_OVERRIDES"] = json.dumps(overrides or {})
             env["BENCH_LOCAL_POLL"] = str(local_poll or "")
         elif os.environ.get("BENCH_BRIDGE_PROFILE"):
-            argv = [sys.executable, "-c", BRIDGE_PROFILED]
-        else:
-            argv = [sys.executable, "-m", "devicefabric"]
-        argv += ["--log-level", log_level, "bridge", "run"]
-        argv += ["--broker", broker.url, "--password-file", str(broker.password_file("bridge"))]
-        argv += ["--control-plane", control_plane, "--http", f"{HOST}:{http_port}"]
-        argv += ["--client-id", f"bridge_bench-{http_port}"]
-        if control_plane == "local":
-            argv += ["--state-dir", str(state_dir or self.workdir / "state")]
+            options["launcher"] = [sys.executable, "-c", BRIDGE_PROFILED]
+            env["BENCH_BRIDGE_PROFILE"] = os.environ["BENCH_BRIDGE_PROFILE"]
         if kubeconfig is not None:
             env["KUBECONFIG"] = str(kubeconfig)
-        return self.start(BridgeProc([*argv, *args], self.workdir, env, http_port))
+        if control_plane == "local":
+            options["state_dir"] = state_dir or self.workdir / "state"
+        bridge = BridgeProcess(broker, self.workdir, name=name, plane=control_plane, **options)
+        self._kit(broker).adopt(bridge)
+        self.callback(bridge.stop)  # before what was set up for it (its control plane)
+        bridge.start(timeout=None)
+        return bridge
 
     def agent(
         self,
@@ -350,14 +248,19 @@ class Fabric(contextlib.ExitStack):
         heartbeat: int = 15,
         state_dir: Path | None = None,
         log_level: str = "INFO",
-    ) -> Proc:
-        argv = [sys.executable, "-m", "devicefabric", "--log-level", log_level, "agent", "run"]
-        argv += ["--device", device, "--broker", broker.url]
-        argv += ["--password-file", str(broker.password_file(device))]
-        argv += ["--state-dir", str(state_dir or self.workdir / f"agent-{device}")]
-        argv += ["--heartbeat", str(heartbeat)]
-        return self.start(Proc(f"agent-{device}", argv, self.workdir))
+    ) -> AgentProcess:
+        agent = self._kit(broker).start_agent(
+            device,
+            heartbeat=heartbeat,
+            state_dir=state_dir or self.workdir / f"agent-{device}",
+            log_level=log_level,
+        )
+        self.callback(agent.close)
+        return agent
 
-    def python(self, name: str, code: str, *args: str) -> Proc:
+    def python(self, name: str, code: str, *args: str) -> Command:
         """`python -c code args...`: floors written as small scripts."""
-        return self.start(Proc(name, [sys.executable, "-c", code, *args], self.workdir))
+        command = Command(name, [sys.executable, "-c", code, *args], self.workdir)
+        self.callback(command.stop)
+        command.start()
+        return command

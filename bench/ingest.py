@@ -44,10 +44,12 @@ import time
 from typing import Any, Final, Protocol
 
 from bench.clients import RawPublisher
-from bench.fabric import TOPICS, BridgeProc, Broker, Fabric, Proc, metric
+from bench.fabric import TOPICS, Broker, Fabric
 from bench.harness import Defaults, Result, count, main, ratio
 from devicefabric.config.topics import DeviceTopic
 from tests.support.packets import publish_packet
+from tests.support.proc import Proc
+from tests.support.processes import BridgeProcess
 from tests.support.waiting import wait_for
 
 HEARTBEAT_S: Final = 15
@@ -145,7 +147,7 @@ class Counter(Protocol):
 class BridgeCounter:
     """`devicefabric_messages_total{kind="heartbeat"}` from the bridge's /metrics."""
 
-    def __init__(self, bridge: BridgeProc) -> None:
+    def __init__(self, bridge: BridgeProcess) -> None:
         self.bridge = bridge
 
     def read(self) -> int:
@@ -183,10 +185,10 @@ class FloorCounter:
             time.sleep(0.05)
 
 
-def _last_seen_error(bridge: BridgeProc, load: Load) -> float:
+def _last_seen_error(bridge: BridgeProcess, load: Load) -> float:
     """Worst |lastSeen age - (now - last round sent)| over the fleet, in seconds."""
     asked = time.monotonic()
-    devices = [d for d in bridge.devices() if d["device"] in set(load.names)]
+    devices = [d for d in bridge.devices().values() if d["device"] in set(load.names)]
     if len(devices) < len(load.names):
         return math.inf
     expected = asked - load.last_round_at
@@ -203,7 +205,7 @@ def _ramp(
     consumer: Proc,
     args: argparse.Namespace,
     *,
-    bridge: BridgeProc | None,
+    bridge: BridgeProcess | None,
 ) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     rate = args.start
@@ -258,7 +260,7 @@ def _bridge_run(
     load.births()
     wait_for(
         lambda: (
-            metric(bridge.metrics(), "devicefabric_devices", state="connected") >= len(load.names)
+            bridge.metrics().value("devicefabric_devices", state="connected") >= len(load.names)
         ),
         60,
         0.2,
@@ -274,7 +276,7 @@ def _bridge_run(
 def _floor_run(fab: Fabric, broker: Broker, load: Load, args: argparse.Namespace) -> dict[str, Any]:
     argv = [str(broker.port), fab.password("observer"), TOPICS.all_devices(DeviceTopic.HEARTBEAT)]
     floor = fab.python("floor", FLOOR, *argv)
-    wait_for(lambda: floor.said(b"subscribed"), 10, what="the floor to subscribe")
+    wait_for(lambda: floor.said("subscribed"), 10, what="the floor to subscribe")
     out = _ramp("floor", load, FloorCounter(floor), floor, args, bridge=None)
     out["rss_kib"] = floor.rss_kib()
     floor.stop()

@@ -1,6 +1,7 @@
 """The two control planes a benchmark drives: the local state directory and the Kubernetes fake.
 
-Both offer the same small surface, as an operator (or `kubectl`) would use them:
+Each measures the plane of one of the test kit's fabrics (`tests.support.fabric.Fabric`, which
+makes the state directory or serves the fake API server, and stops it). Both offer the same small surface, as an operator (or `kubectl`) would use them:
 
 - `apply(name, device, command)` creates or updates one DeviceProcess and returns its generation;
 - `delete(name)`;
@@ -13,8 +14,9 @@ Both offer the same small surface, as an operator (or `kubectl`) would use them:
 process) and sees the bridge's status writes by tailing the store's journal every millisecond.
 Its write count is the journal lines of status writes plus the lines of `events.jsonl`.
 
-`KubePlane` serves the fake API server of `tests.support.fakeapi` in this process (real HTTP), with
-TCP_NODELAY on its sockets as a real (Go) API server has, writes as `admin`, and watches
+`KubePlane` measures the fake API server of `tests.support.fakeapi` in this process (real HTTP,
+made by `fake_api()`), with TCP_NODELAY on its sockets as a real (Go) API server has, writes as
+`admin`, and watches
 DeviceProcesses in a thread, timestamping each event on arrival. Its write count is the fake's
 request log: `patch .../status` and `create events`.
 """
@@ -25,14 +27,14 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
 from devicefabric.bridge.controlplane.local.fleet import device_store
 from devicefabric.bridge.controlplane.local.store import LocalStore
 from devicefabric.bridge.controlplane.local.userfiles import Manifest
+from tests.support.fabric import Fabric
 from tests.support.fakeapi import BRIDGE_USER, FakeApiServer, Match
-from tests.support.fakeapi.client import Http, WatchEnded, dp_path
+from tests.support.fakeapi.client import WatchEnded, dp_path
 from tests.support.waiting import wait_for
 
 NAMESPACE: Final = "bench"
@@ -96,9 +98,9 @@ def _spec(device: str, command: list[str]) -> dict[str, Any]:
 class LocalPlane:
     kind = "local"
 
-    def __init__(self, workdir: Path) -> None:
-        self.state_dir = workdir / "state"
-        self.store = LocalStore(self.state_dir)
+    def __init__(self, fabric: Fabric) -> None:
+        self.state_dir = fabric.state_dir
+        self.store: LocalStore = fabric.store
         self._own_writes = 0  # store revisions taken by our applies and deletes
         self._events_seen = 0
         self._events_file: tuple[int, int] | None = None  # (inode, bytes counted)
@@ -200,20 +202,11 @@ class LocalPlane:
 class KubePlane:
     kind = "kube"
 
-    def __init__(self, workdir: Path) -> None:
-        self.api = FakeApiServer(bookmark_interval=1.0)
-        # Like a real API server (Go sets TCP_NODELAY on every connection): without it the fake
-        # answers a kept-alive request in two segments, and Nagle holds the second back until
-        # the client's delayed ACK, adding ~40 ms to some status writes that a cluster would not.
-        server = self.api._http
-        handler = cast("type", server.RequestHandlerClass)
-        server.RequestHandlerClass = type(
-            "NoDelayHandler", (handler,), {"disable_nagle_algorithm": True}
-        )
-        self.api.start()
-        self.http = Http(self.api.url)
+    def __init__(self, fabric: Fabric) -> None:
+        self.api = fabric.api
+        self.http = fabric.http
         self.kubeconfig = self.api.write_kubeconfig(
-            workdir / "kubeconfig-bridge", user=f"{BRIDGE_USER}#bench"
+            fabric.workdir / "kubeconfig-bridge", user=f"{BRIDGE_USER}#bench"
         )
         self._cond = threading.Condition()
         self._events: list[tuple[float, str, Status, int]] = []
@@ -330,9 +323,24 @@ class KubePlane:
         self._watcher.join(timeout=5)
 
 
-def make_plane(kind: str, workdir: Path) -> Plane:
-    if kind == "local":
-        return LocalPlane(workdir)
-    if kind == "kube":
-        return KubePlane(workdir)
-    raise ValueError(f"unknown control plane {kind!r}")
+def fake_api() -> FakeApiServer:
+    """The fake API server a kube plane serves (not started)."""
+    api = FakeApiServer(bookmark_interval=1.0)
+    # Like a real API server (Go sets TCP_NODELAY on every connection): without it the fake
+    # answers a kept-alive request in two segments, and Nagle holds the second back until
+    # the client's delayed ACK, adding ~40 ms to some status writes that a cluster would not.
+    server = api._http
+    handler = cast("type", server.RequestHandlerClass)
+    server.RequestHandlerClass = type(
+        "NoDelayHandler", (handler,), {"disable_nagle_algorithm": True}
+    )
+    return api
+
+
+def make_plane(fabric: Fabric) -> Plane:
+    """The measuring side of `fabric`'s control plane."""
+    if fabric.plane == "local":
+        return LocalPlane(fabric)
+    if fabric.plane == "kube":
+        return KubePlane(fabric)
+    raise ValueError(f"{fabric!r} has no control plane")

@@ -55,7 +55,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.clients import Message, Watcher, watching
 from bench.fabric import HOST, TOPICS, Broker, Fabric
 from bench.harness import Defaults, Result, main, ms, percentile, ratio
-from bench.planes import Plane, make_plane, running_at
+from bench.planes import Plane, running_at
 from tests.support.waiting import wait_for
 
 DEVICE: Final = "bench-dev"
@@ -184,8 +184,7 @@ def _one_plane(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     pid_ok = 0
     with Fabric(f"bench-propagation-{kind}-") as fab:
         broker = fab.mosquitto([DEVICE, FLOOR_DEVICE], extra_conf=variant.broker_conf)
-        plane: Plane = make_plane(kind, fab.workdir)
-        fab.callback(plane.close)
+        plane: Plane = fab.plane(broker, kind)
         obs = fab.enter_context(watching(broker, fab.secret, [TOPICS.everything()]))
         bridge = fab.bridge(
             broker,

@@ -29,7 +29,7 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.fabric import HOST, Fabric, metric
+from bench.fabric import HOST, Fabric
 from bench.harness import Defaults, Result, count, main, ms
 from bench.planes import LocalPlane
 from devicefabric.bridge.controlplane.base import Resource
@@ -69,8 +69,8 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     names = [f"rp-{i:05d}" for i in range(n)]
     with Fabric(prefix="bench-replay-") as fab:
         broker = fab.mosquitto(names, max_queued_messages=args.queue)
-        plane = LocalPlane(fab.workdir)
-        fab.callback(plane.close)
+        plane = fab.plane(broker, "local")
+        assert isinstance(plane, LocalPlane)
         plane.apply_many([(name, name, COMMAND) for name in names])
         _seed(broker.port, fab.password(BRIDGE_USER), list(plane.store.load_all().values()))
         started = time.monotonic()
@@ -82,9 +82,9 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "devices": n,
         "ready_s": ready_s,
-        "desired_published": metric(metrics, "devicefabric_desired_published_total"),
-        "reread": metric(metrics, "devicefabric_replay_reread_total"),
-        "missing": metric(metrics, "devicefabric_replay_missing_total"),
+        "desired_published": metrics.value("devicefabric_desired_published_total"),
+        "reread": metrics.value("devicefabric_replay_reread_total"),
+        "missing": metrics.value("devicefabric_replay_missing_total"),
     }
 
 

@@ -39,11 +39,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from bench.fabric import BridgeProc, Broker, Fabric
+from bench.fabric import Broker, Fabric, pid_of, profile
 from bench.harness import Defaults, Result, count, main, ms
-from bench.planes import NAMESPACE, LocalPlane, Plane, Status, condition, make_plane
+from bench.planes import NAMESPACE, LocalPlane, Plane, Status, condition
 from bench.simfleet import FleetProc
 from tests.support import procfs
+from tests.support.processes import BridgeProcess
 from tests.support.waiting import wait_for
 
 PREFIX: Final = "sc"
@@ -109,7 +110,7 @@ def _busiest_second(samples: list[tuple[float, int]]) -> int:
     return best
 
 
-def _devices_probe(bridge: BridgeProc) -> tuple[float, float]:
+def _devices_probe(bridge: BridgeProcess) -> tuple[float, float]:
     """(seconds to GET /devices, the slowest /healthz answered meanwhile in ms): a loop blocked
     by building the document shows as a slow /healthz."""
     done = threading.Event()
@@ -117,7 +118,7 @@ def _devices_probe(bridge: BridgeProc) -> tuple[float, float]:
 
     def fetch() -> None:
         started = time.monotonic()
-        bridge.devices()
+        bridge.devices(timeout=60)
         took.append(time.monotonic() - started)
         done.set()
 
@@ -134,7 +135,7 @@ def _devices_probe(bridge: BridgeProc) -> tuple[float, float]:
 
 
 def _ingest(
-    bridge: BridgeProc, broker: Broker, fleet: FleetProc, args: argparse.Namespace
+    bridge: BridgeProcess, broker: Broker, fleet: FleetProc, args: argparse.Namespace
 ) -> dict[str, float]:
     """Bridge CPU per heartbeat with the whole fleet heartbeating fast, end to end: N real device
     connections through mosquitto, the bridge's own socket and paho, as in production (bench
@@ -145,14 +146,14 @@ def _ingest(
     time.sleep(2 * args.fast_heartbeat)  # every device has switched to the fast pace
     sent0 = int(fleet.command("sent", "sent").split()[1])
     got0 = bridge.heartbeats()
-    procs = (bridge.pid, fleet.popen.pid, broker.pid)
-    bridge.profile(on=True)  # with BENCH_BRIDGE_PROFILE only
+    procs = (bridge.pid, fleet.popen.pid, pid_of(broker))
+    profile(bridge, on=True)  # with BENCH_BRIDGE_PROFILE only
     kernel0 = procfs.cpu_split(bridge.pid)[1]
     cpu0, t0 = [procfs.cpu_seconds(p) for p in procs], time.monotonic()
     time.sleep(args.ingest_window)  # a measurement window, not a wait for a condition
     cpu1, t1 = [procfs.cpu_seconds(p) for p in procs], time.monotonic()
     kernel1 = procfs.cpu_split(bridge.pid)[1]
-    bridge.profile(on=False)
+    profile(bridge, on=False)
     got1 = bridge.heartbeats()
     sent1 = int(fleet.command("sent", "sent").split()[1])
     fleet.command(f"beat {HEARTBEAT_S}", "beating")
@@ -177,14 +178,14 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
         started = time.monotonic()
         broker = fab.mosquitto(names)
         out["mosquitto_start_s"] = time.monotonic() - started
-        plane = make_plane(kind, fab.workdir)
-        fab.callback(plane.close)
+        plane = fab.plane(broker, kind)
         if kind == "local":
             manifests = fab.workdir / "fleet.yaml"
             manifests.write_text(_manifests(names), encoding="utf-8")
-            state = str(fab.workdir / "state")
+            local = cast("LocalPlane", plane)
+            state = str(local.state_dir)
             out["apply_s"] = _cli(fab, "apply", "-f", str(manifests), "--state-dir", state)
-            cast("LocalPlane", plane).own_writes(n)
+            local.own_writes(n)
             out["get_s"] = _cli(fab, "get", "-n", NAMESPACE, "--state-dir", state)
         else:
             started = time.monotonic()
@@ -195,7 +196,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, result: Result) -> dict
         budget = ["--write-qps", qps, "--write-burst", qps, "--event-qps", qps]
         budget += ["--event-burst", qps]
 
-        def start_bridge() -> tuple[BridgeProc, float]:
+        def start_bridge() -> tuple[BridgeProcess, float]:
             begun = time.monotonic()
             bridge = fab.bridge(broker, args=budget, log_level="WARNING", **plane.bridge_args())
             bridge.wait_ready(timeout=600)

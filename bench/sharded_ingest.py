@@ -27,17 +27,18 @@ import time
 from typing import Any, Final
 
 from bench.clients import RawPublisher
-from bench.fabric import BridgeProc, Broker, Fabric
+from bench.fabric import Broker, Fabric, cpu_seconds
 from bench.harness import Defaults, Result, count, main
 from bench.ingest import Load
 from tests.support.fakeapi import BRIDGE_USER, FakeApiServer
+from tests.support.processes import BridgeProcess
 from tests.support.waiting import wait_for
 
 SHARDS: Final = 6
 LEASE_ARGS: Final = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
 
 
-def _held(bridges: list[BridgeProc]) -> bool:
+def _held(bridges: list[BridgeProcess]) -> bool:
     for bridge in bridges:
         bridge.check()
     return all(bridge.readyz().get("role") == "leader" for bridge in bridges)
@@ -66,14 +67,14 @@ def replicas_run(
         publisher = RawPublisher(broker, fab.secret)
         load = Load(publisher, args.devices, chunk=args.devices, prefix="hb")
         load.offer(args.offered, args.warmup)
-        broker_cpu0 = broker.cpu_seconds()
+        broker_cpu0 = cpu_seconds(broker)
         before = [(b.heartbeats(), b.cpu_seconds()) for b in bridges]
         t0 = time.monotonic()
         _, achieved = load.offer(args.offered, args.window)
         wall = time.monotonic() - t0
         time.sleep(0.2)  # let the last writes through the broker before reading the counters
         after = [(b.heartbeats(), b.cpu_seconds()) for b in bridges]
-        broker_cpu = broker.cpu_seconds() - broker_cpu0
+        broker_cpu = cpu_seconds(broker) - broker_cpu0
         publisher.close()
         per = []
         for (n0, c0), (n1, c1) in zip(before, after, strict=True):

@@ -36,7 +36,7 @@ from typing import Any, Final
 from bench.clients import RawPublisher
 from bench.fabric import TOPICS, Fabric
 from bench.harness import Defaults, Result, count, main, ratio
-from bench.planes import NAMESPACE, KubePlane, Plane, condition, make_plane
+from bench.planes import NAMESPACE, KubePlane, Plane, condition
 from tests.support.packets import publish_packet
 from tests.support.waiting import wait_for
 
@@ -156,8 +156,7 @@ def run(args: argparse.Namespace, result: Result) -> Result:
     phases: dict[str, dict[str, Any]] = {}
     with Fabric("bench-writes-") as fab:
         broker = fab.mosquitto([], privileged=True)
-        plane = make_plane(kind, fab.workdir)
-        fab.callback(plane.close)
+        plane = fab.plane(broker, kind)
         publisher = RawPublisher(broker, fab.secret)
         fab.callback(publisher.close)
         fleet = Fleet(publisher, n, m)

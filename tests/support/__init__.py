@@ -4,8 +4,9 @@ The fabric, as a user runs it:
 - `fabric`: `Fabric(workdir, broker, plane="local"|"kube"|None)`, a broker, a control plane,
   bridges and agents as subprocesses, waits, and teardown of all of it; `audited(...)` checks the
   kube plane's request log against our RBAC.
-- `processes`: `AgentProcess`, `BridgeProcess` (`Proc`: runs, logs, bounded stops), `Metrics`;
-  `launch.py`: the CLI with a skewed clock or a task counter.
+- `processes`: `AgentProcess`, `BridgeProcess` (a log level, a launcher for experiments or a
+  profiler), `Metrics`; `proc`: `Proc` (runs, logs, bounded stops, freezing, CPU time and RSS)
+  and `Command` (a fixed argv); `launch.py`: the CLI with a skewed clock or a task counter.
 - `brokers`: mosquitto from our generated config and the embedded broker (`BrokerProcess`);
   `nats`: a 3-node NATS cluster; `fixtures`: the broker fixtures every tier uses.
 - `fakeapi`: a Kubernetes API server fake over HTTP (with `kubectl` and `bridge_user`).

@@ -8,8 +8,9 @@ CLI (`tests.support.processes`):
   `Fabric.mosquitto(workdir, secret, devices, ...)` prepares our mosquitto for `devices`.
 - the control plane: `plane="local"`: a state directory read through `LocalStore` (what
   `devicefabric apply` runs), with a `Ledger` counting its writes and `Marker` devices;
-  `plane="kube"`: the fake API server (`tests.support.fakeapi`), reached through `http` (as
-  `admin`) or a kubectl (`kubectl(...)`); `plane=None`: no bridge (the agent's own tests).
+  `plane="kube"`: the fake API server (`tests.support.fakeapi`; `api=` serves one configured by
+  the caller), reached through `http` (as `admin`) or a kubectl (`kubectl(...)`); `plane=None`:
+  no control plane (the agent's own tests, or bridges the caller makes and `adopt`s).
 - bridges (`start_bridge`): `devicefabric bridge run` on that plane; a kube replica has its own
   kubeconfig (its bearer token names it in the fake's request log) and `POD_NAME`.
 - agents (`agent`, `start_agent`): `devicefabric agent run` per device.
@@ -66,8 +67,10 @@ class Fabric:
         *,
         plane: Plane | None = None,
         api_host: str = "127.0.0.1",
+        api: FakeApiServer | None = None,
     ) -> None:
-        """`api_host`: where the fake API server listens (a network namespace's gateway)."""
+        """`api_host`: where the fake API server listens (a network namespace's gateway); `api`:
+        the fake API server to start and serve instead (kube plane)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.plane = plane
@@ -87,7 +90,8 @@ class Fabric:
         if self._owns_broker:
             broker.start()
         if plane == "kube":
-            self._api = FakeApiServer(bookmark_interval=0.2, host=api_host).start()
+            api = api or FakeApiServer(bookmark_interval=0.2, host=api_host)
+            self._api = api.start()
             self.http = Http(self._api.url)
             self.admin_kubeconfig = self._api.write_kubeconfig(workdir / "kubeconfig-admin")
 

@@ -1,10 +1,6 @@
 """The fabric's programs as subprocesses: agents and bridges started from the shipped CLI.
 
-- `Proc`: one program run after run (`start()` again after a stop or a kill), its output in a
-  log file per run (`<name>-<run>.log`), an environment without our `DEVICEFABRIC_*`,
-  `KUBECONFIG` or `POD_*` variables (a test passes what it means). `kill()` is kill -9 (no clean
-  shutdown: the broker fires the will); `stop()` is SIGTERM with a bound, then SIGKILL (None).
-  `wait(...)` is `waiting.wait_for` failing with the tail of the log.
+Both are `tests.support.proc.Proc`s (runs, logs, bounded stops, CPU time and RSS):
 - `AgentProcess`: `devicefabric agent run` for one device against a `BrokerProcess`; through
   `launch.py` when its clock is skewed (`clock_offset`) or its log goes through a pipe
   (`pipe_log`, so a file-size limit on the agent cannot silence it). `close()` is the teardown:
@@ -13,6 +9,11 @@
 - `BridgeProcess`: `devicefabric bridge run --control-plane local|kube` (through `launch.py`
   when its asyncio tasks are counted); what it serves: `/readyz`, `/devices`, `/metrics`
   (parsed into `Metrics`).
+
+Both take `log_level` (`--log-level`, the CLI's default when None) and `launcher`: the argv
+that replaces `python -m devicefabric` (an experiment on the shipped CLI, a profiler); it must end
+up calling `devicefabric.cli.main` with the arguments it is given.
+
 - `kill_groups({pid: start time})`: teardown of processes agents left (a reused pid is skipped).
 - `running_pids(report)`: the pids an agent's report shows Running.
 """
@@ -24,15 +25,13 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import Final, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,32 +39,23 @@ from devicefabric.agent.leftovers import CHILDREN_FILE, start_time
 from tests.support.brokers import BrokerProcess
 from tests.support.desired import DEVICE
 from tests.support.ports import free_port
-from tests.support.waiting import ConditionTimeoutError, wait_for
+from tests.support.proc import STOP_BOUND, Command, Doc, Proc
+
+__all__ = [
+    "AgentProcess",
+    "BridgeProcess",
+    "Command",
+    "Doc",
+    "Metrics",
+    "Plane",
+    "Proc",
+    "kill_groups",
+    "running_pids",
+]
 
 LAUNCHER: Final = Path(__file__).with_name("launch.py")
-STOP_BOUND: Final = 15.0
 READY_TIMEOUT: Final = 20.0
-Doc = dict[str, Any]
 Plane = Literal["local", "kube"]
-
-
-def clean_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
-    """This process's environment without ours (`DEVICEFABRIC_*`, `KUBECONFIG`, `POD_*`)."""
-    ours = ("DEVICEFABRIC_", "KUBECONFIG", "POD_")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
-    return {**base, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def json_lines(path: Path) -> list[Doc]:
-    """The JSON objects of a log file, one per line (other lines skipped)."""
-    lines: list[Doc] = []
-    with contextlib.suppress(FileNotFoundError):
-        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(raw)
-                if isinstance(doc, dict):
-                    lines.append(doc)
-    return lines
 
 
 def kill_groups(seen: Mapping[int, int | None]) -> None:
@@ -82,127 +72,14 @@ def kill_groups(seen: Mapping[int, int | None]) -> None:
                 send(pid, signal.SIGKILL)
 
 
-class Proc:
-    """One CLI program, started with `start()`, possibly many times; see the module doc."""
-
-    def __init__(self, name: str, workdir: Path) -> None:
-        self.name = name
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-        self.env: dict[str, str] = {}  # extra environment of every run
-        self.pipe_log = False
-        self._pump: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} run {self.runs}>"
-
-    def argv(self) -> list[str]:
-        raise NotImplementedError
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_of(self.runs)
-
-    def log_of(self, run: int) -> Path:
-        return self.workdir / f"{self.name}-{run}.log"
-
-    def start(self) -> None:
-        self.close_pipe()
-        self.runs += 1
-        argv, env = self.argv(), clean_env(self.env)
-        common: dict[str, Any] = {"stdin": subprocess.DEVNULL, "env": env, "cwd": self.workdir}
-        if not self.pipe_log:
-            with self.log_path.open("wb") as log:
-                self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **common)
-            return
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **common
-        )
-        assert self.proc.stdout is not None
-        self._pump = threading.Thread(
-            target=_pump, args=(self.proc.stdout, self.log_path), name="log-pump", daemon=True
-        )
-        self._pump.start()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"{self} was never started"
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        """It runs (never exited since it was last started)."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """kill -9: no clean shutdown, no offline message; the broker fires the will."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(STOP_BOUND)
-
-    def stop(self, timeout: float = STOP_BOUND) -> int | None:
-        """SIGTERM and wait (SIGKILL past the bound); the exit code, None when it was killed."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_BOUND)
-            return None
-
-    def wait_exit(self, timeout: float = STOP_BOUND) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_lines(self, run: int | None = None) -> list[Doc]:
-        """The json log lines of one run (default: the current one)."""
-        return json_lines(self.log_of(run or self.runs))
-
-    def logged(self, msg: str = "", **fields: str) -> list[Doc]:
-        """Log lines of the current run containing `msg` and carrying `fields` (`reason=...`)."""
-        return [
-            line
-            for line in self.log_lines()
-            if msg in str(line.get("msg", "")) and all(line.get(k) == v for k, v in fields.items())
-        ]
-
-    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """`waiting.wait_for`, failing with the tail of this program's log."""
-        try:
-            return wait_for(predicate, timeout, 0.02, what)
-        except ConditionTimeoutError as exc:
-            tail = "\n".join(self.log_text().splitlines()[-30:])
-            raise ConditionTimeoutError(f"{exc}\n--- {self.name} log (tail) ---\n{tail}") from None
-
-    def close_pipe(self) -> None:
-        if self._pump is not None:
-            self._pump.join(timeout=5)
-            self._pump = None
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _pump(source: IO[bytes], path: Path) -> None:
-    with path.open("ab") as sink:
-        for line in source:
-            sink.write(line)
-            sink.flush()
-
-
-def _launcher(launch: bool) -> list[str]:
-    """How to run the CLI: `python -m devicefabric`, or through `launch.py` (its instruments)."""
-    return [sys.executable, str(LAUNCHER)] if launch else [sys.executable, "-m", "devicefabric"]
+def _cli(launcher: Sequence[str], instruments: bool, log_level: str | None) -> list[str]:
+    """How to run the CLI, up to the command's name: `launcher`, or `python -m devicefabric`,
+    or `launch.py` (its instruments); the log options every command takes."""
+    if not launcher:
+        launch = [sys.executable, "-m", "devicefabric"]
+        launcher = [sys.executable, str(LAUNCHER)] if instruments else launch
+    level = ["--log-level", log_level] if log_level else []
+    return [*launcher, "--log-format", "json", *level]
 
 
 class AgentProcess(Proc):
@@ -221,13 +98,18 @@ class AgentProcess(Proc):
         clock_offset: float = 0.0,
         pipe_log: bool = False,
         prefix: Iterable[str] = (),
+        launcher: Sequence[str] = (),
+        log_level: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """`prefix` runs the command elsewhere (`ip netns exec NS`)."""
         super().__init__(f"agent-{device}", workdir)
         self.prefix = list(prefix)
+        self.launcher = list(launcher)
+        self.log_level = log_level
         self.broker = broker
         self.device = device
-        self.state_dir = workdir / f"state-{device}"
+        self.state_dir = state_dir or workdir / f"state-{device}"
         self.pipe_log = pipe_log
         self.clock_offset = clock_offset
         if clock_offset:
@@ -250,8 +132,8 @@ class AgentProcess(Proc):
         self.pids: list[int] = []  # children seen by the test, killed at teardown
 
     def argv(self) -> list[str]:
-        launcher = _launcher(bool(self.clock_offset or self.pipe_log))
-        return [*self.prefix, *launcher, "--log-format", "json", "agent", "run", *self.options]
+        cli = _cli(self.launcher, bool(self.clock_offset or self.pipe_log), self.log_level)
+        return [*self.prefix, *cli, "agent", "run", *self.options]
 
     def terminate(self, timeout: float = STOP_BOUND) -> int:
         """SIGTERM and wait for the exit code."""
@@ -325,8 +207,12 @@ class BridgeProcess(Proc):
         http_host: str = "127.0.0.1",
         count_tasks: bool = False,
         env: Mapping[str, str] = {},
+        launcher: Sequence[str] = (),
+        log_level: str | None = None,
     ) -> None:
         super().__init__(name, workdir)
+        self.launcher = list(launcher)
+        self.log_level = log_level
         self.broker = broker
         self.plane = plane
         self.state_dir = state_dir
@@ -341,7 +227,7 @@ class BridgeProcess(Proc):
             self.env["FAULTS_TASKS_FILE"] = str(self.tasks_path)
 
     def argv(self) -> list[str]:
-        argv = [*self.prefix, *_launcher(self.tasks_path is not None), "--log-format", "json"]
+        argv = [*self.prefix, *_cli(self.launcher, self.tasks_path is not None, self.log_level)]
         argv += ["bridge", "run", "--broker", self.broker.url, "--control-plane", self.plane]
         argv += ["--password-file", str(self.broker.password_file("bridge"))]
         argv += ["--client-id", f"bridge_{self.name}", "--http", f"{self.http_host}:{self.port}"]
@@ -354,13 +240,22 @@ class BridgeProcess(Proc):
         self.port = free_port()
         super().start()
         if timeout is not None:
-            self.wait(lambda: self.readyz().get("ready") is True, timeout, "the bridge ready")
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until `/readyz` says ready; raises at once if the bridge exited."""
+
+        def ready() -> bool:
+            self.check()
+            return self.readyz().get("ready") is True
+
+        self.wait(ready, timeout, "the bridge ready")
 
     # -- what it serves ----------------------------------------------------------------------------
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         try:
             url = f"http://{self.http_host}:{self.port}{path}"
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -376,9 +271,9 @@ class BridgeProcess(Proc):
             return {}
         return doc
 
-    def devices(self) -> dict[str, Doc]:
+    def devices(self, timeout: float = 5.0) -> dict[str, Doc]:
         """The bridge's view of every device it knows, by name (`/devices`)."""
-        status, body = self.get("/devices")
+        status, body = self.get("/devices", timeout)
         assert status == 200, f"/devices answered {status}"
         return {d["device"]: d for d in json.loads(body)}
 
@@ -386,6 +281,10 @@ class BridgeProcess(Proc):
         status, body = self.get("/metrics")
         assert status == 200, f"/metrics answered {status}"
         return Metrics(body.decode())
+
+    def heartbeats(self) -> int:
+        """Heartbeats the bridge has ingested (`devicefabric_messages_total{kind="heartbeat"}`)."""
+        return int(self.metrics().value("devicefabric_messages_total", kind="heartbeat"))
 
     def idle(self) -> bool:
         """Primed and nothing queued or in flight in the write queue."""
