@@ -1,14 +1,16 @@
-"""Simulated devices for bridge tests and benchmarks: many paho clients on one asyncio loop.
+"""Simulated devices for bridge, broker and fault tests: many MQTT connections on one loop.
 
 Each `SimDevice` is a real MQTT connection as its device (client id and username = the device
 name, its derived password) with the agent's retained will, so the broker fires a real will when
-`drop()` closes the socket without a DISCONNECT. Every client's socket is registered with the
-running event loop (paho's `loop_read`/`loop_write`/`loop_misc`), so hundreds of devices cost no
-threads and share the loop with the bridge under test.
+`drop()` closes the socket without a DISCONNECT. The connection is the fabric's own transport (a
+`runtime.mqttloop.Connection`: its socket watched by the running event loop), so hundreds of
+devices cost no threads beyond each one's short connect and share the loop with the bridge under
+test.
 
 `Fleet` makes and tracks them: `connect(names)` (births; `desired=True` subscribes them to their
 desired documents), `beat()` (one heartbeat from every live device), `beating()` (a heartbeat task
-for a block), `drop`/`shutdown`/`reconnect`.
+for a block), `drop`/`shutdown`/`reconnect`. Its keepalive task runs every live connection's
+`loop_misc` each second.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import asyncio
 import contextlib
 import json
 import secrets
-import socket
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from devicefabric.config.credentials import device_password
+from devicefabric.config.settings import BrokerURL
 from devicefabric.config.topics import Topics
+from devicefabric.runtime.mqtt import Endpoint, Will
+from devicefabric.runtime.mqttloop import Connection, ConnectionLostError
 from tests.support.waiting import stop_task
+
+ACK_TIMEOUT: Final = 10.0  # seconds for a QoS 1 PUBACK
 
 
 def _j(obj: object) -> bytes:
@@ -37,7 +42,7 @@ class SimDevice:
     """One device connection; see the module doc."""
 
     def __init__(
-        self, name: str, *, host: str, port: int, secret: bytes, topics: Topics, heartbeat_s: int
+        self, name: str, host: str, port: int, secret: bytes, topics: Topics, *, heartbeat_s: int
     ) -> None:
         self.name = name
         self.topics = topics
@@ -45,54 +50,50 @@ class SimDevice:
         self.session = f"{secrets.token_hex(4)}.1"
         self.seq = 0
         self.messages: list[tuple[str, bytes, bool]] = []
-        self._loop = asyncio.get_running_loop()
-        self._connack: asyncio.Future[int] = self._loop.create_future()
-        self._acks: dict[int, asyncio.Future[None]] = {}
-        self._fd: int | None = None
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
+        endpoint = Endpoint(
+            broker=BrokerURL(host, port, tls=False),
             client_id=name,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            clean_session=True,
+            username=name,
+            password=device_password(secret, name),
+            keepalive=60,
         )
-        client.username_pw_set(name, device_password(secret, name))
         will = _j({"state": "offline", "session": self.session, "reason": "lost"})
-        client.will_set(topics.status(name), will, qos=1, retain=True)
-        client.on_socket_open = self._on_open
-        client.on_socket_close = self._on_close
-        client.on_socket_register_write = self._on_want_write
-        client.on_socket_unregister_write = self._on_no_write
-        client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        self.client = client
-        self._host, self._port = host, port
+        self.connection = Connection(
+            endpoint, Will(topics.status(name), will), session=self.session
+        )
+        self.connection.on_message = self._on_message
+        self._opened = False
+
+    @property
+    def client(self) -> paho.Client:
+        return self.connection.client
 
     @property
     def connected(self) -> bool:
-        return self._fd is not None
+        return self._opened and not self.connection.lost.done()
 
     # -- acting ----------------------------------------------------------------------------------
     async def connect(self, timeout: float = 10.0) -> None:
-        self.client.connect(self._host, self._port, keepalive=60)
         async with asyncio.timeout(timeout):
-            code = await self._connack
-        if code != 0:
-            raise AssertionError(f"{self.name}: CONNACK {code}")
+            reason = await self.connection.open()
+        if reason.is_failure:
+            self.connection.abandon()
+            raise AssertionError(f"{self.name}: CONNACK {reason}")
+        self._opened = True
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise AssertionError(f"{self.name}: publish to {topic} failed: {info.rc}")
+        """Publish; at QoS 1 wait for the PUBACK (AssertionError when the link is down)."""
         if qos == 0:
+            if self.connection.publish(topic, payload, qos=0, retain=retain) is None:
+                raise AssertionError(f"{self.name}: publish to {topic} failed: not connected")
             return
-        if info.is_published():
-            return
-        future = self._acks.setdefault(info.mid, self._loop.create_future())
-        async with asyncio.timeout(10):
-            await future
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT):
+                await self.connection.publish_acked(topic, payload, retain=retain)
+        except ConnectionLostError as exc:
+            raise AssertionError(f"{self.name}: publish to {topic} failed: {exc}") from exc
 
     async def birth(self) -> None:
         doc = {"state": "online", "session": self.session, "heartbeat_s": self.heartbeat_s}
@@ -101,7 +102,7 @@ class SimDevice:
     def heartbeat(self) -> None:
         self.seq += 1
         payload = _j({"session": self.session, "seq": self.seq})
-        self.client.publish(self.topics.heartbeat(self.name), payload, qos=0)
+        self.connection.publish(self.topics.heartbeat(self.name), payload, qos=0, retain=False)
 
     async def report(self, processes: dict[str, dict[str, Any]], revision: str = "r0") -> None:
         self.seq += 1
@@ -110,56 +111,22 @@ class SimDevice:
         await self.publish(self.topics.report(self.name), payload, retain=True)
 
     async def subscribe_desired(self) -> None:
-        self.client.subscribe(self.topics.desired(self.name), qos=1)
+        """Queue the SUBSCRIBE to the device's desired document (its SUBACK is not awaited)."""
+        self.connection.subscribe([(self.topics.desired(self.name), 1)])
 
     def drop(self) -> None:
         """Close the socket without a DISCONNECT: the broker fires the will (kill -9)."""
-        sock = self.client.socket()
-        self._unregister()
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        self.connection.abandon()
 
     async def shutdown(self) -> None:
         """The agent's clean exit: retained offline/shutdown, then DISCONNECT."""
         doc = {"state": "offline", "session": self.session, "reason": "shutdown"}
-        await self.publish(self.topics.status(self.name), _j(doc), retain=True)
-        self.client.disconnect()
+        last = Will(self.topics.status(self.name), _j(doc))
+        if not await self.connection.close(last, bound=ACK_TIMEOUT):
+            raise AssertionError(f"{self.name}: the offline status was not acknowledged")
 
-    # -- paho plumbing ---------------------------------------------------------------------------
-    def _unregister(self) -> None:
-        if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-            self._fd = None
-
-    def _on_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
-        self._fd = sock.fileno()
-        self._loop.add_reader(self._fd, client.loop_read)
-
-    def _on_close(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        self._unregister()
-
-    def _on_want_write(self, client: paho.Client, _u: Any, _sock: Any) -> None:
-        if self._fd is not None:
-            self._loop.add_writer(self._fd, client.loop_write)
-
-    def _on_no_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        if self._fd is not None:
-            self._loop.remove_writer(self._fd)
-
-    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, code: Any, _p: Any) -> None:
-        if not self._connack.done():
-            self._connack.set_result(int(code.value))
-
-    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _code: Any, _p: Any) -> None:
-        future = self._acks.setdefault(mid, self._loop.create_future())
-        if not future.done():
-            future.set_result(None)
-
-    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        self.messages.append((topic, payload, retained))
 
 
 class Fleet:
@@ -185,15 +152,9 @@ class Fleet:
         desired documents with `desired`)."""
         if self._misc is None:
             self._misc = asyncio.create_task(self._keepalive(), name="fleet-keepalive")
+        beat = self.heartbeat_s
         new = [
-            SimDevice(
-                n,
-                host=self.host,
-                port=self.port,
-                secret=self.secret,
-                topics=self.topics,
-                heartbeat_s=self.heartbeat_s,
-            )
+            SimDevice(n, self.host, self.port, self.secret, self.topics, heartbeat_s=beat)
             for n in names
         ]
         for device in new:
@@ -248,4 +209,4 @@ class Fleet:
             await asyncio.sleep(1.0)
             for device in list(self.devices.values()):
                 if device.connected:
-                    device.client.loop_misc()
+                    device.connection.loop_misc()
