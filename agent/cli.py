@@ -15,7 +15,7 @@ from devicefabric.agent.running import Agent
 from devicefabric.agent.settings import AgentSettings
 from devicefabric.config.errors import ConfigError
 from devicefabric.runtime.lifecycle import run_program
-from devicefabric.runtime.settings import add_command, add_command_group, from_args
+from devicefabric.runtime.settings import add_command, add_command_group
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,11 +28,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the device agent",
         description="Connect to the fabric's broker as one device and run its desired processes.",
     )
-
-
-def settings_from_args(args: argparse.Namespace) -> AgentSettings:
-    """Validate the flags into settings; `ConfigError` naming the flag on any problem."""
-    return from_args(AgentSettings, args)
 
 
 def _run(settings: AgentSettings) -> int:

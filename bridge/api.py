@@ -75,7 +75,9 @@ class BridgeSnapshot:
 
     `/readyz` and `/healthz` are rendered from it, the metrics collector reads its gauges and the
     hot-path counters from it at scrape time, and tests wait on it. `devices` holds the views of
-    the devices the snapshot was asked for (none by default: a snapshot is cheap to take).
+    the devices the snapshot was asked for (none by default). Taking one copies the counters and
+    makes one pass over the tracked devices for `device_states`; `/healthz` reads the link's age
+    directly instead.
     """
 
     mqtt_connected: bool

@@ -186,14 +186,3 @@ def plan_status(
     after = find_condition(conditions, AGENT_CONNECTED)
     event = _event(find_condition(stored_conditions, AGENT_CONNECTED), after)
     return StatusPlan(patch, event, after.reason if after is not None else None)
-
-
-def apply_patch(status: Mapping[str, object], patch: Mapping[str, object]) -> dict[str, object]:
-    """`status` after a merge patch of its top-level fields (None deletes)."""
-    merged = dict(status)
-    for name, value in patch.items():
-        if value is None:
-            merged.pop(name, None)
-        else:
-            merged[name] = value
-    return merged

@@ -32,10 +32,10 @@ from devicefabric.bridge.mirroring import device_of
 from devicefabric.bridge.queueing import Outcome
 from devicefabric.bridge.statuses import (
     StatusPlan,
-    apply_patch,
     plan_status,
 )
 from devicefabric.bridge.tracking import DeviceTracker
+from devicefabric.config.mergepatch import merge_patch
 from devicefabric.runtime.clock import rfc3339
 
 SLOW_CALL_S: Final = 2.0  # a status write held longer than this means the path stalled
@@ -114,7 +114,7 @@ class StatusWriter:
         finally:
             if time.monotonic() - started > SLOW_CALL_S and self.on_slow is not None:
                 self.on_slow()
-        self._written[key] = (resource.resource_version, apply_patch(stored, plan.patch))
+        self._written[key] = (resource.resource_version, merge_patch(stored, plan.patch))
         log.info(
             "status written (%s)", ", ".join(sorted(plan.patch)),
             extra={"resource": key, "device": device_of(resource), "reason": plan.reason},

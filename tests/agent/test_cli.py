@@ -70,8 +70,9 @@ def test_configuration_errors_exit_2_with_one_line(
 def test_flags_read_their_environment_variables(
     tmp_path: Path, password_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from devicefabric.agent.cli import settings_from_args  # noqa: PLC0415
+    from devicefabric.agent.settings import AgentSettings  # noqa: PLC0415
     from devicefabric.cli import build_parser  # noqa: PLC0415
+    from devicefabric.runtime.settings import from_args  # noqa: PLC0415
 
     monkeypatch.setenv("DEVICEFABRIC_DEVICE", DEVICE)
     monkeypatch.setenv("DEVICEFABRIC_PASSWORD_FILE", str(password_file))
@@ -81,7 +82,7 @@ def test_flags_read_their_environment_variables(
     monkeypatch.setenv("DEVICEFABRIC_ALLOW_ENV", "TZ,FLEET_MODE")
     monkeypatch.setenv("DEVICEFABRIC_ALLOW_WORKDIR", "/srv/fleet")
     monkeypatch.setenv("DEVICEFABRIC_LOG_BUFFER", "0")
-    settings = settings_from_args(build_parser().parse_args(["agent", "run"]))
+    settings = from_args(AgentSettings, build_parser().parse_args(["agent", "run"]))
     assert settings.device == DEVICE
     assert settings.heartbeat_s == 7
     assert settings.allow_command == ("/opt/a/", "/usr/bin/env")

@@ -8,12 +8,12 @@ import pytest
 
 from devicefabric.bridge.statuses import (
     PlannedEvent,
-    apply_patch,
     completes,
     plan_status,
     write_delay,
 )
 from devicefabric.bridge.tracking import Device
+from devicefabric.config.mergepatch import merge_patch
 from devicefabric.config.resource import Reason
 from devicefabric.config.wire import ProcessReport, Report
 from tests.support.memoryplane import resource
@@ -47,7 +47,7 @@ def settle(
     """The status after the bridge wrote whatever it planned at T0."""
     res = resource("web", "tor9-99", generation=generation, status=res_status)
     plan = plan_status(res, dev, T0)
-    return res_status if plan is None else apply_patch(res_status, plan.patch)
+    return res_status if plan is None else merge_patch(res_status, plan.patch)
 
 
 def test_first_status_of_a_running_resource() -> None:
@@ -173,7 +173,7 @@ def test_new_generation_is_pending_until_reported() -> None:
     assert plan is not None
     conditions: Any = plan.patch["conditions"]
     assert (conditions[1]["reason"], conditions[1]["lastTransitionTime"]) == ("Pending", T1)
-    status2 = apply_patch(status, plan.patch)
+    status2 = merge_patch(status, plan.patch)
     reported = device(Reason.CONNECTED, web={**RUNNING, "generation": 2})
     plan2 = plan_status(resource("web", "tor9-99", status=status2, generation=2), reported, T1)
     assert plan2 is not None
@@ -196,7 +196,7 @@ def test_invalid_spec_is_reported_on_the_resource_with_a_stable_message() -> Non
     synced = conditions[-1]
     assert (synced["status"], synced["reason"]) == ("False", "InvalidSpec")
     assert "spec.command" in synced["message"]
-    settled = apply_patch({}, plan.patch)
+    settled = merge_patch({}, plan.patch)
     again = resource("web", "tor9-99", spec=spec, status=settled)
     assert plan_status(again, device(Reason.CONNECTED), T1) is None
 

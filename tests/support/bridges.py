@@ -12,8 +12,9 @@ from typing import Any
 from devicefabric.bridge.controlplane.base import Resource
 from devicefabric.bridge.mqtt import LinkHandler, LinkSettings, MqttLink
 from devicefabric.bridge.service import Bridge, BridgeSettings, default_client_id
-from devicefabric.bridge.statuses import apply_patch, plan_status
+from devicefabric.bridge.statuses import plan_status
 from devicefabric.bridge.tracking import Device
+from devicefabric.config.mergepatch import merge_patch
 from devicefabric.config.resource import Reason
 from devicefabric.config.settings import parse_broker_url
 from devicefabric.config.topics import DEFAULT_ROOT, Topics
@@ -80,7 +81,7 @@ async def settle(bridge: Bridge, cp: MemoryControlPlane, timeout: float = 10.0) 
 def settled_status(resource: Resource, reason: Reason) -> dict[str, object]:
     """The status the bridge would have written for a device in `reason` with no report."""
     plan = plan_status(resource, Device("x", session="s", reason=reason), "2024-01-01T00:00:00Z")
-    return {} if plan is None else apply_patch({}, plan.patch)
+    return {} if plan is None else merge_patch({}, plan.patch)
 
 
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
